@@ -1,0 +1,107 @@
+//! `runvm-vmm`: boots one microVM and runs it until it ends.
+//!
+//! Exit status: 0 when the guest powers off; 1 for a VMM error; 2 for bad
+//! usage; 3 when the guest resets (reboot or kernel panic); 4 on a triple
+//! fault; 5 when KVM cannot run the guest; 128+N when stopped by signal N.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use runvm_vmm::host_profile::HostProfileChoice;
+use runvm_vmm::{run_vm, BootProtocol, SerialOutput, VmConfig, VmExit};
+
+#[derive(Parser, Debug)]
+#[command(name = "runvm-vmm", version, about = "Boot a runvm microVM")]
+struct Args {
+    /// Uncompressed ELF kernel (vmlinux).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initramfs (cpio newc, compressed or not).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Extra kernel command-line parameter (repeatable).
+    #[arg(long = "cmdline", value_name = "PARAM")]
+    cmdline: Vec<String>,
+    /// Argument for the guest's init, e.g. --init-arg=--poweroff (repeatable).
+    #[arg(long = "init-arg", value_name = "ARG", allow_hyphen_values = true)]
+    init_args: Vec<String>,
+    /// Where the serial console goes: stdout, none, or file:PATH.
+    #[arg(long, default_value = "stdout", value_parser = parse_serial)]
+    serial: SerialOutput,
+    /// Host compatibility profile for the guest command line.
+    #[arg(long, value_enum, default_value_t = ProfileArg::Auto)]
+    host_profile: ProfileArg,
+    /// How to enter the kernel.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Auto)]
+    boot_protocol: ProtocolArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProfileArg {
+    /// Detect whether this host's KVM emulates guest-kernel code.
+    Auto,
+    /// Force the profile for a KVM that emulates guest-kernel code.
+    Emulated,
+    /// Force hardware KVM: the guest keeps every CPU feature.
+    Hardware,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProtocolArg {
+    /// PVH when the kernel has a PVH note, else linux64.
+    Auto,
+    Pvh,
+    Linux64,
+}
+
+fn parse_serial(value: &str) -> Result<SerialOutput, String> {
+    match value {
+        "stdout" => Ok(SerialOutput::Stdout),
+        "none" => Ok(SerialOutput::None),
+        _ => match value.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(SerialOutput::File(path.into())),
+            _ => Err(format!("{value:?} is not one of stdout, none, file:PATH")),
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        memory_mib: args.memory,
+        vcpus: args.vcpus,
+        extra_cmdline: args.cmdline,
+        init_args: args.init_args,
+        serial: args.serial,
+        host_profile: match args.host_profile {
+            ProfileArg::Auto => HostProfileChoice::Auto,
+            ProfileArg::Emulated => HostProfileChoice::Emulated,
+            ProfileArg::Hardware => HostProfileChoice::Hardware,
+        },
+        boot_protocol: match args.boot_protocol {
+            ProtocolArg::Auto => BootProtocol::Auto,
+            ProtocolArg::Pvh => BootProtocol::Pvh,
+            ProtocolArg::Linux64 => BootProtocol::Linux64,
+        },
+    };
+    match run_vm(&config) {
+        Ok(VmExit::PowerOff) => ExitCode::SUCCESS,
+        Ok(exit) => {
+            eprintln!("runvm-vmm: {}", exit.describe());
+            ExitCode::from(exit.exit_code())
+        }
+        Err(error) => {
+            eprintln!("runvm-vmm: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

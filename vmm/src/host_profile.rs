@@ -1,0 +1,145 @@
+//! Some hosts serve `/dev/kvm` without hardware virtualisation: the
+//! `kvm_pvm` module runs guest user code natively but sends every
+//! guest-kernel instruction through KVM's instruction emulator. That
+//! emulator lacks a few instructions and the host ignores CPUID masking,
+//! so the guest must be told on its command line to avoid them.
+//!
+//! On hardware KVM none of this applies: the guest keeps every CPU feature.
+//! The facts behind each switch are in `shared/host-kvm.md`.
+
+use std::path::Path;
+
+/// What the caller asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostProfileChoice {
+    /// Detect the host.
+    Auto,
+    Emulated,
+    Hardware,
+}
+
+/// What the VMM applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostProfile {
+    /// KVM with VT-x/AMD-V: no restrictions on the guest.
+    Hardware,
+    /// KVM that emulates guest-kernel code (`kvm_pvm`).
+    EmulatedKernel,
+}
+
+/// CPUID feature bits (as `clearcpuid=` numbers, word*32+bit) that the
+/// emulating host cannot run or runs slowly:
+const CLEARED_CPU_FEATURES: &[(u32, &str)] = &[
+    (308, "smap: clac/stac are not emulated"),
+    (295, "smep: goes with smap"),
+    (288, "fsgsbase"),
+    (141, "cx16: lock cmpxchg16b is not emulated"),
+    (298, "invpcid"),
+    (145, "pcid"),
+    (151, "popcnt: not emulated"),
+    (
+        297,
+        "erms: keep string copies at 8 bytes per emulated iteration",
+    ),
+    (580, "fsrm: as erms"),
+];
+
+impl HostProfile {
+    pub fn resolve(choice: HostProfileChoice) -> HostProfile {
+        match choice {
+            HostProfileChoice::Auto => HostProfile::detect(),
+            HostProfileChoice::Emulated => HostProfile::EmulatedKernel,
+            HostProfileChoice::Hardware => HostProfile::Hardware,
+        }
+    }
+
+    /// The emulating host is recognised by its module and by the absence of
+    /// the hardware virtualisation flags.
+    pub fn detect() -> HostProfile {
+        let pvm_loaded = Path::new("/sys/module/kvm_pvm").exists();
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        HostProfile::from_facts(pvm_loaded, &cpuinfo)
+    }
+
+    fn from_facts(pvm_loaded: bool, cpuinfo: &str) -> HostProfile {
+        let hardware_virt = cpuinfo
+            .lines()
+            .filter(|line| line.starts_with("flags"))
+            .flat_map(|line| line.split_whitespace())
+            .any(|flag| flag == "vmx" || flag == "svm");
+        if pvm_loaded && !hardware_virt {
+            HostProfile::EmulatedKernel
+        } else {
+            HostProfile::Hardware
+        }
+    }
+
+    /// Kernel command-line parameters this host needs.
+    pub fn kernel_params(self) -> Vec<String> {
+        match self {
+            HostProfile::Hardware => Vec::new(),
+            HostProfile::EmulatedKernel => {
+                let cleared: Vec<String> = CLEARED_CPU_FEATURES
+                    .iter()
+                    .map(|(bit, _why)| bit.to_string())
+                    .collect();
+                vec![
+                    // xrstor is not emulated.
+                    "noxsave".into(),
+                    // Marking kernel text read-only costs ~2 s of emulated
+                    // page-table work; a trade-off for this host only.
+                    "rodata=off".into(),
+                    // Seeding the RNG is slow when every instruction is emulated.
+                    "random.trust_cpu=on".into(),
+                    format!("clearcpuid={}", cleared.join(",")),
+                ]
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HostProfile::Hardware => "hardware",
+            HostProfile::EmulatedKernel => "emulated-kernel",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pvm_without_vmx_is_the_emulated_profile() {
+        let cpuinfo = "processor : 0\nflags : fpu sse2 avx2\n";
+        assert_eq!(
+            HostProfile::from_facts(true, cpuinfo),
+            HostProfile::EmulatedKernel
+        );
+    }
+
+    #[test]
+    fn hardware_virtualisation_wins() {
+        let cpuinfo = "flags : fpu vmx sse2\n";
+        assert_eq!(
+            HostProfile::from_facts(true, cpuinfo),
+            HostProfile::Hardware
+        );
+        assert_eq!(
+            HostProfile::from_facts(false, "flags : fpu\n"),
+            HostProfile::Hardware
+        );
+    }
+
+    #[test]
+    fn hardware_profile_adds_nothing() {
+        assert!(HostProfile::Hardware.kernel_params().is_empty());
+    }
+
+    #[test]
+    fn emulated_profile_clears_the_documented_features() {
+        let params = HostProfile::EmulatedKernel.kernel_params();
+        assert!(params.contains(&"noxsave".to_string()));
+        assert!(params.contains(&"clearcpuid=308,295,288,141,298,145,151,297,580".to_string()));
+    }
+}

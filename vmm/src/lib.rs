@@ -1,0 +1,34 @@
+//! runvm's virtual machine monitor.
+//!
+//! One process per pod: it creates a KVM VM, loads an uncompressed `vmlinux`
+//! and an initramfs, and runs the vCPUs until the guest powers off, resets,
+//! fails, or the process is asked to stop.
+//!
+//! Layout, one responsibility per module:
+//! - [`config`]: what the caller asks for, validated.
+//! - [`host_profile`]: detects a host whose KVM emulates guest-kernel code
+//!   and the kernel command line that such a host needs.
+//! - [`memory`]: the guest physical address map and guest RAM.
+//! - [`boot`]: kernel, initramfs, command line, boot structures, registers.
+//! - [`cpu`]: CPUID, MSRs and local APIC set-up of each vCPU.
+//! - [`devices`]: the port-I/O devices (serial console, exit port, i8042).
+//! - [`vcpu`]: the vCPU run loop and its exits.
+//! - [`diagnostics`]: turning a KVM internal error into a readable report.
+//! - [`machine`]: puts the pieces together and runs a VM to its end.
+
+pub mod boot;
+pub mod config;
+pub mod cpu;
+pub mod devices;
+pub mod diagnostics;
+pub mod host_profile;
+pub mod machine;
+pub mod memory;
+pub mod vcpu;
+
+mod error;
+
+pub use config::{BootProtocol, SerialOutput, VmConfig};
+pub use error::Error;
+pub use host_profile::HostProfile;
+pub use machine::{run_vm, VmExit};

@@ -1,0 +1,326 @@
+//! Builds a VM from a [`VmConfig`] and runs it until it ends.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::boot::{self, regs::setup_boot_vcpu, EXIT_PORT};
+use crate::config::{SerialOutput, VmConfig};
+use crate::cpu;
+use crate::devices::{ExitPort, PioBus, Serial, COM1_IRQ, COM1_PORT, I8042, I8042_BASE, I8042_LEN};
+use crate::error::Error;
+use crate::host_profile::HostProfile;
+use crate::memory::{create_guest_memory, GuestMemory};
+use crate::vcpu::{install_kick_handler, kick_signal, Vcpu, VcpuStop};
+
+/// KVM on Intel needs three pages for a real-mode TSS; they sit in the
+/// device hole, where there is no RAM.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// How long to wait for vCPU threads to leave the guest once asked.
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a VM ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    PowerOff,
+    Reset,
+    TripleFault,
+    InternalError(String),
+    /// The VMM received this signal and stopped the VM.
+    Signal(i32),
+    VcpuFailed(String),
+}
+
+impl VmExit {
+    /// The VMM's exit status for this ending: 0 only for a clean power-off.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            VmExit::PowerOff => 0,
+            VmExit::VcpuFailed(_) => 1,
+            VmExit::Reset => 3,
+            VmExit::TripleFault => 4,
+            VmExit::InternalError(_) => 5,
+            VmExit::Signal(signo) => 128u8.saturating_add(*signo as u8),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            VmExit::PowerOff => "the guest powered off".into(),
+            VmExit::Reset => "the guest reset (reboot, or kernel panic)".into(),
+            VmExit::TripleFault => "the guest triple-faulted (KVM_EXIT_SHUTDOWN)".into(),
+            VmExit::InternalError(report) => report.clone(),
+            VmExit::Signal(signo) => format!("stopped by signal {signo}"),
+            VmExit::VcpuFailed(reason) => reason.clone(),
+        }
+    }
+}
+
+impl From<VcpuStop> for VmExit {
+    fn from(stop: VcpuStop) -> VmExit {
+        match stop {
+            VcpuStop::PowerOff => VmExit::PowerOff,
+            VcpuStop::Reset => VmExit::Reset,
+            VcpuStop::TripleFault => VmExit::TripleFault,
+            VcpuStop::InternalError(report) => VmExit::InternalError(report),
+            VcpuStop::Stopped => VmExit::VcpuFailed("a vCPU stopped unexpectedly".into()),
+            VcpuStop::Failed(reason) => VmExit::VcpuFailed(reason),
+        }
+    }
+}
+
+/// Boots the VM described by `config` and runs it to its end. SIGTERM,
+/// SIGINT and SIGHUP stop the VM cleanly.
+pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
+    config.validate()?;
+    let profile = HostProfile::resolve(config.host_profile);
+    let kvm = open_kvm()?;
+    let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+
+    let mem = create_guest_memory(config.memory_bytes())?;
+    register_guest_memory(&vm, &mem, config.memory_mib)?;
+    let entry = boot::prepare_guest(config, profile, &mem)?;
+    let bus = Arc::new(build_pio_bus(&vm, &config.serial)?);
+
+    let base_cpuid = cpu::supported_cpuid(&kvm)?;
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+    for id in 0..config.vcpus {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        cpu::configure_vcpu(&fd, id, &base_cpuid)?;
+        if id == 0 {
+            setup_boot_vcpu(&fd, &mem, entry)?;
+        }
+        vcpus.push(Vcpu {
+            id,
+            fd,
+            bus: bus.clone(),
+            mem: mem.clone(),
+        });
+    }
+    run_vcpus(vcpus)
+}
+
+fn open_kvm() -> Result<Kvm, Error> {
+    let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
+    let version = kvm.get_api_version();
+    if version != 12 {
+        return Err(Error::KvmApiVersion(version));
+    }
+    for (cap, name) in [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::Pit2, "KVM_CAP_PIT2"),
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(Error::KvmCapability(name));
+        }
+    }
+    Ok(kvm)
+}
+
+fn register_guest_memory(vm: &VmFd, mem: &GuestMemory, memory_mib: u64) -> Result<(), Error> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host_address = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| Error::GuestMemory {
+                mib: memory_mib,
+                reason: e.to_string(),
+            })?;
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host_address as u64,
+        };
+        // SAFETY: the mapping belongs to `mem`, which outlives the VM: every
+        // vCPU thread holds a clone of it until it is joined.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+fn build_pio_bus(vm: &VmFd, serial: &SerialOutput) -> Result<PioBus, Error> {
+    let output: Box<dyn Write + Send> = match serial {
+        SerialOutput::Stdout => Box::new(std::io::stdout()),
+        SerialOutput::File(path) => {
+            Box::new(File::create(path).map_err(|source| Error::SerialOutput {
+                path: path.clone(),
+                source,
+            })?)
+        }
+        SerialOutput::None => Box::new(std::io::sink()),
+    };
+    let serial_irq =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("cannot create the serial irqfd"))?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(Error::kvm("KVM_IRQFD"))?;
+
+    let mut bus = PioBus::default();
+    bus.insert(
+        COM1_PORT,
+        Serial::PORT_COUNT,
+        Arc::new(Mutex::new(Serial::new(serial_irq, output))),
+    );
+    bus.insert(EXIT_PORT, 1, Arc::new(Mutex::new(ExitPort)));
+    bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042)));
+    Ok(bus)
+}
+
+/// Runs every vCPU on its own thread and waits for the first to stop or
+/// for a termination signal; then stops the rest.
+fn run_vcpus(vcpus: Vec<Vcpu>) -> Result<VmExit, Error> {
+    let signals = TerminationSignals::block()?;
+    install_kick_handler().map_err(Error::io("cannot install the vCPU kick handler"))?;
+    let stopped =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("cannot create an eventfd"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (reports, stops) = mpsc::channel();
+
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for vcpu in vcpus {
+        let stop = stop.clone();
+        let reports = reports.clone();
+        let stopped = stopped
+            .try_clone()
+            .map_err(Error::io("cannot clone an eventfd"))?;
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{}", vcpu.id))
+            .spawn(move || {
+                let reason = vcpu.run(&stop);
+                let _ = reports.send(reason);
+                let _ = stopped.write(1);
+            })
+            .map_err(Error::io("cannot start a vCPU thread"))?;
+        threads.push(thread);
+    }
+
+    let outcome = match signals.wait_for_signal_or(&stopped)? {
+        Some(signo) => VmExit::Signal(signo),
+        None => stops
+            .try_recv()
+            .map(VmExit::from)
+            .unwrap_or_else(|_| VmExit::VcpuFailed("a vCPU thread ended without a report".into())),
+    };
+    stop_vcpus(&stop, threads);
+    Ok(outcome)
+}
+
+/// Sets the stop flag and kicks each vCPU until its thread ends. A kick can
+/// land just before the thread re-enters the guest, hence the repetition.
+fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+    stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
+    let mut running = threads;
+    while !running.is_empty() && Instant::now() < deadline {
+        for thread in &running {
+            let _ = thread.kill(kick_signal());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let (finished, still_running): (Vec<_>, Vec<_>) =
+            running.into_iter().partition(|t| t.is_finished());
+        for thread in finished {
+            let _ = thread.join();
+        }
+        running = still_running;
+    }
+    // A thread still in the guest now is abandoned; the process exits next.
+}
+
+/// SIGTERM, SIGINT and SIGHUP, blocked in every thread and read through a
+/// signalfd, so they end the VM cleanly instead of killing the process.
+struct TerminationSignals {
+    fd: File,
+}
+
+impl TerminationSignals {
+    const SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+    fn block() -> Result<TerminationSignals, Error> {
+        let what = "cannot set up the termination signals";
+        // SAFETY: plain libc calls on a local, initialised sigset_t.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for signo in Self::SIGNALS {
+                libc::sigaddset(&mut set, signo);
+            }
+            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            if rc != 0 {
+                return Err(Error::io(what)(std::io::Error::from_raw_os_error(rc)));
+            }
+            let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
+            if fd < 0 {
+                return Err(Error::io(what)(std::io::Error::last_os_error()));
+            }
+            use std::os::fd::FromRawFd;
+            Ok(TerminationSignals {
+                fd: File::from_raw_fd(fd),
+            })
+        }
+    }
+
+    /// Blocks until a termination signal arrives (its number) or `event`
+    /// is signalled (None).
+    fn wait_for_signal_or(&self, event: &EventFd) -> Result<Option<i32>, Error> {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let mut fds = [
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: event.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            // SAFETY: `fds` is a valid array of two pollfd structures.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if rc < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::io("poll failed")(err));
+            }
+            if fds[1].revents != 0 {
+                return Ok(None);
+            }
+            if fds[0].revents != 0 {
+                let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+                (&self.fd)
+                    .read_exact(&mut info)
+                    .map_err(Error::io("cannot read the signalfd"))?;
+                let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+                return Ok(Some(signo as i32));
+            }
+        }
+    }
+}

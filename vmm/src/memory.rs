@@ -1,0 +1,163 @@
+//! The guest physical address map and the guest RAM behind it.
+//!
+//! ```text
+//! 0x0000_0500  GDT                 (boot only)
+//! 0x0000_0520  IDT                 (boot only, empty)
+//! 0x0000_6000  PVH start_info      (PVH boot)
+//! 0x0000_7000  PVH memory map, or the zero page (64-bit boot)
+//! 0x0000_8ff0  boot stack          (64-bit boot)
+//! 0x0000_9000  boot page tables    (64-bit boot: PML4, PDPT, PD)
+//! 0x0002_0000  kernel command line
+//! 0x0009_fc00  MP table            (last KiB of base memory, where Linux looks)
+//! 0x0010_0000  high memory: the kernel at its ELF physical address, then
+//!              free RAM; the initramfs sits at the top of low RAM
+//! 0xc000_0000  device hole up to 4 GiB (virtio-mmio windows live here)
+//! 0x1_0000_0000 RAM above the hole, for guests larger than 3 GiB
+//! ```
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::error::Error;
+
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+pub const GDT_START: u64 = 0x500;
+pub const IDT_START: u64 = 0x520;
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const PVH_MEMMAP_START: u64 = 0x7000;
+pub const ZERO_PAGE_START: u64 = 0x7000;
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+pub const PML4_START: u64 = 0x9000;
+pub const PDPT_START: u64 = 0xa000;
+pub const PD_START: u64 = 0xb000;
+pub const CMDLINE_START: u64 = 0x20000;
+/// Linux on x86 reads at most this much command line (COMMAND_LINE_SIZE).
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+pub const MPTABLE_START: u64 = 0x9fc00;
+/// End of the RAM below the legacy video/BIOS area.
+pub const BASE_MEMORY_END: u64 = MPTABLE_START;
+pub const HIMEM_START: u64 = 0x10_0000;
+pub const DEVICE_HOLE_START: u64 = 0xc000_0000;
+pub const DEVICE_HOLE_END: u64 = 0x1_0000_0000;
+
+/// A contiguous range of guest RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamRange {
+    pub start: u64,
+    pub size: u64,
+}
+
+impl RamRange {
+    pub fn end(&self) -> u64 {
+        self.start + self.size
+    }
+}
+
+/// The RAM ranges of a guest of `size` bytes: below the device hole, and
+/// the remainder above 4 GiB.
+pub fn ram_ranges(size: u64) -> Vec<RamRange> {
+    let low = size.min(DEVICE_HOLE_START);
+    let mut ranges = vec![RamRange {
+        start: 0,
+        size: low,
+    }];
+    if size > low {
+        ranges.push(RamRange {
+            start: DEVICE_HOLE_END,
+            size: size - low,
+        });
+    }
+    ranges
+}
+
+/// The memory map reported to the guest (E820 or PVH): every RAM range,
+/// minus the MP table and legacy area below 1 MiB.
+pub fn usable_ram_map(size: u64) -> Vec<RamRange> {
+    let mut map = Vec::new();
+    for range in ram_ranges(size) {
+        if range.start == 0 {
+            map.push(RamRange {
+                start: 0,
+                size: BASE_MEMORY_END,
+            });
+            map.push(RamRange {
+                start: HIMEM_START,
+                size: range.end() - HIMEM_START,
+            });
+        } else {
+            map.push(range);
+        }
+    }
+    map
+}
+
+/// End of the RAM below the device hole: the initramfs goes just under it.
+pub fn low_ram_end(size: u64) -> u64 {
+    size.min(DEVICE_HOLE_START)
+}
+
+pub fn create_guest_memory(size: u64) -> Result<GuestMemory, Error> {
+    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+        .into_iter()
+        .map(|r| (GuestAddress(r.start), r.size as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
+        mib: size >> 20,
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_is_one_range() {
+        assert_eq!(
+            ram_ranges(128 << 20),
+            vec![RamRange {
+                start: 0,
+                size: 128 << 20
+            }]
+        );
+    }
+
+    #[test]
+    fn large_guest_skips_the_device_hole() {
+        let ranges = ram_ranges(4 << 30);
+        assert_eq!(ranges.len(), 2);
+        assert_eq!(ranges[0].end(), DEVICE_HOLE_START);
+        assert_eq!(ranges[1].start, DEVICE_HOLE_END);
+        assert_eq!(ranges[0].size + ranges[1].size, 4 << 30);
+    }
+
+    #[test]
+    fn usable_map_leaves_out_the_legacy_area() {
+        let map = usable_ram_map(128 << 20);
+        assert_eq!(map[0].end(), BASE_MEMORY_END);
+        assert_eq!(map[1].start, HIMEM_START);
+        assert_eq!(map[1].end(), 128 << 20);
+    }
+
+    #[test]
+    fn boot_structures_do_not_overlap() {
+        let mut areas = [
+            (GDT_START, 0x20),
+            (IDT_START, 0x8),
+            (PVH_INFO_START, 0x1000),
+            (PVH_MEMMAP_START, 0x1000),
+            (PML4_START, 0x1000),
+            (PDPT_START, 0x1000),
+            (PD_START, 0x1000),
+            (CMDLINE_START, CMDLINE_MAX_SIZE as u64),
+            (MPTABLE_START, 0x400),
+        ];
+        areas.sort();
+        for pair in areas.windows(2) {
+            assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{pair:x?}");
+        }
+    }
+
+    // The 64-bit boot stack grows down from just below the page tables.
+    const _: () = assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > PVH_MEMMAP_START);
+}

@@ -1,0 +1,121 @@
+//! A vCPU's run loop: enter the guest, serve the exit, repeat until the
+//! guest or the VMM ends the VM.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::devices::{GuestRequest, PioBus};
+use crate::diagnostics::describe_internal_error;
+use crate::memory::GuestMemory;
+
+/// Why a vCPU stopped running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VcpuStop {
+    /// The guest asked to power off.
+    PowerOff,
+    /// The guest asked for a reset (reboot, or a panic with `panic=-1`).
+    Reset,
+    /// KVM_EXIT_SHUTDOWN: the guest triple-faulted.
+    TripleFault,
+    /// KVM could not run the guest; the report says where and why.
+    InternalError(String),
+    /// The VMM asked the vCPU to stop.
+    Stopped,
+    /// Any other failure of KVM_RUN or an exit the VMM does not handle.
+    Failed(String),
+}
+
+/// What to do after one exit.
+enum Next {
+    Continue,
+    Stop(VcpuStop),
+    DescribeInternalError,
+}
+
+pub struct Vcpu {
+    pub id: u8,
+    pub fd: VcpuFd,
+    pub bus: Arc<PioBus>,
+    pub mem: GuestMemory,
+}
+
+impl Vcpu {
+    /// Runs until the guest or `stop` ends it. `stop` is checked before each
+    /// entry; a signal kicks the vCPU out of the guest so it gets checked.
+    pub fn run(mut self, stop: &AtomicBool) -> VcpuStop {
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return VcpuStop::Stopped;
+            }
+            let next = match self.fd.run() {
+                Ok(exit) => handle_exit(&self.bus, exit),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Next::Continue,
+                Err(e) => Next::Stop(VcpuStop::Failed(format!(
+                    "KVM_RUN failed on vCPU {}: {e}",
+                    self.id
+                ))),
+            };
+            match next {
+                Next::Continue => {}
+                Next::Stop(reason) => return reason,
+                Next::DescribeInternalError => {
+                    return VcpuStop::InternalError(describe_internal_error(
+                        &mut self.fd,
+                        self.id,
+                        &self.mem,
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn handle_exit(bus: &PioBus, exit: VcpuExit) -> Next {
+    match exit {
+        VcpuExit::IoOut(port, data) => match bus.write(port, data) {
+            Some(GuestRequest::PowerOff) => Next::Stop(VcpuStop::PowerOff),
+            Some(GuestRequest::Reset) => Next::Stop(VcpuStop::Reset),
+            None => Next::Continue,
+        },
+        VcpuExit::IoIn(port, data) => {
+            bus.read(port, data);
+            Next::Continue
+        }
+        // No MMIO devices yet: reads see a floating bus, writes vanish.
+        VcpuExit::MmioRead(_, data) => {
+            data.fill(0xff);
+            Next::Continue
+        }
+        VcpuExit::MmioWrite(..) | VcpuExit::Intr => Next::Continue,
+        VcpuExit::Shutdown => Next::Stop(VcpuStop::TripleFault),
+        VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => Next::Stop(VcpuStop::PowerOff),
+        VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => Next::Stop(VcpuStop::Reset),
+        VcpuExit::InternalError => Next::DescribeInternalError,
+        VcpuExit::FailEntry(reason, cpu) => Next::Stop(VcpuStop::Failed(format!(
+            "KVM_EXIT_FAIL_ENTRY on host CPU {cpu}: hardware entry failure reason {reason:#x}"
+        ))),
+        // With the in-kernel irqchip KVM handles HLT itself; an exit here
+        // means the guest stopped for good.
+        VcpuExit::Hlt => Next::Stop(VcpuStop::Failed("the guest halted its vCPU".into())),
+        other => Next::Stop(VcpuStop::Failed(format!("unhandled vCPU exit {other:?}"))),
+    }
+}
+
+/// Signal used to kick vCPU threads out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Installs a handler for [`kick_signal`] that does nothing: its only job is
+/// to make KVM_RUN return EINTR.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Shared by the VMM and its vCPU threads.
+pub type StopFlag = Arc<AtomicBool>;
