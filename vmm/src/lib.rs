@@ -31,4 +31,4 @@ mod error;
 pub use config::{BootProtocol, SerialOutput, VmConfig};
 pub use error::Error;
 pub use host_profile::HostProfile;
-pub use machine::{run_vm, VmExit};
+pub use machine::{guest_cmdline, run_vm, VmExit};

@@ -121,6 +121,13 @@ pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
     run_vcpus(vcpus)
 }
 
+/// The kernel command line `config` gives the guest on this host.
+pub fn guest_cmdline(config: &VmConfig) -> Result<String, Error> {
+    config.validate()?;
+    let profile = HostProfile::resolve(config.host_profile);
+    boot::build_cmdline(profile, &config.extra_cmdline, &config.init_args)
+}
+
 fn open_kvm() -> Result<Kvm, Error> {
     let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
     let version = kvm.get_api_version();

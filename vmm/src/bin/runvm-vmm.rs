@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use runvm_vmm::host_profile::HostProfileChoice;
-use runvm_vmm::{run_vm, BootProtocol, SerialOutput, VmConfig, VmExit};
+use runvm_vmm::{guest_cmdline, run_vm, BootProtocol, SerialOutput, VmConfig, VmExit};
 
 #[derive(Parser, Debug)]
 #[command(name = "runvm-vmm", version, about = "Boot a runvm microVM")]
@@ -41,6 +41,9 @@ struct Args {
     /// How to enter the kernel.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Auto)]
     boot_protocol: ProtocolArg,
+    /// Print the guest kernel command line this VM would get, and exit.
+    #[arg(long)]
+    print_cmdline: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -93,6 +96,18 @@ fn main() -> ExitCode {
             ProtocolArg::Linux64 => BootProtocol::Linux64,
         },
     };
+    if args.print_cmdline {
+        return match guest_cmdline(&config) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("runvm-vmm: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run_vm(&config) {
         Ok(VmExit::PowerOff) => ExitCode::SUCCESS,
         Ok(exit) => {

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what building and testing runvm needs on a fresh Debian 12 machine
+# (run as root). Idempotent: packages already present are not touched, so a
+# second run costs a dpkg query.
+#
+#   scripts/setup.sh          build and test dependencies
+#   scripts/setup.sh --bench  also QEMU, for the side-by-side benchmarks
+set -euo pipefail
+
+packages=(
+  # guest kernel build
+  linux-source-6.1 bc flex bison libelf-dev libssl-dev cpio make gcc
+  # end-to-end tests
+  util-linux
+)
+if [[ "${1:-}" == "--bench" ]]; then
+  packages+=(qemu-system-x86)
+fi
+
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: installing packages needs root (apt-get); run as root or install: ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found: install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+# The agent is linked statically against glibc for x86_64-unknown-linux-gnu.
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-gnu; then
+  rustup target add x86_64-unknown-linux-gnu
+fi
+echo "setup: ok"

@@ -1,0 +1,67 @@
+//! Bad input to `runvm-vmm` fails at once with a message naming the
+//! problem, and boots nothing.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const QUICK: Duration = Duration::from_secs(20);
+
+fn fails_with(command: Command, expected: &str) {
+    let run = run_with_timeout(command, QUICK);
+    assert_eq!(run.status.code(), Some(1), "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains(expected),
+        "expected {expected:?} in stderr:\n{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("runvm-agent"), "a VM booted:\n{}", run.stdout);
+}
+
+#[test]
+fn missing_kernel_is_named() {
+    let mut command = Command::new(vmm_binary());
+    command.args(["--kernel", "/nonexistent/vmlinux", "--init-arg=--poweroff"]);
+    fails_with(command, "cannot open kernel /nonexistent/vmlinux");
+}
+
+#[test]
+fn a_kernel_that_is_not_an_elf_vmlinux_is_refused() {
+    let mut command = Command::new(vmm_binary());
+    command.arg("--kernel").arg(initrd());
+    fails_with(command, "cannot load kernel");
+}
+
+#[test]
+fn missing_initramfs_is_named() {
+    let mut command = Command::new(vmm_binary());
+    command
+        .arg("--kernel")
+        .arg(kernel())
+        .args(["--initrd", "/nonexistent/initramfs.cpio"]);
+    fails_with(command, "cannot read initramfs /nonexistent/initramfs.cpio");
+}
+
+#[test]
+fn too_little_memory_is_refused() {
+    fails_with(
+        vmm_command(&["--memory", "16", "--init-arg=--poweroff"]),
+        "guest memory of 16 MiB is too small: at least 64 MiB is needed",
+    );
+}
+
+#[test]
+fn no_kvm_is_reported_clearly() {
+    // Hide /dev/kvm in a private mount namespace: a tmpfs over /dev.
+    let mut command = Command::new("unshare");
+    command
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs none /dev && exec \"$0\" \"$@\"")
+        .arg(vmm_binary())
+        .arg("--kernel")
+        .arg(kernel());
+    fails_with(command, "cannot open /dev/kvm");
+}
