@@ -17,7 +17,7 @@ use vmm_sys_util::signal::Killable;
 use crate::boot::{self, regs::setup_boot_vcpu, EXIT_PORT};
 use crate::config::{SerialOutput, VmConfig};
 use crate::cpu;
-use crate::devices::{ExitPort, PioBus, Serial, COM1_IRQ, COM1_PORT, I8042, I8042_BASE, I8042_LEN};
+use crate::devices::{Bus, ExitPort, Serial, COM1_IRQ, COM1_PORT, I8042, I8042_BASE, I8042_LEN};
 use crate::error::Error;
 use crate::host_profile::HostProfile;
 use crate::memory::{create_guest_memory, GuestMemory};
@@ -99,7 +99,8 @@ pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
     let mem = create_guest_memory(config.memory_bytes())?;
     register_guest_memory(&vm, &mem, config.memory_mib)?;
     let entry = boot::prepare_guest(config, profile, &mem)?;
-    let bus = Arc::new(build_pio_bus(&vm, &config.serial)?);
+    let pio = Arc::new(build_pio_bus(&vm, &config.serial)?);
+    let mmio = Arc::new(Bus::default());
 
     let base_cpuid = cpu::supported_cpuid(&kvm)?;
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
@@ -114,7 +115,8 @@ pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
         vcpus.push(Vcpu {
             id,
             fd,
-            bus: bus.clone(),
+            pio: pio.clone(),
+            mmio: mmio.clone(),
             mem: mem.clone(),
         });
     }
@@ -170,7 +172,7 @@ fn register_guest_memory(vm: &VmFd, mem: &GuestMemory, memory_mib: u64) -> Resul
     Ok(())
 }
 
-fn build_pio_bus(vm: &VmFd, serial: &SerialOutput) -> Result<PioBus, Error> {
+fn build_pio_bus(vm: &VmFd, serial: &SerialOutput) -> Result<Bus, Error> {
     let output: Box<dyn Write + Send> = match serial {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::File(path) => {
@@ -186,7 +188,7 @@ fn build_pio_bus(vm: &VmFd, serial: &SerialOutput) -> Result<PioBus, Error> {
     vm.register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(Error::kvm("KVM_IRQFD"))?;
 
-    let mut bus = PioBus::default();
+    let mut bus = Bus::default();
     bus.insert(
         COM1_PORT,
         Serial::PORT_COUNT,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::devices::{GuestRequest, PioBus};
+use crate::devices::{Bus, GuestRequest};
 use crate::diagnostics::describe_internal_error;
 use crate::memory::GuestMemory;
 
@@ -38,7 +38,9 @@ enum Next {
 pub struct Vcpu {
     pub id: u8,
     pub fd: VcpuFd,
-    pub bus: Arc<PioBus>,
+    /// Port I/O.
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
     pub mem: GuestMemory,
 }
 
@@ -51,7 +53,7 @@ impl Vcpu {
                 return VcpuStop::Stopped;
             }
             let next = match self.fd.run() {
-                Ok(exit) => handle_exit(&self.bus, exit),
+                Ok(exit) => handle_exit(&self.pio, &self.mmio, exit),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Next::Continue,
                 Err(e) => Next::Stop(VcpuStop::Failed(format!(
                     "KVM_RUN failed on vCPU {}: {e}",
@@ -73,23 +75,19 @@ impl Vcpu {
     }
 }
 
-fn handle_exit(bus: &PioBus, exit: VcpuExit) -> Next {
+fn handle_exit(pio: &Bus, mmio: &Bus, exit: VcpuExit) -> Next {
     match exit {
-        VcpuExit::IoOut(port, data) => match bus.write(port, data) {
-            Some(GuestRequest::PowerOff) => Next::Stop(VcpuStop::PowerOff),
-            Some(GuestRequest::Reset) => Next::Stop(VcpuStop::Reset),
-            None => Next::Continue,
-        },
+        VcpuExit::IoOut(port, data) => after_write(pio.write(u64::from(port), data)),
         VcpuExit::IoIn(port, data) => {
-            bus.read(port, data);
+            pio.read(u64::from(port), data);
             Next::Continue
         }
-        // No MMIO devices yet: reads see a floating bus, writes vanish.
-        VcpuExit::MmioRead(_, data) => {
-            data.fill(0xff);
+        VcpuExit::MmioWrite(address, data) => after_write(mmio.write(address, data)),
+        VcpuExit::MmioRead(address, data) => {
+            mmio.read(address, data);
             Next::Continue
         }
-        VcpuExit::MmioWrite(..) | VcpuExit::Intr => Next::Continue,
+        VcpuExit::Intr => Next::Continue,
         VcpuExit::Shutdown => Next::Stop(VcpuStop::TripleFault),
         VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => Next::Stop(VcpuStop::PowerOff),
         VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => Next::Stop(VcpuStop::Reset),
@@ -101,6 +99,14 @@ fn handle_exit(bus: &PioBus, exit: VcpuExit) -> Next {
         // means the guest stopped for good.
         VcpuExit::Hlt => Next::Stop(VcpuStop::Failed("the guest halted its vCPU".into())),
         other => Next::Stop(VcpuStop::Failed(format!("unhandled vCPU exit {other:?}"))),
+    }
+}
+
+fn after_write(request: Option<GuestRequest>) -> Next {
+    match request {
+        Some(GuestRequest::PowerOff) => Next::Stop(VcpuStop::PowerOff),
+        Some(GuestRequest::Reset) => Next::Stop(VcpuStop::Reset),
+        None => Next::Continue,
     }
 }
 

@@ -8,7 +8,7 @@ use crate::memory::CMDLINE_MAX_SIZE;
 /// I/O port through which runvm's guest kernel reports power-off (0) and
 /// reset (1); see `guest-kernel/patches`. Without ACPI a guest has no other
 /// way to power off, and writing to it is harmless under any other VMM.
-pub const EXIT_PORT: u16 = 0xf4;
+pub const EXIT_PORT: u64 = 0xf4;
 
 /// Parameters every runvm guest gets.
 const BASE_PARAMS: &[&str] = &[

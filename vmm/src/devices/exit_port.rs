@@ -2,16 +2,16 @@
 //! `guest-kernel/patches`): 0 for power-off or halt, 1 for reset (reboot,
 //! or a panic with `panic=-1`).
 
-use super::bus::{GuestRequest, PioDevice};
+use super::bus::{BusDevice, GuestRequest};
 
 pub struct ExitPort;
 
-impl PioDevice for ExitPort {
-    fn read(&mut self, _offset: u16, data: &mut [u8]) {
+impl BusDevice for ExitPort {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0xff);
     }
 
-    fn write(&mut self, _offset: u16, data: &[u8]) -> Option<GuestRequest> {
+    fn write(&mut self, _offset: u64, data: &[u8]) -> Option<GuestRequest> {
         match data.first() {
             Some(0) => Some(GuestRequest::PowerOff),
             Some(_) => Some(GuestRequest::Reset),

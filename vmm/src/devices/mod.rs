@@ -1,11 +1,11 @@
-//! Port-I/O devices and the bus that routes vCPU port accesses to them.
+//! The VM's devices and the buses that route vCPU accesses to them.
 
 mod bus;
 mod exit_port;
 mod i8042;
 mod serial;
 
-pub use bus::{GuestRequest, PioBus, PioDevice};
+pub use bus::{Bus, BusDevice, GuestRequest};
 pub use exit_port::ExitPort;
 pub use i8042::{I8042, I8042_BASE, I8042_LEN};
 pub use serial::{Serial, COM1_IRQ, COM1_PORT};

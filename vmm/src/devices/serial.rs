@@ -7,10 +7,10 @@ use vm_superio::serial::NoEvents;
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::bus::{GuestRequest, PioDevice};
+use super::bus::{BusDevice, GuestRequest};
 
-pub const COM1_PORT: u16 = 0x3f8;
-pub const COM1_PORT_COUNT: u16 = 8;
+pub const COM1_PORT: u64 = 0x3f8;
+pub const COM1_PORT_COUNT: u64 = 8;
 pub const COM1_IRQ: u32 = 4;
 
 /// Raises the UART's interrupt by signalling the irqfd KVM listens on.
@@ -36,18 +36,18 @@ impl Serial {
         }
     }
 
-    pub const PORT_COUNT: u16 = COM1_PORT_COUNT;
+    pub const PORT_COUNT: u64 = COM1_PORT_COUNT;
 }
 
-impl PioDevice for Serial {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         match (u8::try_from(offset), data.len()) {
             (Ok(offset), 1) => data[0] = self.uart.read(offset),
             _ => data.fill(0xff),
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<GuestRequest> {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<GuestRequest> {
         if let (Ok(offset), [value]) = (u8::try_from(offset), data) {
             // A console that cannot be written to must not stop the guest;
             // the bytes are lost, as on a disconnected serial line.
