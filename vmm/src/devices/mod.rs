@@ -4,6 +4,7 @@ mod bus;
 mod exit_port;
 mod i8042;
 mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, GuestRequest};
 pub use exit_port::ExitPort;

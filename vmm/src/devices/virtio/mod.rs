@@ -1,0 +1,90 @@
+//! virtio devices (virtio 1.x) and the MMIO transport that presents them
+//! to the guest.
+
+pub mod mmio;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMemory;
+
+/// Feature bit every modern device offers: the virtio 1.x layout.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Interrupt status bits of the MMIO transport.
+pub const INTERRUPT_USED_BUFFER: u32 = 1;
+pub const INTERRUPT_CONFIG_CHANGE: u32 = 2;
+
+/// The device's interrupt line: a status word the driver reads and
+/// acknowledges through the transport, and the irqfd that raises the line.
+pub struct Interrupt {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl Interrupt {
+    pub fn new(irqfd: EventFd) -> Interrupt {
+        Interrupt {
+            status: AtomicU32::new(0),
+            irqfd,
+        }
+    }
+
+    /// Tells the driver that used buffers are waiting.
+    pub fn signal_used_buffer(&self) {
+        self.raise(INTERRUPT_USED_BUFFER);
+    }
+
+    pub fn signal_config_change(&self) {
+        self.raise(INTERRUPT_CONFIG_CHANGE);
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::AcqRel);
+        // A full eventfd counter already means "raised".
+        let _ = self.irqfd.write(1);
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::Acquire)
+    }
+
+    pub fn acknowledge(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::AcqRel);
+    }
+}
+
+/// The queues a driver set up, handed to the device when it becomes live.
+pub struct ActiveQueue {
+    pub queue: Queue,
+    /// Signalled (through KVM's ioeventfd) when the driver notifies.
+    pub notify: EventFd,
+}
+
+/// What a device type provides; the transport does the rest.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (e.g. 19 for vsock).
+    fn device_type(&self) -> u32;
+    /// The largest size of each queue; their count is the device's queue count.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features offered, including [`VIRTIO_F_VERSION_1`].
+    fn features(&self) -> u64;
+    /// The device-specific configuration space, read by the driver.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Most devices have a read-only configuration space.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver set DRIVER_OK: start serving. `features` are the ones it
+    /// accepted. An error puts the device into the FAILED state.
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: std::sync::Arc<Interrupt>,
+    ) -> Result<(), String>;
+    /// The driver reset the device: stop serving and drop the queues.
+    /// Returns false when the device cannot be reset.
+    fn reset(&mut self) -> bool;
+}
