@@ -132,17 +132,15 @@ impl MmioTransport {
         match offset {
             REG_DEVICE_FEATURES_SEL => self.device_features_select = value,
             REG_DRIVER_FEATURES_SEL => self.driver_features_select = value,
-            REG_DRIVER_FEATURES => {
-                if self.status & STATUS_FEATURES_OK == 0 {
-                    let shift = match self.driver_features_select {
-                        0 => 0,
-                        1 => 32,
-                        _ => return,
-                    };
-                    let mask = 0xffff_ffffu64 << shift;
-                    self.driver_features =
-                        (self.driver_features & !mask) | (u64::from(value) << shift);
-                }
+            // Frozen once the device has accepted them.
+            REG_DRIVER_FEATURES if self.status & STATUS_FEATURES_OK == 0 => {
+                let shift = match self.driver_features_select {
+                    0 => 0,
+                    1 => 32,
+                    _ => return,
+                };
+                let mask = 0xffff_ffffu64 << shift;
+                self.driver_features = (self.driver_features & !mask) | (u64::from(value) << shift);
             }
             REG_QUEUE_SEL => self.queue_select = value,
             REG_QUEUE_NUM if setting_up => {
@@ -289,7 +287,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         // Registers are 32 bits wide and read whole.
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -302,7 +300,7 @@ impl BusDevice for MmioTransport {
             self.device.write_config(offset - CONFIG_SPACE, data);
             return None;
         }
-        if let (Ok(bytes), 0) = (<[u8; 4]>::try_from(data), offset % 4) {
+        if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset.is_multiple_of(4)) {
             self.write_register(offset, u32::from_le_bytes(bytes));
         }
         None
