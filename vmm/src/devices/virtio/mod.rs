@@ -2,6 +2,7 @@
 //! to the guest.
 
 pub mod mmio;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
