@@ -35,6 +35,16 @@ pub enum SerialOutput {
     None,
 }
 
+/// A virtio-vsock device backed by host Unix sockets (hybrid vsock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id: 3 or more, below u32::MAX (VMADDR_CID_ANY).
+    pub guest_cid: u64,
+    /// Host clients connect here; guest connections to port P go to
+    /// `<socket>_P`.
+    pub socket: PathBuf,
+}
+
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     /// Uncompressed ELF `vmlinux`.
@@ -48,6 +58,7 @@ pub struct VmConfig {
     /// Handed to the guest's init (after ` -- ` on the command line).
     pub init_args: Vec<String>,
     pub serial: SerialOutput,
+    pub vsock: Option<VsockConfig>,
     pub host_profile: HostProfileChoice,
     pub boot_protocol: BootProtocol,
 }
@@ -62,6 +73,7 @@ impl VmConfig {
             extra_cmdline: Vec::new(),
             init_args: Vec::new(),
             serial: SerialOutput::Stdout,
+            vsock: None,
             host_profile: HostProfileChoice::Auto,
             boot_protocol: BootProtocol::Auto,
         }
@@ -94,6 +106,11 @@ impl VmConfig {
         }
         if self.init_args.iter().any(|a| a == "--") {
             return Err(Error::InvalidCmdlineArgument("--".into()));
+        }
+        if let Some(vsock) = &self.vsock {
+            if vsock.guest_cid < 3 || vsock.guest_cid >= u64::from(u32::MAX) {
+                return Err(Error::InvalidGuestCid(vsock.guest_cid));
+            }
         }
         Ok(())
     }
@@ -130,6 +147,18 @@ mod tests {
         assert!(config.validate().is_err());
         config.vcpus = MAX_VCPUS;
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn guest_cid_must_be_a_guest_address() {
+        let mut config = VmConfig::new("/vmlinux");
+        for (cid, valid) in [(2, false), (3, true), (u64::from(u32::MAX), false)] {
+            config.vsock = Some(VsockConfig {
+                guest_cid: cid,
+                socket: "/run/v.sock".into(),
+            });
+            assert_eq!(config.validate().is_ok(), valid, "cid {cid}");
+        }
     }
 
     #[test]

@@ -23,6 +23,19 @@ pub enum Error {
     InvalidVcpuCount { requested: u8, maximum: u8 },
     #[error("invalid kernel command line argument {0:?}: it must be non-empty, without spaces, and not \"--\"")]
     InvalidCmdlineArgument(String),
+    #[error("invalid guest CID {0}: it must be at least 3 and below 4294967295")]
+    InvalidGuestCid(u64),
+    #[error("cannot create the vsock socket {path}: {source}")]
+    VsockSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up the {device} device: {reason}")]
+    Device {
+        device: &'static str,
+        reason: String,
+    },
     #[error("kernel command line is too long or malformed: {0}")]
     Cmdline(String),
 

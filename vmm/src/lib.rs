@@ -28,7 +28,7 @@ pub mod vcpu;
 
 mod error;
 
-pub use config::{BootProtocol, SerialOutput, VmConfig};
+pub use config::{BootProtocol, SerialOutput, VmConfig, VsockConfig};
 pub use error::Error;
 pub use host_profile::HostProfile;
 pub use machine::{guest_cmdline, run_vm, VmExit};

@@ -9,18 +9,24 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
-use crate::boot::{self, regs::setup_boot_vcpu, EXIT_PORT};
+use crate::boot::{self, regs::setup_boot_vcpu, virtio_mmio_param, EXIT_PORT};
 use crate::config::{SerialOutput, VmConfig};
 use crate::cpu;
+use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::vsock::device::Vsock;
+use crate::devices::virtio::vsock::muxer::Muxer;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Bus, ExitPort, Serial, COM1_IRQ, COM1_PORT, I8042, I8042_BASE, I8042_LEN};
 use crate::error::Error;
 use crate::host_profile::HostProfile;
-use crate::memory::{create_guest_memory, GuestMemory};
+use crate::memory::{
+    create_guest_memory, virtio_mmio_slot, GuestMemory, MAX_VIRTIO_DEVICES, VIRTIO_MMIO_WINDOW,
+};
 use crate::vcpu::{install_kick_handler, kick_signal, Vcpu, VcpuStop};
 
 /// KVM on Intel needs three pages for a real-mode TSS; they sit in the
@@ -98,9 +104,10 @@ pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
 
     let mem = create_guest_memory(config.memory_bytes())?;
     register_guest_memory(&vm, &mem, config.memory_mib)?;
-    let entry = boot::prepare_guest(config, profile, &mem)?;
     let pio = Arc::new(build_pio_bus(&vm, &config.serial)?);
-    let mmio = Arc::new(Bus::default());
+    let mmio = Arc::new(build_mmio_bus(&vm, &mem, config)?);
+    let cmdline = cmdline_for(config, profile)?;
+    let entry = boot::prepare_guest(config, &cmdline, &mem)?;
 
     let base_cpuid = cpu::supported_cpuid(&kvm)?;
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
@@ -126,8 +133,93 @@ pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
 /// The kernel command line `config` gives the guest on this host.
 pub fn guest_cmdline(config: &VmConfig) -> Result<String, Error> {
     config.validate()?;
-    let profile = HostProfile::resolve(config.host_profile);
-    boot::build_cmdline(profile, &config.extra_cmdline, &config.init_args)
+    cmdline_for(config, HostProfile::resolve(config.host_profile))
+}
+
+fn cmdline_for(config: &VmConfig, profile: HostProfile) -> Result<String, Error> {
+    let device_params: Vec<String> = virtio_devices(config)
+        .into_iter()
+        .filter_map(|(index, _)| virtio_mmio_slot(index))
+        .map(|(base, irq)| virtio_mmio_param(base, irq))
+        .collect();
+    boot::build_cmdline(
+        profile,
+        &device_params,
+        &config.extra_cmdline,
+        &config.init_args,
+    )
+}
+
+/// The virtio devices `config` asks for, in slot order. The order fixes
+/// each device's MMIO window and IRQ, and so the guest's device names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VirtioKind {
+    Vsock,
+}
+
+fn virtio_devices(config: &VmConfig) -> Vec<(usize, VirtioKind)> {
+    let mut kinds = Vec::new();
+    if config.vsock.is_some() {
+        kinds.push(VirtioKind::Vsock);
+    }
+    kinds.into_iter().enumerate().collect()
+}
+
+fn build_mmio_bus(vm: &VmFd, mem: &GuestMemory, config: &VmConfig) -> Result<Bus, Error> {
+    let mut bus = Bus::default();
+    for (index, kind) in virtio_devices(config) {
+        let (base, irq) = virtio_mmio_slot(index).ok_or(Error::Device {
+            device: "virtio",
+            reason: format!("more than {MAX_VIRTIO_DEVICES} devices"),
+        })?;
+        let device: Box<dyn VirtioDevice> = match (kind, &config.vsock) {
+            (VirtioKind::Vsock, Some(vsock)) => {
+                let muxer = Muxer::bind(vsock.guest_cid, &vsock.socket).map_err(|source| {
+                    Error::VsockSocket {
+                        path: vsock.socket.clone(),
+                        source,
+                    }
+                })?;
+                Box::new(Vsock::new(vsock.guest_cid, muxer))
+            }
+            (VirtioKind::Vsock, None) => continue,
+        };
+        let transport = attach_virtio_device(vm, mem, device, base, irq)?;
+        bus.insert(base, VIRTIO_MMIO_WINDOW, Arc::new(Mutex::new(transport)));
+    }
+    Ok(bus)
+}
+
+/// Wires a device's interrupt (irqfd) and queue notifications (one
+/// ioeventfd per queue on QueueNotify) into KVM.
+fn attach_virtio_device(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    device: Box<dyn VirtioDevice>,
+    base: u64,
+    irq: u32,
+) -> Result<MmioTransport, Error> {
+    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("cannot create an irqfd"))?;
+    vm.register_irqfd(&irqfd, irq)
+        .map_err(Error::kvm("KVM_IRQFD"))?;
+    let mut notify = Vec::new();
+    for index in 0..device.queue_max_sizes().len() as u32 {
+        let event =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("cannot create an ioeventfd"))?;
+        vm.register_ioevent(
+            &event,
+            &IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY),
+            index,
+        )
+        .map_err(Error::kvm("KVM_IOEVENTFD"))?;
+        notify.push(event);
+    }
+    MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irqfd)), notify).map_err(
+        |reason| Error::Device {
+            device: "virtio-mmio",
+            reason,
+        },
+    )
 }
 
 fn open_kvm() -> Result<Kvm, Error> {

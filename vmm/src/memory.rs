@@ -11,7 +11,8 @@
 //! 0x0009_fc00  MP table            (last KiB of base memory, where Linux looks)
 //! 0x0010_0000  high memory: the kernel at its ELF physical address, then
 //!              free RAM; the initramfs sits at the top of low RAM
-//! 0xc000_0000  device hole up to 4 GiB (virtio-mmio windows live here)
+//! 0xc000_0000  device hole up to 4 GiB
+//! 0xd000_0000  virtio-mmio windows, 4 KiB each (IRQ 5 and up)
 //! 0x1_0000_0000 RAM above the hole, for guests larger than 3 GiB
 //! ```
 
@@ -39,6 +40,23 @@ pub const BASE_MEMORY_END: u64 = MPTABLE_START;
 pub const HIMEM_START: u64 = 0x10_0000;
 pub const DEVICE_HOLE_START: u64 = 0xc000_0000;
 pub const DEVICE_HOLE_END: u64 = 0x1_0000_0000;
+/// virtio-mmio register windows, one 4 KiB page per device.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+pub const VIRTIO_MMIO_WINDOW: u64 = 0x1000;
+/// I/O APIC pins 5 and up go to virtio devices (4 is COM1).
+pub const VIRTIO_FIRST_IRQ: u32 = 5;
+/// Pins 5..=23 of the I/O APIC.
+pub const MAX_VIRTIO_DEVICES: usize = 19;
+
+/// Where the `index`th virtio-mmio device lives: its window and its IRQ.
+pub fn virtio_mmio_slot(index: usize) -> Option<(u64, u32)> {
+    (index < MAX_VIRTIO_DEVICES).then(|| {
+        (
+            VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_WINDOW,
+            VIRTIO_FIRST_IRQ + index as u32,
+        )
+    })
+}
 
 /// A contiguous range of guest RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use runvm_vmm::host_profile::HostProfileChoice;
-use runvm_vmm::{guest_cmdline, run_vm, BootProtocol, SerialOutput, VmConfig, VmExit};
+use runvm_vmm::{guest_cmdline, run_vm, BootProtocol, SerialOutput, VmConfig, VmExit, VsockConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "runvm-vmm", version, about = "Boot a runvm microVM")]
@@ -35,6 +35,14 @@ struct Args {
     /// Where the serial console goes: stdout, none, or file:PATH.
     #[arg(long, default_value = "stdout", value_parser = parse_serial)]
     serial: SerialOutput,
+    /// Give the guest a virtio-vsock device whose host side is this Unix
+    /// socket (hybrid vsock: `CONNECT <port>` to reach a guest port; guest
+    /// connections to port P go to PATH_P).
+    #[arg(long, value_name = "PATH")]
+    vsock_socket: Option<PathBuf>,
+    /// The guest's vsock context id.
+    #[arg(long, default_value_t = 3, requires = "vsock_socket")]
+    vsock_cid: u64,
     /// Host compatibility profile for the guest command line.
     #[arg(long, value_enum, default_value_t = ProfileArg::Auto)]
     host_profile: ProfileArg,
@@ -85,6 +93,10 @@ fn main() -> ExitCode {
         extra_cmdline: args.cmdline,
         init_args: args.init_args,
         serial: args.serial,
+        vsock: args.vsock_socket.map(|socket| VsockConfig {
+            guest_cid: args.vsock_cid,
+            socket,
+        }),
         host_profile: match args.host_profile {
             ProfileArg::Auto => HostProfileChoice::Auto,
             ProfileArg::Emulated => HostProfileChoice::Emulated,

@@ -19,13 +19,22 @@ const BASE_PARAMS: &[&str] = &[
     "panic=-1",
 ];
 
+/// How the guest finds a virtio-mmio device without ACPI or a device tree.
+pub fn virtio_mmio_param(base: u64, irq: u32) -> String {
+    format!("virtio_mmio.device=4K@{base:#x}:{irq}")
+}
+
+/// runvm's parameters, then the host profile's, the devices', the
+/// caller's, and init's arguments after `--`.
 pub fn build_cmdline(
     profile: HostProfile,
+    device_params: &[String],
     extra: &[String],
     init_args: &[String],
 ) -> Result<String, Error> {
     let mut words: Vec<String> = BASE_PARAMS.iter().map(|s| s.to_string()).collect();
     words.extend(profile.kernel_params());
+    words.extend(device_params.iter().cloned());
     words.extend(extra.iter().cloned());
     if !init_args.is_empty() {
         words.push("--".into());
@@ -52,19 +61,20 @@ mod tests {
     fn init_args_come_last_after_a_separator() {
         let line = build_cmdline(
             HostProfile::Hardware,
+            &[virtio_mmio_param(0xd000_0000, 5)],
             &["loglevel=7".into()],
             &["--poweroff".into()],
         )
         .unwrap();
         assert_eq!(
             line,
-            "console=ttyS0 quiet panic=-1 loglevel=7 -- --poweroff"
+            "console=ttyS0 quiet panic=-1 virtio_mmio.device=4K@0xd0000000:5 loglevel=7 -- --poweroff"
         );
     }
 
     #[test]
     fn emulated_profile_is_added() {
-        let line = build_cmdline(HostProfile::EmulatedKernel, &[], &[]).unwrap();
+        let line = build_cmdline(HostProfile::EmulatedKernel, &[], &[], &[]).unwrap();
         assert!(line.contains("noxsave"));
         assert!(!line.contains("--"));
     }
@@ -72,6 +82,6 @@ mod tests {
     #[test]
     fn overlong_line_is_refused() {
         let long = vec!["x".repeat(CMDLINE_MAX_SIZE)];
-        assert!(build_cmdline(HostProfile::Hardware, &long, &[]).is_err());
+        assert!(build_cmdline(HostProfile::Hardware, &[], &long, &[]).is_err());
     }
 }

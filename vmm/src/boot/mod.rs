@@ -9,20 +9,19 @@ pub mod mptable;
 mod params;
 pub mod regs;
 
-pub use cmdline::{build_cmdline, EXIT_PORT};
+pub use cmdline::{build_cmdline, virtio_mmio_param, EXIT_PORT};
 pub use images::{load_initrd, load_kernel, LoadedKernel};
 pub use regs::EntryPoint;
 
 use crate::config::{BootProtocol, VmConfig};
 use crate::error::Error;
-use crate::host_profile::HostProfile;
 use crate::memory::GuestMemory;
 
-/// Loads every boot image and structure into `mem` and tells where the
-/// bootstrap vCPU starts.
+/// Loads every boot image and structure into `mem`, with `cmdline` as the
+/// kernel command line, and tells where the bootstrap vCPU starts.
 pub fn prepare_guest(
     config: &VmConfig,
-    profile: HostProfile,
+    cmdline: &str,
     mem: &GuestMemory,
 ) -> Result<EntryPoint, Error> {
     let kernel = load_kernel(&config.kernel, mem)?;
@@ -30,8 +29,7 @@ pub fn prepare_guest(
         Some(path) => Some(load_initrd(path, mem, &kernel, config.memory_bytes())?),
         None => None,
     };
-    let cmdline = build_cmdline(profile, &config.extra_cmdline, &config.init_args)?;
-    params::write_cmdline(mem, &cmdline)?;
+    params::write_cmdline(mem, cmdline)?;
     mptable::write(mem, config.vcpus)?;
 
     let protocol = match (config.boot_protocol, kernel.pvh_entry) {

@@ -1,0 +1,344 @@
+//! The virtio-vsock device: configuration space, queues, and the event
+//! loop thread that moves packets between the queues and the muxer.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::muxer::{FdOwner, Muxer};
+use super::packet::{PacketHeader, HEADER_SIZE, MAX_PAYLOAD};
+use crate::devices::virtio::{ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::memory::GuestMemory;
+
+pub const VIRTIO_ID_VSOCK: u32 = 19;
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
+const RX: usize = 0;
+const TX: usize = 1;
+/// Largest payload put in one RX buffer: Linux posts 4 KiB buffers, and a
+/// bigger guest buffer is simply filled up to this.
+const MAX_RX_PAYLOAD: usize = 64 * 1024;
+
+pub struct Vsock {
+    guest_cid: u64,
+    /// Idle until the driver activates the device, then owned by the loop.
+    muxer: Option<Muxer>,
+    running: Option<(EventFd, JoinHandle<Muxer>)>,
+}
+
+impl Vsock {
+    pub fn new(guest_cid: u64, muxer: Muxer) -> Vsock {
+        Vsock {
+            guest_cid,
+            muxer: Some(muxer),
+            running: None,
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    /// The configuration space is the guest's CID, 64 bits little-endian.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.guest_cid.to_le_bytes();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = start
+                .checked_add(i)
+                .and_then(|at| config.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        _features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), String> {
+        let muxer = self
+            .muxer
+            .take()
+            .ok_or("the vsock device is already active")?;
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?;
+        let mut queues = queues.into_iter();
+        let (Some(rx), Some(tx), Some(events)) = (queues.next(), queues.next(), queues.next())
+        else {
+            return Err("the vsock device needs 3 queues".into());
+        };
+        let event_loop = EventLoop {
+            mem,
+            rx,
+            tx,
+            _events: events,
+            interrupt,
+            muxer,
+            stop: stop.try_clone().map_err(|e| e.to_string())?,
+            epoll: Epoll::new().map_err(|e| e.to_string())?,
+            registered: HashMap::new(),
+            rx_starved: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("vsock".into())
+            .spawn(move || event_loop.run())
+            .map_err(|e| e.to_string())?;
+        self.running = Some((stop, thread));
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        let Some((stop, thread)) = self.running.take() else {
+            return true;
+        };
+        let _ = stop.write(1);
+        match thread.join() {
+            Ok(muxer) => {
+                self.muxer = Some(muxer);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
+struct EventLoop {
+    mem: GuestMemory,
+    rx: ActiveQueue,
+    tx: ActiveQueue,
+    /// The event queue carries only transport resets, which runvm never
+    /// sends; it is kept so the driver's buffers stay posted.
+    _events: ActiveQueue,
+    interrupt: Arc<Interrupt>,
+    muxer: Muxer,
+    stop: EventFd,
+    epoll: Epoll,
+    /// Interest currently registered with epoll, per fd.
+    registered: HashMap<RawFd, EventSet>,
+    /// The guest posted no RX buffer last time one was needed.
+    rx_starved: bool,
+}
+
+impl EventLoop {
+    /// Serves until told to stop; hands the muxer back for a later
+    /// activation.
+    fn run(mut self) -> Muxer {
+        let fixed = [
+            self.stop.as_raw_fd(),
+            self.rx.notify.as_raw_fd(),
+            self.tx.notify.as_raw_fd(),
+        ];
+        for fd in fixed {
+            if self.watch(fd, EventSet::IN).is_err() {
+                return self.muxer;
+            }
+        }
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            self.process_rx();
+            self.sync_interest();
+            let count = match self.epoll.wait(-1, &mut events) {
+                Ok(count) => count,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.muxer,
+            };
+            for event in &events[..count] {
+                let fd = event.fd();
+                let set = event.event_set();
+                if fd == self.stop.as_raw_fd() {
+                    return self.muxer;
+                } else if fd == self.rx.notify.as_raw_fd() {
+                    let _ = self.rx.notify.read();
+                    self.rx_starved = false;
+                } else if fd == self.tx.notify.as_raw_fd() {
+                    let _ = self.tx.notify.read();
+                    self.process_tx();
+                } else {
+                    self.on_socket_event(fd, set);
+                }
+            }
+        }
+    }
+
+    fn on_socket_event(&mut self, fd: RawFd, set: EventSet) {
+        match self.muxer.owner_of(fd) {
+            Some(FdOwner::Listener) => self.muxer.accept(),
+            Some(FdOwner::Handshake) => self.muxer.continue_handshake(fd),
+            Some(FdOwner::Connection(key)) => {
+                // A hang-up reads as end of file.
+                let readable = set.intersects(
+                    EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR,
+                );
+                self.muxer
+                    .on_connection_ready(key, readable, set.contains(EventSet::OUT));
+            }
+            None => {
+                let _ = self.unwatch(fd);
+            }
+        }
+    }
+
+    /// Takes every packet the guest sent.
+    fn process_tx(&mut self) {
+        let mem = self.mem.clone();
+        let mut used_any = false;
+        while let Some(chain) = self.tx.queue.pop_descriptor_chain(&mem) {
+            let head = chain.head_index();
+            if let Ok(mut reader) = chain.reader(&mem) {
+                if let Ok(header) = reader.read_obj::<PacketHeader>() {
+                    let wanted = (header.len as usize).min(MAX_PAYLOAD);
+                    let available = reader.available_bytes().min(wanted);
+                    let mut payload = vec![0u8; available];
+                    if std::io::Read::read_exact(&mut reader, &mut payload).is_ok() {
+                        self.muxer.on_guest_packet(&header, &payload);
+                    }
+                }
+            }
+            // A malformed chain is consumed and ignored, never fatal.
+            let _ = self.tx.queue.add_used(&mem, head, 0);
+            used_any = true;
+        }
+        if used_any {
+            self.notify_guest(TX);
+        }
+    }
+
+    /// Fills RX buffers while the muxer has packets for the guest.
+    fn process_rx(&mut self) {
+        if self.rx_starved {
+            return;
+        }
+        let mem = self.mem.clone();
+        let mut payload = vec![0u8; MAX_RX_PAYLOAD];
+        let mut used_any = false;
+        while self.muxer.has_work_for_guest() {
+            let Some(chain) = self.rx.queue.pop_descriptor_chain(&mem) else {
+                self.rx_starved = true;
+                break;
+            };
+            let head = chain.head_index();
+            let mut writer = match chain.writer(&mem) {
+                Ok(writer) if writer.available_bytes() >= HEADER_SIZE => writer,
+                _ => {
+                    let _ = self.rx.queue.add_used(&mem, head, 0);
+                    used_any = true;
+                    continue;
+                }
+            };
+            let room = (writer.available_bytes() - HEADER_SIZE).min(MAX_RX_PAYLOAD);
+            let Some((header, len)) = self.muxer.next_packet_for_guest(&mut payload[..room]) else {
+                // Nothing after all: give the buffer back.
+                self.rx.queue.go_to_previous_position();
+                break;
+            };
+            let written = writer
+                .write_obj(header)
+                .and_then(|()| std::io::Write::write_all(&mut writer, &payload[..len]));
+            let used_len = if written.is_ok() {
+                HEADER_SIZE + len
+            } else {
+                0
+            };
+            let _ = self.rx.queue.add_used(&mem, head, used_len as u32);
+            used_any = true;
+        }
+        if used_any {
+            self.notify_guest(RX);
+        }
+    }
+
+    fn notify_guest(&mut self, queue: usize) {
+        let queue: &mut Queue = if queue == RX {
+            &mut self.rx.queue
+        } else {
+            &mut self.tx.queue
+        };
+        if queue.needs_notification(&self.mem).unwrap_or(true) {
+            self.interrupt.signal_used_buffer();
+        }
+    }
+
+    /// Makes epoll watch what the muxer wants now.
+    fn sync_interest(&mut self) {
+        let mut wanted: HashMap<RawFd, EventSet> = HashMap::new();
+        for (fd, read, write) in self.muxer.interest() {
+            let mut set = EventSet::empty();
+            let is_connection = matches!(self.muxer.owner_of(fd), Some(FdOwner::Connection(_)));
+            // Reading a connection is pointless while the guest has no
+            // buffer for what would be read.
+            if read && !(is_connection && self.rx_starved) {
+                set |= EventSet::IN;
+            }
+            if write {
+                set |= EventSet::OUT;
+            }
+            wanted.insert(fd, set);
+        }
+        let stale: Vec<RawFd> = self
+            .registered
+            .keys()
+            .filter(|fd| {
+                !wanted.contains_key(fd)
+                    && **fd != self.stop.as_raw_fd()
+                    && **fd != self.rx.notify.as_raw_fd()
+                    && **fd != self.tx.notify.as_raw_fd()
+            })
+            .copied()
+            .collect();
+        for fd in stale {
+            let _ = self.unwatch(fd);
+        }
+        for (fd, set) in wanted {
+            if self.registered.get(&fd) != Some(&set) {
+                let _ = self.watch(fd, set);
+            }
+        }
+    }
+
+    fn watch(&mut self, fd: RawFd, set: EventSet) -> std::io::Result<()> {
+        let event = EpollEvent::new(set, fd as u64);
+        // A closed fd leaves epoll by itself and its number can come back
+        // for a new socket, so MOD may find nothing: then ADD.
+        let result = if self.registered.contains_key(&fd) {
+            self.epoll
+                .ctl(ControlOperation::Modify, fd, event)
+                .or_else(|_| self.epoll.ctl(ControlOperation::Add, fd, event))
+        } else {
+            self.epoll
+                .ctl(ControlOperation::Add, fd, event)
+                .or_else(|_| self.epoll.ctl(ControlOperation::Modify, fd, event))
+        };
+        result?;
+        self.registered.insert(fd, set);
+        Ok(())
+    }
+
+    fn unwatch(&mut self, fd: RawFd) -> std::io::Result<()> {
+        self.registered.remove(&fd);
+        self.epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
+}
