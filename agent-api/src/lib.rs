@@ -1,0 +1,23 @@
+//! The API between the host (runtime, `runvm-vmm -- <cmd>`) and the agent,
+//! defined once for both sides.
+//!
+//! - Control: one vsock connection to [`CONTROL_PORT`] carries framed JSON
+//!   [`Request`]s and [`Response`]s (see [`codec`]), matched by request id.
+//! - Stdio: each stream of a process (stdin, stdout, stderr, or its one
+//!   terminal) is its own vsock connection to [`STREAM_PORT`], opened by
+//!   the host before the exec and named by a [`StreamHello`] line; after
+//!   that line it carries raw bytes only, never JSON.
+
+pub mod codec;
+pub mod messages;
+
+pub use codec::{read_frame, write_frame, FrameError, MAX_FRAME_SIZE};
+pub use messages::*;
+
+/// Bumped on any incompatible change; the agent refuses other versions.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Guest vsock port of the control connection.
+pub const CONTROL_PORT: u32 = 1024;
+/// Guest vsock port for process stdio streams.
+pub const STREAM_PORT: u32 = 1025;
