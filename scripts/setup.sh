@@ -9,7 +9,7 @@ set -euo pipefail
 
 packages=(
   # guest kernel build
-  linux-source-6.1 bc flex bison libelf-dev libssl-dev cpio make gcc
+  linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev cpio patch xz-utils
   # end-to-end tests
   util-linux
 )
