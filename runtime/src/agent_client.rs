@@ -1,0 +1,157 @@
+//! Talks to the agent in a microVM through the VMM's hybrid-vsock Unix
+//! socket: one control connection for framed requests, one connection per
+//! process stream.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runvm_agent_api::{
+    read_frame, write_frame, AgentError, FrameError, Request, RequestBody, Response, ResponseBody,
+    StreamHello, CONTROL_PORT, STREAM_PORT,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{oneshot, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach guest port {port} through {path}: {reason}")]
+    Connect {
+        path: PathBuf,
+        port: u32,
+        reason: String,
+    },
+    #[error("the agent connection failed: {0}")]
+    Frame(#[from] FrameError),
+    #[error("the agent connection closed")]
+    Closed,
+    #[error("the agent refused: {0}")]
+    Agent(#[from] AgentError),
+    #[error("unexpected answer from the agent: {0:?}")]
+    Unexpected(ResponseBody),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+/// A control connection; cheap to share, requests may overlap.
+pub struct AgentClient {
+    socket: PathBuf,
+    writer: Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_id: AtomicU64,
+    next_token: AtomicU64,
+}
+
+/// Opens a connection to `port` in the guest: `CONNECT <port>\n`, then
+/// wait for `OK <host port>\n`.
+pub async fn connect_guest_port(socket: &Path, port: u32) -> Result<UnixStream, ClientError> {
+    let fail = |reason: String| ClientError::Connect {
+        path: socket.to_path_buf(),
+        port,
+        reason,
+    };
+    let mut stream = UnixStream::connect(socket)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    // Byte by byte: data after the line belongs to the caller.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte).await {
+            Ok(0) => return Err(fail("refused (nothing listens on that port yet)".into())),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() < 32 => line.push(byte[0]),
+            Ok(_) => return Err(fail("malformed handshake reply".into())),
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    }
+    if !line.starts_with(b"OK ") {
+        return Err(fail(format!(
+            "handshake reply {:?}",
+            String::from_utf8_lossy(&line)
+        )));
+    }
+    Ok(stream)
+}
+
+impl AgentClient {
+    /// Connects to the agent, retrying while the guest boots.
+    pub async fn connect(socket: &Path, timeout: Duration) -> Result<AgentClient, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let stream = loop {
+            match connect_guest_port(socket, CONTROL_PORT).await {
+                Ok(stream) => break stream,
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let (reader, writer) = stream.into_split();
+        let pending: Pending = Arc::default();
+        tokio::spawn(dispatch_responses(reader, pending.clone()));
+        Ok(AgentClient {
+            socket: socket.to_path_buf(),
+            writer: Mutex::new(writer),
+            pending,
+            next_id: AtomicU64::new(1),
+            next_token: AtomicU64::new(1),
+        })
+    }
+
+    /// Sends `body` and waits for its answer.
+    pub async fn call(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        self.pending.lock().await.insert(id, answer);
+        let sent = {
+            let mut writer = self.writer.lock().await;
+            write_frame(&mut *writer, &Request { id, body }).await
+        };
+        if let Err(e) = sent {
+            self.pending.lock().await.remove(&id);
+            return Err(e.into());
+        }
+        let response = answered.await.map_err(|_| ClientError::Closed)?;
+        Ok(response.result?)
+    }
+
+    /// Opens a stream connection for a process; pass the token in the
+    /// exec request.
+    pub async fn open_stream(&self) -> Result<(u64, UnixStream), ClientError> {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut stream = connect_guest_port(&self.socket, STREAM_PORT).await?;
+        stream
+            .write_all(StreamHello { token }.to_line().as_bytes())
+            .await
+            .map_err(|e| ClientError::Connect {
+                path: self.socket.clone(),
+                port: STREAM_PORT,
+                reason: e.to_string(),
+            })?;
+        Ok((token, stream))
+    }
+}
+
+/// Routes each response to the caller waiting for its id; when the
+/// connection ends every waiter gets `Closed`.
+async fn dispatch_responses(mut reader: OwnedReadHalf, pending: Pending) {
+    loop {
+        match read_frame::<_, Response>(&mut reader).await {
+            Ok(response) => {
+                if let Some(waiter) = pending.lock().await.remove(&response.id) {
+                    let _ = waiter.send(response);
+                }
+            }
+            Err(FrameError::Json(_)) => continue,
+            Err(_) => break,
+        }
+    }
+    pending.lock().await.clear();
+}

@@ -1,0 +1,3 @@
+//! The host side of runvm: the OCI front end and the agent client.
+
+pub mod agent_client;
