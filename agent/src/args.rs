@@ -1,8 +1,11 @@
 //! Command-line handling.
 //!
 //! The kernel passes everything after ` -- ` on its command line to init as
-//! argv (and may pass stray unrecognised kernel parameters too), so unknown
-//! arguments are reported and ignored, never fatal.
+//! argv. It also passes every kernel parameter it did not recognise and that
+//! has no `=` (on Linux 6.1, `noxsave` is one), ahead of them. Unknown
+//! switches (starting with `-`) are reported and ignored, never fatal. Bare
+//! words are such kernel leftovers: they are ignored without a log line,
+//! since each console character costs an I/O exit on every boot.
 
 use std::ffi::OsString;
 
@@ -20,8 +23,11 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub action: Action,
-    /// Arguments that were not understood, lossily decoded for logging.
+    /// Unknown switches (arguments starting with `-`), lossily decoded for
+    /// logging.
     pub unknown: Vec<String>,
+    /// Bare words passed through from the kernel command line, ignored.
+    pub kernel_leftovers: usize,
     /// Set when more than one action switch was given (the last one wins).
     pub conflict: Option<String>,
 }
@@ -34,6 +40,7 @@ where
     let mut config = Config {
         action: Action::Serve,
         unknown: Vec::new(),
+        kernel_leftovers: 0,
         conflict: None,
     };
     let mut seen: Option<&'static str> = None;
@@ -41,8 +48,12 @@ where
         let (action, name) = match arg.to_str() {
             Some("--poweroff") => (Action::PowerOff, "--poweroff"),
             Some("--reboot") => (Action::Reboot, "--reboot"),
-            _ => {
+            _ if arg.as_encoded_bytes().starts_with(b"-") => {
                 config.unknown.push(arg.to_string_lossy().into_owned());
+                continue;
+            }
+            _ => {
+                config.kernel_leftovers += 1;
                 continue;
             }
         };
@@ -97,10 +108,19 @@ mod tests {
     }
 
     #[test]
-    fn unknown_arguments_are_kept_and_ignored() {
-        let c = parse_strs(&["noxsave", "--poweroff", "--frobnicate", ""]);
+    fn unknown_switches_are_kept_and_ignored() {
+        let c = parse_strs(&["--poweroff", "--frobnicate", "-x"]);
         assert_eq!(c.action, Action::PowerOff);
-        assert_eq!(c.unknown, vec!["noxsave", "--frobnicate", ""]);
+        assert_eq!(c.unknown, vec!["--frobnicate", "-x"]);
+        assert_eq!(c.kernel_leftovers, 0);
+    }
+
+    #[test]
+    fn kernel_leftovers_are_ignored_quietly() {
+        let c = parse_strs(&["noxsave", "--poweroff", "", "poweroff"]);
+        assert_eq!(c.action, Action::PowerOff);
+        assert!(c.unknown.is_empty());
+        assert_eq!(c.kernel_leftovers, 3);
     }
 
     #[test]
@@ -114,10 +134,12 @@ mod tests {
     fn non_utf8_argument_does_not_panic() {
         use std::os::unix::ffi::OsStringExt;
         let c = parse(vec![
-            OsString::from_vec(vec![0xff, 0xfe]),
+            OsString::from_vec(vec![b'-', 0xff, 0xfe]),
+            OsString::from_vec(vec![0xff]),
             OsString::from("--reboot"),
         ]);
         assert_eq!(c.action, Action::Reboot);
-        assert_eq!(c.unknown, vec!["\u{fffd}\u{fffd}"]);
+        assert_eq!(c.unknown, vec!["-\u{fffd}\u{fffd}"]);
+        assert_eq!(c.kernel_leftovers, 1);
     }
 }

@@ -51,7 +51,11 @@ fn linux64_boot_reaches_the_agent_and_a_guest_reboot_is_reported() {
         run.stderr
     );
     assert_eq!(run.status.code(), Some(3), "stderr:\n{}", run.stderr);
-    assert!(run.stderr.contains("the guest reset"), "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("the guest reset"),
+        "stderr:\n{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -60,6 +64,11 @@ fn two_vcpus_boot() {
         vmm_command(&["--vcpus", "2", "--init-arg=--poweroff"]),
         BOOT_TIMEOUT,
     );
-    assert!(run.stdout.contains(&ready_line()), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(&ready_line()),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
     assert_eq!(run.status.code(), Some(0), "stderr:\n{}", run.stderr);
 }

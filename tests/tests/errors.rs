@@ -18,7 +18,11 @@ fn fails_with(command: Command, expected: &str) {
         "expected {expected:?} in stderr:\n{}",
         run.stderr
     );
-    assert!(!run.stdout.contains("runvm-agent"), "a VM booted:\n{}", run.stdout);
+    assert!(
+        !run.stdout.contains("runvm-agent"),
+        "a VM booted:\n{}",
+        run.stdout
+    );
 }
 
 #[test]

@@ -1,0 +1,189 @@
+//! The guest's kernel filesystems: one table, mounted in order at boot.
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::Mode;
+use nix::unistd::mkdir;
+
+/// One entry of the boot mount table.
+#[derive(Debug)]
+pub struct Mount {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: MsFlags,
+    pub data: Option<&'static str>,
+    /// Create the mount point first. Set for mount points inside a filesystem
+    /// mounted earlier in this table (a fresh devtmpfs has no /dev/pts); the
+    /// top-level mount points come with the initramfs.
+    pub mkdir: bool,
+}
+
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// Everything PID 1 mounts, in order (parents before children).
+pub const MOUNTS: &[Mount] = &[
+    Mount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+        mkdir: false,
+    },
+    Mount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+        mkdir: false,
+    },
+    Mount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: MsFlags::MS_NOSUID,
+        data: Some("mode=0755"),
+        mkdir: false,
+    },
+    Mount {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        mkdir: true,
+    },
+    Mount {
+        source: "shm",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=1777"),
+        mkdir: true,
+    },
+    Mount {
+        source: "tmpfs",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=0755"),
+        mkdir: false,
+    },
+];
+
+/// Mount every entry of [`MOUNTS`]. Failures are logged and skipped: a guest
+/// with a missing filesystem is still more useful than one that panics.
+/// Returns the number of failed entries.
+pub fn mount_all() -> usize {
+    let mut failed = 0;
+    for m in MOUNTS {
+        if let Err((what, errno)) = mount_one(m) {
+            agent_log!(
+                "{what} {} ({}) on {} failed: {errno}",
+                m.source,
+                m.fstype,
+                m.target
+            );
+            failed += 1;
+        }
+    }
+    failed
+}
+
+fn mount_one(m: &Mount) -> Result<(), (&'static str, Errno)> {
+    if m.mkdir {
+        make_dir(m.target).map_err(|e| ("mkdir for", e))?;
+    }
+    match do_mount(m) {
+        // Already mounted (e.g. by the kernel): that is what we wanted.
+        Ok(()) | Err(Errno::EBUSY) => Ok(()),
+        // The mount point is missing from the image: create it and retry once.
+        // Costs nothing on the normal path.
+        Err(Errno::ENOENT) if !m.mkdir => {
+            make_dir(m.target).map_err(|e| ("mkdir for", e))?;
+            match do_mount(m) {
+                Ok(()) | Err(Errno::EBUSY) => Ok(()),
+                Err(e) => Err(("mount", e)),
+            }
+        }
+        Err(e) => Err(("mount", e)),
+    }
+}
+
+fn make_dir(path: &str) -> Result<(), Errno> {
+    match mkdir(path, Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn do_mount(m: &Mount) -> Result<(), Errno> {
+    mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_absolute_and_unique() {
+        for (i, m) in MOUNTS.iter().enumerate() {
+            assert!(m.target.starts_with('/'), "{} not absolute", m.target);
+            assert!(
+                MOUNTS[..i].iter().all(|o| o.target != m.target),
+                "{} mounted twice",
+                m.target
+            );
+        }
+    }
+
+    #[test]
+    fn parents_are_mounted_before_children() {
+        for (i, m) in MOUNTS.iter().enumerate() {
+            for later in &MOUNTS[i + 1..] {
+                assert!(
+                    !m.target.starts_with(&format!("{}/", later.target)),
+                    "{} is mounted before its parent {}",
+                    m.target,
+                    later.target
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn created_mount_points_live_in_an_earlier_mount() {
+        for (i, m) in MOUNTS.iter().enumerate().filter(|(_, m)| m.mkdir) {
+            assert!(
+                MOUNTS[..i]
+                    .iter()
+                    .any(|p| m.target.starts_with(&format!("{}/", p.target))),
+                "{} is created but not inside an earlier mount",
+                m.target
+            );
+        }
+    }
+
+    #[test]
+    fn required_filesystems_present() {
+        for (target, fstype) in [
+            ("/proc", "proc"),
+            ("/sys", "sysfs"),
+            ("/dev", "devtmpfs"),
+            ("/run", "tmpfs"),
+        ] {
+            assert!(
+                MOUNTS
+                    .iter()
+                    .any(|m| m.target == target && m.fstype == fstype),
+                "{fstype} on {target} missing"
+            );
+        }
+        let run = MOUNTS.iter().find(|m| m.target == "/run");
+        assert_eq!(run.and_then(|m| m.data), Some("mode=0755"));
+    }
+}
