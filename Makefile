@@ -10,6 +10,9 @@ RELEASE := target/release
 AGENT := target/$(HOST_TARGET)/release/runvm-agent
 KERNEL := $(BUILD)/vmlinux
 INITRD := $(BUILD)/initramfs.cpio
+# The test image: the same agent plus Debian's static busybox under /bin.
+TOOLS_INITRD := $(BUILD)/initramfs-tools.cpio
+BUSYBOX := /bin/busybox
 VMM := $(RELEASE)/runvm-vmm
 
 .PHONY: all setup build kernel binaries agent initramfs run test lint unit-test e2e-test bench clean
@@ -35,6 +38,7 @@ agent:
 
 initramfs: agent binaries
 	$(RELEASE)/runvm-rootfs-builder --agent $(AGENT) --output $(INITRD)
+	$(RELEASE)/runvm-rootfs-builder --agent $(AGENT) --busybox $(BUSYBOX) --output $(TOOLS_INITRD)
 
 run: build
 	@echo "== booting a microVM: $(KERNEL) + $(INITRD), agent as PID 1 =="

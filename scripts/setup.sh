@@ -10,8 +10,8 @@ set -euo pipefail
 packages=(
   # guest kernel build
   linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev cpio patch xz-utils
-  # end-to-end tests
-  util-linux
+  # end-to-end tests; busybox-static gives the test image its tools
+  util-linux busybox-static
 )
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(qemu-system-x86)

@@ -2,6 +2,10 @@
 //! initramfs that holds nothing but the mount points, `/dev/console` and the
 //! agent as `/init`.
 //!
+//! Development and test images may add a static busybox (see [`Busybox`]) so
+//! that there is something to run in the guest before containers bring
+//! their own root filesystems.
+//!
 //! Same inputs give the same bytes: every member is owned by root with
 //! mtime 0, inode numbers follow the (sorted) member order, and gzip output
 //! carries no timestamp or file name.
@@ -61,6 +65,15 @@ pub enum Error {
         path: PathBuf,
         source: elf::ElfError,
     },
+    #[error("cannot read busybox {}: {source}", path.display())]
+    ReadBusybox { path: PathBuf, source: io::Error },
+    #[error("busybox {} cannot run in the guest: {source}", path.display())]
+    BadBusybox {
+        path: PathBuf,
+        source: elf::ElfError,
+    },
+    #[error("cannot list the applets of busybox {}: {reason}", path.display())]
+    BusyboxApplets { path: PathBuf, reason: String },
     #[error("output path {} has no file name", path.display())]
     BadOutput { path: PathBuf },
     #[error("cannot build the archive: {0}")]
@@ -72,8 +85,70 @@ pub enum Error {
 /// Mode of the member `/tmp`: world-writable with the sticky bit.
 const TMP_PERM: u32 = 0o1777;
 
+/// A static busybox for development and test images: `/bin/busybox` plus a
+/// `/bin/<applet>` symlink for every applet it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Busybox {
+    pub binary: Vec<u8>,
+    /// `bin/<applet>` for each applet, sorted.
+    pub applet_paths: Vec<String>,
+}
+
+impl Busybox {
+    /// Read the busybox at `path`, check that it is a static executable and
+    /// ask it (`busybox --list`) which applets it has.
+    pub fn load(path: &Path) -> Result<Busybox, Error> {
+        let binary = fs::read(path).map_err(|source| Error::ReadBusybox {
+            path: path.to_owned(),
+            source,
+        })?;
+        elf::check_static_executable(&binary).map_err(|source| Error::BadBusybox {
+            path: path.to_owned(),
+            source,
+        })?;
+        let applets_error = |reason: String| Error::BusyboxApplets {
+            path: path.to_owned(),
+            reason,
+        };
+        let listing = std::process::Command::new(path)
+            .arg("--list")
+            .output()
+            .map_err(|e| applets_error(e.to_string()))?;
+        if !listing.status.success() {
+            return Err(applets_error(format!(
+                "`--list` failed: {}",
+                listing.status
+            )));
+        }
+        let listing = String::from_utf8(listing.stdout)
+            .map_err(|_| applets_error("`--list` printed non-UTF-8 names".into()))?;
+        Busybox::from_listing(binary, &listing).map_err(applets_error)
+    }
+
+    fn from_listing(binary: Vec<u8>, listing: &str) -> Result<Busybox, String> {
+        let mut applet_paths = Vec::new();
+        // Debian's busybox lists itself too; /bin/busybox is the binary.
+        let names = listing.lines().map(str::trim);
+        for name in names.filter(|n| !n.is_empty() && *n != "busybox") {
+            if name.contains('/') || name == "." || name == ".." {
+                return Err(format!("unexpected applet name {name:?}"));
+            }
+            applet_paths.push(format!("bin/{name}"));
+        }
+        if applet_paths.is_empty() {
+            return Err("it lists no applets".into());
+        }
+        applet_paths.sort();
+        applet_paths.dedup();
+        Ok(Busybox {
+            binary,
+            applet_paths,
+        })
+    }
+}
+
 /// Every member of the guest image, sorted by name (so parents come first).
-pub fn image_entries(agent: &[u8]) -> Vec<Entry<'_>> {
+pub fn image_entries<'a>(agent: &'a [u8], busybox: Option<&'a Busybox>) -> Vec<Entry<'a>> {
     let mut entries = vec![
         Entry::new("dev", Kind::Directory, 0o755),
         // The kernel opens /dev/console for init's stdin/stdout/stderr
@@ -89,14 +164,29 @@ pub fn image_entries(agent: &[u8]) -> Vec<Entry<'_>> {
         Entry::new("sys", Kind::Directory, 0o755),
         Entry::new("tmp", Kind::Directory, TMP_PERM),
     ];
+    if let Some(busybox) = busybox {
+        entries.push(Entry::new("bin", Kind::Directory, 0o755));
+        entries.push(Entry::new(
+            "bin/busybox",
+            Kind::File(&busybox.binary),
+            0o755,
+        ));
+        entries.extend(
+            busybox
+                .applet_paths
+                .iter()
+                .map(|path| Entry::new(path, Kind::Symlink("busybox"), 0o777)),
+        );
+    }
     entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
     entries
 }
 
-/// The uncompressed cpio archive for `agent`.
-pub fn build_image(agent: &[u8]) -> Result<Vec<u8>, newc::Error> {
-    let mut w = newc::Writer::new(Vec::with_capacity(agent.len() + 4096));
-    for entry in image_entries(agent) {
+/// The uncompressed cpio archive for `agent` (and `busybox`, if given).
+pub fn build_image(agent: &[u8], busybox: Option<&Busybox>) -> Result<Vec<u8>, newc::Error> {
+    let tools_len = busybox.map_or(0, |b| b.binary.len() + 128 * b.applet_paths.len());
+    let mut w = newc::Writer::new(Vec::with_capacity(agent.len() + tools_len + 4096));
+    for entry in image_entries(agent, busybox) {
         w.append(&entry)?;
     }
     w.finish()
@@ -123,6 +213,7 @@ pub fn compress(archive: Vec<u8>, compression: Compression) -> io::Result<Vec<u8
 /// Returns the number of bytes written.
 pub fn build_to_file(
     agent_path: &Path,
+    busybox: Option<&Busybox>,
     output: &Path,
     compression: Compression,
 ) -> Result<u64, Error> {
@@ -139,7 +230,7 @@ pub fn build_to_file(
         path: agent_path.to_owned(),
         source,
     })?;
-    let image = build_image(&agent)?;
+    let image = build_image(&agent, busybox)?;
     drop(agent);
     let image = compress(image, compression).map_err(|source| Error::Write {
         path: output.to_owned(),
@@ -191,7 +282,7 @@ mod tests {
 
     #[test]
     fn entries_are_sorted_and_complete() {
-        let e = image_entries(b"x");
+        let e = image_entries(b"x", None);
         let names: Vec<_> = e.iter().map(|e| e.name).collect();
         assert_eq!(
             names,
@@ -207,8 +298,8 @@ mod tests {
     #[test]
     fn image_is_deterministic_and_ends_with_trailer() {
         let agent: Vec<u8> = (0..10_001u32).map(|i| (i * 7) as u8).collect();
-        let a = build_image(&agent).expect("build a");
-        let b = build_image(&agent).expect("build b");
+        let a = build_image(&agent, None).expect("build a");
+        let b = build_image(&agent, None).expect("build b");
         assert_eq!(a, b);
         assert_eq!(a.len() % 4, 0);
         assert!(a.starts_with(newc::MAGIC));
@@ -222,7 +313,7 @@ mod tests {
     #[test]
     fn gzip_is_deterministic_and_round_trips() {
         use std::io::Read;
-        let image = build_image(b"agent").expect("build");
+        let image = build_image(b"agent", None).expect("build");
         let a = compress(image.clone(), Compression::Gzip).expect("gzip a");
         let b = compress(image.clone(), Compression::Gzip).expect("gzip b");
         assert_eq!(a, b);
@@ -234,6 +325,42 @@ mod tests {
             .read_to_end(&mut back)
             .expect("gunzip");
         assert_eq!(back, image);
+    }
+
+    #[test]
+    fn busybox_adds_its_binary_and_applet_links() {
+        let busybox = Busybox::from_listing(b"bb".to_vec(), "sh\n[\ncat\n\nbusybox\ncat\n")
+            .expect("valid listing");
+        assert_eq!(busybox.applet_paths, ["bin/[", "bin/cat", "bin/sh"]);
+        let e = image_entries(b"x", Some(&busybox));
+        let names: Vec<_> = e.iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "bin/[",
+                "bin/busybox",
+                "bin/cat",
+                "bin/sh",
+                "dev",
+                "dev/console",
+                "init",
+                "proc",
+                "run",
+                "sys",
+                "tmp"
+            ]
+        );
+        let sh = e.iter().find(|e| e.name == "bin/sh").expect("sh");
+        assert_eq!(sh.kind, Kind::Symlink("busybox"));
+        assert_eq!(sh.mode(), 0o120777);
+    }
+
+    #[test]
+    fn busybox_listing_with_paths_or_nothing_is_refused() {
+        assert!(Busybox::from_listing(Vec::new(), "sh\n../init\n").is_err());
+        assert!(Busybox::from_listing(Vec::new(), "..\n").is_err());
+        assert!(Busybox::from_listing(Vec::new(), "\n").is_err());
     }
 
     #[test]

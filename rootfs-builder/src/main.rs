@@ -1,19 +1,23 @@
-//! `runvm-rootfs-builder --agent PATH --output PATH [--compress none|gzip]`
+//! `runvm-rootfs-builder --agent PATH --output PATH [--busybox PATH] [--compress none|gzip]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use runvm_rootfs_builder::{build_to_file, Compression};
+use runvm_rootfs_builder::{build_to_file, Busybox, Compression};
 
-const USAGE: &str = "usage: runvm-rootfs-builder --agent PATH --output PATH [--compress none|gzip]
+const USAGE: &str =
+    "usage: runvm-rootfs-builder --agent PATH --output PATH [--busybox PATH] [--compress none|gzip]
 
 Writes the runvm guest image: a reproducible cpio (newc) initramfs with
-/dev /proc /sys /run /tmp, /dev/console and the static agent as /init.";
+/dev /proc /sys /run /tmp, /dev/console and the static agent as /init.
+--busybox adds a static busybox and its applets under /bin (development
+and test images only).";
 
 #[derive(Debug, PartialEq, Eq)]
 struct Options {
     agent: PathBuf,
     output: PathBuf,
+    busybox: Option<PathBuf>,
     compression: Compression,
 }
 
@@ -26,6 +30,7 @@ enum Parsed {
 fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parsed, String> {
     let mut agent = None;
     let mut output = None;
+    let mut busybox = None;
     let mut compression = Compression::None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -39,7 +44,10 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parsed, S
         if flag == "-h" || flag == "--help" {
             return Ok(Parsed::Help);
         }
-        if !matches!(flag.as_str(), "--agent" | "--output" | "--compress") {
+        if !matches!(
+            flag.as_str(),
+            "--agent" | "--output" | "--busybox" | "--compress"
+        ) {
             return Err(format!("unexpected argument {flag:?}"));
         }
         let value = match inline {
@@ -49,6 +57,7 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parsed, S
         match flag.as_str() {
             "--agent" => agent = Some(PathBuf::from(value)),
             "--output" => output = Some(PathBuf::from(value)),
+            "--busybox" => busybox = Some(PathBuf::from(value)),
             _ => {
                 compression = value
                     .to_str()
@@ -60,6 +69,7 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parsed, S
     Ok(Parsed::Run(Options {
         agent: agent.ok_or("--agent is required")?,
         output: output.ok_or("--output is required")?,
+        busybox,
         compression,
     }))
 }
@@ -76,7 +86,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match build_to_file(&opts.agent, &opts.output, opts.compression) {
+    let busybox = match opts.busybox.as_deref().map(Busybox::load).transpose() {
+        Ok(busybox) => busybox,
+        Err(e) => {
+            eprintln!("runvm-rootfs-builder: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match build_to_file(
+        &opts.agent,
+        busybox.as_ref(),
+        &opts.output,
+        opts.compression,
+    ) {
         Ok(size) => {
             eprintln!(
                 "runvm-rootfs-builder: wrote {} ({size} bytes, compression {})",
@@ -105,6 +127,7 @@ mod tests {
         let want = Parsed::Run(Options {
             agent: "a".into(),
             output: "o".into(),
+            busybox: None,
             compression: Compression::Gzip,
         });
         assert_eq!(
@@ -114,9 +137,10 @@ mod tests {
         let want = Parsed::Run(Options {
             agent: "a".into(),
             output: "o".into(),
+            busybox: Some("b".into()),
             compression: Compression::None,
         });
-        assert_eq!(p(&["--output=o", "--agent=a"]), Ok(want));
+        assert_eq!(p(&["--output=o", "--agent=a", "--busybox", "b"]), Ok(want));
     }
 
     #[test]

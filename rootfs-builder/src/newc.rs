@@ -24,13 +24,19 @@ pub const TRAILER: &str = "TRAILER!!!";
 pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFREG: u32 = 0o100000;
 pub const S_IFCHR: u32 = 0o020000;
+pub const S_IFLNK: u32 = 0o120000;
 
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind<'a> {
     Directory,
     File(&'a [u8]),
-    CharDevice { major: u32, minor: u32 },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    /// A symbolic link; the member's data is the target.
+    Symlink(&'a str),
 }
 
 /// One archive member.
@@ -65,6 +71,7 @@ impl<'a> Entry<'a> {
             Kind::Directory => S_IFDIR,
             Kind::File(_) => S_IFREG,
             Kind::CharDevice { .. } => S_IFCHR,
+            Kind::Symlink(_) => S_IFLNK,
         };
         kind | (self.perm & 0o7777)
     }
@@ -115,6 +122,7 @@ impl<W: Write> Writer<W> {
             Kind::Directory => (&[], 2, (0, 0)),
             Kind::File(data) => (data, 1, (0, 0)),
             Kind::CharDevice { major, minor } => (&[], 1, (major, minor)),
+            Kind::Symlink(target) => (target.as_bytes(), 1, (0, 0)),
         };
         let size = u32::try_from(data.len()).map_err(|_| Error::TooLarge {
             name: entry.name.to_owned(),

@@ -55,27 +55,32 @@ fn build(dir: &Path, agent: &Path, out: &str, compress: &str) -> PathBuf {
     output
 }
 
-fn have_cpio() -> bool {
-    Command::new("cpio").arg("--version").output().is_ok()
+/// GNU cpio reads the archives back; `make setup` installs it.
+fn require_cpio() {
+    assert!(
+        Command::new("cpio").arg("--version").output().is_ok(),
+        "GNU cpio is needed to read the archive back: run `make setup` (apt-get install cpio)"
+    );
+}
+
+fn cpio_listing(image: &Path) -> String {
+    let o = Command::new("cpio")
+        .args(["-t", "-v", "--quiet", "-F"])
+        .arg(image)
+        .output()
+        .expect("run cpio");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]
 fn cpio_lists_the_expected_members() {
-    if !have_cpio() {
-        eprintln!("cpio not installed; skipping");
-        return;
-    }
+    require_cpio();
     let tmp = TempDir::new("list");
     let agent = fake_agent(&tmp.0);
     let image = build(&tmp.0, &agent, "initramfs.cpio", "none");
 
-    let o = Command::new("cpio")
-        .args(["-t", "-v", "--quiet", "-F"])
-        .arg(&image)
-        .output()
-        .expect("run cpio");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let listing = String::from_utf8_lossy(&o.stdout);
+    let listing = cpio_listing(&image);
     let lines: Vec<&str> = listing.lines().collect();
     let names: Vec<&str> = lines
         .iter()
@@ -114,6 +119,67 @@ fn cpio_lists_the_expected_members() {
         .expect("run cpio");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.stdout, fs::read(&agent).expect("read agent"));
+}
+
+/// Debian's busybox-static, which `make setup` installs.
+const BUSYBOX: &str = "/bin/busybox";
+
+#[test]
+fn busybox_and_its_applets_go_under_bin() {
+    require_cpio();
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} is missing: run `make setup` (apt-get install busybox-static)"
+    );
+    let tmp = TempDir::new("busybox");
+    let agent = fake_agent(&tmp.0);
+    let image = tmp.0.join("tools.cpio");
+    let o = builder(&[
+        Path::new("--agent"),
+        &agent,
+        Path::new("--busybox"),
+        Path::new(BUSYBOX),
+        Path::new("--output"),
+        &image,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listing = cpio_listing(&image);
+    let line = |name: &str| {
+        listing
+            .lines()
+            .find(|l| l.ends_with(&format!(" {name}")) || l.contains(&format!(" {name} -> ")))
+            .unwrap_or_else(|| panic!("{name} not in the archive:\n{listing}"))
+            .to_owned()
+    };
+    assert!(line("bin/busybox").starts_with("-rwxr-xr-x"));
+    assert!(
+        line("bin/sh").starts_with("lrwxrwxrwx"),
+        "{}",
+        line("bin/sh")
+    );
+    assert!(line("bin/sh").ends_with("bin/sh -> busybox"));
+    assert!(line("bin/cat").ends_with("bin/cat -> busybox"));
+    assert!(line("init").starts_with("-rwxr-xr-x"));
+}
+
+#[test]
+fn missing_busybox_is_named_in_the_error() {
+    let tmp = TempDir::new("nobusybox");
+    let agent = fake_agent(&tmp.0);
+    let busybox = tmp.0.join("no-busybox");
+    let out = tmp.0.join("out.cpio");
+    let o = builder(&[
+        Path::new("--agent"),
+        &agent,
+        Path::new("--busybox"),
+        &busybox,
+        Path::new("--output"),
+        &out,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&busybox.display().to_string()), "{err}");
+    assert!(!out.exists());
 }
 
 #[test]

@@ -44,6 +44,12 @@ const CLEARED_CPU_FEATURES: &[(u32, &str)] = &[
     (580, "fsrm: as erms"),
 ];
 
+// Bits of KVM_CPUID_FEATURES (Documentation/virt/kvm/x86/cpuid.rst) whose
+// use goes through a hypercall.
+const KVM_FEATURE_PV_UNHALT: u32 = 1 << 7;
+const KVM_FEATURE_PV_SEND_IPI: u32 = 1 << 11;
+const KVM_FEATURE_PV_SCHED_YIELD: u32 = 1 << 13;
+
 impl HostProfile {
     pub fn resolve(choice: HostProfileChoice) -> HostProfile {
         match choice {
@@ -97,6 +103,18 @@ impl HostProfile {
         }
     }
 
+    /// KVM paravirtual features (bits of CPUID leaf 0x4000_0001 EAX) the
+    /// guest must not be offered. Their hypercalls (`vmcall`) hang the
+    /// emulating host: with PV_SEND_IPI a second vCPU never comes up.
+    pub fn hidden_kvm_features(self) -> u32 {
+        match self {
+            HostProfile::Hardware => 0,
+            HostProfile::EmulatedKernel => {
+                KVM_FEATURE_PV_UNHALT | KVM_FEATURE_PV_SEND_IPI | KVM_FEATURE_PV_SCHED_YIELD
+            }
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             HostProfile::Hardware => "hardware",
@@ -134,6 +152,13 @@ mod tests {
     #[test]
     fn hardware_profile_adds_nothing() {
         assert!(HostProfile::Hardware.kernel_params().is_empty());
+        assert_eq!(HostProfile::Hardware.hidden_kvm_features(), 0);
+    }
+
+    #[test]
+    fn emulated_profile_hides_the_hypercall_features() {
+        let hidden = HostProfile::EmulatedKernel.hidden_kvm_features();
+        assert_eq!(hidden, (1 << 7) | (1 << 11) | (1 << 13));
     }
 
     #[test]

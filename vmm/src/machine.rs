@@ -109,7 +109,7 @@ pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
     let cmdline = cmdline_for(config, profile)?;
     let entry = boot::prepare_guest(config, &cmdline, &mem)?;
 
-    let base_cpuid = cpu::supported_cpuid(&kvm)?;
+    let base_cpuid = cpu::guest_cpuid(&kvm, profile.hidden_kvm_features())?;
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {
         let fd = vm

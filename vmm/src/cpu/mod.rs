@@ -9,6 +9,8 @@ use crate::error::Error;
 const CPUID_LEAF_FEATURES: u32 = 0x1;
 const CPUID_LEAF_TOPOLOGY: u32 = 0xb;
 const CPUID_LEAF_TOPOLOGY_V2: u32 = 0x1f;
+/// KVM's paravirtual feature leaf (KVM_CPUID_FEATURES).
+const CPUID_LEAF_KVM_FEATURES: u32 = 0x4000_0001;
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
@@ -23,9 +25,25 @@ const APIC_DELIVERY_MODE_NMI: u32 = 0b100;
 const APIC_DELIVERY_MODE_EXTINT: u32 = 0b111;
 
 /// The host's supported CPUID, read once and adapted for each vCPU.
-pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, Error> {
+fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, Error> {
     kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))
+}
+
+/// The host's CPUID minus the KVM paravirtual features (a mask of
+/// KVM_CPUID_FEATURES EAX bits) the host profile cannot serve.
+pub fn guest_cpuid(kvm: &Kvm, hidden_kvm_features: u32) -> Result<CpuId, Error> {
+    let mut cpuid = supported_cpuid(kvm)?;
+    hide_kvm_features(&mut cpuid, hidden_kvm_features);
+    Ok(cpuid)
+}
+
+fn hide_kvm_features(cpuid: &mut CpuId, hidden: u32) {
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == CPUID_LEAF_KVM_FEATURES {
+            entry.eax &= !hidden;
+        }
+    }
 }
 
 pub fn configure_vcpu(vcpu: &VcpuFd, id: u8, base_cpuid: &CpuId) -> Result<(), Error> {
@@ -88,4 +106,42 @@ fn set_local_interrupt_pins(vcpu: &VcpuFd) -> Result<(), Error> {
         }
     }
     vcpu.set_lapic(&lapic).map_err(Error::kvm("KVM_SET_LAPIC"))
+}
+
+#[cfg(test)]
+mod tests {
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    use super::*;
+
+    fn leaf(function: u32, eax: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            eax,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hidden_kvm_features_are_cleared_only_in_their_leaf() {
+        let mut cpuid = CpuId::from_entries(&[
+            leaf(CPUID_LEAF_FEATURES, u32::MAX),
+            leaf(CPUID_LEAF_KVM_FEATURES, u32::MAX),
+        ])
+        .expect("two entries fit");
+        hide_kvm_features(&mut cpuid, (1 << 11) | (1 << 7));
+        let entries = cpuid.as_slice();
+        assert_eq!(entries[0].eax, u32::MAX);
+        assert_eq!(entries[1].eax, u32::MAX & !((1 << 11) | (1 << 7)));
+    }
+
+    #[test]
+    fn apic_id_goes_into_leaf_1_ebx_and_topology_edx() {
+        let mut cpuid =
+            CpuId::from_entries(&[leaf(CPUID_LEAF_FEATURES, 0), leaf(CPUID_LEAF_TOPOLOGY, 0)])
+                .expect("two entries fit");
+        set_apic_id(&mut cpuid, 3);
+        assert_eq!(cpuid.as_slice()[0].ebx >> 24, 3);
+        assert_eq!(cpuid.as_slice()[1].edx, 3);
+    }
 }
