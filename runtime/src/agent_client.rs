@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use runvm_agent_api::{
     read_frame, write_frame, AgentError, FrameError, Request, RequestBody, Response, ResponseBody,
@@ -83,16 +82,10 @@ pub async fn connect_guest_port(socket: &Path, port: u32) -> Result<UnixStream, 
 }
 
 impl AgentClient {
-    /// Connects to the agent, retrying while the guest boots.
-    pub async fn connect(socket: &Path, timeout: Duration) -> Result<AgentClient, ClientError> {
-        let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match connect_guest_port(socket, CONTROL_PORT).await {
-                Ok(stream) => break stream,
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
+    /// Opens a control connection to the agent behind `socket` (one
+    /// attempt: the caller decides how long a booting guest may take).
+    pub async fn connect(socket: &Path) -> Result<AgentClient, ClientError> {
+        let stream = connect_guest_port(socket, CONTROL_PORT).await?;
         let (reader, writer) = stream.into_split();
         let pending: Pending = Arc::default();
         tokio::spawn(dispatch_responses(reader, pending.clone()));
@@ -101,7 +94,7 @@ impl AgentClient {
             writer: Mutex::new(writer),
             pending,
             next_id: AtomicU64::new(1),
-            next_token: AtomicU64::new(1),
+            next_token: AtomicU64::new(random_token_base()),
         })
     }
 
@@ -136,6 +129,28 @@ impl AgentClient {
                 reason: e.to_string(),
             })?;
         Ok((token, stream))
+    }
+}
+
+/// Stream tokens must be unique within the VM, and several host processes
+/// (each `runvm exec`, say) may talk to one agent: each client starts its
+/// tokens at a random point of the 64-bit space.
+fn random_token_base() -> u64 {
+    let mut bytes = [0u8; 8];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| {
+        use std::io::Read;
+        f.read_exact(&mut bytes)
+    });
+    match read {
+        // Keep clear of the top so that adding never wraps in practice.
+        Ok(()) => u64::from_ne_bytes(bytes) >> 1,
+        // Still unique against other processes' clients in practice.
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            (nanos ^ (u64::from(std::process::id()) << 32)) >> 1
+        }
     }
 }
 

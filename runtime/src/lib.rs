@@ -1,3 +1,8 @@
-//! The host side of runvm: the OCI front end and the agent client.
+//! The host side of runvm: the OCI front end, the microVM launcher and the
+//! agent client.
 
 pub mod agent_client;
+pub mod commands;
+pub mod guest_process;
+pub mod terminal;
+pub mod vm;

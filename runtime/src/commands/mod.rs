@@ -1,0 +1,3 @@
+//! One module per `runvm` subcommand.
+
+pub mod vm_run;
