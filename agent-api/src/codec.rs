@@ -67,6 +67,17 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    let body = read_frame_bytes(reader).await?;
+    serde_json::from_slice(&body).map_err(FrameError::Json)
+}
+
+/// Reads one frame and returns its body undecoded, for a reader that wants
+/// to look at a malformed message (say, to find its request id) before
+/// answering it. Errors as for [`read_frame`], never `Json`.
+pub async fn read_frame_bytes<R>(reader: &mut R) -> Result<Vec<u8>, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
     let mut length = [0u8; 4];
     match reader.read_exact(&mut length).await {
         Ok(_) => {}
@@ -79,7 +90,7 @@ where
     }
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body).await.map_err(FrameError::Io)?;
-    serde_json::from_slice(&body).map_err(FrameError::Json)
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -121,6 +132,20 @@ mod tests {
         assert!(matches!(first, Err(FrameError::Json(_))));
         let second: Request = read_frame(&mut reader).await.unwrap();
         assert_eq!(second.id, 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn raw_frames_come_back_undecoded() {
+        let mut bytes = 5u32.to_be_bytes().to_vec();
+        bytes.extend_from_slice(b"{oops");
+        bytes.extend_from_slice(&0u32.to_be_bytes());
+        let mut reader = bytes.as_slice();
+        assert_eq!(read_frame_bytes(&mut reader).await.unwrap(), b"{oops");
+        assert!(read_frame_bytes(&mut reader).await.unwrap().is_empty());
+        assert!(matches!(
+            read_frame_bytes(&mut reader).await,
+            Err(FrameError::Closed)
+        ));
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -11,7 +11,7 @@
 pub mod codec;
 pub mod messages;
 
-pub use codec::{read_frame, write_frame, FrameError, MAX_FRAME_SIZE};
+pub use codec::{read_frame, read_frame_bytes, write_frame, FrameError, MAX_FRAME_SIZE};
 pub use messages::*;
 
 /// Bumped on any incompatible change; the agent refuses other versions.
