@@ -15,6 +15,15 @@ pub const MAX_MEMORY_MIB: u64 = 256 * 1024;
 /// The MP table gives each vCPU an 8-bit APIC id; the guest kernel is built
 /// with a small NR_CPUS. 32 is plenty for a pod and keeps both honest.
 pub const MAX_VCPUS: u8 = 32;
+/// The tag field of virtio-fs's configuration space.
+pub const MAX_FS_TAG_BYTES: usize = 36;
+/// Each virtio-fs queue's size unless the caller says otherwise: room for
+/// many requests in flight, 28 KiB of rings per queue.
+pub const DEFAULT_FS_QUEUE_SIZE: u16 = 1024;
+/// A FUSE request takes several descriptors; fewer than this would starve.
+pub const MIN_FS_QUEUE_SIZE: u16 = 16;
+/// The largest split virtqueue (virtio 1.2, 2.7), also virtiofsd's limit.
+pub const MAX_FS_QUEUE_SIZE: u16 = 32768;
 
 /// How the kernel is entered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +54,93 @@ pub struct VsockConfig {
     pub socket: PathBuf,
 }
 
+/// A virtio-fs device whose queues a vhost-user backend (virtiofsd) serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsConfig {
+    /// What the guest mounts: `mount -t virtiofs <tag> <dir>`.
+    pub tag: String,
+    /// The backend's listening vhost-user socket.
+    pub socket: PathBuf,
+    /// Size of each queue (power of two).
+    pub queue_size: u16,
+}
+
+impl FsConfig {
+    pub fn new(tag: impl Into<String>, socket: impl Into<PathBuf>) -> FsConfig {
+        FsConfig {
+            tag: tag.into(),
+            socket: socket.into(),
+            queue_size: DEFAULT_FS_QUEUE_SIZE,
+        }
+    }
+
+    /// Parses `tag=<tag>,socket=<path>[,queue-size=<n>]` (the `--fs`
+    /// option) and validates the result. Values cannot contain commas.
+    pub fn parse(spec: &str) -> Result<FsConfig, Error> {
+        let invalid = |reason: String| Error::InvalidFsSpec {
+            spec: spec.to_string(),
+            reason,
+        };
+        let (mut tag, mut socket, mut queue_size) = (None, None, None);
+        for item in spec.split(',') {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| invalid(format!("{item:?} is not key=value")))?;
+            let slot = match key {
+                "tag" => &mut tag,
+                "socket" => &mut socket,
+                "queue-size" => &mut queue_size,
+                _ => {
+                    return Err(invalid(format!(
+                        "unknown key {key:?} (expected tag, socket, queue-size)"
+                    )))
+                }
+            };
+            if slot.replace(value).is_some() {
+                return Err(invalid(format!("{key} is given twice")));
+            }
+        }
+        let tag = tag.ok_or_else(|| invalid("tag=<tag> is missing".into()))?;
+        let socket = socket
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid("socket=<path> is missing".into()))?;
+        let queue_size = match queue_size {
+            None => DEFAULT_FS_QUEUE_SIZE,
+            Some(text) => {
+                let size: u64 = text
+                    .parse()
+                    .map_err(|_| invalid(format!("queue-size {text:?} is not a number")))?;
+                u16::try_from(size).map_err(|_| Error::InvalidFsQueueSize(size))?
+            }
+        };
+        let config = FsConfig {
+            tag: tag.to_string(),
+            socket: socket.into(),
+            queue_size,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        // A NUL would end the tag early in the guest's eyes.
+        if self.tag.is_empty() || self.tag.len() > MAX_FS_TAG_BYTES || self.tag.contains('\0') {
+            return Err(Error::InvalidFsTag(self.tag.clone()));
+        }
+        let size = self.queue_size;
+        if !size.is_power_of_two() || !(MIN_FS_QUEUE_SIZE..=MAX_FS_QUEUE_SIZE).contains(&size) {
+            return Err(Error::InvalidFsQueueSize(u64::from(size)));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(Error::InvalidFsSpec {
+                spec: format!("tag={}", self.tag),
+                reason: "the socket path is empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     /// Uncompressed ELF `vmlinux`.
@@ -59,6 +155,8 @@ pub struct VmConfig {
     pub init_args: Vec<String>,
     pub serial: SerialOutput,
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices, each with its own backend and a distinct tag.
+    pub fs: Vec<FsConfig>,
     pub host_profile: HostProfileChoice,
     pub boot_protocol: BootProtocol,
 }
@@ -74,6 +172,7 @@ impl VmConfig {
             init_args: Vec::new(),
             serial: SerialOutput::Stdout,
             vsock: None,
+            fs: Vec::new(),
             host_profile: HostProfileChoice::Auto,
             boot_protocol: BootProtocol::Auto,
         }
@@ -112,7 +211,19 @@ impl VmConfig {
                 return Err(Error::InvalidGuestCid(vsock.guest_cid));
             }
         }
+        for (index, fs) in self.fs.iter().enumerate() {
+            fs.validate()?;
+            // The guest refuses a second device with the same tag.
+            if self.fs[..index].iter().any(|other| other.tag == fs.tag) {
+                return Err(Error::DuplicateFsTag(fs.tag.clone()));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether a device needs guest RAM shared with a backend process.
+    pub fn needs_shared_memory(&self) -> bool {
+        !self.fs.is_empty()
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -159,6 +270,89 @@ mod tests {
             });
             assert_eq!(config.validate().is_ok(), valid, "cid {cid}");
         }
+    }
+
+    #[test]
+    fn fs_option_with_defaults() {
+        let fs = FsConfig::parse("tag=share,socket=/run/fs.sock").unwrap();
+        assert_eq!(fs, FsConfig::new("share", "/run/fs.sock"));
+        assert_eq!(fs.queue_size, DEFAULT_FS_QUEUE_SIZE);
+    }
+
+    #[test]
+    fn fs_option_in_any_order_with_a_queue_size() {
+        let fs = FsConfig::parse("queue-size=256,socket=/tmp/a b.sock,tag=root fs").unwrap();
+        assert_eq!(fs.tag, "root fs");
+        assert_eq!(fs.socket, PathBuf::from("/tmp/a b.sock"));
+        assert_eq!(fs.queue_size, 256);
+    }
+
+    #[test]
+    fn fs_option_syntax_errors_say_what_is_wrong() {
+        for (spec, expected) in [
+            ("", "not key=value"),
+            ("tag=a", "socket=<path> is missing"),
+            ("socket=/s", "tag=<tag> is missing"),
+            ("tag=a,socket=", "socket=<path> is missing"),
+            ("tag=a,socket=/s,size=4", "unknown key \"size\""),
+            ("tag=a,tag=b,socket=/s", "tag is given twice"),
+            ("tag=a,socket=/s,queue-size=lots", "not a number"),
+            ("tag=a,socket=/s,", "not key=value"),
+        ] {
+            let message = FsConfig::parse(spec).unwrap_err().to_string();
+            assert!(message.contains(expected), "{spec:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn fs_tag_is_1_to_36_bytes_without_nul() {
+        let mut fs = FsConfig::new("", "/s");
+        assert!(matches!(fs.validate(), Err(Error::InvalidFsTag(_))));
+        fs.tag = "x".repeat(36);
+        assert!(fs.validate().is_ok());
+        fs.tag = "x".repeat(37);
+        assert!(matches!(fs.validate(), Err(Error::InvalidFsTag(_))));
+        // 36 bytes, 12 characters.
+        fs.tag = "é".repeat(18);
+        assert!(fs.validate().is_ok());
+        fs.tag = "é".repeat(19);
+        assert!(fs.validate().is_err());
+        fs.tag = "a\0b".into();
+        assert!(fs.validate().is_err());
+        assert!(FsConfig::parse(&format!("tag={},socket=/s", "y".repeat(37))).is_err());
+    }
+
+    #[test]
+    fn fs_queue_size_is_a_bounded_power_of_two() {
+        for (size, valid) in [
+            (0u64, false),
+            (8, false),
+            (16, true),
+            (100, false),
+            (1024, true),
+            (32768, true),
+            (65536, false),
+            (1 << 40, false),
+        ] {
+            let result = FsConfig::parse(&format!("tag=a,socket=/s,queue-size={size}"));
+            assert_eq!(result.is_ok(), valid, "{size}: {result:?}");
+            if !valid {
+                let message = result.unwrap_err().to_string();
+                assert!(message.contains(&size.to_string()), "{message}");
+                assert!(message.contains("power of two"), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn fs_tags_must_be_distinct() {
+        let mut config = VmConfig::new("/vmlinux");
+        config.fs = vec![FsConfig::new("a", "/s1"), FsConfig::new("b", "/s2")];
+        assert!(config.validate().is_ok());
+        assert!(config.needs_shared_memory());
+        config.fs.push(FsConfig::new("a", "/s3"));
+        assert!(matches!(config.validate(), Err(Error::DuplicateFsTag(_))));
+        assert!(!VmConfig::new("/vmlinux").needs_shared_memory());
     }
 
     #[test]

@@ -25,6 +25,16 @@ pub enum Error {
     InvalidCmdlineArgument(String),
     #[error("invalid guest CID {0}: it must be at least 3 and below 4294967295")]
     InvalidGuestCid(u64),
+    #[error("invalid virtio-fs device {spec:?}: {reason}")]
+    InvalidFsSpec { spec: String, reason: String },
+    #[error("invalid virtio-fs tag {0:?}: it must be 1 to 36 bytes of UTF-8, without NUL")]
+    InvalidFsTag(String),
+    #[error("invalid virtio-fs queue size {0}: it must be a power of two from 16 to 32768")]
+    InvalidFsQueueSize(u64),
+    #[error("virtio-fs tag {0:?} is used twice: each device needs its own tag")]
+    DuplicateFsTag(String),
+    #[error("virtio-fs backend socket {socket}: {reason}")]
+    FsBackend { socket: PathBuf, reason: String },
     #[error("cannot create the vsock socket {path}: {source}")]
     VsockSocket {
         path: PathBuf,

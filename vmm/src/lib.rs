@@ -11,7 +11,8 @@
 //! - [`memory`]: the guest physical address map and guest RAM.
 //! - [`boot`]: kernel, initramfs, command line, boot structures, registers.
 //! - [`cpu`]: CPUID, MSRs and local APIC set-up of each vCPU.
-//! - [`devices`]: the port-I/O devices (serial console, exit port, i8042).
+//! - [`devices`]: the port-I/O devices (serial console, exit port, i8042)
+//!   and the virtio devices (vsock, virtio-fs through vhost-user).
 //! - [`vcpu`]: the vCPU run loop and its exits.
 //! - [`diagnostics`]: turning a KVM internal error into a readable report.
 //! - [`machine`]: puts the pieces together and runs a VM to its end.
@@ -28,7 +29,7 @@ pub mod vcpu;
 
 mod error;
 
-pub use config::{BootProtocol, SerialOutput, VmConfig, VsockConfig};
+pub use config::{BootProtocol, FsConfig, SerialOutput, VmConfig, VsockConfig};
 pub use error::Error;
 pub use host_profile::HostProfile;
 pub use machine::{guest_cmdline, run_vm, VmExit};

@@ -17,15 +17,19 @@ use vmm_sys_util::signal::Killable;
 use crate::boot::{self, regs::setup_boot_vcpu, virtio_mmio_param, EXIT_PORT};
 use crate::config::{SerialOutput, VmConfig};
 use crate::cpu;
+use crate::devices::virtio::fs::VhostUserFs;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::vsock::device::Vsock;
 use crate::devices::virtio::vsock::muxer::Muxer;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
-use crate::devices::{Bus, ExitPort, Serial, COM1_IRQ, COM1_PORT, I8042, I8042_BASE, I8042_LEN};
+use crate::devices::{
+    Bus, ExitPort, FailureReporter, Serial, COM1_IRQ, COM1_PORT, I8042, I8042_BASE, I8042_LEN,
+};
 use crate::error::Error;
 use crate::host_profile::HostProfile;
 use crate::memory::{
-    create_guest_memory, virtio_mmio_slot, GuestMemory, MAX_VIRTIO_DEVICES, VIRTIO_MMIO_WINDOW,
+    create_guest_memory, create_shared_guest_memory, virtio_mmio_slot, GuestMemory,
+    MAX_VIRTIO_DEVICES, VIRTIO_MMIO_WINDOW,
 };
 use crate::vcpu::{install_kick_handler, kick_signal, Vcpu, VcpuStop};
 
@@ -45,6 +49,8 @@ pub enum VmExit {
     /// The VMM received this signal and stopped the VM.
     Signal(i32),
     VcpuFailed(String),
+    /// A device's backend went away or failed; the VM could not go on.
+    DeviceFailed(String),
 }
 
 impl VmExit {
@@ -56,6 +62,7 @@ impl VmExit {
             VmExit::Reset => 3,
             VmExit::TripleFault => 4,
             VmExit::InternalError(_) => 5,
+            VmExit::DeviceFailed(_) => 6,
             VmExit::Signal(signo) => 128u8.saturating_add(*signo as u8),
         }
     }
@@ -68,6 +75,7 @@ impl VmExit {
             VmExit::InternalError(report) => report.clone(),
             VmExit::Signal(signo) => format!("stopped by signal {signo}"),
             VmExit::VcpuFailed(reason) => reason.clone(),
+            VmExit::DeviceFailed(reason) => reason.clone(),
         }
     }
 }
@@ -102,10 +110,17 @@ pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
     };
     vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
-    let mem = create_guest_memory(config.memory_bytes())?;
+    let mem = if config.needs_shared_memory() {
+        create_shared_guest_memory(config.memory_bytes())?
+    } else {
+        create_guest_memory(config.memory_bytes())?
+    };
     register_guest_memory(&vm, &mem, config.memory_mib)?;
+    let failures = Arc::new(
+        FailureReporter::new().map_err(Error::io("cannot create the device failure eventfd"))?,
+    );
     let pio = Arc::new(build_pio_bus(&vm, &config.serial)?);
-    let mmio = Arc::new(build_mmio_bus(&vm, &mem, config)?);
+    let mmio = Arc::new(build_mmio_bus(&vm, &mem, config, &failures)?);
     let cmdline = cmdline_for(config, profile)?;
     let entry = boot::prepare_guest(config, &cmdline, &mem)?;
 
@@ -127,7 +142,7 @@ pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
             mem: mem.clone(),
         });
     }
-    run_vcpus(vcpus)
+    run_vcpus(vcpus, &failures)
 }
 
 /// The kernel command line `config` gives the guest on this host.
@@ -155,6 +170,8 @@ fn cmdline_for(config: &VmConfig, profile: HostProfile) -> Result<String, Error>
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum VirtioKind {
     Vsock,
+    /// The nth entry of `config.fs`.
+    Fs(usize),
 }
 
 fn virtio_devices(config: &VmConfig) -> Vec<(usize, VirtioKind)> {
@@ -162,10 +179,16 @@ fn virtio_devices(config: &VmConfig) -> Vec<(usize, VirtioKind)> {
     if config.vsock.is_some() {
         kinds.push(VirtioKind::Vsock);
     }
+    kinds.extend((0..config.fs.len()).map(VirtioKind::Fs));
     kinds.into_iter().enumerate().collect()
 }
 
-fn build_mmio_bus(vm: &VmFd, mem: &GuestMemory, config: &VmConfig) -> Result<Bus, Error> {
+fn build_mmio_bus(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    config: &VmConfig,
+    failures: &Arc<FailureReporter>,
+) -> Result<Bus, Error> {
     let mut bus = Bus::default();
     for (index, kind) in virtio_devices(config) {
         let (base, irq) = virtio_mmio_slot(index).ok_or(Error::Device {
@@ -183,6 +206,18 @@ fn build_mmio_bus(vm: &VmFd, mem: &GuestMemory, config: &VmConfig) -> Result<Bus
                 Box::new(Vsock::new(vsock.guest_cid, muxer))
             }
             (VirtioKind::Vsock, None) => continue,
+            (VirtioKind::Fs(n), _) => {
+                let Some(fs) = config.fs.get(n) else {
+                    continue;
+                };
+                let device =
+                    VhostUserFs::connect(&fs.tag, &fs.socket, fs.queue_size, failures.clone())
+                        .map_err(|reason| Error::FsBackend {
+                            socket: fs.socket.clone(),
+                            reason,
+                        })?;
+                Box::new(device)
+            }
         };
         let transport = attach_virtio_device(vm, mem, device, base, irq)?;
         bus.insert(base, VIRTIO_MMIO_WINDOW, Arc::new(Mutex::new(transport)));
@@ -293,7 +328,8 @@ fn build_pio_bus(vm: &VmFd, serial: &SerialOutput) -> Result<Bus, Error> {
 
 /// Runs every vCPU on its own thread and waits for the first to stop or
 /// for a termination signal; then stops the rest.
-fn run_vcpus(vcpus: Vec<Vcpu>) -> Result<VmExit, Error> {
+/// A device failure reported to `failures` ends the VM too.
+fn run_vcpus(vcpus: Vec<Vcpu>, failures: &FailureReporter) -> Result<VmExit, Error> {
     let signals = TerminationSignals::block()?;
     install_kick_handler().map_err(Error::io("cannot install the vCPU kick handler"))?;
     let stopped =
@@ -319,12 +355,15 @@ fn run_vcpus(vcpus: Vec<Vcpu>) -> Result<VmExit, Error> {
         threads.push(thread);
     }
 
-    let outcome = match signals.wait_for_signal_or(&stopped)? {
+    let outcome = match signals.wait_for_signal_or(&[&stopped, failures.event()])? {
         Some(signo) => VmExit::Signal(signo),
-        None => stops
-            .try_recv()
-            .map(VmExit::from)
-            .unwrap_or_else(|_| VmExit::VcpuFailed("a vCPU thread ended without a report".into())),
+        // A failed backend explains whatever the guest did next.
+        None => match failures.first() {
+            Some(reason) => VmExit::DeviceFailed(reason),
+            None => stops.try_recv().map(VmExit::from).unwrap_or_else(|_| {
+                VmExit::VcpuFailed("a vCPU thread ended without a report".into())
+            }),
+        },
     };
     stop_vcpus(&stop, threads);
     Ok(outcome)
@@ -384,23 +423,19 @@ impl TerminationSignals {
         }
     }
 
-    /// Blocks until a termination signal arrives (its number) or `event`
-    /// is signalled (None).
-    fn wait_for_signal_or(&self, event: &EventFd) -> Result<Option<i32>, Error> {
+    /// Blocks until a termination signal arrives (its number) or one of
+    /// `events` is signalled (None).
+    fn wait_for_signal_or(&self, events: &[&EventFd]) -> Result<Option<i32>, Error> {
         use std::io::Read;
         use std::os::fd::AsRawFd;
-        let mut fds = [
-            libc::pollfd {
-                fd: self.fd.as_raw_fd(),
+        let mut fds: Vec<libc::pollfd> = std::iter::once(self.fd.as_raw_fd())
+            .chain(events.iter().map(|event| event.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
-            },
-            libc::pollfd {
-                fd: event.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
+            })
+            .collect();
         loop {
             // SAFETY: `fds` is a valid array of two pollfd structures.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -411,7 +446,7 @@ impl TerminationSignals {
                 }
                 return Err(Error::io("poll failed")(err));
             }
-            if fds[1].revents != 0 {
+            if fds[1..].iter().any(|fd| fd.revents != 0) {
                 return Ok(None);
             }
             if fds[0].revents != 0 {

@@ -16,7 +16,11 @@
 //! 0x1_0000_0000 RAM above the hole, for guests larger than 3 GiB
 //! ```
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 use crate::error::Error;
 
@@ -125,9 +129,108 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemory, Error> {
     })
 }
 
+/// Guest RAM another process can map: one memfd holding every RAM range
+/// back to back, mapped shared. A vhost-user backend receives the memfd
+/// and the offsets with VHOST_USER_SET_MEM_TABLE.
+///
+/// Only used when a device needs it: anonymous private memory stays the
+/// default, so a VM without such a device is unchanged (transparent huge
+/// pages, and RSS counted as anonymous rather than shmem).
+pub fn create_shared_guest_memory(size: u64) -> Result<GuestMemory, Error> {
+    let failed = |reason: String| Error::GuestMemory {
+        mib: size >> 20,
+        reason,
+    };
+    let file = Arc::new(sealed_memfd(size).map_err(|e| failed(format!("memfd: {e}")))?);
+    let mut offset = 0;
+    let mut ranges = Vec::new();
+    for range in ram_ranges(size) {
+        ranges.push((
+            GuestAddress(range.start),
+            range.size as usize,
+            Some(FileOffset::from_arc(file.clone(), offset)),
+        ));
+        offset += range.size;
+    }
+    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| failed(e.to_string()))
+}
+
+/// A memfd of `size` bytes whose size nobody can change any more: a
+/// backend truncating it would otherwise make the VMM's accesses fault.
+fn sealed_memfd(size: u64) -> std::io::Result<File> {
+    let size =
+        libc::off_t::try_from(size).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: the name is a NUL-terminated string literal.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"runvm-guest-ram".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    // SAFETY: plain fcntl/ftruncate calls on a valid fd.
+    unsafe {
+        if libc::ftruncate(fd, size) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        if libc::fcntl(fd, libc::F_ADD_SEALS, seals) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+
+    #[test]
+    fn shared_memory_is_one_sealed_memfd_with_the_ranges_back_to_back() {
+        use std::os::fd::AsRawFd;
+        let mem = create_shared_guest_memory(4 << 30).unwrap();
+        let regions: Vec<_> = mem.iter().collect();
+        assert_eq!(regions.len(), 2);
+        let low = regions[0].file_offset().unwrap();
+        let high = regions[1].file_offset().unwrap();
+        assert_eq!(low.start(), 0);
+        assert_eq!(high.start(), DEVICE_HOLE_START);
+        assert_eq!(regions[1].start_addr().0, DEVICE_HOLE_END);
+        let fd = low.file().as_raw_fd();
+        assert_eq!(fd, high.file().as_raw_fd());
+        // SAFETY: F_GET_SEALS on a valid fd.
+        let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+        assert_eq!(
+            seals,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL
+        );
+        // The guest's writes land in the file.
+        mem.write_obj(0x1234_5678u32, GuestAddress(DEVICE_HOLE_END + 8))
+            .unwrap();
+        let mut word = [0u8; 4];
+        // SAFETY: pread into a local buffer.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                word.as_mut_ptr().cast(),
+                4,
+                (DEVICE_HOLE_START + 8) as libc::off_t,
+            )
+        };
+        assert_eq!(n, 4);
+        assert_eq!(u32::from_ne_bytes(word), 0x1234_5678);
+    }
+
+    #[test]
+    fn default_memory_is_anonymous() {
+        let mem = create_guest_memory(64 << 20).unwrap();
+        assert!(mem.iter().all(|region| region.file_offset().is_none()));
+    }
 
     #[test]
     fn small_guest_is_one_range() {

@@ -2,17 +2,37 @@
 //!
 //! Exit status: 0 when the guest powers off; 1 for a VMM error; 2 for bad
 //! usage; 3 when the guest resets (reboot or kernel panic); 4 on a triple
-//! fault; 5 when KVM cannot run the guest; 128+N when stopped by signal N.
+//! fault; 5 when KVM cannot run the guest; 6 when a device backend (the
+//! virtiofsd behind `--fs`) went away or failed while the VM ran; 128+N
+//! when stopped by signal N.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use runvm_vmm::host_profile::HostProfileChoice;
-use runvm_vmm::{guest_cmdline, run_vm, BootProtocol, SerialOutput, VmConfig, VmExit, VsockConfig};
+use runvm_vmm::{
+    guest_cmdline, run_vm, BootProtocol, FsConfig, SerialOutput, VmConfig, VmExit, VsockConfig,
+};
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0      the guest powered off
+  1      VMM error (bad input, KVM failure, a --fs backend that cannot be reached)
+  2      bad usage
+  3      the guest reset (reboot, or kernel panic)
+  4      the guest triple-faulted
+  5      KVM could not run the guest
+  6      a device backend went away or failed while the VM ran (virtiofsd behind --fs)
+  128+N  stopped by signal N";
 
 #[derive(Parser, Debug)]
-#[command(name = "runvm-vmm", version, about = "Boot a runvm microVM")]
+#[command(
+    name = "runvm-vmm",
+    version,
+    about = "Boot a runvm microVM",
+    after_help = EXIT_STATUS_HELP
+)]
 struct Args {
     /// Uncompressed ELF kernel (vmlinux).
     #[arg(long)]
@@ -43,6 +63,17 @@ struct Args {
     /// The guest's vsock context id.
     #[arg(long, default_value_t = 3, requires = "vsock_socket")]
     vsock_cid: u64,
+    /// Give the guest a virtio-fs device served by the vhost-user backend
+    /// (virtiofsd --socket-path=PATH ...) listening at PATH; the guest
+    /// mounts it with `mount -t virtiofs TAG DIR`. TAG is 1 to 36 bytes;
+    /// queue-size (default 1024) a power of two from 16 to 32768. Values
+    /// cannot contain commas. Repeatable, one backend per tag.
+    #[arg(
+        long = "fs",
+        value_name = "tag=TAG,socket=PATH[,queue-size=N]",
+        value_parser = parse_fs
+    )]
+    fs: Vec<FsConfig>,
     /// Host compatibility profile for the guest command line.
     #[arg(long, value_enum, default_value_t = ProfileArg::Auto)]
     host_profile: ProfileArg,
@@ -83,6 +114,10 @@ fn parse_serial(value: &str) -> Result<SerialOutput, String> {
     }
 }
 
+fn parse_fs(value: &str) -> Result<FsConfig, String> {
+    FsConfig::parse(value).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = VmConfig {
@@ -97,6 +132,7 @@ fn main() -> ExitCode {
             guest_cid: args.vsock_cid,
             socket,
         }),
+        fs: args.fs,
         host_profile: match args.host_profile {
             ProfileArg::Auto => HostProfileChoice::Auto,
             ProfileArg::Emulated => HostProfileChoice::Emulated,

@@ -2,11 +2,13 @@
 
 mod bus;
 mod exit_port;
+pub mod failure;
 mod i8042;
 mod serial;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, GuestRequest};
 pub use exit_port::ExitPort;
+pub use failure::FailureReporter;
 pub use i8042::{I8042, I8042_BASE, I8042_LEN};
 pub use serial::{Serial, COM1_IRQ, COM1_PORT};

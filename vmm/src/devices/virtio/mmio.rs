@@ -260,7 +260,7 @@ impl MmioTransport {
             Ok(queues) => self.queues = queues,
             Err(_) => self.status = STATUS_FAILED,
         }
-        self.interrupt.acknowledge(u32::MAX);
+        self.interrupt.clear();
     }
 }
 
@@ -488,6 +488,17 @@ mod tests {
         write(&mut t, REG_QUEUE_SEL, 1);
         write(&mut t, REG_QUEUE_READY, 1);
         assert_eq!(read(&mut t, REG_QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn a_held_interrupt_bit_survives_acknowledgement_until_reset() {
+        let (mut t, _) = transport();
+        t.interrupt.hold(super::super::INTERRUPT_USED_BUFFER);
+        assert_eq!(read(&mut t, REG_INTERRUPT_STATUS), 1);
+        write(&mut t, REG_INTERRUPT_ACK, 1);
+        assert_eq!(read(&mut t, REG_INTERRUPT_STATUS), 1);
+        write(&mut t, REG_STATUS, 0);
+        assert_eq!(read(&mut t, REG_INTERRUPT_STATUS), 0);
     }
 
     #[test]

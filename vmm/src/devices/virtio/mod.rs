@@ -1,6 +1,7 @@
 //! virtio devices (virtio 1.x) and the MMIO transport that presents them
 //! to the guest.
 
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 
@@ -22,6 +23,9 @@ pub const INTERRUPT_CONFIG_CHANGE: u32 = 2;
 /// acknowledges through the transport, and the irqfd that raises the line.
 pub struct Interrupt {
     status: AtomicU32,
+    /// Bits that read as set whatever the driver acknowledges; see
+    /// [`Interrupt::hold`].
+    held: AtomicU32,
     irqfd: EventFd,
 }
 
@@ -29,8 +33,28 @@ impl Interrupt {
     pub fn new(irqfd: EventFd) -> Interrupt {
         Interrupt {
             status: AtomicU32::new(0),
+            held: AtomicU32::new(0),
             irqfd,
         }
+    }
+
+    /// The eventfd KVM turns into the guest interrupt. A vhost-user backend
+    /// gets it as its call fd and raises the line without the VMM.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+
+    /// Makes `bits` read as set in InterruptStatus until released, for a
+    /// device whose interrupts are raised by someone else through the
+    /// irqfd, so that the VMM cannot set the status bit at the time. The
+    /// driver then treats every interrupt on the line as "used buffers":
+    /// it checks its used rings, which say what really completed.
+    pub fn hold(&self, bits: u32) {
+        self.held.fetch_or(bits, Ordering::AcqRel);
+    }
+
+    pub fn release(&self, bits: u32) {
+        self.held.fetch_and(!bits, Ordering::AcqRel);
     }
 
     /// Tells the driver that used buffers are waiting.
@@ -49,11 +73,18 @@ impl Interrupt {
     }
 
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::Acquire)
+        self.status.load(Ordering::Acquire) | self.held.load(Ordering::Acquire)
     }
 
+    /// The driver's InterruptACK: held bits stay set.
     pub fn acknowledge(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::AcqRel);
+    }
+
+    /// Device reset: nothing pending, nothing held.
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::Release);
+        self.held.store(0, Ordering::Release);
     }
 }
 

@@ -1,0 +1,315 @@
+//! The virtio-fs device: configuration space and features served by the
+//! VMM, queues handed to the vhost-user backend.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::backend::{Backend, HangupWatch};
+use super::{QUEUE_COUNT, REQUEST_QUEUES, TAG_SIZE, VIRTIO_ID_FS};
+use crate::devices::failure::FailureReporter;
+use crate::devices::virtio::{ActiveQueue, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER};
+use crate::memory::GuestMemory;
+
+/// `struct virtio_fs_config`: the tag, NUL-padded, then the number of
+/// request queues, little-endian. `notify_buf_size` follows only with
+/// VIRTIO_FS_F_NOTIFICATION, which is not offered.
+pub const CONFIG_SIZE: usize = TAG_SIZE + 4;
+
+/// The configuration space for `tag`, which the caller checked is at most
+/// [`TAG_SIZE`] bytes (a longer one is cut).
+pub fn config_space(tag: &str) -> [u8; CONFIG_SIZE] {
+    let mut config = [0u8; CONFIG_SIZE];
+    let tag = tag.as_bytes();
+    let len = tag.len().min(TAG_SIZE);
+    config[..len].copy_from_slice(&tag[..len]);
+    config[TAG_SIZE..].copy_from_slice(&REQUEST_QUEUES.to_le_bytes());
+    config
+}
+
+/// What the device holds while the backend serves the queues.
+struct Running {
+    /// Kept so the kick eventfds outlive the rings.
+    _queues: Vec<ActiveQueue>,
+    interrupt: Arc<Interrupt>,
+}
+
+pub struct VhostUserFs {
+    /// Declared first, so dropped first: stopped before the connection
+    /// closes.
+    _watch: HangupWatch,
+    tag: String,
+    socket: PathBuf,
+    config: [u8; CONFIG_SIZE],
+    queue_sizes: [u16; QUEUE_COUNT],
+    backend: Backend,
+    failures: Arc<FailureReporter>,
+    running: Option<Running>,
+}
+
+impl VhostUserFs {
+    /// Connects to the backend at `socket` and negotiates with it. Once
+    /// connected, the backend going away is reported to `failures`.
+    pub fn connect(
+        tag: &str,
+        socket: &Path,
+        queue_size: u16,
+        failures: Arc<FailureReporter>,
+    ) -> Result<VhostUserFs, String> {
+        let backend = Backend::connect(socket, QUEUE_COUNT)?;
+        let connection = backend
+            .connection()
+            .map_err(|e| format!("cannot duplicate the connection: {e}"))?;
+        let message = gone_message(tag, socket);
+        let reporter = failures.clone();
+        let watch = HangupWatch::start(connection, move || reporter.report(message))
+            .map_err(|e| format!("cannot start the connection watch: {e}"))?;
+        Ok(VhostUserFs {
+            _watch: watch,
+            tag: tag.to_string(),
+            socket: socket.to_path_buf(),
+            config: config_space(tag),
+            queue_sizes: [queue_size; QUEUE_COUNT],
+            backend,
+            failures,
+            running: None,
+        })
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// A backend failure ends the VM: the guest cannot use the file system
+    /// any more, and the caller must learn why.
+    fn fail(&self, reason: &str) -> String {
+        let message = format!(
+            "the virtio-fs backend at {} failed: {reason} (tag {:?})",
+            self.socket.display(),
+            self.tag
+        );
+        self.failures.report(message.clone());
+        message
+    }
+}
+
+/// What the VM ends with when the backend disconnects.
+pub fn gone_message(tag: &str, socket: &Path) -> String {
+    format!(
+        "the virtio-fs backend at {} went away (it closed the vhost-user connection); \
+         the guest lost the file system tagged {tag:?}",
+        socket.display()
+    )
+}
+
+impl VirtioDevice for VhostUserFs {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.backend.guest_features()
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = start
+                .checked_add(i)
+                .and_then(|at| self.config.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), String> {
+        if self.running.is_some() {
+            return Err("the virtio-fs device is already active".into());
+        }
+        // Held before the backend can signal: its calls go straight to the
+        // irqfd, and the driver must then see a used-buffer interrupt.
+        interrupt.hold(INTERRUPT_USED_BUFFER);
+        if let Err(reason) = self
+            .backend
+            .start(&mem, features, &queues, interrupt.irqfd())
+        {
+            interrupt.release(INTERRUPT_USED_BUFFER);
+            return Err(self.fail(&reason));
+        }
+        self.running = Some(Running {
+            _queues: queues,
+            interrupt,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        let Some(running) = self.running.take() else {
+            return true;
+        };
+        running.interrupt.release(INTERRUPT_USED_BUFFER);
+        match self.backend.stop() {
+            Ok(()) => true,
+            Err(reason) => {
+                self.fail(&reason);
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_space_is_the_padded_tag_then_the_request_queue_count() {
+        let config = config_space("rootfs");
+        assert_eq!(&config[..6], b"rootfs");
+        assert!(config[6..TAG_SIZE].iter().all(|&b| b == 0));
+        assert_eq!(&config[36..40], &1u32.to_le_bytes());
+        assert_eq!(CONFIG_SIZE, 40);
+    }
+
+    #[test]
+    fn a_tag_of_the_full_size_has_no_terminator() {
+        let tag = "t".repeat(TAG_SIZE);
+        let config = config_space(&tag);
+        assert_eq!(&config[..TAG_SIZE], tag.as_bytes());
+        assert_eq!(&config[TAG_SIZE..], &[1, 0, 0, 0]);
+    }
+
+    use crate::devices::virtio::fs::mock_backend::{Behaviour, MockBackend, SET_VRING_KICK};
+    use crate::devices::virtio::INTERRUPT_CONFIG_CHANGE;
+    use crate::memory::create_shared_guest_memory;
+    use std::time::Duration;
+    use virtio_queue::{Queue, QueueT};
+    use vmm_sys_util::eventfd::EventFd;
+
+    fn device(mock: &MockBackend) -> (VhostUserFs, Arc<FailureReporter>) {
+        let failures = Arc::new(FailureReporter::new().unwrap());
+        let fs = VhostUserFs::connect("share", &mock.socket, 128, failures.clone()).unwrap();
+        (fs, failures)
+    }
+
+    fn queues() -> Vec<ActiveQueue> {
+        [0x10_0000u64, 0x20_0000]
+            .into_iter()
+            .map(|base| {
+                let mut queue = Queue::new(128).unwrap();
+                queue.set_desc_table_address(Some(base as u32), Some(0));
+                queue.set_avail_ring_address(Some((base + 0x1000) as u32), Some(0));
+                queue.set_used_ring_address(Some((base + 0x2000) as u32), Some(0));
+                queue.set_ready(true);
+                ActiveQueue {
+                    queue,
+                    notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                }
+            })
+            .collect()
+    }
+
+    fn interrupt() -> Arc<Interrupt> {
+        Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()))
+    }
+
+    #[test]
+    fn the_device_presents_id_queues_features_and_tag() {
+        let mock = MockBackend::start(Behaviour::default());
+        let (fs, _) = device(&mock);
+        assert_eq!(fs.device_type(), 26);
+        assert_eq!(fs.queue_max_sizes(), &[128, 128]);
+        assert_eq!(fs.features(), 1 << 32 | 1 << 28 | 1 << 29);
+        assert_eq!(fs.tag(), "share");
+        let mut tag = [0xffu8; 8];
+        fs.read_config(0, &mut tag);
+        assert_eq!(&tag, b"share\0\0\0");
+        let mut queues = [0u8; 4];
+        fs.read_config(36, &mut queues);
+        assert_eq!(u32::from_le_bytes(queues), 1);
+        // Past the end, and at absurd offsets, reads are zero.
+        let mut tail = [0xffu8; 8];
+        fs.read_config(38, &mut tail);
+        assert_eq!(tail, [0, 0, 0, 0, 0, 0, 0, 0]);
+        fs.read_config(u64::MAX, &mut tail);
+        assert_eq!(tail, [0; 8]);
+    }
+
+    #[test]
+    fn while_active_the_used_buffer_bit_is_held_for_the_backend() {
+        let mock = MockBackend::start(Behaviour::default());
+        let (mut fs, failures) = device(&mock);
+        let mem = create_shared_guest_memory(64 << 20).unwrap();
+        let irq = interrupt();
+        fs.activate(mem, 1 << 32, queues(), irq.clone()).unwrap();
+        assert_eq!(irq.status(), INTERRUPT_USED_BUFFER);
+        irq.acknowledge(INTERRUPT_USED_BUFFER);
+        assert_eq!(irq.status(), INTERRUPT_USED_BUFFER);
+        irq.signal_config_change();
+        irq.acknowledge(INTERRUPT_CONFIG_CHANGE);
+        assert_eq!(irq.status(), INTERRUPT_USED_BUFFER);
+        assert!(fs.reset());
+        assert_eq!(irq.status(), 0);
+        assert_eq!(failures.first(), None);
+        // The driver may set the device up again after a reset.
+        let mem = create_shared_guest_memory(64 << 20).unwrap();
+        fs.activate(mem, 1 << 32, queues(), irq.clone()).unwrap();
+        let kicks = mock
+            .codes()
+            .iter()
+            .filter(|&&c| c == SET_VRING_KICK)
+            .count();
+        assert_eq!(kicks, 4);
+    }
+
+    #[test]
+    fn a_backend_refusing_activation_fails_the_device_and_the_vm() {
+        let mock = MockBackend::start(Behaviour {
+            refuse: Some(SET_VRING_KICK),
+            ..Behaviour::default()
+        });
+        let (mut fs, failures) = device(&mock);
+        let mem = create_shared_guest_memory(64 << 20).unwrap();
+        let irq = interrupt();
+        let error = fs
+            .activate(mem, 1 << 32, queues(), irq.clone())
+            .unwrap_err();
+        assert!(
+            error.contains(&mock.socket.display().to_string()),
+            "{error}"
+        );
+        assert!(error.contains("SET_VRING_KICK failed"), "{error}");
+        assert_eq!(failures.first(), Some(error));
+        assert_eq!(irq.status(), 0);
+    }
+
+    #[test]
+    fn a_backend_hanging_up_is_reported_as_gone() {
+        let mut mock = MockBackend::start(Behaviour::default());
+        let (_fs, failures) = device(&mock);
+        assert_eq!(failures.first(), None);
+        mock.hang_up();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while failures.event().read().is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(failures.first(), Some(gone_message("share", &mock.socket)));
+    }
+
+    #[test]
+    fn gone_message_names_the_socket_and_the_tag() {
+        let message = gone_message("share", Path::new("/run/fs.sock"));
+        assert!(message.contains("/run/fs.sock"), "{message}");
+        assert!(message.contains("went away"), "{message}");
+        assert!(message.contains("\"share\""), "{message}");
+    }
+}
