@@ -4,6 +4,7 @@
 //! formatting piece. Each line is formatted first and written once.
 
 use std::fmt::{self, Write as _};
+#[cfg(not(test))]
 use std::io::{self, Write as _};
 
 /// Write one diagnostic line to stderr. Errors are ignored: there is nowhere
@@ -13,6 +14,10 @@ pub fn line(args: fmt::Arguments<'_>) {
     buf.push_str("runvm-agent: ");
     let _ = buf.write_fmt(args);
     buf.push('\n');
+    // The test harness captures `eprint!` but not raw stderr writes.
+    #[cfg(test)]
+    eprint!("{buf}");
+    #[cfg(not(test))]
     let _ = io::stderr().write_all(buf.as_bytes());
 }
 

@@ -1,8 +1,9 @@
 //! runvm-agent: PID 1 inside a runvm guest.
 //!
-//! Today it mounts the kernel filesystems, prints one ready line on the
-//! console and then powers off, reboots, or stays up reaping children (where
-//! the vsock API server will live).
+//! It mounts the kernel filesystems, then either serves the host's API over
+//! vsock (the default: see `server`), printing one ready line on the console
+//! once the API is available, or prints that line and powers off or reboots
+//! (`--poweroff`, `--reboot`).
 //!
 //! The guest kernel may be emulated instruction by instruction, so every
 //! syscall is expensive: the boot path makes as few as it can and writes each
@@ -22,9 +23,14 @@
 #[macro_use]
 mod log;
 mod args;
+mod exec;
+mod fdio;
 mod mounts;
 mod power;
+mod processes;
 mod reaper;
+mod server;
+mod streams;
 
 use std::ffi::{c_char, c_int};
 use std::io::Write;
@@ -79,13 +85,33 @@ fn boot(config: &args::Config) -> ! {
     }
 
     mounts::mount_all();
-    announce_ready();
 
     match config.action {
-        Action::PowerOff => power::power_off(),
-        Action::Reboot => power::reboot(),
-        Action::Serve => reaper::reap_forever(),
+        Action::PowerOff => {
+            announce_ready();
+            power::power_off()
+        }
+        Action::Reboot => {
+            announce_ready();
+            power::reboot()
+        }
+        Action::Serve => serve(),
     }
+}
+
+/// Serve the API; the ready line comes once its listeners are bound. If
+/// the server cannot start (no vsock device, say), say why and stay up as a
+/// plain reaping init, without the ready line: the guest is of no use to a
+/// host that waits for the API.
+fn serve() -> ! {
+    // Before the runtime exists, so every thread it might create inherits
+    // the mask: SIGCHLD then stays pending for the signalfd.
+    if let Err(e) = reaper::block_sigchld() {
+        agent_log!("cannot block SIGCHLD: {e}");
+    }
+    let error = server::run_in_guest(announce_ready);
+    agent_log!("the API server is not available: {error}");
+    reaper::reap_forever()
 }
 
 /// Print the ready line on stdout (the console) with a single write.

@@ -1,0 +1,440 @@
+//! Starting a process and pumping its stdio.
+//!
+//! A process gets pipes (or a pty) whose agent-side ends are pumped to and
+//! from the host's stream connections with one fixed buffer per direction:
+//! backpressure comes from the pipes and from vsock credit, nothing queues
+//! without bound.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::pin::Pin;
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::time::Duration;
+
+use runvm_agent_api::{AgentError, ErrorKind, ExecRequest};
+use tokio::sync::Notify;
+
+use crate::fdio::{self, Fd};
+use crate::processes::ProcessIo;
+
+/// Bytes buffered per pumped direction.
+pub const PUMP_BUFFER: usize = 32 * 1024;
+
+/// A stream connection from the host; `S` carries whatever must live as
+/// long as the connection (the server's slot in its connection count).
+pub struct StreamConn<S> {
+    pub fd: Fd,
+    pub _slot: S,
+}
+
+/// The host's streams for one process.
+pub enum ExecStdio<S> {
+    Pipes {
+        stdin: Option<StreamConn<S>>,
+        stdout: Option<StreamConn<S>>,
+        stderr: Option<StreamConn<S>>,
+    },
+    Terminal(StreamConn<S>),
+}
+
+pub type Pump = Pin<Box<dyn Future<Output = ()>>>;
+
+pub struct Spawned {
+    pub pid: i32,
+    pub io: ProcessIo,
+    /// To run on the agent's local task set once the process is recorded.
+    pub pumps: Vec<Pump>,
+}
+
+pub fn invalid(message: impl Into<String>) -> AgentError {
+    AgentError {
+        kind: ErrorKind::InvalidRequest,
+        message: message.into(),
+    }
+}
+
+pub fn system(message: impl Into<String>) -> AgentError {
+    AgentError {
+        kind: ErrorKind::System,
+        message: message.into(),
+    }
+}
+
+/// The stream tokens an exec names, in the order stdin, stdout, stderr;
+/// checks what can be checked before any stream is taken.
+pub fn validate(request: &ExecRequest) -> Result<Vec<u64>, AgentError> {
+    if request.argv.is_empty() {
+        return Err(invalid("argv is empty"));
+    }
+    for entry in &request.env {
+        match entry.split_once('=') {
+            Some((name, _)) if !name.is_empty() => {}
+            _ => {
+                return Err(invalid(format!(
+                    "environment entry {entry:?} is not NAME=value"
+                )))
+            }
+        }
+    }
+    if request.terminal {
+        if request.stdout.is_some() || request.stderr.is_some() {
+            return Err(invalid(
+                "with a terminal, stdin names its one stream; stdout and stderr must be unset",
+            ));
+        }
+        return match request.stdin {
+            Some(token) => Ok(vec![token]),
+            None => Err(invalid("a terminal needs its stream (the stdin token)")),
+        };
+    }
+    let tokens: Vec<u64> = [request.stdin, request.stdout, request.stderr]
+        .into_iter()
+        .flatten()
+        .collect();
+    for (i, token) in tokens.iter().enumerate() {
+        if tokens[..i].contains(token) {
+            return Err(invalid(format!("stream {token} is named twice")));
+        }
+    }
+    Ok(tokens)
+}
+
+fn command(request: &ExecRequest) -> Command {
+    let mut cmd = Command::new(&request.argv[0]);
+    cmd.args(&request.argv[1..]).env_clear();
+    for entry in &request.env {
+        if let Some((name, value)) = entry.split_once('=') {
+            cmd.env(name, value);
+        }
+    }
+    if let Some(cwd) = &request.cwd {
+        cmd.current_dir(cwd);
+    }
+    // The agent runs as root: only change what differs (each is a syscall).
+    if request.gid != 0 {
+        cmd.gid(request.gid);
+    }
+    if request.uid != 0 {
+        cmd.uid(request.uid);
+    }
+    cmd
+}
+
+/// A pty as `(master, slave)`: the master non-blocking, both close-on-exec.
+fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    // SAFETY: open(2) with a constant path.
+    let master = unsafe {
+        libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    if master < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open just returned this descriptor to us.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TIOCGPTPEER opens the slave and returns its descriptor.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl just returned this descriptor to us.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
+}
+
+/// Sets a terminal's window size.
+pub fn resize(master: &Fd, rows: u16, columns: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: columns,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize.
+    if unsafe { libc::ioctl(master.raw(), libc::TIOCSWINSZ, &size) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A pipe for a process's stream: `(the process's end, ours)`, ours
+/// non-blocking. `input` when the process reads from it.
+fn stdio_pipe(input: bool) -> io::Result<(OwnedFd, Fd)> {
+    let (read, write) = fdio::pipe()?;
+    if input {
+        Ok((read, Fd::new_nonblocking(write)?))
+    } else {
+        Ok((write, Fd::new_nonblocking(read)?))
+    }
+}
+
+/// Starts the process of a validated `request` on `stdio`. The process
+/// runs in its own session with a clean signal mask and default signal
+/// dispositions (std's `Command` resets them in the child); on a terminal,
+/// the pty's slave is its controlling terminal. A failed exec is an error
+/// here, and std has reaped the child already.
+pub fn spawn<S: 'static>(
+    request: &ExecRequest,
+    stdio: ExecStdio<S>,
+    linger: Duration,
+) -> Result<Spawned, AgentError> {
+    let sys = |what: &str, e: io::Error| system(format!("{what}: {e}"));
+    let mut cmd = command(request);
+    let mut pumps: Vec<Pump> = Vec::new();
+    let mut io = ProcessIo::default();
+    let spawn_it = |cmd: &mut Command| {
+        cmd.spawn().map_err(|e| {
+            let message = format!("cannot run {:?}: {e}", request.argv[0]);
+            if e.kind() == io::ErrorKind::InvalidInput {
+                invalid(message)
+            } else {
+                system(message)
+            }
+        })
+    };
+    let child = match stdio {
+        ExecStdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let mut stdin_pump = None;
+            match stdin {
+                Some(conn) => {
+                    let (theirs, ours) = stdio_pipe(true).map_err(|e| sys("pipe", e))?;
+                    cmd.stdin(Stdio::from(theirs));
+                    let close = Rc::new(Notify::new());
+                    io.stdin_close = Some(close.clone());
+                    stdin_pump = Some(pump_in(conn, ours, close));
+                }
+                None => {
+                    cmd.stdin(Stdio::null());
+                }
+            }
+            let mut out_pumps = Vec::new();
+            for (conn, is_stdout) in [(stdout, true), (stderr, false)] {
+                let end = match conn {
+                    Some(conn) => {
+                        let (theirs, ours) = stdio_pipe(false).map_err(|e| sys("pipe", e))?;
+                        out_pumps.push(pump_out(ours, conn, linger));
+                        Stdio::from(theirs)
+                    }
+                    None => Stdio::null(),
+                };
+                if is_stdout {
+                    cmd.stdout(end);
+                } else {
+                    cmd.stderr(end);
+                }
+            }
+            // SAFETY: setsid(2) is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = spawn_it(&mut cmd)?;
+            if let Some(pump) = stdin_pump {
+                pumps.push(Box::pin(pump));
+            }
+            for pump in out_pumps {
+                pumps.push(Box::pin(pump));
+            }
+            child
+        }
+        ExecStdio::Terminal(conn) => {
+            let (master, slave) = open_pty().map_err(|e| sys("cannot open a pty", e))?;
+            let master = Rc::new(Fd::new(master).map_err(|e| sys("cannot register the pty", e))?);
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| sys("dup", e));
+            cmd.stdin(Stdio::from(dup(&slave)?))
+                .stdout(Stdio::from(dup(&slave)?))
+                .stderr(Stdio::from(slave));
+            // SAFETY: setsid(2) and ioctl(2) are async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = spawn_it(&mut cmd)?;
+            let close = Rc::new(Notify::new());
+            io.stdin_close = Some(close.clone());
+            io.terminal = Some(Rc::downgrade(&master));
+            pumps.push(Box::pin(pump_terminal(conn, master, close, linger)));
+            child
+        }
+    };
+    // Closes the process's ends of its pipes or pty in the agent: without
+    // that, the agent would never see end of file on them.
+    drop(cmd);
+    Ok(Spawned {
+        pid: child.id() as i32,
+        io,
+        pumps,
+    })
+}
+
+/// Why a copy stopped.
+enum CopyEnd {
+    /// End of file on the source.
+    SourceEnded,
+    SourceFailed,
+    SinkFailed,
+}
+
+async fn copy(from: &Fd, to: &Fd, buf: &mut [u8]) -> CopyEnd {
+    loop {
+        let n = match from.read(buf).await {
+            Ok(0) => return CopyEnd::SourceEnded,
+            Ok(n) => n,
+            Err(_) => return CopyEnd::SourceFailed,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return CopyEnd::SinkFailed;
+        }
+    }
+}
+
+/// Ends a stream that carried output: half-close it so the host reads end
+/// of file after the last byte, then keep the connection until the host
+/// closes its end (or `linger` passes). Closing at once could make the VMM
+/// drop output it still buffers for a slow host reader.
+async fn finish_output<S>(conn: StreamConn<S>, buf: &mut [u8], linger: Duration) {
+    if conn.fd.shutdown_write().is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(linger, async {
+        while let Ok(n) = conn.fd.read(buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The process's stdout or stderr to the host.
+async fn pump_out<S>(pipe: Fd, conn: StreamConn<S>, linger: Duration) {
+    let mut buf = vec![0u8; PUMP_BUFFER];
+    match copy(&pipe, &conn.fd, &mut buf).await {
+        CopyEnd::SourceEnded | CopyEnd::SourceFailed => {
+            drop(pipe);
+            finish_output(conn, &mut buf, linger).await;
+        }
+        // The host went away: stop here. Closing the pipe gives the process
+        // EPIPE (SIGPIPE) on its next write, as on any host.
+        CopyEnd::SinkFailed => {}
+    }
+}
+
+/// The host's input to the process's stdin, until the host half-closes or
+/// closes the stream, `CloseStdin`, or the process exits; then the pipe
+/// closes and the process reads end of file.
+async fn pump_in<S>(conn: StreamConn<S>, pipe: Fd, close: Rc<Notify>) {
+    let mut buf = vec![0u8; PUMP_BUFFER];
+    tokio::select! {
+        _ = copy(&conn.fd, &pipe, &mut buf) => {}
+        () = close.notified() => {}
+    }
+}
+
+/// One stream carries a terminal both ways. The host's end of input
+/// (half-close or `CloseStdin`) stops only the input. Output ends when the
+/// process side of the pty is closed (the master reads EIO then); if the
+/// host goes away, the master is closed and the session gets a hangup, as
+/// when a terminal emulator quits.
+async fn pump_terminal<S>(
+    conn: StreamConn<S>,
+    master: Rc<Fd>,
+    close: Rc<Notify>,
+    linger: Duration,
+) {
+    let mut out_buf = vec![0u8; PUMP_BUFFER];
+    let mut in_buf = vec![0u8; PUMP_BUFFER];
+    let output = copy(&master, &conn.fd, &mut out_buf);
+    let input = async {
+        let end = tokio::select! {
+            end = copy(&conn.fd, &master, &mut in_buf) => Some(end),
+            () = close.notified() => None,
+        };
+        if let Some(CopyEnd::SourceFailed) = end {
+            // The connection broke: the host is gone.
+            return;
+        }
+        std::future::pending::<()>().await
+    };
+    let output_end = tokio::select! {
+        end = output => Some(end),
+        () = input => None,
+    };
+    drop(master);
+    if let Some(CopyEnd::SourceEnded | CopyEnd::SourceFailed) = output_end {
+        finish_output(conn, &mut out_buf, linger).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(argv: &[&str]) -> ExecRequest {
+        ExecRequest {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..ExecRequest::default()
+        }
+    }
+
+    #[test]
+    fn validation_names_the_tokens_in_order() {
+        let mut r = request(&["true"]);
+        assert_eq!(validate(&r), Ok(vec![]));
+        r.stdin = Some(1);
+        r.stderr = Some(3);
+        assert_eq!(validate(&r), Ok(vec![1, 3]));
+        r.stdout = Some(1);
+        assert_eq!(validate(&r).unwrap_err().kind, ErrorKind::InvalidRequest);
+    }
+
+    #[test]
+    fn validation_refuses_what_cannot_run() {
+        assert!(validate(&request(&[])).is_err());
+        let mut r = request(&["env"]);
+        r.env = vec!["A=1".into(), "B=".into()];
+        assert!(validate(&r).is_ok());
+        for bad in ["NOEQUALS", "=value"] {
+            r.env = vec![bad.into()];
+            assert_eq!(validate(&r).unwrap_err().kind, ErrorKind::InvalidRequest);
+        }
+    }
+
+    #[test]
+    fn a_terminal_has_exactly_one_stream() {
+        let mut r = request(&["sh"]);
+        r.terminal = true;
+        assert!(validate(&r).is_err());
+        r.stdin = Some(4);
+        assert_eq!(validate(&r), Ok(vec![4]));
+        r.stdout = Some(5);
+        assert!(validate(&r).is_err());
+    }
+}

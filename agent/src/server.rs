@@ -1,0 +1,579 @@
+//! The agent's API server: control connections, stream connections, the
+//! process table and the reaper, on one thread.
+//!
+//! Everything runs as tasks of one tokio `LocalSet` on a current-thread
+//! runtime: no locks, no extra threads, and nothing wakes up while the
+//! guest is idle. The server takes its listeners and its child-exit event
+//! source as plain descriptors, so the tests run the very same code over
+//! Unix sockets on the host.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runvm_agent_api::{
+    codec, read_frame_bytes, AgentError, ErrorKind, ExecRequest, FrameError, Request, RequestBody,
+    Response, ResponseBody, StreamHello, PROTOCOL_VERSION,
+};
+use serde::Deserialize;
+use tokio::io::BufReader;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::task::{spawn_local, JoinSet};
+use tokio::time::{sleep, timeout, timeout_at, Instant};
+
+use crate::exec::{self, invalid, system, ExecStdio, StreamConn};
+use crate::fdio::{Fd, Listener};
+use crate::processes::{Lookup, ProcessTable, WaitOutcome};
+use crate::reaper;
+use crate::streams::StreamTable;
+
+/// The bounds on what a host can make the agent hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Control connections open at once.
+    pub control_connections: usize,
+    /// Requests of one control connection being handled at once; past
+    /// that, the agent stops reading it until one is answered.
+    pub in_flight: usize,
+    /// Stream connections open at once: greeting, parked or pumping.
+    pub streams: usize,
+    /// Streams parked and not yet claimed by an exec.
+    pub parked: usize,
+    /// How long a new stream connection has to send its hello line.
+    pub hello_timeout: Duration,
+    /// How long a parked stream waits for its exec.
+    pub parked_ttl: Duration,
+    /// How long an exec waits for a stream it names to arrive.
+    pub exec_stream_wait: Duration,
+    /// Exited processes kept for a `Wait` that has not come yet.
+    pub unwaited_exits: usize,
+    /// How long a finished output stream waits for the host to close it.
+    pub linger: Duration,
+    /// Pause between answering `Shutdown` and powering off, so that the
+    /// answer leaves the guest.
+    pub shutdown_settle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            control_connections: 16,
+            in_flight: 64,
+            streams: 256,
+            parked: 128,
+            hello_timeout: Duration::from_secs(5),
+            parked_ttl: Duration::from_secs(30),
+            exec_stream_wait: Duration::from_secs(5),
+            unwaited_exits: 128,
+            linger: Duration::from_secs(10),
+            shutdown_settle: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What `Shutdown` does after answering.
+pub enum OnShutdown {
+    /// SIGKILL every process in the guest, then power off (PID 1).
+    PowerOff,
+    /// SIGKILL the processes in the table, then notify (tests).
+    #[cfg(test)]
+    Notify(Rc<Notify>),
+}
+
+/// A counted place among a bounded number of connections.
+#[derive(Clone)]
+struct Slots {
+    used: Rc<Cell<usize>>,
+    cap: usize,
+}
+
+pub struct Slot(Rc<Cell<usize>>);
+
+impl Slots {
+    fn new(cap: usize) -> Slots {
+        Slots {
+            used: Rc::new(Cell::new(0)),
+            cap,
+        }
+    }
+
+    fn try_take(&self) -> Option<Slot> {
+        let used = self.used.get();
+        if used >= self.cap {
+            return None;
+        }
+        self.used.set(used + 1);
+        Some(Slot(self.used.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+type Stream = StreamConn<Slot>;
+
+pub struct Agent {
+    limits: Limits,
+    processes: RefCell<ProcessTable>,
+    streams: RefCell<StreamTable<Stream>>,
+    /// Woken whenever a stream is parked.
+    stream_arrived: Notify,
+    control_slots: Slots,
+    stream_slots: Slots,
+    on_shutdown: OnShutdown,
+}
+
+impl Agent {
+    pub fn new(limits: Limits, on_shutdown: OnShutdown) -> Rc<Agent> {
+        Rc::new(Agent {
+            processes: RefCell::new(ProcessTable::new(limits.unwaited_exits)),
+            streams: RefCell::new(StreamTable::new(limits.parked)),
+            stream_arrived: Notify::new(),
+            control_slots: Slots::new(limits.control_connections),
+            stream_slots: Slots::new(limits.streams),
+            on_shutdown,
+            limits,
+        })
+    }
+}
+
+/// Serves until the guest powers off. Must run inside a `LocalSet`.
+/// `child_events` becomes readable when a child may have exited (a
+/// signalfd for SIGCHLD in the guest).
+pub async fn serve(agent: Rc<Agent>, control: Listener, streams: Listener, child_events: Fd) {
+    spawn_local(reap_children(agent.clone(), child_events));
+    spawn_local(accept_streams(agent.clone(), streams));
+    accept_control(agent, control).await
+}
+
+/// Pause after a failed accept (say, out of descriptors) so that a
+/// listener that stays readable does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+async fn accept_control(agent: Rc<Agent>, listener: Listener) {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => match agent.control_slots.try_take() {
+                Some(slot) => {
+                    spawn_local(serve_control(agent.clone(), conn, slot));
+                }
+                None => agent_log!("too many control connections; refusing one"),
+            },
+            Err(e) => {
+                agent_log!("accept on the control port failed: {e}");
+                sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn accept_streams(agent: Rc<Agent>, listener: Listener) {
+    loop {
+        match listener.accept().await {
+            Ok(fd) => match agent.stream_slots.try_take() {
+                Some(slot) => {
+                    spawn_local(greet_stream(agent.clone(), StreamConn { fd, _slot: slot }));
+                }
+                None => agent_log!("too many stream connections; refusing one"),
+            },
+            Err(e) => {
+                agent_log!("accept on the stream port failed: {e}");
+                sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Reads a stream's hello line and parks it under its token.
+async fn greet_stream(agent: Rc<Agent>, conn: Stream) {
+    let mut line = [0u8; StreamHello::MAX_LEN];
+    let token = match timeout(agent.limits.hello_timeout, conn.fd.read_line(&mut line)).await {
+        Ok(Ok(len)) => match StreamHello::parse(&line[..len]) {
+            Some(hello) => hello.token,
+            None => {
+                agent_log!(
+                    "stream connection with a bad hello {:?}; closed",
+                    String::from_utf8_lossy(&line[..len])
+                );
+                return;
+            }
+        },
+        Ok(Err(e)) => {
+            agent_log!("stream connection without a hello line ({e}); closed");
+            return;
+        }
+        Err(_) => {
+            agent_log!("stream connection sent no hello in time; closed");
+            return;
+        }
+    };
+    let parked = agent.streams.borrow_mut().park(token, conn);
+    let serial = match parked {
+        Ok(serial) => serial,
+        Err(e) => {
+            agent_log!("stream {token} refused: {e}");
+            return;
+        }
+    };
+    agent.stream_arrived.notify_waiters();
+    let ttl = agent.limits.parked_ttl;
+    let owner = agent.clone();
+    let timer = spawn_local(async move {
+        sleep(ttl).await;
+        let expired = owner.streams.borrow_mut().expire(token, serial);
+        if expired.is_some() {
+            agent_log!("stream {token} was not claimed in {ttl:?}; closed");
+        }
+    });
+    agent
+        .streams
+        .borrow_mut()
+        .set_expiry(token, serial, timer.abort_handle());
+}
+
+/// Runs the reaper whenever `events` says a child may have ended.
+async fn reap_children(agent: Rc<Agent>, events: Fd) {
+    // Room for a few signalfd records (128 bytes each) or an eventfd count.
+    let mut buf = [0u8; 512];
+    loop {
+        reaper::reap_ready(|pid, status| {
+            agent.processes.borrow_mut().record_exit(pid, status);
+        });
+        match events.read(&mut buf).await {
+            Ok(0) => {
+                agent_log!("the child-exit event source closed; no more reaping");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                agent_log!("reading child-exit events failed: {e}");
+                sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// A response on its way to the writer; `written` fires once it is.
+struct Outgoing {
+    response: Response,
+    written: Option<oneshot::Sender<()>>,
+}
+
+/// Writes the responses of one control connection in order, whole frames
+/// only, so a cancelled handler never leaves half a frame behind.
+async fn write_responses(conn: Rc<Fd>, mut queue: mpsc::Receiver<Outgoing>) {
+    while let Some(out) = queue.recv().await {
+        let id = out.response.id;
+        let frame = codec::encode(&out.response).or_else(|e| {
+            codec::encode(&Response {
+                id,
+                result: Err(system(format!("cannot encode the answer: {e}"))),
+            })
+        });
+        let Ok(frame) = frame else { continue };
+        if conn.write_all(&frame).await.is_err() {
+            // The client is gone; its reader sees that too.
+            return;
+        }
+        if let Some(written) = out.written {
+            let _ = written.send(());
+        }
+    }
+}
+
+/// Recovers the id of a request that does not parse, to answer it.
+fn request_id(bytes: &[u8]) -> u64 {
+    #[derive(Deserialize)]
+    struct JustId {
+        id: u64,
+    }
+    serde_json::from_slice::<JustId>(bytes).map_or(0, |r| r.id)
+}
+
+fn answer(id: u64, result: Result<ResponseBody, AgentError>) -> Outgoing {
+    Outgoing {
+        response: Response { id, result },
+        written: None,
+    }
+}
+
+/// One control connection: requests are read in order and handled
+/// concurrently (a `Wait` does not hold up the rest); each answer carries
+/// its request's id. When the client closes (or half-closes) the
+/// connection, its pending requests are cancelled; its processes live on.
+async fn serve_control(agent: Rc<Agent>, conn: Fd, _slot: Slot) {
+    let conn = Rc::new(conn);
+    let (queue, writer_queue) = mpsc::channel(agent.limits.in_flight);
+    spawn_local(write_responses(conn.clone(), writer_queue));
+    let permits = Arc::new(Semaphore::new(agent.limits.in_flight));
+    let mut handlers = JoinSet::new();
+    let mut reader = BufReader::with_capacity(4096, &*conn);
+    loop {
+        while handlers.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let bytes = match read_frame_bytes(&mut reader).await {
+            Ok(bytes) => bytes,
+            Err(FrameError::Closed) => break,
+            Err(e @ FrameError::TooLarge(_)) => {
+                // Out of step with the client: say why, then hang up.
+                agent_log!("control connection: {e}; closing it");
+                let _ = queue.send(answer(0, Err(invalid(e.to_string())))).await;
+                break;
+            }
+            Err(_) => break,
+        };
+        let request: Request = match serde_json::from_slice(&bytes) {
+            Ok(request) => request,
+            Err(e) => {
+                let id = request_id(&bytes);
+                agent_log!("malformed request (id {id}): {e}");
+                let error = invalid(format!("malformed request: {e}"));
+                if queue.send(answer(id, Err(error))).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let id = request.id;
+        if let RequestBody::Shutdown = request.body {
+            shut_down(&agent, id, &queue).await;
+            break;
+        }
+        let agent = agent.clone();
+        let queue = queue.clone();
+        handlers.spawn_local(async move {
+            let result = dispatch(&agent, request.body).await;
+            let _ = queue.send(answer(id, result)).await;
+            drop(permit);
+        });
+    }
+    // Dropping `handlers` cancels what is still pending; the writer sends
+    // what is queued and closes the connection.
+}
+
+/// `Shutdown`: answer, then SIGKILL the remaining processes and power off.
+async fn shut_down(agent: &Agent, id: u64, queue: &mpsc::Sender<Outgoing>) {
+    agent_log!("shutdown requested");
+    let (written, was_written) = oneshot::channel();
+    let out = Outgoing {
+        response: Response {
+            id,
+            result: Ok(ResponseBody::Done),
+        },
+        written: Some(written),
+    };
+    if queue.send(out).await.is_ok() {
+        let _ = timeout(Duration::from_secs(1), was_written).await;
+    }
+    match &agent.on_shutdown {
+        OnShutdown::PowerOff => {
+            // SAFETY: kill(2); -1 is every process but PID 1 itself.
+            unsafe { libc::kill(-1, libc::SIGKILL) };
+            sleep(agent.limits.shutdown_settle).await;
+            crate::power::power_off()
+        }
+        #[cfg(test)]
+        OnShutdown::Notify(done) => {
+            let pids = agent.processes.borrow().live_pids();
+            for pid in pids {
+                // SAFETY: kill(2) on a live child of ours.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            done.notify_one();
+        }
+    }
+}
+
+fn not_found(message: String) -> AgentError {
+    AgentError {
+        kind: ErrorKind::NotFound,
+        message,
+    }
+}
+
+fn lookup_error(process: u64, lookup: Lookup) -> AgentError {
+    match lookup {
+        Lookup::NoSuchProcess => not_found(format!("no process {process}")),
+        Lookup::Exited => not_found(format!("process {process} has exited")),
+    }
+}
+
+async fn dispatch(agent: &Rc<Agent>, body: RequestBody) -> Result<ResponseBody, AgentError> {
+    match body {
+        RequestBody::Version => Ok(ResponseBody::Version {
+            agent: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: PROTOCOL_VERSION,
+        }),
+        RequestBody::Exec(request) => exec_process(agent, request).await,
+        RequestBody::Signal { process, signal } => {
+            if !(1..=libc::SIGRTMAX()).contains(&signal) {
+                return Err(invalid(format!("no signal {signal}")));
+            }
+            let pid = agent
+                .processes
+                .borrow()
+                .live_pid(process)
+                .map_err(|l| lookup_error(process, l))?;
+            // SAFETY: kill(2). The pid is a live or not yet reaped child:
+            // only this thread reaps, so it cannot have been reused.
+            if unsafe { libc::kill(pid, signal) } < 0 {
+                let e = io::Error::last_os_error();
+                return Err(system(format!("kill({pid}, {signal}): {e}")));
+            }
+            Ok(ResponseBody::Done)
+        }
+        RequestBody::Wait { process } => {
+            let outcome = agent.processes.borrow_mut().wait(process);
+            let status = match outcome {
+                None => return Err(not_found(format!("no process {process}"))),
+                Some(WaitOutcome::Exited(status)) => status,
+                Some(WaitOutcome::Running(mut exited)) => {
+                    let status = exited.wait_for(Option::is_some).await.map(|s| *s);
+                    match status {
+                        Ok(Some(status)) => status,
+                        _ => return Err(system(format!("process {process} was lost"))),
+                    }
+                }
+            };
+            Ok(ResponseBody::Exited { process, status })
+        }
+        RequestBody::CloseStdin { process } => {
+            let mut processes = agent.processes.borrow_mut();
+            let io = processes
+                .io_mut(process)
+                .ok_or_else(|| not_found(format!("no process {process}")))?;
+            if let Some(close) = io.stdin_close.take() {
+                close.notify_one();
+            }
+            Ok(ResponseBody::Done)
+        }
+        RequestBody::ResizeTerminal {
+            process,
+            rows,
+            columns,
+        } => {
+            let processes = agent.processes.borrow();
+            let io = processes
+                .io(process)
+                .ok_or_else(|| not_found(format!("no process {process}")))?;
+            let terminal = io
+                .terminal
+                .as_ref()
+                .ok_or_else(|| invalid(format!("process {process} has no terminal")))?;
+            let master = terminal
+                .upgrade()
+                .ok_or_else(|| not_found(format!("the terminal of process {process} is closed")))?;
+            exec::resize(&master, rows, columns)
+                .map_err(|e| system(format!("cannot resize the terminal: {e}")))?;
+            Ok(ResponseBody::Done)
+        }
+        RequestBody::ListProcesses => Ok(ResponseBody::Processes {
+            processes: agent.processes.borrow().list(),
+        }),
+        // Handled by the connection itself, which stops reading.
+        RequestBody::Shutdown => Err(invalid("shutdown is not handled here")),
+    }
+}
+
+/// Takes the streams an exec names, waiting a little for any that has not
+/// arrived yet (the host's connect may complete before its hello is read).
+async fn take_streams(agent: &Agent, tokens: &[u64]) -> Result<Vec<Stream>, AgentError> {
+    let deadline = Instant::now() + agent.limits.exec_stream_wait;
+    loop {
+        // Registered before looking, so an arrival in between is not missed.
+        let arrived = agent.stream_arrived.notified();
+        if let Some(streams) = agent.streams.borrow_mut().take_all(tokens) {
+            return Ok(streams);
+        }
+        if timeout_at(deadline, arrived).await.is_err() {
+            let mut parked = agent.streams.borrow_mut();
+            if let Some(streams) = parked.take_all(tokens) {
+                return Ok(streams);
+            }
+            let missing = parked.first_missing(tokens).unwrap_or_default();
+            return Err(not_found(format!("stream {missing} is not connected")));
+        }
+    }
+}
+
+async fn exec_process(agent: &Rc<Agent>, request: ExecRequest) -> Result<ResponseBody, AgentError> {
+    let tokens = exec::validate(&request)?;
+    let mut streams = take_streams(agent, &tokens).await?.into_iter();
+    let stdio = if request.terminal {
+        match streams.next() {
+            Some(conn) => ExecStdio::Terminal(conn),
+            None => return Err(invalid("a terminal needs its stream")),
+        }
+    } else {
+        let mut next_if = |named: Option<u64>| named.and_then(|_| streams.next());
+        ExecStdio::Pipes {
+            stdin: next_if(request.stdin),
+            stdout: next_if(request.stdout),
+            stderr: next_if(request.stderr),
+        }
+    };
+    let spawned = exec::spawn(&request, stdio, agent.limits.linger)?;
+    let process = agent
+        .processes
+        .borrow_mut()
+        .insert(spawned.pid, &request.argv, spawned.io);
+    for pump in spawned.pumps {
+        spawn_local(pump);
+    }
+    Ok(ResponseBody::Started {
+        process,
+        pid: spawned.pid,
+    })
+}
+
+/// The server as PID 1 runs it: vsock listeners on the API ports, SIGCHLD
+/// through a signalfd. Calls `ready` once both listeners are bound. Returns
+/// only if the server cannot start (or, which should not happen, stops).
+pub fn run_in_guest(ready: impl FnOnce()) -> io::Error {
+    use runvm_agent_api::{CONTROL_PORT, STREAM_PORT};
+    use std::os::fd::OwnedFd;
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return e,
+    };
+    let bind = |port: u32| -> io::Result<Listener> {
+        let listener = vsock::VsockListener::bind_with_cid_port(libc::VMADDR_CID_ANY, port)
+            .map_err(|e| io::Error::new(e.kind(), format!("vsock port {port}: {e}")))?;
+        Listener::new(OwnedFd::from(listener))
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async {
+        let control = match bind(CONTROL_PORT) {
+            Ok(l) => l,
+            Err(e) => return e,
+        };
+        let streams = match bind(STREAM_PORT) {
+            Ok(l) => l,
+            Err(e) => return e,
+        };
+        let events = match reaper::sigchld_fd().and_then(Fd::new) {
+            Ok(fd) => fd,
+            Err(e) => return io::Error::new(e.kind(), format!("signalfd: {e}")),
+        };
+        ready();
+        let agent = Agent::new(Limits::default(), OnShutdown::PowerOff);
+        serve(agent, control, streams, events).await;
+        io::Error::other("the API server stopped")
+    })
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
