@@ -7,11 +7,17 @@
 #   scripts/setup.sh --bench  also QEMU, for the side-by-side benchmarks
 set -euo pipefail
 
+# The vhost-user backend behind runvm-vmm's --fs (virtio-fs), built from
+# crates.io with its own lock file. Pinned: bump it deliberately.
+VIRTIOFSD_VERSION=1.14.0
+
 packages=(
   # guest kernel build
   linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev cpio patch xz-utils
   # end-to-end tests; busybox-static gives the test image its tools
   util-linux busybox-static
+  # virtiofsd, built below, links libseccomp and libcap-ng
+  libseccomp-dev libcap-ng-dev
 )
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(qemu-system-x86)
@@ -42,5 +48,11 @@ fi
 # The agent is linked statically against glibc for x86_64-unknown-linux-gnu.
 if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-gnu; then
   rustup target add x86_64-unknown-linux-gnu
+fi
+
+virtiofsd=$(command -v virtiofsd || echo "${CARGO_HOME:-$HOME/.cargo}/bin/virtiofsd")
+if [[ "$("$virtiofsd" --version 2>/dev/null)" != "virtiofsd $VIRTIOFSD_VERSION" ]]; then
+  echo "setup: installing virtiofsd $VIRTIOFSD_VERSION (cargo install, about a minute)"
+  cargo install virtiofsd --version "$VIRTIOFSD_VERSION" --locked --quiet
 fi
 echo "setup: ok"
