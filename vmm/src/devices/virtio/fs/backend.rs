@@ -11,13 +11,13 @@
 //!   `SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE`.
 //! - [`Backend::stop`], when the driver resets the device: per started
 //!   queue `SET_VRING_ENABLE 0` and `GET_VRING_BASE`, which stops the ring.
-//! - [`HangupWatch`]: a thread that waits for the connection to close,
-//!   the sign that the backend went away.
+//!
+//! A [`ConnectionWatch`] reports the backend going away, and bounds how
+//! long any request may wait for its answer ([`REPLY_TIMEOUT`]).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
@@ -29,6 +29,7 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::watch::{ConnectionWatch, OnLoss};
 use crate::devices::virtio::{ActiveQueue, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
@@ -45,12 +46,15 @@ const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
 /// on its socket.
 const CONNECT_GRACE: Duration = Duration::from_secs(1);
 const CONNECT_RETRY: Duration = Duration::from_millis(20);
-/// Every request is answered at once by a live backend; a backend silent
-/// for this long is treated as failed rather than hanging a vCPU.
+/// A live backend answers every request at once; one silent for this long
+/// is cut off rather than left to hang the VMM or a vCPU.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connected, negotiated vhost-user backend.
 pub struct Backend {
+    /// Declared first, so dropped first: stopped before the VMM closes the
+    /// connection itself, which is no loss to report.
+    watch: ConnectionWatch,
     frontend: Frontend,
     /// GET_FEATURES.
     features: u64,
@@ -58,58 +62,78 @@ pub struct Backend {
     reply_ack: bool,
     /// Queues passed to the backend by the last `start`, by index.
     started: Vec<usize>,
+    /// How long a request may wait for its answer.
+    reply_timeout: Duration,
 }
 
 impl Backend {
     /// Connects to the backend listening at `socket` and negotiates what
     /// does not depend on the guest. `queues` is how many queues the
-    /// device has; the backend must serve at least that many.
-    pub fn connect(socket: &Path, queues: usize) -> Result<Backend, String> {
-        let stream = connect_socket(socket)?;
-        stream
-            .set_read_timeout(Some(REPLY_TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(REPLY_TIMEOUT)))
-            .map_err(|e| format!("cannot set socket timeouts: {e}"))?;
-        let mut frontend = Frontend::from_stream(stream, queues as u64);
+    /// device has; the backend must serve at least that many. From here
+    /// on, losing the backend is reported once through `on_loss`.
+    pub fn connect(socket: &Path, queues: usize, on_loss: OnLoss) -> Result<Backend, String> {
+        Backend::connect_with_timeout(socket, queues, on_loss, REPLY_TIMEOUT)
+    }
 
-        frontend.set_owner().map_err(step("SET_OWNER"))?;
-        let features = frontend.get_features().map_err(step("GET_FEATURES"))?;
+    fn connect_with_timeout(
+        socket: &Path,
+        queues: usize,
+        on_loss: OnLoss,
+        reply_timeout: Duration,
+    ) -> Result<Backend, String> {
+        let stream = connect_socket(socket)?;
+        let watched = OwnedFd::from(
+            stream
+                .try_clone()
+                .map_err(|e| format!("cannot duplicate the connection: {e}"))?,
+        );
+        let watch = ConnectionWatch::start(watched, on_loss)
+            .map_err(|e| format!("cannot start the connection watch: {e}"))?;
+        let mut backend = Backend {
+            watch,
+            frontend: Frontend::from_stream(stream, queues as u64),
+            features: 0,
+            reply_ack: false,
+            started: Vec::new(),
+            reply_timeout,
+        };
+        backend.negotiate(queues)?;
+        Ok(backend)
+    }
+
+    fn negotiate(&mut self, queues: usize) -> Result<(), String> {
+        self.request("SET_OWNER", |f| f.set_owner())?;
+        let features = self.request("GET_FEATURES", |f| f.get_features())?;
         if features & VIRTIO_F_VERSION_1 == 0 {
             return Err(format!(
                 "the backend does not offer VIRTIO_F_VERSION_1 (features {features:#x})"
             ));
         }
-        let mut reply_ack = false;
-        if features & PROTOCOL_FEATURES != 0 {
-            let offered = frontend
-                .get_protocol_features()
-                .map_err(step("GET_PROTOCOL_FEATURES"))?;
-            let wanted = VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ;
-            let accepted = offered & wanted;
-            frontend
-                .set_protocol_features(accepted)
-                .map_err(step("SET_PROTOCOL_FEATURES"))?;
-            if accepted.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-                // From now on every request that returns nothing is
-                // acknowledged, so a refusal is seen where it happens.
-                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-                reply_ack = true;
-            }
-            if accepted.contains(VhostUserProtocolFeatures::MQ) {
-                let served = frontend.get_queue_num().map_err(step("GET_QUEUE_NUM"))?;
-                if served < queues as u64 {
-                    return Err(format!(
-                        "the backend serves {served} queues, the device needs {queues}"
-                    ));
-                }
+        self.features = features;
+        if features & PROTOCOL_FEATURES == 0 {
+            return Ok(());
+        }
+        let offered = self.request("GET_PROTOCOL_FEATURES", |f| f.get_protocol_features())?;
+        let accepted =
+            offered & (VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ);
+        self.request("SET_PROTOCOL_FEATURES", |f| {
+            f.set_protocol_features(accepted)
+        })?;
+        if accepted.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            // From now on every request that returns nothing is
+            // acknowledged, so a refusal is seen where it happens.
+            self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            self.reply_ack = true;
+        }
+        if accepted.contains(VhostUserProtocolFeatures::MQ) {
+            let served = self.request("GET_QUEUE_NUM", |f| f.get_queue_num())?;
+            if served < queues as u64 {
+                return Err(format!(
+                    "the backend serves {served} queues, the device needs {queues}"
+                ));
             }
         }
-        Ok(Backend {
-            frontend,
-            features,
-            reply_ack,
-            started: Vec::new(),
-        })
+        Ok(())
     }
 
     /// The features the device offers the guest: virtio 1.x, and the ring
@@ -123,14 +147,6 @@ impl Backend {
         self.reply_ack
     }
 
-    /// A second handle on the connection, for [`HangupWatch`].
-    pub fn connection(&self) -> std::io::Result<OwnedFd> {
-        // SAFETY: the fd belongs to `self.frontend`, which is alive here;
-        // it is only borrowed for the duplication.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.frontend.as_raw_fd()) };
-        fd.try_clone_to_owned()
-    }
-
     /// Hands the rings to the backend. `driver_features` are those the
     /// driver accepted; `call` is signalled by the backend for used buffers.
     pub fn start(
@@ -142,13 +158,9 @@ impl Backend {
     ) -> Result<(), String> {
         let protocol = self.features & PROTOCOL_FEATURES;
         let features = (driver_features & self.features) | protocol;
-        self.frontend
-            .set_features(features)
-            .map_err(step("SET_FEATURES"))?;
+        self.request("SET_FEATURES", |f| f.set_features(features))?;
         let table = memory_table(mem)?;
-        self.frontend
-            .set_mem_table(&table)
-            .map_err(step("SET_MEM_TABLE"))?;
+        self.request("SET_MEM_TABLE", |f| f.set_mem_table(&table))?;
         self.started.clear();
         for (index, active) in queues.iter().enumerate() {
             let queue = &active.queue;
@@ -164,28 +176,20 @@ impl Backend {
                 avail_ring_addr: host_address(mem, queue.avail_ring(), index, "available ring")?,
                 log_addr: None,
             };
-            self.frontend
-                .set_vring_num(index, queue.size())
-                .map_err(step("SET_VRING_NUM"))?;
-            self.frontend
-                .set_vring_addr(index, &config)
-                .map_err(step("SET_VRING_ADDR"))?;
-            self.frontend
-                .set_vring_base(index, queue.next_avail())
-                .map_err(step("SET_VRING_BASE"))?;
-            self.frontend
-                .set_vring_call(index, call)
-                .map_err(step("SET_VRING_CALL"))?;
+            self.request("SET_VRING_NUM", |f| f.set_vring_num(index, queue.size()))?;
+            self.request("SET_VRING_ADDR", |f| f.set_vring_addr(index, &config))?;
+            self.request("SET_VRING_BASE", |f| {
+                f.set_vring_base(index, queue.next_avail())
+            })?;
+            self.request("SET_VRING_CALL", |f| f.set_vring_call(index, call))?;
             // The ring starts once it has a kick (and, with protocol
             // features, once it is enabled).
-            self.frontend
-                .set_vring_kick(index, &active.notify)
-                .map_err(step("SET_VRING_KICK"))?;
+            self.request("SET_VRING_KICK", |f| {
+                f.set_vring_kick(index, &active.notify)
+            })?;
             self.started.push(index);
             if protocol != 0 {
-                self.frontend
-                    .set_vring_enable(index, true)
-                    .map_err(step("SET_VRING_ENABLE"))?;
+                self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(index, true))?;
             }
         }
         if self.started.is_empty() {
@@ -199,15 +203,31 @@ impl Backend {
         let protocol = self.features & PROTOCOL_FEATURES != 0;
         for index in std::mem::take(&mut self.started) {
             if protocol {
-                self.frontend
-                    .set_vring_enable(index, false)
-                    .map_err(step("SET_VRING_ENABLE"))?;
+                self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(index, false))?;
             }
-            self.frontend
-                .get_vring_base(index)
-                .map_err(step("GET_VRING_BASE"))?;
+            self.request("GET_VRING_BASE", |f| f.get_vring_base(index))?;
         }
         Ok(())
+    }
+
+    /// Sends one request under the watch's deadline; an error names the
+    /// request and says why in plain words.
+    fn request<T>(
+        &mut self,
+        name: &str,
+        send: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T, String> {
+        self.watch.arm(self.reply_timeout);
+        let result = send(&mut self.frontend);
+        self.watch.disarm();
+        result.map_err(|error| {
+            let why = if self.watch.timed_out() {
+                format!("no reply within {:?}", self.reply_timeout)
+            } else {
+                describe(&error)
+            };
+            format!("{name} failed: {why}")
+        })
     }
 }
 
@@ -236,21 +256,11 @@ fn connect_socket(socket: &Path) -> Result<UnixStream, String> {
     }
 }
 
-/// Names the request that failed and says why in plain words.
-fn step(request: &'static str) -> impl Fn(vhost::Error) -> String {
-    move |error| format!("{request} failed: {}", describe(&error))
-}
-
 fn describe(error: &vhost::Error) -> String {
     match error {
         vhost::Error::VhostUserProtocol(
             VuError::Disconnected | VuError::SocketBroken(_) | VuError::PartialMessage,
         ) => "the backend closed the connection".into(),
-        vhost::Error::VhostUserProtocol(VuError::SocketRetry(e))
-            if e.raw_os_error() == Some(libc::EAGAIN) =>
-        {
-            format!("no reply within {} s", REPLY_TIMEOUT.as_secs())
-        }
         vhost::Error::VhostUserProtocol(VuError::BackendInternalError) => {
             "the backend refused the request".into()
         }
@@ -296,89 +306,19 @@ pub fn memory_table(mem: &GuestMemory) -> Result<Vec<VhostUserMemoryRegionInfo>,
     Ok(table)
 }
 
-/// Waits on its own thread for the backend's end of the connection to
-/// close, and then calls `on_hangup` once. The frontend itself only reads
-/// the socket while it waits for a reply, so without this a backend that
-/// died between requests would go unnoticed while the guest waits on it.
-pub struct HangupWatch {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl HangupWatch {
-    pub fn start(
-        connection: OwnedFd,
-        on_hangup: impl FnOnce() + Send + 'static,
-    ) -> std::io::Result<HangupWatch> {
-        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
-        let stop_seen = stop.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name("vhost-user-watch".into())
-            .spawn(move || {
-                if wait_for_hangup(&connection, &stop_seen) {
-                    on_hangup();
-                }
-            })?;
-        Ok(HangupWatch {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for HangupWatch {
-    fn drop(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// True when the peer closed `connection`, false when `stop` was signalled
-/// (or polling failed, which leaves the frontend to notice by itself).
-fn wait_for_hangup(connection: &OwnedFd, stop: &EventFd) -> bool {
-    // Only the hang-up is of interest: a reply waiting to be read must not
-    // wake this thread, so POLLIN is not asked for.
-    let mut fds = [
-        libc::pollfd {
-            fd: connection.as_fd().as_raw_fd(),
-            events: libc::POLLRDHUP,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: `fds` is a valid array of two pollfd structures.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if rc < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return false;
-        }
-        if fds[1].revents != 0 {
-            return false;
-        }
-        if fds[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
-        {
-            return true;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::devices::virtio::fs::mock_backend::*;
+    use crate::devices::virtio::fs::watch::Loss;
     use crate::memory::{create_guest_memory, create_shared_guest_memory, DEVICE_HOLE_START};
     use virtio_queue::Queue;
 
     const RING_FEATURES: u64 = VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_RING_F_EVENT_IDX;
+
+    fn connect(socket: &Path) -> Result<Backend, String> {
+        Backend::connect(socket, 2, Box::new(|_| {}))
+    }
 
     fn ready_queue(base: u64) -> ActiveQueue {
         let mut queue = Queue::new(256).unwrap();
@@ -396,7 +336,7 @@ mod tests {
     #[test]
     fn connect_negotiates_and_offers_the_guest_only_ring_features() {
         let mock = MockBackend::start(Behaviour::default());
-        let backend = Backend::connect(&mock.socket, 2).unwrap();
+        let backend = connect(&mock.socket).unwrap();
         assert_eq!(backend.guest_features(), VIRTIO_F_VERSION_1 | RING_FEATURES);
         assert!(backend.confirms_requests());
         assert_eq!(
@@ -416,7 +356,7 @@ mod tests {
     #[test]
     fn start_hands_over_memory_and_each_ready_queue_then_stop_takes_them_back() {
         let mock = MockBackend::start(Behaviour::default());
-        let mut backend = Backend::connect(&mock.socket, 2).unwrap();
+        let mut backend = connect(&mock.socket).unwrap();
         let mem = create_shared_guest_memory(64 << 20).unwrap();
         let mut queues = vec![ready_queue(0x10_0000), ready_queue(0x20_0000)];
         queues[1].queue.set_next_avail(7);
@@ -487,7 +427,7 @@ mod tests {
     #[test]
     fn queues_the_driver_left_unready_are_not_started() {
         let mock = MockBackend::start(Behaviour::default());
-        let mut backend = Backend::connect(&mock.socket, 2).unwrap();
+        let mut backend = connect(&mock.socket).unwrap();
         let mem = create_shared_guest_memory(64 << 20).unwrap();
         let mut queues = vec![ready_queue(0x10_0000), ready_queue(0x20_0000)];
         queues[0].queue.set_ready(false);
@@ -510,7 +450,7 @@ mod tests {
             refuse: Some(SET_MEM_TABLE),
             ..Behaviour::default()
         });
-        let mut backend = Backend::connect(&mock.socket, 2).unwrap();
+        let mut backend = connect(&mock.socket).unwrap();
         let mem = create_shared_guest_memory(64 << 20).unwrap();
         let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let error = backend
@@ -528,14 +468,14 @@ mod tests {
             features: 1 << 30 | 1 << 28,
             ..Behaviour::default()
         });
-        let error = Backend::connect(&mock.socket, 2).err().unwrap();
+        let error = connect(&mock.socket).err().unwrap();
         assert!(error.contains("VIRTIO_F_VERSION_1"), "{error}");
 
         let mock = MockBackend::start(Behaviour {
             queue_num: 1,
             ..Behaviour::default()
         });
-        let error = Backend::connect(&mock.socket, 2).err().unwrap();
+        let error = connect(&mock.socket).err().unwrap();
         assert!(error.contains("serves 1 queues"), "{error}");
 
         let mock = MockBackend::start(Behaviour {
@@ -543,7 +483,7 @@ mod tests {
             ..Behaviour::default()
         });
         // Refusals are only seen once REPLY_ACK is on: the next request.
-        assert!(Backend::connect(&mock.socket, 2).is_ok());
+        assert!(connect(&mock.socket).is_ok());
     }
 
     #[test]
@@ -552,7 +492,7 @@ mod tests {
             features: VIRTIO_F_VERSION_1,
             ..Behaviour::default()
         });
-        let mut backend = Backend::connect(&mock.socket, 2).unwrap();
+        let mut backend = connect(&mock.socket).unwrap();
         assert!(!backend.confirms_requests());
         assert_eq!(mock.codes(), [SET_OWNER, GET_FEATURES]);
         let mem = create_shared_guest_memory(64 << 20).unwrap();
@@ -572,9 +512,7 @@ mod tests {
     fn a_missing_socket_is_a_connect_error() {
         let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/runvm-fs-test").unwrap();
         let started = Instant::now();
-        let error = Backend::connect(&dir.as_path().join("none.sock"), 2)
-            .err()
-            .unwrap();
+        let error = connect(&dir.as_path().join("none.sock")).err().unwrap();
         assert!(error.starts_with("cannot connect: "), "{error}");
         assert!(error.contains("virtiofsd"), "{error}");
         assert!(started.elapsed() >= CONNECT_GRACE);
@@ -629,7 +567,7 @@ mod tests {
     #[test]
     fn a_queue_outside_guest_ram_is_refused_before_it_reaches_the_backend() {
         let mock = MockBackend::start(Behaviour::default());
-        let mut backend = Backend::connect(&mock.socket, 2).unwrap();
+        let mut backend = connect(&mock.socket).unwrap();
         let mem = create_shared_guest_memory(64 << 20).unwrap();
         let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let error = backend
@@ -640,28 +578,66 @@ mod tests {
     }
 
     #[test]
-    fn the_watch_sees_the_backend_hang_up_and_not_its_own_stop() {
+    fn losing_the_backend_later_is_reported_once() {
         let mut mock = MockBackend::start(Behaviour::default());
-        let backend = Backend::connect(&mock.socket, 2).unwrap();
-        let (seen, hung_up) = std::sync::mpsc::channel();
-        let watch = HangupWatch::start(backend.connection().unwrap(), move || {
-            let _ = seen.send(());
-        })
+        let (report, reported) = std::sync::mpsc::channel();
+        let _backend = Backend::connect(
+            &mock.socket,
+            2,
+            Box::new(move |loss| {
+                let _ = report.send(loss);
+            }),
+        )
         .unwrap();
-        assert!(hung_up.recv_timeout(Duration::from_millis(100)).is_err());
+        assert!(reported.recv_timeout(Duration::from_millis(100)).is_err());
         mock.hang_up();
-        assert!(hung_up.recv_timeout(Duration::from_secs(5)).is_ok());
-        drop(watch);
+        assert_eq!(
+            reported.recv_timeout(Duration::from_secs(5)),
+            Ok(Loss::HungUp)
+        );
+    }
 
+    #[test]
+    fn closing_the_connection_ourselves_is_no_loss() {
         let mock = MockBackend::start(Behaviour::default());
-        let backend = Backend::connect(&mock.socket, 2).unwrap();
-        let (seen, hung_up) = std::sync::mpsc::channel();
-        let watch = HangupWatch::start(backend.connection().unwrap(), move || {
-            let _ = seen.send(());
-        })
+        let (report, reported) = std::sync::mpsc::channel();
+        let backend = Backend::connect(
+            &mock.socket,
+            2,
+            Box::new(move |loss| {
+                let _ = report.send(loss);
+            }),
+        )
         .unwrap();
-        drop(watch);
+        drop(backend);
         drop(mock);
-        assert!(hung_up.recv_timeout(Duration::from_millis(200)).is_err());
+        assert!(reported.recv_timeout(Duration::from_millis(200)).is_err());
+    }
+
+    #[test]
+    fn a_backend_that_stops_answering_is_cut_off() {
+        let mock = MockBackend::start(Behaviour {
+            silent_on: Some(GET_FEATURES),
+            ..Behaviour::default()
+        });
+        let (report, reported) = std::sync::mpsc::channel();
+        let started = Instant::now();
+        let error = Backend::connect_with_timeout(
+            &mock.socket,
+            2,
+            Box::new(move |loss| {
+                let _ = report.send(loss);
+            }),
+            Duration::from_millis(300),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(error, "GET_FEATURES failed: no reply within 300ms");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            reported.recv_timeout(Duration::from_secs(5)),
+            Ok(Loss::Unresponsive)
+        );
     }
 }

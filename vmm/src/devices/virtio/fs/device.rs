@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::backend::{Backend, HangupWatch};
+use super::backend::{Backend, REPLY_TIMEOUT};
+use super::watch::Loss;
 use super::{QUEUE_COUNT, REQUEST_QUEUES, TAG_SIZE, VIRTIO_ID_FS};
 use crate::devices::failure::FailureReporter;
 use crate::devices::virtio::{ActiveQueue, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER};
@@ -34,9 +35,6 @@ struct Running {
 }
 
 pub struct VhostUserFs {
-    /// Declared first, so dropped first: stopped before the connection
-    /// closes.
-    _watch: HangupWatch,
     tag: String,
     socket: PathBuf,
     config: [u8; CONFIG_SIZE],
@@ -55,16 +53,12 @@ impl VhostUserFs {
         queue_size: u16,
         failures: Arc<FailureReporter>,
     ) -> Result<VhostUserFs, String> {
-        let backend = Backend::connect(socket, QUEUE_COUNT)?;
-        let connection = backend
-            .connection()
-            .map_err(|e| format!("cannot duplicate the connection: {e}"))?;
-        let message = gone_message(tag, socket);
+        let (owned_tag, owned_socket) = (tag.to_string(), socket.to_path_buf());
         let reporter = failures.clone();
-        let watch = HangupWatch::start(connection, move || reporter.report(message))
-            .map_err(|e| format!("cannot start the connection watch: {e}"))?;
+        let on_loss =
+            Box::new(move |loss| reporter.report(loss_message(loss, &owned_tag, &owned_socket)));
+        let backend = Backend::connect(socket, QUEUE_COUNT, on_loss)?;
         Ok(VhostUserFs {
-            _watch: watch,
             tag: tag.to_string(),
             socket: socket.to_path_buf(),
             config: config_space(tag),
@@ -92,11 +86,17 @@ impl VhostUserFs {
     }
 }
 
-/// What the VM ends with when the backend disconnects.
-pub fn gone_message(tag: &str, socket: &Path) -> String {
+/// What the VM ends with when the backend is lost.
+pub fn loss_message(loss: Loss, tag: &str, socket: &Path) -> String {
+    let what = match loss {
+        Loss::HungUp => "went away (it closed the vhost-user connection)".to_string(),
+        Loss::Unresponsive => format!(
+            "stopped answering (no reply within {:?}; the VMM cut the connection)",
+            REPLY_TIMEOUT
+        ),
+    };
     format!(
-        "the virtio-fs backend at {} went away (it closed the vhost-user connection); \
-         the guest lost the file system tagged {tag:?}",
+        "the virtio-fs backend at {} {what}; the guest lost the file system tagged {tag:?}",
         socket.display()
     )
 }
@@ -302,14 +302,19 @@ mod tests {
         while failures.event().read().is_err() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(failures.first(), Some(gone_message("share", &mock.socket)));
+        assert_eq!(
+            failures.first(),
+            Some(loss_message(Loss::HungUp, "share", &mock.socket))
+        );
     }
 
     #[test]
-    fn gone_message_names_the_socket_and_the_tag() {
-        let message = gone_message("share", Path::new("/run/fs.sock"));
+    fn loss_message_names_the_socket_and_the_tag() {
+        let message = loss_message(Loss::HungUp, "share", Path::new("/run/fs.sock"));
         assert!(message.contains("/run/fs.sock"), "{message}");
         assert!(message.contains("went away"), "{message}");
         assert!(message.contains("\"share\""), "{message}");
+        let message = loss_message(Loss::Unresponsive, "share", Path::new("/run/fs.sock"));
+        assert!(message.contains("stopped answering"), "{message}");
     }
 }

@@ -67,6 +67,9 @@ pub struct Behaviour {
     pub queue_num: u64,
     /// Requests answered with a failure acknowledgement.
     pub refuse: Option<u32>,
+    /// A request after which the backend reads and answers nothing more,
+    /// but keeps the connection open.
+    pub silent_on: Option<u32>,
 }
 
 impl Default for Behaviour {
@@ -76,6 +79,7 @@ impl Default for Behaviour {
             protocol_features: VIRTIOFSD_PROTOCOL_FEATURES,
             queue_num: 2,
             refuse: None,
+            silent_on: None,
         }
     }
 }
@@ -156,6 +160,12 @@ fn serve(mut stream: UnixStream, behaviour: &Behaviour, requests: &Mutex<Vec<Req
         }
         let request = Request { code, body, fds };
         requests.lock().unwrap().push(request.clone());
+        if behaviour.silent_on == Some(code) {
+            // Hold the connection until the peer gives up on it.
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest);
+            return;
+        }
         let reply: Option<Vec<u8>> = match code {
             GET_FEATURES => Some(behaviour.features.to_le_bytes().to_vec()),
             GET_PROTOCOL_FEATURES => Some(behaviour.protocol_features.to_le_bytes().to_vec()),

@@ -24,6 +24,7 @@ pub mod backend;
 pub mod device;
 #[cfg(test)]
 mod mock_backend;
+pub mod watch;
 
 pub use device::VhostUserFs;
 
