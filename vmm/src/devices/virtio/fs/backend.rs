@@ -149,19 +149,16 @@ impl Backend {
 
     /// Hands the rings to the backend. `driver_features` are those the
     /// driver accepted; `call` is signalled by the backend for used buffers.
+    /// The guest's queue set-up is checked before the backend is asked
+    /// anything.
     pub fn start(
         &mut self,
         mem: &GuestMemory,
         driver_features: u64,
         queues: &[ActiveQueue],
         call: &EventFd,
-    ) -> Result<(), String> {
-        let protocol = self.features & PROTOCOL_FEATURES;
-        let features = (driver_features & self.features) | protocol;
-        self.request("SET_FEATURES", |f| f.set_features(features))?;
-        let table = memory_table(mem)?;
-        self.request("SET_MEM_TABLE", |f| f.set_mem_table(&table))?;
-        self.started.clear();
+    ) -> Result<(), StartError> {
+        let mut rings = Vec::new();
         for (index, active) in queues.iter().enumerate() {
             let queue = &active.queue;
             if !queue.ready() {
@@ -176,24 +173,32 @@ impl Backend {
                 avail_ring_addr: host_address(mem, queue.avail_ring(), index, "available ring")?,
                 log_addr: None,
             };
-            self.request("SET_VRING_NUM", |f| f.set_vring_num(index, queue.size()))?;
-            self.request("SET_VRING_ADDR", |f| f.set_vring_addr(index, &config))?;
-            self.request("SET_VRING_BASE", |f| {
-                f.set_vring_base(index, queue.next_avail())
+            rings.push((index, config, queue.next_avail(), &active.notify));
+        }
+        if rings.is_empty() {
+            return Err(StartError::Guest("the driver made no queue ready".into()));
+        }
+        let table = memory_table(mem).map_err(StartError::Backend)?;
+
+        let protocol = self.features & PROTOCOL_FEATURES;
+        let features = (driver_features & self.features) | protocol;
+        self.request("SET_FEATURES", |f| f.set_features(features))?;
+        self.request("SET_MEM_TABLE", |f| f.set_mem_table(&table))?;
+        self.started.clear();
+        for (index, config, next_avail, kick) in rings {
+            self.request("SET_VRING_NUM", |f| {
+                f.set_vring_num(index, config.queue_size)
             })?;
+            self.request("SET_VRING_ADDR", |f| f.set_vring_addr(index, &config))?;
+            self.request("SET_VRING_BASE", |f| f.set_vring_base(index, next_avail))?;
             self.request("SET_VRING_CALL", |f| f.set_vring_call(index, call))?;
             // The ring starts once it has a kick (and, with protocol
             // features, once it is enabled).
-            self.request("SET_VRING_KICK", |f| {
-                f.set_vring_kick(index, &active.notify)
-            })?;
+            self.request("SET_VRING_KICK", |f| f.set_vring_kick(index, kick))?;
             self.started.push(index);
             if protocol != 0 {
                 self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(index, true))?;
             }
-        }
-        if self.started.is_empty() {
-            return Err("the driver made no queue ready".into());
         }
         Ok(())
     }
@@ -228,6 +233,22 @@ impl Backend {
             };
             format!("{name} failed: {why}")
         })
+    }
+}
+
+/// Why the rings could not be handed over.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StartError {
+    /// The driver set the queues up wrongly: the device fails, the VM goes
+    /// on.
+    Guest(String),
+    /// The backend refused, broke or went silent.
+    Backend(String),
+}
+
+impl From<String> for StartError {
+    fn from(reason: String) -> StartError {
+        StartError::Backend(reason)
     }
 }
 
@@ -270,10 +291,19 @@ fn describe(error: &vhost::Error) -> String {
 
 /// The vring addresses of vhost-user are the front-end's own virtual
 /// addresses; the backend maps them through the memory table.
-fn host_address(mem: &GuestMemory, guest: u64, queue: usize, what: &str) -> Result<u64, String> {
+fn host_address(
+    mem: &GuestMemory,
+    guest: u64,
+    queue: usize,
+    what: &str,
+) -> Result<u64, StartError> {
     mem.get_host_address(GuestAddress(guest))
         .map(|address| address as u64)
-        .map_err(|_| format!("queue {queue}: the {what} at {guest:#x} is outside guest RAM"))
+        .map_err(|_| {
+            StartError::Guest(format!(
+                "queue {queue}: the {what} at {guest:#x} is outside guest RAM"
+            ))
+        })
 }
 
 /// What `SET_MEM_TABLE` carries for each RAM region: its guest address,
@@ -458,7 +488,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             error,
-            "SET_MEM_TABLE failed: the backend refused the request"
+            StartError::Backend("SET_MEM_TABLE failed: the backend refused the request".into())
         );
     }
 
@@ -573,8 +603,18 @@ mod tests {
         let error = backend
             .start(&mem, VIRTIO_F_VERSION_1, &[ready_queue(0x7000_0000)], &call)
             .unwrap_err();
-        assert!(error.contains("outside guest RAM"), "{error}");
-        assert!(!mock.codes().contains(&SET_VRING_ADDR));
+        let StartError::Guest(reason) = error else {
+            panic!("{error:?}");
+        };
+        assert!(reason.contains("outside guest RAM"), "{reason}");
+        let mut unready = ready_queue(0x10_0000);
+        unready.queue.set_ready(false);
+        assert_eq!(
+            backend.start(&mem, VIRTIO_F_VERSION_1, &[unready], &call),
+            Err(StartError::Guest("the driver made no queue ready".into()))
+        );
+        // Nothing was asked of the backend beyond the handshake.
+        assert_eq!(mock.codes().len(), 5);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::backend::{Backend, REPLY_TIMEOUT};
+use super::backend::{Backend, StartError, REPLY_TIMEOUT};
 use super::watch::Loss;
 use super::{QUEUE_COUNT, REQUEST_QUEUES, TAG_SIZE, VIRTIO_ID_FS};
 use crate::devices::failure::FailureReporter;
@@ -138,12 +138,16 @@ impl VirtioDevice for VhostUserFs {
         // Held before the backend can signal: its calls go straight to the
         // irqfd, and the driver must then see a used-buffer interrupt.
         interrupt.hold(INTERRUPT_USED_BUFFER);
-        if let Err(reason) = self
+        let started = self
             .backend
-            .start(&mem, features, &queues, interrupt.irqfd())
-        {
+            .start(&mem, features, &queues, interrupt.irqfd());
+        if let Err(error) = started {
             interrupt.release(INTERRUPT_USED_BUFFER);
-            return Err(self.fail(&reason));
+            return Err(match error {
+                // The driver's mistake: its device fails, the VM goes on.
+                StartError::Guest(reason) => reason,
+                StartError::Backend(reason) => self.fail(&reason),
+            });
         }
         self.running = Some(Running {
             _queues: queues,
@@ -289,6 +293,22 @@ mod tests {
         );
         assert!(error.contains("SET_VRING_KICK failed"), "{error}");
         assert_eq!(failures.first(), Some(error));
+        assert_eq!(irq.status(), 0);
+    }
+
+    #[test]
+    fn a_driver_mistake_fails_the_device_but_not_the_vm() {
+        let mock = MockBackend::start(Behaviour::default());
+        let (mut fs, failures) = device(&mock);
+        let mem = create_shared_guest_memory(64 << 20).unwrap();
+        let irq = interrupt();
+        let mut queues = queues();
+        queues[1]
+            .queue
+            .set_desc_table_address(Some(0x7000_0000), Some(0));
+        let error = fs.activate(mem, 1 << 32, queues, irq.clone()).unwrap_err();
+        assert!(error.contains("outside guest RAM"), "{error}");
+        assert_eq!(failures.first(), None);
         assert_eq!(irq.status(), 0);
     }
 
