@@ -102,9 +102,13 @@ pub fn validate(request: &ExecRequest) -> Result<Vec<u64>, AgentError> {
     Ok(tokens)
 }
 
-fn command(request: &ExecRequest) -> Command {
-    let mut cmd = Command::new(&request.argv[0]);
-    cmd.args(&request.argv[1..]).env_clear();
+fn command(request: &ExecRequest) -> Result<Command, AgentError> {
+    let (program, args) = request
+        .argv
+        .split_first()
+        .ok_or_else(|| invalid("argv is empty"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).env_clear();
     for entry in &request.env {
         if let Some((name, value)) = entry.split_once('=') {
             cmd.env(name, value);
@@ -120,7 +124,7 @@ fn command(request: &ExecRequest) -> Command {
     if request.uid != 0 {
         cmd.uid(request.uid);
     }
-    cmd
+    Ok(cmd)
 }
 
 /// A pty as `(master, slave)`: the master non-blocking, both close-on-exec.
@@ -183,23 +187,43 @@ fn stdio_pipe(input: bool) -> io::Result<(OwnedFd, Fd)> {
     }
 }
 
-/// Starts the process of a validated `request` on `stdio`. The process
-/// runs in its own session with a clean signal mask and default signal
-/// dispositions (std's `Command` resets them in the child); on a terminal,
-/// the pty's slave is its controlling terminal. A failed exec is an error
-/// here, and std has reaped the child already.
+/// Runs in the forked child, just before exec: a clean signal mask (PID 1
+/// keeps SIGCHLD blocked, and std's `Command` no longer resets the mask), a
+/// session of its own and, on a terminal, the pty (already its stdin) as
+/// controlling terminal. Dispositions need no reset: exec resets handled
+/// signals, std resets SIGPIPE, and the agent ignores no other signal.
+/// Only async-signal-safe calls: this runs between fork and exec.
+fn child_setup(terminal: bool) -> io::Result<()> {
+    // SAFETY: sigemptyset fills our local set; sigprocmask, setsid and
+    // ioctl are plain syscalls.
+    unsafe {
+        let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(empty.as_mut_ptr());
+        if libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) < 0
+            || libc::setsid() < 0
+            || (terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0)
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Starts the process of a validated `request` on `stdio`, set up by
+/// [`child_setup`]. A failed exec is an error here, and std has reaped the
+/// child already.
 pub fn spawn<S: 'static>(
     request: &ExecRequest,
     stdio: ExecStdio<S>,
     linger: Duration,
 ) -> Result<Spawned, AgentError> {
     let sys = |what: &str, e: io::Error| system(format!("{what}: {e}"));
-    let mut cmd = command(request);
+    let mut cmd = command(request)?;
     let mut pumps: Vec<Pump> = Vec::new();
     let mut io = ProcessIo::default();
     let spawn_it = |cmd: &mut Command| {
         cmd.spawn().map_err(|e| {
-            let message = format!("cannot run {:?}: {e}", request.argv[0]);
+            let message = format!("cannot run {:?}: {e}", cmd.get_program());
             if e.kind() == io::ErrorKind::InvalidInput {
                 invalid(message)
             } else {
@@ -242,14 +266,9 @@ pub fn spawn<S: 'static>(
                     cmd.stderr(end);
                 }
             }
-            // SAFETY: setsid(2) is async-signal-safe.
+            // SAFETY: only async-signal-safe calls (see `child_setup`).
             unsafe {
-                cmd.pre_exec(|| {
-                    if libc::setsid() < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+                cmd.pre_exec(|| child_setup(false));
             }
             let child = spawn_it(&mut cmd)?;
             if let Some(pump) = stdin_pump {
@@ -267,14 +286,9 @@ pub fn spawn<S: 'static>(
             cmd.stdin(Stdio::from(dup(&slave)?))
                 .stdout(Stdio::from(dup(&slave)?))
                 .stderr(Stdio::from(slave));
-            // SAFETY: setsid(2) and ioctl(2) are async-signal-safe.
+            // SAFETY: only async-signal-safe calls (see `child_setup`).
             unsafe {
-                cmd.pre_exec(|| {
-                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+                cmd.pre_exec(|| child_setup(true));
             }
             let child = spawn_it(&mut cmd)?;
             let close = Rc::new(Notify::new());

@@ -5,7 +5,7 @@
 //! pending: the API server reads it from a signalfd and then reaps with
 //! `waitpid(-1, WNOHANG)` until nothing is left; without the server,
 //! [`reap_forever`] sleeps in sigwait instead. Processes the agent spawns
-//! get a clean signal mask (std's `Command` resets it in the child).
+//! get a clean signal mask (`exec::child_setup`).
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};

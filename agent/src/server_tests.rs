@@ -755,3 +755,30 @@ fn shutdown_answers_then_kills_what_runs() {
         );
     });
 }
+
+#[test]
+fn a_process_starts_with_a_clean_signal_state() {
+    run(async {
+        // As in the guest, where PID 1 keeps SIGCHLD blocked.
+        let mut blocked = nix::sys::signal::SigSet::empty();
+        blocked.add(nix::sys::signal::Signal::SIGCHLD);
+        blocked.add(nix::sys::signal::Signal::SIGUSR1);
+        blocked.thread_block().unwrap();
+        let guest = Guest::start(limits());
+        let mut client = guest.control().await;
+        let mut out = guest.stream(130).await;
+        let mut grep = request(&["grep", "-E", "^(SigBlk|SigIgn)", "/proc/self/status"]);
+        grep.stdout = Some(130);
+        let process = client.exec(grep).await;
+        let status = String::from_utf8(read_all(&mut out).await).unwrap();
+        client.wait(process).await;
+        blocked.thread_unblock().unwrap();
+        for line in status.lines() {
+            let mask = line.split_whitespace().nth(1).unwrap();
+            let mask = u64::from_str_radix(mask, 16).unwrap();
+            // Signals 1 to 31; the test harness's glibc ignores 32 itself.
+            assert_eq!(mask & 0x7fff_ffff, 0, "{status}");
+        }
+        assert_eq!(status.lines().count(), 2, "{status}");
+    });
+}
