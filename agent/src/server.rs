@@ -555,11 +555,14 @@ pub fn run_in_guest(ready: impl FnOnce()) -> io::Error {
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
-        let control = match bind(CONTROL_PORT) {
+        // The stream port first: the kernel queues connections as soon as a
+        // port listens, and a host that got through to the control port
+        // may open streams right away.
+        let streams = match bind(STREAM_PORT) {
             Ok(l) => l,
             Err(e) => return e,
         };
-        let streams = match bind(STREAM_PORT) {
+        let control = match bind(CONTROL_PORT) {
             Ok(l) => l,
             Err(e) => return e,
         };
