@@ -782,3 +782,32 @@ fn a_process_starts_with_a_clean_signal_state() {
         assert_eq!(status.lines().count(), 2, "{status}");
     });
 }
+
+#[test]
+fn stream_connections_are_bounded() {
+    run(async {
+        let guest = Guest::start(Limits {
+            streams: 2,
+            ..limits()
+        });
+        let mut client = guest.control().await;
+        let mut first = guest.stream(140).await;
+        let _second = guest.stream(141).await;
+        let mut third = guest.stream(142).await;
+        assert!(closed_by_agent(&mut third).await);
+        let mut echo = request(&["echo", "bounded"]);
+        echo.stdout = Some(140);
+        let process = client.exec(echo).await;
+        assert_eq!(read_all(&mut first).await, b"bounded\n");
+        client.wait(process).await;
+        // The finished stream gave its place back.
+        drop(first);
+        sleep(Duration::from_millis(50)).await;
+        let mut fourth = guest.stream(143).await;
+        let mut echo = request(&["echo", "again"]);
+        echo.stdout = Some(143);
+        let process = client.exec(echo).await;
+        assert_eq!(read_all(&mut fourth).await, b"again\n");
+        client.wait(process).await;
+    });
+}
