@@ -61,6 +61,7 @@ impl ConnectionWatch {
         let thread = std::thread::Builder::new()
             .name("vhost-user-watch".into())
             .spawn(move || {
+                block_all_signals();
                 if let Some(loss) = watcher.run() {
                     on_loss(loss);
                 }
@@ -105,6 +106,18 @@ impl Drop for ConnectionWatch {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// The VMM takes its termination signals through a signalfd, blocked in
+/// every thread; this thread may start before they are blocked, and must
+/// never be the one a signal is delivered to.
+fn block_all_signals() {
+    // SAFETY: plain libc calls on a local, initialised sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 
