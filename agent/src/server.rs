@@ -1,6 +1,29 @@
 //! The agent's API server: control connections, stream connections, the
 //! process table and the reaper, on one thread.
 //!
+//! What a host can rely on:
+//! - Requests on one control connection are handled concurrently; answers
+//!   carry the request id and may come out of order. Closing (or
+//!   half-closing) the connection cancels its pending requests; the
+//!   processes it started live on. A malformed request is answered with
+//!   `InvalidRequest` (id 0 when its id cannot be read); an oversized frame
+//!   is answered so, then the connection is closed.
+//! - A stream connection must send its hello within 5 s; it is parked for
+//!   30 s at most. An `Exec` waits up to 5 s for the streams it names, then
+//!   fails with `NotFound` (streams that did arrive stay parked).
+//! - An output stream (stdout, stderr, terminal) is half-closed once the
+//!   process side reaches end of file; the agent then waits (10 s at most)
+//!   for the host to close its end before it closes the connection, so
+//!   that no output is lost in transit. The host should close a stream once
+//!   it has read end of file.
+//! - Stdin ends (the process reads end of file) when the host half-closes
+//!   or closes the stream, on `CloseStdin`, or when the process exits. On a
+//!   terminal, this only stops the input; the terminal stays up.
+//! - `Wait` answers once the process has exited; several may wait at once.
+//!   An exited process stays in the table until waited for (the oldest 128
+//!   unwaited ones are kept), then its id is gone: `Wait`, `Signal` and the
+//!   rest answer `NotFound`, as does `Signal` to a process that exited.
+//!
 //! Everything runs as tasks of one tokio `LocalSet` on a current-thread
 //! runtime: no locks, no extra threads, and nothing wakes up while the
 //! guest is idle. The server takes its listeners and its child-exit event
@@ -265,8 +288,9 @@ struct Outgoing {
 }
 
 /// Writes the responses of one control connection in order, whole frames
-/// only, so a cancelled handler never leaves half a frame behind.
-async fn write_responses(conn: Rc<Fd>, mut queue: mpsc::Receiver<Outgoing>) {
+/// only, so a cancelled handler never leaves half a frame behind. The
+/// writer is the last to hold the connection, so it holds its slot.
+async fn write_responses(conn: Rc<Fd>, mut queue: mpsc::Receiver<Outgoing>, _slot: Slot) {
     while let Some(out) = queue.recv().await {
         let id = out.response.id;
         let frame = codec::encode(&out.response).or_else(|e| {
@@ -306,10 +330,10 @@ fn answer(id: u64, result: Result<ResponseBody, AgentError>) -> Outgoing {
 /// concurrently (a `Wait` does not hold up the rest); each answer carries
 /// its request's id. When the client closes (or half-closes) the
 /// connection, its pending requests are cancelled; its processes live on.
-async fn serve_control(agent: Rc<Agent>, conn: Fd, _slot: Slot) {
+async fn serve_control(agent: Rc<Agent>, conn: Fd, slot: Slot) {
     let conn = Rc::new(conn);
     let (queue, writer_queue) = mpsc::channel(agent.limits.in_flight);
-    spawn_local(write_responses(conn.clone(), writer_queue));
+    spawn_local(write_responses(conn.clone(), writer_queue, slot));
     let permits = Arc::new(Semaphore::new(agent.limits.in_flight));
     let mut handlers = JoinSet::new();
     let mut reader = BufReader::with_capacity(4096, &*conn);
