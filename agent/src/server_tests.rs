@@ -811,3 +811,24 @@ fn stream_connections_are_bounded() {
         client.wait(process).await;
     });
 }
+
+#[test]
+fn uid_gid_and_a_bad_cwd() {
+    run(async {
+        let guest = Guest::start(limits());
+        let mut client = guest.control().await;
+        // SAFETY: getuid(2) cannot fail.
+        if unsafe { libc::getuid() } == 0 {
+            let mut out = guest.stream(150).await;
+            let mut ids = request(&["sh", "-c", "id -u; id -g; id -G"]);
+            (ids.uid, ids.gid, ids.stdout) = (65534, 65533, Some(150));
+            let process = client.exec(ids).await;
+            assert_eq!(read_all(&mut out).await, b"65534\n65533\n65533\n");
+            assert_eq!(client.wait(process).await, ExitStatus::Code(0));
+        }
+        let mut lost = request(&["true"]);
+        lost.cwd = Some("/no/such/dir".into());
+        let result = client.call(RequestBody::Exec(lost)).await;
+        assert_eq!(kind(result), ErrorKind::System);
+    });
+}
