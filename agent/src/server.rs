@@ -31,9 +31,13 @@
 //! Unix sockets on the host.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use runvm_agent_api::{
@@ -373,13 +377,33 @@ async fn serve_control(agent: Rc<Agent>, conn: Fd, slot: Slot) {
         let agent = agent.clone();
         let queue = queue.clone();
         handlers.spawn_local(async move {
-            let result = dispatch(&agent, request.body).await;
+            // A bug must not leave the client waiting: a panic (its message
+            // is on the console) is answered as an error.
+            let result = CatchUnwind(Box::pin(dispatch(&agent, request.body)))
+                .await
+                .unwrap_or_else(|()| Err(system("internal error in the agent")));
             let _ = queue.send(answer(id, result)).await;
             drop(permit);
         });
     }
     // Dropping `handlers` cancels what is still pending; the writer sends
     // what is queued and closes the connection.
+}
+
+/// Turns a panic while polling the inner future into `Err(())`.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
 }
 
 /// `Shutdown`: answer, then SIGKILL the remaining processes and power off.

@@ -832,3 +832,18 @@ fn uid_gid_and_a_bad_cwd() {
         assert_eq!(kind(result), ErrorKind::System);
     });
 }
+
+#[test]
+fn a_panicking_future_becomes_an_error() {
+    run(async {
+        let fine = CatchUnwind(Box::pin(async { 7 })).await;
+        assert_eq!(fine, Ok(7));
+        let broken = CatchUnwind(Box::pin(async {
+            if std::hint::black_box(true) {
+                panic!("a bug");
+            }
+        }))
+        .await;
+        assert_eq!(broken, Err(()));
+    });
+}
