@@ -102,6 +102,14 @@ pub fn validate(request: &ExecRequest) -> Result<Vec<u64>, AgentError> {
     Ok(tokens)
 }
 
+/// Variables the VMM's host profile sets for PID 1 on the kernel command
+/// line and that every guest process needs too. On the emulating host that
+/// is `GLIBC_TUNABLES`, which keeps glibc off AVX: the host runs guest user
+/// code with its own XCR0 while the guest kernel (noxsave) switches only
+/// the SSE registers, so AVX register halves leak between tasks. A request
+/// that sets the variable itself keeps its own value.
+const PASSED_ON_FROM_INIT: &[&str] = &["GLIBC_TUNABLES"];
+
 fn command(request: &ExecRequest) -> Result<Command, AgentError> {
     let (program, args) = request
         .argv
@@ -111,6 +119,15 @@ fn command(request: &ExecRequest) -> Result<Command, AgentError> {
     cmd.args(args).env_clear();
     for entry in &request.env {
         if let Some((name, value)) = entry.split_once('=') {
+            cmd.env(name, value);
+        }
+    }
+    for name in PASSED_ON_FROM_INIT {
+        let set_by_request = request
+            .env
+            .iter()
+            .any(|entry| entry.split_once('=').is_some_and(|(n, _)| n == *name));
+        if let (false, Some(value)) = (set_by_request, std::env::var_os(name)) {
             cmd.env(name, value);
         }
     }

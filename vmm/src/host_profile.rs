@@ -44,6 +44,25 @@ const CLEARED_CPU_FEATURES: &[(u32, &str)] = &[
     (580, "fsrm: as erms"),
 ];
 
+/// glibc CPU features turned off in guest user space. The host runs guest
+/// user code natively under its own XCR0 (it never loads the guest's),
+/// so AVX and AVX-512 look usable, but the guest kernel (noxsave) switches
+/// only the x87/SSE registers: upper register halves leak between tasks
+/// and glibc's AVX string functions then corrupt data (busybox pipelines
+/// crashed in about half the runs; none with these off). Programs that
+/// bring their own AVX code (Go's runtime, say) are not covered.
+const GLIBC_WITHOUT_AVX: &[&str] = &[
+    "-AVX",
+    "-AVX2",
+    "-AVX512F",
+    "-AVX512VL",
+    "-AVX512BW",
+    "-AVX512DQ",
+    "-AVX512CD",
+    "-AVX_Fast_Unaligned_Load",
+    "-EVEX",
+];
+
 // Bits of KVM_CPUID_FEATURES (Documentation/virt/kvm/x86/cpuid.rst) whose
 // use goes through a hypercall.
 const KVM_FEATURE_PV_UNHALT: u32 = 1 << 7;
@@ -98,6 +117,12 @@ impl HostProfile {
                     // Seeding the RNG is slow when every instruction is emulated.
                     "random.trust_cpu=on".into(),
                     format!("clearcpuid={}", cleared.join(",")),
+                    // Not a kernel parameter: the kernel hands it to init's
+                    // environment and the agent passes it to every process.
+                    format!(
+                        "GLIBC_TUNABLES=glibc.cpu.hwcaps={}",
+                        GLIBC_WITHOUT_AVX.join(",")
+                    ),
                 ]
             }
         }
@@ -166,5 +191,10 @@ mod tests {
         let params = HostProfile::EmulatedKernel.kernel_params();
         assert!(params.contains(&"noxsave".to_string()));
         assert!(params.contains(&"clearcpuid=308,295,288,141,298,145,151,297,580".to_string()));
+        let tunables = params
+            .iter()
+            .find(|p| p.starts_with("GLIBC_TUNABLES=glibc.cpu.hwcaps="))
+            .expect("glibc is kept off AVX");
+        assert!(tunables.contains("-AVX2,"), "{tunables}");
     }
 }
