@@ -48,6 +48,15 @@ pub fn initrd() -> PathBuf {
     artifact("RUNVM_INITRD", "build/initramfs.cpio")
 }
 
+/// The test image: the agent plus busybox, for running commands in the guest.
+pub fn tools_initrd() -> PathBuf {
+    artifact("RUNVM_TOOLS_INITRD", "build/initramfs-tools.cpio")
+}
+
+pub fn runvm_binary() -> PathBuf {
+    artifact("RUNVM_RUNVM", "target/release/runvm")
+}
+
 /// VM tests need KVM; without it they fail, loudly, rather than skip.
 pub fn require_kvm() {
     let kvm = Path::new("/dev/kvm");
