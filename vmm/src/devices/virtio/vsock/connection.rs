@@ -116,12 +116,8 @@ impl Connection {
             (OP_SHUTDOWN, State::Established) => {
                 self.guest_done_sending |= header.flags & SHUTDOWN_SEND != 0;
                 self.guest_done_receiving |= header.flags & SHUTDOWN_RCV != 0;
-                if self.guest_done_sending && self.guest_done_receiving {
-                    // Fully closed by the guest: hand over what is left,
-                    // then confirm with RST so it can free its socket.
-                    let _ = self.flush_to_host();
-                    return self.reset();
-                }
+                // A full close is confirmed with RST once every byte the
+                // guest sent has reached the host socket (flush_to_host).
                 self.flush_to_host()
             }
             (OP_RST, _) => Verdict::Close,
@@ -155,6 +151,11 @@ impl Connection {
         }
         if self.to_host.is_empty() && self.guest_done_sending {
             let _ = self.stream.shutdown(Shutdown::Write);
+            if self.guest_done_receiving {
+                // Fully closed by the guest and all handed over: confirm
+                // with RST so it can free its socket.
+                return self.reset();
+            }
         }
         if self.guest_credit_is_low() {
             self.owe(OP_CREDIT_UPDATE, 0);
@@ -327,6 +328,42 @@ mod tests {
         let verdict = c.on_guest_packet(&guest(OP_SHUTDOWN, SHUTDOWN_SEND | SHUTDOWN_RCV, 0), &[]);
         assert_eq!(verdict, Verdict::Close);
         assert_eq!({ c.next_owed(CID).unwrap().op }, OP_RST);
+    }
+
+    #[test]
+    fn a_full_shutdown_waits_for_a_slow_host_reader() {
+        let (mut c, mut host) = established();
+        // More than a Unix socket buffer holds, so some stays queued.
+        let chunk: Vec<u8> = (0..MAX_PAYLOAD).map(|i| i as u8).collect();
+        let mut header = guest(OP_RW, 0, 0);
+        header.len = MAX_PAYLOAD as u32;
+        let mut sent = Vec::new();
+        while !c.has_data_for_host() {
+            assert_eq!(c.on_guest_packet(&header, &chunk), Verdict::Keep);
+            sent.extend_from_slice(&chunk);
+        }
+        let full = guest(OP_SHUTDOWN, SHUTDOWN_SEND | SHUTDOWN_RCV, 0);
+        assert_eq!(c.on_guest_packet(&full, &[]), Verdict::Keep);
+        // Credit updates may be owed; an RST may not, yet.
+        while let Some(owed) = c.next_owed(CID) {
+            assert_ne!({ owed.op }, OP_RST, "no RST while data is still queued");
+        }
+
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let verdict = loop {
+            let n = host.read(&mut buf).unwrap();
+            received.extend_from_slice(&buf[..n]);
+            let verdict = c.flush_to_host();
+            if verdict == Verdict::Close {
+                break verdict;
+            }
+        };
+        assert_eq!(verdict, Verdict::Close);
+        assert!(c.is_resetting());
+        host.read_to_end(&mut received).unwrap();
+        assert_eq!(received.len(), sent.len());
+        assert!(received == sent, "the bytes arrive unchanged and in order");
     }
 
     #[test]
