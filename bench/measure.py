@@ -373,6 +373,22 @@ def report(args, vmms, results, facts):
     return "\n".join(out)
 
 
+# bench/exec.sh writes its "Agent channel" section from this line to the end
+# of the results file (see exec_report.py); a new boot report keeps it.
+AGENT_CHANNEL_MARKER = "<!-- agent-channel section: written by bench/exec.sh, kept by bench/boot.sh -->"
+
+
+def kept_sections(path):
+    """What follows the boot report in `path` and must survive its rewrite."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return ""
+    at = text.find(AGENT_CHANNEL_MARKER)
+    return "\n" + text[at:] if at >= 0 else ""
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, required=True)
@@ -416,8 +432,9 @@ def main():
                 results.append(r)
 
     text = report(args, vmms, results, facts)
+    kept = kept_sections(args.results)
     with open(args.results, "w") as f:
-        f.write(text + "\n")
+        f.write(text + "\n" + kept)
     print(text)
 
 
