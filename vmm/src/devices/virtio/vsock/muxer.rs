@@ -361,11 +361,26 @@ mod tests {
 
     const CID: u64 = 3;
 
-    fn socket_path(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("runvm-vsock-test-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("v.sock")
+    /// A private directory for one test's sockets, removed afterwards.
+    struct TestDir(PathBuf);
+
+    impl TestDir {
+        fn new(name: &str) -> TestDir {
+            let dir = std::env::temp_dir()
+                .join(format!("runvm-vsock-test-{}-{name}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TestDir(dir)
+        }
+
+        fn socket(&self) -> PathBuf {
+            self.0.join("v.sock")
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     fn from_guest(op: u16, src_port: u32, dst_port: u32) -> PacketHeader {
@@ -397,7 +412,8 @@ mod tests {
 
     #[test]
     fn host_initiated_connection_handshake() {
-        let path = socket_path("host-init");
+        let dir = TestDir::new("host-init");
+        let path = dir.socket();
         let mut muxer = Muxer::bind(CID, &path).unwrap();
         let mut client = UnixStream::connect(&path).unwrap();
         client.write_all(b"CONNECT 52\nearly").unwrap();
@@ -422,7 +438,8 @@ mod tests {
 
     #[test]
     fn a_bad_handshake_closes_the_client() {
-        let path = socket_path("bad-handshake");
+        let dir = TestDir::new("bad-handshake");
+        let path = dir.socket();
         let mut muxer = Muxer::bind(CID, &path).unwrap();
         let mut client = UnixStream::connect(&path).unwrap();
         client.write_all(b"HELLO\n").unwrap();
@@ -437,7 +454,8 @@ mod tests {
 
     #[test]
     fn guest_initiated_connection_reaches_the_port_socket() {
-        let path = socket_path("guest-init");
+        let dir = TestDir::new("guest-init");
+        let path = dir.socket();
         let mut muxer = Muxer::bind(CID, &path).unwrap();
         let mut port_path = path.clone().into_os_string();
         port_path.push("_1234");
@@ -463,7 +481,8 @@ mod tests {
 
     #[test]
     fn a_request_for_a_port_nobody_serves_is_refused() {
-        let path = socket_path("refused");
+        let dir = TestDir::new("refused");
+        let path = dir.socket();
         let mut muxer = Muxer::bind(CID, &path).unwrap();
         muxer.on_guest_packet(&from_guest(OP_REQUEST, 5000, 4321), &[]);
         let reply = next(&mut muxer).unwrap();
@@ -473,7 +492,8 @@ mod tests {
 
     #[test]
     fn packets_for_unknown_connections_get_rst_and_rst_gets_nothing() {
-        let path = socket_path("unknown");
+        let dir = TestDir::new("unknown");
+        let path = dir.socket();
         let mut muxer = Muxer::bind(CID, &path).unwrap();
         muxer.on_guest_packet(&from_guest(OP_CREDIT_UPDATE, 1, 2), &[]);
         assert_eq!({ next(&mut muxer).unwrap().op }, OP_RST);
@@ -483,7 +503,8 @@ mod tests {
 
     #[test]
     fn spoofed_packets_are_dropped_silently() {
-        let path = socket_path("spoofed");
+        let dir = TestDir::new("spoofed");
+        let path = dir.socket();
         let mut muxer = Muxer::bind(CID, &path).unwrap();
         let mut spoofed = from_guest(OP_REQUEST, 1, 2);
         spoofed.src_cid = 7;
@@ -493,7 +514,8 @@ mod tests {
 
     #[test]
     fn the_socket_file_goes_with_the_muxer() {
-        let path = socket_path("cleanup");
+        let dir = TestDir::new("cleanup");
+        let path = dir.socket();
         drop(Muxer::bind(CID, &path).unwrap());
         assert!(!path.exists());
     }
