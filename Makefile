@@ -55,6 +55,7 @@ test: build lint
 bench: build
 	scripts/setup.sh --bench
 	bench/boot.sh
+	bench/exec.sh
 
 clean:
 	rm -rf $(BUILD)
