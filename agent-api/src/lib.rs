@@ -9,10 +9,14 @@
 //!   that line it carries raw bytes only, never JSON.
 
 pub mod codec;
+pub mod containers;
 pub mod messages;
 
 pub use codec::{read_frame, read_frame_bytes, write_frame, FrameError, MAX_FRAME_SIZE};
+pub use containers::{validate_container_id, MAX_CONTAINER_ID_LEN};
 pub use messages::*;
+/// The OCI runtime spec types the container requests carry.
+pub use oci_spec;
 
 /// Bumped on any incompatible change; the agent refuses other versions.
 pub const PROTOCOL_VERSION: u32 = 1;

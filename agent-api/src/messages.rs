@@ -37,6 +37,87 @@ pub enum RequestBody {
     ListProcesses,
     /// Power the VM off.
     Shutdown,
+
+    // Containers (see [`crate::containers`]). Added in protocol 1 without a
+    // bump: an older agent answers these with `InvalidRequest`.
+    /// Create a container and hold its init process before the user
+    /// program runs (namespaces, mounts, user and capabilities are set up),
+    /// like `runc create`. Answered with `Started` (the init's process id
+    /// and pid); `Wait` on that process id, or `WaitContainer`, sees it end.
+    CreateContainer(Box<CreateContainerRequest>),
+    /// Let the init process of a created container run its program.
+    StartContainer {
+        id: String,
+    },
+    /// Run another process in a container's namespaces and cgroup, like
+    /// `runc exec`; answered with `Started`.
+    ExecInContainer(Box<ExecInContainerRequest>),
+    /// Signal the init process, or with `all` every process of the
+    /// container.
+    SignalContainer {
+        id: String,
+        signal: i32,
+        #[serde(default)]
+        all: bool,
+    },
+    /// Wait for the container's init process to end; answered with
+    /// `Exited`. May be asked any number of times until the container is
+    /// deleted.
+    WaitContainer {
+        id: String,
+    },
+    /// Remove a container: kill what is left of it, remove its cgroup and
+    /// forget it. A running container needs `force` (its processes are
+    /// killed); a created or stopped one does not.
+    DeleteContainer {
+        id: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Status and pid of a container (`ContainerState`).
+    ContainerState {
+        id: String,
+    },
+    /// Resource usage from the container's cgroup (`ContainerStats`).
+    ContainerStats {
+        id: String,
+    },
+    /// Long poll: answered with the first event whose sequence number is
+    /// greater than `after` (0 for the oldest still kept), once there is
+    /// one. Events are numbered from 1; the agent keeps the latest 256.
+    WaitEvent {
+        #[serde(default)]
+        after: u64,
+    },
+}
+
+/// `CreateContainer`: an OCI runtime spec (`config.json`) and where the
+/// container's root filesystem is in the guest. `spec.root.path` is
+/// ignored: `rootfs` says where the root is. With `spec.process.terminal`,
+/// `stdin` names the one stream that carries the terminal both ways and
+/// `stdout`/`stderr` must be unset, as for [`ExecRequest`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateContainerRequest {
+    pub id: String,
+    pub spec: oci_spec::runtime::Spec,
+    /// Absolute guest path of the root filesystem.
+    pub rootfs: String,
+    pub stdin: Option<u64>,
+    pub stdout: Option<u64>,
+    pub stderr: Option<u64>,
+}
+
+/// `ExecInContainer`: an OCI process (args, env, cwd, user, terminal,
+/// capabilities, rlimits, no_new_privileges) to run in container `id`. The
+/// container's seccomp filter applies to it too. Streams as for
+/// [`CreateContainerRequest`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecInContainerRequest {
+    pub id: String,
+    pub process: oci_spec::runtime::Process,
+    pub stdin: Option<u64>,
+    pub stdout: Option<u64>,
+    pub stderr: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +152,63 @@ pub enum ResponseBody {
     Exited { process: u64, status: ExitStatus },
     Processes { processes: Vec<ProcessInfo> },
     Done,
+    ContainerState(ContainerState),
+    ContainerStats(ContainerStats),
+    Event { seq: u64, event: ContainerEvent },
+}
+
+/// Where a container is in its life, as runc names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerStatus {
+    /// Set up and held; `StartContainer` lets its program run.
+    Created,
+    Running,
+    /// The init process has ended.
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    pub status: ContainerStatus,
+    /// The init process's id in the agent's process table, and its pid in
+    /// the guest.
+    pub process: u64,
+    pub pid: i32,
+    pub rootfs: String,
+    /// How the init ended, once it has.
+    pub exited: Option<ExitStatus>,
+}
+
+/// Figures from the container's cgroup (v2). A limit of `None` is
+/// unlimited ("max"); a figure the kernel does not offer is 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    /// memory.current, bytes.
+    pub memory_usage: u64,
+    /// memory.max, bytes.
+    pub memory_limit: Option<u64>,
+    /// oom_kill from memory.events.
+    pub oom_kills: u64,
+    /// cpu.stat usage_usec, user_usec, system_usec.
+    pub cpu_usage_usec: u64,
+    pub cpu_user_usec: u64,
+    pub cpu_system_usec: u64,
+    /// pids.current and pids.max.
+    pub pids_current: u64,
+    pub pids_limit: Option<u64>,
+}
+
+/// Something that happened to a container, for `WaitEvent`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContainerEvent {
+    /// The kernel's OOM killer killed a process of the container;
+    /// `oom_kills` is the container's total so far.
+    Oom { id: String, oom_kills: u64 },
+    /// The container's init process ended.
+    Exited { id: String, status: ExitStatus },
 }
 
 /// How a process ended.
@@ -116,6 +254,9 @@ pub enum ErrorKind {
     Unsupported,
     /// A system call in the guest failed.
     System,
+    /// The request does not fit the current state: a container id in use,
+    /// a container that is not in the state the request needs.
+    Conflict,
 }
 
 impl std::fmt::Display for AgentError {
@@ -182,6 +323,91 @@ mod tests {
         let json = serde_json::to_string(&response).unwrap();
         let back: Response = serde_json::from_str(&json).unwrap();
         assert_eq!(back, response);
+    }
+
+    #[test]
+    fn a_container_request_carries_the_spec_as_oci_json() {
+        let config = r#"{
+            "ociVersion": "1.0.2",
+            "process": {"user": {"uid": 1000, "gid": 1000}, "args": ["sh"], "cwd": "/",
+                        "terminal": true},
+            "root": {"path": "rootfs", "readonly": true},
+            "hostname": "box",
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}],
+                      "maskedPaths": ["/proc/kcore"]}
+        }"#;
+        let spec: oci_spec::runtime::Spec = serde_json::from_str(config).unwrap();
+        let request = Request {
+            id: 9,
+            body: RequestBody::CreateContainer(Box::new(CreateContainerRequest {
+                id: "c1".into(),
+                spec,
+                rootfs: "/run/c1/rootfs".into(),
+                stdin: Some(5),
+                ..CreateContainerRequest::default()
+            })),
+        };
+        let json = serde_json::to_value(&request).unwrap();
+        assert_eq!(json["body"]["op"], "create_container");
+        assert_eq!(json["body"]["spec"]["hostname"], "box");
+        assert_eq!(
+            json["body"]["spec"]["linux"]["maskedPaths"][0],
+            "/proc/kcore"
+        );
+        assert_eq!(json["body"]["spec"]["process"]["user"]["uid"], 1000);
+        let back: Request = serde_json::from_value(json).unwrap();
+        assert_eq!(back, request);
+    }
+
+    #[test]
+    fn container_answers_and_defaults_round_trip() {
+        let signal: RequestBody =
+            serde_json::from_str(r#"{"op":"signal_container","id":"c","signal":15}"#).unwrap();
+        assert_eq!(
+            signal,
+            RequestBody::SignalContainer {
+                id: "c".into(),
+                signal: 15,
+                all: false
+            }
+        );
+        let wait: RequestBody = serde_json::from_str(r#"{"op":"wait_event"}"#).unwrap();
+        assert_eq!(wait, RequestBody::WaitEvent { after: 0 });
+        for body in [
+            ResponseBody::ContainerState(ContainerState {
+                id: "c".into(),
+                status: ContainerStatus::Stopped,
+                process: 3,
+                pid: 77,
+                rootfs: "/r".into(),
+                exited: Some(ExitStatus::Signal(9)),
+            }),
+            ResponseBody::ContainerStats(ContainerStats {
+                memory_limit: Some(1 << 20),
+                ..ContainerStats::default()
+            }),
+            ResponseBody::Event {
+                seq: 4,
+                event: ContainerEvent::Oom {
+                    id: "c".into(),
+                    oom_kills: 2,
+                },
+            },
+        ] {
+            let json = serde_json::to_string(&body).unwrap();
+            let back: ResponseBody = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, body, "{json}");
+        }
+        let event = serde_json::to_value(ResponseBody::Event {
+            seq: 1,
+            event: ContainerEvent::Oom {
+                id: "c".into(),
+                oom_kills: 1,
+            },
+        })
+        .unwrap();
+        assert_eq!(event["kind"], "event");
+        assert_eq!(event["event"]["type"], "oom");
     }
 
     #[test]

@@ -527,6 +527,7 @@ async fn dispatch(agent: &Rc<Agent>, body: RequestBody) -> Result<ResponseBody, 
         }),
         // Handled by the connection itself, which stops reading.
         RequestBody::Shutdown => Err(invalid("shutdown is not handled here")),
+        _ => Err(invalid("containers are not supported yet")),
     }
 }
 
