@@ -79,21 +79,34 @@ pub fn validate(request: &ExecRequest) -> Result<Vec<u64>, AgentError> {
             }
         }
     }
-    if request.terminal {
-        if request.stdout.is_some() || request.stderr.is_some() {
+    stream_tokens(
+        request.terminal,
+        request.stdin,
+        request.stdout,
+        request.stderr,
+    )
+}
+
+/// The stream tokens a process names, in the order stdin, stdout, stderr:
+/// with a terminal, just stdin's.
+pub fn stream_tokens(
+    terminal: bool,
+    stdin: Option<u64>,
+    stdout: Option<u64>,
+    stderr: Option<u64>,
+) -> Result<Vec<u64>, AgentError> {
+    if terminal {
+        if stdout.is_some() || stderr.is_some() {
             return Err(invalid(
                 "with a terminal, stdin names its one stream; stdout and stderr must be unset",
             ));
         }
-        return match request.stdin {
+        return match stdin {
             Some(token) => Ok(vec![token]),
             None => Err(invalid("a terminal needs its stream (the stdin token)")),
         };
     }
-    let tokens: Vec<u64> = [request.stdin, request.stdout, request.stderr]
-        .into_iter()
-        .flatten()
-        .collect();
+    let tokens: Vec<u64> = [stdin, stdout, stderr].into_iter().flatten().collect();
     for (i, token) in tokens.iter().enumerate() {
         if tokens[..i].contains(token) {
             return Err(invalid(format!("stream {token} is named twice")));
@@ -108,7 +121,7 @@ pub fn validate(request: &ExecRequest) -> Result<Vec<u64>, AgentError> {
 /// code with its own XCR0 while the guest kernel (noxsave) switches only
 /// the SSE registers, so AVX register halves leak between tasks. A request
 /// that sets the variable itself keeps its own value.
-const PASSED_ON_FROM_INIT: &[&str] = &["GLIBC_TUNABLES"];
+pub const PASSED_ON_FROM_INIT: &[&str] = &["GLIBC_TUNABLES"];
 
 fn command(request: &ExecRequest) -> Result<Command, AgentError> {
     let (program, args) = request
@@ -145,7 +158,7 @@ fn command(request: &ExecRequest) -> Result<Command, AgentError> {
 }
 
 /// A pty as `(master, slave)`: the master non-blocking, both close-on-exec.
-fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: open(2) with a constant path.
     let master = unsafe {
         libc::open(
@@ -323,6 +336,89 @@ pub fn spawn<S: 'static>(
         io,
         pumps,
     })
+}
+
+/// The process's ends of its stdio, for a process the agent starts
+/// without `Command` (a container's): `fds` become its stdin, stdout and
+/// stderr; the pumps move the agent's ends to and from the host.
+pub struct ChildStdio {
+    pub fds: [OwnedFd; 3],
+    pub io: ProcessIo,
+    pub pumps: Vec<Pump>,
+    /// The pty master, for a terminal.
+    pub master: Option<Rc<Fd>>,
+}
+
+fn dev_null() -> io::Result<OwnedFd> {
+    // SAFETY: open(2) with a constant path.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open returned a new descriptor that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Pipes (or /dev/null) or a pty for `stdio`, as [`spawn`] sets them up.
+pub fn prepare_stdio<S: 'static>(
+    stdio: ExecStdio<S>,
+    linger: Duration,
+) -> Result<ChildStdio, AgentError> {
+    let sys = |what: &str, e: io::Error| system(format!("{what}: {e}"));
+    let mut io = ProcessIo::default();
+    let mut pumps: Vec<Pump> = Vec::new();
+    match stdio {
+        ExecStdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let stdin_fd = match stdin {
+                Some(conn) => {
+                    let (theirs, ours) = stdio_pipe(true).map_err(|e| sys("pipe", e))?;
+                    let close = Rc::new(Notify::new());
+                    io.stdin_close = Some(close.clone());
+                    pumps.push(Box::pin(pump_in(conn, ours, close)));
+                    theirs
+                }
+                None => dev_null().map_err(|e| sys("/dev/null", e))?,
+            };
+            let mut out = |conn: Option<StreamConn<S>>| -> Result<OwnedFd, AgentError> {
+                match conn {
+                    Some(conn) => {
+                        let (theirs, ours) = stdio_pipe(false).map_err(|e| sys("pipe", e))?;
+                        pumps.push(Box::pin(pump_out(ours, conn, linger)));
+                        Ok(theirs)
+                    }
+                    None => dev_null().map_err(|e| sys("/dev/null", e)),
+                }
+            };
+            let stdout_fd = out(stdout)?;
+            let stderr_fd = out(stderr)?;
+            Ok(ChildStdio {
+                fds: [stdin_fd, stdout_fd, stderr_fd],
+                io,
+                pumps,
+                master: None,
+            })
+        }
+        ExecStdio::Terminal(conn) => {
+            let (master, slave) = open_pty().map_err(|e| sys("cannot open a pty", e))?;
+            let master = Rc::new(Fd::new(master).map_err(|e| sys("cannot register the pty", e))?);
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| sys("dup", e));
+            let fds = [dup(&slave)?, dup(&slave)?, slave];
+            let close = Rc::new(Notify::new());
+            io.stdin_close = Some(close.clone());
+            io.terminal = Some(Rc::downgrade(&master));
+            pumps.push(Box::pin(pump_terminal(conn, master.clone(), close, linger)));
+            Ok(ChildStdio {
+                fds,
+                io,
+                pumps,
+                master: Some(master),
+            })
+        }
+    }
 }
 
 /// Why a copy stopped.

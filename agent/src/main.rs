@@ -23,6 +23,7 @@
 #[macro_use]
 mod log;
 mod args;
+mod container;
 mod exec;
 mod fdio;
 mod mounts;

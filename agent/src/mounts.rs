@@ -41,6 +41,16 @@ pub const MOUNTS: &[Mount] = &[
         data: None,
         mkdir: false,
     },
+    // cgroup v2 for the containers' cgroups. nsdelegate: a container's
+    // cgroup namespace is a delegation boundary.
+    Mount {
+        source: "cgroup2",
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: Some("nsdelegate"),
+        mkdir: false,
+    },
     Mount {
         source: "devtmpfs",
         target: "/dev",
@@ -112,6 +122,14 @@ fn mount_one(m: &Mount) -> Result<(), (&'static str, Errno)> {
         }
         Err(e) => Err(("mount", e)),
     }
+}
+
+/// Where the containers' cgroups go: /sys/fs/cgroup when cgroup v2 is
+/// mounted there (one statfs).
+pub fn cgroup2_root() -> Option<std::path::PathBuf> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let st = nix::sys::statfs::statfs("/sys/fs/cgroup").ok()?;
+    (st.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC).then(|| "/sys/fs/cgroup".into())
 }
 
 fn make_dir(path: &str) -> Result<(), Errno> {

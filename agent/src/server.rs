@@ -34,6 +34,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::{spawn_local, JoinSet};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 
+use crate::container::{self, Containers};
 use crate::exec::{self, invalid, system, ExecStdio, StreamConn};
 use crate::fdio::{Fd, Listener};
 use crate::processes::{Lookup, ProcessTable, WaitOutcome};
@@ -81,6 +83,12 @@ pub struct Limits {
     /// Pause between answering `Shutdown` and powering off, so that the
     /// answer leaves the guest.
     pub shutdown_settle: Duration,
+    /// Where cgroup v2 is mounted for containers' cgroups; `None` runs
+    /// containers without cgroups (and refuses resource limits).
+    pub cgroup_root: Option<PathBuf>,
+    /// How long a container process may take over one step of its set-up
+    /// (every guest syscall may be emulated).
+    pub container_setup: Duration,
 }
 
 impl Default for Limits {
@@ -96,6 +104,8 @@ impl Default for Limits {
             unwaited_exits: 128,
             linger: Duration::from_secs(10),
             shutdown_settle: Duration::from_millis(50),
+            cgroup_root: None,
+            container_setup: Duration::from_secs(60),
         }
     }
 }
@@ -116,7 +126,7 @@ struct Slots {
     cap: usize,
 }
 
-pub struct Slot(Rc<Cell<usize>>);
+pub(crate) struct Slot(Rc<Cell<usize>>);
 
 impl Slots {
     fn new(cap: usize) -> Slots {
@@ -142,11 +152,12 @@ impl Drop for Slot {
     }
 }
 
-type Stream = StreamConn<Slot>;
+pub(crate) type Stream = StreamConn<Slot>;
 
 pub struct Agent {
-    limits: Limits,
-    processes: RefCell<ProcessTable>,
+    pub(crate) limits: Limits,
+    pub(crate) processes: RefCell<ProcessTable>,
+    pub(crate) containers: RefCell<Containers>,
     streams: RefCell<StreamTable<Stream>>,
     /// Woken whenever a stream is parked.
     stream_arrived: Notify,
@@ -159,6 +170,7 @@ impl Agent {
     pub fn new(limits: Limits, on_shutdown: OnShutdown) -> Rc<Agent> {
         Rc::new(Agent {
             processes: RefCell::new(ProcessTable::new(limits.unwaited_exits)),
+            containers: RefCell::new(Containers::new(limits.cgroup_root.clone())),
             streams: RefCell::new(StreamTable::new(limits.parked)),
             stream_arrived: Notify::new(),
             control_slots: Slots::new(limits.control_connections),
@@ -270,6 +282,7 @@ async fn reap_children(agent: Rc<Agent>, events: Fd) {
     loop {
         reaper::reap_ready(|pid, status| {
             agent.processes.borrow_mut().record_exit(pid, status);
+            agent.containers.borrow_mut().record_exit(pid, status);
         });
         match events.read(&mut buf).await {
             Ok(0) => {
@@ -527,13 +540,23 @@ async fn dispatch(agent: &Rc<Agent>, body: RequestBody) -> Result<ResponseBody, 
         }),
         // Handled by the connection itself, which stops reading.
         RequestBody::Shutdown => Err(invalid("shutdown is not handled here")),
-        _ => Err(invalid("containers are not supported yet")),
+        RequestBody::CreateContainer(request) => container::create(agent, *request).await,
+        RequestBody::StartContainer { id } => container::start(agent, &id).await,
+        RequestBody::ExecInContainer(request) => container::exec_in(agent, *request).await,
+        RequestBody::SignalContainer { id, signal, all } => {
+            container::signal(agent, &id, signal, all)
+        }
+        RequestBody::WaitContainer { id } => container::wait(agent, &id).await,
+        RequestBody::DeleteContainer { id, force } => container::delete(agent, &id, force).await,
+        RequestBody::ContainerState { id } => container::state(agent, &id),
+        RequestBody::ContainerStats { id } => container::stats(agent, &id),
+        RequestBody::WaitEvent { after } => container::wait_event(agent, after).await,
     }
 }
 
 /// Takes the streams an exec names, waiting a little for any that has not
 /// arrived yet (the host's connect may complete before its hello is read).
-async fn take_streams(agent: &Agent, tokens: &[u64]) -> Result<Vec<Stream>, AgentError> {
+pub(crate) async fn take_streams(agent: &Agent, tokens: &[u64]) -> Result<Vec<Stream>, AgentError> {
     let deadline = Instant::now() + agent.limits.exec_stream_wait;
     loop {
         // Registered before looking, so an arrival in between is not missed.
@@ -552,22 +575,36 @@ async fn take_streams(agent: &Agent, tokens: &[u64]) -> Result<Vec<Stream>, Agen
     }
 }
 
+/// The streams taken for `named` (stdin, stdout, stderr tokens, in that
+/// order, as `exec::stream_tokens` listed them) as a process's stdio.
+pub(crate) fn assign_streams(
+    terminal: bool,
+    named: [Option<u64>; 3],
+    streams: Vec<Stream>,
+) -> Result<ExecStdio<Slot>, AgentError> {
+    let mut streams = streams.into_iter();
+    if terminal {
+        return match streams.next() {
+            Some(conn) => Ok(ExecStdio::Terminal(conn)),
+            None => Err(invalid("a terminal needs its stream")),
+        };
+    }
+    let mut next_if = |named: Option<u64>| named.and_then(|_| streams.next());
+    Ok(ExecStdio::Pipes {
+        stdin: next_if(named[0]),
+        stdout: next_if(named[1]),
+        stderr: next_if(named[2]),
+    })
+}
+
 async fn exec_process(agent: &Rc<Agent>, request: ExecRequest) -> Result<ResponseBody, AgentError> {
     let tokens = exec::validate(&request)?;
-    let mut streams = take_streams(agent, &tokens).await?.into_iter();
-    let stdio = if request.terminal {
-        match streams.next() {
-            Some(conn) => ExecStdio::Terminal(conn),
-            None => return Err(invalid("a terminal needs its stream")),
-        }
-    } else {
-        let mut next_if = |named: Option<u64>| named.and_then(|_| streams.next());
-        ExecStdio::Pipes {
-            stdin: next_if(request.stdin),
-            stdout: next_if(request.stdout),
-            stderr: next_if(request.stderr),
-        }
-    };
+    let streams = take_streams(agent, &tokens).await?;
+    let stdio = assign_streams(
+        request.terminal,
+        [request.stdin, request.stdout, request.stderr],
+        streams,
+    )?;
     let spawned = exec::spawn(&request, stdio, agent.limits.linger)?;
     let process = agent
         .processes
@@ -620,7 +657,11 @@ pub fn run_in_guest(ready: impl FnOnce()) -> io::Error {
             Err(e) => return io::Error::new(e.kind(), format!("signalfd: {e}")),
         };
         ready();
-        let agent = Agent::new(Limits::default(), OnShutdown::PowerOff);
+        let limits = Limits {
+            cgroup_root: crate::mounts::cgroup2_root(),
+            ..Limits::default()
+        };
+        let agent = Agent::new(limits, OnShutdown::PowerOff);
         serve(agent, control, streams, events).await;
         io::Error::other("the API server stopped")
     })

@@ -1,0 +1,467 @@
+//! Containers' cgroups in the guest (cgroup v2, mounted at /sys/fs/cgroup
+//! by the agent): one directory per container under the root, limits from
+//! `linux.resources`, usage for `ContainerStats`, killing what is left.
+//!
+//! Device rules (`linux.resources.devices`) are not enforced: the guest's
+//! devices are the few the VM has, and cgroup v2 device control needs BPF,
+//! which the guest kernel leaves out. Block I/O, hugepage, RDMA and network
+//! limits are refused by name; deprecated v1-only memory knobs (kernel,
+//! kernelTCP, swappiness) are ignored, as runc does on v2.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use runvm_agent_api::oci_spec::runtime::LinuxResources;
+use runvm_agent_api::ContainerStats;
+
+/// Controllers the agent enables for containers when the kernel has them.
+pub const CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids"];
+
+/// One file to write in the container's cgroup directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupWrite {
+    pub file: String,
+    pub value: String,
+}
+
+fn write(file: &str, value: impl ToString) -> CgroupWrite {
+    CgroupWrite {
+        file: file.to_string(),
+        value: value.to_string(),
+    }
+}
+
+/// cgroup v1 cpu.shares (2..262144) to v2 cpu.weight (1..10000), as runc
+/// and crun convert it.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 0;
+    }
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
+/// OCI memory.swap is memory plus swap; v2 memory.swap.max is swap alone.
+fn swap_max(limit: Option<i64>, swap: i64) -> Result<Option<String>, String> {
+    match (swap, limit) {
+        (0, _) => Ok(None),
+        (s, _) if s < 0 => Ok(Some("max".into())),
+        (_, None) | (_, Some(0)) => {
+            Err("memory.swap needs memory.limit as well (it is memory plus swap)".into())
+        }
+        (_, Some(l)) if l < 0 => Ok(Some("max".into())),
+        (s, Some(l)) if s < l => Err(format!(
+            "memory.swap ({s}) is less than memory.limit ({l}); it counts memory plus swap"
+        )),
+        (s, Some(l)) => Ok(Some((s - l).to_string())),
+    }
+}
+
+/// The files to write for `resources`, in order.
+pub fn render(resources: &LinuxResources) -> Result<Vec<CgroupWrite>, String> {
+    let mut out = Vec::new();
+    if let Some(memory) = resources.memory() {
+        if let Some(limit) = memory.limit() {
+            out.push(write("memory.max", limit_value(limit)));
+        }
+        if let Some(low) = memory.reservation() {
+            out.push(write("memory.low", limit_value(low)));
+        }
+        if let Some(swap) = memory.swap() {
+            if let Some(value) = swap_max(memory.limit(), swap)? {
+                out.push(write("memory.swap.max", value));
+            }
+        }
+        if memory.disable_oom_killer() == Some(true) {
+            return Err("disabling the OOM killer is not possible with cgroup v2".into());
+        }
+    }
+    if let Some(cpu) = resources.cpu() {
+        if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
+            out.push(write("cpu.weight", shares_to_weight(shares)));
+        }
+        if cpu.quota().is_some() || cpu.period().is_some() {
+            let period = cpu.period().filter(|p| *p > 0).unwrap_or(100_000);
+            let quota = match cpu.quota() {
+                Some(q) if q > 0 => q.to_string(),
+                _ => "max".to_string(),
+            };
+            out.push(write("cpu.max", format!("{quota} {period}")));
+        }
+        if let Some(burst) = cpu.burst() {
+            out.push(write("cpu.max.burst", burst));
+        }
+        if let Some(idle) = cpu.idle() {
+            out.push(write("cpu.idle", idle));
+        }
+        if cpu.realtime_runtime().is_some() || cpu.realtime_period().is_some() {
+            return Err("realtime CPU limits are not supported with cgroup v2".into());
+        }
+        if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
+            out.push(write("cpuset.cpus", cpus));
+        }
+        if let Some(mems) = cpu.mems().as_deref().filter(|m| !m.is_empty()) {
+            out.push(write("cpuset.mems", mems));
+        }
+    }
+    if let Some(pids) = resources.pids() {
+        let limit = pids.limit();
+        out.push(write(
+            "pids.max",
+            if limit > 0 {
+                limit.to_string()
+            } else {
+                "max".into()
+            },
+        ));
+    }
+    if resources.block_io().is_some() {
+        return Err("block I/O limits (linux.resources.blockIO) are not supported by runvm".into());
+    }
+    if resources
+        .hugepage_limits()
+        .as_ref()
+        .is_some_and(|h| !h.is_empty())
+    {
+        return Err("hugepage limits are not supported by runvm".into());
+    }
+    if resources.rdma().as_ref().is_some_and(|r| !r.is_empty()) {
+        return Err("RDMA limits are not supported by runvm".into());
+    }
+    if resources.network().is_some() {
+        return Err("network class/priority limits need cgroup v1; not supported".into());
+    }
+    if let Some(unified) = resources.unified() {
+        let mut keys: Vec<&String> = unified.keys().collect();
+        keys.sort();
+        for key in keys {
+            let valid = key.contains('.')
+                && !key.contains('/')
+                && !key.starts_with('.')
+                && !key.starts_with("cgroup.");
+            if !valid {
+                return Err(format!(
+                    "linux.resources.unified key {key:?} is not a controller file name"
+                ));
+            }
+            out.push(write(key, &unified[key]));
+        }
+    }
+    Ok(out)
+}
+
+fn limit_value(value: i64) -> String {
+    if value < 0 {
+        "max".into()
+    } else {
+        value.to_string()
+    }
+}
+
+/// `max` or a number.
+pub fn parse_limit(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
+/// A flat-keyed file (`key value` lines: memory.events, cpu.stat).
+pub fn parse_keyed(text: &str) -> HashMap<&str, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            Some((key, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The controllers to enable below the root: those wanted that the root
+/// offers and has not enabled yet, as one write to cgroup.subtree_control.
+pub fn controllers_to_enable(available: &str, enabled: &str) -> Option<String> {
+    let on: Vec<&str> = enabled.split_whitespace().collect();
+    let enable: Vec<String> = available
+        .split_whitespace()
+        .filter(|c| CONTROLLERS.contains(c) && !on.contains(c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    (!enable.is_empty()).then(|| enable.join(" "))
+}
+
+/// One container's cgroup directory.
+#[derive(Debug)]
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+fn read(path: &Path) -> io::Result<String> {
+    fs::read_to_string(path).map_err(|e| with_path(e, "cannot read", path))
+}
+
+fn write_file(path: &Path, value: &str) -> io::Result<()> {
+    fs::write(path, value).map_err(|e| with_path(e, &format!("cannot write {value:?} to"), path))
+}
+
+/// Turns on the container controllers below `root` (once per boot is
+/// enough; later calls find them on).
+pub fn enable_controllers(root: &Path) -> io::Result<()> {
+    let available = read(&root.join("cgroup.controllers"))?;
+    let enabled = read(&root.join("cgroup.subtree_control"))?;
+    if let Some(line) = controllers_to_enable(&available, &enabled) {
+        write_file(&root.join("cgroup.subtree_control"), &line)?;
+    }
+    Ok(())
+}
+
+impl Cgroup {
+    /// Creates `root/<name>`; it must not exist yet.
+    pub fn create(root: &Path, name: &str) -> io::Result<Cgroup> {
+        let path = root.join(name);
+        fs::create_dir(&path).map_err(|e| with_path(e, "cannot create the cgroup", &path))?;
+        Ok(Cgroup { path })
+    }
+
+    /// Writes the limits. A missing memory.swap.max means the guest has no
+    /// swap, so there is nothing to limit.
+    pub fn apply(&self, writes: &[CgroupWrite]) -> io::Result<()> {
+        for w in writes {
+            let path = self.path.join(&w.file);
+            match fs::write(&path, &w.value) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound && w.file == "memory.swap.max" => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot set {} to {:?}: {e}", w.file, w.value),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn procs_file(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    pub fn events_file(&self) -> PathBuf {
+        self.path.join("memory.events")
+    }
+
+    /// The pids in the cgroup.
+    pub fn pids(&self) -> io::Result<Vec<i32>> {
+        Ok(read(&self.procs_file())?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
+    }
+
+    /// Whether any process is left in it (or below it).
+    pub fn populated(&self) -> io::Result<bool> {
+        let events = read(&self.path.join("cgroup.events"))?;
+        Ok(parse_keyed(&events).get("populated").copied().unwrap_or(0) != 0)
+    }
+
+    /// Sends `signal` to every process in it; SIGKILL goes through
+    /// cgroup.kill, which also reaches processes forked meanwhile.
+    pub fn signal_all(&self, signal: i32) -> io::Result<()> {
+        if signal == libc::SIGKILL && fs::write(self.path.join("cgroup.kill"), "1").is_ok() {
+            return Ok(());
+        }
+        for pid in self.pids()? {
+            // SAFETY: kill(2). A pid that has gone meanwhile is ESRCH.
+            unsafe { libc::kill(pid, signal) };
+        }
+        Ok(())
+    }
+
+    pub fn oom_kills(&self) -> io::Result<u64> {
+        let events = read(&self.events_file())?;
+        Ok(parse_keyed(&events).get("oom_kill").copied().unwrap_or(0))
+    }
+
+    pub fn stats(&self) -> io::Result<ContainerStats> {
+        let get = |file: &str| read(&self.path.join(file));
+        let number = |file: &str| get(file).ok().and_then(|t| parse_limit(&t)).unwrap_or(0);
+        let cpu = get("cpu.stat").unwrap_or_default();
+        let cpu = parse_keyed(&cpu);
+        Ok(ContainerStats {
+            memory_usage: number("memory.current"),
+            memory_limit: get("memory.max").ok().and_then(|t| parse_limit(&t)),
+            oom_kills: self.oom_kills().unwrap_or(0),
+            cpu_usage_usec: cpu.get("usage_usec").copied().unwrap_or(0),
+            cpu_user_usec: cpu.get("user_usec").copied().unwrap_or(0),
+            cpu_system_usec: cpu.get("system_usec").copied().unwrap_or(0),
+            pids_current: number("pids.current"),
+            pids_limit: get("pids.max").ok().and_then(|t| parse_limit(&t)),
+        })
+    }
+
+    /// Kills what is left and removes the directory (and any the container
+    /// made below it), waiting up to `patience` for the processes to go.
+    pub async fn destroy(&self, patience: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if !self.populated().unwrap_or(false) {
+                match remove_tree(&self.path) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                    Err(e) => return Err(e),
+                }
+            } else {
+                let _ = self.signal_all(libc::SIGKILL);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the cgroup {} did not empty", self.path.display()),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// rmdir of a cgroup and its sub-cgroups, deepest first.
+fn remove_tree(path: &Path) -> io::Result<()> {
+    let entries = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(with_path(e, "cannot list", path)),
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    match fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resources(json: &str) -> LinuxResources {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn files(json: &str) -> Vec<(String, String)> {
+        render(&resources(json))
+            .unwrap()
+            .into_iter()
+            .map(|w| (w.file, w.value))
+            .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(f, v)| (f.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn memory_cpu_and_pids_limits_render_as_v2_files() {
+        assert_eq!(
+            files(
+                r#"{"memory":{"limit":67108864,"reservation":-1,"swap":134217728},
+                    "cpu":{"shares":1024,"quota":50000,"period":100000,"cpus":"0"},
+                    "pids":{"limit":32}}"#
+            ),
+            pairs(&[
+                ("memory.max", "67108864"),
+                ("memory.low", "max"),
+                ("memory.swap.max", "67108864"),
+                ("cpu.weight", "39"),
+                ("cpu.max", "50000 100000"),
+                ("cpuset.cpus", "0"),
+                ("pids.max", "32"),
+            ])
+        );
+    }
+
+    #[test]
+    fn unlimited_values_are_max() {
+        assert_eq!(
+            files(r#"{"memory":{"limit":-1,"swap":-1},"cpu":{"quota":-1},"pids":{"limit":0}}"#),
+            pairs(&[
+                ("memory.max", "max"),
+                ("memory.swap.max", "max"),
+                ("cpu.max", "max 100000"),
+                ("pids.max", "max"),
+            ])
+        );
+        assert!(files("{}").is_empty());
+    }
+
+    #[test]
+    fn shares_convert_like_runc() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(0), 0);
+    }
+
+    #[test]
+    fn unified_keys_come_last_and_must_be_file_names() {
+        assert_eq!(
+            files(r#"{"pids":{"limit":5},"unified":{"memory.high":"1000000","cpu.weight":"50"}}"#),
+            pairs(&[
+                ("pids.max", "5"),
+                ("cpu.weight", "50"),
+                ("memory.high", "1000000"),
+            ])
+        );
+        for bad in ["../x.max", "cgroup.procs", "nodot", "a/b.c"] {
+            let json = format!(r#"{{"unified":{{"{bad}":"1"}}}}"#);
+            assert!(render(&resources(&json)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn what_v2_cannot_do_is_refused() {
+        for json in [
+            r#"{"memory":{"swap":100}}"#,
+            r#"{"memory":{"limit":200,"swap":100}}"#,
+            r#"{"memory":{"disableOOMKiller":true}}"#,
+            r#"{"blockIO":{"weight":10}}"#,
+            r#"{"cpu":{"realtimeRuntime":1000}}"#,
+            r#"{"hugepageLimits":[{"pageSize":"2MB","limit":1}]}"#,
+        ] {
+            assert!(render(&resources(json)).is_err(), "{json}");
+        }
+        // Kernel memory and device rules are ignored, as runc does on v2.
+        assert!(render(&resources(
+            r#"{"memory":{"kernel":100},"devices":[{"allow":false,"access":"rwm"}]}"#
+        ))
+        .unwrap()
+        .is_empty());
+    }
+
+    #[test]
+    fn keyed_files_and_limits_parse() {
+        let events = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n";
+        let parsed = parse_keyed(events);
+        assert_eq!(parsed["oom_kill"], 1);
+        assert_eq!(parsed["max"], 12);
+        assert_eq!(parse_limit("max\n"), None);
+        assert_eq!(parse_limit("4096\n"), Some(4096));
+    }
+
+    #[test]
+    fn only_missing_wanted_controllers_are_enabled() {
+        assert_eq!(
+            controllers_to_enable("cpuset cpu io memory pids", "memory"),
+            Some("+cpuset +cpu +pids".into())
+        );
+        assert_eq!(controllers_to_enable("memory pids", "memory pids"), None);
+        assert_eq!(controllers_to_enable("", ""), None);
+    }
+}

@@ -1,0 +1,888 @@
+//! A container's processes between fork and exec.
+//!
+//! The agent forks (glibc's fork, so the child's malloc is usable even when
+//! the parent has threads, as under `cargo test`): that child is stage 1.
+//! It joins the container's cgroup and any namespace it must join, then
+//! clones stage 2 with the namespaces to create and CLONE_PARENT, so the
+//! agent is stage 2's parent and reaps it, reports stage 2's pid and
+//! exits. Stage 2 waits for the agent's go (after the agent has recorded
+//! its pid and, for a new user namespace, written its id maps), then sets
+//! itself up and execs.
+//!
+//! For a new container, stage 2 becomes the init: it builds the mount
+//! tree in its mount namespace, pivots into the root, takes on the user,
+//! capabilities and limits, reports ready and blocks until the agent says
+//! start; then the seccomp filter (when no_new_privileges allows it this
+//! late) and exec. For an exec, stage 2 is already in the container's
+//! namespaces and only does the process part.
+//!
+//! They talk over a SOCK_SEQPACKET pair, one message per packet: a kind
+//! byte and its payload. The agent's end sees end of file once stage 2 has
+//! exec'd (the socket is close-on-exec), which is how it knows the exec
+//! succeeded. Errors travel as text and end the process.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use super::paths::{self, create_file, fd_path, mkdir_all, open_in_root};
+use super::seccomp::SeccompProgram;
+use super::spec::{ContainerPlan, MountKind, MountPlan, ProcessPlan, DEV_SYMLINKS};
+
+/// Stage 1 → agent: stage 2's pid (4 bytes, native order).
+pub const MSG_PID: u8 = b'P';
+/// Agent → stage 2: go on.
+pub const MSG_GO: u8 = b'G';
+/// Init → agent: set up, waiting for start.
+pub const MSG_READY: u8 = b'R';
+/// Agent → init: run the program.
+pub const MSG_START: u8 = b'S';
+/// Either stage → agent: what failed (text); the process then exits.
+pub const MSG_ERROR: u8 = b'E';
+
+/// Largest message.
+pub const MSG_MAX: usize = 4096;
+
+/// What stage 2 does.
+pub enum Job<'a> {
+    /// Become the init of a new container.
+    Create(&'a ContainerPlan),
+    /// Run a process in an existing container's namespaces.
+    Exec {
+        process: &'a ProcessPlan,
+        seccomp: Option<&'a SeccompProgram>,
+    },
+}
+
+pub struct Launch<'a> {
+    pub job: Job<'a>,
+    /// cgroup.procs of the container's cgroup, joined by stage 1.
+    pub cgroup_procs: Option<&'a Path>,
+    /// The container's cgroup directory (for a cgroup mount without a
+    /// cgroup namespace).
+    pub cgroup_dir: Option<&'a Path>,
+    /// Namespaces stage 1 joins: a descriptor and its CLONE_NEW* flag.
+    pub join: &'a [(OwnedFd, libc::c_int)],
+    /// CLONE_NEW* flags of the namespaces stage 2 is created in.
+    pub clone_flags: libc::c_int,
+    /// What becomes stdin, stdout and stderr.
+    pub stdio: [RawFd; 3],
+    /// stdin is a terminal to make the controlling one.
+    pub terminal: bool,
+    /// The children's end of the sync socket.
+    pub sync: RawFd,
+    /// The agent's end, which the children close.
+    pub agent_end: RawFd,
+}
+
+/// A SOCK_SEQPACKET pair, close-on-exec: (the agent's end, the children's).
+pub fn sync_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: socketpair(2) writes two descriptors.
+    let ret = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are new descriptors that we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// One message: kind byte, then payload.
+pub fn encode(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(1 + payload.len().min(MSG_MAX - 1));
+    msg.push(kind);
+    msg.extend_from_slice(&payload[..payload.len().min(MSG_MAX - 1)]);
+    msg
+}
+
+fn send(fd: RawFd, kind: u8, payload: &[u8]) {
+    let msg = encode(kind, payload);
+    // SAFETY: write(2) from our buffer. Nothing to do if it fails: the
+    // agent then sees end of file.
+    unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
+}
+
+/// Blocks for the next message; `None` at end of file.
+fn recv(fd: RawFd) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; MSG_MAX];
+    loop {
+        // SAFETY: read(2) into our buffer.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            return None;
+        }
+        buf.truncate(n as usize);
+        return Some(buf);
+    }
+}
+
+fn fail(sync: RawFd, message: &str) -> ! {
+    send(sync, MSG_ERROR, message.as_bytes());
+    // SAFETY: _exit(2) ends the child without running the agent's
+    // destructors or atexit handlers.
+    unsafe { libc::_exit(1) }
+}
+
+fn errno(what: impl std::fmt::Display) -> String {
+    format!("{what}: {}", io::Error::last_os_error())
+}
+
+fn check(ret: libc::c_int, what: impl std::fmt::Display) -> Result<(), String> {
+    if ret < 0 {
+        Err(errno(what))
+    } else {
+        Ok(())
+    }
+}
+
+/// Forks stage 1; returns its pid in the agent. The child never returns.
+pub fn launch(l: &Launch<'_>) -> io::Result<i32> {
+    // SAFETY: fork(2). The child runs only `stage1`, which ends in _exit
+    // or exec; glibc's fork leaves malloc usable in the child.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let code =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage1(l))).unwrap_or(1);
+        // SAFETY: as in `fail`.
+        unsafe { libc::_exit(code) }
+    }
+    Ok(pid)
+}
+
+fn stage1(l: &Launch<'_>) -> libc::c_int {
+    // SAFETY: close(2) of the agent's end, which this process must not keep.
+    unsafe { libc::close(l.agent_end) };
+    if let Some(procs) = l.cgroup_procs {
+        if let Err(e) = std::fs::write(procs, "0") {
+            fail(
+                l.sync,
+                &format!("cannot join the cgroup ({}): {e}", procs.display()),
+            );
+        }
+    }
+    // The user namespace last: joining it first would take away the
+    // capabilities needed to join the others.
+    let ordered = l
+        .join
+        .iter()
+        .filter(|(_, flag)| *flag != libc::CLONE_NEWUSER)
+        .chain(
+            l.join
+                .iter()
+                .filter(|(_, flag)| *flag == libc::CLONE_NEWUSER),
+        );
+    for (fd, flag) in ordered {
+        // SAFETY: setns(2) with a namespace descriptor the agent opened.
+        if unsafe { libc::setns(fd.as_raw_fd(), *flag) } < 0 {
+            fail(
+                l.sync,
+                &errno(format_args!("cannot join namespace {flag:#x}")),
+            );
+        }
+    }
+    let flags = (l.clone_flags | libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: clone(2) without CLONE_VM: like fork, the child runs on a copy
+    // of this (single-threaded) process, and only `stage2` then.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if pid < 0 {
+        fail(
+            l.sync,
+            &errno("cannot create the container process (clone)"),
+        );
+    }
+    if pid == 0 {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage2(l)));
+        let message = match result {
+            Ok(Err(message)) => message,
+            Ok(Ok(never)) => match never {},
+            Err(_) => "the container set-up panicked".to_string(),
+        };
+        fail(l.sync, &message);
+    }
+    send(l.sync, MSG_PID, &(pid as i32).to_ne_bytes());
+    0
+}
+
+enum Never {}
+
+fn stage2(l: &Launch<'_>) -> Result<Never, String> {
+    match recv(l.sync) {
+        Some(msg) if msg.first() == Some(&MSG_GO) => {}
+        // The agent gave up on us.
+        _ => unsafe { libc::_exit(1) },
+    }
+    start_process(l)?;
+    match l.job {
+        Job::Create(plan) => {
+            build_container(plan, l)?;
+            let sync = l.sync;
+            finish(&plan.process, plan.seccomp.as_ref(), || {
+                send(sync, MSG_READY, &[]);
+                match recv(sync) {
+                    Some(msg) if msg.first() == Some(&MSG_START) => Ok(()),
+                    // Deleted before it started.
+                    _ => unsafe { libc::_exit(1) },
+                }
+            })
+        }
+        Job::Exec { process, seccomp } => {
+            if let Some(adj) = process.oom_score_adj {
+                std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+                    .map_err(|e| format!("cannot set oom_score_adj: {e}"))?;
+            }
+            finish(process, seccomp, || Ok(()))
+        }
+    }
+}
+
+/// Signal mask, session, stdio, controlling terminal.
+fn start_process(l: &Launch<'_>) -> Result<(), String> {
+    // SAFETY: plain syscalls on our own state and descriptors.
+    unsafe {
+        let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(empty.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+        // The test harness ignores SIGPIPE; ignored signals survive exec.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        check(libc::setsid(), "setsid")?;
+        for (target, fd) in l.stdio.iter().enumerate() {
+            check(
+                libc::dup2(*fd, target as libc::c_int),
+                "cannot set up stdio (dup2)",
+            )?;
+        }
+        if l.terminal {
+            check(
+                libc::ioctl(0, libc::TIOCSCTTY, 0),
+                "cannot take the terminal (TIOCSCTTY)",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn c(path: &Path) -> Result<CString, String> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("{} contains a NUL byte", path.display()))
+}
+
+fn mount(
+    source: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> nix::Result<()> {
+    nix::mount::mount(source, target, fstype, flags, data)
+}
+
+/// Flags of the mount at `target` that a bind remount must keep (in a user
+/// namespace the kernel refuses to drop locked ones).
+fn mount_flags(target: &str) -> MsFlags {
+    match nix::sys::statvfs::statvfs(target) {
+        Ok(st) => {
+            use nix::sys::statvfs::FsFlags;
+            let f = st.flags();
+            let mut flags = MsFlags::empty();
+            for (have, ms) in [
+                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+                (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+                (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+                (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+                (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+            ] {
+                if f.contains(have) {
+                    flags |= ms;
+                }
+            }
+            flags
+        }
+        Err(_) => MsFlags::empty(),
+    }
+}
+
+/// Remounts the bind mount at `target` with `set` added and `cleared`
+/// removed from its current flags.
+fn bind_remount(target: &str, set: MsFlags, cleared: MsFlags) -> Result<(), String> {
+    let flags = ((mount_flags(target) - cleared) | set) | MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
+    mount(None, target, None, flags, None).map_err(|e| format!("cannot remount {target}: {e}"))
+}
+
+fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
+    // Device nodes get exactly the modes asked for.
+    // SAFETY: umask(2) only changes our own mask.
+    unsafe { libc::umask(0) };
+    let rootfs = plan.rootfs.to_str().ok_or("the rootfs path is not UTF-8")?;
+    mount(None, "/", None, plan.root_propagation, None)
+        .map_err(|e| format!("cannot make the mount tree private: {e}"))?;
+    mount(
+        Some(rootfs),
+        rootfs,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .map_err(|e| format!("cannot bind the rootfs {rootfs}: {e}"))?;
+    let root = paths::open_dir(&plan.rootfs)
+        .map_err(|e| format!("cannot open the rootfs {rootfs}: {e}"))?;
+    let root_fd = unsafe { BorrowedFd::borrow_raw(root.as_raw_fd()) };
+    let new_userns = plan.clone_flags() & libc::CLONE_NEWUSER != 0;
+    for m in &plan.mounts {
+        mount_one(root_fd, m, plan, l.cgroup_dir)
+            .map_err(|e| format!("mount on {}: {e}", m.destination.display()))?;
+    }
+    if plan.setup_dev {
+        make_dev(root_fd, plan, new_userns, l.terminal)?;
+    }
+    for path in &plan.masked_paths {
+        mask(root_fd, path).map_err(|e| format!("masking {}: {e}", path.display()))?;
+    }
+    for path in &plan.readonly_paths {
+        make_readonly(root_fd, path)
+            .map_err(|e| format!("making {} read-only: {e}", path.display()))?;
+    }
+    for (path, value) in &plan.sysctl {
+        std::fs::write(path, value)
+            .map_err(|e| format!("cannot set sysctl {}: {e}", path.display()))?;
+    }
+    if let Some(name) = &plan.hostname {
+        nix::unistd::sethostname(name).map_err(|e| format!("cannot set the hostname: {e}"))?;
+    }
+    if let Some(name) = &plan.domainname {
+        // SAFETY: setdomainname(2) reads `len` bytes.
+        check(
+            unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) },
+            "cannot set the domain name",
+        )?;
+    }
+    // The working directory must exist; make it while the root is writable.
+    let _ = mkdir_all(root_fd, &plan.process.cwd, 0o755);
+    if plan.readonly_root {
+        bind_remount(&fd_path(&root), MsFlags::MS_RDONLY, MsFlags::empty())?;
+    }
+    if let Some(adj) = plan.process.oom_score_adj {
+        // Through the agent's /proc, before the pivot: the container may
+        // have no /proc of its own.
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("cannot set oom_score_adj: {e}"))?;
+    }
+    pivot_root(&root)
+}
+
+fn mount_one(
+    root: BorrowedFd<'_>,
+    m: &MountPlan,
+    plan: &ContainerPlan,
+    cgroup_dir: Option<&Path>,
+) -> Result<(), String> {
+    let o = &m.options;
+    let dest = &m.destination;
+    let io_err = |what: &str, e: io::Error| format!("{what}: {e}");
+    match &m.kind {
+        MountKind::Bind { source } => {
+            let is_dir = std::fs::metadata(source)
+                .map_err(|e| io_err(&format!("bind source {}", source.display()), e))?
+                .is_dir();
+            let target = if is_dir {
+                mkdir_all(root, dest, 0o755)
+            } else {
+                create_file(root, dest, 0o644)
+            }
+            .map_err(|e| io_err("mount point", e))?;
+            let source = source.to_str().ok_or("the bind source is not UTF-8")?;
+            mount(
+                Some(source),
+                &fd_path(&target),
+                None,
+                MsFlags::MS_BIND | (o.flags & MsFlags::MS_REC),
+                None,
+            )
+            .map_err(|e| format!("bind {source}: {e}"))?;
+            let set = o.bind_remount_flags();
+            if !set.is_empty() || !o.cleared.is_empty() {
+                let top =
+                    open_in_root(root, dest, libc::O_PATH, 0).map_err(|e| io_err("reopen", e))?;
+                bind_remount(&fd_path(&top), set, o.cleared)?;
+            }
+        }
+        MountKind::Fs { fstype, source } => {
+            let target = mkdir_all(root, dest, 0o755).map_err(|e| io_err("mount point", e))?;
+            let flags = o.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+            let data = (!o.data.is_empty()).then_some(o.data.as_str());
+            mount(Some(source), &fd_path(&target), Some(fstype), flags, data)
+                .map_err(|e| format!("{fstype}: {e}"))?;
+        }
+        MountKind::Cgroup => {
+            let target = mkdir_all(root, dest, 0o755).map_err(|e| io_err("mount point", e))?;
+            let flags = o.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+            match cgroup_dir {
+                // Without a cgroup namespace, show the container its own
+                // cgroup only, as runc does.
+                Some(dir) if !plan.has_namespace(libc::CLONE_NEWCGROUP) => {
+                    let dir = dir.to_str().ok_or("the cgroup path is not UTF-8")?;
+                    mount(Some(dir), &fd_path(&target), None, MsFlags::MS_BIND, None)
+                        .map_err(|e| format!("bind {dir}: {e}"))?;
+                    let top = open_in_root(root, dest, libc::O_PATH, 0)
+                        .map_err(|e| io_err("reopen", e))?;
+                    bind_remount(
+                        &fd_path(&top),
+                        flags & super::mountopts::REMOUNT_FLAGS,
+                        o.cleared,
+                    )?;
+                }
+                _ => mount(
+                    Some("cgroup2"),
+                    &fd_path(&target),
+                    Some("cgroup2"),
+                    flags,
+                    None,
+                )
+                .map_err(|e| format!("cgroup2: {e}"))?,
+            }
+        }
+    }
+    for propagation in &o.propagation {
+        let top = open_in_root(root, dest, libc::O_PATH, 0).map_err(|e| io_err("reopen", e))?;
+        mount(None, &fd_path(&top), None, *propagation, None)
+            .map_err(|e| format!("propagation: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Default devices (or the spec's), the /dev symlinks, and the console.
+fn make_dev(
+    root: BorrowedFd<'_>,
+    plan: &ContainerPlan,
+    new_userns: bool,
+    terminal: bool,
+) -> Result<(), String> {
+    for device in &plan.devices {
+        let what = |e: String| format!("device {}: {e}", device.path.display());
+        if new_userns {
+            // mknod is not allowed in a user namespace: bind the guest's.
+            let target = create_file(root, &device.path, 0o644).map_err(|e| what(e.to_string()))?;
+            let source = device
+                .path
+                .to_str()
+                .ok_or_else(|| what("not UTF-8".into()))?;
+            mount(
+                Some(source),
+                &fd_path(&target),
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )
+            .map_err(|e| what(e.to_string()))?;
+            continue;
+        }
+        let parent = device.path.parent().unwrap_or(Path::new("/dev"));
+        let name = device
+            .path
+            .file_name()
+            .ok_or_else(|| what("no file name".into()))?;
+        let dir = mkdir_all(root, parent, 0o755).map_err(|e| what(e.to_string()))?;
+        let name = c(Path::new(name))?;
+        let dev = libc::makedev(device.major, device.minor);
+        // SAFETY: mknodat(2)/fchownat(2) relative to a directory we resolved
+        // in the root, with a plain file name.
+        unsafe {
+            if libc::mknodat(dir.as_raw_fd(), name.as_ptr(), device.mode, dev) < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(what(e.to_string()));
+                }
+                continue;
+            }
+            if (device.uid, device.gid) != (0, 0) {
+                check(
+                    libc::fchownat(
+                        dir.as_raw_fd(),
+                        name.as_ptr(),
+                        device.uid,
+                        device.gid,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    ),
+                    format_args!("chown {}", device.path.display()),
+                )?;
+            }
+        }
+    }
+    let dev = mkdir_all(root, Path::new("/dev"), 0o755).map_err(|e| format!("/dev: {e}"))?;
+    for (link, target) in DEV_SYMLINKS {
+        let name = c(Path::new(link)
+            .strip_prefix("/dev")
+            .unwrap_or(Path::new(link)))?;
+        let target = c(Path::new(target))?;
+        // SAFETY: symlinkat(2) in the resolved /dev.
+        if unsafe { libc::symlinkat(target.as_ptr(), dev.as_raw_fd(), name.as_ptr()) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(format!("symlink {link}: {e}"));
+            }
+        }
+    }
+    if terminal {
+        // The terminal (our stdin by now) is the container's console.
+        let console = create_file(root, Path::new("/dev/console"), 0o666)
+            .map_err(|e| format!("/dev/console: {e}"))?;
+        mount(
+            Some("/proc/self/fd/0"),
+            &fd_path(&console),
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )
+        .map_err(|e| format!("/dev/console: {e}"))?;
+    }
+    Ok(())
+}
+
+fn missing(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOENT)
+}
+
+/// /dev/null over a file, an empty read-only tmpfs over a directory.
+fn mask(root: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
+    let fd = match open_in_root(root, path, libc::O_PATH, 0) {
+        Ok(fd) => fd,
+        Err(e) if missing(&e) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let target = fd_path(&fd);
+    if paths::is_dir(&fd).map_err(|e| e.to_string())? {
+        mount(
+            Some("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None,
+        )
+    } else {
+        mount(Some("/dev/null"), &target, None, MsFlags::MS_BIND, None)
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn make_readonly(root: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
+    let fd = match open_in_root(root, path, libc::O_PATH, 0) {
+        Ok(fd) => fd,
+        Err(e) if missing(&e) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let target = fd_path(&fd);
+    mount(
+        Some(target.as_str()),
+        &target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let top = open_in_root(root, path, libc::O_PATH, 0).map_err(|e| e.to_string())?;
+    bind_remount(&fd_path(&top), MsFlags::MS_RDONLY, MsFlags::empty())
+}
+
+/// Makes `root` the root: pivot_root(".", ".") stacks the old root on the
+/// new one, then the old one is detached; no directory for it is needed.
+fn pivot_root(root: &OwnedFd) -> Result<(), String> {
+    // SAFETY: plain syscalls; the descriptors are ours.
+    unsafe {
+        let old = libc::open(
+            c"/".as_ptr(),
+            libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        check(old, "open /")?;
+        let old = OwnedFd::from_raw_fd(old);
+        check(libc::fchdir(root.as_raw_fd()), "chdir to the rootfs")?;
+        check(
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
+            "pivot_root",
+        )?;
+        check(libc::fchdir(old.as_raw_fd()), "chdir to the old root")?;
+        // Keep the unmount from reaching the agent's mounts.
+        mount(None, ".", None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)
+            .map_err(|e| format!("cannot make the old root a slave: {e}"))?;
+        check(
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
+            "unmount the old root",
+        )?;
+        check(libc::chdir(c"/".as_ptr()), "chdir /")?;
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+fn mask64(list: &[caps::Capability]) -> u64 {
+    list.iter().fold(0, |m, c| m | c.bitmask())
+}
+
+/// Sets the effective, permitted and inheritable sets in one capset(2).
+fn capset(plan: &super::spec::CapsPlan) -> Result<(), String> {
+    let (e, p, i) = (
+        mask64(&plan.effective),
+        mask64(&plan.permitted),
+        mask64(&plan.inheritable),
+    );
+    let header = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [
+        CapData {
+            effective: e as u32,
+            permitted: p as u32,
+            inheritable: i as u32,
+        },
+        CapData {
+            effective: (e >> 32) as u32,
+            permitted: (p >> 32) as u32,
+            inheritable: (i >> 32) as u32,
+        },
+    ];
+    // SAFETY: capset(2) reads the header and two data words.
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    check(ret as libc::c_int, "cannot set the capabilities (capset)")
+}
+
+/// The process part: limits, user, capabilities, directory, environment,
+/// seccomp, then exec. `before_exec` runs last before the late seccomp
+/// filter (the init waits for start there).
+fn finish(
+    process: &ProcessPlan,
+    seccomp: Option<&SeccompProgram>,
+    before_exec: impl FnOnce() -> Result<(), String>,
+) -> Result<Never, String> {
+    for r in &process.rlimits {
+        let limit = libc::rlimit {
+            rlim_cur: r.soft,
+            rlim_max: r.hard,
+        };
+        // SAFETY: setrlimit(2) reads our struct.
+        check(
+            unsafe { libc::setrlimit(r.resource as _, &limit) },
+            format_args!("cannot set rlimit {}", r.resource),
+        )?;
+    }
+    if process.no_new_privileges {
+        // SAFETY: prctl(2).
+        check(
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
+            "cannot set no_new_privileges",
+        )?;
+    }
+    if let (Some(filter), false) = (seccomp, process.no_new_privileges) {
+        // Without no_new_privs, installing needs CAP_SYS_ADMIN: now, while
+        // the process has it.
+        filter
+            .install()
+            .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
+    }
+    if let Some(caps) = &process.caps {
+        for cap in caps::all() {
+            if !caps.bounding.contains(&cap) {
+                // Capabilities this kernel does not know are EINVAL: gone
+                // already.
+                let _ = caps::drop(None, caps::CapSet::Bounding, cap);
+            }
+        }
+        // Keep the permitted set across the change of uid.
+        // SAFETY: prctl(2).
+        check(
+            unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) },
+            "PR_SET_KEEPCAPS",
+        )?;
+    }
+    // Before the change of user, a directory only root may enter is still
+    // reachable; after it, one that root may not enter (root squash) is.
+    let cwd = c(&process.cwd)?;
+    // SAFETY: chdir(2).
+    let early_chdir = unsafe { libc::chdir(cwd.as_ptr()) } == 0;
+    let groups: Vec<libc::gid_t> = process.additional_gids.clone();
+    // SAFETY: setgroups/setresgid/setresuid act on this process only.
+    unsafe {
+        if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+            && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+        {
+            return Err(errno("setgroups"));
+        }
+        check(
+            libc::setresgid(process.gid, process.gid, process.gid),
+            format_args!("cannot set gid {}", process.gid),
+        )?;
+        check(
+            libc::setresuid(process.uid, process.uid, process.uid),
+            format_args!("cannot set uid {}", process.uid),
+        )?;
+    }
+    if let Some(caps) = &process.caps {
+        // SAFETY: prctl(2).
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+        capset(caps)?;
+        for cap in &caps.ambient {
+            caps::raise(None, caps::CapSet::Ambient, *cap)
+                .map_err(|e| format!("cannot raise ambient {cap}: {e}"))?;
+        }
+    }
+    // SAFETY: umask(2).
+    unsafe { libc::umask(process.umask.unwrap_or(0o022) as libc::mode_t) };
+    if !early_chdir {
+        // SAFETY: chdir(2).
+        check(
+            unsafe { libc::chdir(cwd.as_ptr()) },
+            format_args!(
+                "cannot change to the working directory {}",
+                process.cwd.display()
+            ),
+        )?;
+    }
+    let env = finish_env(&process.env, process.uid);
+    let program = find_program(&process.args[0], &env)?;
+    let env: Vec<CString> = env
+        .into_iter()
+        .map(|e| CString::new(e).map_err(|_| "environment contains a NUL byte".to_string()))
+        .collect::<Result<_, _>>()?;
+    // Nothing of the agent's but stdio goes to the program.
+    // SAFETY: close_range(2) only marks descriptors close-on-exec.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    before_exec()?;
+    if let (Some(filter), true) = (seccomp, process.no_new_privileges) {
+        // As late as possible: the program's own calls are all that the
+        // filter has to allow.
+        filter
+            .install()
+            .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
+    }
+    let mut argv: Vec<*const libc::c_char> = process.args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: execve(2) with NUL-terminated arrays of C strings that live
+    // until it returns.
+    unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Err(errno(format_args!(
+        "cannot run {:?}",
+        process.args[0].to_string_lossy()
+    )))
+}
+
+/// The environment plus HOME from /etc/passwd when it lacks one.
+fn finish_env(env: &[String], uid: u32) -> Vec<String> {
+    let mut env = env.to_vec();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        env.push(format!("HOME={}", home_of(&passwd, uid).unwrap_or("/")));
+    }
+    env
+}
+
+/// The home directory of `uid` in a passwd file.
+pub fn home_of(passwd: &str, uid: u32) -> Option<&str> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 7 && fields[2].parse() == Ok(uid)).then(|| fields[5])
+    })
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// `program` as execve needs it: as given when it has a `/`, else the
+/// first executable file of that name in the process's PATH.
+fn find_program(program: &CStr, env: &[String]) -> Result<CString, String> {
+    let name = program
+        .to_str()
+        .map_err(|_| "the program name is not UTF-8")?;
+    if name.contains('/') {
+        return Ok(program.to_owned());
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = PathBuf::from(dir).join(name);
+        let Ok(c) = c(&candidate) else { continue };
+        // SAFETY: access(2) with a C string.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0
+            && std::fs::metadata(&candidate).is_ok_and(|m| m.is_file())
+        {
+            return Ok(c);
+        }
+    }
+    Err(format!(
+        "executable file {name:?} not found in $PATH ({path})"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_comes_from_passwd() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/sh\nbad line\nuser:x:1000:1000::/home/user:/bin/sh\n";
+        assert_eq!(home_of(passwd, 0), Some("/root"));
+        assert_eq!(home_of(passwd, 1000), Some("/home/user"));
+        assert_eq!(home_of(passwd, 5), None);
+        let env = finish_env(&["HOME=/x".into()], 0);
+        assert_eq!(env, vec!["HOME=/x".to_string()]);
+    }
+
+    #[test]
+    fn programs_are_found_in_the_process_path() {
+        let env = vec!["PATH=/nonexistent:/bin:/usr/bin".to_string()];
+        let sh = find_program(c"sh", &env).unwrap();
+        assert!(sh.to_str().unwrap().ends_with("/sh"));
+        assert_eq!(find_program(c"./x", &env).unwrap().to_str().unwrap(), "./x");
+        let err = find_program(c"no-such-program-here", &env).unwrap_err();
+        assert!(err.contains("not found"));
+    }
+
+    #[test]
+    fn messages_are_bounded() {
+        let long = vec![b'x'; 10_000];
+        let msg = encode(MSG_ERROR, &long);
+        assert_eq!(msg.len(), MSG_MAX);
+        assert_eq!(msg[0], MSG_ERROR);
+    }
+}

@@ -1,0 +1,841 @@
+//! The OCI runtime spec turned into a plan: everything checked, converted
+//! and allocated before the agent forks, so the container's processes only
+//! carry it out. Pure: all of it is tested on the host.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use runvm_agent_api::oci_spec::runtime::{
+    Capabilities, LinuxDeviceType, LinuxIdMapping, LinuxNamespaceType, PosixRlimitType, Process,
+    Spec,
+};
+
+use super::cgroups::{self, CgroupWrite};
+use super::mountopts::{self, MountOptions};
+use super::seccomp::{self, SeccompProgram};
+
+/// A namespace the container has: created, or joined by path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// CLONE_NEW* flag.
+    pub flag: libc::c_int,
+    /// Its name under /proc/<pid>/ns.
+    pub name: &'static str,
+    /// Join this one instead of creating it.
+    pub path: Option<PathBuf>,
+}
+
+pub fn namespace_flag(kind: LinuxNamespaceType) -> Result<(libc::c_int, &'static str), String> {
+    Ok(match kind {
+        LinuxNamespaceType::Mount => (libc::CLONE_NEWNS, "mnt"),
+        LinuxNamespaceType::Cgroup => (libc::CLONE_NEWCGROUP, "cgroup"),
+        LinuxNamespaceType::Uts => (libc::CLONE_NEWUTS, "uts"),
+        LinuxNamespaceType::Ipc => (libc::CLONE_NEWIPC, "ipc"),
+        LinuxNamespaceType::User => (libc::CLONE_NEWUSER, "user"),
+        LinuxNamespaceType::Pid => (libc::CLONE_NEWPID, "pid"),
+        LinuxNamespaceType::Network => (libc::CLONE_NEWNET, "net"),
+        LinuxNamespaceType::Time => return Err("time namespaces are not supported by runvm".into()),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountKind {
+    /// Bind `source` (a guest path).
+    Bind { source: PathBuf },
+    /// A new filesystem of this type.
+    Fs { fstype: String, source: String },
+    /// cgroup2: the container's own cgroup (its namespace's root).
+    Cgroup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountPlan {
+    pub destination: PathBuf,
+    pub kind: MountKind,
+    pub options: MountOptions,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePlan {
+    /// Path inside the container, e.g. /dev/null.
+    pub path: PathBuf,
+    /// S_IFCHR, S_IFBLK or S_IFIFO, with the permission bits.
+    pub mode: libc::mode_t,
+    pub major: u32,
+    pub minor: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The devices every container gets in a /dev of its own, as runc creates
+/// them.
+pub const DEFAULT_DEVICES: &[(&str, u32, u32)] = &[
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+];
+
+/// Symlinks in a /dev of the container's own: (link, target).
+pub const DEV_SYMLINKS: &[(&str, &str)] = &[
+    ("/dev/fd", "/proc/self/fd"),
+    ("/dev/stdin", "/proc/self/fd/0"),
+    ("/dev/stdout", "/proc/self/fd/1"),
+    ("/dev/stderr", "/proc/self/fd/2"),
+    ("/dev/ptmx", "pts/ptmx"),
+];
+
+/// Capabilities by set, as the kernel numbers them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapsPlan {
+    pub bounding: Vec<caps::Capability>,
+    pub effective: Vec<caps::Capability>,
+    pub permitted: Vec<caps::Capability>,
+    pub inheritable: Vec<caps::Capability>,
+    pub ambient: Vec<caps::Capability>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rlimit {
+    pub resource: libc::c_int,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// What a container process (the init or an exec) runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessPlan {
+    pub args: Vec<CString>,
+    /// The environment, HOME and the variables PID 1 passes on included
+    /// once known (see `finish_env`).
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
+    pub terminal: bool,
+    pub console_size: Option<(u16, u16)>,
+    pub caps: Option<CapsPlan>,
+    pub rlimits: Vec<Rlimit>,
+    pub no_new_privileges: bool,
+    pub oom_score_adj: Option<i32>,
+}
+
+/// A whole container.
+#[derive(Debug, Clone)]
+pub struct ContainerPlan {
+    pub namespaces: Vec<Namespace>,
+    pub uid_map: Option<String>,
+    pub gid_map: Option<String>,
+    pub rootfs: PathBuf,
+    pub readonly_root: bool,
+    pub root_propagation: MsFlags,
+    pub mounts: Vec<MountPlan>,
+    /// Give the container a /dev of its own: default devices and symlinks.
+    pub setup_dev: bool,
+    pub devices: Vec<DevicePlan>,
+    pub masked_paths: Vec<PathBuf>,
+    pub readonly_paths: Vec<PathBuf>,
+    pub hostname: Option<String>,
+    pub domainname: Option<String>,
+    /// (path under /proc/sys, value)
+    pub sysctl: Vec<(PathBuf, String)>,
+    pub process: ProcessPlan,
+    pub seccomp: Option<SeccompProgram>,
+    pub resources: Vec<CgroupWrite>,
+}
+
+impl ContainerPlan {
+    pub fn has_namespace(&self, flag: libc::c_int) -> bool {
+        self.namespaces.iter().any(|n| n.flag == flag)
+    }
+
+    /// CLONE_NEW* flags of the namespaces to create.
+    pub fn clone_flags(&self) -> libc::c_int {
+        self.namespaces
+            .iter()
+            .filter(|n| n.path.is_none())
+            .fold(0, |flags, n| flags | n.flag)
+    }
+}
+
+fn cstring(s: &str, what: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{what} {s:?} contains a NUL byte"))
+}
+
+fn rlimit_resource(kind: PosixRlimitType) -> libc::c_int {
+    (match kind {
+        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
+    }) as libc::c_int
+}
+
+/// An OCI capability as the kernel numbers it.
+pub fn capability(
+    cap: &runvm_agent_api::oci_spec::runtime::Capability,
+) -> Result<caps::Capability, String> {
+    format!("CAP_{cap}")
+        .parse()
+        .map_err(|_| format!("capability CAP_{cap} is unknown to runvm"))
+}
+
+fn cap_list(set: &Option<Capabilities>) -> Result<Vec<caps::Capability>, String> {
+    let mut list = set
+        .iter()
+        .flatten()
+        .map(capability)
+        .collect::<Result<Vec<_>, _>>()?;
+    list.sort_by_key(|c| c.index());
+    Ok(list)
+}
+
+/// The variables PID 1 passes to every process it starts (see
+/// `exec::PASSED_ON_FROM_INIT`): what the agent's environment has for them.
+pub fn passed_on_env() -> Vec<(String, String)> {
+    crate::exec::PASSED_ON_FROM_INIT
+        .iter()
+        .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+        .collect()
+}
+
+/// The plan for an OCI process (the init's or an exec's).
+pub fn process_plan(
+    process: &Process,
+    inherited: &[(String, String)],
+) -> Result<ProcessPlan, String> {
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err("process.args is empty".into());
+    }
+    let args = args
+        .iter()
+        .map(|a| cstring(a, "argument"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut env = Vec::new();
+    for entry in process.env().iter().flatten() {
+        match entry.split_once('=') {
+            Some((name, _)) if !name.is_empty() => {}
+            _ => return Err(format!("environment entry {entry:?} is not NAME=value")),
+        }
+        if entry.contains('\0') {
+            return Err(format!("environment entry {entry:?} contains a NUL byte"));
+        }
+        env.push(entry.clone());
+    }
+    for (name, value) in inherited {
+        if !env
+            .iter()
+            .any(|e| e.split_once('=').is_some_and(|(n, _)| n == name))
+        {
+            env.push(format!("{name}={value}"));
+        }
+    }
+    let cwd = process.cwd().clone();
+    if !cwd.is_absolute() {
+        return Err(format!("process.cwd {} is not absolute", cwd.display()));
+    }
+    let user = process.user();
+    let caps = match process.capabilities() {
+        None => None,
+        Some(c) => Some(CapsPlan {
+            bounding: cap_list(c.bounding())?,
+            effective: cap_list(c.effective())?,
+            permitted: cap_list(c.permitted())?,
+            inheritable: cap_list(c.inheritable())?,
+            ambient: cap_list(c.ambient())?,
+        }),
+    };
+    let mut rlimits: Vec<Rlimit> = Vec::new();
+    for r in process.rlimits().iter().flatten() {
+        let resource = rlimit_resource(r.typ());
+        if rlimits.iter().any(|o| o.resource == resource) {
+            return Err(format!("rlimit {:?} is given twice", r.typ()));
+        }
+        if r.soft() > r.hard() {
+            return Err(format!(
+                "rlimit {:?}: soft limit above the hard limit",
+                r.typ()
+            ));
+        }
+        rlimits.push(Rlimit {
+            resource,
+            soft: r.soft(),
+            hard: r.hard(),
+        });
+    }
+    let console_size = process.console_size().map(|b| {
+        (
+            u16::try_from(b.height()).unwrap_or(u16::MAX),
+            u16::try_from(b.width()).unwrap_or(u16::MAX),
+        )
+    });
+    Ok(ProcessPlan {
+        args,
+        env,
+        cwd,
+        uid: user.uid(),
+        gid: user.gid(),
+        additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        umask: user.umask(),
+        terminal: process.terminal().unwrap_or(false),
+        console_size,
+        caps,
+        rlimits,
+        no_new_privileges: process.no_new_privileges().unwrap_or(false),
+        oom_score_adj: process.oom_score_adj(),
+    })
+}
+
+fn id_map(mappings: &Option<Vec<LinuxIdMapping>>) -> Option<String> {
+    let mappings = mappings.as_ref().filter(|m| !m.is_empty())?;
+    Some(
+        mappings
+            .iter()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect(),
+    )
+}
+
+fn propagation(name: &str) -> Result<MsFlags, String> {
+    Ok(match name {
+        "" | "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        other => {
+            return Err(format!(
+                "rootfsPropagation {other:?} is not a propagation type"
+            ))
+        }
+    })
+}
+
+fn device_mode(kind: LinuxDeviceType) -> Result<libc::mode_t, String> {
+    Ok(match kind {
+        LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
+        LinuxDeviceType::B => libc::S_IFBLK,
+        LinuxDeviceType::P => libc::S_IFIFO,
+        LinuxDeviceType::A => return Err("device type \"a\" names no device to create".into()),
+    })
+}
+
+fn container_path(path: &Path, what: &str) -> Result<PathBuf, String> {
+    let text = path.to_string_lossy();
+    if text.contains('\0') {
+        return Err(format!("{what} {text:?} contains a NUL byte"));
+    }
+    if !path.is_absolute() {
+        return Err(format!("{what} {} is not absolute", path.display()));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// Checks and converts `spec` for a container whose root is `rootfs`.
+pub fn container_plan(
+    spec: &Spec,
+    rootfs: &Path,
+    inherited: &[(String, String)],
+) -> Result<ContainerPlan, String> {
+    if !rootfs.is_absolute() {
+        return Err(format!(
+            "the rootfs {} is not an absolute path",
+            rootfs.display()
+        ));
+    }
+    let process = spec.process().as_ref().ok_or("the spec has no process")?;
+    let process = process_plan(process, inherited)?;
+    let linux = spec.linux().clone().unwrap_or_default();
+
+    let mut namespaces: Vec<Namespace> = Vec::new();
+    for ns in linux.namespaces().iter().flatten() {
+        let (flag, name) = namespace_flag(ns.typ())?;
+        if namespaces.iter().any(|n| n.flag == flag) {
+            return Err(format!("namespace {name} is given twice"));
+        }
+        let path = match ns.path() {
+            Some(p) => Some(container_path(p, "namespace path")?),
+            None => None,
+        };
+        namespaces.push(Namespace { flag, name, path });
+    }
+    let has = |flag| namespaces.iter().any(|n: &Namespace| n.flag == flag);
+    if !has(libc::CLONE_NEWNS) {
+        return Err("the container needs a mount namespace (linux.namespaces: mount)".into());
+    }
+    if (spec.hostname().as_ref().is_some_and(|h| !h.is_empty())
+        || spec.domainname().as_ref().is_some_and(|h| !h.is_empty()))
+        && !has(libc::CLONE_NEWUTS)
+    {
+        return Err("setting the hostname needs a UTS namespace".into());
+    }
+    let new_userns = namespaces
+        .iter()
+        .any(|n| n.flag == libc::CLONE_NEWUSER && n.path.is_none());
+    let uid_map = id_map(linux.uid_mappings());
+    let gid_map = id_map(linux.gid_mappings());
+    if new_userns && (uid_map.is_none() || gid_map.is_none()) {
+        return Err("a new user namespace needs linux.uidMappings and gidMappings".into());
+    }
+    if !new_userns && (uid_map.is_some() || gid_map.is_some()) {
+        return Err("uid/gid mappings are given without a new user namespace".into());
+    }
+    for (what, set) in [
+        ("linux.personality", linux.personality().is_some()),
+        ("linux.intelRdt", linux.intel_rdt().is_some()),
+        ("linux.memoryPolicy", linux.memory_policy().is_some()),
+        (
+            "linux.timeOffsets",
+            linux.time_offsets().as_ref().is_some_and(|t| !t.is_empty()),
+        ),
+        (
+            "linux.netDevices",
+            linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()),
+        ),
+    ] {
+        if set {
+            return Err(format!("{what} is not supported by runvm"));
+        }
+    }
+
+    let mut mounts = Vec::new();
+    let mut dev_is_bind = false;
+    for m in spec.mounts().iter().flatten() {
+        let destination = container_path(m.destination(), "mount destination")?;
+        if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
+            return Err(format!(
+                "id-mapped mounts ({}) are not supported by runvm",
+                destination.display()
+            ));
+        }
+        let options = mountopts::parse(m.options().as_deref().unwrap_or_default())?;
+        let fstype = m.typ().clone().unwrap_or_default();
+        let kind = if options.bind || fstype == "bind" {
+            let source = m
+                .source()
+                .clone()
+                .ok_or_else(|| format!("bind mount on {} has no source", destination.display()))?;
+            let source = container_path(&source, "bind mount source")?;
+            MountKind::Bind { source }
+        } else if fstype == "cgroup" || fstype == "cgroup2" {
+            MountKind::Cgroup
+        } else if fstype.is_empty() {
+            return Err(format!("mount on {} has no type", destination.display()));
+        } else {
+            MountKind::Fs {
+                source: m
+                    .source()
+                    .as_ref()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| fstype.clone()),
+                fstype,
+            }
+        };
+        if destination == Path::new("/dev") && matches!(kind, MountKind::Bind { .. }) {
+            dev_is_bind = true;
+        }
+        mounts.push(MountPlan {
+            destination,
+            kind,
+            options,
+        });
+    }
+
+    let mut devices: Vec<DevicePlan> = DEFAULT_DEVICES
+        .iter()
+        .map(|(path, major, minor)| DevicePlan {
+            path: PathBuf::from(path),
+            mode: libc::S_IFCHR | 0o666,
+            major: *major,
+            minor: *minor,
+            uid: 0,
+            gid: 0,
+        })
+        .collect();
+    for d in linux.devices().iter().flatten() {
+        let path = container_path(d.path(), "device path")?;
+        if !path.starts_with("/dev") {
+            return Err(format!("device {} is not under /dev", path.display()));
+        }
+        let plan = DevicePlan {
+            mode: device_mode(d.typ())? | (d.file_mode().unwrap_or(0o666) & 0o7777),
+            major: u32::try_from(d.major()).map_err(|_| "device major out of range")?,
+            minor: u32::try_from(d.minor()).map_err(|_| "device minor out of range")?,
+            uid: d.uid().unwrap_or(0),
+            gid: d.gid().unwrap_or(0),
+            path,
+        };
+        devices.retain(|o| o.path != plan.path);
+        devices.push(plan);
+    }
+
+    let paths = |list: &Option<Vec<String>>, what: &str| -> Result<Vec<PathBuf>, String> {
+        list.iter()
+            .flatten()
+            .map(|p| container_path(Path::new(p), what))
+            .collect()
+    };
+    let mut sysctl = Vec::new();
+    if let Some(map) = linux.sysctl() {
+        let mut keys: Vec<&String> = map.keys().collect();
+        keys.sort();
+        for key in keys {
+            let valid = !key.is_empty()
+                && key
+                    .split(['.', '/'])
+                    .all(|part| !part.is_empty() && part != ".." && part != ".")
+                && !key.contains('\0');
+            if !valid {
+                return Err(format!("sysctl {key:?} is not a sysctl name"));
+            }
+            let path = key.replace('.', "/");
+            sysctl.push((PathBuf::from("/proc/sys").join(path), map[key].clone()));
+        }
+    }
+    let seccomp = match linux.seccomp() {
+        Some(profile) => Some(seccomp::translate(profile)?),
+        None => None,
+    };
+    let resources = match linux.resources() {
+        Some(r) => cgroups::render(r)?,
+        None => Vec::new(),
+    };
+    Ok(ContainerPlan {
+        namespaces,
+        uid_map,
+        gid_map,
+        rootfs: rootfs.to_path_buf(),
+        readonly_root: spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
+        root_propagation: propagation(linux.rootfs_propagation().as_deref().unwrap_or(""))?,
+        mounts,
+        setup_dev: !dev_is_bind,
+        devices,
+        masked_paths: paths(linux.masked_paths(), "masked path")?,
+        readonly_paths: paths(linux.readonly_paths(), "readonly path")?,
+        hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
+        domainname: spec.domainname().clone().filter(|h| !h.is_empty()),
+        sysctl,
+        process,
+        seccomp,
+        resources,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `runc spec` writes, trimmed: the shape podman and containerd
+    /// send too.
+    pub const RUNC_SPEC: &str = r#"{
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 1000, "gid": 100, "additionalGids": [10, 20], "umask": 18},
+            "args": ["sh", "-c", "echo hi"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "effective": ["CAP_KILL"],
+                "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL"],
+                "ambient": ["CAP_KILL"]
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true,
+            "oomScoreAdj": 100
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "runc",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+            {"destination": "/data", "source": "/srv/data", "options": ["rbind", "ro"]}
+        ],
+        "linux": {
+            "resources": {"memory": {"limit": 33554432}, "pids": {"limit": 64}},
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                           {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}],
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/sys"],
+            "sysctl": {"net.ipv4.ip_forward": "1"},
+            "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438}],
+            "seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
+                        "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_ERRNO"}]}
+        }
+    }"#;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn plan(json: &str) -> Result<ContainerPlan, String> {
+        container_plan(&spec(json), Path::new("/run/c/rootfs"), &[])
+    }
+
+    fn edit(f: impl FnOnce(&mut serde_json::Value)) -> Result<ContainerPlan, String> {
+        let mut v: serde_json::Value = serde_json::from_str(RUNC_SPEC).unwrap();
+        f(&mut v);
+        plan(&v.to_string())
+    }
+
+    #[test]
+    fn the_runc_spec_translates_whole() {
+        let p = plan(RUNC_SPEC).unwrap();
+        assert_eq!(
+            p.clone_flags(),
+            libc::CLONE_NEWPID
+                | libc::CLONE_NEWNET
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWUTS
+                | libc::CLONE_NEWNS
+                | libc::CLONE_NEWCGROUP
+        );
+        assert!(p.readonly_root);
+        assert_eq!(p.root_propagation, MsFlags::MS_SLAVE | MsFlags::MS_REC);
+        assert_eq!(p.hostname.as_deref(), Some("runc"));
+        assert_eq!(p.mounts.len(), 8);
+        assert_eq!(p.mounts[6].kind, MountKind::Cgroup);
+        assert_eq!(
+            p.mounts[7].kind,
+            MountKind::Bind {
+                source: PathBuf::from("/srv/data")
+            }
+        );
+        assert!(p.mounts[7].options.flags.contains(MsFlags::MS_REC));
+        assert_eq!(
+            p.mounts[1].kind,
+            MountKind::Fs {
+                fstype: "tmpfs".into(),
+                source: "tmpfs".into()
+            }
+        );
+        assert_eq!(p.mounts[1].options.data, "mode=755,size=65536k");
+        assert!(p.setup_dev);
+        assert_eq!(p.devices.len(), DEFAULT_DEVICES.len() + 1);
+        assert_eq!(p.devices.last().unwrap().mode, libc::S_IFCHR | 0o666);
+        assert_eq!(p.masked_paths[1], PathBuf::from("/proc/kcore"));
+        assert_eq!(p.readonly_paths.len(), 2);
+        assert_eq!(
+            p.sysctl,
+            vec![(
+                PathBuf::from("/proc/sys/net/ipv4/ip_forward"),
+                "1".to_string()
+            )]
+        );
+        assert_eq!(p.resources.len(), 2);
+        assert_eq!(p.seccomp.as_ref().unwrap().filters.len(), 1);
+
+        let proc_ = &p.process;
+        assert_eq!(proc_.args[0].to_str().unwrap(), "sh");
+        assert_eq!((proc_.uid, proc_.gid), (1000, 100));
+        assert_eq!(proc_.additional_gids, vec![10, 20]);
+        assert_eq!(proc_.umask, Some(0o22));
+        assert!(proc_.no_new_privileges);
+        assert_eq!(proc_.oom_score_adj, Some(100));
+        assert_eq!(
+            proc_.rlimits,
+            vec![Rlimit {
+                resource: libc::RLIMIT_NOFILE as libc::c_int,
+                soft: 1024,
+                hard: 1024
+            }]
+        );
+        let caps = proc_.caps.as_ref().unwrap();
+        assert_eq!(
+            caps.bounding,
+            vec![
+                caps::Capability::CAP_KILL,
+                caps::Capability::CAP_NET_BIND_SERVICE,
+                caps::Capability::CAP_AUDIT_WRITE
+            ]
+        );
+        assert_eq!(caps.ambient, vec![caps::Capability::CAP_KILL]);
+        assert!(caps.inheritable.is_empty());
+    }
+
+    #[test]
+    fn every_capability_name_maps_to_the_kernel_number() {
+        for cap in caps::all() {
+            let name = cap.to_string();
+            let oci: runvm_agent_api::oci_spec::runtime::Capability =
+                serde_json::from_value(serde_json::Value::String(name.clone())).unwrap();
+            assert_eq!(capability(&oci), Ok(cap), "{name}");
+        }
+    }
+
+    #[test]
+    fn inherited_variables_fill_in_but_do_not_override() {
+        let inherited = vec![
+            ("GLIBC_TUNABLES".to_string(), "x=1".to_string()),
+            ("TERM".to_string(), "dumb".to_string()),
+        ];
+        let p = container_plan(&spec(RUNC_SPEC), Path::new("/r"), &inherited).unwrap();
+        assert!(p.process.env.contains(&"GLIBC_TUNABLES=x=1".to_string()));
+        assert!(p.process.env.contains(&"TERM=xterm".to_string()));
+        assert!(!p.process.env.contains(&"TERM=dumb".to_string()));
+    }
+
+    #[test]
+    fn user_namespaces_need_their_mappings() {
+        let with_userns = |v: &mut serde_json::Value| {
+            v["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({"type": "user"}));
+        };
+        assert!(edit(with_userns).unwrap_err().contains("Mappings"));
+        let p = edit(|v| {
+            with_userns(v);
+            v["linux"]["uidMappings"] =
+                serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            v["linux"]["gidMappings"] =
+                serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        })
+        .unwrap();
+        assert_eq!(p.uid_map.as_deref(), Some("0 100000 65536\n"));
+        assert!(p.clone_flags() & libc::CLONE_NEWUSER != 0);
+        let err = edit(|v| {
+            v["linux"]["uidMappings"] =
+                serde_json::json!([{"containerID": 0, "hostID": 1, "size": 1}]);
+        })
+        .unwrap_err();
+        assert!(err.contains("without a new user namespace"));
+    }
+
+    #[test]
+    fn joined_namespaces_are_not_created() {
+        let p = edit(|v| {
+            v["linux"]["namespaces"][1] =
+                serde_json::json!({"type": "network", "path": "/proc/1/ns/net"});
+        })
+        .unwrap();
+        assert_eq!(p.clone_flags() & libc::CLONE_NEWNET, 0);
+        assert!(p.has_namespace(libc::CLONE_NEWNET));
+        assert_eq!(p.namespaces[1].path, Some(PathBuf::from("/proc/1/ns/net")));
+    }
+
+    #[test]
+    fn bad_specs_are_refused_with_a_reason() {
+        type Change = Box<dyn FnOnce(&mut serde_json::Value)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|v| v["process"]["args"] = serde_json::json!([])),
+                "args",
+            ),
+            (
+                Box::new(|v| v["process"]["cwd"] = serde_json::json!("rel")),
+                "cwd",
+            ),
+            (
+                Box::new(|v| v["process"]["env"] = serde_json::json!(["NOVALUE"])),
+                "NAME=value",
+            ),
+            (
+                Box::new(|v| {
+                    v["linux"]["namespaces"] =
+                        serde_json::json!([{"type": "pid"}, {"type": "mount"}])
+                }),
+                "UTS",
+            ),
+            (
+                Box::new(|v| v["linux"]["namespaces"] = serde_json::json!([{"type": "uts"}])),
+                "mount namespace",
+            ),
+            (
+                Box::new(|v| {
+                    v["linux"]["namespaces"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(serde_json::json!({"type": "pid"}))
+                }),
+                "twice",
+            ),
+            (
+                Box::new(|v| v["linux"]["sysctl"] = serde_json::json!({"net.../x": "1"})),
+                "sysctl",
+            ),
+            (
+                Box::new(|v| v["mounts"][7]["source"] = serde_json::json!("relative/src")),
+                "absolute",
+            ),
+            (
+                Box::new(|v| v["mounts"][0]["options"] = serde_json::json!(["idmap"])),
+                "idmap",
+            ),
+            (
+                Box::new(|v| v["linux"]["rootfsPropagation"] = serde_json::json!("sideways")),
+                "propagation",
+            ),
+            (
+                Box::new(|v| v["linux"]["personality"] = serde_json::json!({"domain": "LINUX"})),
+                "personality",
+            ),
+            (
+                Box::new(|v| {
+                    v["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_NOTIFY"})
+                }),
+                "NOTIFY",
+            ),
+            (
+                Box::new(|v| {
+                    v["linux"]["resources"] = serde_json::json!({"blockIO": {"weight": 10}})
+                }),
+                "block I/O",
+            ),
+        ];
+        for (change, expected) in cases {
+            let err = edit(change).unwrap_err();
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bind_mounted_dev_is_left_alone() {
+        let p = edit(|v| {
+            v["mounts"][1] =
+                serde_json::json!({"destination": "/dev", "source": "/dev", "options": ["rbind"]});
+        })
+        .unwrap();
+        assert!(!p.setup_dev);
+    }
+}
