@@ -669,4 +669,4 @@ pub fn run_in_guest(ready: impl FnOnce()) -> io::Error {
 
 #[cfg(test)]
 #[path = "server_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -19,7 +19,7 @@ use super::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn one_at_a_time() -> MutexGuard<'static, ()> {
+pub(crate) fn one_at_a_time() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -66,7 +66,7 @@ fn child_events() -> Fd {
     Fd::new(unsafe { OwnedFd::from_raw_fd(fd) }).unwrap()
 }
 
-fn run<F: Future>(test: F) -> F::Output {
+pub(crate) fn run<F: Future>(test: F) -> F::Output {
     let _serial = one_at_a_time();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -75,7 +75,7 @@ fn run<F: Future>(test: F) -> F::Output {
     tokio::task::LocalSet::new().block_on(&runtime, test)
 }
 
-fn limits() -> Limits {
+pub(crate) fn limits() -> Limits {
     Limits {
         hello_timeout: Duration::from_secs(1),
         parked_ttl: Duration::from_secs(5),
@@ -86,16 +86,16 @@ fn limits() -> Limits {
     }
 }
 
-const PATIENCE: Duration = Duration::from_secs(20);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A server on Unix sockets in a fresh directory.
-struct Guest {
+pub(crate) struct Guest {
     dir: PathBuf,
     shutdown: Rc<Notify>,
 }
 
 impl Guest {
-    fn start(limits: Limits) -> Guest {
+    pub(crate) fn start(limits: Limits) -> Guest {
         static COUNT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "runvm-agent-test-{}-{}",
@@ -119,7 +119,7 @@ impl Guest {
         Guest { dir, shutdown }
     }
 
-    async fn control(&self) -> Client {
+    pub(crate) async fn control(&self) -> Client {
         Client {
             conn: UnixStream::connect(self.dir.join("control")).await.unwrap(),
             next_id: 1,
@@ -127,7 +127,7 @@ impl Guest {
     }
 
     /// A stream connection that has said its hello.
-    async fn stream(&self, token: u64) -> UnixStream {
+    pub(crate) async fn stream(&self, token: u64) -> UnixStream {
         let mut stream = UnixStream::connect(self.dir.join("stream")).await.unwrap();
         stream
             .write_all(StreamHello { token }.to_line().as_bytes())
@@ -143,7 +143,7 @@ impl Drop for Guest {
     }
 }
 
-struct Client {
+pub(crate) struct Client {
     conn: UnixStream,
     next_id: u64,
 }
@@ -165,7 +165,7 @@ impl Client {
             .expect("a well-formed answer")
     }
 
-    async fn call(&mut self, body: RequestBody) -> Result<ResponseBody, AgentError> {
+    pub(crate) async fn call(&mut self, body: RequestBody) -> Result<ResponseBody, AgentError> {
         let id = self.send(body).await;
         let response = self.recv().await;
         assert_eq!(response.id, id);
@@ -223,7 +223,7 @@ fn request(argv: &[&str]) -> ExecRequest {
     }
 }
 
-async fn read_all(stream: &mut UnixStream) -> Vec<u8> {
+pub(crate) async fn read_all(stream: &mut UnixStream) -> Vec<u8> {
     let mut all = Vec::new();
     timeout(PATIENCE, stream.read_to_end(&mut all))
         .await
@@ -232,7 +232,7 @@ async fn read_all(stream: &mut UnixStream) -> Vec<u8> {
     all
 }
 
-fn kind(result: Result<ResponseBody, AgentError>) -> ErrorKind {
+pub(crate) fn kind(result: Result<ResponseBody, AgentError>) -> ErrorKind {
     match result {
         Err(e) => e.kind,
         Ok(body) => panic!("expected an error, got {body:?}"),

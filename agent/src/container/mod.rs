@@ -804,6 +804,9 @@ async fn read_oom_events(agent: Rc<Agent>, inotify: Rc<Fd>) {
 }
 
 #[cfg(test)]
+mod host_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

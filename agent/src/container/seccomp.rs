@@ -346,6 +346,8 @@ mod tests {
     /// Forks, installs `program` with no_new_privs in the child, runs
     /// `check` there; the child's exit code is `check`'s answer.
     fn in_child(program: &SeccompProgram, check: fn() -> i32) -> i32 {
+        // The server tests reap with waitpid(-1): not while our child runs.
+        let _serial = crate::server::tests::one_at_a_time();
         // SAFETY: the child makes only raw syscalls and exits with _exit.
         unsafe {
             let pid = libc::fork();

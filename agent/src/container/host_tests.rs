@@ -1,0 +1,443 @@
+//! Containers for real, on the host: the agent's server (as in
+//! `server_tests`) creates containers from a busybox root filesystem in a
+//! temporary directory. They need root and namespaces and fail, saying so,
+//! without them. The host's cgroups are v1 here, so these run without
+//! cgroups; cgroup limits, stats and OOM events are tested in the VM
+//! (tests/tests/containers.rs).
+
+use std::path::{Path, PathBuf};
+
+use runvm_agent_api::oci_spec::runtime::{Process, Spec};
+use runvm_agent_api::{
+    AgentError, ContainerStatus, CreateContainerRequest, ErrorKind, ExecInContainerRequest,
+    ExitStatus, RequestBody, ResponseBody,
+};
+use serde_json::json;
+
+use crate::server::tests::{kind, limits, read_all, run, Client, Guest};
+
+const BUSYBOX: &str = "/bin/busybox";
+
+fn require_root() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the container tests create namespaces and mounts: run them as root"
+    );
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "the container tests need {BUSYBOX} (Debian's busybox-static)"
+    );
+}
+
+/// A root filesystem of busybox and its applets, removed on drop.
+struct Rootfs {
+    dir: PathBuf,
+}
+
+impl Rootfs {
+    fn new(name: &str) -> Rootfs {
+        require_root();
+        let dir = std::env::temp_dir().join(format!("runvm-ctr-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rootfs = dir.join("rootfs");
+        for sub in [
+            "bin",
+            "etc",
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "root",
+            "home/user",
+        ] {
+            std::fs::create_dir_all(rootfs.join(sub)).unwrap();
+        }
+        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "echo", "cat", "id", "hostname", "ls", "sleep", "touch", "env", "pwd", "grep",
+            "mkdir", "readlink", "stat", "true", "false", "wc", "head", "ps", "tr",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        std::fs::write(
+            rootfs.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n",
+        )
+        .unwrap();
+        // Escapes the rootfs if followed on the host.
+        std::os::unix::fs::symlink("/", rootfs.join("hostroot")).unwrap();
+        Rootfs { dir }
+    }
+
+    fn path(&self) -> String {
+        self.dir.join("rootfs").to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Rootfs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A runc-like spec running `script` with sh, as uid 1000.
+fn spec(script: &str) -> serde_json::Value {
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "user": {"uid": 1000, "gid": 1000, "additionalGids": [27]},
+            "args": ["sh", "-c", script],
+            "env": ["PATH=/bin", "FOO=bar"],
+            "cwd": "/home/user",
+            "capabilities": {
+                "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "effective": ["CAP_KILL"],
+                "permitted": ["CAP_KILL"],
+                "inheritable": ["CAP_KILL"],
+                "ambient": ["CAP_KILL"]
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "boxy",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]},
+            {"destination": "/hostroot/escape", "type": "tmpfs", "source": "tmpfs"}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
+                           {"type": "mount"}, {"type": "network"}],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/sys/firmware"],
+            "readonlyPaths": ["/proc/sys"]
+        }
+    })
+}
+
+fn create_request(id: &str, rootfs: &Rootfs, spec: serde_json::Value) -> RequestBody {
+    let spec: Spec = serde_json::from_value(spec).unwrap();
+    RequestBody::CreateContainer(Box::new(CreateContainerRequest {
+        id: id.into(),
+        spec,
+        rootfs: rootfs.path(),
+        stdin: None,
+        stdout: Some(100),
+        stderr: Some(101),
+    }))
+}
+
+async fn created(client: &mut Client, body: RequestBody) -> (u64, i32) {
+    match client.call(body).await {
+        Ok(ResponseBody::Started { process, pid }) => (process, pid),
+        other => panic!("create failed: {other:?}"),
+    }
+}
+
+async fn status(client: &mut Client, id: &str) -> ContainerStatus {
+    match client
+        .call(RequestBody::ContainerState { id: id.into() })
+        .await
+    {
+        Ok(ResponseBody::ContainerState(state)) => state.status,
+        other => panic!("state failed: {other:?}"),
+    }
+}
+
+async fn wait(client: &mut Client, id: &str) -> ExitStatus {
+    match client
+        .call(RequestBody::WaitContainer { id: id.into() })
+        .await
+    {
+        Ok(ResponseBody::Exited { status, .. }) => status,
+        other => panic!("wait failed: {other:?}"),
+    }
+}
+
+fn done(result: Result<ResponseBody, AgentError>) {
+    assert_eq!(result, Ok(ResponseBody::Done));
+}
+
+#[test]
+fn a_container_is_isolated_as_its_spec_says() {
+    let rootfs = Rootfs::new("isolated");
+    run(async {
+        let guest = Guest::start(limits());
+        let mut client = guest.control().await;
+        let mut out = guest.stream(100).await;
+        let mut err = guest.stream(101).await;
+        let script = "echo host=$(hostname) uid=$(id -u) gid=$(id -g) groups=$(id -G) \
+             foo=$FOO home=$HOME pwd=$(pwd) pid=$$; \
+             touch /rootfile 2>/dev/null && echo rootfs-writable || echo rootfs-readonly; \
+             touch /tmp/ok && echo tmp-writable; \
+             echo kcore=$(wc -c </proc/kcore); \
+             grep -q ' /proc/sys proc ro,' /proc/mounts && echo sys-readonly || echo sys-writable; \
+             echo nofile=$(ulimit -n); \
+             grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/1/status | tr -d '\\t' | tr '\\n' ' '; echo; \
+             ls /dev | tr '\\n' ' '; echo; \
+             echo $(readlink /dev/ptmx) $(readlink /dev/stdout); \
+             ls /hostroot/escape | wc -l";
+        let (process, pid) =
+            created(&mut client, create_request("iso", &rootfs, spec(script))).await;
+        assert!(pid > 0 && process > 0);
+        assert_eq!(status(&mut client, "iso").await, ContainerStatus::Created);
+        // Held before the program: nothing written yet.
+        done(
+            client
+                .call(RequestBody::StartContainer { id: "iso".into() })
+                .await,
+        );
+        let out = String::from_utf8(read_all(&mut out).await).unwrap();
+        let err = String::from_utf8(read_all(&mut err).await).unwrap();
+        assert_eq!(
+            wait(&mut client, "iso").await,
+            ExitStatus::Code(0),
+            "{out}{err}"
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "host=boxy uid=1000 gid=1000 groups=1000 27 foo=bar home=/home/user pwd=/home/user pid=1",
+            "{out}{err}"
+        );
+        assert_eq!(lines[1], "rootfs-readonly");
+        assert_eq!(lines[2], "tmp-writable");
+        if Path::new("/proc/kcore").exists() {
+            assert_eq!(lines[3], "kcore=0");
+        }
+        assert_eq!(lines[4], "sys-readonly");
+        assert_eq!(lines[5], "nofile=256");
+        assert_eq!(
+            lines[6].trim(),
+            // Kept across exec by a non-root user through the ambient set.
+            "CapEff:0000000000000020 CapBnd:0000000000000420 NoNewPrivs:1"
+        );
+        for dev in [
+            "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue", "fd",
+            "stdin", "ptmx",
+        ] {
+            assert!(
+                lines[7].split(' ').any(|d| d == dev),
+                "no /dev/{dev}: {}",
+                lines[7]
+            );
+        }
+        assert_eq!(lines[8].trim(), "pts/ptmx /proc/self/fd/1");
+        // The tmpfs went onto rootfs/escape (the symlink resolved in the
+        // root), not onto the host's /escape.
+        assert!(!Path::new("/escape").exists());
+        assert_eq!(status(&mut client, "iso").await, ContainerStatus::Stopped);
+        done(
+            client
+                .call(RequestBody::DeleteContainer {
+                    id: "iso".into(),
+                    force: false,
+                })
+                .await,
+        );
+        assert_eq!(
+            kind(
+                client
+                    .call(RequestBody::ContainerState { id: "iso".into() })
+                    .await
+            ),
+            ErrorKind::NotFound
+        );
+    });
+}
+
+#[test]
+fn exec_joins_the_running_container() {
+    let rootfs = Rootfs::new("exec");
+    run(async {
+        let guest = Guest::start(limits());
+        let mut client = guest.control().await;
+        let _out = guest.stream(100).await;
+        let _err = guest.stream(101).await;
+        created(
+            &mut client,
+            create_request("ex", &rootfs, spec("exec sleep 100")),
+        )
+        .await;
+        done(
+            client
+                .call(RequestBody::StartContainer { id: "ex".into() })
+                .await,
+        );
+        assert_eq!(status(&mut client, "ex").await, ContainerStatus::Running);
+
+        let mut out = guest.stream(200).await;
+        let process: Process = serde_json::from_value(json!({
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh", "-c", "echo $(hostname) $(cat /proc/1/cmdline | tr '\\0' ' ') $(id -u) $MINE"],
+            "env": ["PATH=/bin", "MINE=exec"],
+            "cwd": "/"
+        }))
+        .unwrap();
+        let exec = RequestBody::ExecInContainer(Box::new(ExecInContainerRequest {
+            id: "ex".into(),
+            process,
+            stdin: None,
+            stdout: Some(200),
+            stderr: None,
+        }));
+        let (exec_process, _) = created(&mut client, exec).await;
+        let text = String::from_utf8(read_all(&mut out).await).unwrap();
+        assert_eq!(text, "boxy sleep 100 0 exec\n");
+        assert_eq!(
+            client
+                .call(RequestBody::Wait {
+                    process: exec_process
+                })
+                .await,
+            Ok(ResponseBody::Exited {
+                process: exec_process,
+                status: ExitStatus::Code(0)
+            })
+        );
+
+        // A missing program is an error of the exec itself.
+        let process: Process = serde_json::from_value(json!({
+            "user": {"uid": 0, "gid": 0}, "args": ["no-such-thing"], "env": ["PATH=/bin"], "cwd": "/"
+        }))
+        .unwrap();
+        let missing = RequestBody::ExecInContainer(Box::new(ExecInContainerRequest {
+            id: "ex".into(),
+            process,
+            ..ExecInContainerRequest::default()
+        }));
+        let err = client.call(missing).await.unwrap_err();
+        assert!(err.message.contains("not found"), "{err}");
+
+        // Running: delete needs force. SIGTERM to a pid-namespace init
+        // without a handler does nothing; SIGKILL ends it.
+        assert_eq!(
+            kind(
+                client
+                    .call(RequestBody::DeleteContainer {
+                        id: "ex".into(),
+                        force: false
+                    })
+                    .await
+            ),
+            ErrorKind::Conflict
+        );
+        done(
+            client
+                .call(RequestBody::SignalContainer {
+                    id: "ex".into(),
+                    signal: 9,
+                    all: true,
+                })
+                .await,
+        );
+        assert_eq!(wait(&mut client, "ex").await, ExitStatus::Signal(9));
+        done(
+            client
+                .call(RequestBody::DeleteContainer {
+                    id: "ex".into(),
+                    force: false,
+                })
+                .await,
+        );
+    });
+}
+
+#[test]
+fn a_created_container_can_be_deleted_unstarted() {
+    let rootfs = Rootfs::new("unstarted");
+    run(async {
+        let guest = Guest::start(limits());
+        let mut client = guest.control().await;
+        let mut out = guest.stream(100).await;
+        let _err = guest.stream(101).await;
+        let (_, pid) = created(
+            &mut client,
+            create_request("un", &rootfs, spec("echo never")),
+        )
+        .await;
+        done(
+            client
+                .call(RequestBody::DeleteContainer {
+                    id: "un".into(),
+                    force: false,
+                })
+                .await,
+        );
+        assert!(read_all(&mut out).await.is_empty());
+        // SAFETY: kill(2) with signal 0 only probes.
+        assert!(unsafe { libc::kill(pid, 0) } < 0, "the init still exists");
+    });
+}
+
+#[test]
+fn seccomp_and_errors_in_the_spec() {
+    let rootfs = Rootfs::new("seccomp");
+    run(async {
+        let guest = Guest::start(limits());
+        let mut client = guest.control().await;
+        let mut out = guest.stream(100).await;
+        let _err = guest.stream(101).await;
+        let mut with_filter =
+            spec("mkdir /tmp/d 2>/dev/null && echo made || echo refused; echo after");
+        with_filter["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+        created(&mut client, create_request("sc", &rootfs, with_filter)).await;
+        done(
+            client
+                .call(RequestBody::StartContainer { id: "sc".into() })
+                .await,
+        );
+        assert_eq!(read_all(&mut out).await, b"refused\nafter\n");
+        assert_eq!(wait(&mut client, "sc").await, ExitStatus::Code(0));
+        done(
+            client
+                .call(RequestBody::DeleteContainer {
+                    id: "sc".into(),
+                    force: false,
+                })
+                .await,
+        );
+
+        // Refused before anything is made.
+        let bad_id = create_request("../x", &rootfs, spec("true"));
+        assert_eq!(kind(client.call(bad_id).await), ErrorKind::InvalidRequest);
+        let mut no_mntns = spec("true");
+        no_mntns["linux"]["namespaces"] = json!([{"type": "pid"}]);
+        let err = client
+            .call(create_request("nm", &rootfs, no_mntns))
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("mount namespace"), "{err}");
+        // Found only by the init: reported by create, the streams stay unused.
+        let _o = guest.stream(100).await;
+        let _e = guest.stream(101).await;
+        let mut missing = spec("true");
+        missing["process"]["args"] = json!(["not-there"]);
+        let err = client
+            .call(create_request("mi", &rootfs, missing))
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("not found in $PATH"), "{err}");
+        assert_eq!(
+            kind(
+                client
+                    .call(RequestBody::ContainerState { id: "mi".into() })
+                    .await
+            ),
+            ErrorKind::NotFound
+        );
+    });
+}
