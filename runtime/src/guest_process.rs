@@ -165,7 +165,7 @@ pub async fn wait(agent: &AgentClient, process: u64) -> Result<ExitStatus, Clien
 
 /// Host input to the guest; at its end the stream is half-closed, which
 /// the agent turns into end of file on the process's stdin.
-async fn copy_in<R, W>(mut from_host: R, mut to_guest: W)
+pub(crate) async fn copy_in<R, W>(mut from_host: R, mut to_guest: W)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -175,7 +175,7 @@ where
 }
 
 /// Guest output to the host, until the agent closes the stream.
-async fn copy_out<R, W>(mut from_guest: R, mut to_host: W)
+pub(crate) async fn copy_out<R, W>(mut from_guest: R, mut to_host: W)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

@@ -3,6 +3,7 @@
 
 pub mod agent_client;
 pub mod commands;
+pub mod container_client;
 pub mod guest_process;
 pub mod terminal;
 pub mod vm;

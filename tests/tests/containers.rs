@@ -1,0 +1,265 @@
+//! Containers through the agent API in one microVM (the test image, with
+//! busybox): cgroup v2 limits inside the guest, the cgroup namespace,
+//! stats, exec, signals, delete, and the OOM event. The container's root
+//! is an empty guest directory with the guest's /bin bound into it.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use runvm::agent_client::AgentClient;
+use runvm::container_client::ContainerClient;
+use runvm::guest_process::{self, HostStdio, HostWriter, ProcessSpec};
+use runvm::vm::{MicroVm, VmSpec};
+use runvm_agent_api::oci_spec::runtime::{Process, Spec};
+use runvm_agent_api::{ContainerEvent, ContainerStatus, ExitStatus};
+use serde_json::json;
+use tokio::io::AsyncWrite;
+
+const PATIENCE: Duration = Duration::from_secs(180);
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
+    }
+    fn writer(&self) -> Option<HostWriter> {
+        Some(Box::new(self.clone()))
+    }
+}
+
+impl AsyncWrite for Captured {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A command in the guest itself (outside any container): its stdout.
+async fn guest_sh(agent: &AgentClient, script: &str) -> String {
+    let out = Captured::default();
+    let spec = ProcessSpec {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into()],
+        ..ProcessSpec::default()
+    };
+    let stdio = HostStdio {
+        stdout: out.writer(),
+        ..HostStdio::default()
+    };
+    let relay = guest_process::spawn(agent, &spec, stdio)
+        .await
+        .expect("guest exec");
+    let status = relay.finish(agent).await.expect("guest wait");
+    assert_eq!(status, ExitStatus::Code(0), "{script}: {}", out.text());
+    out.text()
+}
+
+fn spec(script: &str, hostname: &str, resources: serde_json::Value) -> Spec {
+    serde_json::from_value(json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh", "-c", script],
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": hostname,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=1024k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+            {"destination": "/bin", "source": "/bin", "options": ["rbind", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"},
+                           {"type": "ipc"}, {"type": "cgroup"}],
+            "resources": resources,
+            "maskedPaths": ["/proc/kcore"],
+            "readonlyPaths": ["/proc/sys"]
+        }
+    }))
+    .expect("a valid spec")
+}
+
+async fn scenario_limits(agent: &AgentClient) {
+    let containers = ContainerClient::new(agent);
+    guest_sh(agent, "mkdir -p /run/ctr/a").await;
+    let out = Captured::default();
+    let script = "echo $(hostname) $$ $(cat /sys/fs/cgroup/memory.max) \
+                  $(cat /sys/fs/cgroup/pids.max) $(cat /sys/fs/cgroup/cpu.max) \
+                  $(cat /proc/self/cgroup)";
+    let resources = json!({
+        "memory": {"limit": 67108864},
+        "pids": {"limit": 20},
+        "cpu": {"quota": 50000, "period": 100000}
+    });
+    let init = containers
+        .create(
+            "a",
+            spec(script, "ctr-a", resources),
+            "/run/ctr/a",
+            HostStdio {
+                stdout: out.writer(),
+                stderr: out.writer(),
+                ..HostStdio::default()
+            },
+        )
+        .await
+        .expect("create a");
+    assert_eq!(
+        containers.state("a").await.expect("state").status,
+        ContainerStatus::Created
+    );
+    assert!(guest_sh(agent, "cat /sys/fs/cgroup/a/cgroup.procs").await.trim().len() > 0);
+    containers.start("a").await.expect("start a");
+    assert_eq!(containers.wait("a").await.expect("wait a"), ExitStatus::Code(0));
+    init.drain().await;
+    assert_eq!(out.text(), "ctr-a 1 67108864 20 50000 100000 0::/\n");
+    containers.delete("a", false).await.expect("delete a");
+    assert_eq!(
+        guest_sh(agent, "test -e /sys/fs/cgroup/a && echo left || echo gone").await,
+        "gone\n"
+    );
+}
+
+async fn scenario_stats_exec_kill(agent: &AgentClient) {
+    let containers = ContainerClient::new(agent);
+    guest_sh(agent, "mkdir -p /run/ctr/b").await;
+    let resources = json!({"memory": {"limit": 33554432}, "pids": {"limit": 10}});
+    containers
+        .create("b", spec("exec sleep 600", "ctr-b", resources), "/run/ctr/b", HostStdio::default())
+        .await
+        .expect("create b");
+    containers.start("b").await.expect("start b");
+    let stats = containers.stats("b").await.expect("stats");
+    assert_eq!(stats.memory_limit, Some(33554432), "{stats:?}");
+    assert_eq!(stats.pids_limit, Some(10), "{stats:?}");
+    assert!(stats.pids_current >= 1, "{stats:?}");
+    assert!(stats.memory_usage > 0, "{stats:?}");
+
+    let out = Captured::default();
+    let process: Process = serde_json::from_value(json!({
+        "user": {"uid": 0, "gid": 0},
+        "args": ["sh", "-c", "echo $(cat /proc/self/cgroup) $(hostname) $(cat /proc/1/cmdline | tr '\\0' ' ')"],
+        "env": ["PATH=/bin"],
+        "cwd": "/"
+    }))
+    .expect("process");
+    let exec = containers
+        .exec(
+            "b",
+            process,
+            HostStdio {
+                stdout: out.writer(),
+                ..HostStdio::default()
+            },
+        )
+        .await
+        .expect("exec in b");
+    let status = guest_process::wait(agent, exec.started.process)
+        .await
+        .expect("wait exec");
+    exec.drain().await;
+    assert_eq!(status, ExitStatus::Code(0));
+    assert_eq!(out.text(), "0::/ ctr-b sleep 600\n");
+
+    assert!(containers.delete("b", false).await.is_err(), "running: force needed");
+    containers.signal("b", 9, true).await.expect("kill all");
+    assert_eq!(containers.wait("b").await.expect("wait b"), ExitStatus::Signal(9));
+    containers.delete("b", false).await.expect("delete b");
+}
+
+async fn scenario_oom_event(agent: &AgentClient) {
+    let containers = ContainerClient::new(agent);
+    guest_sh(agent, "mkdir -p /run/ctr/c").await;
+    let resources = json!({"memory": {"limit": 16777216}});
+    containers
+        .create(
+            "c",
+            spec("dd if=/dev/zero of=/dev/null bs=48M count=1", "ctr-c", resources),
+            "/run/ctr/c",
+            HostStdio::default(),
+        )
+        .await
+        .expect("create c");
+    containers.start("c").await.expect("start c");
+    let status = containers.wait("c").await.expect("wait c");
+    assert_eq!(status.shell_code(), 137, "dd should be OOM-killed: {status:?}");
+    let mut after = 0;
+    loop {
+        let (seq, event) = tokio::time::timeout(Duration::from_secs(30), containers.next_event(after))
+            .await
+            .expect("an OOM event in time")
+            .expect("event");
+        after = seq;
+        if let ContainerEvent::Oom { id, oom_kills } = event {
+            assert_eq!(id, "c");
+            assert!(oom_kills >= 1);
+            break;
+        }
+    }
+    assert!(containers.stats("c").await.expect("stats").oom_kills >= 1);
+    containers.delete("c", false).await.expect("delete c");
+}
+
+#[test]
+fn containers_in_a_microvm() {
+    common::require_kvm();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let dir = std::env::temp_dir().join(format!("runvm-e2e-ctr-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spec = VmSpec {
+            vmm: common::vmm_binary(),
+            kernel: common::kernel(),
+            initrd: common::tools_initrd(),
+            memory_mib: 128,
+            vcpus: 1,
+        };
+        let mut vm = MicroVm::boot(&spec, &dir).expect("boot the VM");
+        let agent = vm
+            .connect_agent(common::BOOT_TIMEOUT)
+            .await
+            .expect("the agent answers");
+        let result = tokio::time::timeout(PATIENCE, async {
+            scenario_limits(&agent).await;
+            scenario_stats_exec_kill(&agent).await;
+            scenario_oom_event(&agent).await;
+        })
+        .await;
+        let console = vm.console_tail();
+        let status = vm.shutdown(&agent).await.expect("shutdown");
+        assert!(result.is_ok(), "the scenarios did not finish; console:\n{console}");
+        assert!(status.success(), "VMM exit {status}; console:\n{console}");
+        assert!(!dir.exists(), "{} was left behind", dir.display());
+    });
+}
