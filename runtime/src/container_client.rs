@@ -4,8 +4,8 @@
 
 use runvm_agent_api::oci_spec::runtime::{Process, Spec};
 use runvm_agent_api::{
-    ContainerEvent, ContainerState, ContainerStats, CreateContainerRequest,
-    ExecInContainerRequest, ExitStatus, RequestBody, ResponseBody,
+    ContainerEvent, ContainerState, ContainerStats, CreateContainerRequest, ExecInContainerRequest,
+    ExitStatus, RequestBody, ResponseBody,
 };
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;

@@ -136,9 +136,18 @@ async fn scenario_limits(agent: &AgentClient) {
         containers.state("a").await.expect("state").status,
         ContainerStatus::Created
     );
-    assert!(guest_sh(agent, "cat /sys/fs/cgroup/a/cgroup.procs").await.trim().len() > 0);
+    assert!(
+        guest_sh(agent, "cat /sys/fs/cgroup/a/cgroup.procs")
+            .await
+            .trim()
+            .len()
+            > 0
+    );
     containers.start("a").await.expect("start a");
-    assert_eq!(containers.wait("a").await.expect("wait a"), ExitStatus::Code(0));
+    assert_eq!(
+        containers.wait("a").await.expect("wait a"),
+        ExitStatus::Code(0)
+    );
     init.drain().await;
     assert_eq!(out.text(), "ctr-a 1 67108864 20 50000 100000 0::/\n");
     containers.delete("a", false).await.expect("delete a");
@@ -153,7 +162,12 @@ async fn scenario_stats_exec_kill(agent: &AgentClient) {
     guest_sh(agent, "mkdir -p /run/ctr/b").await;
     let resources = json!({"memory": {"limit": 33554432}, "pids": {"limit": 10}});
     containers
-        .create("b", spec("exec sleep 600", "ctr-b", resources), "/run/ctr/b", HostStdio::default())
+        .create(
+            "b",
+            spec("exec sleep 600", "ctr-b", resources),
+            "/run/ctr/b",
+            HostStdio::default(),
+        )
         .await
         .expect("create b");
     containers.start("b").await.expect("start b");
@@ -189,9 +203,15 @@ async fn scenario_stats_exec_kill(agent: &AgentClient) {
     assert_eq!(status, ExitStatus::Code(0));
     assert_eq!(out.text(), "0::/ ctr-b sleep 600\n");
 
-    assert!(containers.delete("b", false).await.is_err(), "running: force needed");
+    assert!(
+        containers.delete("b", false).await.is_err(),
+        "running: force needed"
+    );
     containers.signal("b", 9, true).await.expect("kill all");
-    assert_eq!(containers.wait("b").await.expect("wait b"), ExitStatus::Signal(9));
+    assert_eq!(
+        containers.wait("b").await.expect("wait b"),
+        ExitStatus::Signal(9)
+    );
     containers.delete("b", false).await.expect("delete b");
 }
 
@@ -202,7 +222,11 @@ async fn scenario_oom_event(agent: &AgentClient) {
     containers
         .create(
             "c",
-            spec("dd if=/dev/zero of=/dev/null bs=48M count=1", "ctr-c", resources),
+            spec(
+                "dd if=/dev/zero of=/dev/null bs=48M count=1",
+                "ctr-c",
+                resources,
+            ),
             "/run/ctr/c",
             HostStdio::default(),
         )
@@ -210,13 +234,18 @@ async fn scenario_oom_event(agent: &AgentClient) {
         .expect("create c");
     containers.start("c").await.expect("start c");
     let status = containers.wait("c").await.expect("wait c");
-    assert_eq!(status.shell_code(), 137, "dd should be OOM-killed: {status:?}");
+    assert_eq!(
+        status.shell_code(),
+        137,
+        "dd should be OOM-killed: {status:?}"
+    );
     let mut after = 0;
     loop {
-        let (seq, event) = tokio::time::timeout(Duration::from_secs(30), containers.next_event(after))
-            .await
-            .expect("an OOM event in time")
-            .expect("event");
+        let (seq, event) =
+            tokio::time::timeout(Duration::from_secs(30), containers.next_event(after))
+                .await
+                .expect("an OOM event in time")
+                .expect("event");
         after = seq;
         if let ContainerEvent::Oom { id, oom_kills } = event {
             assert_eq!(id, "c");
@@ -258,7 +287,10 @@ fn containers_in_a_microvm() {
         .await;
         let console = vm.console_tail();
         let status = vm.shutdown(&agent).await.expect("shutdown");
-        assert!(result.is_ok(), "the scenarios did not finish; console:\n{console}");
+        assert!(
+            result.is_ok(),
+            "the scenarios did not finish; console:\n{console}"
+        );
         assert!(status.success(), "VMM exit {status}; console:\n{console}");
         assert!(!dir.exists(), "{} was left behind", dir.display());
     });

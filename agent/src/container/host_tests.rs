@@ -55,7 +55,7 @@ impl Rootfs {
         std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
         for applet in [
             "sh", "echo", "cat", "id", "hostname", "ls", "sleep", "touch", "env", "pwd", "grep",
-            "mkdir", "readlink", "stat", "true", "false", "wc", "head", "ps", "tr",
+            "mkdir", "readlink", "stat", "true", "false", "wc", "head", "ps", "tr", "stty",
         ] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
@@ -438,6 +438,45 @@ fn seccomp_and_errors_in_the_spec() {
                     .await
             ),
             ErrorKind::NotFound
+        );
+    });
+}
+
+#[test]
+fn a_terminal_container_has_its_console() {
+    let rootfs = Rootfs::new("terminal");
+    run(async {
+        let guest = Guest::start(limits());
+        let mut client = guest.control().await;
+        let mut term = guest.stream(300).await;
+        let mut with_terminal = spec(
+            "test -t 0 && echo is-a-tty; test -c /dev/console && echo has-console; \
+             stty size",
+        );
+        with_terminal["process"]["terminal"] = json!(true);
+        with_terminal["process"]["consoleSize"] = json!({"height": 33, "width": 101});
+        let mut body = create_request("tty", &rootfs, with_terminal);
+        if let RequestBody::CreateContainer(request) = &mut body {
+            request.stdin = Some(300);
+            request.stdout = None;
+            request.stderr = None;
+        }
+        created(&mut client, body).await;
+        done(
+            client
+                .call(RequestBody::StartContainer { id: "tty".into() })
+                .await,
+        );
+        assert_eq!(wait(&mut client, "tty").await, ExitStatus::Code(0));
+        let text = String::from_utf8(read_all(&mut term).await).unwrap();
+        assert_eq!(text, "is-a-tty\r\nhas-console\r\n33 101\r\n");
+        done(
+            client
+                .call(RequestBody::DeleteContainer {
+                    id: "tty".into(),
+                    force: false,
+                })
+                .await,
         );
     });
 }

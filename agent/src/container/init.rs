@@ -544,14 +544,14 @@ fn make_dev(
         // The terminal (our stdin by now) is the container's console.
         let console = create_file(root, Path::new("/dev/console"), 0o666)
             .map_err(|e| format!("/dev/console: {e}"))?;
-        mount(
-            Some("/proc/self/fd/0"),
-            &fd_path(&console),
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )
-        .map_err(|e| format!("/dev/console: {e}"))?;
+        // By its path: the descriptor's mount is in the agent's mount
+        // namespace, which a bind mount may not take from; the path finds
+        // this namespace's copy of it.
+        let pts = std::fs::read_link("/proc/self/fd/0")
+            .map_err(|e| format!("the terminal's path: {e}"))?;
+        let pts = pts.to_str().ok_or("the terminal's path is not UTF-8")?;
+        mount(Some(pts), &fd_path(&console), None, MsFlags::MS_BIND, None)
+            .map_err(|e| format!("/dev/console from {pts}: {e}"))?;
     }
     Ok(())
 }
