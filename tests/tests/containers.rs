@@ -137,11 +137,11 @@ async fn scenario_limits(agent: &AgentClient) {
         ContainerStatus::Created
     );
     assert!(
-        guest_sh(agent, "cat /sys/fs/cgroup/a/cgroup.procs")
+        !guest_sh(agent, "cat /sys/fs/cgroup/a/cgroup.procs")
             .await
             .trim()
-            .len()
-            > 0
+            .is_empty(),
+        "the held init is in the container's cgroup"
     );
     containers.start("a").await.expect("start a");
     assert_eq!(
