@@ -31,6 +31,33 @@ pub fn validate_container_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The tag of the per-VM virtio-fs share the host runtime exports.
+pub const SHARE_TAG: &str = "runvm";
+/// Where the agent mounts the share (`MountShare`).
+pub const GUEST_SHARE_DIR: &str = "/run/runvm/share";
+/// Longest virtio-fs tag (the device's config space holds 36 bytes).
+pub const MAX_SHARE_TAG_LEN: usize = 36;
+
+/// The guest path of container `id`'s root filesystem in the share: the
+/// host binds the bundle's rootfs at `<share>/<id>/rootfs`.
+pub fn shared_rootfs(id: &str) -> String {
+    format!("{GUEST_SHARE_DIR}/{id}/rootfs")
+}
+
+/// A virtio-fs tag: 1 to [`MAX_SHARE_TAG_LEN`] bytes, no NUL (the mount
+/// source) and no comma (the VMM's `--fs` syntax).
+pub fn validate_share_tag(tag: &str) -> Result<(), String> {
+    if tag.is_empty() || tag.len() > MAX_SHARE_TAG_LEN {
+        return Err(format!(
+            "the share tag {tag:?} must be 1 to {MAX_SHARE_TAG_LEN} bytes long"
+        ));
+    }
+    if tag.contains(['\0', ',']) {
+        return Err(format!("the share tag {tag:?} contains NUL or ','"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +69,16 @@ mod tests {
         }
         let sha = "0123456789abcdef".repeat(4);
         assert!(validate_container_id(&sha).is_ok());
+    }
+
+    #[test]
+    fn share_tags_and_paths() {
+        assert_eq!(validate_share_tag(SHARE_TAG), Ok(()));
+        assert!(validate_share_tag(&"t".repeat(36)).is_ok());
+        for bad in ["", "a,b", "nul\0", &"t".repeat(37)] {
+            assert!(validate_share_tag(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(shared_rootfs("c1"), "/run/runvm/share/c1/rootfs");
     }
 
     #[test]

@@ -13,7 +13,10 @@ pub mod containers;
 pub mod messages;
 
 pub use codec::{read_frame, read_frame_bytes, write_frame, FrameError, MAX_FRAME_SIZE};
-pub use containers::{validate_container_id, MAX_CONTAINER_ID_LEN};
+pub use containers::{
+    shared_rootfs, validate_container_id, validate_share_tag, GUEST_SHARE_DIR,
+    MAX_CONTAINER_ID_LEN, MAX_SHARE_TAG_LEN, SHARE_TAG,
+};
 pub use messages::*;
 /// The OCI runtime spec types the container requests carry.
 pub use oci_spec;

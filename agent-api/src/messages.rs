@@ -89,6 +89,15 @@ pub enum RequestBody {
         #[serde(default)]
         after: u64,
     },
+    /// Mount the virtio-fs device with this tag at [`crate::GUEST_SHARE_DIR`]
+    /// (the host's per-VM share, where container root filesystems are
+    /// bound: see [`crate::shared_rootfs`]). Answered with `Done`, also when
+    /// that tag is mounted there already; another tag there is a
+    /// `Conflict`. The host asks once, before the first container that
+    /// needs the share, so a VM that never uses it pays nothing at boot.
+    MountShare {
+        tag: String,
+    },
 }
 
 /// `CreateContainer`: an OCI runtime spec (`config.json`) and where the
@@ -369,6 +378,14 @@ mod tests {
                 id: "c".into(),
                 signal: 15,
                 all: false
+            }
+        );
+        let share: RequestBody =
+            serde_json::from_str(r#"{"op":"mount_share","tag":"runvm"}"#).unwrap();
+        assert_eq!(
+            share,
+            RequestBody::MountShare {
+                tag: "runvm".into()
             }
         );
         let wait: RequestBody = serde_json::from_str(r#"{"op":"wait_event"}"#).unwrap();

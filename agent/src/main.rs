@@ -31,6 +31,7 @@ mod power;
 mod processes;
 mod reaper;
 mod server;
+mod share;
 mod streams;
 
 use std::ffi::{c_char, c_int};

@@ -551,6 +551,7 @@ async fn dispatch(agent: &Rc<Agent>, body: RequestBody) -> Result<ResponseBody, 
         RequestBody::ContainerState { id } => container::state(agent, &id),
         RequestBody::ContainerStats { id } => container::stats(agent, &id),
         RequestBody::WaitEvent { after } => container::wait_event(agent, after).await,
+        RequestBody::MountShare { tag } => crate::share::mount_share(&tag),
     }
 }
 

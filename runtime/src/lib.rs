@@ -5,5 +5,6 @@ pub mod agent_client;
 pub mod commands;
 pub mod container_client;
 pub mod guest_process;
+pub mod share;
 pub mod terminal;
 pub mod vm;

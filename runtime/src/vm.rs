@@ -1,18 +1,32 @@
 //! One microVM as a child process of the runtime: `runvm-vmm` with its
 //! hybrid-vsock socket and console log in a private directory that lives
-//! exactly as long as the VM.
+//! exactly as long as the VM, and optionally the VM's share (see
+//! [`crate::share`]): `<dir>/share` served by a virtiofsd of its own.
+//!
+//! The VM's directory (mode 0700):
+//! - `vsock.sock`, `console.log`: the agent's channel and the guest console;
+//! - `share/`, `virtiofs.sock`, `virtiofsd.log`: with a share.
+//!
+//! Everything the VM started goes with it: when it is shut down or
+//! stopped, when the `MicroVm` is dropped, and when the thread that booted
+//! it dies (PR_SET_PDEATHSIG on the VMM and on virtiofsd). A virtiofsd
+//! that fails while the VM runs ends the VM (runvm-vmm exits 6); that is
+//! reported as [`VmError::ShareLost`] with the VMM's message and
+//! virtiofsd's log.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runvm_agent_api::RequestBody;
+use runvm_agent_api::{RequestBody, ResponseBody, SHARE_TAG};
 
 use crate::agent_client::{AgentClient, ClientError};
+use crate::share::{self, Share, ShareError};
 
 /// How often a booting guest is asked whether its agent listens yet.
 const AGENT_POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -21,6 +35,10 @@ const AGENT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// How much of the console log an error quotes.
 const CONSOLE_TAIL_BYTES: u64 = 2048;
+/// How much of the VMM's stderr is kept for error messages.
+const VMM_STDERR_TAIL_BYTES: usize = 4096;
+/// runvm-vmm's exit status when a device backend (virtiofsd) failed.
+pub const VMM_EXIT_BACKEND_FAILED: i32 = 6;
 
 /// What to boot.
 #[derive(Clone, Debug)]
@@ -30,6 +48,10 @@ pub struct VmSpec {
     pub initrd: PathBuf,
     pub memory_mib: u32,
     pub vcpus: u8,
+    /// Give the VM a share (`<dir>/share`, virtio-fs tag
+    /// [`SHARE_TAG`]) served by this virtiofsd; see
+    /// [`crate::share::find_virtiofsd`].
+    pub virtiofsd: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +66,25 @@ pub enum VmError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the VM exited ({status}) before its agent answered{}", console_suffix(.console))]
-    ExitedEarly { status: ExitStatus, console: String },
+    #[error("the VM exited ({status}) before its agent answered{}{}", vmm_suffix(.vmm), console_suffix(.console))]
+    ExitedEarly {
+        status: ExitStatus,
+        /// What the VMM said last on stderr.
+        vmm: String,
+        console: String,
+    },
+    /// The VM ended because its share's virtiofsd went away or failed.
+    #[error("the VM's share failed: runvm-vmm exited ({status}){}; {virtiofsd}", vmm_suffix(.vmm))]
+    ShareLost {
+        status: ExitStatus,
+        vmm: String,
+        /// virtiofsd's status and the end of its log.
+        virtiofsd: String,
+    },
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    #[error("the VM has no share (it was booted without virtiofsd)")]
+    NoShare,
     #[error("the agent did not answer within {timeout:?} ({last_error}){}", console_suffix(.console))]
     AgentTimeout {
         timeout: Duration,
@@ -58,6 +97,14 @@ pub enum VmError {
     Wait(std::io::Error),
 }
 
+fn vmm_suffix(vmm: &str) -> String {
+    if vmm.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {}", vmm.trim_end())
+    }
+}
+
 fn console_suffix(console: &str) -> String {
     if console.trim().is_empty() {
         String::new()
@@ -66,12 +113,70 @@ fn console_suffix(console: &str) -> String {
     }
 }
 
-/// A running microVM. Dropping it kills the VMM and removes its directory.
+/// The VMM's stderr, passed on to ours as it comes, its tail kept for
+/// error messages.
+struct StderrTee {
+    tail: Arc<Mutex<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StderrTee {
+    fn start(mut pipe: ChildStderr) -> std::io::Result<StderrTee> {
+        let tail = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&tail);
+        let thread = std::thread::Builder::new()
+            .name("vmm-stderr".into())
+            .spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = match pipe.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let _ = std::io::stderr().write_all(&buf[..n]);
+                    let mut tail = kept.lock().unwrap_or_else(|e| e.into_inner());
+                    tail.extend_from_slice(&buf[..n]);
+                    let excess = tail.len().saturating_sub(VMM_STDERR_TAIL_BYTES);
+                    tail.drain(..excess);
+                }
+            })?;
+        Ok(StderrTee {
+            tail,
+            thread: Some(thread),
+        })
+    }
+
+    /// What the VMM wrote last. Once it has exited, waits briefly for the
+    /// rest of its output to arrive.
+    fn text(&mut self, exited: bool) -> String {
+        if exited {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                let _ = self.thread.take().map(|t| t.join());
+            }
+        }
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&tail).into_owned()
+    }
+}
+
+/// A running microVM. Dropping it kills the VMM and virtiofsd, undoes the
+/// share's mounts and removes its directory.
 pub struct MicroVm {
     child: Option<Child>,
     /// Set once the VMM has been reaped.
     exited: Option<ExitStatus>,
     dir: PathBuf,
+    stderr: Option<StderrTee>,
+    share: Option<Share>,
+    /// The agent has mounted the share.
+    share_mounted: bool,
 }
 
 impl MicroVm {
@@ -90,7 +195,19 @@ impl MicroVm {
             child: None,
             exited: None,
             dir: dir.to_owned(),
+            stderr: None,
+            share: None,
+            share_mounted: false,
         };
+        // virtiofsd first: the VMM connects to it as it starts.
+        if let Some(virtiofsd) = &spec.virtiofsd {
+            vm.share = Some(Share::start(
+                virtiofsd,
+                &vm.share_dir(),
+                &vm.virtiofs_socket(),
+                &vm.virtiofsd_log(),
+            )?);
+        }
         let mut command = Command::new(&spec.vmm);
         command
             .arg("--kernel")
@@ -105,7 +222,14 @@ impl MicroVm {
             .arg(vm.vsock_socket())
             .arg(format!("--serial=file:{}", vm.console_log().display()))
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if vm.share.is_some() {
+            command.arg("--fs").arg(format!(
+                "tag={SHARE_TAG},socket={}",
+                vm.virtiofs_socket().display()
+            ));
+        }
         // SAFETY: prctl is async-signal-safe; nothing else runs in between.
         unsafe {
             command.pre_exec(|| {
@@ -116,12 +240,72 @@ impl MicroVm {
                 Ok(())
             });
         }
-        let child = command.spawn().map_err(|source| VmError::Spawn {
+        let mut child = command.spawn().map_err(|source| VmError::Spawn {
             path: spec.vmm.clone(),
             source,
         })?;
+        let stderr = child.stderr.take().map(StderrTee::start).transpose();
         vm.child = Some(child);
+        vm.stderr = stderr.map_err(|source| VmError::Spawn {
+            path: spec.vmm.clone(),
+            source,
+        })?;
         Ok(vm)
+    }
+
+    /// The host directory shared with the guest (with a share).
+    pub fn share_dir(&self) -> PathBuf {
+        self.dir.join("share")
+    }
+
+    pub fn virtiofs_socket(&self) -> PathBuf {
+        self.dir.join("virtiofs.sock")
+    }
+
+    pub fn virtiofsd_log(&self) -> PathBuf {
+        self.dir.join("virtiofsd.log")
+    }
+
+    /// virtiofsd's pid and its sandboxed child's, while they run.
+    pub fn virtiofsd_pids(&self) -> Vec<u32> {
+        self.share
+            .as_ref()
+            .map(Share::virtiofsd_pids)
+            .unwrap_or_default()
+    }
+
+    /// Binds the bundle's root filesystem `rootfs` (a host directory) into
+    /// the share for container `id`, read-only if `readonly` (the spec's
+    /// `root.readonly`), and has the agent mount the share first if it has
+    /// not yet. Returns the guest path to give `CreateContainer`.
+    pub async fn share_rootfs(
+        &mut self,
+        agent: &AgentClient,
+        id: &str,
+        rootfs: &Path,
+        readonly: bool,
+    ) -> Result<String, VmError> {
+        if self.share.is_none() {
+            return Err(VmError::NoShare);
+        }
+        runvm_agent_api::validate_container_id(id)
+            .map_err(|e| VmError::Share(ShareError::InvalidId(e)))?;
+        if !self.share_mounted {
+            let tag = SHARE_TAG.to_owned();
+            match agent.call(RequestBody::MountShare { tag }).await? {
+                ResponseBody::Done => self.share_mounted = true,
+                other => return Err(ClientError::Unexpected(other).into()),
+            }
+        }
+        let share = self.share.as_mut().ok_or(VmError::NoShare)?;
+        Ok(share.add_rootfs(id, rootfs, readonly)?)
+    }
+
+    /// Unbinds container `id`'s rootfs from the share (after the container
+    /// was deleted in the guest).
+    pub fn unshare_rootfs(&mut self, id: &str) -> Result<(), VmError> {
+        let share = self.share.as_mut().ok_or(VmError::NoShare)?;
+        Ok(share.remove_rootfs(id)?)
     }
 
     pub fn vsock_socket(&self) -> PathBuf {
@@ -142,14 +326,43 @@ impl MicroVm {
 
     /// The last lines the guest printed on its console.
     pub fn console_tail(&self) -> String {
-        let Ok(mut file) = fs::File::open(self.console_log()) else {
-            return String::new();
+        share::tail(&self.console_log(), CONSOLE_TAIL_BYTES)
+    }
+
+    /// What the VMM wrote last on stderr.
+    pub fn vmm_stderr(&mut self) -> String {
+        let exited = self.exited.is_some();
+        self.stderr
+            .as_mut()
+            .map(|tee| tee.text(exited))
+            .unwrap_or_default()
+    }
+
+    /// The VMM's exit status once it has exited, or the error that ended
+    /// the VM: [`VmError::ShareLost`] when its share's virtiofsd failed.
+    pub fn poll_exit(&mut self) -> Result<Option<ExitStatus>, VmError> {
+        match self.try_wait()? {
+            Some(status) => self.judge(status).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The VMM's status as the VM's outcome: exit 6 (a backend failed)
+    /// becomes the share's error.
+    fn judge(&mut self, status: ExitStatus) -> Result<ExitStatus, VmError> {
+        if status.code() != Some(VMM_EXIT_BACKEND_FAILED) {
+            return Ok(status);
+        }
+        let vmm = self.vmm_stderr();
+        let virtiofsd = match self.share.as_mut() {
+            Some(share) => share.report(),
+            None => "the VM had no share".to_owned(),
         };
-        let len = file.metadata().map_or(0, |m| m.len());
-        let _ = file.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL_BYTES)));
-        let mut tail = Vec::new();
-        let _ = file.read_to_end(&mut tail);
-        String::from_utf8_lossy(&tail).into_owned()
+        Err(VmError::ShareLost {
+            status,
+            vmm,
+            virtiofsd,
+        })
     }
 
     /// Waits until the agent answers on its control port, for at most
@@ -165,8 +378,10 @@ impl MicroVm {
                 Err(e) => e,
             };
             if let Some(status) = self.try_wait()? {
+                self.judge(status)?;
                 return Err(VmError::ExitedEarly {
                     status,
+                    vmm: self.vmm_stderr(),
                     console: self.console_tail(),
                 });
             }
@@ -182,25 +397,42 @@ impl MicroVm {
     }
 
     /// Asks the agent to power the guest off and waits for the VMM to exit;
-    /// kills it if it does not within a few seconds.
+    /// kills it if it does not within a few seconds. Then ends virtiofsd
+    /// and undoes the share.
     pub async fn shutdown(mut self, agent: &AgentClient) -> Result<ExitStatus, VmError> {
         // The connection may close before the answer arrives: the guest is
-        // going away, which is what was asked.
+        // going away, which is what was asked. (If it closed because the
+        // VM had ended already, the VMM's status tells why.)
         match agent.call(RequestBody::Shutdown).await {
             Ok(_) | Err(ClientError::Closed) | Err(ClientError::Frame(_)) => {}
+            Err(_) if self.try_wait()?.is_some() => {}
             Err(e) => return Err(e.into()),
         }
-        self.wait_or_kill(EXIT_GRACE).await
+        let status = self.wait_or_kill(EXIT_GRACE).await?;
+        self.finish(status)
     }
 
     /// Stops the VM without the agent's help: SIGTERM (the VMM stops its
-    /// vCPUs and exits), then SIGKILL after a grace period.
+    /// vCPUs and exits), then SIGKILL after a grace period. Then ends
+    /// virtiofsd and undoes the share.
     pub async fn stop(mut self) -> Result<ExitStatus, VmError> {
         if let Some(pid) = self.pid() {
             // SAFETY: plain kill(2) on our own, not yet reaped, child.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         }
-        self.wait_or_kill(EXIT_GRACE).await
+        let status = self.wait_or_kill(EXIT_GRACE).await?;
+        self.finish(status)
+    }
+
+    /// After the VMM has exited: the share's error if it failed, else
+    /// the share is taken down (errors doing so are reported), else the
+    /// VMM's status.
+    fn finish(&mut self, status: ExitStatus) -> Result<ExitStatus, VmError> {
+        let status = self.judge(status)?;
+        if let Some(mut share) = self.share.take() {
+            share.stop(share::VIRTIOFSD_EXIT_GRACE)?;
+        }
+        Ok(status)
     }
 
     async fn wait_or_kill(&mut self, grace: Duration) -> Result<ExitStatus, VmError> {
@@ -251,6 +483,18 @@ impl Drop for MicroVm {
         if self.child.is_some() {
             let _ = self.kill();
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        // virtiofsd leaves once the VMM is gone; then the binds go.
+        drop(self.share.take());
+        // Never recurse into a mount that could not be undone: it may be a
+        // bundle's rootfs.
+        let left = share::mounts_below(&self.dir);
+        if left.is_empty() {
+            let _ = fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!(
+                "runvm: {} is left behind: {left:?} could not be unmounted",
+                self.dir.display()
+            );
+        }
     }
 }

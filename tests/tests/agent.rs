@@ -519,6 +519,7 @@ fn agent_api_end_to_end() {
             initrd: common::tools_initrd(),
             memory_mib: 128,
             vcpus: 1,
+            virtiofsd: None,
         };
         let mut vm = MicroVm::boot(&spec, &dir).expect("boot the VM");
         let agent = vm

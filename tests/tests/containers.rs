@@ -273,6 +273,7 @@ fn containers_in_a_microvm() {
             initrd: common::tools_initrd(),
             memory_mib: 128,
             vcpus: 1,
+            virtiofsd: None,
         };
         let mut vm = MicroVm::boot(&spec, &dir).expect("boot the VM");
         let agent = vm

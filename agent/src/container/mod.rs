@@ -663,6 +663,7 @@ pub async fn delete(agent: &Agent, id: &str, force: bool) -> Result<ResponseBody
             // with the cgroup.
             unsafe { libc::inotify_rm_watch(inotify.raw(), wd) };
         }
+        crate::share::release_rootfs(&c.rootfs);
     }
     Ok(ResponseBody::Done)
 }

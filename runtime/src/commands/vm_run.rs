@@ -106,6 +106,7 @@ async fn run(args: VmRunArgs) -> Result<i32, RunError> {
         initrd: args.initrd.clone(),
         memory_mib: args.memory,
         vcpus: args.vcpus,
+        virtiofsd: None,
     };
     if args.tty && !terminal::is_terminal(std::io::stdin().as_fd()) {
         return Err(RunError::Usage(
