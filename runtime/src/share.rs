@@ -250,6 +250,19 @@ impl Share {
         Ok(self.exited)
     }
 
+    /// Waits up to `patience` for virtiofsd to exit by itself (it does
+    /// when its connection or its serving process is gone).
+    pub fn wait_exit(&mut self, patience: Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if self.virtiofsd.is_none() || self.try_wait()?.is_some() || Instant::now() >= deadline
+            {
+                return Ok(self.exited);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The last lines virtiofsd logged.
     pub fn log_tail(&self) -> String {
         tail(&self.log, LOG_TAIL_BYTES)
@@ -369,14 +382,7 @@ impl Share {
     }
 
     fn stop_virtiofsd(&mut self, grace: Duration) -> io::Result<()> {
-        if self.virtiofsd.is_none() {
-            return Ok(());
-        }
-        let deadline = Instant::now() + grace;
-        while self.try_wait()?.is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if self.exited.is_some() {
+        if self.wait_exit(grace)?.is_some() {
             return Ok(());
         }
         let Some(child) = self.virtiofsd.as_mut() else {

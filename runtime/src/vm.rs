@@ -355,7 +355,12 @@ impl MicroVm {
         }
         let vmm = self.vmm_stderr();
         let virtiofsd = match self.share.as_mut() {
-            Some(share) => share.report(),
+            Some(share) => {
+                // It is leaving, or gone: let its status be part of the
+                // report.
+                let _ = share.wait_exit(Duration::from_secs(1));
+                share.report()
+            }
             None => "the VM had no share".to_owned(),
         };
         Err(VmError::ShareLost {

@@ -1,0 +1,607 @@
+//! OCI bundles from the host in a microVM: busybox root filesystems built
+//! in temporary directories, bound into the VM's share and served by its
+//! virtiofsd, run as containers by the agent. One VM runs every scenario
+//! (hostname and env, read-only rootfs, writes that reach the host, uid
+//! and gid, masked paths, exec in the pid namespace, escapes through
+//! symlinks and `..`), then shuts down with a rootfs still bound: nothing
+//! may be left (mounts, virtiofsd, directories). A second VM loses its
+//! virtiofsd and must say so.
+
+mod common;
+
+use std::os::unix::fs::{chown, symlink, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use runvm::agent_client::AgentClient;
+use runvm::container_client::ContainerClient;
+use runvm::guest_process::{self, HostStdio, HostWriter, ProcessSpec};
+use runvm::share;
+use runvm::vm::{MicroVm, VmError, VmSpec};
+use runvm_agent_api::oci_spec::runtime::{Process, Spec};
+use runvm_agent_api::ExitStatus;
+use serde_json::json;
+use tokio::io::AsyncWrite;
+
+const PATIENCE: Duration = Duration::from_secs(300);
+const BUSYBOX: &str = "/bin/busybox";
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "id", "hostname", "ls", "sleep", "touch", "env", "pwd", "grep", "mkdir",
+    "readlink", "stat", "true", "false", "wc", "head", "tr", "ln", "rm", "test",
+];
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
+    }
+    fn writer(&self) -> Option<HostWriter> {
+        Some(Box::new(self.clone()))
+    }
+}
+
+impl AsyncWrite for Captured {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+fn virtiofsd() -> PathBuf {
+    share::find_virtiofsd().expect(
+        "virtiofsd not found (RUNVM_VIRTIOFSD, PATH, ~/.cargo/bin, /usr/libexec): \
+         `make setup` installs it",
+    )
+}
+
+fn require_root_and_busybox() {
+    // SAFETY: geteuid(2) cannot fail.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "these tests bind bundle root filesystems and start virtiofsd: run them as root"
+    );
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} (Debian's busybox-static) is needed for the bundles"
+    );
+}
+
+/// A bundle: `config.json` and a busybox `rootfs/` under `dir`.
+struct Bundle {
+    dir: PathBuf,
+}
+
+impl Bundle {
+    fn new(base: &Path, name: &str, config: serde_json::Value) -> Bundle {
+        let dir = base.join(name);
+        let rootfs = dir.join("rootfs");
+        for sub in [
+            "bin",
+            "etc",
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "root",
+            "home/user",
+            "secret-dir",
+        ] {
+            std::fs::create_dir_all(rootfs.join(sub)).expect("rootfs dirs");
+        }
+        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
+        for applet in APPLETS {
+            symlink("busybox", rootfs.join("bin").join(applet)).expect("applet link");
+        }
+        std::fs::write(
+            rootfs.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n",
+        )
+        .expect("passwd");
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\nuser:x:1000:\n").expect("group");
+        std::fs::write(rootfs.join("etc/secret"), "top secret\n").expect("secret");
+        std::fs::write(rootfs.join("secret-dir/key"), "hidden\n").expect("secret dir");
+        std::fs::write(rootfs.join("etc/hostname"), "from-the-bundle\n").expect("hostname");
+        chown(rootfs.join("home/user"), Some(1000), Some(1000)).expect("chown home");
+        // Escape attempts: links that would leave the rootfs if followed
+        // on the host (or from the guest's root).
+        symlink("/", rootfs.join("hostroot")).expect("hostroot link");
+        symlink("/etc", rootfs.join("hostetc")).expect("hostetc link");
+        symlink("../../../../../..", rootfs.join("up")).expect("up link");
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec_pretty(&config).expect("json"),
+        )
+        .expect("config.json");
+        Bundle { dir }
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// The bundle's config.json, as a runtime reads it.
+    fn spec(&self) -> Spec {
+        let text = std::fs::read(self.dir.join("config.json")).expect("config.json");
+        serde_json::from_slice(&text).expect("a valid runtime spec")
+    }
+}
+
+/// What `runc spec` writes, with the process, hostname, root and extra
+/// mounts of the scenario (no network namespace: the guest has no
+/// network to hide, and a new one costs emulated kernel time).
+fn runc_spec(
+    script: &str,
+    hostname: &str,
+    readonly: bool,
+    uid: u32,
+    extra_mounts: &[serde_json::Value],
+) -> serde_json::Value {
+    let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    mounts.extend(extra_mounts.iter().cloned());
+    json!({
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "terminal": false,
+            "user": {"uid": uid, "gid": uid, "additionalGids": [27]},
+            "args": ["sh", "-c", script],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "TERM=xterm", "FOO=bar from the bundle"],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": readonly},
+        "hostname": hostname,
+        "mounts": mounts,
+        "linux": {
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
+                           {"type": "mount"}],
+            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+                            "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                            "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+                            "/etc/secret", "/secret-dir"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                              "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+/// A command in the guest itself (outside any container): its stdout.
+async fn guest_sh(agent: &AgentClient, script: &str) -> String {
+    let out = Captured::default();
+    let spec = ProcessSpec {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into()],
+        ..ProcessSpec::default()
+    };
+    let stdio = HostStdio {
+        stdout: out.writer(),
+        stderr: out.writer(),
+        ..HostStdio::default()
+    };
+    let relay = guest_process::spawn(agent, &spec, stdio)
+        .await
+        .expect("guest exec");
+    let status = relay.finish(agent).await.expect("guest wait");
+    assert_eq!(status, ExitStatus::Code(0), "{script}: {}", out.text());
+    out.text()
+}
+
+/// Binds the bundle into the share, runs its container to the end and
+/// deletes it; returns (status, stdout and stderr). The rootfs stays
+/// bound (the caller unshares it).
+async fn run_bundle(
+    vm: &mut MicroVm,
+    agent: &AgentClient,
+    id: &str,
+    bundle: &Bundle,
+) -> (ExitStatus, String) {
+    let spec = bundle.spec();
+    let readonly = spec
+        .root()
+        .as_ref()
+        .and_then(|root| root.readonly())
+        .unwrap_or(false);
+    let rootfs = vm
+        .share_rootfs(agent, id, &bundle.rootfs(), readonly)
+        .await
+        .expect("share the rootfs");
+    assert_eq!(rootfs, format!("/run/runvm/share/{id}/rootfs"));
+    let containers = ContainerClient::new(agent);
+    let out = Captured::default();
+    let init = containers
+        .create(
+            id,
+            spec,
+            &rootfs,
+            HostStdio {
+                stdout: out.writer(),
+                stderr: out.writer(),
+                ..HostStdio::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create {id}: {e}"));
+    containers.start(id).await.expect("start");
+    let status = containers.wait(id).await.expect("wait");
+    init.drain().await;
+    containers.delete(id, false).await.expect("delete");
+    (status, out.text())
+}
+
+/// Mount options of the mount whose mount point ends with `suffix`, in
+/// the mountinfo of `pid`.
+fn mount_options(pid: u32, suffix: &str) -> Option<String> {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    mountinfo
+        .lines()
+        .find(|line| line.split(' ').nth(4).is_some_and(|p| p.ends_with(suffix)))
+        .and_then(|line| line.split(' ').nth(5))
+        .map(str::to_owned)
+}
+
+fn unshare(vm: &mut MicroVm, id: &str) {
+    vm.unshare_rootfs(id).expect("unshare the rootfs");
+    assert!(!vm.share_dir().join(id).exists(), "share/{id} is left");
+    assert_eq!(
+        share::mounts_below(&vm.share_dir()),
+        vec![vm.share_dir()],
+        "only the share itself stays mounted"
+    );
+}
+
+async fn scenario_readonly_identity_masks(vm: &mut MicroVm, agent: &AgentClient, base: &Path) {
+    let script = "echo host=$(hostname) foo=\"$FOO\" uid=$(id -u) gid=$(id -g) groups=$(id -G); \
+                  touch /new 2>/dev/null && echo root-writable || echo root-readonly; \
+                  touch /home/user/new 2>/dev/null && echo home-writable || echo home-readonly; \
+                  echo secret=$(cat /etc/secret 2>&1 | wc -c) dir=$(ls /secret-dir | wc -l); \
+                  echo etc-hostname=$(cat /etc/hostname)";
+    let bundle = Bundle::new(base, "ro", runc_spec(script, "bundle-ro", true, 1000, &[]));
+    let pids = vm.virtiofsd_pids();
+    assert_eq!(pids.len(), 2, "virtiofsd and its sandboxed child: {pids:?}");
+    let (status, out) = run_bundle(vm, agent, "ro1", &bundle).await;
+    assert_eq!(status, ExitStatus::Code(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "host=bundle-ro foo=bar from the bundle uid=1000 gid=1000 groups=1000 27",
+            "root-readonly",
+            "home-readonly",
+            "secret=0 dir=0",
+            "etc-hostname=from-the-bundle",
+        ],
+        "{out}"
+    );
+    // The host's bind is read-only too, and so is virtiofsd's copy of it
+    // (mount flags do not propagate: they must be set before attaching).
+    let host = mount_options(std::process::id(), "/share/ro1/rootfs").expect("bound on the host");
+    assert!(host.starts_with("ro,nosuid,nodev"), "host: {host}");
+    let server = *pids.last().expect("a pid");
+    let served = mount_options(server, "/ro1/rootfs").expect("bound in virtiofsd's namespace");
+    assert!(served.starts_with("ro,nosuid,nodev"), "virtiofsd: {served}");
+    assert!(!bundle.rootfs().join("new").exists());
+    unshare(vm, "ro1");
+    // virtiofsd's copy went with it.
+    assert_eq!(mount_options(server, "/ro1/rootfs"), None);
+}
+
+async fn scenario_writable_reaches_the_host(vm: &mut MicroVm, agent: &AgentClient, base: &Path) {
+    let script = "echo hello from the guest > /home/user/greeting && \
+                  mkdir /home/user/made && \
+                  stat -c '%u:%g' /home/user/greeting && \
+                  touch /rootfile 2>/dev/null && echo root-writable-for-1000 || echo root-refused-for-1000";
+    let bundle = Bundle::new(base, "rw", runc_spec(script, "bundle-rw", false, 1000, &[]));
+    let (status, out) = run_bundle(vm, agent, "rw1", &bundle).await;
+    assert_eq!(status, ExitStatus::Code(0), "{out}");
+    assert_eq!(out, "1000:1000\nroot-refused-for-1000\n");
+    let greeting = bundle.rootfs().join("home/user/greeting");
+    assert_eq!(
+        std::fs::read_to_string(&greeting).expect("the file reached the host"),
+        "hello from the guest\n"
+    );
+    let meta = std::fs::metadata(&greeting).expect("stat");
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000), "owner on the host");
+    let made = std::fs::metadata(bundle.rootfs().join("home/user/made")).expect("dir made");
+    assert_eq!((made.uid(), made.gid()), (1000, 1000));
+    assert!(!bundle.rootfs().join("rootfile").exists());
+    let host = mount_options(std::process::id(), "/share/rw1/rootfs").expect("bound");
+    assert!(host.starts_with("rw,nosuid,nodev"), "host: {host}");
+    unshare(vm, "rw1");
+}
+
+async fn scenario_escapes_stay_inside(vm: &mut MicroVm, agent: &AgentClient, base: &Path) {
+    // Root in the container, writable rootfs: writes through absolute and
+    // relative links and `..`, and mounts whose destinations go through
+    // links or climb with `..`. All of them must land in the rootfs.
+    let marker = format!("runvm-escape-{}", std::process::id());
+    let script = format!(
+        "echo via-hostetc > /hostetc/{marker} && \
+         echo via-up > /up/{marker}-up && \
+         echo via-dotdot > /../../../../{marker}-dotdot && \
+         ls /hostroot/ | grep -c {marker} && \
+         cat /up/up/etc/hostname && \
+         echo tmp1 > /escape1/file && echo tmp2 > /escape2/file && echo tmp3 > /escape3/file && \
+         grep -c ' /escape[123] ' /proc/mounts"
+    );
+    let mounts = [
+        json!({"destination": "/hostroot/escape1", "type": "tmpfs", "source": "tmpfs"}),
+        json!({"destination": "/../../../../escape2", "type": "tmpfs", "source": "tmpfs"}),
+        json!({"destination": "/up/escape3", "type": "tmpfs", "source": "tmpfs"}),
+    ];
+    let bundle = Bundle::new(
+        base,
+        "esc",
+        runc_spec(&script, "bundle-esc", false, 0, &mounts),
+    );
+    let (status, out) = run_bundle(vm, agent, "esc1", &bundle).await;
+    assert_eq!(status, ExitStatus::Code(0), "{out}");
+    assert_eq!(out, "2\nfrom-the-bundle\n3\n");
+    let rootfs = bundle.rootfs();
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc").join(&marker)).expect("written in the rootfs"),
+        "via-hostetc\n"
+    );
+    assert!(rootfs.join(format!("{marker}-up")).exists());
+    assert!(rootfs.join(format!("{marker}-dotdot")).exists());
+    for host in [
+        PathBuf::from("/etc").join(&marker),
+        PathBuf::from("/").join(format!("{marker}-up")),
+        PathBuf::from("/").join(format!("{marker}-dotdot")),
+    ] {
+        assert!(!host.exists(), "{} was written on the host", host.display());
+    }
+    // The mount points were made in the rootfs (and the tmpfs files died
+    // with the container's mount namespace).
+    for point in ["escape1", "escape2", "escape3"] {
+        assert!(rootfs.join(point).is_dir(), "{point} not in the rootfs");
+        assert!(!rootfs.join(point).join("file").exists());
+    }
+    // Nor did anything reach the guest's own root, or the top of the
+    // share (read-only for the guest).
+    assert_eq!(
+        guest_sh(agent, "ls / /run/runvm/share | grep -c escape || true").await,
+        "0\n"
+    );
+    assert!(
+        guest_sh(agent, "touch /run/runvm/share/planted 2>&1 || echo refused")
+            .await
+            .ends_with("refused\n")
+    );
+    unshare(vm, "esc1");
+}
+
+async fn scenario_exec_in_pid_namespace(vm: &mut MicroVm, agent: &AgentClient, base: &Path) {
+    let bundle = Bundle::new(
+        base,
+        "ex",
+        runc_spec("exec sleep 600", "bundle-ex", true, 0, &[]),
+    );
+    let spec = bundle.spec();
+    let rootfs = vm
+        .share_rootfs(agent, "ex1", &bundle.rootfs(), true)
+        .await
+        .expect("share");
+    let containers = ContainerClient::new(agent);
+    containers
+        .create("ex1", spec, &rootfs, HostStdio::default())
+        .await
+        .expect("create ex1");
+    containers.start("ex1").await.expect("start ex1");
+    let out = Captured::default();
+    let process: Process = serde_json::from_value(json!({
+        "user": {"uid": 0, "gid": 0},
+        "args": ["sh", "-c", "echo self=$$ host=$(hostname); \
+                 for p in /proc/[0-9]*; do echo ${p#/proc/}: $(tr '\\0' ' ' < $p/cmdline); done"],
+        "env": ["PATH=/bin"],
+        "cwd": "/"
+    }))
+    .expect("process");
+    let exec = containers
+        .exec(
+            "ex1",
+            process,
+            HostStdio {
+                stdout: out.writer(),
+                stderr: out.writer(),
+                ..HostStdio::default()
+            },
+        )
+        .await
+        .expect("exec in ex1");
+    let status = guest_process::wait(agent, exec.started.process)
+        .await
+        .expect("wait exec");
+    exec.drain().await;
+    assert_eq!(status, ExitStatus::Code(0), "{}", out.text());
+    let text = out.text();
+    let mut lines = text.lines();
+    let first = lines.next().expect("a first line");
+    assert!(
+        first.starts_with("self=") && first.ends_with(" host=bundle-ex"),
+        "{text}"
+    );
+    assert_ne!(first, "self=1 host=bundle-ex", "{text}");
+    let procs: Vec<&str> = lines.collect();
+    assert!(procs.contains(&"1: sleep 600"), "{text}");
+    assert!(
+        procs
+            .iter()
+            .all(|p| !p.contains("init") && !p.contains("runvm")),
+        "the guest's processes are visible: {text}"
+    );
+    containers.signal("ex1", 9, true).await.expect("kill");
+    assert_eq!(
+        containers.wait("ex1").await.expect("wait"),
+        ExitStatus::Signal(9)
+    );
+    containers.delete("ex1", false).await.expect("delete ex1");
+    // Left bound on purpose: shutdown must undo it.
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn vm_spec() -> VmSpec {
+    VmSpec {
+        vmm: common::vmm_binary(),
+        kernel: common::kernel(),
+        initrd: common::tools_initrd(),
+        memory_mib: 128,
+        vcpus: 1,
+        virtiofsd: Some(virtiofsd()),
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // Zombies count as gone: they hold no mount or socket.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+fn assert_nothing_left(base: &Path, vm_dir: &Path, pids: &[u32]) {
+    assert!(!vm_dir.exists(), "{} was left behind", vm_dir.display());
+    assert!(
+        share::mounts_below(base).is_empty(),
+        "mounts left: {:?}",
+        share::mounts_below(base)
+    );
+    // The sandboxed child is reparented when virtiofsd goes; give it a
+    // moment to be reaped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|pid| alive(*pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in pids {
+        assert!(!alive(*pid), "virtiofsd pid {pid} is still running");
+    }
+}
+
+#[test]
+fn bundles_over_virtio_fs() {
+    common::require_kvm();
+    require_root_and_busybox();
+    let base = std::env::temp_dir().join(format!("runvm-e2e-bundle-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).expect("base dir");
+    let vm_dir = base.join("vm");
+    runtime().block_on(async {
+        let mut vm = MicroVm::boot(&vm_spec(), &vm_dir).expect("boot the VM");
+        let agent = vm
+            .connect_agent(common::BOOT_TIMEOUT)
+            .await
+            .expect("the agent answers");
+        let pids = vm.virtiofsd_pids();
+        let result = tokio::time::timeout(PATIENCE, async {
+            scenario_readonly_identity_masks(&mut vm, &agent, &base).await;
+            scenario_writable_reaches_the_host(&mut vm, &agent, &base).await;
+            scenario_escapes_stay_inside(&mut vm, &agent, &base).await;
+            scenario_exec_in_pid_namespace(&mut vm, &agent, &base).await;
+        })
+        .await;
+        let console = vm.console_tail();
+        assert!(
+            result.is_ok(),
+            "the scenarios did not finish; console:\n{console}"
+        );
+        let status = vm.shutdown(&agent).await.expect("shutdown");
+        assert!(status.success(), "VMM exit {status}; console:\n{console}");
+        assert_nothing_left(&base, &vm_dir, &pids);
+    });
+    std::fs::remove_dir_all(&base).expect("remove the bundles");
+}
+
+#[test]
+fn a_lost_virtiofsd_ends_the_vm_with_its_error() {
+    common::require_kvm();
+    require_root_and_busybox();
+    let base = std::env::temp_dir().join(format!("runvm-e2e-lostfs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).expect("base dir");
+    let vm_dir = base.join("vm");
+    runtime().block_on(async {
+        let mut vm = MicroVm::boot(&vm_spec(), &vm_dir).expect("boot the VM");
+        let agent = vm
+            .connect_agent(common::BOOT_TIMEOUT)
+            .await
+            .expect("the agent answers");
+        let bundle = Bundle::new(&base, "b", runc_spec("true", "b", true, 0, &[]));
+        vm.share_rootfs(&agent, "b1", &bundle.rootfs(), true)
+            .await
+            .expect("share");
+        assert_eq!(
+            guest_sh(&agent, "cat /run/runvm/share/b1/rootfs/etc/hostname").await,
+            "from-the-bundle\n"
+        );
+        let pids = vm.virtiofsd_pids();
+        let server = *pids.last().expect("virtiofsd runs");
+        // A crash of the process that serves the guest.
+        // SAFETY: kill(2) on a process of this test.
+        unsafe { libc::kill(server as libc::pid_t, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let error = loop {
+            match vm.poll_exit() {
+                Err(e) => break e,
+                Ok(Some(status)) => panic!("the VM ended with {status}, not as a share failure"),
+                Ok(None) if Instant::now() > deadline => panic!("the VM runs on without virtiofsd"),
+                Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let message = error.to_string();
+        assert!(matches!(error, VmError::ShareLost { .. }), "{message}");
+        assert!(message.contains("went away"), "{message}");
+        assert!(message.contains("virtiofsd exited"), "{message}");
+        // Stopping it says the same; dropping it cleans up.
+        let again = vm.stop().await.expect_err("the share's failure again");
+        assert!(matches!(again, VmError::ShareLost { .. }), "{again}");
+        eprintln!("reported as: {again}");
+        assert_nothing_left(&base, &vm_dir, &pids);
+    });
+    std::fs::remove_dir_all(&base).expect("remove the bundle");
+}
