@@ -5,16 +5,25 @@
 //! [`shared_rootfs`]).
 //!
 //! How the pieces fit:
-//! - The share directory is bound onto itself, read-only, nosuid, nodev
-//!   and noexec, and made a shared mount (its own peer group) before
-//!   virtiofsd starts. virtiofsd's sandbox (`--sandbox=namespace`) gets a
-//!   slave copy of it in its own mount namespace, so rootfs binds made
-//!   later on the host propagate to it, and so do their unmounts.
+//! - Every mount of the share lives in a mount namespace of its own (a
+//!   copy of the runtime's, made a slave so nothing flows back), held by
+//!   a descriptor and by virtiofsd, which starts in it. The host's mount
+//!   table never shows them, and once the runtime and virtiofsd are gone
+//!   (even SIGKILLed) the kernel drops the namespace with every mount in
+//!   it: nothing is left to unmount after a crash. Mount calls are made
+//!   from a short-lived thread that enters the namespace (a thread may,
+//!   after unshare(CLONE_FS)); [`Share::mountinfo`] shows what is there.
+//! - In that namespace the share directory is bound onto itself,
+//!   read-only, nosuid, nodev and noexec, and made a shared mount (its own
+//!   peer group) before virtiofsd starts. virtiofsd's sandbox
+//!   (`--sandbox=namespace`) gets a slave copy of it in its own mount
+//!   namespace, so rootfs binds made later propagate to it, and so do
+//!   their unmounts.
 //! - Read-only at the top means the guest cannot create, rename or remove
 //!   anything at `<share>` or `<share>/<id>`: a guest (whose kernel we do
 //!   not trust) cannot plant a symlink where the runtime is about to
 //!   mount. The runtime makes those directories through a descriptor of
-//!   the directory *under* the bind, which is writable.
+//!   the directory itself, outside the bind.
 //! - A rootfs is bound as a detached tree (open_tree), given its flags
 //!   (mount_setattr: nosuid, nodev, and read-only when the spec says
 //!   `root.readonly`) and only then attached (move_mount): mount flags do
@@ -71,6 +80,8 @@ pub enum ShareError {
     Exists(String),
     #[error("container {0:?} has no rootfs in the share")]
     NotShared(String),
+    #[error("cannot enter the share's mount namespace: {0}")]
+    Namespace(#[from] io::Error),
 }
 
 fn io_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ShareError {
@@ -107,6 +118,8 @@ pub fn find_virtiofsd() -> Option<PathBuf> {
 /// share and removes its directory.
 pub struct Share {
     dir: PathBuf,
+    /// The mount namespace that holds the share's mounts.
+    namespace: Option<OwnedFd>,
     /// The share directory as it is under the bind: writable, for making
     /// and removing the per-container directories.
     under: Option<OwnedFd>,
@@ -137,6 +150,7 @@ impl Share {
             .map_err(io_error("cannot create the share", dir))?;
         let mut share = Share {
             dir: dir.to_owned(),
+            namespace: None,
             under: None,
             bound: false,
             virtiofsd: None,
@@ -145,22 +159,26 @@ impl Share {
             rootfs: BTreeSet::new(),
         };
         share.under = Some(open_dir(dir).map_err(io_error("cannot open the share", dir))?);
-        sys::mount(Some(dir), dir, libc::MS_BIND)
-            .map_err(io_error("cannot bind the share onto itself", dir))?;
+        let namespace =
+            new_namespace().map_err(io_error("cannot make a mount namespace for", dir))?;
+        let ns = namespace.as_raw_fd();
+        share.namespace = Some(namespace);
+        in_namespace(ns, || {
+            sys::mount(Some(dir), dir, libc::MS_BIND)
+                .map_err(io_error("cannot bind the share onto itself", dir))?;
+            let flags = libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC;
+            sys::mount(None, dir, flags)
+                .map_err(io_error("cannot make the share read-only", dir))?;
+            // A peer group of its own, which virtiofsd's namespace follows.
+            sys::mount(None, dir, libc::MS_SHARED)
+                .map_err(io_error("cannot make the share a shared mount", dir))
+        })?;
         share.bound = true;
-        let flags = libc::MS_BIND
-            | libc::MS_REMOUNT
-            | libc::MS_RDONLY
-            | libc::MS_NOSUID
-            | libc::MS_NODEV
-            | libc::MS_NOEXEC;
-        sys::mount(None, dir, flags).map_err(io_error("cannot make the share read-only", dir))?;
-        // Out of whatever peer group the parent mount is in, then a peer
-        // group of its own, which virtiofsd's namespace will follow.
-        sys::mount(None, dir, libc::MS_PRIVATE)
-            .map_err(io_error("cannot make the share private", dir))?;
-        sys::mount(None, dir, libc::MS_SHARED)
-            .map_err(io_error("cannot make the share a shared mount", dir))?;
 
         let listener = UnixListener::bind(socket)
             .map_err(io_error("cannot listen on the virtio-fs socket", socket))?;
@@ -195,10 +213,15 @@ impl Share {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file));
-        // SAFETY: fcntl and prctl are async-signal-safe; nothing else runs
-        // between fork and exec.
+        // SAFETY: setns, fcntl and prctl are async-signal-safe; nothing
+        // else runs between fork and exec.
         unsafe {
             command.pre_exec(move || {
+                // Into the share's namespace (the forked child has an
+                // fs_struct of its own, as setns needs).
+                if libc::setns(ns, libc::CLONE_NEWNS) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
                 // The listening socket is handed over at the same number.
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(io::Error::last_os_error());
@@ -225,6 +248,17 @@ impl Share {
     /// The host directory exported to the guest.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// /proc/self/mountinfo as seen in the share's mount namespace.
+    pub fn mountinfo(&self) -> io::Result<String> {
+        let ns = self
+            .namespace
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the share is stopped"))?;
+        in_namespace(ns.as_raw_fd(), || {
+            fs::read_to_string("/proc/thread-self/mountinfo")
+        })
     }
 
     /// virtiofsd's pid and the pids of its children (the sandboxed
@@ -310,7 +344,8 @@ impl Share {
             let _ = sys::rmdirat(under, id_dir);
             return Err(io_error("cannot create", &target)(e));
         }
-        if let Err(e) = bind_detached(rootfs, &target, readonly) {
+        let ns = self.ns()?;
+        if let Err(e) = bind_detached(ns, rootfs, &target, readonly) {
             let _ = sys::rmdirat(under, &point);
             let _ = sys::rmdirat(under, id_dir);
             return Err(e);
@@ -328,13 +363,23 @@ impl Share {
         }
         let point = Path::new(id).join("rootfs");
         let target = self.dir.join(&point);
-        unmount(&target).map_err(io_error("cannot unmount", &target))?;
+        in_namespace(self.ns()?, || unmount(&target))
+            .map_err(io_error("cannot unmount", &target))?;
         self.rootfs.remove(id);
         let under = self.under.as_ref().expect("the share is set up");
         sys::rmdirat(under, &point).map_err(io_error("cannot remove", &target))?;
         sys::rmdirat(under, Path::new(id))
             .map_err(io_error("cannot remove", &self.dir.join(id)))?;
         Ok(())
+    }
+
+    fn ns(&self) -> Result<libc::c_int, ShareError> {
+        match &self.namespace {
+            Some(ns) => Ok(ns.as_raw_fd()),
+            None => Err(io_error("the share is stopped:", &self.dir)(
+                io::Error::from_raw_os_error(libc::ESRCH),
+            )),
+        }
     }
 
     /// Containers whose rootfs is in the share.
@@ -361,19 +406,28 @@ impl Share {
         for id in ids {
             note(self.remove_rootfs(&id));
         }
-        if self.bound {
-            match unmount(&self.dir) {
+        if let (true, Ok(ns)) = (self.bound, self.ns()) {
+            match in_namespace(ns, || unmount(&self.dir)) {
                 Ok(()) => self.bound = false,
                 Err(e) => note(Err(io_error("cannot unmount the share", &self.dir)(e))),
             }
         }
-        self.under = None;
-        if !self.bound && self.rootfs.is_empty() {
-            match fs::remove_dir(&self.dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => note(Err(io_error("cannot remove the share", &self.dir)(e))),
+        // Whatever could not be unmounted goes with the namespace, now
+        // that virtiofsd, its only process, is gone.
+        self.namespace = None;
+        self.bound = false;
+        // Left are empty directories (seen from here, where the binds
+        // never were); removing a directory never enters a mount.
+        if let Some(under) = self.under.take() {
+            for id in std::mem::take(&mut self.rootfs) {
+                let _ = sys::rmdirat(&under, &Path::new(&id).join("rootfs"));
+                let _ = sys::rmdirat(&under, Path::new(&id));
             }
+        }
+        match fs::remove_dir(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => note(Err(io_error("cannot remove the share", &self.dir)(e))),
         }
         match first_error {
             Some(e) => Err(e),
@@ -460,9 +514,69 @@ fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Binds `source` (recursively) at `target` with nosuid, nodev, private
-/// propagation and optionally read-only set before it is attached.
-fn bind_detached(source: &Path, target: &Path, readonly: bool) -> Result<(), ShareError> {
+/// A new mount namespace, a copy of this thread's with every mount made a
+/// slave (mounts made in it stay in it), held by the returned descriptor
+/// only.
+fn new_namespace() -> io::Result<OwnedFd> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare(2) affects this thread only: CLONE_NEWNS
+                // implies CLONE_FS, which gives the thread a root, cwd and
+                // mount namespace of its own.
+                if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                sys::mount(None, Path::new("/"), libc::MS_SLAVE | libc::MS_REC)?;
+                let c = c"/proc/thread-self/ns/mnt";
+                // SAFETY: open(2) with a C string.
+                let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: a new descriptor that nothing else owns.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+    })
+}
+
+/// Runs `f` on a thread that has entered the mount namespace `ns`.
+fn in_namespace<T: Send, E: Send + From<io::Error>>(
+    ns: libc::c_int,
+    f: impl FnOnce() -> Result<T, E> + Send,
+) -> Result<T, E> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare(2) and setns(2) affect this thread only;
+                // setns into a mount namespace needs an fs_struct that is
+                // the thread's own.
+                unsafe {
+                    if libc::unshare(libc::CLONE_FS) != 0 {
+                        return Err(io::Error::last_os_error().into());
+                    }
+                    if libc::setns(ns, libc::CLONE_NEWNS) != 0 {
+                        return Err(io::Error::last_os_error().into());
+                    }
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the mount thread panicked").into()))
+    })
+}
+
+/// Binds `source` (recursively) at `target` in the namespace `ns`, with
+/// nosuid, nodev, private propagation and optionally read-only set before
+/// it is attached. `source` is looked up here, `target` there.
+fn bind_detached(
+    ns: libc::c_int,
+    source: &Path,
+    target: &Path,
+    readonly: bool,
+) -> Result<(), ShareError> {
     let tree =
         sys::open_tree(source).map_err(io_error("cannot clone the mount tree of", source))?;
     let mut set = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
@@ -471,7 +585,8 @@ fn bind_detached(source: &Path, target: &Path, readonly: bool) -> Result<(), Sha
     }
     sys::mount_setattr(&tree, set, libc::MS_PRIVATE)
         .map_err(io_error("cannot set the mount flags of", source))?;
-    sys::move_mount(&tree, target).map_err(io_error("cannot attach the rootfs at", target))
+    in_namespace(ns, || sys::move_mount(&tree, target))
+        .map_err(io_error("cannot attach the rootfs at", target))
 }
 
 /// umount(2), lazily (MNT_DETACH) when the mount is busy; a path that is
@@ -486,13 +601,18 @@ fn unmount(target: &Path) -> io::Result<()> {
     }
 }
 
-/// Mount points at or below `dir`, from /proc/self/mountinfo (only paths
-/// that need no escaping are matched exactly; others still count as
-/// "below" by their escaped prefix, which is what a safety check needs).
+/// Mount points at or below `dir` in this thread's mount namespace.
 pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mountinfo) = fs::read_to_string("/proc/thread-self/mountinfo") else {
         return Vec::new();
     };
+    mounts_below_in(&mountinfo, dir)
+}
+
+/// Mount points at or below `dir` in a mountinfo text (paths that need
+/// escaping in mountinfo are compared escaped: good enough for a safety
+/// check).
+pub fn mounts_below_in(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
     mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
@@ -642,6 +762,7 @@ mod tests {
         // No share is needed to refuse them: the check comes first.
         let mut share = Share {
             dir: PathBuf::from("/nonexistent/share"),
+            namespace: None,
             under: None,
             bound: false,
             virtiofsd: None,
@@ -664,9 +785,9 @@ mod tests {
         ));
     }
 
-    /// The mount plumbing without a VM: a share with a fake virtiofsd
-    /// (`sleep`), a read-only and a writable rootfs, what the flags look
-    /// like, and that everything is gone afterwards.
+    /// The mount plumbing without a VM: a share with a stand-in for
+    /// virtiofsd, a read-only and a writable rootfs, their flags in the
+    /// share's namespace, none of it in ours, and nothing left after.
     #[test]
     fn binds_are_made_flagged_and_undone() {
         if !is_root() {
@@ -680,11 +801,10 @@ mod tests {
         fs::create_dir_all(bundle.join("rootfs/etc")).unwrap();
         fs::write(bundle.join("rootfs/etc/hostname"), "x\n").unwrap();
         let vm = base.join("vm");
-        let sleep = Path::new("/bin/sleep");
         // `sleep --fd=N ...` exits at once with a usage error: enough to
         // stand in for a virtiofsd that leaves.
         let mut share = Share::start(
-            sleep,
+            Path::new("/bin/sleep"),
             &vm.join("share"),
             &vm.join("fs.sock"),
             &vm.join("fs.log"),
@@ -701,18 +821,17 @@ mod tests {
             share.add_rootfs("rw", &bundle.join("rootfs"), false),
             Err(ShareError::Exists(_))
         ));
-        assert_eq!(
-            fs::read_to_string(vm.join("share/ro/rootfs/etc/hostname")).unwrap(),
-            "x\n"
-        );
+        // Only in the share's namespace.
+        assert!(mounts_below(&base).is_empty(), "{:?}", mounts_below(&base));
+        assert!(!vm.join("share/ro/rootfs/etc").exists());
+        let mountinfo = share.mountinfo().expect("mountinfo");
         let options = |point: &Path| -> String {
-            let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
             let point = point.to_str().unwrap();
             mountinfo
                 .lines()
                 .find(|line| line.split(' ').nth(4) == Some(point))
                 .and_then(|line| line.split(' ').nth(5))
-                .unwrap_or_else(|| panic!("{point} is not mounted"))
+                .unwrap_or_else(|| panic!("{point} is not mounted:\n{mountinfo}"))
                 .to_owned()
         };
         let top = options(&vm.join("share"));
@@ -721,16 +840,24 @@ mod tests {
         assert!(ro.starts_with("ro,nosuid,nodev"), "{ro}");
         let rw = options(&vm.join("share/rw/rootfs"));
         assert!(rw.starts_with("rw,nosuid,nodev"), "{rw}");
-        // Nothing can be made at the top, even by root.
-        assert!(fs::create_dir(vm.join("share/planted")).is_err());
-        assert!(fs::write(vm.join("share/ro/rootfs/new"), "").is_err());
-        fs::write(vm.join("share/rw/rootfs/new"), "").expect("rw bind writable");
+        let ns = share.ns().unwrap();
+        let seen = in_namespace(ns, || -> io::Result<_> {
+            Ok((
+                fs::read_to_string(vm.join("share/ro/rootfs/etc/hostname"))?,
+                // Nothing can be made at the top, even by root.
+                fs::create_dir(vm.join("share/planted")).is_err(),
+                fs::write(vm.join("share/ro/rootfs/new"), "").is_err(),
+                fs::write(vm.join("share/rw/rootfs/new"), "").is_ok(),
+            ))
+        })
+        .unwrap();
+        assert_eq!(seen, ("x\n".to_owned(), true, true, true));
         assert!(bundle.join("rootfs/new").exists());
 
         share.remove_rootfs("rw").expect("unbind rw");
         assert!(!vm.join("share/rw").exists());
+        assert!(!share.mountinfo().unwrap().contains("/share/rw/rootfs"));
         share.stop(Duration::from_secs(1)).expect("stop");
-        assert!(mounts_below(&base).is_empty(), "{:?}", mounts_below(&base));
         assert!(!vm.join("share").exists());
         assert!(
             bundle.join("rootfs/etc/hostname").exists(),

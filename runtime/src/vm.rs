@@ -266,6 +266,13 @@ impl MicroVm {
         self.dir.join("virtiofsd.log")
     }
 
+    /// The share's mounts: /proc/self/mountinfo in the share's own mount
+    /// namespace (the host's mount table never shows them).
+    pub fn share_mountinfo(&self) -> Result<String, VmError> {
+        let share = self.share.as_ref().ok_or(VmError::NoShare)?;
+        Ok(share.mountinfo().map_err(ShareError::Namespace)?)
+    }
+
     /// virtiofsd's pid and its sandboxed child's, while they run.
     pub fn virtiofsd_pids(&self) -> Vec<u32> {
         self.share

@@ -3,7 +3,7 @@
 //! virtiofsd, run as containers by the agent. One VM runs every scenario
 //! (hostname and env, read-only rootfs, writes that reach the host, uid
 //! and gid, masked paths, exec in the pid namespace, escapes through
-//! symlinks and `..`), then shuts down with a rootfs still bound: nothing
+//! symlinks and `..`, a pids limit, an OOM kill with its event), then shuts down with a rootfs still bound: nothing
 //! may be left (mounts, virtiofsd, directories). A second VM loses its
 //! virtiofsd and must say so.
 
@@ -20,7 +20,7 @@ use runvm::guest_process::{self, HostStdio, HostWriter, ProcessSpec};
 use runvm::share;
 use runvm::vm::{MicroVm, VmError, VmSpec};
 use runvm_agent_api::oci_spec::runtime::{Process, Spec};
-use runvm_agent_api::ExitStatus;
+use runvm_agent_api::{ContainerEvent, ExitStatus};
 use serde_json::json;
 use tokio::io::AsyncWrite;
 
@@ -28,7 +28,7 @@ const PATIENCE: Duration = Duration::from_secs(300);
 const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "hostname", "ls", "sleep", "touch", "env", "pwd", "grep", "mkdir",
-    "readlink", "stat", "true", "false", "wc", "head", "tr", "ln", "rm", "test",
+    "readlink", "stat", "true", "false", "wc", "head", "tr", "ln", "rm", "test", "dd", "kill",
 ];
 
 #[derive(Clone, Default)]
@@ -263,10 +263,9 @@ async fn run_bundle(
     (status, out.text())
 }
 
-/// Mount options of the mount whose mount point ends with `suffix`, in
-/// the mountinfo of `pid`.
-fn mount_options(pid: u32, suffix: &str) -> Option<String> {
-    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+/// Options of the mount whose mount point ends with `suffix`, in a
+/// mountinfo text.
+fn options_in(mountinfo: &str, suffix: &str) -> Option<String> {
     mountinfo
         .lines()
         .find(|line| line.split(' ').nth(4).is_some_and(|p| p.ends_with(suffix)))
@@ -274,14 +273,43 @@ fn mount_options(pid: u32, suffix: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// ... in the mount namespace of process `pid`.
+fn mount_options(pid: u32, suffix: &str) -> Option<String> {
+    options_in(
+        &std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?,
+        suffix,
+    )
+}
+
+/// ... in the share's mount namespace.
+fn share_options(vm: &MicroVm, suffix: &str) -> Option<String> {
+    options_in(
+        &vm.share_mountinfo().expect("the share's mountinfo"),
+        suffix,
+    )
+}
+
+/// The share's mounts never show in the runtime's mount namespace.
+fn assert_host_mounts_clean(vm: &MicroVm) {
+    let base = vm.share_dir();
+    assert!(
+        share::mounts_below(base.parent().expect("the VM dir")).is_empty(),
+        "the share's mounts leaked into the host's namespace: {:?}",
+        share::mounts_below(&base)
+    );
+}
+
 fn unshare(vm: &mut MicroVm, id: &str) {
     vm.unshare_rootfs(id).expect("unshare the rootfs");
     assert!(!vm.share_dir().join(id).exists(), "share/{id} is left");
+    let mountinfo = vm.share_mountinfo().expect("mountinfo");
+    let left = share::mounts_below_in(&mountinfo, &vm.share_dir());
     assert_eq!(
-        share::mounts_below(&vm.share_dir()),
+        left,
         vec![vm.share_dir()],
         "only the share itself stays mounted"
     );
+    assert_host_mounts_clean(vm);
 }
 
 async fn scenario_readonly_identity_masks(vm: &mut MicroVm, agent: &AgentClient, base: &Path) {
@@ -309,8 +337,9 @@ async fn scenario_readonly_identity_masks(vm: &mut MicroVm, agent: &AgentClient,
     );
     // The host's bind is read-only too, and so is virtiofsd's copy of it
     // (mount flags do not propagate: they must be set before attaching).
-    let host = mount_options(std::process::id(), "/share/ro1/rootfs").expect("bound on the host");
+    let host = share_options(vm, "/share/ro1/rootfs").expect("bound on the host");
     assert!(host.starts_with("ro,nosuid,nodev"), "host: {host}");
+    assert_host_mounts_clean(vm);
     let server = *pids.last().expect("a pid");
     let served = mount_options(server, "/ro1/rootfs").expect("bound in virtiofsd's namespace");
     assert!(served.starts_with("ro,nosuid,nodev"), "virtiofsd: {served}");
@@ -339,7 +368,7 @@ async fn scenario_writable_reaches_the_host(vm: &mut MicroVm, agent: &AgentClien
     let made = std::fs::metadata(bundle.rootfs().join("home/user/made")).expect("dir made");
     assert_eq!((made.uid(), made.gid()), (1000, 1000));
     assert!(!bundle.rootfs().join("rootfile").exists());
-    let host = mount_options(std::process::id(), "/share/rw1/rootfs").expect("bound");
+    let host = share_options(vm, "/share/rw1/rootfs").expect("bound");
     assert!(host.starts_with("rw,nosuid,nodev"), "host: {host}");
     unshare(vm, "rw1");
 }
@@ -473,6 +502,47 @@ async fn scenario_exec_in_pid_namespace(vm: &mut MicroVm, agent: &AgentClient, b
     // Left bound on purpose: shutdown must undo it.
 }
 
+async fn scenario_cgroup_limits(vm: &mut MicroVm, agent: &AgentClient, base: &Path) {
+    // pids.max 4: sh, the subshell and two sleeps; the third sleep cannot
+    // be forked.
+    let script = "( for i in 1 2 3 4 5; do sleep 60 & done ) 2>&1; echo subshell=$?";
+    let mut config = runc_spec(script, "bundle-pids", true, 0, &[]);
+    config["linux"]["resources"]["pids"] = json!({"limit": 4});
+    let bundle = Bundle::new(base, "pids", config);
+    let (status, out) = run_bundle(vm, agent, "pids1", &bundle).await;
+    assert_eq!(status, ExitStatus::Code(0), "{out}");
+    assert!(
+        out.contains("can't fork"),
+        "the pids limit did not hold: {out}"
+    );
+    assert!(out.ends_with("subshell=2\n"), "{out}");
+    unshare(vm, "pids1");
+
+    // 48 MiB read into memory under a 16 MiB limit.
+    let script = "exec dd if=/dev/zero of=/dev/null bs=48M count=1";
+    let mut config = runc_spec(script, "bundle-oom", true, 0, &[]);
+    config["linux"]["resources"]["memory"] = json!({"limit": 16777216});
+    let bundle = Bundle::new(base, "oom", config);
+    let (status, out) = run_bundle(vm, agent, "oom1", &bundle).await;
+    assert_eq!(status.shell_code(), 137, "dd should be OOM-killed: {out}");
+    let containers = ContainerClient::new(agent);
+    let mut after = 0;
+    loop {
+        let (seq, event) =
+            tokio::time::timeout(Duration::from_secs(30), containers.next_event(after))
+                .await
+                .expect("an OOM event in time")
+                .expect("event");
+        after = seq;
+        if let ContainerEvent::Oom { id, oom_kills } = event {
+            assert_eq!(id, "oom1");
+            assert!(oom_kills >= 1);
+            break;
+        }
+    }
+    unshare(vm, "oom1");
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -542,6 +612,8 @@ fn bundles_over_virtio_fs() {
             scenario_readonly_identity_masks(&mut vm, &agent, &base).await;
             scenario_writable_reaches_the_host(&mut vm, &agent, &base).await;
             scenario_escapes_stay_inside(&mut vm, &agent, &base).await;
+            scenario_cgroup_limits(&mut vm, &agent, &base).await;
+            // Last: it leaves its rootfs bound for shutdown to undo.
             scenario_exec_in_pid_namespace(&mut vm, &agent, &base).await;
         })
         .await;
