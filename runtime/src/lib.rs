@@ -2,9 +2,14 @@
 //! agent client.
 
 pub mod agent_client;
+pub mod assets;
+pub mod bundle;
 pub mod commands;
+pub mod console;
 pub mod container_client;
 pub mod guest_process;
+pub mod hooks;
 pub mod share;
+pub mod state;
 pub mod terminal;
 pub mod vm;

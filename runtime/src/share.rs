@@ -40,7 +40,7 @@
 //! side keep virtiofsd, which acts for the guest as root, from opening a
 //! host device node planted in (or shipped with) an image.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -130,6 +130,9 @@ pub struct Share {
     log: PathBuf,
     /// Containers whose rootfs is bound in the share.
     rootfs: BTreeSet<String>,
+    /// Per container, the host files and directories its bind mounts
+    /// take (`<id>/mounts/<n>`), in the order they were bound.
+    binds: BTreeMap<String, Vec<PathBuf>>,
 }
 
 impl Share {
@@ -157,6 +160,7 @@ impl Share {
             exited: None,
             log: log.to_owned(),
             rootfs: BTreeSet::new(),
+            binds: BTreeMap::new(),
         };
         share.under = Some(open_dir(dir).map_err(io_error("cannot open the share", dir))?);
         let namespace =
@@ -354,19 +358,85 @@ impl Share {
         Ok(shared_rootfs(id))
     }
 
-    /// Unbinds container `id`'s rootfs (lazily when something still uses
-    /// it: the guest may not have let go of its inodes yet) and removes
-    /// its directories.
+    /// Binds a host file or directory that container `id`'s config.json
+    /// mounts (podman's /etc/hosts, a volume...) at `<id>/mounts/<n>`,
+    /// read-only if `readonly`; returns where the guest sees it. The
+    /// container's rootfs must be in the share already.
+    pub fn add_bind(
+        &mut self,
+        id: &str,
+        source: &Path,
+        readonly: bool,
+    ) -> Result<String, ShareError> {
+        if !self.rootfs.contains(id) {
+            return Err(ShareError::NotShared(id.to_owned()));
+        }
+        let meta =
+            fs::metadata(source).map_err(io_error("cannot reach the mount source", source))?;
+        let under = self.under.as_ref().expect("the share is set up");
+        let mounts = Path::new(id).join("mounts");
+        let bound = self.binds.get(id).map_or(0, Vec::len);
+        if bound == 0 {
+            sys::mkdirat(under, &mounts, 0o700)
+                .map_err(io_error("cannot create", &self.dir.join(&mounts)))?;
+        }
+        let point = mounts.join(bound.to_string());
+        let target = self.dir.join(&point);
+        let made = if meta.is_dir() {
+            sys::mkdirat(under, &point, 0o755)
+        } else {
+            sys::mknodat(under, &point, libc::S_IFREG | 0o644)
+        };
+        let undo = |under: &OwnedFd| {
+            let _ = sys::unlinkat(under, &point, meta.is_dir());
+            if bound == 0 {
+                let _ = sys::rmdirat(under, &mounts);
+            }
+        };
+        if let Err(e) = made {
+            undo(under);
+            return Err(io_error("cannot create", &target)(e));
+        }
+        if let Err(e) = self
+            .ns()
+            .and_then(|ns| bind_detached(ns, source, &target, readonly))
+        {
+            undo(under);
+            return Err(e);
+        }
+        self.binds
+            .entry(id.to_owned())
+            .or_default()
+            .push(point.clone());
+        Ok(format!("{GUEST_SHARE_DIR}/{}", point.display()))
+    }
+
+    /// Unbinds container `id`'s rootfs and bind mounts (lazily when
+    /// something still uses them: the guest may not have let go of its
+    /// inodes yet) and removes its directories.
     pub fn remove_rootfs(&mut self, id: &str) -> Result<(), ShareError> {
         if !self.rootfs.contains(id) {
             return Err(ShareError::NotShared(id.to_owned()));
         }
+        let ns = self.ns()?;
+        let under = self.under.as_ref().expect("the share is set up");
+        if let Some(binds) = self.binds.remove(id) {
+            for point in binds.iter().rev() {
+                let target = self.dir.join(point);
+                in_namespace(ns, || unmount(&target))
+                    .map_err(io_error("cannot unmount", &target))?;
+                // A file or a directory: one of the two removals applies.
+                let _ = sys::unlinkat(under, point, false)
+                    .or_else(|_| sys::unlinkat(under, point, true));
+            }
+            let mounts = Path::new(id).join("mounts");
+            sys::rmdirat(under, &mounts)
+                .map_err(io_error("cannot remove", &self.dir.join(&mounts)))?;
+        }
         let point = Path::new(id).join("rootfs");
         let target = self.dir.join(&point);
-        in_namespace(self.ns()?, || unmount(&target))
-            .map_err(io_error("cannot unmount", &target))?;
+        in_namespace(ns, || unmount(&target)).map_err(io_error("cannot unmount", &target))?;
         self.rootfs.remove(id);
-        let under = self.under.as_ref().expect("the share is set up");
         sys::rmdirat(under, &point).map_err(io_error("cannot remove", &target))?;
         sys::rmdirat(under, Path::new(id))
             .map_err(io_error("cannot remove", &self.dir.join(id)))?;
@@ -419,6 +489,13 @@ impl Share {
         // Left are empty directories (seen from here, where the binds
         // never were); removing a directory never enters a mount.
         if let Some(under) = self.under.take() {
+            for (id, binds) in std::mem::take(&mut self.binds) {
+                for point in binds {
+                    let _ = sys::unlinkat(&under, &point, false)
+                        .or_else(|_| sys::unlinkat(&under, &point, true));
+                }
+                let _ = sys::rmdirat(&under, &Path::new(&id).join("mounts"));
+            }
             for id in std::mem::take(&mut self.rootfs) {
                 let _ = sys::rmdirat(&under, &Path::new(&id).join("rootfs"));
                 let _ = sys::rmdirat(&under, Path::new(&id));
@@ -684,6 +761,24 @@ mod sys {
         Ok(())
     }
 
+    /// An empty regular file (mode includes S_IFREG), which fails if
+    /// anything is at `path` already.
+    pub fn mknodat(dir: &OwnedFd, path: &Path, mode: libc::mode_t) -> io::Result<()> {
+        let c = cstr(path)?;
+        // SAFETY: mknodat(2) relative to our descriptor.
+        check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, 0) } as libc::c_long)?;
+        Ok(())
+    }
+
+    /// unlinkat(2): a file, or with `directory` an empty directory.
+    pub fn unlinkat(dir: &OwnedFd, path: &Path, directory: bool) -> io::Result<()> {
+        let c = cstr(path)?;
+        let flags = if directory { libc::AT_REMOVEDIR } else { 0 };
+        // SAFETY: unlinkat(2) relative to our descriptor.
+        check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) } as libc::c_long)?;
+        Ok(())
+    }
+
     pub fn rmdirat(dir: &OwnedFd, path: &Path) -> io::Result<()> {
         let c = cstr(path)?;
         // SAFETY: unlinkat(2) relative to our descriptor; it removes empty
@@ -769,6 +864,7 @@ mod tests {
             exited: None,
             log: PathBuf::from("/nonexistent/log"),
             rootfs: BTreeSet::new(),
+            binds: BTreeMap::new(),
         };
         for id in ["", ".", "..", "../x", "a/b", "/abs", "a\0b"] {
             assert!(

@@ -308,6 +308,18 @@ impl MicroVm {
         Ok(share.add_rootfs(id, rootfs, readonly)?)
     }
 
+    /// Binds a host file or directory that container `id` mounts into the
+    /// share (after its rootfs); returns the guest path to mount from.
+    pub fn share_bind(
+        &mut self,
+        id: &str,
+        source: &Path,
+        readonly: bool,
+    ) -> Result<String, VmError> {
+        let share = self.share.as_mut().ok_or(VmError::NoShare)?;
+        Ok(share.add_bind(id, source, readonly)?)
+    }
+
     /// Unbinds container `id`'s rootfs from the share (after the container
     /// was deleted in the guest).
     pub fn unshare_rootfs(&mut self, id: &str) -> Result<(), VmError> {

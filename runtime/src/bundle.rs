@@ -1,0 +1,246 @@
+//! An OCI bundle on the host and the spec the guest gets from it.
+//!
+//! config.json is written for a host: its bind mounts name host paths,
+//! and namespaces may name host namespaces to join (podman's network
+//! namespace, a pod's shared ones). In the guest those paths mean
+//! nothing, so [`guest_spec`] rewrites the spec: every bind mount's
+//! source is bound into the VM's share first and the mount then comes
+//! from there, namespaces with a path become new ones, and hooks (which
+//! run on the host) are taken out.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{Hooks, Mount, Spec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a valid runtime spec: {source}", path.display())]
+    Invalid {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("config.json has no {0}")]
+    Missing(&'static str),
+    #[error("the rootfs {} is not a directory", .0.display())]
+    NoRootfs(PathBuf),
+    #[error("bind mount of {} at {destination}: {reason}", source_path.display())]
+    BindSource {
+        source_path: PathBuf,
+        destination: String,
+        reason: String,
+    },
+}
+
+/// A bundle directory and its config.json.
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: Spec,
+}
+
+impl Bundle {
+    /// Reads `<dir>/config.json`; `dir` is made absolute.
+    pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+        let dir = std::path::absolute(dir).map_err(|source| BundleError::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join("config.json");
+        let text = std::fs::read(&path).map_err(|source| BundleError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let spec: Spec = serde_json::from_slice(&text)
+            .map_err(|source| BundleError::Invalid { path, source })?;
+        if spec.process().is_none() {
+            return Err(BundleError::Missing("process"));
+        }
+        Ok(Bundle { dir, spec })
+    }
+
+    /// The root filesystem on the host (root.path, relative to the bundle
+    /// unless absolute).
+    pub fn rootfs(&self) -> Result<PathBuf, BundleError> {
+        let root = self
+            .spec
+            .root()
+            .as_ref()
+            .ok_or(BundleError::Missing("root"))?;
+        let rootfs = self.dir.join(root.path());
+        if !rootfs.is_dir() {
+            return Err(BundleError::NoRootfs(rootfs));
+        }
+        Ok(rootfs)
+    }
+
+    pub fn readonly_rootfs(&self) -> bool {
+        self.spec
+            .root()
+            .as_ref()
+            .and_then(|root| root.readonly())
+            .unwrap_or(false)
+    }
+
+    pub fn hooks(&self) -> Option<Hooks> {
+        self.spec.hooks().clone()
+    }
+}
+
+/// A bind mount whose host source must be put in the share.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HostBind {
+    /// Index in the spec's mounts.
+    pub index: usize,
+    pub source: PathBuf,
+    pub readonly: bool,
+}
+
+fn is_bind(mount: &Mount) -> bool {
+    mount.typ().as_deref() == Some("bind")
+        || mount
+            .options()
+            .as_ref()
+            .is_some_and(|options| options.iter().any(|o| o == "bind" || o == "rbind"))
+}
+
+/// The bind mounts of `spec` whose sources are on the host. Relative
+/// sources are relative to the bundle, as runc takes them.
+pub fn host_binds(spec: &Spec, bundle: &Path) -> Result<Vec<HostBind>, BundleError> {
+    let mut binds = Vec::new();
+    for (index, mount) in spec.mounts().iter().flatten().enumerate() {
+        if !is_bind(mount) {
+            continue;
+        }
+        let destination = mount.destination().display().to_string();
+        let source = mount
+            .source()
+            .as_ref()
+            .ok_or_else(|| BundleError::BindSource {
+                source_path: PathBuf::new(),
+                destination: destination.clone(),
+                reason: "it has no source".into(),
+            })?;
+        let source = bundle.join(source);
+        if let Err(e) = std::fs::metadata(&source) {
+            return Err(BundleError::BindSource {
+                source_path: source,
+                destination,
+                reason: e.to_string(),
+            });
+        }
+        let readonly = mount
+            .options()
+            .as_ref()
+            .is_some_and(|options| options.iter().any(|o| o == "ro"));
+        binds.push(HostBind {
+            index,
+            source,
+            readonly,
+        });
+    }
+    Ok(binds)
+}
+
+/// The spec the agent gets: bind sources replaced by their guest paths
+/// (`guest_sources`, one per entry of [`host_binds`], same order),
+/// namespaces with host paths made new ones, no hooks.
+pub fn guest_spec(spec: &Spec, binds: &[HostBind], guest_sources: &[String]) -> Spec {
+    let mut guest = spec.clone();
+    if let Some(mounts) = guest.mounts().clone() {
+        let mut mounts = mounts;
+        for (bind, guest_source) in binds.iter().zip(guest_sources) {
+            if let Some(mount) = mounts.get_mut(bind.index) {
+                mount.set_source(Some(PathBuf::from(guest_source)));
+            }
+        }
+        guest.set_mounts(Some(mounts));
+    }
+    if let Some(mut linux) = guest.linux().clone() {
+        if let Some(namespaces) = linux.namespaces().clone() {
+            let namespaces = namespaces
+                .into_iter()
+                .map(|mut namespace| {
+                    // A host namespace cannot be joined from the guest; the
+                    // container gets a new one of the kind.
+                    namespace.set_path(None);
+                    namespace
+                })
+                .collect();
+            linux.set_namespaces(Some(namespaces));
+        }
+        guest.set_linux(Some(linux));
+    }
+    guest.set_hooks(None);
+    guest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(value: serde_json::Value) -> Spec {
+        serde_json::from_value(value).expect("a spec")
+    }
+
+    #[test]
+    fn host_binds_are_found_and_rewritten() {
+        let dir = std::env::temp_dir().join(format!("runvm-bundle-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("rootfs")).expect("dirs");
+        std::fs::write(dir.join("hosts"), "127.0.0.1 localhost\n").expect("file");
+        let spec = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs", "readonly": true},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": "hosts",
+                 "options": ["rbind", "ro"]},
+                {"destination": "/data", "source": dir.join("rootfs"), "options": ["bind"]}
+            ],
+            "hooks": {"poststop": [{"path": "/bin/true"}]},
+            "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"},
+                                     {"type": "pid"}]}
+        }));
+        let binds = host_binds(&spec, &dir).expect("binds");
+        assert_eq!(
+            binds,
+            [
+                HostBind {
+                    index: 1,
+                    source: dir.join("hosts"),
+                    readonly: true
+                },
+                HostBind {
+                    index: 2,
+                    source: dir.join("rootfs"),
+                    readonly: false
+                }
+            ]
+        );
+        let guest = guest_spec(&spec, &binds, &["/g/0".into(), "/g/1".into()]);
+        let value = serde_json::to_value(&guest).expect("json");
+        assert_eq!(value["mounts"][0]["source"], "proc");
+        assert_eq!(value["mounts"][1]["source"], "/g/0");
+        assert_eq!(value["mounts"][2]["source"], "/g/1");
+        assert!(value["linux"]["namespaces"][0].get("path").is_none());
+        assert!(value.get("hooks").is_none());
+
+        let missing = spec_with_bind("/nonexistent/runvm-test");
+        let err = host_binds(&missing, &dir).expect_err("a missing source");
+        assert!(err.to_string().contains("/nonexistent/runvm-test"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    fn spec_with_bind(source: &str) -> Spec {
+        spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "mounts": [{"destination": "/x", "type": "bind", "source": source}]
+        }))
+    }
+}
