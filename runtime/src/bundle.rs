@@ -90,6 +90,78 @@ impl Bundle {
     }
 }
 
+/// Makes the mount points `spec` needs in a rootfs that the guest will see
+/// read-only (it could not make them there; runc makes them before it
+/// remounts the root read-only). Only plain directories are walked: a
+/// component that is a symlink or anything but a directory ends the walk
+/// for that mount (the agent then resolves it inside the root and reports
+/// what is missing), so nothing outside `rootfs` can be created.
+pub fn make_mount_points(rootfs: &Path, spec: &Spec, binds: &[HostBind]) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let open_dir = |parent: Option<&OwnedFd>, name: &std::ffi::CStr| -> std::io::Result<OwnedFd> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: openat(2) with a C string; the descriptor is ours.
+        let fd = unsafe {
+            libc::openat(
+                parent.map_or(libc::AT_FDCWD, |p| p.as_raw_fd()),
+                name.as_ptr(),
+                flags,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let root_name = std::ffi::CString::new(rootfs.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let root = open_dir(None, &root_name)?;
+    for (index, mount) in spec.mounts().iter().flatten().enumerate() {
+        let file_bind = binds
+            .iter()
+            .any(|bind| bind.index == index && !bind.source.is_dir());
+        let parts: Vec<_> = mount
+            .destination()
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(name) => Some(name.to_owned()),
+                _ => None,
+            })
+            .collect();
+        let mut dir = root.try_clone()?;
+        for (i, part) in parts.iter().enumerate() {
+            let Ok(name) = std::ffi::CString::new(part.as_bytes()) else {
+                break;
+            };
+            let last = i + 1 == parts.len();
+            // SAFETY: mkdirat/mknodat relative to a directory we hold; they
+            // never follow a symlink in the last component.
+            let made = unsafe {
+                if last && file_bind {
+                    libc::mknodat(dir.as_raw_fd(), name.as_ptr(), libc::S_IFREG | 0o644, 0)
+                } else {
+                    libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755)
+                }
+            };
+            if made != 0
+                && std::io::Error::last_os_error().kind() != std::io::ErrorKind::AlreadyExists
+            {
+                break;
+            }
+            if last {
+                break;
+            }
+            match open_dir(Some(&dir), &name) {
+                Ok(next) => dir = next,
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A bind mount whose host source must be put in the share.
 #[derive(Debug, PartialEq, Eq)]
 pub struct HostBind {

@@ -59,6 +59,13 @@ struct Streams {
     stdin: Opened<crate::guest_process::HostReader>,
     stdout: Opened<crate::guest_process::HostWriter>,
     stderr: Opened<crate::guest_process::HostWriter>,
+    /// The one stream of a terminal, its token given as stdin's.
+    terminal: Option<(
+        u64,
+        UnixStream,
+        crate::guest_process::HostReader,
+        crate::guest_process::HostWriter,
+    )>,
 }
 
 impl Streams {
@@ -67,14 +74,26 @@ impl Streams {
             stdin: open(agent, stdio.stdin).await?,
             stdout: open(agent, stdio.stdout).await?,
             stderr: open(agent, stdio.stderr).await?,
+            terminal: None,
         })
     }
 
     fn tokens(&self) -> (Option<u64>, Option<u64>, Option<u64>) {
+        if let Some((token, ..)) = &self.terminal {
+            return (Some(*token), None, None);
+        }
         (token(&self.stdin), token(&self.stdout), token(&self.stderr))
     }
 
     fn relay(self, started: Started) -> ContainerProcess {
+        if let Some((_, stream, input, output)) = self.terminal {
+            let (from_guest, to_guest) = stream.into_split();
+            return ContainerProcess {
+                started,
+                input: Some(tokio::spawn(copy_in(input, to_guest))),
+                outputs: vec![tokio::spawn(copy_out(from_guest, output))],
+            };
+        }
         let input = self
             .stdin
             .map(|(_, stream, reader)| tokio::spawn(copy_in(reader, stream)));
@@ -87,6 +106,33 @@ impl Streams {
             started,
             input,
             outputs,
+        }
+    }
+}
+
+/// A container process's stdio on the host: separate streams, or a
+/// terminal (one stream carrying it both ways).
+pub enum ContainerIo {
+    Pipes(HostStdio),
+    Terminal {
+        input: crate::guest_process::HostReader,
+        output: crate::guest_process::HostWriter,
+    },
+}
+
+impl ContainerIo {
+    async fn open(self, agent: &AgentClient) -> Result<Streams, ClientError> {
+        match self {
+            ContainerIo::Pipes(stdio) => Streams::open(agent, stdio).await,
+            ContainerIo::Terminal { input, output } => {
+                let (token, stream) = agent.open_stream().await?;
+                Ok(Streams {
+                    stdin: None,
+                    stdout: None,
+                    stderr: None,
+                    terminal: Some((token, stream, input, output)),
+                })
+            }
         }
     }
 }
@@ -111,8 +157,7 @@ impl<'a> ContainerClient<'a> {
     }
 
     /// Creates container `id` from `spec` with its root at `rootfs` (a
-    /// guest path); its init is held until [`Self::start`]. Terminals
-    /// (`process.terminal`) are not relayed by this client yet.
+    /// guest path); its init is held until [`Self::start`].
     pub async fn create(
         &self,
         id: &str,
@@ -120,7 +165,19 @@ impl<'a> ContainerClient<'a> {
         rootfs: &str,
         stdio: HostStdio,
     ) -> Result<ContainerProcess, ClientError> {
-        let streams = Streams::open(self.agent, stdio).await?;
+        self.create_with(id, spec, rootfs, ContainerIo::Pipes(stdio))
+            .await
+    }
+
+    /// [`Self::create`] with pipes or a terminal (`process.terminal`).
+    pub async fn create_with(
+        &self,
+        id: &str,
+        spec: Spec,
+        rootfs: &str,
+        io: ContainerIo,
+    ) -> Result<ContainerProcess, ClientError> {
+        let streams = io.open(self.agent).await?;
         let (stdin, stdout, stderr) = streams.tokens();
         let request = CreateContainerRequest {
             id: id.into(),
@@ -151,7 +208,17 @@ impl<'a> ContainerClient<'a> {
         process: Process,
         stdio: HostStdio,
     ) -> Result<ContainerProcess, ClientError> {
-        let streams = Streams::open(self.agent, stdio).await?;
+        self.exec_with(id, process, ContainerIo::Pipes(stdio)).await
+    }
+
+    /// [`Self::exec`] with pipes or a terminal (`process.terminal`).
+    pub async fn exec_with(
+        &self,
+        id: &str,
+        process: Process,
+        io: ContainerIo,
+    ) -> Result<ContainerProcess, ClientError> {
+        let streams = io.open(self.agent).await?;
         let (stdin, stdout, stderr) = streams.tokens();
         let request = ExecInContainerRequest {
             id: id.into(),

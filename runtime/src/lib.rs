@@ -4,11 +4,13 @@
 pub mod agent_client;
 pub mod assets;
 pub mod bundle;
+pub mod cli;
 pub mod commands;
 pub mod console;
 pub mod container_client;
 pub mod guest_process;
 pub mod hooks;
+pub mod monitor;
 pub mod share;
 pub mod state;
 pub mod terminal;

@@ -121,7 +121,8 @@ struct StderrTee {
 }
 
 impl StderrTee {
-    fn start(mut pipe: ChildStderr) -> std::io::Result<StderrTee> {
+    /// Passes the output on to `sink`, or to our stderr.
+    fn start(mut pipe: ChildStderr, mut sink: Option<fs::File>) -> std::io::Result<StderrTee> {
         let tail = Arc::new(Mutex::new(Vec::new()));
         let kept = Arc::clone(&tail);
         let thread = std::thread::Builder::new()
@@ -133,7 +134,10 @@ impl StderrTee {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
-                    let _ = std::io::stderr().write_all(&buf[..n]);
+                    let _ = match sink.as_mut() {
+                        Some(file) => file.write_all(&buf[..n]),
+                        None => std::io::stderr().write_all(&buf[..n]),
+                    };
                     let mut tail = kept.lock().unwrap_or_else(|e| e.into_inner());
                     tail.extend_from_slice(&buf[..n]);
                     let excess = tail.len().saturating_sub(VMM_STDERR_TAIL_BYTES);
@@ -183,6 +187,16 @@ impl MicroVm {
     /// Starts `runvm-vmm` for `spec`. `dir` must not exist yet; it is
     /// created (mode 0700) and removed with the VM.
     pub fn boot(spec: &VmSpec, dir: &Path) -> Result<MicroVm, VmError> {
+        MicroVm::boot_logged(spec, dir, None)
+    }
+
+    /// [`Self::boot`], with the VMM's messages appended to `vmm_log`
+    /// instead of our stderr (which may be a container's).
+    pub fn boot_logged(
+        spec: &VmSpec,
+        dir: &Path,
+        vmm_log: Option<&Path>,
+    ) -> Result<MicroVm, VmError> {
         fs::DirBuilder::new()
             .mode(0o700)
             .create(dir)
@@ -240,11 +254,28 @@ impl MicroVm {
                 Ok(())
             });
         }
+        let sink = match vmm_log {
+            Some(path) => Some(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| VmError::Directory {
+                        path: path.to_owned(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
         let mut child = command.spawn().map_err(|source| VmError::Spawn {
             path: spec.vmm.clone(),
             source,
         })?;
-        let stderr = child.stderr.take().map(StderrTee::start).transpose();
+        let stderr = child
+            .stderr
+            .take()
+            .map(|pipe| StderrTee::start(pipe, sink))
+            .transpose();
         vm.child = Some(child);
         vm.stderr = stderr.map_err(|source| VmError::Spawn {
             path: spec.vmm.clone(),

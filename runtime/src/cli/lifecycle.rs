@@ -1,0 +1,516 @@
+//! create, start, run, kill, delete, state: the OCI lifecycle.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::agent_client::AgentClient;
+use crate::bundle::Bundle;
+use crate::container_client::ContainerClient;
+use crate::hooks::{self, HookPoint};
+use crate::monitor::{self, MonitorArgs, Report};
+use crate::state::{self, Container, HostProcess, Record, StateError, Status};
+
+use super::{block_on, write_pid_file, CliError, CliResult, Context};
+
+/// How long `delete` waits for killed processes to be gone.
+const KILL_PATIENCE: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args, Debug)]
+pub struct IdArgs {
+    pub id: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CreateArgs {
+    /// The bundle directory (config.json and the rootfs).
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Where to send the master of the container's pty.
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Write the pid of the container's host process here.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Accepted for runc compatibility (the guest decides).
+    #[arg(long)]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long)]
+    pub no_new_keyring: bool,
+    /// Accepted for runc compatibility: extra descriptors cannot reach a
+    /// guest.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+    pub id: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Do not wait for the container: leave it running.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep the container after it exits (foreground runs delete it).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KillArgs {
+    /// Signal every process of the container.
+    #[arg(short, long)]
+    pub all: bool,
+    pub id: String,
+    /// A name (TERM, SIGTERM) or number.
+    #[arg(default_value = "SIGTERM")]
+    pub signal: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    /// Kill a running container first; no error if it does not exist.
+    #[arg(short, long)]
+    pub force: bool,
+    pub id: String,
+}
+
+fn new_record(id: &str, bundle: &Bundle) -> CliResult<Record> {
+    let annotations = bundle
+        .spec
+        .annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    Ok(Record {
+        id: id.to_owned(),
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs()?,
+        created: state::rfc3339_now(),
+        owner: String::new(),
+        annotations,
+        status: Status::Creating,
+        monitor: None,
+        helpers: Vec::new(),
+        exit_status: None,
+        hooks: bundle.hooks(),
+    })
+}
+
+/// The creating part of `create` and `run`, with the id claimed; on error
+/// the caller removes what is left.
+fn create_claimed(
+    context: &Context,
+    container: &Container,
+    args: &CreateArgs,
+    bundle: &Bundle,
+    foreground_terminal: bool,
+) -> CliResult<std::process::Child> {
+    let mut record = new_record(&args.id, bundle)?;
+    container.save(&record)?;
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    if !terminal && args.console_socket.is_some() {
+        return Err(CliError::new(
+            "cannot use console socket if runc will not allocate tty",
+        ));
+    }
+    if terminal && args.console_socket.is_none() && !foreground_terminal {
+        return Err(CliError::new(
+            "cannot allocate tty if runc will detach without setting console socket",
+        ));
+    }
+    let monitor_args = MonitorArgs {
+        id: args.id.clone(),
+        exec_process: None,
+        console_socket: args.console_socket.as_deref().map(absolute),
+        own_terminal: foreground_terminal && args.console_socket.is_none(),
+        sync_fd: None,
+    };
+    let (mut child, sync, report) = monitor::spawn(
+        &context.global_args,
+        &monitor_args,
+        !monitor_args.own_terminal,
+    )?;
+    let helpers = match report {
+        Report::Ready { helpers } => helpers,
+        Report::Error(message) => {
+            let _ = child.wait();
+            return Err(CliError::new(message));
+        }
+    };
+    record.monitor = HostProcess::of(child.id() as i32);
+    record.helpers = helpers;
+    record.status = Status::Created;
+    container.save(&record)?;
+    let hooks = record.hooks.clone();
+    let mut hook_state = record.oci_state();
+    hook_state["status"] = "creating".into();
+    for point in [
+        HookPoint::Prestart,
+        HookPoint::CreateRuntime,
+        HookPoint::CreateContainer,
+    ] {
+        if let Err(e) = hooks::run(point, hooks.as_ref(), &hook_state) {
+            drop(sync);
+            let _ = child.wait();
+            return Err(e.into());
+        }
+    }
+    if let Some(pid_file) = &args.pid_file {
+        if let Err(e) = write_pid_file(pid_file, child.id() as i32) {
+            drop(sync);
+            let _ = child.wait();
+            return Err(e);
+        }
+    }
+    monitor::go(sync)?;
+    Ok(child)
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// Claims the id, creates the container; the monitor is returned.
+fn create_container(
+    context: &Context,
+    args: &CreateArgs,
+    foreground_terminal: bool,
+) -> CliResult<(std::process::Child, Container)> {
+    let root = context.root()?;
+    let container = root.create(&args.id)?;
+    let result = Bundle::load(&args.bundle)
+        .map_err(CliError::from)
+        .and_then(|bundle| create_claimed(context, &container, args, &bundle, foreground_terminal));
+    match result {
+        Ok(child) => Ok((child, container)),
+        Err(e) => {
+            // The monitor undid the VM when it failed or was aborted.
+            let _ = container.remove();
+            Err(e)
+        }
+    }
+}
+
+pub fn create(context: &Context, args: CreateArgs) -> CliResult<u8> {
+    create_container(context, &args, false)?;
+    Ok(0)
+}
+
+pub fn start(context: &Context, args: IdArgs) -> CliResult<u8> {
+    let container = context.root()?.open_container(&args.id)?;
+    start_locked(&container)?;
+    Ok(0)
+}
+
+fn start_locked(container: &Container) -> CliResult {
+    let mut record = container.load()?;
+    match record.status() {
+        Status::Created => {}
+        Status::Stopped => return Err(CliError::new("cannot start a container that has stopped")),
+        Status::Running | Status::Paused => {
+            return Err(CliError::new("cannot start an already running container"))
+        }
+        Status::Creating => {
+            return Err(CliError::new(
+                "cannot start a container that is still being created",
+            ))
+        }
+    }
+    let hooks = record.hooks.clone();
+    hooks::run(
+        HookPoint::StartContainer,
+        hooks.as_ref(),
+        &record.oci_state(),
+    )?;
+    let socket = container.vsock_socket();
+    let id = container.id().to_owned();
+    block_on(async {
+        let agent = AgentClient::connect(&socket).await?;
+        ContainerClient::new(&agent).start(&id).await
+    })??;
+    record.status = Status::Running;
+    container.save(&record)?;
+    hooks::run(HookPoint::Poststart, hooks.as_ref(), &record.oci_state())?;
+    Ok(())
+}
+
+pub fn run(context: &Context, args: RunArgs) -> CliResult<u8> {
+    let foreground = !args.detach;
+    let (mut child, container) = create_container(context, &args.create, foreground)?;
+    if let Err(e) = start_locked(&container) {
+        drop(container);
+        let _ = force_delete(context, &args.create.id);
+        return Err(e);
+    }
+    drop(container);
+    if args.detach {
+        return Ok(0);
+    }
+    // The monitor relays our stdio and takes the signals sent to it; ours
+    // are passed on to it while we wait.
+    let code = wait_forwarding(&mut child)?;
+    if !args.keep {
+        let _ = delete_stopped(context, &args.create.id);
+    }
+    Ok(code)
+}
+
+/// Waits for a monitor (our child) while passing the usual terminal and
+/// termination signals on to it; returns its exit status as a shell sees
+/// it.
+pub fn wait_forwarding(child: &mut std::process::Child) -> CliResult<u8> {
+    let pid = child.id() as libc::pid_t;
+    let forwarded = [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ];
+    let status = block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+        for number in forwarded {
+            if let Ok(mut stream) = signal(SignalKind::from_raw(number)) {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        let _ = sender.send(number);
+                    }
+                });
+            }
+        }
+        let waited = tokio::task::spawn_blocking(move || {
+            let mut status = 0;
+            // SAFETY: waitpid on our own child; the Child handle is not
+            // waited on elsewhere.
+            let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+            (rc, status)
+        });
+        tokio::pin!(waited);
+        loop {
+            tokio::select! {
+                result = &mut waited => return result.unwrap_or((-1, 0)),
+                Some(number) = received.recv() => {
+                    // SAFETY: kill(2) on our own child.
+                    unsafe { libc::kill(pid, number) };
+                }
+            }
+        }
+    })?;
+    let (rc, raw) = status;
+    if rc != pid {
+        return Err(CliError::new("cannot wait for the container's monitor"));
+    }
+    let code = if libc::WIFEXITED(raw) {
+        libc::WEXITSTATUS(raw)
+    } else if libc::WIFSIGNALED(raw) {
+        128 + libc::WTERMSIG(raw)
+    } else {
+        255
+    };
+    Ok(u8::try_from(code).unwrap_or(255))
+}
+
+pub fn kill(context: &Context, args: KillArgs) -> CliResult<u8> {
+    let signal = parse_signal(&args.signal)?;
+    let container = context.root()?.open_container(&args.id)?;
+    let record = container.load()?;
+    if !matches!(
+        record.status(),
+        Status::Created | Status::Running | Status::Paused
+    ) {
+        return Err(CliError::new("container not running"));
+    }
+    let socket = container.vsock_socket();
+    let id = args.id.clone();
+    let sent = block_on(async {
+        let agent = AgentClient::connect(&socket).await?;
+        ContainerClient::new(&agent)
+            .signal(&id, signal, args.all)
+            .await
+    })?;
+    if let Err(e) = sent {
+        // A guest that no longer answers still goes with SIGKILL: its
+        // monitor takes the VM along.
+        if signal == libc::SIGKILL {
+            if let Some(monitor) = record.monitor.filter(HostProcess::is_alive) {
+                // SAFETY: kill(2); the pid was matched with its start time.
+                unsafe { libc::kill(monitor.pid, libc::SIGKILL) };
+                return Ok(0);
+            }
+        }
+        return Err(e.into());
+    }
+    Ok(0)
+}
+
+/// A signal by name (`TERM`, `SIGTERM`, any case) or number.
+pub fn parse_signal(text: &str) -> CliResult<i32> {
+    if let Ok(number) = text.parse::<i32>() {
+        if (1..=64).contains(&number) {
+            return Ok(number);
+        }
+        return Err(CliError::new(format!("invalid signal: {text}")));
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let number = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "ILL" => libc::SIGILL,
+        "TRAP" => libc::SIGTRAP,
+        "ABRT" | "IOT" => libc::SIGABRT,
+        "BUS" => libc::SIGBUS,
+        "FPE" => libc::SIGFPE,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "SEGV" => libc::SIGSEGV,
+        "USR2" => libc::SIGUSR2,
+        "PIPE" => libc::SIGPIPE,
+        "ALRM" => libc::SIGALRM,
+        "TERM" => libc::SIGTERM,
+        "STKFLT" => libc::SIGSTKFLT,
+        "CHLD" | "CLD" => libc::SIGCHLD,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "TSTP" => libc::SIGTSTP,
+        "TTIN" => libc::SIGTTIN,
+        "TTOU" => libc::SIGTTOU,
+        "URG" => libc::SIGURG,
+        "XCPU" => libc::SIGXCPU,
+        "XFSZ" => libc::SIGXFSZ,
+        "VTALRM" => libc::SIGVTALRM,
+        "PROF" => libc::SIGPROF,
+        "WINCH" => libc::SIGWINCH,
+        "IO" | "POLL" => libc::SIGIO,
+        "PWR" => libc::SIGPWR,
+        "SYS" => libc::SIGSYS,
+        _ => return Err(CliError::new(format!("unknown signal {text:?}"))),
+    };
+    Ok(number)
+}
+
+pub fn delete(context: &Context, args: DeleteArgs) -> CliResult<u8> {
+    if args.force {
+        force_delete(context, &args.id)?;
+        return Ok(0);
+    }
+    let container = context.root()?.open_container(&args.id)?;
+    let record = container.load()?;
+    match record.status() {
+        Status::Stopped | Status::Created | Status::Creating => {}
+        status => {
+            return Err(CliError::new(format!(
+                "cannot delete container {} that is not stopped: {status}",
+                args.id
+            )))
+        }
+    }
+    remove(context, container, &record)?;
+    Ok(0)
+}
+
+/// `delete --force`: whatever state it is in, the container goes; one
+/// that does not exist is no error.
+fn force_delete(context: &Context, id: &str) -> CliResult {
+    let container = match context.root()?.open_container(id) {
+        Ok(container) => container,
+        Err(StateError::NotFound) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let record = match container.load() {
+        Ok(record) => record,
+        // Unreadable state: remove what is there.
+        Err(StateError::Corrupt { .. }) => {
+            container.remove()?;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    remove(context, container, &record)
+}
+
+/// After a foreground run: the monitor has ended; remove the rest.
+fn delete_stopped(context: &Context, id: &str) -> CliResult {
+    let container = context.root()?.open_container(id)?;
+    let record = container.load()?;
+    remove(context, container, &record)
+}
+
+/// Ends the container's monitor, VMM and virtiofsd (SIGKILL: the guest
+/// holds nothing the host needs back), removes its directory and runs the
+/// poststop hooks.
+fn remove(context: &Context, container: Container, record: &Record) -> CliResult {
+    let processes: Vec<HostProcess> = record
+        .monitor
+        .iter()
+        .chain(record.helpers.iter())
+        .copied()
+        .filter(HostProcess::is_alive)
+        .collect();
+    for process in &processes {
+        // SAFETY: kill(2) on a process matched with its start time.
+        unsafe { libc::kill(process.pid, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + KILL_PATIENCE;
+    while processes.iter().any(HostProcess::is_alive) {
+        if Instant::now() >= deadline {
+            return Err(CliError::new(format!(
+                "container {}: its processes did not end after SIGKILL",
+                container.id()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The share's mounts lived in virtiofsd's private mount namespace and
+    // went with it; nothing under the directory can be a mount in ours,
+    // which is checked before anything is removed.
+    let mounted = crate::share::mounts_below(container.dir());
+    if !mounted.is_empty() {
+        return Err(CliError::new(format!(
+            "container {}: refusing to remove its directory, mounts remain: {mounted:?}",
+            container.id()
+        )));
+    }
+    let mut stopped = record.clone();
+    stopped.status = Status::Stopped;
+    let hook_state = stopped.oci_state();
+    container.remove()?;
+    if let Err(e) = hooks::run(HookPoint::Poststop, record.hooks.as_ref(), &hook_state) {
+        context.logger.warn(&e.to_string());
+    }
+    Ok(())
+}
+
+pub fn state(context: &Context, args: IdArgs) -> CliResult<u8> {
+    let record = state::peek(&context.root()?, &args.id)?;
+    let text = serde_json::to_string_pretty(&record.oci_state())
+        .map_err(|e| CliError::new(e.to_string()))?;
+    println!("{text}");
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_and_number() {
+        assert_eq!(parse_signal("9").ok(), Some(9));
+        assert_eq!(parse_signal("KILL").ok(), Some(9));
+        assert_eq!(parse_signal("sigterm").ok(), Some(15));
+        assert_eq!(parse_signal("SIGWINCH").ok(), Some(28));
+        assert!(parse_signal("0").is_err());
+        assert!(parse_signal("NOPE").is_err());
+    }
+}

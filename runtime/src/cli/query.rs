@@ -1,0 +1,266 @@
+//! list, ps, events: looking at containers without changing them.
+
+use std::time::Duration;
+
+use clap::ValueEnum;
+use runvm_agent_api::{ContainerEvent, ContainerStats, RequestBody, ResponseBody};
+
+use crate::agent_client::{AgentClient, ClientError};
+use crate::container_client::ContainerClient;
+use crate::state::{self, Status};
+
+use super::{block_on, CliError, CliResult, Context};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Only the ids.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PsArgs {
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    pub id: String,
+    /// Accepted for runc compatibility (options of ps(1)); ignored.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub ps_options: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EventsArgs {
+    /// Print the stats once and exit.
+    #[arg(long)]
+    pub stats: bool,
+    /// How often stats are printed.
+    #[arg(long, default_value = "5s", value_parser = parse_interval)]
+    pub interval: Duration,
+    pub id: String,
+}
+
+/// `5s`, `500ms`, `1m`, or a number of seconds.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid interval {text:?}"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid interval {text:?}: unit must be ms, s, m or h"
+            ))
+        }
+    };
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err(format!("invalid interval {text:?}: must be positive"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+pub fn list(context: &Context, args: ListArgs) -> CliResult<u8> {
+    let root = context.root()?;
+    let records: Vec<state::Record> = root
+        .ids()?
+        .iter()
+        .filter_map(|id| state::peek(&root, id).ok())
+        .collect();
+    if args.quiet {
+        for record in &records {
+            println!("{}", record.id);
+        }
+        return Ok(0);
+    }
+    match args.format {
+        Format::Json => {
+            // runc prints `null` when there are none.
+            let states: Vec<serde_json::Value> = records.iter().map(|r| r.oci_state()).collect();
+            if states.is_empty() {
+                println!("null");
+            } else {
+                println!("{}", serde_json::Value::Array(states));
+            }
+        }
+        Format::Table => {
+            let mut rows = vec![[
+                "ID".to_owned(),
+                "PID".to_owned(),
+                "STATUS".to_owned(),
+                "BUNDLE".to_owned(),
+                "CREATED".to_owned(),
+                "OWNER".to_owned(),
+            ]];
+            for record in &records {
+                rows.push([
+                    record.id.clone(),
+                    record.live_pid().to_string(),
+                    record.status().to_string(),
+                    record.bundle.display().to_string(),
+                    record.created.clone(),
+                    record.owner.clone(),
+                ]);
+            }
+            print_table(&rows);
+        }
+    }
+    Ok(0)
+}
+
+/// Columns padded like runc's tabwriter (3 spaces between columns).
+fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}   ", width = widths[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+fn running_agent_socket(context: &Context, id: &str) -> CliResult<std::path::PathBuf> {
+    let root = context.root()?;
+    let record = state::peek(&root, id)?;
+    if record.status() == Status::Stopped {
+        return Err(CliError::new("container not running"));
+    }
+    Ok(root.dir().join(id).join("vm").join("vsock.sock"))
+}
+
+/// The container's processes as guest pids (the agent's view: its init
+/// and the processes exec'd into it).
+pub fn ps(context: &Context, args: PsArgs) -> CliResult<u8> {
+    let socket = running_agent_socket(context, &args.id)?;
+    let processes = block_on(async {
+        let agent = AgentClient::connect(&socket).await?;
+        match agent.call(RequestBody::ListProcesses).await? {
+            ResponseBody::Processes { processes } => Ok(processes),
+            other => Err(ClientError::Unexpected(other)),
+        }
+    })??;
+    let live: Vec<_> = processes.iter().filter(|p| p.exited.is_none()).collect();
+    match args.format {
+        Format::Json => {
+            let pids: Vec<i32> = live.iter().map(|p| p.pid).collect();
+            println!("{}", serde_json::json!(pids));
+        }
+        Format::Table => {
+            let mut rows = vec![["PID".to_owned(), "CMD".to_owned()]];
+            for process in live {
+                rows.push([process.pid.to_string(), process.argv.join(" ")]);
+            }
+            print_table(&rows);
+        }
+    }
+    Ok(0)
+}
+
+/// runc's stats event: the cgroup figures under its names.
+fn stats_event(id: &str, stats: &ContainerStats) -> serde_json::Value {
+    serde_json::json!({
+        "type": "stats",
+        "id": id,
+        "data": {
+            "cpu": {
+                "usage": {
+                    "total": stats.cpu_usage_usec.saturating_mul(1000),
+                    "kernel": stats.cpu_system_usec.saturating_mul(1000),
+                    "user": stats.cpu_user_usec.saturating_mul(1000),
+                },
+                "throttling": {},
+            },
+            "memory": {
+                "usage": {
+                    "usage": stats.memory_usage,
+                    "limit": stats.memory_limit.unwrap_or(u64::MAX),
+                    "failcnt": stats.oom_kills,
+                },
+            },
+            "pids": {
+                "current": stats.pids_current,
+                "limit": stats.pids_limit.unwrap_or(0),
+            },
+        }
+    })
+}
+
+/// `events --stats`: one stats event. `events`: stats every interval and
+/// OOM events as they come, until the container stops.
+pub fn events(context: &Context, args: EventsArgs) -> CliResult<u8> {
+    let socket = running_agent_socket(context, &args.id)?;
+    let id = args.id.clone();
+    block_on(async move {
+        let agent = AgentClient::connect(&socket).await?;
+        let containers = ContainerClient::new(&agent);
+        if args.stats {
+            let stats = containers.stats(&id).await?;
+            println!("{}", stats_event(&id, &stats));
+            return Ok::<_, ClientError>(());
+        }
+        let mut ticker = tokio::time::interval(args.interval);
+        let mut after = 0;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    match containers.stats(&id).await {
+                        Ok(stats) => println!("{}", stats_event(&id, &stats)),
+                        Err(_) => return Ok(()),
+                    }
+                }
+                event = containers.next_event(after) => {
+                    let (seq, event) = match event {
+                        Ok(event) => event,
+                        Err(_) => return Ok(()),
+                    };
+                    after = seq;
+                    match event {
+                        ContainerEvent::Oom { id: of, .. } if of == id => {
+                            println!("{}", serde_json::json!({"type": "oom", "id": id}));
+                        }
+                        ContainerEvent::Exited { id: of, .. } if of == id => return Ok(()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    })??;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_interval("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("5d").is_err());
+    }
+}

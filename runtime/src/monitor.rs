@@ -1,0 +1,641 @@
+//! The monitor: the host process that stands for one container process
+//! (the init, or one `exec`). Callers such as conmon and containerd's
+//! shim wait on the pid in `--pid-file` and expect it to be their
+//! descendant, to take their signals and to end with the process's status;
+//! the process itself is in a guest, so runvm leaves this process behind:
+//! - for the init it owns the microVM (VMM and virtiofsd die with it:
+//!   PR_SET_PDEATHSIG) and creates the container in it;
+//! - it relays the stdio it inherited (or a pty it sent over
+//!   `--console-socket`) to the guest's streams;
+//! - it forwards the signals it receives to the guest process;
+//! - it exits with the process's status (128+signal when killed) once
+//!   the process has ended and its output is drained; the init's monitor
+//!   powers the VM off first.
+//!
+//! Setting up is reported to the runvm call that started it (`create`,
+//! `exec --detach`) over a socket pair: a JSON line `{"ready": ...}` or
+//! `{"error": ...}`; the caller answers `go` once it has written the pid
+//! file (and run its hooks), or closes the socket to abort. Until `go`
+//! the monitor dies with its caller (PR_SET_PDEATHSIG), so a runvm killed
+//! mid-create leaves no VM behind.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use oci_spec::runtime::{Process, Spec};
+use serde::{Deserialize, Serialize};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::agent_client::{AgentClient, ClientError};
+use crate::assets::{AssetError, Assets};
+use crate::bundle::{self, Bundle, BundleError};
+use crate::console::{self, Pty};
+use crate::container_client::{ContainerClient, ContainerIo, ContainerProcess};
+use crate::guest_process::{self, HostStdio};
+use crate::state::{HostProcess, StateError, StateRoot, Status};
+use crate::terminal::{self, RawMode};
+use crate::vm::{MicroVm, VmError, VmSpec};
+
+/// How long a guest may take to boot before create gives up (boots take
+/// 10 s on an emulating host, more when it is busy).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Guest memory beyond the container's own limit: the guest kernel, the
+/// agent and the page cache.
+const GUEST_OVERHEAD_MIB: u64 = 128;
+const DEFAULT_GUEST_MIB: u64 = 256;
+/// How long output may keep flowing after the process ended.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(10);
+/// Exit status when the guest went away without telling how the process
+/// ended.
+pub const STATUS_LOST: i32 = 255;
+/// Signals passed on to the guest process (runc forwards all but SIGCHLD,
+/// SIGWINCH and SIGURG; these are the ones that can be caught usefully).
+const FORWARDED: &[i32] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGTERM,
+    libc::SIGALRM,
+    libc::SIGCONT,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGPWR,
+];
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct MonitorArgs {
+    /// The container.
+    #[arg(long)]
+    pub id: String,
+    /// Monitor an exec'd process described by this OCI process JSON file
+    /// (deleted once read) instead of the container's init.
+    #[arg(long)]
+    pub exec_process: Option<PathBuf>,
+    /// Send the master of a new pty here (process.terminal).
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// The terminal is this process's own stdin/stdout (a foreground
+    /// `run`/`exec` on a terminal).
+    #[arg(long)]
+    pub own_terminal: bool,
+    /// The socket to report readiness on (inherited descriptor).
+    #[arg(long)]
+    pub sync_fd: Option<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error(transparent)]
+    Assets(#[from] AssetError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("the agent: {0}")]
+    Agent(#[from] ClientError),
+    #[error("{0}")]
+    Terminal(String),
+    #[error("cannot read the process file {}: {reason}", path.display())]
+    ProcessFile { path: PathBuf, reason: String },
+    #[error("the container is not running")]
+    NotRunning,
+    #[error("aborted by the runvm call that started it")]
+    Aborted,
+}
+
+/// The report a monitor sends when it is set up.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Report {
+    Ready {
+        /// The VMM and virtiofsd (init monitors).
+        helpers: Vec<HostProcess>,
+    },
+    Error(String),
+}
+
+/// The monitor's end of the socket pair.
+struct Sync {
+    stream: Option<UnixStream>,
+}
+
+impl Sync {
+    fn from_fd(fd: Option<i32>) -> Sync {
+        Sync {
+            // SAFETY: the descriptor was inherited for this purpose and
+            // nothing else in this process uses it.
+            stream: fd.map(|fd| unsafe { UnixStream::from_raw_fd(fd) }),
+        }
+    }
+
+    fn report(&mut self, report: &Report) {
+        if let Some(stream) = self.stream.as_mut() {
+            let mut line = serde_json::to_vec(report).unwrap_or_default();
+            line.push(b'\n');
+            let _ = stream.write_all(&line);
+        }
+    }
+
+    /// Waits for the caller's `go`; anything else (EOF included) aborts.
+    async fn wait_go(&mut self) -> Result<(), MonitorError> {
+        let Some(stream) = self.stream.take() else {
+            return Ok(());
+        };
+        let told = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            let ok = BufReader::new(&stream).read_line(&mut line).is_ok() && line.trim() == "go";
+            (stream, ok)
+        })
+        .await;
+        let Ok((stream, true)) = told else {
+            return Err(MonitorError::Aborted);
+        };
+        // From now on the monitor outlives the runvm call that started it.
+        // The death signal belongs to the thread that was forked, the one
+        // running this (a current-thread runtime). That call waits for the
+        // acknowledgement before it exits, or its exit could still kill us.
+        // SAFETY: prctl with plain integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+        let went = (&stream).write_all(b"going\n").is_ok();
+        if !went {
+            return Err(MonitorError::Aborted);
+        }
+        Ok(())
+    }
+}
+
+/// Entry point of `runvm monitor` (a hidden subcommand).
+pub fn main(root: &Path, args: MonitorArgs) -> ExitCode {
+    ExitCode::from(u8::try_from(run(root, args)).unwrap_or(STATUS_LOST as u8))
+}
+
+/// Monitors until the process ends; its status (as a shell sees it).
+pub fn run(root: &Path, args: MonitorArgs) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let mut sync = Sync::from_fd(args.sync_fd);
+            sync.report(&Report::Error(format!(
+                "cannot start the async runtime: {e}"
+            )));
+            return STATUS_LOST;
+        }
+    };
+    let code = runtime.block_on(async {
+        match &args.exec_process {
+            None => run_init(root, &args).await,
+            Some(file) => run_exec(root, &args, file).await,
+        }
+    });
+    // A blocking read of stdin may still be pending: do not wait for it.
+    runtime.shutdown_background();
+    code
+}
+
+/// The stdio the guest process gets, from what this process has.
+struct HostIo {
+    io: Option<ContainerIo>,
+    /// Where window sizes are read from (a terminal).
+    size_from: Option<OwnedFd>,
+    /// Keeps a host pty's slave in raw mode while it is in use.
+    _raw: Option<RawMode<'static>>,
+}
+
+fn host_io(args: &MonitorArgs, terminal: bool) -> Result<HostIo, MonitorError> {
+    if !terminal {
+        let stdio = HostStdio {
+            stdin: Some(Box::new(tokio::io::stdin())),
+            stdout: Some(Box::new(tokio::io::stdout())),
+            stderr: Some(Box::new(tokio::io::stderr())),
+        };
+        return Ok(HostIo {
+            io: Some(ContainerIo::Pipes(stdio)),
+            size_from: None,
+            _raw: None,
+        });
+    }
+    let failed = |what: &str, e: std::io::Error| MonitorError::Terminal(format!("{what}: {e}"));
+    if let Some(socket) = &args.console_socket {
+        let pty = Pty::open().map_err(|e| failed("cannot open a pty", e))?;
+        console::become_controlling_terminal(&pty.slave)
+            .map_err(|e| failed("cannot take the pty as controlling terminal", e))?;
+        // The guest's terminal does the line discipline; the host's side
+        // only carries bytes.
+        let slave: &'static OwnedFd = Box::leak(Box::new(pty.slave));
+        let raw = RawMode::enter(slave.as_fd()).map_err(|e| failed("cannot set raw mode", e))?;
+        console::send_to_console_socket(socket, "/dev/ptmx", &pty.master).map_err(|e| {
+            MonitorError::Terminal(format!("cannot send the pty to {}: {e}", socket.display()))
+        })?;
+        drop(pty.master);
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| failed("cannot dup the pty", e));
+        let input = tokio::fs::File::from_std(std::fs::File::from(dup(slave)?));
+        let output = tokio::fs::File::from_std(std::fs::File::from(dup(slave)?));
+        return Ok(HostIo {
+            io: Some(ContainerIo::Terminal {
+                input: Box::new(input),
+                output: Box::new(output),
+            }),
+            size_from: Some(dup(slave)?),
+            _raw: Some(raw),
+        });
+    }
+    if args.own_terminal {
+        let stdin = std::io::stdin();
+        if !terminal::is_terminal(stdin.as_fd()) {
+            return Err(MonitorError::Terminal(
+                "the process wants a terminal, but stdin is not one".into(),
+            ));
+        }
+        let fd: &'static OwnedFd = Box::leak(Box::new(
+            stdin
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| failed("cannot dup stdin", e))?,
+        ));
+        let raw = RawMode::enter(fd.as_fd()).map_err(|e| failed("cannot set raw mode", e))?;
+        return Ok(HostIo {
+            io: Some(ContainerIo::Terminal {
+                input: Box::new(tokio::io::stdin()),
+                output: Box::new(tokio::io::stdout()),
+            }),
+            size_from: Some(fd.try_clone().map_err(|e| failed("cannot dup stdin", e))?),
+            _raw: Some(raw),
+        });
+    }
+    Err(MonitorError::Terminal(
+        "cannot allocate tty if runc will detach without setting console socket".into(),
+    ))
+}
+
+fn guest_memory_mib(spec: &Spec) -> u32 {
+    let limit = spec
+        .linux()
+        .as_ref()
+        .and_then(|linux| linux.resources().as_ref())
+        .and_then(|resources| resources.memory().as_ref())
+        .and_then(|memory| memory.limit())
+        .and_then(|bytes| u64::try_from(bytes).ok())
+        .map(|bytes| bytes.div_ceil(1 << 20));
+    let mib = match limit {
+        Some(limit) => (limit + GUEST_OVERHEAD_MIB).max(DEFAULT_GUEST_MIB),
+        None => DEFAULT_GUEST_MIB,
+    };
+    u32::try_from(mib).unwrap_or(u32::MAX)
+}
+
+/// A container created in a fresh VM, its init held.
+struct CreatedInit {
+    vm: MicroVm,
+    agent: AgentClient,
+    init: ContainerProcess,
+    size_from: Option<OwnedFd>,
+    _raw: Option<RawMode<'static>>,
+}
+
+async fn create_init(root: &StateRoot, args: &MonitorArgs) -> Result<CreatedInit, MonitorError> {
+    let container_dir = root.dir().join(&args.id);
+    let record = crate::state::peek(root, &args.id)?;
+    let bundle = Bundle::load(&record.bundle)?;
+    let rootfs = bundle.rootfs()?;
+    let binds = bundle::host_binds(&bundle.spec, &bundle.dir)?;
+    if bundle.readonly_rootfs() {
+        bundle::make_mount_points(&rootfs, &bundle.spec, &binds).map_err(|e| {
+            MonitorError::Terminal(format!(
+                "cannot make mount points in {}: {e}",
+                rootfs.display()
+            ))
+        })?;
+    }
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let mut host = host_io(args, terminal)?;
+    let assets = Assets::locate()?;
+    let vm_spec = VmSpec {
+        vmm: assets.vmm,
+        kernel: assets.kernel,
+        initrd: assets.initrd,
+        memory_mib: guest_memory_mib(&bundle.spec),
+        vcpus: 1,
+        virtiofsd: Some(assets.virtiofsd),
+    };
+    let mut vm = MicroVm::boot_logged(
+        &vm_spec,
+        &container_dir.join("vm"),
+        Some(&container_dir.join("vmm.log")),
+    )?;
+    let agent = vm.connect_agent(BOOT_TIMEOUT).await?;
+    let guest_rootfs = vm
+        .share_rootfs(&agent, &args.id, &rootfs, bundle.readonly_rootfs())
+        .await?;
+    let mut guest_sources = Vec::with_capacity(binds.len());
+    for bind in &binds {
+        guest_sources.push(vm.share_bind(&args.id, &bind.source, bind.readonly)?);
+    }
+    let spec = bundle::guest_spec(&bundle.spec, &binds, &guest_sources);
+    let io = host.io.take().ok_or(MonitorError::NotRunning)?;
+    let init = ContainerClient::new(&agent)
+        .create_with(&args.id, spec, &guest_rootfs, io)
+        .await?;
+    Ok(CreatedInit {
+        vm,
+        agent,
+        init,
+        size_from: host.size_from,
+        _raw: host._raw,
+    })
+}
+
+async fn run_init(root: &Path, args: &MonitorArgs) -> i32 {
+    let mut sync = Sync::from_fd(args.sync_fd);
+    let root = match StateRoot::open(root) {
+        Ok(root) => root,
+        Err(e) => {
+            sync.report(&Report::Error(e.to_string()));
+            return STATUS_LOST;
+        }
+    };
+    let created = match create_init(&root, args).await {
+        Ok(created) => created,
+        Err(e) => {
+            // Dropping what was made (the VM above) has undone it.
+            sync.report(&Report::Error(e.to_string()));
+            return STATUS_LOST;
+        }
+    };
+    let CreatedInit {
+        vm,
+        agent,
+        init,
+        size_from,
+        _raw,
+    } = created;
+    let mut helpers: Vec<HostProcess> = vm
+        .pid()
+        .into_iter()
+        .chain(vm.virtiofsd_pids())
+        .filter_map(|pid| HostProcess::of(pid as i32))
+        .collect();
+    helpers.dedup();
+    sync.report(&Report::Ready { helpers });
+    if sync.wait_go().await.is_err() {
+        let _ = vm.stop().await;
+        return STATUS_LOST;
+    }
+    let containers = ContainerClient::new(&agent);
+    let process = init.started.process;
+    let status = supervise(
+        &agent,
+        containers.wait(&args.id),
+        |signal| {
+            let containers = &containers;
+            let id = &args.id;
+            async move {
+                let _ = containers.signal(id, signal, false).await;
+            }
+        },
+        process,
+        size_from.as_ref(),
+    )
+    .await;
+    let _ = tokio::time::timeout(DRAIN_PATIENCE, init.drain()).await;
+    let code = status.map_or(STATUS_LOST, |status| status.shell_code());
+    record_stopped(&root, &args.id, code);
+    let _ = vm.shutdown(&agent).await;
+    code
+}
+
+/// Writes that the container stopped with `code`.
+fn record_stopped(root: &StateRoot, id: &str, code: i32) {
+    let Ok(container) = root.open_container(id) else {
+        return;
+    };
+    if let Ok(mut record) = container.load() {
+        record.status = Status::Stopped;
+        record.exit_status = Some(code);
+        let _ = container.save(&record);
+    }
+}
+
+/// Waits for `wait` while forwarding this process's signals with
+/// `forward` and window size changes of `size_from` to `process`.
+async fn supervise<W, F, Fut>(
+    agent: &AgentClient,
+    wait: W,
+    forward: F,
+    process: u64,
+    size_from: Option<&OwnedFd>,
+) -> Result<runvm_agent_api::ExitStatus, ClientError>
+where
+    W: std::future::Future<Output = Result<runvm_agent_api::ExitStatus, ClientError>>,
+    F: Fn(i32) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (sender, mut received) = mpsc::unbounded_channel();
+    for &number in FORWARDED {
+        if let Ok(mut stream) = signal(SignalKind::from_raw(number)) {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if sender.send(number).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+    let mut window_change = signal(SignalKind::window_change()).ok();
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            status = &mut wait => return status,
+            Some(number) = received.recv() => forward(number).await,
+            Some(()) = async {
+                match window_change.as_mut() {
+                    Some(stream) => stream.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if size_from.is_some() => {
+                if let Some((rows, columns)) = size_from.and_then(|fd| terminal::window_size(fd.as_fd())) {
+                    let resize = runvm_agent_api::RequestBody::ResizeTerminal { process, rows, columns };
+                    let _ = agent.call(resize).await;
+                }
+            }
+        }
+    }
+}
+
+/// Reads (and removes) the process file an `exec` call wrote.
+fn read_process_file(path: &Path) -> Result<Process, MonitorError> {
+    let fail = |reason: String| MonitorError::ProcessFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let _ = std::fs::remove_file(path);
+    serde_json::from_slice(&text).map_err(|e| fail(e.to_string()))
+}
+
+async fn run_exec(root: &Path, args: &MonitorArgs, file: &Path) -> i32 {
+    let mut sync = Sync::from_fd(args.sync_fd);
+    let started = async {
+        let process = read_process_file(file)?;
+        let root = StateRoot::open(root)?;
+        let record = crate::state::peek(&root, &args.id)?;
+        if !matches!(record.status(), Status::Created | Status::Running) {
+            return Err(MonitorError::NotRunning);
+        }
+        let socket = root.dir().join(&args.id).join("vm").join("vsock.sock");
+        let agent = AgentClient::connect(&socket).await?;
+        let terminal = process.terminal().unwrap_or(false);
+        let mut host = host_io(args, terminal)?;
+        let io = host.io.take().ok_or(MonitorError::NotRunning)?;
+        let exec = ContainerClient::new(&agent)
+            .exec_with(&args.id, process, io)
+            .await?;
+        Ok::<_, MonitorError>((agent, exec, host))
+    };
+    let (agent, exec, host) = match started.await {
+        Ok(started) => started,
+        Err(e) => {
+            sync.report(&Report::Error(e.to_string()));
+            return STATUS_LOST;
+        }
+    };
+    sync.report(&Report::Ready {
+        helpers: Vec::new(),
+    });
+    if sync.wait_go().await.is_err() {
+        let _ = agent
+            .call(runvm_agent_api::RequestBody::Signal {
+                process: exec.started.process,
+                signal: libc::SIGKILL,
+            })
+            .await;
+        return STATUS_LOST;
+    }
+    let process = exec.started.process;
+    let status = supervise(
+        &agent,
+        guest_process::wait(&agent, process),
+        |signal| {
+            let agent = &agent;
+            async move {
+                let _ = agent
+                    .call(runvm_agent_api::RequestBody::Signal { process, signal })
+                    .await;
+            }
+        },
+        process,
+        host.size_from.as_ref(),
+    )
+    .await;
+    let _ = tokio::time::timeout(DRAIN_PATIENCE, exec.drain()).await;
+    status.map_or(STATUS_LOST, |status| status.shell_code())
+}
+
+/// The caller's end: starts `runvm monitor` with `args` (the sync socket
+/// is added here), waits for its report and returns the child with it.
+/// `detach_session` puts the monitor in a session of its own (not for a
+/// foreground terminal, whose window changes it must see).
+pub fn spawn(
+    global_args: &[std::ffi::OsString],
+    args: &MonitorArgs,
+    detach_session: bool,
+) -> Result<(std::process::Child, UnixStream, Report), std::io::Error> {
+    use std::os::unix::process::CommandExt;
+    let (ours, theirs) = UnixStream::pair()?;
+    let their_fd = theirs.as_raw_fd();
+    let exe = std::env::current_exe()?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(global_args)
+        .arg("monitor")
+        .arg("--id")
+        .arg(&args.id);
+    if let Some(file) = &args.exec_process {
+        command.arg("--exec-process").arg(file);
+    }
+    if let Some(socket) = &args.console_socket {
+        command.arg("--console-socket").arg(socket);
+    }
+    if args.own_terminal {
+        command.arg("--own-terminal");
+    }
+    command.arg("--sync-fd").arg(their_fd.to_string());
+    // SAFETY: setsid, prctl and fcntl are async-signal-safe; nothing else
+    // runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if detach_session && libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Until it is told to go, the monitor dies with its caller.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::fcntl(their_fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop(theirs);
+    let mut reader = BufReader::new(ours.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let report = serde_json::from_str(&line)
+        .unwrap_or_else(|_| Report::Error("the monitor exited before it was set up".to_owned()));
+    Ok((child, ours, report))
+}
+
+/// Tells a monitor started by [`spawn`] to go on, and waits until it
+/// no longer depends on us.
+pub fn go(mut sync: UnixStream) -> std::io::Result<()> {
+    sync.write_all(b"go\n")?;
+    let mut line = String::new();
+    BufReader::new(&sync).read_line(&mut line)?;
+    if line.trim() != "going" {
+        return Err(std::io::Error::other(
+            "the container's monitor exited before it took over",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_memory_follows_the_limit() {
+        let spec = |limit: Option<i64>| -> Spec {
+            let mut value = serde_json::json!({"ociVersion": "1.0.2"});
+            if let Some(limit) = limit {
+                value["linux"] = serde_json::json!({"resources": {"memory": {"limit": limit}}});
+            }
+            serde_json::from_value(value).expect("spec")
+        };
+        assert_eq!(guest_memory_mib(&spec(None)), 256);
+        assert_eq!(guest_memory_mib(&spec(Some(16 << 20))), 256);
+        assert_eq!(guest_memory_mib(&spec(Some(512 << 20))), 640);
+        assert_eq!(guest_memory_mib(&spec(Some(-1))), 256);
+    }
+}
