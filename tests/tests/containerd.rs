@@ -56,7 +56,7 @@ impl Containerd {
             ("ctr", "containerd"),
             ("containerd-shim-runc-v2", "containerd"),
         ]);
-        let scratch = Scratch::new(&format!("containerd-{name}"));
+        let scratch = Scratch::new(&format!("ctr-{name}"));
         let runtime = RuntimeUnderTest::resolve(&scratch);
         let s = scratch.display();
         let config = scratch.join("config.toml");
@@ -122,7 +122,7 @@ disabled_plugins = [
     fn import_image(&self) {
         let archive = self.scratch.join("busybox-oci.tar");
         {
-            let podman = PodmanEnv::new(&self.scratch.join("podman"), None);
+            let podman = PodmanEnv::new(&self.scratch.join("pm"), None);
             podman.import_busybox();
             let archive = archive.display().to_string();
             podman
@@ -296,7 +296,7 @@ fn ctr_run_rm_gives_output_and_exit_status() {
 #[test]
 fn detached_task_exec_ps_kill_and_exit_status() {
     let _one = one_at_a_time();
-    let containerd = Containerd::start("detached");
+    let containerd = Containerd::start("d");
     let log = containerd.scratch.join("c2.log");
     let log_uri = format!("file://{}", log.display());
     let script = "trap 'echo bye; exit 7' TERM; echo ready; sleep 1000000 & wait";

@@ -51,9 +51,9 @@ struct Podman {
 impl Podman {
     fn new(name: &str) -> Podman {
         harness::require_root();
-        let scratch = Scratch::new(&format!("podman-{name}"));
+        let scratch = Scratch::new(&format!("pm-{name}"));
         let runtime = RuntimeUnderTest::resolve(&scratch);
-        let env = PodmanEnv::new(&scratch.join("podman"), Some(&runtime.path));
+        let env = PodmanEnv::new(&scratch.join("pm"), Some(&runtime.path));
         let image = env.import_busybox();
         Podman {
             env,
@@ -143,7 +143,7 @@ fn run_rm_gives_output_and_exit_code() {
 #[test]
 fn detached_run_exec_logs_stop_rm() {
     let _one = one_at_a_time();
-    let mut podman = Podman::new("detached");
+    let mut podman = Podman::new("d");
     let script = "trap 'echo bye; exit 7' TERM; echo ready; sleep 1000000 & wait";
     let started = podman
         .run(&["--detach", "--name", "d1"], &["sh", "-c", script])

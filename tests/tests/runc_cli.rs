@@ -169,6 +169,31 @@ impl Drop for Cli {
         for id in list.stdout.split_whitespace() {
             harness::try_run(&mut self.command(&["delete", "--force", id]));
         }
+        reap_orphans();
+    }
+}
+
+/// Reaps the zombies reparented to this subreaper (processes the runtime
+/// left to us that have ended). Only between tests (they run one at a
+/// time), when no command of ours is running.
+fn reap_orphans() {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if harness::parent_of(pid) == Some(me) && !harness::alive(pid) {
+            let mut status = 0;
+            // SAFETY: waitpid(2) on a zombie child of ours.
+            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        }
     }
 }
 

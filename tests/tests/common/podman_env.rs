@@ -47,6 +47,12 @@ impl PodmanEnv {
             ("tar", "tar"),
         ]);
         std::fs::create_dir_all(dir).expect("podman dir");
+        let runroot = dir.join("run").display().to_string();
+        assert!(
+            runroot.len() <= 50,
+            "podman refuses a runroot longer than 50 characters ({runroot}): \
+             set TMPDIR to a shorter directory"
+        );
         let d = dir.display();
         // Rootful podman asks for RLIMIT_NOFILE 1048576 and RLIMIT_NPROC up
         // to pid_max (and lowers its own RLIMIT_NPROC to that): more than a
