@@ -47,7 +47,6 @@ struct Cli {
 impl Cli {
     fn new(name: &str) -> Cli {
         harness::require_root();
-        harness::require_programs(&[("tar", "tar")]);
         // SAFETY: prctl(2) with PR_SET_CHILD_SUBREAPER only sets a flag of
         // this process.
         let set = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
