@@ -18,6 +18,12 @@ packages=(
   util-linux busybox-static
   # virtiofsd, built below, links libseccomp and libcap-ng
   libseccomp-dev libcap-ng-dev
+  # runc CLI tests (tests/tests/{podman,containerd,runc_cli}.rs): Debian's
+  # podman and conmon (rootful, --network none: netavark is the network
+  # stack containers-common needs), containerd 1.6 with its runc shim, runc
+  # itself (to check the tests: RUNVM_TEST_RUNTIME=/usr/sbin/runc), and
+  # procps and tar (`runc ps` runs ps; the test image is a tar)
+  podman conmon netavark containerd runc procps tar
 )
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(qemu-system-x86)

@@ -1,0 +1,377 @@
+//! Debian's containerd (1.6), unchanged, started by the test on a private
+//! socket, root and state directory, running containers through its
+//! io.containerd.runc.v2 shim on the runtime under test (`ctr run
+//! --runc-binary`): `ctr run --rm` output and exit status, and a detached
+//! task with `ctr task exec`, `ps`, `kill`, `ls` and its exit status from
+//! `ctr task delete`, then `ctr containers rm` and its snapshot. The image
+//! is the busybox one the podman tests use, saved by podman as an OCI
+//! archive and `ctr images import`ed. Nothing may be left behind.
+//!
+//! The runtime under test is `$RUNVM_TEST_RUNTIME` or the runvm build (see
+//! `common/harness.rs`). Each test is one container (for runvm, one
+//! microVM); they run one at a time.
+
+mod common;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/podman_env.rs"]
+mod podman_env;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use harness::{
+    assert_empty_dir, assert_no_mounts_below, assert_no_process_references, read_text, run,
+    wait_for, Output, RuntimeUnderTest, Scratch,
+};
+use podman_env::{PodmanEnv, IMAGE};
+
+/// One container (one VM for runvm) at a time: the host has two cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A containerd of this test, and `ctr` talking to it in a namespace of
+/// its own. Field order matters: the daemon is stopped before the scratch
+/// dir goes.
+struct Containerd {
+    daemon: Option<Child>,
+    runtime: RuntimeUnderTest,
+    /// Also names the cgroup parent of the containers (/<namespace>/<id>).
+    namespace: String,
+    scratch: Scratch,
+}
+
+impl Containerd {
+    /// Starts containerd with a minimal config (no CRI, no snapshotters but
+    /// overlayfs, no /opt) and imports the busybox image.
+    fn start(name: &str) -> Containerd {
+        harness::require_root();
+        harness::require_programs(&[
+            ("containerd", "containerd"),
+            ("ctr", "containerd"),
+            ("containerd-shim-runc-v2", "containerd"),
+        ]);
+        let scratch = Scratch::new(&format!("ctr-{name}"));
+        let runtime = RuntimeUnderTest::resolve(&scratch);
+        let s = scratch.display();
+        let config = scratch.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"# Written by the runvm containerd tests.
+version = 2
+root = "{s}/root"
+state = "{s}/state"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.internal.v1.opt",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.native",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = "{s}/containerd.sock"
+"#
+            ),
+        )
+        .expect("config.toml");
+        let log = std::fs::File::create(scratch.join("containerd.log")).expect("log");
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("cannot start containerd");
+        let mut containerd = Containerd {
+            daemon: Some(daemon),
+            runtime,
+            namespace: format!("runvm-e2e-{}", std::process::id()),
+            scratch,
+        };
+        wait_for("containerd answers", || {
+            if let Some(status) = containerd.daemon.as_mut().and_then(|d| d.try_wait().ok()?) {
+                panic!(
+                    "containerd exited ({status}):\n{}",
+                    read_text(&containerd.scratch.join("containerd.log"))
+                );
+            }
+            let version = run(&mut containerd.command(&["version"]));
+            version
+                .status
+                .success()
+                .then_some(())
+                .ok_or(version.to_string())
+        });
+        containerd.import_image();
+        containerd
+    }
+
+    /// podman saves the busybox image as an OCI archive; ctr imports it.
+    fn import_image(&self) {
+        let archive = self.scratch.join("busybox-oci.tar");
+        {
+            let podman = PodmanEnv::new(&self.scratch.join("pm"), None);
+            podman.import_busybox();
+            let archive = archive.display().to_string();
+            podman
+                .run(&["save", "--format", "oci-archive", "-o", &archive, IMAGE])
+                .ok();
+        }
+        self.ctr(&["images", "import", &archive.display().to_string()])
+            .ok();
+        let images = self.ctr(&["images", "ls", "--quiet"]).ok();
+        assert!(images.stdout.lines().any(|l| l == IMAGE), "{images}");
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ctr");
+        command
+            .arg("--address")
+            .arg(self.scratch.join("containerd.sock"))
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args);
+        command
+    }
+
+    #[track_caller]
+    fn ctr(&self, args: &[&str]) -> Output {
+        run(&mut self.command(args))
+    }
+
+    fn runc_root(&self) -> PathBuf {
+        self.scratch.join("runc-root")
+    }
+
+    /// `ctr run` with the runtime under test (its state and the stdio
+    /// FIFOs in the scratch dir), `options`, the image, `id` and `command`.
+    #[track_caller]
+    fn run_container(&self, options: &[&str], id: &str, command: &[&str]) -> Output {
+        let runtime = self.runtime.path.display().to_string();
+        let root = self.runc_root().display().to_string();
+        let fifos = self.scratch.join("fifo").display().to_string();
+        let mut args = vec![
+            "run",
+            "--runc-binary",
+            &runtime,
+            "--runc-root",
+            &root,
+            "--fifo-dir",
+            &fifos,
+        ];
+        args.extend(options);
+        args.push(IMAGE);
+        args.push(id);
+        args.extend(command);
+        self.ctr(&args)
+    }
+
+    /// The tasks `ctr task ls` shows: (id, pid, status).
+    #[track_caller]
+    fn tasks(&self) -> Vec<(String, u32, String)> {
+        let listed = self.ctr(&["tasks", "ls"]).ok();
+        listed
+            .stdout
+            .lines()
+            .skip(1)
+            .map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                assert_eq!(fields.len(), 3, "a task line: {line:?}");
+                let pid = fields[1]
+                    .parse()
+                    .unwrap_or_else(|_| panic!("a pid: {line:?}"));
+                (fields[0].to_string(), pid, fields[2].to_string())
+            })
+            .collect()
+    }
+
+    /// No container, task or container snapshot left in containerd, and
+    /// nothing in the runtime's root (`--runc-root`, per namespace).
+    #[track_caller]
+    fn assert_no_containers(&self) {
+        let containers = self.ctr(&["containers", "ls", "--quiet"]).ok();
+        assert!(containers.stdout.trim().is_empty(), "{containers}");
+        assert!(self.tasks().is_empty(), "tasks left");
+        let snapshots = self.ctr(&["snapshots", "ls"]).ok();
+        assert!(
+            !snapshots.stdout.contains("Active"),
+            "a container's snapshot is left: {snapshots}"
+        );
+        assert_empty_dir(&self.runc_root().join(&self.namespace));
+    }
+
+    /// Removes the image, stops containerd, and checks that no process
+    /// (shim, runtime, VM) and no mount is left, and that the containers'
+    /// cgroups can go.
+    #[track_caller]
+    fn stop_and_assert_clean(mut self) {
+        self.ctr(&["images", "rm", IMAGE]).ok();
+        self.stop_daemon();
+        assert_no_process_references(&[self.scratch.display(), self.namespace.clone()]);
+        assert_no_mounts_below(self.scratch.path());
+        let stuck = harness::remove_cgroup(&self.namespace);
+        assert!(stuck.is_empty(), "cgroups that cannot go: {stuck:?}");
+    }
+
+    fn stop_daemon(&mut self) {
+        let Some(mut daemon) = self.daemon.take() else {
+            return;
+        };
+        // SAFETY: kill(2) on the containerd this test started.
+        unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while daemon.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = daemon.kill();
+                let _ = daemon.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Containerd {
+    /// Best effort (also after a failure): tasks and containers removed,
+    /// containerd stopped, cgroups removed; the scratch dir goes next.
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            let listed = harness::try_run(&mut self.command(&["tasks", "ls", "--quiet"]));
+            for id in listed
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                harness::try_run(&mut self.command(&["tasks", "delete", "--force", id]));
+            }
+            let listed = harness::try_run(&mut self.command(&["containers", "ls", "--quiet"]));
+            for id in listed
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                harness::try_run(&mut self.command(&["containers", "delete", id]));
+            }
+            self.stop_daemon();
+        }
+        harness::remove_cgroup(&self.namespace);
+    }
+}
+
+/// `ctr run --rm`: the container's stdout, stderr and exit status are
+/// ctr's; the container and its snapshot are removed.
+#[test]
+fn ctr_run_rm_gives_output_and_exit_status() {
+    let _one = one_at_a_time();
+    let containerd = Containerd::start("rm");
+    let output = containerd
+        .run_container(
+            &["--rm"],
+            "c1",
+            &["sh", "-c", "echo hi; echo oops >&2; exit 3"],
+        )
+        .exits(3);
+    assert_eq!(output.stdout, "hi\n", "{output}");
+    assert_eq!(output.stderr, "oops\n", "{output}");
+    containerd.assert_no_containers();
+    containerd.stop_and_assert_clean();
+}
+
+/// `ctr run -d`, then `ctr task exec` (output, cwd, exit status), `ctr task
+/// ps`, `ctr task kill` (SIGTERM, trapped: exit 7), `ctr task ls` showing
+/// it stopped, the exit status from `ctr task delete`, and `ctr containers
+/// rm` taking its snapshot.
+#[test]
+fn detached_task_exec_ps_kill_and_exit_status() {
+    let _one = one_at_a_time();
+    let containerd = Containerd::start("d");
+    let log = containerd.scratch.join("c2.log");
+    let log_uri = format!("file://{}", log.display());
+    let script = "trap 'echo bye; exit 7' TERM; echo ready; sleep 1000000 & wait";
+    containerd
+        .run_container(
+            &["--detach", "--log-uri", &log_uri],
+            "c2",
+            &["sh", "-c", script],
+        )
+        .ok();
+    wait_for("the task logs `ready`", || {
+        let text = read_text(&log);
+        text.contains("ready").then_some(()).ok_or(text)
+    });
+    let tasks = containerd.tasks();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    let (id, pid, status) = &tasks[0];
+    assert_eq!(
+        (id.as_str(), status.as_str()),
+        ("c2", "RUNNING"),
+        "{tasks:?}"
+    );
+    assert!(harness::alive(*pid), "the task's pid {pid} is not alive");
+    let parent = harness::parent_of(*pid).expect("a parent");
+    let parent_cmdline = read_text(&PathBuf::from(format!("/proc/{parent}/cmdline")));
+    assert!(
+        parent_cmdline.contains("containerd-shim"),
+        "the pid-file process {pid} is the shim's child (the shim waits for it), \
+         not {parent}'s ({parent_cmdline:?})"
+    );
+
+    let fifos = containerd.scratch.join("fifo").display().to_string();
+    let exec = containerd
+        .ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e1",
+            "--fifo-dir",
+            &fifos,
+            "--cwd",
+            "/etc",
+            "c2",
+            "sh",
+            "-c",
+            "echo from exec; pwd; echo exec err >&2; exit 4",
+        ])
+        .exits(4);
+    assert_eq!(exec.stdout, "from exec\n/etc\n", "{exec}");
+    assert_eq!(exec.stderr, "exec err\n", "{exec}");
+
+    // The shim asks the runtime (`ps --format json`).
+    let ps = containerd.ctr(&["tasks", "ps", "c2"]).ok();
+    let pids: Vec<&str> = ps.stdout.lines().skip(1).collect();
+    assert!(
+        !pids.is_empty() && ps.stdout.starts_with("PID"),
+        "`ctr task ps` lists the task's processes: {ps}"
+    );
+
+    containerd.ctr(&["tasks", "kill", "c2"]).ok();
+    wait_for("`ctr task ls` shows c2 stopped", || {
+        let tasks = containerd.tasks();
+        match tasks.first() {
+            Some((_, _, status)) if status == "STOPPED" => Ok(()),
+            _ => Err(format!("{tasks:?}")),
+        }
+    });
+    assert_eq!(read_text(&log), "ready\nbye\n", "the task's log");
+    let deleted = containerd.ctr(&["tasks", "delete", "c2"]).ok();
+    assert!(
+        deleted.stderr.contains("exit code 7"),
+        "`ctr task delete` reports the exit status: {deleted}"
+    );
+    assert!(containerd.tasks().is_empty(), "the task is gone");
+    containerd.ctr(&["containers", "rm", "c2"]).ok();
+    containerd.assert_no_containers();
+    containerd.stop_and_assert_clean();
+}
