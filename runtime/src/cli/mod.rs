@@ -26,10 +26,15 @@ use crate::state::{StateError, StateRoot, DEFAULT_ROOT};
 #[derive(Parser, Debug)]
 #[command(
     name = "runvm",
-    version,
-    about = "Runs OCI containers in KVM microVMs, with runc's command line"
+    about = "Runs OCI containers in KVM microVMs, with runc's command line",
+    disable_version_flag = true,
+    subcommand_required = false,
+    arg_required_else_help = true
 )]
 pub struct Cli {
+    /// Print the version (in runc's format).
+    #[arg(short = 'v', long)]
+    pub version: bool,
     /// Where container state is kept.
     #[arg(long, global = true, default_value = DEFAULT_ROOT)]
     pub root: PathBuf,
@@ -51,7 +56,7 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "true|false|auto", num_args = 0..=1, default_missing_value = "true")]
     pub rootless: Option<String>,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -199,6 +204,15 @@ impl Context {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let Some(command) = cli.command else {
+        // `--version` (clap asks for help when there is nothing at all).
+        println!(
+            "runvm version {}\nspec: {}",
+            env!("CARGO_PKG_VERSION"),
+            oci_spec::runtime::VERSION
+        );
+        return ExitCode::SUCCESS;
+    };
     let logger = Logger {
         file: cli.log.clone(),
         format: cli.log_format,
@@ -225,7 +239,7 @@ pub fn main() -> ExitCode {
         logger,
         global_args,
     };
-    let result = match cli.command {
+    let result = match command {
         Command::Create(args) => lifecycle::create(&context, args),
         Command::Start(args) => lifecycle::start(&context, args),
         Command::Run(args) => lifecycle::run(&context, args),
