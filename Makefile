@@ -1,5 +1,5 @@
 # runvm: the two commands that matter on a fresh machine are
-#   make run   set up, build, and boot the demo microVM
+#   make run   set up, build, and run a container in a microVM
 #   make test  set up, build, lint, and run every test (unit and end to end)
 
 SHELL := /bin/bash
@@ -15,7 +15,10 @@ TOOLS_INITRD := $(BUILD)/initramfs-tools.cpio
 BUSYBOX := /bin/busybox
 VMM := $(RELEASE)/runvm-vmm
 
-.PHONY: all setup build kernel binaries agent initramfs run test lint unit-test e2e-test bench clean
+PREFIX ?= /usr/local
+DEMO_BUNDLE := $(BUILD)/demo-bundle
+
+.PHONY: all setup build kernel binaries agent initramfs run test lint unit-test e2e-test bench install uninstall clean
 
 all: build
 
@@ -40,10 +43,28 @@ initramfs: agent binaries
 	$(RELEASE)/runvm-rootfs-builder --agent $(AGENT) --output $(INITRD)
 	$(RELEASE)/runvm-rootfs-builder --agent $(AGENT) --busybox $(BUSYBOX) --output $(TOOLS_INITRD)
 
+# The main job: a busybox container in its own microVM, through the runc
+# command line (`runvm run`), with the parts taken from the build tree.
 run: build
-	@echo "== booting a microVM: $(KERNEL) + $(INITRD), agent as PID 1 =="
-	$(VMM) --kernel $(KERNEL) --initrd $(INITRD) --init-arg=--poweroff
-	@echo "== the microVM powered off cleanly =="
+	scripts/demo-bundle.sh $(RELEASE)/runvm $(DEMO_BUNDLE)
+	@echo "== runvm run: a container in a microVM ($(KERNEL) + $(INITRD)) =="
+	RUNVM_VMM=$(VMM) RUNVM_KERNEL=$(KERNEL) RUNVM_INITRD=$(INITRD) \
+		$(RELEASE)/runvm --root $(BUILD)/state run --bundle $(DEMO_BUNDLE) demo-$$$$
+	@echo "== the container exited 0 and its microVM is gone =="
+
+# runvm, its VMM, the guest kernel and image, and virtiofsd, where runvm
+# finds them by itself (podman and containerd pass no configuration).
+install: build
+	install -D -m 0755 $(RELEASE)/runvm $(DESTDIR)$(PREFIX)/bin/runvm
+	install -D -m 0755 $(VMM) $(DESTDIR)$(PREFIX)/bin/runvm-vmm
+	install -D -m 0644 $(KERNEL) $(DESTDIR)$(PREFIX)/share/runvm/vmlinux
+	install -D -m 0644 $(INITRD) $(DESTDIR)$(PREFIX)/share/runvm/initramfs.cpio
+	install -D -m 0755 "$$(command -v virtiofsd || echo $${CARGO_HOME:-$$HOME/.cargo}/bin/virtiofsd)" \
+		$(DESTDIR)$(PREFIX)/libexec/runvm/virtiofsd
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/runvm $(DESTDIR)$(PREFIX)/bin/runvm-vmm
+	rm -rf $(DESTDIR)$(PREFIX)/share/runvm $(DESTDIR)$(PREFIX)/libexec/runvm
 
 lint:
 	$(CARGO) fmt --all -- --check
