@@ -11,6 +11,7 @@
 pub mod codec;
 pub mod containers;
 pub mod messages;
+pub mod oci;
 
 pub use codec::{read_frame, read_frame_bytes, write_frame, FrameError, MAX_FRAME_SIZE};
 pub use containers::{
@@ -18,8 +19,6 @@ pub use containers::{
     MAX_CONTAINER_ID_LEN, MAX_SHARE_TAG_LEN, SHARE_TAG,
 };
 pub use messages::*;
-/// The OCI runtime spec types the container requests carry.
-pub use oci_spec;
 
 /// Bumped on any incompatible change; the agent refuses other versions.
 pub const PROTOCOL_VERSION: u32 = 1;

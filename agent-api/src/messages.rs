@@ -108,7 +108,7 @@ pub enum RequestBody {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateContainerRequest {
     pub id: String,
-    pub spec: oci_spec::runtime::Spec,
+    pub spec: crate::oci::Spec,
     /// Absolute guest path of the root filesystem.
     pub rootfs: String,
     pub stdin: Option<u64>,
@@ -123,7 +123,7 @@ pub struct CreateContainerRequest {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecInContainerRequest {
     pub id: String,
-    pub process: oci_spec::runtime::Process,
+    pub process: crate::oci::Process,
     pub stdin: Option<u64>,
     pub stdout: Option<u64>,
     pub stderr: Option<u64>,
@@ -345,7 +345,7 @@ mod tests {
             "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}],
                       "maskedPaths": ["/proc/kcore"]}
         }"#;
-        let spec: oci_spec::runtime::Spec = serde_json::from_str(config).unwrap();
+        let spec: crate::oci::Spec = serde_json::from_str(config).unwrap();
         let request = Request {
             id: 9,
             body: RequestBody::CreateContainer(Box::new(CreateContainerRequest {

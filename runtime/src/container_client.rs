@@ -2,7 +2,7 @@
 //! exec, signal, wait, delete, state, stats and events, with each
 //! process's stdio relayed like `guest_process` does for plain execs.
 
-use runvm_agent_api::oci_spec::runtime::{Process, Spec};
+use runvm_agent_api::oci::{Process, Spec};
 use runvm_agent_api::{
     ContainerEvent, ContainerState, ContainerStats, CreateContainerRequest, ExecInContainerRequest,
     ExitStatus, RequestBody, ResponseBody,

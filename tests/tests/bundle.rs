@@ -19,7 +19,7 @@ use runvm::container_client::ContainerClient;
 use runvm::guest_process::{self, HostStdio, HostWriter, ProcessSpec};
 use runvm::share;
 use runvm::vm::{MicroVm, VmError, VmSpec};
-use runvm_agent_api::oci_spec::runtime::{Process, Spec};
+use runvm_agent_api::oci::{Process, Spec};
 use runvm_agent_api::{ContainerEvent, ExitStatus};
 use serde_json::json;
 use tokio::io::AsyncWrite;
@@ -232,9 +232,9 @@ async fn run_bundle(
 ) -> (ExitStatus, String) {
     let spec = bundle.spec();
     let readonly = spec
-        .root()
+        .root
         .as_ref()
-        .and_then(|root| root.readonly())
+        .and_then(|root| root.readonly)
         .unwrap_or(false);
     let rootfs = vm
         .share_rootfs(agent, id, &bundle.rootfs(), readonly)

@@ -12,7 +12,7 @@ use runvm::agent_client::AgentClient;
 use runvm::container_client::ContainerClient;
 use runvm::guest_process::{self, HostStdio, HostWriter, ProcessSpec};
 use runvm::vm::{MicroVm, VmSpec};
-use runvm_agent_api::oci_spec::runtime::{Process, Spec};
+use runvm_agent_api::oci::{Process, Spec};
 use runvm_agent_api::{ContainerEvent, ContainerStatus, ExitStatus};
 use serde_json::json;
 use tokio::io::AsyncWrite;

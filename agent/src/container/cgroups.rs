@@ -14,7 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use runvm_agent_api::oci_spec::runtime::LinuxResources;
+use runvm_agent_api::oci::{self, LinuxResources};
 use runvm_agent_api::ContainerStats;
 
 /// Controllers the agent enables for containers when the kernel has them.
@@ -63,52 +63,52 @@ fn swap_max(limit: Option<i64>, swap: i64) -> Result<Option<String>, String> {
 /// The files to write for `resources`, in order.
 pub fn render(resources: &LinuxResources) -> Result<Vec<CgroupWrite>, String> {
     let mut out = Vec::new();
-    if let Some(memory) = resources.memory() {
-        if let Some(limit) = memory.limit() {
+    if let Some(memory) = &resources.memory {
+        if let Some(limit) = memory.limit {
             out.push(write("memory.max", limit_value(limit)));
         }
-        if let Some(low) = memory.reservation() {
+        if let Some(low) = memory.reservation {
             out.push(write("memory.low", limit_value(low)));
         }
-        if let Some(swap) = memory.swap() {
-            if let Some(value) = swap_max(memory.limit(), swap)? {
+        if let Some(swap) = memory.swap {
+            if let Some(value) = swap_max(memory.limit, swap)? {
                 out.push(write("memory.swap.max", value));
             }
         }
-        if memory.disable_oom_killer() == Some(true) {
+        if memory.disable_oom_killer == Some(true) {
             return Err("disabling the OOM killer is not possible with cgroup v2".into());
         }
     }
-    if let Some(cpu) = resources.cpu() {
-        if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
+    if let Some(cpu) = &resources.cpu {
+        if let Some(shares) = cpu.shares.filter(|s| *s > 0) {
             out.push(write("cpu.weight", shares_to_weight(shares)));
         }
-        if cpu.quota().is_some() || cpu.period().is_some() {
-            let period = cpu.period().filter(|p| *p > 0).unwrap_or(100_000);
-            let quota = match cpu.quota() {
+        if cpu.quota.is_some() || cpu.period.is_some() {
+            let period = cpu.period.filter(|p| *p > 0).unwrap_or(100_000);
+            let quota = match cpu.quota {
                 Some(q) if q > 0 => q.to_string(),
                 _ => "max".to_string(),
             };
             out.push(write("cpu.max", format!("{quota} {period}")));
         }
-        if let Some(burst) = cpu.burst() {
+        if let Some(burst) = cpu.burst {
             out.push(write("cpu.max.burst", burst));
         }
-        if let Some(idle) = cpu.idle() {
+        if let Some(idle) = cpu.idle {
             out.push(write("cpu.idle", idle));
         }
-        if cpu.realtime_runtime().is_some() || cpu.realtime_period().is_some() {
+        if cpu.realtime_runtime.is_some() || cpu.realtime_period.is_some() {
             return Err("realtime CPU limits are not supported with cgroup v2".into());
         }
-        if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
+        if let Some(cpus) = cpu.cpus.as_deref().filter(|c| !c.is_empty()) {
             out.push(write("cpuset.cpus", cpus));
         }
-        if let Some(mems) = cpu.mems().as_deref().filter(|m| !m.is_empty()) {
+        if let Some(mems) = cpu.mems.as_deref().filter(|m| !m.is_empty()) {
             out.push(write("cpuset.mems", mems));
         }
     }
-    if let Some(pids) = resources.pids() {
-        let limit = pids.limit();
+    if let Some(pids) = &resources.pids {
+        let limit = pids.limit;
         out.push(write(
             "pids.max",
             if limit > 0 {
@@ -118,23 +118,19 @@ pub fn render(resources: &LinuxResources) -> Result<Vec<CgroupWrite>, String> {
             },
         ));
     }
-    if resources.block_io().is_some() {
+    if resources.block_io.is_some() {
         return Err("block I/O limits (linux.resources.blockIO) are not supported by runvm".into());
     }
-    if resources
-        .hugepage_limits()
-        .as_ref()
-        .is_some_and(|h| !h.is_empty())
-    {
+    if oci::is_set(&resources.hugepage_limits) {
         return Err("hugepage limits are not supported by runvm".into());
     }
-    if resources.rdma().as_ref().is_some_and(|r| !r.is_empty()) {
+    if oci::is_set(&resources.rdma) {
         return Err("RDMA limits are not supported by runvm".into());
     }
-    if resources.network().is_some() {
+    if resources.network.is_some() {
         return Err("network class/priority limits need cgroup v1; not supported".into());
     }
-    if let Some(unified) = resources.unified() {
+    if let Some(unified) = &resources.unified {
         let mut keys: Vec<&String> = unified.keys().collect();
         keys.sort();
         for key in keys {

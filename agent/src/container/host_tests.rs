@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use runvm_agent_api::oci_spec::runtime::{Process, Spec};
+use runvm_agent_api::oci::{Process, Spec};
 use runvm_agent_api::{
     AgentError, ContainerStatus, CreateContainerRequest, ErrorKind, ExecInContainerRequest,
     ExitStatus, RequestBody, ResponseBody,

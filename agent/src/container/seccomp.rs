@@ -25,8 +25,8 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use runvm_agent_api::oci_spec::runtime::{
-    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
+use runvm_agent_api::oci::{
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -40,7 +40,7 @@ mod table;
 #[cfg(target_arch = "x86_64")]
 const TARGET: TargetArch = TargetArch::x86_64;
 #[cfg(target_arch = "x86_64")]
-const NATIVE_ARCH: Arch = Arch::ScmpArchX86_64;
+const NATIVE_ARCH: &str = "SCMP_ARCH_X86_64";
 
 /// The syscall number of `name` on this architecture.
 pub fn syscall_number(name: &str) -> Option<i64> {
@@ -144,23 +144,22 @@ fn compile(
 
 /// Translates an OCI seccomp section.
 pub fn translate(profile: &LinuxSeccomp) -> Result<SeccompProgram, String> {
-    if let Some(arches) = profile.architectures() {
+    if let Some(arches) = &profile.architectures {
         let native = arches
             .iter()
-            .any(|a| matches!(a, Arch::ScmpArchNative) || *a == NATIVE_ARCH);
+            .any(|a| a == "SCMP_ARCH_NATIVE" || a == NATIVE_ARCH);
         if !arches.is_empty() && !native {
-            let names: Vec<String> = arches.iter().map(|a| a.to_string()).collect();
             return Err(format!(
                 "the seccomp profile is for {}; this guest runs {NATIVE_ARCH} only",
-                names.join(", ")
+                arches.join(", ")
             ));
         }
     }
-    if profile.listener_path().is_some() {
+    if profile.listener_path.is_some() {
         return Err("a seccomp listener (listenerPath) is not supported by runvm".into());
     }
     let mut flags: libc::c_ulong = 0;
-    for flag in profile.flags().iter().flatten() {
+    for flag in profile.flags.iter().flatten() {
         flags |= match flag {
             LinuxSeccompFilterFlag::SeccompFilterFlagLog => libc::SECCOMP_FILTER_FLAG_LOG,
             LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
@@ -177,7 +176,7 @@ pub fn translate(profile: &LinuxSeccomp) -> Result<SeccompProgram, String> {
             }
         };
     }
-    let default = action(profile.default_action(), profile.default_errno_ret())?;
+    let default = action(profile.default_action, profile.default_errno_ret)?;
     let mut program = SeccompProgram {
         flags,
         ..SeccompProgram::default()
@@ -186,18 +185,18 @@ pub fn translate(profile: &LinuxSeccomp) -> Result<SeccompProgram, String> {
     // default filter.
     let mut by_action: Vec<(SeccompAction, Chains)> = Vec::new();
     let mut all = Chains::new();
-    for syscall in profile.syscalls().iter().flatten() {
-        let act = action(syscall.action(), syscall.errno_ret())?;
+    for syscall in profile.syscalls.iter().flatten() {
+        let act = action(syscall.action, syscall.errno_ret)?;
         if act == default {
             continue;
         }
         let mut conditions = Vec::new();
-        for arg in syscall.args().iter().flatten() {
-            let index = u8::try_from(arg.index())
+        for arg in syscall.args.iter().flatten() {
+            let index = u8::try_from(arg.index)
                 .ok()
                 .filter(|i| *i < 6)
-                .ok_or_else(|| format!("seccomp argument index {} is not 0 to 5", arg.index()))?;
-            let (op, value) = operator(arg.op(), arg.value(), arg.value_two());
+                .ok_or_else(|| format!("seccomp argument index {} is not 0 to 5", arg.index))?;
+            let (op, value) = operator(arg.op, arg.value, arg.value_two);
             conditions.push(
                 SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value)
                     .map_err(|e| format!("seccomp condition: {e}"))?,
@@ -208,7 +207,7 @@ pub fn translate(profile: &LinuxSeccomp) -> Result<SeccompProgram, String> {
         } else {
             Some(SeccompRule::new(conditions).map_err(|e| format!("seccomp rule: {e}"))?)
         };
-        for name in syscall.names() {
+        for name in &syscall.names {
             let Some(nr) = syscall_number(name) else {
                 if !program.skipped.contains(name) {
                     program.skipped.push(name.clone());

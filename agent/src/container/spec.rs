@@ -6,9 +6,8 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
-use runvm_agent_api::oci_spec::runtime::{
-    Capabilities, LinuxDeviceType, LinuxIdMapping, LinuxNamespaceType, PosixRlimitType, Process,
-    Spec,
+use runvm_agent_api::oci::{
+    self, LinuxDeviceType, LinuxIdMapping, LinuxNamespaceType, PosixRlimitType, Process, Spec,
 };
 
 use super::cgroups::{self, CgroupWrite};
@@ -188,22 +187,28 @@ fn rlimit_resource(kind: PosixRlimitType) -> libc::c_int {
     }) as libc::c_int
 }
 
-/// An OCI capability as the kernel numbers it.
-pub fn capability(
-    cap: &runvm_agent_api::oci_spec::runtime::Capability,
-) -> Result<caps::Capability, String> {
-    format!("CAP_{cap}")
+/// An OCI capability name as the kernel numbers it. Like runc and
+/// oci-spec, the case and the `CAP_` prefix do not matter (Kubernetes
+/// writes `NET_ADMIN`).
+pub fn capability(name: &str) -> Result<caps::Capability, String> {
+    let upper = name.to_ascii_uppercase();
+    let mut bare = upper.as_str();
+    while let Some(rest) = bare.strip_prefix("CAP_") {
+        bare = rest;
+    }
+    format!("CAP_{bare}")
         .parse()
-        .map_err(|_| format!("capability CAP_{cap} is unknown to runvm"))
+        .map_err(|_| format!("capability {name:?} is unknown to runvm"))
 }
 
-fn cap_list(set: &Option<Capabilities>) -> Result<Vec<caps::Capability>, String> {
+fn cap_list(set: &Option<Vec<String>>) -> Result<Vec<caps::Capability>, String> {
     let mut list = set
         .iter()
         .flatten()
-        .map(capability)
+        .map(|name| capability(name))
         .collect::<Result<Vec<_>, _>>()?;
     list.sort_by_key(|c| c.index());
+    list.dedup();
     Ok(list)
 }
 
@@ -221,7 +226,7 @@ pub fn process_plan(
     process: &Process,
     inherited: &[(String, String)],
 ) -> Result<ProcessPlan, String> {
-    let args = process.args().clone().unwrap_or_default();
+    let args = process.args.clone().unwrap_or_default();
     if args.is_empty() {
         return Err("process.args is empty".into());
     }
@@ -230,7 +235,7 @@ pub fn process_plan(
         .map(|a| cstring(a, "argument"))
         .collect::<Result<Vec<_>, _>>()?;
     let mut env = Vec::new();
-    for entry in process.env().iter().flatten() {
+    for entry in process.env.iter().flatten() {
         match entry.split_once('=') {
             Some((name, _)) if !name.is_empty() => {}
             _ => return Err(format!("environment entry {entry:?} is not NAME=value")),
@@ -248,59 +253,59 @@ pub fn process_plan(
             env.push(format!("{name}={value}"));
         }
     }
-    let cwd = process.cwd().clone();
+    let cwd = process.cwd.clone();
     if !cwd.is_absolute() {
         return Err(format!("process.cwd {} is not absolute", cwd.display()));
     }
-    let user = process.user();
-    let caps = match process.capabilities() {
+    let user = &process.user;
+    let caps = match &process.capabilities {
         None => None,
         Some(c) => Some(CapsPlan {
-            bounding: cap_list(c.bounding())?,
-            effective: cap_list(c.effective())?,
-            permitted: cap_list(c.permitted())?,
-            inheritable: cap_list(c.inheritable())?,
-            ambient: cap_list(c.ambient())?,
+            bounding: cap_list(&c.bounding)?,
+            effective: cap_list(&c.effective)?,
+            permitted: cap_list(&c.permitted)?,
+            inheritable: cap_list(&c.inheritable)?,
+            ambient: cap_list(&c.ambient)?,
         }),
     };
     let mut rlimits: Vec<Rlimit> = Vec::new();
-    for r in process.rlimits().iter().flatten() {
-        let resource = rlimit_resource(r.typ());
+    for r in process.rlimits.iter().flatten() {
+        let resource = rlimit_resource(r.typ);
         if rlimits.iter().any(|o| o.resource == resource) {
-            return Err(format!("rlimit {:?} is given twice", r.typ()));
+            return Err(format!("rlimit {:?} is given twice", r.typ));
         }
-        if r.soft() > r.hard() {
+        if r.soft > r.hard {
             return Err(format!(
                 "rlimit {:?}: soft limit above the hard limit",
-                r.typ()
+                r.typ
             ));
         }
         rlimits.push(Rlimit {
             resource,
-            soft: r.soft(),
-            hard: r.hard(),
+            soft: r.soft,
+            hard: r.hard,
         });
     }
-    let console_size = process.console_size().map(|b| {
+    let console_size = process.console_size.map(|b| {
         (
-            u16::try_from(b.height()).unwrap_or(u16::MAX),
-            u16::try_from(b.width()).unwrap_or(u16::MAX),
+            u16::try_from(b.height).unwrap_or(u16::MAX),
+            u16::try_from(b.width).unwrap_or(u16::MAX),
         )
     });
     Ok(ProcessPlan {
         args,
         env,
         cwd,
-        uid: user.uid(),
-        gid: user.gid(),
-        additional_gids: user.additional_gids().clone().unwrap_or_default(),
-        umask: user.umask(),
-        terminal: process.terminal().unwrap_or(false),
+        uid: user.uid,
+        gid: user.gid,
+        additional_gids: user.additional_gids.clone().unwrap_or_default(),
+        umask: user.umask,
+        terminal: process.terminal.unwrap_or(false),
         console_size,
         caps,
         rlimits,
-        no_new_privileges: process.no_new_privileges().unwrap_or(false),
-        oom_score_adj: process.oom_score_adj(),
+        no_new_privileges: process.no_new_privileges.unwrap_or(false),
+        oom_score_adj: process.oom_score_adj,
     })
 }
 
@@ -309,7 +314,7 @@ fn id_map(mappings: &Option<Vec<LinuxIdMapping>>) -> Option<String> {
     Some(
         mappings
             .iter()
-            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.size))
             .collect(),
     )
 }
@@ -364,17 +369,18 @@ pub fn container_plan(
             rootfs.display()
         ));
     }
-    let process = spec.process().as_ref().ok_or("the spec has no process")?;
+    let process = spec.process.as_ref().ok_or("the spec has no process")?;
     let process = process_plan(process, inherited)?;
-    let linux = spec.linux().clone().unwrap_or_default();
+    let no_linux = oci::Linux::default();
+    let linux = spec.linux.as_ref().unwrap_or(&no_linux);
 
     let mut namespaces: Vec<Namespace> = Vec::new();
-    for ns in linux.namespaces().iter().flatten() {
-        let (flag, name) = namespace_flag(ns.typ())?;
+    for ns in linux.namespaces.iter().flatten() {
+        let (flag, name) = namespace_flag(ns.typ)?;
         if namespaces.iter().any(|n| n.flag == flag) {
             return Err(format!("namespace {name} is given twice"));
         }
-        let path = match ns.path() {
+        let path = match &ns.path {
             Some(p) => Some(container_path(p, "namespace path")?),
             None => None,
         };
@@ -384,8 +390,8 @@ pub fn container_plan(
     if !has(libc::CLONE_NEWNS) {
         return Err("the container needs a mount namespace (linux.namespaces: mount)".into());
     }
-    if (spec.hostname().as_ref().is_some_and(|h| !h.is_empty())
-        || spec.domainname().as_ref().is_some_and(|h| !h.is_empty()))
+    if (spec.hostname.as_ref().is_some_and(|h| !h.is_empty())
+        || spec.domainname.as_ref().is_some_and(|h| !h.is_empty()))
         && !has(libc::CLONE_NEWUTS)
     {
         return Err("setting the hostname needs a UTS namespace".into());
@@ -393,8 +399,8 @@ pub fn container_plan(
     let new_userns = namespaces
         .iter()
         .any(|n| n.flag == libc::CLONE_NEWUSER && n.path.is_none());
-    let uid_map = id_map(linux.uid_mappings());
-    let gid_map = id_map(linux.gid_mappings());
+    let uid_map = id_map(&linux.uid_mappings);
+    let gid_map = id_map(&linux.gid_mappings);
     if new_userns && (uid_map.is_none() || gid_map.is_none()) {
         return Err("a new user namespace needs linux.uidMappings and gidMappings".into());
     }
@@ -402,17 +408,11 @@ pub fn container_plan(
         return Err("uid/gid mappings are given without a new user namespace".into());
     }
     for (what, set) in [
-        ("linux.personality", linux.personality().is_some()),
-        ("linux.intelRdt", linux.intel_rdt().is_some()),
-        ("linux.memoryPolicy", linux.memory_policy().is_some()),
-        (
-            "linux.timeOffsets",
-            linux.time_offsets().as_ref().is_some_and(|t| !t.is_empty()),
-        ),
-        (
-            "linux.netDevices",
-            linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()),
-        ),
+        ("linux.personality", linux.personality.is_some()),
+        ("linux.intelRdt", linux.intel_rdt.is_some()),
+        ("linux.memoryPolicy", linux.memory_policy.is_some()),
+        ("linux.timeOffsets", oci::is_set(&linux.time_offsets)),
+        ("linux.netDevices", oci::is_set(&linux.net_devices)),
     ] {
         if set {
             return Err(format!("{what} is not supported by runvm"));
@@ -421,19 +421,19 @@ pub fn container_plan(
 
     let mut mounts = Vec::new();
     let mut dev_is_bind = false;
-    for m in spec.mounts().iter().flatten() {
-        let destination = container_path(m.destination(), "mount destination")?;
-        if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
+    for m in spec.mounts.iter().flatten() {
+        let destination = container_path(&m.destination, "mount destination")?;
+        if m.uid_mappings.is_some() || m.gid_mappings.is_some() {
             return Err(format!(
                 "id-mapped mounts ({}) are not supported by runvm",
                 destination.display()
             ));
         }
-        let options = mountopts::parse(m.options().as_deref().unwrap_or_default())?;
-        let fstype = m.typ().clone().unwrap_or_default();
+        let options = mountopts::parse(m.options.as_deref().unwrap_or_default())?;
+        let fstype = m.typ.clone().unwrap_or_default();
         let kind = if options.bind || fstype == "bind" {
             let source = m
-                .source()
+                .source
                 .clone()
                 .ok_or_else(|| format!("bind mount on {} has no source", destination.display()))?;
             let source = container_path(&source, "bind mount source")?;
@@ -445,7 +445,7 @@ pub fn container_plan(
         } else {
             MountKind::Fs {
                 source: m
-                    .source()
+                    .source
                     .as_ref()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| fstype.clone()),
@@ -473,17 +473,17 @@ pub fn container_plan(
             gid: 0,
         })
         .collect();
-    for d in linux.devices().iter().flatten() {
-        let path = container_path(d.path(), "device path")?;
+    for d in linux.devices.iter().flatten() {
+        let path = container_path(&d.path, "device path")?;
         if !path.starts_with("/dev") {
             return Err(format!("device {} is not under /dev", path.display()));
         }
         let plan = DevicePlan {
-            mode: device_mode(d.typ())? | (d.file_mode().unwrap_or(0o666) & 0o7777),
-            major: u32::try_from(d.major()).map_err(|_| "device major out of range")?,
-            minor: u32::try_from(d.minor()).map_err(|_| "device minor out of range")?,
-            uid: d.uid().unwrap_or(0),
-            gid: d.gid().unwrap_or(0),
+            mode: device_mode(d.typ)? | (d.file_mode.unwrap_or(0o666) & 0o7777),
+            major: u32::try_from(d.major).map_err(|_| "device major out of range")?,
+            minor: u32::try_from(d.minor).map_err(|_| "device minor out of range")?,
+            uid: d.uid.unwrap_or(0),
+            gid: d.gid.unwrap_or(0),
             path,
         };
         devices.retain(|o| o.path != plan.path);
@@ -497,7 +497,7 @@ pub fn container_plan(
             .collect()
     };
     let mut sysctl = Vec::new();
-    if let Some(map) = linux.sysctl() {
+    if let Some(map) = &linux.sysctl {
         let mut keys: Vec<&String> = map.keys().collect();
         keys.sort();
         for key in keys {
@@ -513,11 +513,11 @@ pub fn container_plan(
             sysctl.push((PathBuf::from("/proc/sys").join(path), map[key].clone()));
         }
     }
-    let seccomp = match linux.seccomp() {
+    let seccomp = match &linux.seccomp {
         Some(profile) => Some(seccomp::translate(profile)?),
         None => None,
     };
-    let resources = match linux.resources() {
+    let resources = match &linux.resources {
         Some(r) => cgroups::render(r)?,
         None => Vec::new(),
     };
@@ -526,19 +526,15 @@ pub fn container_plan(
         uid_map,
         gid_map,
         rootfs: rootfs.to_path_buf(),
-        readonly_root: spec
-            .root()
-            .as_ref()
-            .and_then(|r| r.readonly())
-            .unwrap_or(false),
-        root_propagation: propagation(linux.rootfs_propagation().as_deref().unwrap_or(""))?,
+        readonly_root: spec.root.as_ref().and_then(|r| r.readonly).unwrap_or(false),
+        root_propagation: propagation(linux.rootfs_propagation.as_deref().unwrap_or(""))?,
         mounts,
         setup_dev: !dev_is_bind,
         devices,
-        masked_paths: paths(linux.masked_paths(), "masked path")?,
-        readonly_paths: paths(linux.readonly_paths(), "readonly path")?,
-        hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
-        domainname: spec.domainname().clone().filter(|h| !h.is_empty()),
+        masked_paths: paths(&linux.masked_paths, "masked path")?,
+        readonly_paths: paths(&linux.readonly_paths, "readonly path")?,
+        hostname: spec.hostname.clone().filter(|h| !h.is_empty()),
+        domainname: spec.domainname.clone().filter(|h| !h.is_empty()),
         sysctl,
         process,
         seccomp,
@@ -694,10 +690,13 @@ mod tests {
     fn every_capability_name_maps_to_the_kernel_number() {
         for cap in caps::all() {
             let name = cap.to_string();
-            let oci: runvm_agent_api::oci_spec::runtime::Capability =
-                serde_json::from_value(serde_json::Value::String(name.clone())).unwrap();
-            assert_eq!(capability(&oci), Ok(cap), "{name}");
+            assert_eq!(capability(&name), Ok(cap), "{name}");
+            let bare = name.trim_start_matches("CAP_").to_ascii_lowercase();
+            assert_eq!(capability(&bare), Ok(cap), "{bare}");
         }
+        assert!(capability("CAP_NO_SUCH_THING")
+            .unwrap_err()
+            .contains("CAP_NO_SUCH_THING"));
     }
 
     #[test]
@@ -827,6 +826,69 @@ mod tests {
                 "{err:?} should mention {expected:?}"
             );
         }
+    }
+
+    /// The lean wire types keep what the agent refuses, so a spec asking
+    /// for it is refused by name rather than run without it.
+    #[test]
+    fn unsupported_features_are_refused_not_dropped() {
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("intelRdt", serde_json::json!({"closID": "g"}), "intelRdt"),
+            (
+                "memoryPolicy",
+                serde_json::json!({"mode": "MPOL_BIND", "nodes": "0"}),
+                "memoryPolicy",
+            ),
+            (
+                "timeOffsets",
+                serde_json::json!({"monotonic": {"secs": 1}}),
+                "timeOffsets",
+            ),
+            (
+                "netDevices",
+                serde_json::json!({"eth0": {"name": "eth1"}}),
+                "netDevices",
+            ),
+        ];
+        for (field, value, expected) in cases {
+            let err = edit(|v| v["linux"][field] = value).unwrap_err();
+            assert!(err.contains(expected), "{err:?} should mention {expected}");
+        }
+        let err = edit(|v| {
+            v["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({"type": "time"}))
+        })
+        .unwrap_err();
+        assert!(err.contains("time namespaces"), "{err}");
+        let err = edit(|v| {
+            v["mounts"][7]["uidMappings"] =
+                serde_json::json!([{"containerID": 0, "hostID": 1, "size": 1}])
+        })
+        .unwrap_err();
+        assert!(err.contains("id-mapped"), "{err}");
+        for (resources, expected) in [
+            (
+                serde_json::json!({"rdma": {"mlx5_1": {"hcaHandles": 3}}}),
+                "RDMA",
+            ),
+            (serde_json::json!({"network": {"classID": 1}}), "network"),
+            (
+                serde_json::json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}),
+                "hugepage",
+            ),
+        ] {
+            let err = edit(|v| v["linux"]["resources"] = resources).unwrap_err();
+            assert!(err.contains(expected), "{err:?} should mention {expected}");
+        }
+        // Empty lists and maps ask for nothing.
+        assert!(edit(|v| {
+            v["linux"]["timeOffsets"] = serde_json::json!({});
+            v["linux"]["netDevices"] = serde_json::json!({});
+            v["linux"]["resources"]["hugepageLimits"] = serde_json::json!([]);
+        })
+        .is_ok());
     }
 
     #[test]
