@@ -98,6 +98,19 @@ pub enum RequestBody {
     MountShare {
         tag: String,
     },
+    /// Freeze (`frozen`) or thaw every process of a container through its
+    /// cgroup (cgroup.freeze), answered with `Done` once the kernel reports
+    /// it done, like `runc pause` / `runc resume`.
+    FreezeContainer {
+        id: String,
+        frozen: bool,
+    },
+    /// New cgroup limits for a container, like `runc update`: an OCI
+    /// `linux.resources` object (fields left out are not changed).
+    UpdateContainer {
+        id: String,
+        resources: Box<crate::oci::LinuxResources>,
+    },
 }
 
 /// `CreateContainer`: an OCI runtime spec (`config.json`) and where the

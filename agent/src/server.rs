@@ -552,6 +552,8 @@ async fn dispatch(agent: &Rc<Agent>, body: RequestBody) -> Result<ResponseBody, 
         RequestBody::ContainerStats { id } => container::stats(agent, &id),
         RequestBody::WaitEvent { after } => container::wait_event(agent, after).await,
         RequestBody::MountShare { tag } => crate::share::mount_share(&tag),
+        RequestBody::FreezeContainer { id, frozen } => container::freeze(agent, &id, frozen).await,
+        RequestBody::UpdateContainer { id, resources } => container::update(agent, &id, &resources),
     }
 }
 

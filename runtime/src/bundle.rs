@@ -24,6 +24,8 @@ pub enum BundleError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("the spec cannot be put in the agent's form: {0}")]
+    Wire(serde_json::Error),
     #[error("config.json has no {0}")]
     Missing(&'static str),
     #[error("the rootfs {} is not a directory", .0.display())]
@@ -248,6 +250,16 @@ pub fn guest_spec(spec: &Spec, binds: &[HostBind], guest_sources: &[String]) -> 
     }
     guest.set_hooks(None);
     guest
+}
+
+/// The agent's lean form of an OCI value (the same JSON): config.json is
+/// read with oci-spec on the host, the agent links only what it uses.
+pub fn to_wire<T: serde::Serialize, W: serde::de::DeserializeOwned>(
+    value: &T,
+) -> Result<W, BundleError> {
+    serde_json::to_value(value)
+        .and_then(serde_json::from_value)
+        .map_err(BundleError::Wire)
 }
 
 #[cfg(test)]

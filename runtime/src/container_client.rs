@@ -269,6 +269,34 @@ impl<'a> ContainerClient<'a> {
         )
     }
 
+    /// Freezes (`frozen`) or thaws the container's processes.
+    pub async fn freeze(&self, id: &str, frozen: bool) -> Result<(), ClientError> {
+        done(
+            self.agent
+                .call(RequestBody::FreezeContainer {
+                    id: id.into(),
+                    frozen,
+                })
+                .await?,
+        )
+    }
+
+    /// New cgroup limits (OCI linux.resources; fields left out stay).
+    pub async fn update(
+        &self,
+        id: &str,
+        resources: runvm_agent_api::oci::LinuxResources,
+    ) -> Result<(), ClientError> {
+        done(
+            self.agent
+                .call(RequestBody::UpdateContainer {
+                    id: id.into(),
+                    resources: Box::new(resources),
+                })
+                .await?,
+        )
+    }
+
     pub async fn state(&self, id: &str) -> Result<ContainerState, ClientError> {
         match self
             .agent

@@ -351,7 +351,7 @@ async fn create_init(root: &StateRoot, args: &MonitorArgs) -> Result<CreatedInit
     let spec = bundle::guest_spec(&bundle.spec, &binds, &guest_sources);
     let io = host.io.take().ok_or(MonitorError::NotRunning)?;
     let init = ContainerClient::new(&agent)
-        .create_with(&args.id, spec, &guest_rootfs, io)
+        .create_with(&args.id, bundle::to_wire(&spec)?, &guest_rootfs, io)
         .await?;
     Ok(CreatedInit {
         vm,
@@ -507,7 +507,7 @@ async fn run_exec(root: &Path, args: &MonitorArgs, file: &Path) -> i32 {
         let mut host = host_io(args, terminal)?;
         let io = host.io.take().ok_or(MonitorError::NotRunning)?;
         let exec = ContainerClient::new(&agent)
-            .exec_with(&args.id, process, io)
+            .exec_with(&args.id, bundle::to_wire(&process)?, io)
             .await?;
         Ok::<_, MonitorError>((agent, exec, host))
     };

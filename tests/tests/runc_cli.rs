@@ -454,6 +454,30 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     cli.run(&["delete", id]).fails();
     assert_eq!(cli.status(id), "running");
 
+    // pause freezes it (twice is an error), resume thaws it.
+    cli.run(&["pause", id]).ok();
+    assert_eq!(cli.status(id), "paused");
+    cli.run(&["pause", id]).fails();
+    cli.run(&["resume", id]).ok();
+    assert_eq!(cli.status(id), "running");
+    // update changes the limits; events --stats shows them.
+    cli.run(&["update", "--memory", "64m", "--pids-limit", "20", id])
+        .ok();
+    let events = cli.run(&["events", "--stats", id]).ok();
+    let stats: Value = serde_json::from_str(events.stdout.trim())
+        .unwrap_or_else(|e| panic!("`events --stats` is not JSON ({e}): {events}"));
+    assert_eq!(stats["type"], "stats", "{events}");
+    assert_eq!(
+        stats["data"]["memory"]["usage"]["limit"],
+        64 << 20,
+        "{events}"
+    );
+    assert_eq!(stats["data"]["pids"]["limit"], 20, "{events}");
+    assert!(
+        stats["data"]["pids"]["current"].as_u64() >= Some(1),
+        "{events}"
+    );
+
     cli.run(&["kill", id, "TERM"]).ok();
     wait_for("the container stops", || match cli.status(id).as_str() {
         "stopped" => Ok(()),

@@ -275,6 +275,33 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Freezes or thaws the cgroup and waits (up to `patience`) until
+    /// cgroup.events says it is so.
+    pub async fn freeze(&self, frozen: bool, patience: Duration) -> io::Result<()> {
+        write_file(
+            &self.path.join("cgroup.freeze"),
+            if frozen { "1" } else { "0" },
+        )?;
+        let want = u64::from(frozen);
+        let deadline = Instant::now() + patience;
+        loop {
+            let events = read(&self.path.join("cgroup.events"))?;
+            if parse_keyed(&events).get("frozen").copied().unwrap_or(0) == want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the cgroup {} did not become frozen={want}",
+                        self.path.display()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn oom_kills(&self) -> io::Result<u64> {
         let events = read(&self.events_file())?;
         Ok(parse_keyed(&events).get("oom_kill").copied().unwrap_or(0))

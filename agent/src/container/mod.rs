@@ -683,6 +683,44 @@ pub fn state(agent: &Agent, id: &str) -> Result<ResponseBody, AgentError> {
     Ok(ResponseBody::ContainerState(state))
 }
 
+fn cgroup_of(agent: &Agent, id: &str) -> Result<Rc<Cgroup>, AgentError> {
+    let containers = agent.containers.borrow();
+    let c = containers.get(id)?;
+    c.cgroup
+        .clone()
+        .ok_or_else(|| not_found(format!("container {id:?} has no cgroup")))
+}
+
+/// `runc pause` / `runc resume`: the container's cgroup is frozen or
+/// thawed; a container whose init has ended cannot be.
+pub async fn freeze(agent: &Agent, id: &str, frozen: bool) -> Result<ResponseBody, AgentError> {
+    {
+        let containers = agent.containers.borrow();
+        let c = containers.get(id)?;
+        if c.exited.borrow().is_some() {
+            return Err(conflict(format!("container {id:?} is not running")));
+        }
+    }
+    let cgroup = cgroup_of(agent, id)?;
+    cgroup
+        .freeze(frozen, Duration::from_secs(10))
+        .await
+        .map_err(|e| system(e.to_string()))?;
+    Ok(ResponseBody::Done)
+}
+
+/// `runc update`: the limits given are written to the container's cgroup.
+pub fn update(
+    agent: &Agent,
+    id: &str,
+    resources: &runvm_agent_api::oci::LinuxResources,
+) -> Result<ResponseBody, AgentError> {
+    let cgroup = cgroup_of(agent, id)?;
+    let writes = cgroups::render(resources).map_err(invalid)?;
+    cgroup.apply(&writes).map_err(|e| system(e.to_string()))?;
+    Ok(ResponseBody::Done)
+}
+
 pub fn stats(agent: &Agent, id: &str) -> Result<ResponseBody, AgentError> {
     let containers = agent.containers.borrow();
     let c = containers.get(id)?;
