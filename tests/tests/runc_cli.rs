@@ -26,7 +26,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use harness::{
     assert_empty_dir, assert_no_mounts_below, assert_no_process_references, busybox_rootfs,
-    read_text, run, run_to_files, wait_for, Output, RuntimeUnderTest, Scratch,
+    processes_referencing, read_text, run, run_to_files, wait_for, Output, RuntimeUnderTest,
+    Scratch,
 };
 use serde_json::{json, Value};
 
@@ -606,4 +607,74 @@ fn kill_9_of_the_pid_file_process_then_delete() {
     assert_eq!(reap(pid), Ended::Signal(libc::SIGKILL));
     cli.run(&["delete", "--force", id]).ok();
     cli.assert_gone(id);
+}
+
+/// runvm only: the pieces of a VM runtime can crash on their own. A VMM
+/// killed with SIGKILL stops the container (its pid-file process ends,
+/// state says stopped) and `delete` leaves nothing; a `create` killed
+/// while the VM boots takes its VM along, and `delete` removes the rest.
+#[test]
+fn runvm_kill_9_of_the_vmm_or_of_a_create_in_progress() {
+    let _one = one_at_a_time();
+    let cli = Cli::new("vmm9");
+    assert!(
+        cli.runtime.is_runvm,
+        "this test is about runvm's VMM; run it without RUNVM_TEST_RUNTIME"
+    );
+    let id: &str = &unique("vmm9");
+    let bundle = cli.bundle("bundle", &["sh", "-c", "exec sleep 1000000"], |_| {});
+    let pid_path = cli.scratch.join("pid");
+    // The container's stdio is the create call's: files, not pipes.
+    run_to_files(
+        &mut cli.command(&[
+            "create",
+            "--bundle",
+            &bundle.display().to_string(),
+            "--pid-file",
+            &pid_path.display().to_string(),
+            id,
+        ]),
+        &cli.scratch.join("out"),
+        &cli.scratch.join("err"),
+    )
+    .ok();
+    cli.run(&["start", id]).ok();
+    let pid = pid_file(&pid_path);
+    let root = cli.root.display().to_string();
+    let vmm: Vec<u32> = processes_referencing(std::slice::from_ref(&root))
+        .into_iter()
+        .filter(|(_, line)| line.contains("runvm-vmm"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(vmm.len(), 1, "one VMM for the container: {vmm:?}");
+    // SAFETY: kill(2) on the VMM this test's container started.
+    unsafe { libc::kill(vmm[0] as libc::pid_t, libc::SIGKILL) };
+    assert!(
+        matches!(reap(pid), Ended::Code(_)),
+        "the pid-file process ends with a status when its VM is gone"
+    );
+    assert_eq!(cli.status(id), "stopped");
+    cli.run(&["kill", id, "KILL"]).fails();
+    cli.run(&["delete", id]).ok();
+    cli.assert_gone(id);
+
+    // A create killed while its VM boots.
+    let id2: &str = &unique("boot9");
+    let mut create = cli.command(&["create", "--bundle", &bundle.display().to_string(), id2]);
+    let mut child = create
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start create");
+    wait_for("the VM of the second container boots", || {
+        let found = processes_referencing(std::slice::from_ref(&root))
+            .into_iter()
+            .any(|(_, line)| line.contains("runvm-vmm"));
+        found.then_some(()).ok_or_else(|| "no VMM yet".to_string())
+    });
+    child.kill().expect("SIGKILL create");
+    child.wait().expect("reap create");
+    // Its monitor, VMM and virtiofsd go by themselves.
+    assert_no_process_references(std::slice::from_ref(&root));
+    cli.run(&["delete", id2]).ok();
+    cli.assert_gone(id2);
 }
