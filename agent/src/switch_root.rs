@@ -83,23 +83,36 @@ pub fn switch(staging: &Path) -> Result<(), String> {
         Err(e) => return Err(format!("cannot bind / on {}: {e}", staging.display())),
     }
     // SAFETY: plain syscalls with C strings.
-    unsafe {
-        check(libc::chdir(staging_c.as_ptr()), "chdir to the bound root")?;
-        check(
-            libc::mount(
-                c".".as_ptr(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_MOVE,
-                std::ptr::null(),
-            ),
-            "cannot move the bound root over /",
-        )?;
-        // The working directory is the moved mount's root: it becomes the
-        // root, and stays the working directory.
-        check(libc::chroot(c".".as_ptr()), "chroot into the bound root")?;
+    let moved = unsafe {
+        check(libc::chdir(staging_c.as_ptr()), "chdir to the bound root").and_then(|()| {
+            check(
+                libc::mount(
+                    c".".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_MOVE,
+                    std::ptr::null(),
+                ),
+                "cannot move the bound root over /",
+            )
+        })
+    };
+    if let Err(e) = moved {
+        // Back to the initramfs as it was, staging directory free again.
+        // SAFETY: as above.
+        unsafe {
+            libc::chdir(c"/".as_ptr());
+            libc::umount2(staging_c.as_ptr(), libc::MNT_DETACH);
+        }
+        return Err(e);
     }
-    Ok(())
+    // The working directory is the moved mount's root: it becomes the
+    // root, and stays the working directory.
+    // SAFETY: chroot(2) with a C string.
+    check(
+        unsafe { libc::chroot(c".".as_ptr()) },
+        "chroot into the bound root",
+    )
 }
 
 #[cfg(test)]
