@@ -1,6 +1,7 @@
 //! runvm-agent: PID 1 inside a runvm guest.
 //!
-//! It mounts the kernel filesystems, then either serves the host's API over
+//! It moves its root off the initramfs (so containers can pivot_root, see
+//! `switch_root`), mounts the kernel filesystems, then either serves the host's API over
 //! vsock (the default: see `server`), printing one ready line on the console
 //! once the API is available, or prints that line and powers off or reboots
 //! (`--poweroff`, `--reboot`).
@@ -33,6 +34,7 @@ mod reaper;
 mod server;
 mod share;
 mod streams;
+mod switch_root;
 
 use std::ffi::{c_char, c_int};
 use std::io::Write;
@@ -86,6 +88,8 @@ fn boot(config: &args::Config) -> ! {
         agent_log!("{conflict}");
     }
 
+    // Before anything is mounted on the initramfs.
+    switch_root::leave_initramfs();
     mounts::mount_all();
 
     match config.action {

@@ -257,6 +257,85 @@ async fn scenario_oom_event(agent: &AgentClient) {
     containers.delete("c", false).await.expect("delete c");
 }
 
+/// A container process with CAP_SYS_CHROOT (podman grants it) tries the
+/// classic chroot escape: chroot into a subdirectory while keeping its
+/// working directory outside it (busybox nsenter -r/-w does exactly that),
+/// climb with `..` and chroot there. It gets out of the subdirectory but
+/// no further than the container's root (`..` at the root of a mount that
+/// sits on its parent's root goes nowhere), and never sees the guest's
+/// own root (the agent is its /init).
+async fn scenario_chroot_escape(agent: &AgentClient) {
+    let containers = ContainerClient::new(agent);
+    guest_sh(agent, "mkdir -p /run/ctr/e").await;
+    let caps = json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SETFCAP",
+        "CAP_SETGID",
+        "CAP_SETPCAP",
+        "CAP_SETUID",
+        "CAP_SYS_CHROOT"
+    ]);
+    let script = "cd / && nsenter -r/x -w/ /bin/sh -c '\
+                  cd -P ../../../../.. && echo seen: * && \
+                  if test -e init; then echo ESCAPED; fi && \
+                  chroot . /bin/sh -c \"test -e /init && echo ESCAPED-CHROOT || echo stayed\"'";
+    let mut config: serde_json::Value =
+        serde_json::to_value(spec(script, "ctr-e", json!({}))).expect("spec as json");
+    config["process"]["capabilities"] =
+        json!({"bounding": caps, "effective": caps, "permitted": caps});
+    config["mounts"]
+        .as_array_mut()
+        .expect("mounts")
+        .push(json!({"destination": "/x/bin", "source": "/bin", "options": ["rbind", "ro"]}));
+    let out = Captured::default();
+    containers
+        .create(
+            "e",
+            serde_json::from_value(config).expect("spec"),
+            "/run/ctr/e",
+            HostStdio {
+                stdout: out.writer(),
+                stderr: out.writer(),
+                ..HostStdio::default()
+            },
+        )
+        .await
+        .expect("create e");
+    containers.start("e").await.expect("start e");
+    let status = containers.wait("e").await.expect("wait e");
+    let text = out.text();
+    assert_eq!(status, ExitStatus::Code(0), "{text}");
+    // Out of /x (so it sees x), stopped at the container's root.
+    let seen = text
+        .lines()
+        .find_map(|l| l.strip_prefix("seen: "))
+        .unwrap_or_else(|| panic!("the escape attempt did not run: {text}"));
+    assert!(
+        seen.split(' ').any(|name| name == "x"),
+        "not out of /x: {text}"
+    );
+    assert!(!text.contains("ESCAPED"), "out of the container: {text}");
+    assert!(text.contains("stayed"), "{text}");
+    containers.delete("e", false).await.expect("delete e");
+
+    // The guest's own root is a mount with a parent (the agent moved off
+    // the initramfs at boot), so containers enter theirs by pivot_root
+    // and unmount the guest's. The initramfs (the kernel's rootfs) is the
+    // one mount that is its own parent.
+    let mountinfo = guest_sh(agent, "cat /proc/self/mountinfo").await;
+    let root = mountinfo
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&"/"))
+        .unwrap_or_else(|| panic!("no / in the guest's mountinfo:\n{mountinfo}"));
+    assert_ne!(root[0], root[1], "/ is the initramfs:\n{mountinfo}");
+}
+
 #[test]
 fn containers_in_a_microvm() {
     common::require_kvm();
@@ -284,6 +363,7 @@ fn containers_in_a_microvm() {
             scenario_limits(&agent).await;
             scenario_stats_exec_kill(&agent).await;
             scenario_oom_event(&agent).await;
+            scenario_chroot_escape(&agent).await;
         })
         .await;
         let console = vm.console_tail();

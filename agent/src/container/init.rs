@@ -385,7 +385,7 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .map_err(|e| format!("cannot set oom_score_adj: {e}"))?;
     }
-    pivot_root(&root, &plan.rootfs)
+    pivot_root(&root)
 }
 
 fn mount_one(
@@ -602,12 +602,12 @@ fn make_readonly(root: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
 }
 
 /// Makes `root` the root: pivot_root(".", ".") stacks the old root on the
-/// new one, then the old one is detached; no directory for it is needed.
-/// When the current root is the initramfs (rootfs, which pivot_root
-/// cannot move), the root filesystem is moved over `/` and chrooted into
-/// instead, after the guest's other mounts are detached from this mount
-/// namespace, as runc's --no-pivot and Kata's agent do.
-fn pivot_root(root: &OwnedFd, rootfs: &Path) -> Result<(), String> {
+/// new one, then the old one is detached with everything mounted below it,
+/// so the container's mount namespace keeps nothing of the guest's; no
+/// directory for it is needed. In the guest this needs the agent to have
+/// left the initramfs at boot (see `crate::switch_root`): the initramfs
+/// itself has no parent mount, which pivot_root refuses.
+fn pivot_root(root: &OwnedFd) -> Result<(), String> {
     // SAFETY: plain syscalls; the descriptors are ours.
     unsafe {
         let old = libc::open(
@@ -619,10 +619,14 @@ fn pivot_root(root: &OwnedFd, rootfs: &Path) -> Result<(), String> {
         check(libc::fchdir(root.as_raw_fd()), "chdir to the rootfs")?;
         if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0 {
             let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(format!("pivot_root: {e}"));
-            }
-            return move_root(&old, rootfs);
+            return Err(if e.raw_os_error() == Some(libc::EINVAL) {
+                format!(
+                    "pivot_root: {e} (is the agent's root still the initramfs, \
+                     or is a mount involved shared?)"
+                )
+            } else {
+                format!("pivot_root: {e}")
+            });
         }
         check(libc::fchdir(old.as_raw_fd()), "chdir to the old root")?;
         // Keep the unmount from reaching the agent's mounts.
@@ -632,85 +636,6 @@ fn pivot_root(root: &OwnedFd, rootfs: &Path) -> Result<(), String> {
             libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
             "unmount the old root",
         )?;
-        check(libc::chdir(c"/".as_ptr()), "chdir /")?;
-    }
-    Ok(())
-}
-
-/// Mount points in a /proc/<pid>/mountinfo text, unescaped.
-pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| {
-            let bytes = field.as_bytes();
-            let mut out = Vec::with_capacity(bytes.len());
-            let mut i = 0;
-            while i < bytes.len() {
-                let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-                    std::str::from_utf8(d)
-                        .ok()
-                        .and_then(|d| u8::from_str_radix(d, 8).ok())
-                });
-                match (bytes[i], octal) {
-                    (b'\\', Some(byte)) => {
-                        out.push(byte);
-                        i += 4;
-                    }
-                    (b, _) => {
-                        out.push(b);
-                        i += 1;
-                    }
-                }
-            }
-            use std::os::unix::ffi::OsStringExt;
-            PathBuf::from(std::ffi::OsString::from_vec(out))
-        })
-        .collect()
-}
-
-/// The guest's mounts outside `rootfs`, deepest first: what the container
-/// must not keep once its root is moved over the initramfs.
-pub fn mounts_to_detach(mountinfo: &str, rootfs: &Path) -> Vec<PathBuf> {
-    let mut points: Vec<PathBuf> = mount_points(mountinfo)
-        .into_iter()
-        .filter(|p| p != Path::new("/") && !p.starts_with(rootfs))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    points.dedup();
-    points
-}
-
-/// The no-pivot way in (see `pivot_root`); `old` is the old root and the
-/// working directory is the rootfs.
-fn move_root(old: &OwnedFd, rootfs: &Path) -> Result<(), String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("cannot read mountinfo: {e}"))?;
-    let detach = mounts_to_detach(&mountinfo, rootfs);
-    let rootfs_c = c(rootfs)?;
-    // SAFETY: plain syscalls with C strings and our descriptors.
-    unsafe {
-        check(
-            libc::mount(
-                rootfs_c.as_ptr(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_MOVE,
-                std::ptr::null(),
-            ),
-            "cannot move the rootfs over /",
-        )?;
-        check(libc::chroot(c".".as_ptr()), "chroot")?;
-        // From the old root (outside the chroot), detach the guest's
-        // mounts: the container keeps none of them. Errors are fine: a
-        // mount may have gone with its parent already.
-        check(libc::fchdir(old.as_raw_fd()), "chdir to the old root")?;
-        for point in detach {
-            let Ok(rel) = c(&paths::relative(&point)) else {
-                continue;
-            };
-            libc::umount2(rel.as_ptr(), libc::MNT_DETACH);
-        }
         check(libc::chdir(c"/".as_ptr()), "chdir /")?;
     }
     Ok(())
@@ -962,27 +887,6 @@ mod tests {
         assert_eq!(find_program(c"./x", &env).unwrap().to_str().unwrap(), "./x");
         let err = find_program(c"no-such-program-here", &env).unwrap_err();
         assert!(err.contains("not found"));
-    }
-
-    #[test]
-    fn mount_points_are_unescaped_and_the_rootfs_is_kept() {
-        let mountinfo = "\
-22 1 0:5 / / rw - rootfs rootfs rw
-23 22 0:20 / /proc rw,nosuid - proc proc rw
-24 22 0:21 / /run rw - tmpfs tmpfs rw
-25 24 0:21 /c /run/c/rootfs rw - tmpfs tmpfs rw
-26 25 0:22 / /run/c/rootfs/proc rw - proc proc rw
-27 24 0:23 / /run/with\\040space rw - tmpfs tmpfs rw
-";
-        assert_eq!(mount_points(mountinfo)[5], PathBuf::from("/run/with space"));
-        assert_eq!(
-            mounts_to_detach(mountinfo, Path::new("/run/c/rootfs")),
-            vec![
-                PathBuf::from("/run/with space"),
-                PathBuf::from("/proc"),
-                PathBuf::from("/run"),
-            ]
-        );
     }
 
     #[test]
