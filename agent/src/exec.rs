@@ -12,6 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use runvm_agent_api::{AgentError, ErrorKind, ExecRequest};
@@ -217,13 +218,54 @@ fn stdio_pipe(input: bool) -> io::Result<(OwnedFd, Fd)> {
     }
 }
 
+/// Signals (bit N-1 for signal N) that were ignored when this agent
+/// started serving. Ignored dispositions survive exec, so children must
+/// not inherit them. As PID 1 the agent starts with none ignored and does
+/// not look (each syscall counts in an emulated guest); elsewhere (tests
+/// under `nohup`, say) it may inherit some.
+static IGNORED_AT_START: AtomicU64 = AtomicU64::new(0);
+
+/// Records which signals are ignored now (see [`IGNORED_AT_START`]); std
+/// ignores SIGPIPE in every Rust program, so that one is always reset.
+pub fn note_ignored_signals() {
+    let mut mask = 1u64 << (libc::SIGPIPE - 1);
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != 1 {
+        for signal in 1..=64 {
+            // SAFETY: sigaction with a null new action only reads the
+            // disposition into our zeroed struct.
+            let ignored = unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+                    && old.sa_sigaction == libc::SIG_IGN
+            };
+            if ignored {
+                mask |= 1 << (signal - 1);
+            }
+        }
+    }
+    IGNORED_AT_START.store(mask, Ordering::Relaxed);
+}
+
+/// In a forked child: the signals noted as ignored back to their default.
+/// Async-signal-safe (an atomic load and sigaction).
+pub fn reset_ignored_signals() {
+    let mask = IGNORED_AT_START.load(Ordering::Relaxed) | 1 << (libc::SIGPIPE - 1);
+    for signal in 1..=64 {
+        if mask & (1 << (signal - 1)) != 0 {
+            // SAFETY: signal(2) on our own dispositions.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+    }
+}
+
 /// Runs in the forked child, just before exec: a clean signal mask (PID 1
-/// keeps SIGCHLD blocked, and std's `Command` no longer resets the mask), a
-/// session of its own and, on a terminal, the pty (already its stdin) as
-/// controlling terminal. Dispositions need no reset: exec resets handled
-/// signals, std resets SIGPIPE, and the agent ignores no other signal.
-/// Only async-signal-safe calls: this runs between fork and exec.
+/// keeps SIGCHLD blocked, and std's `Command` no longer resets the mask),
+/// no inherited ignored signals, a session of its own and, on a terminal,
+/// the pty (already its stdin) as controlling terminal. Only
+/// async-signal-safe calls: this runs between fork and exec.
 fn child_setup(terminal: bool) -> io::Result<()> {
+    reset_ignored_signals();
     // SAFETY: sigemptyset fills our local set; sigprocmask, setsid and
     // ioctl are plain syscalls.
     unsafe {

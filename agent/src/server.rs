@@ -168,6 +168,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(limits: Limits, on_shutdown: OnShutdown) -> Rc<Agent> {
+        crate::exec::note_ignored_signals();
         Rc::new(Agent {
             processes: RefCell::new(ProcessTable::new(limits.unwaited_exits)),
             containers: RefCell::new(Containers::new(limits.cgroup_root.clone())),

@@ -258,8 +258,8 @@ fn start_process(l: &Launch<'_>) -> Result<(), String> {
         let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
         libc::sigemptyset(empty.as_mut_ptr());
         libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
-        // The test harness ignores SIGPIPE; ignored signals survive exec.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // Ignored signals survive exec.
+        crate::exec::reset_ignored_signals();
         check(libc::setsid(), "setsid")?;
         for (target, fd) in l.stdio.iter().enumerate() {
             check(
@@ -761,7 +761,16 @@ fn finish(
         // SAFETY: prctl(2).
         unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
         capset(caps)?;
+        // An ambient capability must be inheritable and permitted too; runc
+        // only warns about one that is not (`runc spec` of 1.1 listed
+        // ambient capabilities without inheritable ones), so it is skipped
+        // here as well. Other failures are errors.
         for cap in &caps.ambient {
+            let permitted_and_inheritable =
+                caps.permitted.contains(cap) && caps.inheritable.contains(cap);
+            if !permitted_and_inheritable {
+                continue;
+            }
             caps::raise(None, caps::CapSet::Ambient, *cap)
                 .map_err(|e| format!("cannot raise ambient {cap}: {e}"))?;
         }
