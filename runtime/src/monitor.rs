@@ -550,15 +550,47 @@ async fn run_exec(root: &Path, args: &MonitorArgs, file: &Path) -> i32 {
     status.map_or(STATUS_LOST, |status| status.shell_code())
 }
 
+/// A monitor started by [`spawn`] that has reported, waiting for `go`.
+pub struct Launched {
+    child: std::process::Child,
+    sync: UnixStream,
+}
+
+impl Launched {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Tells it to undo what it made and exit; waits for that.
+    pub fn abort(mut self) {
+        drop(self.sync);
+        let _ = self.child.wait();
+    }
+
+    /// Tells it to go on, and waits until it no longer depends on us.
+    pub fn go(mut self) -> std::io::Result<std::process::Child> {
+        self.sync.write_all(b"go\n")?;
+        let mut line = String::new();
+        BufReader::new(&self.sync).read_line(&mut line)?;
+        if line.trim() != "going" {
+            let _ = self.child.wait();
+            return Err(std::io::Error::other(
+                "the container's monitor exited before it took over",
+            ));
+        }
+        Ok(self.child)
+    }
+}
+
 /// The caller's end: starts `runvm monitor` with `args` (the sync socket
-/// is added here), waits for its report and returns the child with it.
-/// `detach_session` puts the monitor in a session of its own (not for a
-/// foreground terminal, whose window changes it must see).
+/// is added here) and waits for its report. `detach_session` puts the
+/// monitor in a session of its own (not for a foreground terminal, whose
+/// window changes it must see).
 pub fn spawn(
     global_args: &[std::ffi::OsString],
     args: &MonitorArgs,
     detach_session: bool,
-) -> Result<(std::process::Child, UnixStream, Report), std::io::Error> {
+) -> Result<(Launched, Report), std::io::Error> {
     use std::os::unix::process::CommandExt;
     let (ours, theirs) = UnixStream::pair()?;
     let their_fd = theirs.as_raw_fd();
@@ -598,26 +630,11 @@ pub fn spawn(
     }
     let child = command.spawn()?;
     drop(theirs);
-    let mut reader = BufReader::new(ours.try_clone()?);
     let mut line = String::new();
-    reader.read_line(&mut line)?;
+    BufReader::new(&ours).read_line(&mut line)?;
     let report = serde_json::from_str(&line)
         .unwrap_or_else(|_| Report::Error("the monitor exited before it was set up".to_owned()));
-    Ok((child, ours, report))
-}
-
-/// Tells a monitor started by [`spawn`] to go on, and waits until it
-/// no longer depends on us.
-pub fn go(mut sync: UnixStream) -> std::io::Result<()> {
-    sync.write_all(b"go\n")?;
-    let mut line = String::new();
-    BufReader::new(&sync).read_line(&mut line)?;
-    if line.trim() != "going" {
-        return Err(std::io::Error::other(
-            "the container's monitor exited before it took over",
-        ));
-    }
-    Ok(())
+    Ok((Launched { child, sync: ours }, report))
 }
 
 #[cfg(test)]

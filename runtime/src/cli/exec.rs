@@ -12,7 +12,7 @@ use crate::bundle::Bundle;
 use crate::monitor::{self, MonitorArgs, Report};
 use crate::state::{self, Status};
 
-use super::{write_pid_file, CliError, CliResult, Context};
+use super::{hand_over, read_input, write_pid_file, CliError, CliResult, Context};
 
 #[derive(clap::Args, Debug)]
 pub struct ExecArgs {
@@ -57,14 +57,7 @@ pub struct ExecArgs {
 }
 
 fn read_process(path: &std::path::Path) -> CliResult<Process> {
-    let text = if path.as_os_str() == "-" {
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut text)?;
-        text
-    } else {
-        std::fs::read(path)
-            .map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))?
-    };
+    let text = read_input(path)?;
     serde_json::from_slice(&text)
         .map_err(|e| CliError::new(format!("{} is not an OCI process: {e}", path.display())))
 }
@@ -171,7 +164,7 @@ pub fn exec(context: &Context, args: ExecArgs) -> CliResult<u8> {
         return Ok(u8::try_from(code).unwrap_or(255));
     }
     let spawned = monitor::spawn(&context.global_args, &monitor_args, true);
-    let (mut child, sync, report) = match spawned {
+    let (launched, report) = match spawned {
         Ok(spawned) => spawned,
         Err(e) => {
             let _ = std::fs::remove_file(&file);
@@ -179,17 +172,10 @@ pub fn exec(context: &Context, args: ExecArgs) -> CliResult<u8> {
         }
     };
     if let Report::Error(message) = report {
-        let _ = child.wait();
+        launched.abort();
         let _ = std::fs::remove_file(&file);
         return Err(CliError::new(message));
     }
-    if let Some(pid_file) = &args.pid_file {
-        if let Err(e) = write_pid_file(pid_file, child.id() as i32) {
-            drop(sync);
-            let _ = child.wait();
-            return Err(e);
-        }
-    }
-    monitor::go(sync)?;
+    hand_over(launched, args.pid_file.as_deref(), || Ok(()))?;
     Ok(0)
 }

@@ -10,7 +10,7 @@ use crate::hooks::{self, HookPoint};
 use crate::monitor::{self, MonitorArgs, Report};
 use crate::state::{self, Container, HostProcess, Record, StateError, Status};
 
-use super::{block_on, write_pid_file, CliError, CliResult, Context};
+use super::{block_on, hand_over, CliError, CliResult, Context};
 
 /// How long `delete` waits for killed processes to be gone.
 const KILL_PATIENCE: Duration = Duration::from_secs(10);
@@ -132,7 +132,7 @@ fn create_claimed(
         own_terminal: foreground_terminal && args.console_socket.is_none(),
         sync_fd: None,
     };
-    let (mut child, sync, report) = monitor::spawn(
+    let (launched, report) = monitor::spawn(
         &context.global_args,
         &monitor_args,
         !monitor_args.own_terminal,
@@ -140,37 +140,27 @@ fn create_claimed(
     let helpers = match report {
         Report::Ready { helpers } => helpers,
         Report::Error(message) => {
-            let _ = child.wait();
+            launched.abort();
             return Err(CliError::new(message));
         }
     };
-    record.monitor = HostProcess::of(child.id() as i32);
+    record.monitor = HostProcess::of(launched.pid() as i32);
     record.helpers = helpers;
     record.status = Status::Created;
     container.save(&record)?;
     let hooks = record.hooks.clone();
     let mut hook_state = record.oci_state();
     hook_state["status"] = "creating".into();
-    for point in [
-        HookPoint::Prestart,
-        HookPoint::CreateRuntime,
-        HookPoint::CreateContainer,
-    ] {
-        if let Err(e) = hooks::run(point, hooks.as_ref(), &hook_state) {
-            drop(sync);
-            let _ = child.wait();
-            return Err(e.into());
+    hand_over(launched, args.pid_file.as_deref(), || {
+        for point in [
+            HookPoint::Prestart,
+            HookPoint::CreateRuntime,
+            HookPoint::CreateContainer,
+        ] {
+            hooks::run(point, hooks.as_ref(), &hook_state)?;
         }
-    }
-    if let Some(pid_file) = &args.pid_file {
-        if let Err(e) = write_pid_file(pid_file, child.id() as i32) {
-            drop(sync);
-            let _ = child.wait();
-            return Err(e);
-        }
-    }
-    monitor::go(sync)?;
-    Ok(child)
+        Ok(())
+    })
 }
 
 fn absolute(path: &Path) -> PathBuf {

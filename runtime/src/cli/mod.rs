@@ -283,6 +283,38 @@ pub fn block_on<F: std::future::Future>(future: F) -> CliResult<F::Output> {
     Ok(output)
 }
 
+/// After a monitor reported it is set up: `prepare` (hooks, say), then the
+/// pid file, then the monitor goes on; if any of it fails the monitor is
+/// told to undo everything.
+pub fn hand_over(
+    launched: monitor::Launched,
+    pid_file: Option<&Path>,
+    prepare: impl FnOnce() -> CliResult,
+) -> CliResult<std::process::Child> {
+    let pid = launched.pid() as i32;
+    let ready = prepare().and_then(|()| match pid_file {
+        Some(path) => write_pid_file(path, pid),
+        None => Ok(()),
+    });
+    match ready {
+        Ok(()) => Ok(launched.go()?),
+        Err(e) => {
+            launched.abort();
+            Err(e)
+        }
+    }
+}
+
+/// A file's content, or stdin's for `-`.
+pub fn read_input(path: &Path) -> CliResult<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut text)?;
+        return Ok(text);
+    }
+    std::fs::read(path).map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))
+}
+
 /// Writes `pid` to `path` the way runc does (no newline; written aside
 /// and renamed, so a reader never sees a partial file).
 pub fn write_pid_file(path: &Path, pid: i32) -> CliResult {

@@ -7,7 +7,7 @@ use crate::container_client::ContainerClient;
 use crate::state::Status;
 
 use super::lifecycle::IdArgs;
-use super::{block_on, CliError, CliResult, Context};
+use super::{block_on, read_input, CliError, CliResult, Context};
 
 #[derive(clap::Args, Debug)]
 pub struct UpdateArgs {
@@ -67,14 +67,7 @@ fn requested(args: &UpdateArgs) -> CliResult<serde_json::Value> {
     let mut resources = match &args.resources {
         None => serde_json::json!({}),
         Some(path) => {
-            let text = if path.as_os_str() == "-" {
-                let mut text = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut text)?;
-                text
-            } else {
-                std::fs::read(path)
-                    .map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))?
-            };
+            let text = read_input(path)?;
             serde_json::from_slice(&text).map_err(|e| {
                 CliError::new(format!(
                     "{} is not OCI linux.resources JSON: {e}",
