@@ -103,6 +103,9 @@ def report(args, data, facts):
             cell = f"**{cell}**"
         first_cell = f"{first[key]:.1f}" if first else "—"
         w(f"| {step} | {what} | {first_cell} | {cell} |")
+    plain = data["containers"]["plain_true_ms"]
+    w(f"| for comparison: `true` without a container | `Exec` and `Wait` by the agent in the guest itself, "
+      f"no streams (after each measured container) | — | {stat(plain, 1)} |")
     w("")
     ready_share = med([b["ready_s"] for b in shared]) if shared else data["ready_s"]
     total = med([r["total_ms"] for r in runs]) / 1e3
@@ -111,7 +114,7 @@ def report(args, data, facts):
             f"{first['total_ms'] / 1e3:.1f} s" if first else
             f"So: the first container = boot with a share ({ready_share:.1f} s, median) + the first container")
     line += (f"; each further container = {total:.1f} s (median), of which {create_exit:.1f} s from "
-             "`CreateContainer` to the exit.")
+             f"`CreateContainer` to the exit, where a plain `true` takes {med(plain) / 1e3:.2f} s.")
     if bare:
         line += (f" A bare VM boots in {med([b['ready_s'] for b in bare]):.1f} s (median): the share adds "
                  f"{ready_share - med([b['ready_s'] for b in bare]):+.1f} s to the boot.")
@@ -203,12 +206,15 @@ def report(args, data, facts):
           f"{b['shutdown_s']:.3f} |")
     w("")
     w("| container | share (ms) | create (ms) | start (ms) | start → exit (ms) | delete (ms) | unshare (ms) | "
-      "total (ms) |")
-    w("|---|---|---|---|---|---|---|---|")
+      "total (ms) | then `true` without a container (ms) |")
+    w("|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(warm + runs):
-        label = f"warm-up {i + 1}" if i < len(warm) else f"{i - len(warm) + 1}"
+        measured = i >= len(warm)
+        label = f"{i - len(warm) + 1}" if measured else f"warm-up {i + 1}"
+        after = f"{plain[i - len(warm)]:.1f}" if measured else "—"
         w(f"| {label} | {r['share_ms']:.1f} | {r['create_ms']:.1f} | {r['start_ms']:.1f} | "
-          f"{r['start_exit_ms']:.1f} | {r['delete_ms']:.1f} | {r['unshare_ms']:.1f} | {r['total_ms']:.1f} |")
+          f"{r['start_exit_ms']:.1f} | {r['delete_ms']:.1f} | {r['unshare_ms']:.1f} | {r['total_ms']:.1f} | "
+          f"{after} |")
     w("")
     w("| round | share write (s) | share read (s) | tmpfs write (s) | tmpfs read (s) | dd start (s) |")
     w("|---|---|---|---|---|---|")

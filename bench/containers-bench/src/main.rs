@@ -652,6 +652,27 @@ async fn container_once(
     }))
 }
 
+/// `true` run by the agent outside any container (Exec, Wait; no
+/// streams): what starting a plain process costs, for comparison.
+async fn plain_true(agent: &AgentClient, step: Duration) -> Result<f64, String> {
+    let spec = ProcessSpec {
+        argv: vec!["true".into()],
+        env: vec!["PATH=/bin".into()],
+        ..ProcessSpec::default()
+    };
+    let started = Instant::now();
+    let status = within(step, "true (no container)", async {
+        let relay = guest_process::spawn(agent, &spec, HostStdio::default()).await?;
+        relay.finish(agent).await
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    if status != ExitStatus::Code(0) {
+        return Err(format!("true (no container) ended with {status:?}"));
+    }
+    Ok(ms(elapsed))
+}
+
 fn fmt_container(c: &Value) -> String {
     let f = |k: &str| c[k].as_f64().unwrap_or(f64::NAN);
     format!(
@@ -812,25 +833,26 @@ async fn main_vm(
     progress("VM with a share ready", format!("{ready_s:.3} s"));
     let measured = async {
         let (uname, _) = guest_sh(&agent, "uname -r", step).await?;
-        let (mut warmup, mut runs) = (Vec::new(), Vec::new());
+        let (mut warmup, mut runs, mut plain) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..args.container_warmup + args.container_runs {
             let c = container_once(&mut vm, &agent, &format!("bench{i}"), bundle, step).await?;
+            // Interleaved, so that drift hits both alike.
+            let p = plain_true(&agent, step).await?;
+            let line = format!("{}; plain true {p:.0} ms", fmt_container(&c));
             if i < args.container_warmup {
-                progress(&format!("container warm-up {}", i + 1), fmt_container(&c));
+                progress(&format!("container warm-up {}", i + 1), line);
                 warmup.push(c);
             } else {
                 let k = i - args.container_warmup + 1;
-                progress(
-                    &format!("container {k}/{}", args.container_runs),
-                    fmt_container(&c),
-                );
+                progress(&format!("container {k}/{}", args.container_runs), line);
                 runs.push(c);
+                plain.push(p);
             }
         }
         let fs = fs_throughput(args, &mut vm, &agent, data_dir, step).await?;
         Ok::<Value, String>(json!({
             "guest_kernel": uname.trim(),
-            "containers": { "warmup": warmup, "runs": runs },
+            "containers": { "warmup": warmup, "runs": runs, "plain_true_ms": plain },
             "fs": fs,
         }))
     }
