@@ -13,12 +13,15 @@
 #   KERNEL=build/vmlinux  INITRD=build/initramfs-tools.cpio
 #   VMM=target/release/runvm-vmm  VIRTIOFSD=(the runtime's search)
 #   BUSYBOX=/bin/busybox  CARGO=cargo  RESULTS=bench/RESULTS.md
-set -euo pipefail
+set -Eeuo pipefail
 
 die() {
   echo "bench/containers.sh: error: $*" >&2
   exit 1
 }
+
+# A command that fails under errexit says where, instead of ending the run silently.
+trap 'echo "bench/containers.sh: error: line $LINENO: a command failed (status $?)" >&2' ERR
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bench="$repo/bench"
@@ -120,12 +123,16 @@ loadavg_after=$(cut -d' ' -f1-3 /proc/loadavg)
 bench_watch_notes "$tmp/watch"
 
 # What the host directory under test (in the work directory) sits on.
-host_fs=$(df --output=fstype,source "$tmp" 2>/dev/null | awk 'NR == 2 { print $1 " (" $2 ")" }')
+host_fs=$({ df --output=fstype,source "$tmp" 2>/dev/null || true; } | awk 'NR == 2 { print $1 " (" $2 ")" }')
 
 python3 "$bench/containers_report.py" --json "$tmp/result.json" --results "$RESULTS" --repo "$repo" \
   --kernel "$KERNEL" --initrd "$INITRD" --busybox "$BUSYBOX" --host-fs "${host_fs:-unknown}" \
   --loadavg-before "$loadavg_before" --loadavg-after "$loadavg_after" --max-load "$max_load_note" \
-  --quiet-note "$quiet_note" --during-note "$during_note" -- "${shown[@]}" ||
-  die "cannot write the report"
+  --quiet-note "$quiet_note" --during-note "$during_note" -- "${shown[@]}" || {
+  # The measurement took a quarter of an hour: keep its figures.
+  kept=$(mktemp /tmp/runvm-containers-bench-result.XXXXXX.json)
+  cp "$tmp/result.json" "$kept"
+  die "cannot write the report (the figures are kept in $kept)"
+}
 
 echo "bench: report written to $RESULTS" >&2

@@ -12,12 +12,15 @@
 #   KERNEL=build/vmlinux  INITRD=build/initramfs-tools.cpio
 #   VMM=target/release/runvm-vmm  BUSYBOX=/bin/busybox  CARGO=cargo
 #   RESULTS=bench/RESULTS.md
-set -euo pipefail
+set -Eeuo pipefail
 
 die() {
   echo "bench/exec.sh: error: $*" >&2
   exit 1
 }
+
+# A command that fails under errexit says where, instead of ending the run silently.
+trap 'echo "bench/exec.sh: error: line $LINENO: a command failed (status $?)" >&2' ERR
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bench="$repo/bench"

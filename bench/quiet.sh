@@ -5,9 +5,9 @@
 
 # Other microVMs: runvm-vmm and qemu-system-* processes.
 bench_other_vms() {
-  pgrep -x runvm-vmm
-  pgrep '^qemu-system'
-  return 0
+  # pgrep fails when it finds none: that is the quiet case.
+  pgrep -x runvm-vmm || true
+  pgrep '^qemu-system' || true
 }
 
 bench_load1() { cut -d' ' -f1 /proc/loadavg; }
@@ -21,7 +21,7 @@ bench_load_below() {
 # runs and the 1-minute load average is below MAX_LOAD (0: the load does
 # not matter), for at most LIMIT_S seconds. Sets quiet_note for the report.
 bench_wait_quiet() {
-  local limit=$1 max_load=$2 waited=0 vms
+  local limit=$1 max_load=$2 waited=0 vms=0
   while true; do
     vms=$(bench_other_vms | wc -l)
     if ((vms == 0)) && bench_load_below "$max_load"; then
@@ -52,10 +52,12 @@ bench_wait_quiet() {
 # bench_watch PID FILE: until process PID ends, every 2 s appends to FILE
 # "vm <pid>" for every other VMM (not a child of PID) and "load <load1>".
 bench_watch() {
-  local bench_pid=$1 file=$2 pid
+  local bench_pid=$1 file=$2 pid ppid
   while kill -0 "$bench_pid" 2>/dev/null; do
     for pid in $(bench_other_vms); do
-      [[ $(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ') == "$bench_pid" ]] || echo "vm $pid"
+      # (It may have ended since pgrep saw it.)
+      ppid=$(ps -o ppid= -p "$pid" 2>/dev/null || true)
+      [[ ${ppid// /} == "$bench_pid" ]] || echo "vm $pid"
     done
     echo "load $(bench_load1)"
     sleep 2
@@ -66,7 +68,8 @@ bench_watch() {
 # max_load_note (highest 1-minute load average seen) from bench_watch's FILE.
 bench_watch_notes() {
   local file=$1 others
-  others=$(grep '^vm ' "$file" 2>/dev/null | sort -u | wc -l)
+  # grep finds nothing on a quiet run: not a failure (pipefail, errexit).
+  others=$({ grep '^vm ' "$file" 2>/dev/null || true; } | sort -u | wc -l)
   if ((others > 0)); then
     during_note="$others other VMM process(es) ran during part of the measurement: the figures are skewed"
     echo "bench: warning: $during_note" >&2
