@@ -77,6 +77,7 @@ bench: build
 	scripts/setup.sh --bench
 	bench/boot.sh
 	bench/exec.sh
+	bench/containers.sh
 
 clean:
 	rm -rf $(BUILD)

@@ -8,19 +8,24 @@
 # Environment (all optional):
 #   LATENCY_RUNS=30  WARMUP=3  THROUGHPUT_MIB=4  THROUGHPUT_RUNS=3
 #   HOST_RUNS=5  HOST_LARGE_MIB=1024  MEMORY_MIB=128  VCPUS=1
-#   IDLE_WAIT_S=900  BOOT_TIMEOUT_S=120  STEP_TIMEOUT_S=600
+#   IDLE_WAIT_S=900  MAX_LOAD=1.0  BOOT_TIMEOUT_S=120  STEP_TIMEOUT_S=600
 #   KERNEL=build/vmlinux  INITRD=build/initramfs-tools.cpio
 #   VMM=target/release/runvm-vmm  BUSYBOX=/bin/busybox  CARGO=cargo
 #   RESULTS=bench/RESULTS.md
-set -euo pipefail
+set -Eeuo pipefail
 
 die() {
   echo "bench/exec.sh: error: $*" >&2
   exit 1
 }
 
+# A command that fails under errexit says where, instead of ending the run silently.
+trap 'echo "bench/exec.sh: error: line $LINENO: a command failed (status $?)" >&2' ERR
+
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bench="$repo/bench"
+# shellcheck source=bench/quiet.sh
+source "$bench/quiet.sh"
 
 LATENCY_RUNS=${LATENCY_RUNS:-30}
 WARMUP=${WARMUP:-3}
@@ -31,6 +36,7 @@ HOST_LARGE_MIB=${HOST_LARGE_MIB:-1024}
 MEMORY_MIB=${MEMORY_MIB:-128}
 VCPUS=${VCPUS:-1}
 IDLE_WAIT_S=${IDLE_WAIT_S:-900}
+MAX_LOAD=${MAX_LOAD:-1.0}
 BOOT_TIMEOUT_S=${BOOT_TIMEOUT_S:-120}
 STEP_TIMEOUT_S=${STEP_TIMEOUT_S:-600}
 KERNEL=${KERNEL:-$repo/build/vmlinux}
@@ -44,6 +50,7 @@ for var in LATENCY_RUNS WARMUP THROUGHPUT_MIB THROUGHPUT_RUNS HOST_RUNS HOST_LAR
   VCPUS IDLE_WAIT_S BOOT_TIMEOUT_S STEP_TIMEOUT_S; do
   [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a whole number, got '${!var}'"
 done
+[[ $MAX_LOAD =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "MAX_LOAD must be a number (0: ignore the load), got '$MAX_LOAD'"
 ((LATENCY_RUNS >= 1 && THROUGHPUT_RUNS >= 1 && HOST_RUNS >= 1 && THROUGHPUT_MIB >= 1)) ||
   die "LATENCY_RUNS, THROUGHPUT_RUNS, HOST_RUNS and THROUGHPUT_MIB must be at least 1"
 
@@ -60,23 +67,9 @@ echo "bench: building runvm-exec-bench" >&2
   die "cannot build runvm-exec-bench"
 exec_bench="$repo/target/release/runvm-exec-bench"
 
-# Other microVMs compete for the CPU the emulated guest kernel needs.
-other_vms() { pgrep -x runvm-vmm || pgrep '^qemu-system' || true; }
-waited=0
-while [[ -n $(other_vms) ]] && ((waited < IDLE_WAIT_S)); do
-  ((waited == 0)) && echo "bench: other VMs are running; waiting up to ${IDLE_WAIT_S} s for them to end" >&2
-  sleep 10
-  waited=$((waited + 10))
-done
-busy=$(other_vms | wc -l)
-if ((busy > 0)); then
-  echo "bench: warning: $busy other VMM process(es) still running; measuring anyway" >&2
-  idle_note="$busy other VMM process(es) still running after waiting ${waited} s"
-elif ((waited > 0)); then
-  idle_note="none (waited ${waited} s for others to end)"
-else
-  idle_note="none"
-fi
+# Other microVMs and builds compete for the CPU the emulated guest kernel
+# needs; waiting also lets the load of the build above die down.
+bench_wait_quiet "$IDLE_WAIT_S" "$MAX_LOAD"
 loadavg=$(cut -d' ' -f1-3 /proc/loadavg)
 
 tmp=$(mktemp -d /tmp/runvm-exec-bench.XXXXXX)
@@ -112,33 +105,20 @@ echo "bench: load average $loadavg; $LATENCY_RUNS latency runs, $THROUGHPUT_RUNS
 "${cmd[@]}" >"$tmp/result.json" &
 bench_pid=$!
 # Notes every other VMM that runs at some point during the measurement (ours
-# is the benchmark's child).
-watch_others() {
-  while kill -0 "$bench_pid" 2>/dev/null; do
-    for pid in $(other_vms); do
-      [[ $(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ') == "$bench_pid" ]] || echo "$pid"
-    done
-    sleep 2
-  done >>"$tmp/others"
-}
-watch_others &
+# is the benchmark's child), and the load.
+bench_watch "$bench_pid" "$tmp/watch" &
 watch_pid=$!
 status=0
 wait "$bench_pid" || status=$?
 bench_pid=
 wait "$watch_pid" || true
 ((status == 0)) || die "runvm-exec-bench failed (status $status)"
-others=$(sort -u "$tmp/others" | wc -l)
-if ((others > 0)); then
-  during_note="$others other VMM process(es) ran during part of the measurement: the figures are skewed"
-  echo "bench: warning: $during_note" >&2
-else
-  during_note="none"
-fi
+bench_watch_notes "$tmp/watch"
 
 python3 "$bench/exec_report.py" --json "$tmp/result.json" --results "$RESULTS" --repo "$repo" \
   --kernel "$KERNEL" --initrd "$INITRD" --busybox "$BUSYBOX" \
-  --loadavg "$loadavg" --idle-note "$idle_note" --during-note "$during_note" -- "${shown[@]}" ||
+  --loadavg "$loadavg" --quiet-note "$quiet_note" --max-load "$max_load_note" \
+  --during-note "$during_note" -- "${shown[@]}" ||
   die "cannot write the report"
 
 echo "bench: report written to $RESULTS" >&2

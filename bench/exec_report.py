@@ -1,81 +1,19 @@
 #!/usr/bin/env python3
 """Turns the figures of runvm-exec-bench (JSON) into the "Agent channel"
 report: prints it and puts it into bench/RESULTS.md, replacing the
-section an earlier run wrote there (the boot report above it stays).
+section an earlier run wrote there (the other parts of the file stay).
 Run through bench/exec.sh; see bench/README.md."""
 
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
-from datetime import datetime, timezone
 
-# The agent-channel section runs from this line to the end of RESULTS.md;
-# bench/measure.py (the boot benchmark) keeps it when it rewrites the file.
-MARKER = "<!-- agent-channel section: written by bench/exec.sh, kept by bench/boot.sh -->"
+from benchlib import AGENT_CHANNEL, machine_facts, machine_lines, stat, write_section
 
 MIB = 1 << 20
-
-
-def sh(cmd):
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def git_commit(repo):
-    commit = sh(["git", "-C", repo, "rev-parse", "--short", "HEAD"]) or "none (no commits yet)"
-    try:
-        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain"], capture_output=True,
-                               text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        dirty = ""
-    if dirty.strip():
-        # "XY path" or "XY from -> to"; only the top-level entry is named.
-        tops = sorted({line[3:].split(" -> ")[-1].split("/")[0] for line in dirty.splitlines() if line})
-        commit += " + uncommitted changes in " + ", ".join(tops)
-    return commit
-
-
-def machine_facts(args):
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    pvm = "not loaded"
-    if os.path.isdir("/sys/module/kvm_pvm"):
-        params = []
-        for p in ("pvm_native", "pvm_emul_batch"):
-            try:
-                with open(f"/sys/module/kvm_pvm/parameters/{p}") as f:
-                    params.append(f"{p}={f.read().strip()}")
-            except OSError:
-                pass
-        pvm = "loaded (" + ", ".join(params) + ")"
-    busybox = sh([args.busybox]) or ""
-    return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "commit": git_commit(args.repo),
-        "kernel": platform.release(),
-        "cpu": cpu,
-        "nproc": os.cpu_count(),
-        "kvm_pvm": pvm,
-        "busybox": busybox.splitlines()[0] if busybox else "unknown",
-    }
-
-
-def stat(values, digits):
-    return " / ".join(f"{x:.{digits}f}" for x in (min(values), statistics.median(values), max(values)))
 
 
 def rate(nbytes, seconds):
@@ -162,14 +100,10 @@ def report(args, data, facts):
     w("")
     w("## Machine")
     w("")
-    w(f"- date: {facts['date']}")
-    w(f"- git commit: {facts['commit']}")
-    w(f"- host kernel: {facts['kernel']}")
-    w(f"- CPU: {facts['cpu']}, nproc {facts['nproc']}")
-    w(f"- kvm_pvm: {facts['kvm_pvm']}")
-    w(f"- load average before the run: {args.loadavg}")
-    w(f"- other VMs at the start: {args.idle_note}")
-    w(f"- other VMs during the run (polled every 2 s): {args.during_note}")
+    out.extend(machine_lines(facts))
+    w(f"- before the run: {args.quiet_note}; load average {args.loadavg}")
+    w(f"- during the run (polled every 2 s): other VMs: {args.during_note}; highest 1-minute load average "
+      f"{args.max_load} (this benchmark's own VM alone keeps one core busy)")
     w(f"- guest kernel: {data['guest_kernel']} (`uname -r` in the guest); "
       f"`{args.kernel}`, {os.path.getsize(args.kernel):,} bytes")
     w(f"- guest image: `{args.initrd}`, {os.path.getsize(args.initrd):,} bytes")
@@ -193,8 +127,9 @@ def report(args, data, facts):
     w("")
     w("## How measured")
     w("")
-    w("`bench/exec.sh` waits until no other `runvm-vmm` or `qemu-system-*` process runs (the guest "
-      "kernel's time is CPU-bound and the host has few cores), notes the load average, and runs "
+    w("`bench/exec.sh` waits until no other `runvm-vmm` or `qemu-system-*` process runs and the "
+      "1-minute load average is low (the guest kernel's time is CPU-bound and the host has few cores), "
+      "notes the load average, and runs "
       "`runvm-exec-bench` (`bench/exec-bench/`), which first times the host pipe and then boots one "
       "microVM with `runvm::vm::MicroVm` and talks to its agent with `runvm::agent_client` and "
       "`runvm::guest_process`, the code `runvm vm-run` uses: every stream is its own vsock connection "
@@ -229,21 +164,6 @@ def report(args, data, facts):
     return "\n".join(out)
 
 
-def write_section(path, section):
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = ""
-    at = text.find(MARKER)
-    head = text[:at] if at >= 0 else text
-    head = head.rstrip("\n") + "\n\n" if head.strip() else ""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(head + MARKER + "\n\n" + section + "\n")
-    os.replace(tmp, path)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--json", required=True, help="runvm-exec-bench's output")
@@ -253,14 +173,15 @@ def main():
     ap.add_argument("--initrd", required=True)
     ap.add_argument("--busybox", required=True)
     ap.add_argument("--loadavg", required=True)
-    ap.add_argument("--idle-note", required=True)
+    ap.add_argument("--quiet-note", required=True)
+    ap.add_argument("--max-load", required=True, help="highest 1-minute load average during the run")
     ap.add_argument("--during-note", required=True)
     ap.add_argument("command", nargs="+", help="the runvm-exec-bench command line, for the report")
     args = ap.parse_args()
     with open(args.json) as f:
         data = json.load(f)
-    text = report(args, data, machine_facts(args))
-    write_section(args.results, text)
+    text = report(args, data, machine_facts(args.repo, busybox=args.busybox))
+    write_section(args.results, AGENT_CHANNEL, text)
     print(text)
 
 

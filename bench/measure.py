@@ -19,16 +19,15 @@ Per run it measures:
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+
+from benchlib import machine_facts, machine_lines, stat, write_boot_report
 
 READY_RE = re.compile(rb"runvm-agent \S+ ready")
 KIB = 1024
@@ -219,59 +218,6 @@ def run_once(name, cmd, expected_exit, guest_kib, timeout_s, sample_s, log_prefi
     return result
 
 
-def sh(cmd):
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def machine_facts(qemu_bin, repo):
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    pvm = os.path.isdir("/sys/module/kvm_pvm")
-    pvm_params = {}
-    if pvm:
-        for p in ("pvm_native", "pvm_emul_batch"):
-            try:
-                with open(f"/sys/module/kvm_pvm/parameters/{p}") as f:
-                    pvm_params[p] = f.read().strip()
-            except OSError:
-                pass
-    commit = sh(["git", "-C", repo, "rev-parse", "--short", "HEAD"]) or "none (no commits yet)"
-    dirty = sh(["git", "-C", repo, "status", "--porcelain"])
-    if commit and dirty:
-        commit += " + uncommitted changes"
-    qemu_version = sh([qemu_bin, "--version"])
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            thp = f.read().strip()
-    except OSError:
-        thp = "unknown"
-    return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "commit": commit,
-        "kernel": platform.release(),
-        "cpu": cpu,
-        "nproc": os.cpu_count(),
-        "kvm_pvm": ("loaded (" + ", ".join(f"{k}={v}" for k, v in pvm_params.items()) + ")") if pvm else "not loaded",
-        "qemu": qemu_version.splitlines()[0] if qemu_version else "unknown",
-        "thp": thp,
-        "loadavg": open("/proc/loadavg").read().split()[:3],
-    }
-
-
-def fmt_stat(values, digits):
-    return " / ".join(f"{x:.{digits}f}" for x in (min(values), statistics.median(values), max(values)))
-
-
 def report(args, vmms, results, facts):
     by_vmm = {v["name"]: [r for r in results if r["vmm"] == v["name"]] for v in vmms}
     out = []
@@ -290,10 +236,10 @@ def report(args, vmms, results, facts):
     w("|---|---|---|---|---|")
     for v in vmms:
         rs = by_vmm[v["name"]]
-        w(f"| {v['name']} | {fmt_stat([r['ready_s'] for r in rs], 3)} | "
-          f"{fmt_stat([r['exit_s'] for r in rs], 3)} | "
-          f"{fmt_stat([r['peak_excl_mib'] for r in rs], 1)} | "
-          f"{fmt_stat([r['peak_total_mib'] for r in rs], 1)} |")
+        w(f"| {v['name']} | {stat([r['ready_s'] for r in rs], 3)} | "
+          f"{stat([r['exit_s'] for r in rs], 3)} | "
+          f"{stat([r['peak_excl_mib'] for r in rs], 1)} | "
+          f"{stat([r['peak_total_mib'] for r in rs], 1)} |")
     w("")
     w("- **ready**: process start to the agent's `runvm-agent <version> ready` line on the VMM's stdout.")
     w("- **exit**: process start to process exit (the agent powers the guest off right after the ready line).")
@@ -303,13 +249,8 @@ def report(args, vmms, results, facts):
     w("")
     w("## Machine")
     w("")
-    w(f"- date: {facts['date']}")
-    w(f"- git commit: {facts['commit']}")
-    w(f"- host kernel: {facts['kernel']}")
-    w(f"- CPU: {facts['cpu']}, nproc {facts['nproc']}")
-    w(f"- kvm_pvm: {facts['kvm_pvm']}")
-    w(f"- transparent hugepages: {facts['thp']}")
-    w(f"- load average before the runs: {' '.join(facts['loadavg'])}")
+    out.extend(machine_lines(facts))
+    w(f"- load average before the runs: {facts['loadavg']}")
     w(f"- QEMU: {facts['qemu']}")
     w(f"- kernel image: `{args.kernel}`, {os.path.getsize(args.kernel):,} bytes")
     w(f"- initramfs: `{args.initrd}`, {os.path.getsize(args.initrd):,} bytes")
@@ -373,22 +314,6 @@ def report(args, vmms, results, facts):
     return "\n".join(out)
 
 
-# bench/exec.sh writes its "Agent channel" section from this line to the end
-# of the results file (see exec_report.py); a new boot report keeps it.
-AGENT_CHANNEL_MARKER = "<!-- agent-channel section: written by bench/exec.sh, kept by bench/boot.sh -->"
-
-
-def kept_sections(path):
-    """What follows the boot report in `path` and must survive its rewrite."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        return ""
-    at = text.find(AGENT_CHANNEL_MARKER)
-    return "\n" + text[at:] if at >= 0 else ""
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, required=True)
@@ -412,7 +337,7 @@ def main():
         raise BenchError("RUNS must be at least 1")
     vmms = [json.loads(v) for v in args.vmm]
     guest_kib = args.memory_mib * 1024
-    facts = machine_facts(args.qemu_bin, args.repo)
+    facts = machine_facts(args.repo, qemu=args.qemu_bin)
 
     results = []
     total_rounds = args.warmup + args.runs
@@ -432,9 +357,8 @@ def main():
                 results.append(r)
 
     text = report(args, vmms, results, facts)
-    kept = kept_sections(args.results)
-    with open(args.results, "w") as f:
-        f.write(text + "\n" + kept)
+    # The other benchmarks' sections after it stay.
+    write_boot_report(args.results, text)
     print(text)
 
 

@@ -428,6 +428,7 @@ fn measure(args: &Args) -> Result<Value, String> {
         initrd: args.initrd.clone(),
         memory_mib: args.memory_mib,
         vcpus: args.vcpus,
+        // The channel alone: no share, no virtiofsd.
         virtiofsd: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
