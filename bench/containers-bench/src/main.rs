@@ -35,7 +35,7 @@ use runvm::container_client::ContainerClient;
 use runvm::guest_process::{self, HostStdio, ProcessSpec};
 use runvm::share;
 use runvm::vm::{MicroVm, VmSpec};
-use runvm_agent_api::oci_spec::runtime::Spec;
+use runvm_agent_api::oci::Spec;
 use runvm_agent_api::{ExitStatus, RequestBody, ResponseBody, SHARE_TAG};
 use serde_json::{json, Value};
 use tokio::io::AsyncWrite;
@@ -287,9 +287,9 @@ impl Bundle {
         let spec: Spec =
             serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let readonly = spec
-            .root()
+            .root
             .as_ref()
-            .and_then(|root| root.readonly())
+            .and_then(|root| root.readonly)
             .unwrap_or(false);
         Ok((spec, readonly))
     }
