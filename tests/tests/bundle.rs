@@ -9,20 +9,20 @@
 
 mod common;
 
+use common::Captured;
+
 use std::os::unix::fs::{chown, symlink, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use runvm::agent_client::AgentClient;
 use runvm::container_client::ContainerClient;
-use runvm::guest_process::{self, HostStdio, HostWriter, ProcessSpec};
+use runvm::guest_process::{self, HostStdio, ProcessSpec};
 use runvm::share;
 use runvm::vm::{MicroVm, VmError, VmSpec};
 use runvm_agent_api::oci::{Process, Spec};
 use runvm_agent_api::{ContainerEvent, ExitStatus};
 use serde_json::json;
-use tokio::io::AsyncWrite;
 
 const PATIENCE: Duration = Duration::from_secs(300);
 const BUSYBOX: &str = "/bin/busybox";
@@ -30,41 +30,6 @@ const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "hostname", "ls", "sleep", "touch", "env", "pwd", "grep", "mkdir",
     "readlink", "stat", "true", "false", "wc", "head", "tr", "ln", "rm", "test", "dd", "kill",
 ];
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
-    }
-    fn writer(&self) -> Option<HostWriter> {
-        Some(Box::new(self.clone()))
-    }
-}
-
-impl AsyncWrite for Captured {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.0.lock().expect("not poisoned").extend_from_slice(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
 
 fn virtiofsd() -> PathBuf {
     share::find_virtiofsd().expect(

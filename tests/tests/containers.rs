@@ -5,54 +5,19 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use common::Captured;
+
 use std::time::Duration;
 
 use runvm::agent_client::AgentClient;
 use runvm::container_client::ContainerClient;
-use runvm::guest_process::{self, HostStdio, HostWriter, ProcessSpec};
+use runvm::guest_process::{self, HostStdio, ProcessSpec};
 use runvm::vm::{MicroVm, VmSpec};
 use runvm_agent_api::oci::{Process, Spec};
 use runvm_agent_api::{ContainerEvent, ContainerStatus, ExitStatus};
 use serde_json::json;
-use tokio::io::AsyncWrite;
 
 const PATIENCE: Duration = Duration::from_secs(180);
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
-    }
-    fn writer(&self) -> Option<HostWriter> {
-        Some(Box::new(self.clone()))
-    }
-}
-
-impl AsyncWrite for Captured {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.0.lock().expect("not poisoned").extend_from_slice(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
 
 /// A command in the guest itself (outside any container): its stdout.
 async fn guest_sh(agent: &AgentClient, script: &str) -> String {
