@@ -7,11 +7,15 @@ CARGO ?= cargo
 HOST_TARGET := x86_64-unknown-linux-gnu
 BUILD := build
 RELEASE := target/release
-AGENT := target/$(HOST_TARGET)/release/runvm-agent
+AGENT := target/$(HOST_TARGET)/agent/runvm-agent
 KERNEL := $(BUILD)/vmlinux
+# The guest image: an ext4 root disk the VMM gives the guest read-only, so
+# nothing is unpacked at boot. The same content as an initramfs is built
+# too, for the VMM's --initrd path and the boot benchmark's comparison.
+IMAGE := $(BUILD)/rootfs.ext4
 INITRD := $(BUILD)/initramfs.cpio
 # The test image: the same agent plus Debian's static busybox under /bin.
-TOOLS_INITRD := $(BUILD)/initramfs-tools.cpio
+TOOLS_IMAGE := $(BUILD)/rootfs-tools.ext4
 BUSYBOX := /bin/busybox
 VMM := $(RELEASE)/runvm-vmm
 
@@ -34,21 +38,23 @@ kernel:
 binaries:
 	$(CARGO) build --release --locked -p runvm-vmm -p runvm -p runvm-rootfs-builder
 
-# PID 1 of the guest: a static binary, since the image holds nothing else.
+# PID 1 of the guest: a static binary, since the image holds nothing else;
+# not position-independent, so nothing is relocated when it starts.
 agent:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked \
-		-p runvm-agent --target $(HOST_TARGET)
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
+		--profile agent --locked -p runvm-agent --target $(HOST_TARGET)
 
 initramfs: agent binaries
+	$(RELEASE)/runvm-rootfs-builder --agent $(AGENT) --output $(IMAGE)
 	$(RELEASE)/runvm-rootfs-builder --agent $(AGENT) --output $(INITRD)
-	$(RELEASE)/runvm-rootfs-builder --agent $(AGENT) --busybox $(BUSYBOX) --output $(TOOLS_INITRD)
+	$(RELEASE)/runvm-rootfs-builder --agent $(AGENT) --busybox $(BUSYBOX) --output $(TOOLS_IMAGE)
 
 # The main job: a busybox container in its own microVM, through the runc
 # command line (`runvm run`), with the parts taken from the build tree.
 run: build
 	scripts/demo-bundle.sh $(RELEASE)/runvm $(DEMO_BUNDLE)
-	@echo "== runvm run: a container in a microVM ($(KERNEL) + $(INITRD)) =="
-	RUNVM_VMM=$(VMM) RUNVM_KERNEL=$(KERNEL) RUNVM_INITRD=$(INITRD) \
+	@echo "== runvm run: a container in a microVM ($(KERNEL) + $(IMAGE)) =="
+	RUNVM_VMM=$(VMM) RUNVM_KERNEL=$(KERNEL) RUNVM_IMAGE=$(IMAGE) \
 		$(RELEASE)/runvm --root $(BUILD)/state run --bundle $(DEMO_BUNDLE) demo-$$$$
 	@echo "== the container exited 0 and its microVM is gone =="
 
@@ -58,7 +64,7 @@ install: build
 	install -D -m 0755 $(RELEASE)/runvm $(DESTDIR)$(PREFIX)/bin/runvm
 	install -D -m 0755 $(VMM) $(DESTDIR)$(PREFIX)/bin/runvm-vmm
 	install -D -m 0644 $(KERNEL) $(DESTDIR)$(PREFIX)/share/runvm/vmlinux
-	install -D -m 0644 $(INITRD) $(DESTDIR)$(PREFIX)/share/runvm/initramfs.cpio
+	install -D -m 0644 $(IMAGE) $(DESTDIR)$(PREFIX)/share/runvm/rootfs.ext4
 	install -D -m 0755 "$$(command -v virtiofsd || echo $${CARGO_HOME:-$$HOME/.cargo}/bin/virtiofsd)" \
 		$(DESTDIR)$(PREFIX)/libexec/runvm/virtiofsd
 
@@ -78,6 +84,7 @@ bench: build
 	bench/boot.sh
 	bench/exec.sh
 	bench/containers.sh
+	bench/coldstart.sh
 
 clean:
 	rm -rf $(BUILD)

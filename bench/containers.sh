@@ -10,7 +10,7 @@
 #   BOOT_RUNS=3  CONTAINER_RUNS=10  CONTAINER_WARMUP=1  FS_MIB=32  FS_RUNS=3
 #   HOST_RUNS=3  MEMORY_MIB=128  VCPUS=1  IDLE_WAIT_S=900  MAX_LOAD=1.0
 #   BOOT_TIMEOUT_S=120  STEP_TIMEOUT_S=600
-#   KERNEL=build/vmlinux  INITRD=build/initramfs-tools.cpio
+#   KERNEL=build/vmlinux  IMAGE=build/rootfs-tools.ext4
 #   VMM=target/release/runvm-vmm  VIRTIOFSD=(the runtime's search)
 #   BUSYBOX=/bin/busybox  CARGO=cargo  RESULTS=bench/RESULTS.md
 set -Eeuo pipefail
@@ -41,7 +41,7 @@ MAX_LOAD=${MAX_LOAD:-1.0}
 BOOT_TIMEOUT_S=${BOOT_TIMEOUT_S:-120}
 STEP_TIMEOUT_S=${STEP_TIMEOUT_S:-600}
 KERNEL=${KERNEL:-$repo/build/vmlinux}
-INITRD=${INITRD:-$repo/build/initramfs-tools.cpio}
+IMAGE=${IMAGE:-${INITRD:-$repo/build/rootfs-tools.ext4}}
 VMM=${VMM:-$repo/target/release/runvm-vmm}
 VIRTIOFSD=${VIRTIOFSD:-}
 BUSYBOX=${BUSYBOX:-/bin/busybox}
@@ -60,8 +60,8 @@ done
 
 ((EUID == 0)) || die "run as root: the share binds root filesystems and starts virtiofsd"
 [[ -f $KERNEL ]] || die "no kernel at $KERNEL (build it with 'make kernel', or set KERNEL=)"
-[[ -f $INITRD ]] ||
-  die "no test image at $INITRD (build it with 'make initramfs', or set INITRD=)"
+[[ -f $IMAGE ]] ||
+  die "no test image at $IMAGE (build it with 'make initramfs', or set IMAGE=)"
 [[ -x $VMM ]] || die "no runvm-vmm at $VMM (build it with 'make binaries', or set VMM=)"
 [[ -x $BUSYBOX ]] || die "no busybox at $BUSYBOX (the bundles and the test image hold a copy; set BUSYBOX=)"
 [[ -z $VIRTIOFSD || -x $VIRTIOFSD ]] || die "no virtiofsd at $VIRTIOFSD"
@@ -93,7 +93,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 cmd=(
-  "$containers_bench" --vmm "$VMM" --kernel "$KERNEL" --initrd "$INITRD"
+  "$containers_bench" --vmm "$VMM" --kernel "$KERNEL" --image "$IMAGE"
   --memory-mib "$MEMORY_MIB" --vcpus "$VCPUS" --dir "$tmp/work"
   --boot-runs "$BOOT_RUNS" --container-runs "$CONTAINER_RUNS" --container-warmup "$CONTAINER_WARMUP"
   --fs-mib "$FS_MIB" --fs-runs "$FS_RUNS" --host-runs "$HOST_RUNS" --busybox "$BUSYBOX"
@@ -126,7 +126,7 @@ bench_watch_notes "$tmp/watch"
 host_fs=$({ df --output=fstype,source "$tmp" 2>/dev/null || true; } | awk 'NR == 2 { print $1 " (" $2 ")" }')
 
 python3 "$bench/containers_report.py" --json "$tmp/result.json" --results "$RESULTS" --repo "$repo" \
-  --kernel "$KERNEL" --initrd "$INITRD" --busybox "$BUSYBOX" --host-fs "${host_fs:-unknown}" \
+  --kernel "$KERNEL" --image "$IMAGE" --busybox "$BUSYBOX" --host-fs "${host_fs:-unknown}" \
   --loadavg-before "$loadavg_before" --loadavg-after "$loadavg_after" --max-load "$max_load_note" \
   --quiet-note "$quiet_note" --during-note "$during_note" -- "${shown[@]}" || {
   # The measurement took a quarter of an hour: keep its figures.

@@ -9,7 +9,7 @@
 #   LATENCY_RUNS=30  WARMUP=3  THROUGHPUT_MIB=4  THROUGHPUT_RUNS=3
 #   HOST_RUNS=5  HOST_LARGE_MIB=1024  MEMORY_MIB=128  VCPUS=1
 #   IDLE_WAIT_S=900  MAX_LOAD=1.0  BOOT_TIMEOUT_S=120  STEP_TIMEOUT_S=600
-#   KERNEL=build/vmlinux  INITRD=build/initramfs-tools.cpio
+#   KERNEL=build/vmlinux  IMAGE=build/rootfs-tools.ext4
 #   VMM=target/release/runvm-vmm  BUSYBOX=/bin/busybox  CARGO=cargo
 #   RESULTS=bench/RESULTS.md
 set -Eeuo pipefail
@@ -40,7 +40,7 @@ MAX_LOAD=${MAX_LOAD:-1.0}
 BOOT_TIMEOUT_S=${BOOT_TIMEOUT_S:-120}
 STEP_TIMEOUT_S=${STEP_TIMEOUT_S:-600}
 KERNEL=${KERNEL:-$repo/build/vmlinux}
-INITRD=${INITRD:-$repo/build/initramfs-tools.cpio}
+IMAGE=${IMAGE:-${INITRD:-$repo/build/rootfs-tools.ext4}}
 VMM=${VMM:-$repo/target/release/runvm-vmm}
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 CARGO=${CARGO:-cargo}
@@ -55,8 +55,8 @@ done
   die "LATENCY_RUNS, THROUGHPUT_RUNS, HOST_RUNS and THROUGHPUT_MIB must be at least 1"
 
 [[ -f $KERNEL ]] || die "no kernel at $KERNEL (build it with 'make kernel', or set KERNEL=)"
-[[ -f $INITRD ]] ||
-  die "no test image at $INITRD (build it with 'make initramfs', or set INITRD=)"
+[[ -f $IMAGE ]] ||
+  die "no test image at $IMAGE (build it with 'make initramfs', or set IMAGE=)"
 [[ -x $VMM ]] || die "no runvm-vmm at $VMM (build it with 'make binaries', or set VMM=)"
 [[ -x $BUSYBOX ]] || die "no busybox at $BUSYBOX (the test image holds a copy of it; set BUSYBOX=)"
 command -v python3 >/dev/null || die "python3 not found"
@@ -86,7 +86,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 cmd=(
-  "$exec_bench" --vmm "$VMM" --kernel "$KERNEL" --initrd "$INITRD"
+  "$exec_bench" --vmm "$VMM" --kernel "$KERNEL" --image "$IMAGE"
   --memory-mib "$MEMORY_MIB" --vcpus "$VCPUS" --dir "$tmp/vm"
   --latency-runs "$LATENCY_RUNS" --warmup "$WARMUP"
   --throughput-mib "$THROUGHPUT_MIB" --throughput-runs "$THROUGHPUT_RUNS"
@@ -116,7 +116,7 @@ wait "$watch_pid" || true
 bench_watch_notes "$tmp/watch"
 
 python3 "$bench/exec_report.py" --json "$tmp/result.json" --results "$RESULTS" --repo "$repo" \
-  --kernel "$KERNEL" --initrd "$INITRD" --busybox "$BUSYBOX" \
+  --kernel "$KERNEL" --image "$IMAGE" --busybox "$BUSYBOX" \
   --loadavg "$loadavg" --quiet-note "$quiet_note" --max-load "$max_load_note" \
   --during-note "$during_note" -- "${shown[@]}" ||
   die "cannot write the report"

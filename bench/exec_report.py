@@ -170,7 +170,7 @@ def main():
     ap.add_argument("--results", required=True)
     ap.add_argument("--repo", required=True)
     ap.add_argument("--kernel", required=True)
-    ap.add_argument("--initrd", required=True)
+    ap.add_argument("--image", dest="initrd", required=True)
     ap.add_argument("--busybox", required=True)
     ap.add_argument("--loadavg", required=True)
     ap.add_argument("--quiet-note", required=True)

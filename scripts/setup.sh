@@ -16,6 +16,8 @@ packages=(
   linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev cpio patch xz-utils
   # end-to-end tests; busybox-static gives the test image its tools
   util-linux busybox-static
+  # the guest image is an ext4 filesystem (mke2fs -d, debugfs)
+  e2fsprogs
   # virtiofsd, built below, links libseccomp and libcap-ng
   libseccomp-dev libcap-ng-dev
   # runc CLI tests (tests/tests/{podman,containerd,runc_cli}.rs): Debian's

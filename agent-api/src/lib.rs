@@ -7,6 +7,10 @@
 //!   terminal) is its own vsock connection to [`STREAM_PORT`], opened by
 //!   the host before the exec and named by a [`StreamHello`] line; after
 //!   that line it carries raw bytes only, never JSON.
+//! - Readiness: once both ports listen, the agent connects to the host's
+//!   [`READY_PORT`] (CID 2), writes [`READY_LINE`] and closes, so the host
+//!   needs no polling while the guest boots (each probe would cost the
+//!   guest kernel an interrupt and a reset packet).
 
 pub mod codec;
 pub mod containers;
@@ -27,3 +31,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const CONTROL_PORT: u32 = 1024;
 /// Guest vsock port for process stdio streams.
 pub const STREAM_PORT: u32 = 1025;
+/// Host vsock port the agent announces readiness to (in hybrid vsock, the
+/// Unix socket `<vsock socket>_1023`).
+pub const READY_PORT: u32 = 1023;
+/// What the agent writes there, and prints on the console.
+pub const READY_LINE: &str = concat!("runvm-agent ", env!("CARGO_PKG_VERSION"), " ready\n");

@@ -43,7 +43,7 @@ use std::panic;
 use args::Action;
 
 /// The one line the VMM tests and the boot benchmark wait for.
-const READY_LINE: &str = concat!("runvm-agent ", env!("CARGO_PKG_VERSION"), " ready\n");
+use runvm_agent_api::READY_LINE;
 
 /// The C entry point, exported as `main` and called by glibc's start-up
 /// code. (Under `cargo test` the harness owns `main`.)
@@ -115,7 +115,10 @@ fn serve() -> ! {
     if let Err(e) = reaper::block_sigchld() {
         agent_log!("cannot block SIGCHLD: {e}");
     }
-    let error = server::run_in_guest(announce_ready);
+    let error = server::run_in_guest(|| {
+        announce_ready();
+        tell_the_host();
+    });
     agent_log!("the API server is not available: {error}");
     reaper::reap_forever()
 }
@@ -128,6 +131,22 @@ fn announce_ready() {
         .and_then(|()| out.flush())
     {
         agent_log!("cannot write the ready line: {e}");
+    }
+}
+
+/// Connect to the host's readiness port and say the ready line there: the
+/// runtime waits for it instead of polling the guest. A host that does not
+/// listen (a bare `runvm-vmm`) resets the connection; that is not an error.
+fn tell_the_host() {
+    use runvm_agent_api::READY_PORT;
+    match vsock::VsockStream::connect_with_cid_port(libc::VMADDR_CID_HOST, READY_PORT) {
+        Ok(mut stream) => {
+            if let Err(e) = stream.write_all(READY_LINE.as_bytes()) {
+                agent_log!("cannot tell the host that the agent is ready: {e}");
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => agent_log!("cannot reach the host's readiness port {READY_PORT}: {e}"),
     }
 }
 

@@ -1,6 +1,8 @@
-//! runvm-rootfs-builder: writes the guest image, a reproducible cpio "newc"
-//! initramfs that holds nothing but the mount points, `/dev/console` and the
-//! agent as `/init`.
+//! runvm-rootfs-builder: writes the guest image, which holds nothing but
+//! the mount points, `/dev/console` and the agent as `/init`: an ext4
+//! filesystem the guest mounts as its root from a read-only disk (see
+//! [`ext4`]; what runvm boots), or a reproducible cpio "newc" initramfs
+//! (kept for comparison: the guest kernel unpacks it on every boot).
 //!
 //! Development and test images may add a static busybox (see [`Busybox`]) so
 //! that there is something to run in the guest before containers bring
@@ -11,6 +13,7 @@
 //! carries no timestamp or file name.
 
 pub mod elf;
+pub mod ext4;
 pub mod newc;
 
 use std::fmt;
@@ -54,6 +57,33 @@ impl fmt::Display for Compression {
     }
 }
 
+/// What kind of image to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Cpio(Compression),
+    Ext4,
+}
+
+impl Format {
+    /// `ext4` for an output named `*.ext4`, else an uncompressed cpio.
+    pub fn for_output(path: &Path) -> Format {
+        if path.extension().is_some_and(|e| e == "ext4") {
+            Format::Ext4
+        } else {
+            Format::Cpio(Compression::None)
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Format::Cpio(compression) => write!(f, "cpio, compression {compression}"),
+            Format::Ext4 => f.write_str("ext4"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read agent {}: {source}", path.display())]
@@ -78,6 +108,8 @@ pub enum Error {
     BadOutput { path: PathBuf },
     #[error("cannot build the archive: {0}")]
     Archive(#[from] newc::Error),
+    #[error("cannot build the filesystem image: {0}")]
+    Ext4(#[from] ext4::Ext4Error),
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
 }
@@ -215,7 +247,7 @@ pub fn build_to_file(
     agent_path: &Path,
     busybox: Option<&Busybox>,
     output: &Path,
-    compression: Compression,
+    format: Format,
 ) -> Result<u64, Error> {
     let agent = fs::read(agent_path).map_err(|source| Error::ReadAgent {
         path: agent_path.to_owned(),
@@ -230,6 +262,10 @@ pub fn build_to_file(
         path: agent_path.to_owned(),
         source,
     })?;
+    let compression = match format {
+        Format::Cpio(compression) => compression,
+        Format::Ext4 => return build_ext4_file(&agent, busybox, output),
+    };
     let image = build_image(&agent, busybox)?;
     drop(agent);
     let image = compress(image, compression).map_err(|source| Error::Write {
@@ -240,16 +276,57 @@ pub fn build_to_file(
     Ok(image.len() as u64)
 }
 
-/// Write `bytes` to `path` through a temporary file and a rename, so readers
-/// never see a partial image.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+/// The ext4 image, built beside `output` and renamed over it.
+fn build_ext4_file(agent: &[u8], busybox: Option<&Busybox>, output: &Path) -> Result<u64, Error> {
+    let tmp = temporary_beside(output)?;
+    let work = tmp.with_extension("work");
+    let _ = fs::remove_dir_all(&work);
+    let result = fs::create_dir(&work)
+        .map_err(|source| Error::Write {
+            path: work.clone(),
+            source,
+        })
+        .and_then(|()| {
+            Ok(ext4::write_image(
+                &image_entries(agent, busybox),
+                &work,
+                &tmp,
+            )?)
+        });
+    let _ = fs::remove_dir_all(&work);
+    let renamed = result.and_then(|()| {
+        fs::rename(&tmp, output).map_err(|source| Error::Write {
+            path: output.to_owned(),
+            source,
+        })
+    });
+    if let Err(e) = renamed {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::metadata(output)
+        .map(|m| m.len())
+        .map_err(|source| Error::Write {
+            path: output.to_owned(),
+            source,
+        })
+}
+
+/// `.<name>.tmp.<pid>` in `path`'s directory.
+fn temporary_beside(path: &Path) -> Result<PathBuf, Error> {
     let name = path.file_name().ok_or_else(|| Error::BadOutput {
         path: path.to_owned(),
     })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
+    Ok(path.with_file_name(tmp_name))
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename, so readers
+/// never see a partial image.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = temporary_beside(path)?;
     let write_err = |source| Error::Write {
         path: tmp.clone(),
         source,

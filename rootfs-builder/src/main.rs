@@ -1,15 +1,17 @@
-//! `runvm-rootfs-builder --agent PATH --output PATH [--busybox PATH] [--compress none|gzip]`
+//! `runvm-rootfs-builder --agent PATH --output PATH [--busybox PATH] [--format cpio|ext4] [--compress none|gzip]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use runvm_rootfs_builder::{build_to_file, Busybox, Compression};
+use runvm_rootfs_builder::{build_to_file, Busybox, Compression, Format};
 
-const USAGE: &str =
-    "usage: runvm-rootfs-builder --agent PATH --output PATH [--busybox PATH] [--compress none|gzip]
+const USAGE: &str = "usage: runvm-rootfs-builder --agent PATH --output PATH [--busybox PATH]
+                            [--format cpio|ext4] [--compress none|gzip]
 
-Writes the runvm guest image: a reproducible cpio (newc) initramfs with
-/dev /proc /sys /run /tmp, /dev/console and the static agent as /init.
+Writes the runvm guest image with /dev /proc /sys /run /tmp and the static
+agent as /init: an ext4 filesystem for the VMM's read-only root disk
+(--format ext4, the default for an output named *.ext4), or a reproducible
+cpio (newc) initramfs (the default otherwise; --compress applies to it).
 --busybox adds a static busybox and its applets under /bin (development
 and test images only).";
 
@@ -19,6 +21,8 @@ struct Options {
     output: PathBuf,
     busybox: Option<PathBuf>,
     compression: Compression,
+    /// `--format`; else chosen by the output's name.
+    ext4: Option<bool>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -32,6 +36,7 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parsed, S
     let mut output = None;
     let mut busybox = None;
     let mut compression = Compression::None;
+    let mut ext4 = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -46,7 +51,7 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parsed, S
         }
         if !matches!(
             flag.as_str(),
-            "--agent" | "--output" | "--busybox" | "--compress"
+            "--agent" | "--output" | "--busybox" | "--compress" | "--format"
         ) {
             return Err(format!("unexpected argument {flag:?}"));
         }
@@ -58,6 +63,17 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parsed, S
             "--agent" => agent = Some(PathBuf::from(value)),
             "--output" => output = Some(PathBuf::from(value)),
             "--busybox" => busybox = Some(PathBuf::from(value)),
+            "--format" => {
+                ext4 = Some(match value.to_str() {
+                    Some("ext4") => true,
+                    Some("cpio") => false,
+                    _ => {
+                        return Err(format!(
+                            "unknown --format {value:?} (expected cpio or ext4)"
+                        ))
+                    }
+                })
+            }
             _ => {
                 compression = value
                     .to_str()
@@ -71,6 +87,7 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parsed, S
         output: output.ok_or("--output is required")?,
         busybox,
         compression,
+        ext4,
     }))
 }
 
@@ -93,17 +110,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match build_to_file(
-        &opts.agent,
-        busybox.as_ref(),
-        &opts.output,
-        opts.compression,
-    ) {
+    let format = match opts.ext4 {
+        Some(true) => Format::Ext4,
+        Some(false) => Format::Cpio(opts.compression),
+        None => match Format::for_output(&opts.output) {
+            Format::Cpio(_) => Format::Cpio(opts.compression),
+            Format::Ext4 => Format::Ext4,
+        },
+    };
+    if format == Format::Ext4 && opts.compression != Compression::None {
+        eprintln!("runvm-rootfs-builder: --compress applies to cpio images only\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    match build_to_file(&opts.agent, busybox.as_ref(), &opts.output, format) {
         Ok(size) => {
             eprintln!(
-                "runvm-rootfs-builder: wrote {} ({size} bytes, compression {})",
-                opts.output.display(),
-                opts.compression
+                "runvm-rootfs-builder: wrote {} ({size} bytes, {format})",
+                opts.output.display()
             );
             ExitCode::SUCCESS
         }
@@ -129,6 +152,7 @@ mod tests {
             output: "o".into(),
             busybox: None,
             compression: Compression::Gzip,
+            ext4: None,
         });
         assert_eq!(
             p(&["--agent", "a", "--output", "o", "--compress", "gzip"]),
@@ -139,8 +163,12 @@ mod tests {
             output: "o".into(),
             busybox: Some("b".into()),
             compression: Compression::None,
+            ext4: Some(true),
         });
-        assert_eq!(p(&["--output=o", "--agent=a", "--busybox", "b"]), Ok(want));
+        assert_eq!(
+            p(&["--output=o", "--agent=a", "--busybox", "b", "--format=ext4"]),
+            Ok(want)
+        );
     }
 
     #[test]
@@ -150,6 +178,7 @@ mod tests {
         assert!(p(&["--agent"]).is_err());
         assert!(p(&["--agent", "a", "--output", "o", "--compress", "xz"]).is_err());
         assert!(p(&["--agent", "a", "--output", "o", "extra"]).is_err());
+        assert!(p(&["--agent", "a", "--output", "o", "--format", "squashfs"]).is_err());
         assert_eq!(p(&["--help"]), Ok(Parsed::Help));
     }
 }

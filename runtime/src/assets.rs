@@ -2,7 +2,7 @@
 //! the guest image and virtiofsd. Each can be named by an environment
 //! variable; otherwise they sit where `make install` puts them, relative
 //! to this program (`<prefix>/bin/runvm` → `<prefix>/bin/runvm-vmm`,
-//! `<prefix>/share/runvm/{vmlinux,initramfs.cpio}`), so podman and
+//! `<prefix>/share/runvm/{vmlinux,rootfs.ext4}`), so podman and
 //! containerd, which call runvm with their own environment, need no
 //! configuration.
 
@@ -14,7 +14,8 @@ use crate::share;
 pub struct Assets {
     pub vmm: PathBuf,
     pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    /// The guest image: see [`crate::vm::ImageKind`].
+    pub image: PathBuf,
     pub virtiofsd: PathBuf,
 }
 
@@ -30,6 +31,15 @@ pub enum AssetError {
     NoVirtiofsd,
     #[error("cannot tell where runvm is installed: {0}")]
     SelfPath(std::io::Error),
+}
+
+/// `RUNVM_IMAGE`, or the older name `RUNVM_INITRD` when only that is set.
+fn image_variable() -> &'static str {
+    if std::env::var_os("RUNVM_IMAGE").is_none() && std::env::var_os("RUNVM_INITRD").is_some() {
+        "RUNVM_INITRD"
+    } else {
+        "RUNVM_IMAGE"
+    }
 }
 
 impl Assets {
@@ -61,10 +71,10 @@ impl Assets {
         Ok(Assets {
             vmm: pick("RUNVM_VMM", "the VMM (runvm-vmm)", bin.join("runvm-vmm"))?,
             kernel: pick("RUNVM_KERNEL", "the guest kernel", data.join("vmlinux"))?,
-            initrd: pick(
-                "RUNVM_INITRD",
+            image: pick(
+                image_variable(),
                 "the guest image",
-                data.join("initramfs.cpio"),
+                data.join("rootfs.ext4"),
             )?,
             virtiofsd,
         })

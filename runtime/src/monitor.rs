@@ -330,7 +330,7 @@ async fn create_init(root: &StateRoot, args: &MonitorArgs) -> Result<CreatedInit
     let vm_spec = VmSpec {
         vmm: assets.vmm,
         kernel: assets.kernel,
-        initrd: assets.initrd,
+        image: assets.image,
         memory_mib: guest_memory_mib(&bundle.spec),
         vcpus: 1,
         virtiofsd: Some(assets.virtiofsd),

@@ -23,13 +23,14 @@ use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runvm_agent_api::{RequestBody, ResponseBody, SHARE_TAG};
+use runvm_agent_api::{RequestBody, ResponseBody, READY_LINE, READY_PORT, SHARE_TAG};
 
 use crate::agent_client::{AgentClient, ClientError};
 use crate::share::{self, Share, ShareError};
 
-/// How often a booting guest is asked whether its agent listens yet.
-const AGENT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the host checks, while it waits for the agent's readiness
+/// connection, whether the VMM is still there (the guest is not asked).
+const VMM_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How long the VMM gets to exit after the guest was told to power off,
 /// or after SIGTERM, before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -45,7 +46,9 @@ pub const VMM_EXIT_BACKEND_FAILED: i32 = 6;
 pub struct VmSpec {
     pub vmm: PathBuf,
     pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    /// The guest image with the agent as `/init`: an ext4 root disk or a
+    /// cpio initramfs (see [`ImageKind`]).
+    pub image: PathBuf,
     pub memory_mib: u32,
     pub vcpus: u8,
     /// Give the VM a share (`<dir>/share`, virtio-fs tag
@@ -54,8 +57,65 @@ pub struct VmSpec {
     pub virtiofsd: Option<PathBuf>,
 }
 
+/// How the VMM hands the guest its image, told apart by content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageKind {
+    /// An ext4 filesystem: a read-only root disk, read on demand.
+    RootDisk,
+    /// A cpio archive (or a compressed one), unpacked by the guest kernel.
+    Initramfs,
+}
+
+impl ImageKind {
+    /// Looks at the first bytes of `path`.
+    pub fn of(path: &Path) -> Result<ImageKind, VmError> {
+        let error = |reason: String| VmError::Image {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut head = Vec::with_capacity(EXT4_MAGIC_OFFSET + 2);
+        fs::File::open(path)
+            .and_then(|f| f.take(EXT4_MAGIC_OFFSET as u64 + 2).read_to_end(&mut head))
+            .map_err(|e| error(e.to_string()))?;
+        Self::from_head(&head)
+            .ok_or_else(|| error("neither an ext4 filesystem nor a cpio initramfs".to_owned()))
+    }
+
+    fn from_head(head: &[u8]) -> Option<ImageKind> {
+        const CPIO: [&[u8]; 3] = [b"070701", b"070702", b"070707"];
+        // gzip, xz, zstd, lz4, bzip2: compressed initramfs archives.
+        const COMPRESSED: [&[u8]; 5] = [
+            &[0x1f, 0x8b],
+            &[0xfd, b'7', b'z', b'X', b'Z'],
+            &[0x28, 0xb5, 0x2f, 0xfd],
+            &[0x02, 0x21, 0x4c, 0x18],
+            b"BZh",
+        ];
+        if head.get(EXT4_MAGIC_OFFSET..EXT4_MAGIC_OFFSET + 2) == Some(&[0x53, 0xef][..]) {
+            Some(ImageKind::RootDisk)
+        } else if CPIO.iter().chain(&COMPRESSED).any(|m| head.starts_with(m)) {
+            Some(ImageKind::Initramfs)
+        } else {
+            None
+        }
+    }
+
+    /// The runvm-vmm option that takes such an image.
+    pub fn vmm_flag(self) -> &'static str {
+        match self {
+            ImageKind::RootDisk => "--root-disk",
+            ImageKind::Initramfs => "--initrd",
+        }
+    }
+}
+
+/// Where the ext2/3/4 superblock's magic number sits.
+const EXT4_MAGIC_OFFSET: usize = 1024 + 0x38;
+
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    #[error("cannot use {} as the guest image: {reason}", path.display())]
+    Image { path: PathBuf, reason: String },
     #[error("cannot create the VM directory {}: {source}", path.display())]
     Directory {
         path: PathBuf,
@@ -93,8 +153,37 @@ pub enum VmError {
     },
     #[error(transparent)]
     Agent(#[from] ClientError),
+    #[error("cannot wait for the agent's readiness connection on {}: {source}", path.display())]
+    Readiness {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot wait for the VMM: {0}")]
     Wait(std::io::Error),
+}
+
+/// The first line a readiness connection carries (bounded), if any.
+async fn read_ready_line(mut stream: tokio::net::UnixStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut line = Vec::with_capacity(READY_LINE.len());
+    let mut byte = [0u8; 1];
+    let read = async {
+        while line.len() < READY_LINE.len() + 16 {
+            match stream.read(&mut byte).await {
+                Ok(1) => {
+                    line.push(byte[0]);
+                    if byte[0] == b'\n' {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()?;
+    String::from_utf8(line).ok()
 }
 
 fn vmm_suffix(vmm: &str) -> String {
@@ -181,6 +270,9 @@ pub struct MicroVm {
     share: Option<Share>,
     /// The agent has mounted the share.
     share_mounted: bool,
+    /// Where the agent announces readiness (hybrid vsock's socket for
+    /// host port [`READY_PORT`]), until it has.
+    ready: Option<std::os::unix::net::UnixListener>,
 }
 
 impl MicroVm {
@@ -212,7 +304,16 @@ impl MicroVm {
             stderr: None,
             share: None,
             share_mounted: false,
+            ready: None,
         };
+        // Before the guest can connect to it.
+        let ready = std::os::unix::net::UnixListener::bind(vm.ready_socket())
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| VmError::Readiness {
+                path: vm.ready_socket(),
+                source,
+            })?;
+        vm.ready = Some(ready);
         // virtiofsd first: the VMM connects to it as it starts.
         if let Some(virtiofsd) = &spec.virtiofsd {
             vm.share = Some(Share::start(
@@ -226,8 +327,8 @@ impl MicroVm {
         command
             .arg("--kernel")
             .arg(&spec.kernel)
-            .arg("--initrd")
-            .arg(&spec.initrd)
+            .arg(ImageKind::of(&spec.image)?.vmm_flag())
+            .arg(&spec.image)
             .arg("--memory")
             .arg(spec.memory_mib.to_string())
             .arg("--vcpus")
@@ -362,6 +463,11 @@ impl MicroVm {
         self.dir.join("vsock.sock")
     }
 
+    /// The Unix socket behind host vsock port [`READY_PORT`].
+    fn ready_socket(&self) -> PathBuf {
+        self.dir.join(format!("vsock.sock_{READY_PORT}"))
+    }
+
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
     }
@@ -420,18 +526,38 @@ impl MicroVm {
         })
     }
 
-    /// Waits until the agent answers on its control port, for at most
-    /// `timeout`; fails at once if the VM exits meanwhile.
+    /// Waits until the agent says it is ready (it connects to the host's
+    /// readiness port once its own ports listen), for at most `timeout`,
+    /// then opens the control connection; fails at once if the VM exits
+    /// meanwhile.
     pub async fn connect_agent(&mut self, timeout: Duration) -> Result<AgentClient, VmError> {
         let deadline = Instant::now() + timeout;
+        let listener = match self.ready.take() {
+            Some(listener) => {
+                tokio::net::UnixListener::from_std(listener).map_err(|e| VmError::Readiness {
+                    path: self.ready_socket(),
+                    source: e,
+                })?
+            }
+            None => return Ok(self.control_connection().await?),
+        };
         loop {
-            let attempt = match AgentClient::connect(&self.vsock_socket()).await {
-                Ok(client) => match client.call(RequestBody::Version).await {
-                    Ok(_) => return Ok(client),
-                    Err(e) => e,
-                },
-                Err(e) => e,
-            };
+            match tokio::time::timeout(VMM_POLL_INTERVAL, listener.accept()).await {
+                Ok(Ok((stream, _))) => {
+                    let said = read_ready_line(stream).await;
+                    if said.as_deref() == Some(READY_LINE) {
+                        break;
+                    }
+                    // Not the agent's words: keep waiting for them.
+                }
+                Ok(Err(source)) => {
+                    return Err(VmError::Readiness {
+                        path: self.ready_socket(),
+                        source,
+                    })
+                }
+                Err(_elapsed) => {}
+            }
             if let Some(status) = self.try_wait()? {
                 self.judge(status)?;
                 return Err(VmError::ExitedEarly {
@@ -443,12 +569,21 @@ impl MicroVm {
             if Instant::now() >= deadline {
                 return Err(VmError::AgentTimeout {
                     timeout,
-                    last_error: attempt.to_string(),
+                    last_error: "no readiness connection from the agent".to_owned(),
                     console: self.console_tail(),
                 });
             }
-            tokio::time::sleep(AGENT_POLL_INTERVAL).await;
         }
+        // Later connections to the port get a reset from the VMM.
+        drop(listener);
+        let _ = fs::remove_file(self.ready_socket());
+        Ok(self.control_connection().await?)
+    }
+
+    async fn control_connection(&self) -> Result<AgentClient, ClientError> {
+        let client = AgentClient::connect(&self.vsock_socket()).await?;
+        client.call(RequestBody::Version).await?;
+        Ok(client)
     }
 
     /// Asks the agent to power the guest off and waits for the VMM to exit;
@@ -551,5 +686,37 @@ impl Drop for MicroVm {
                 self.dir.display()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_told_apart_by_content() {
+        let mut ext4 = vec![0u8; 2048];
+        ext4[EXT4_MAGIC_OFFSET] = 0x53;
+        ext4[EXT4_MAGIC_OFFSET + 1] = 0xef;
+        assert_eq!(ImageKind::from_head(&ext4), Some(ImageKind::RootDisk));
+        assert_eq!(
+            ImageKind::from_head(b"070701000000"),
+            Some(ImageKind::Initramfs)
+        );
+        assert_eq!(
+            ImageKind::from_head(&[0x1f, 0x8b, 8]),
+            Some(ImageKind::Initramfs)
+        );
+        assert_eq!(ImageKind::from_head(b"\x7fELF"), None);
+        assert_eq!(ImageKind::from_head(b""), None);
+    }
+
+    #[test]
+    fn a_missing_image_is_named() {
+        let err = ImageKind::of(Path::new("/nonexistent/rootfs.ext4")).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/rootfs.ext4"),
+            "{err}"
+        );
     }
 }

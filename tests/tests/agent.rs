@@ -516,7 +516,7 @@ fn agent_api_end_to_end() {
         let spec = VmSpec {
             vmm: common::vmm_binary(),
             kernel: common::kernel(),
-            initrd: common::tools_initrd(),
+            image: common::tools_image(),
             memory_mib: 128,
             vcpus: 1,
             virtiofsd: None,

@@ -38,10 +38,11 @@ fn sigterm_stops_a_running_vm() {
     assert!(stderr.contains("stopped by signal 15"), "stderr:\n{stderr}");
 }
 
+/// Also the one boot from the initramfs instead of the root disk.
 #[test]
 fn linux64_boot_reaches_the_agent_and_a_guest_reboot_is_reported() {
     let run = run_with_timeout(
-        vmm_command(&["--boot-protocol", "linux64", "--init-arg=--reboot"]),
+        vmm_command_initramfs(&["--boot-protocol", "linux64", "--init-arg=--reboot"]),
         BOOT_TIMEOUT,
     );
     assert!(

@@ -519,7 +519,7 @@ fn vm_spec() -> VmSpec {
     VmSpec {
         vmm: common::vmm_binary(),
         kernel: common::kernel(),
-        initrd: common::tools_initrd(),
+        image: common::tools_image(),
         memory_mib: 128,
         vcpus: 1,
         virtiofsd: Some(virtiofsd()),

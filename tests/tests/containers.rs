@@ -314,7 +314,7 @@ fn containers_in_a_microvm() {
         let spec = VmSpec {
             vmm: common::vmm_binary(),
             kernel: common::kernel(),
-            initrd: common::tools_initrd(),
+            image: common::tools_image(),
             memory_mib: 128,
             vcpus: 1,
             virtiofsd: None,

@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{kernel, runvm_binary, tools_initrd, vmm_binary, wait_with_timeout, BOOT_TIMEOUT};
+use common::{kernel, runvm_binary, tools_image, vmm_binary, wait_with_timeout, BOOT_TIMEOUT};
 
 /// `runvm vm-run` with the built VMM, kernel and test image.
 fn vm_run(extra: &[&str]) -> Command {
@@ -21,8 +21,8 @@ fn vm_run_with_kernel(kernel: &std::path::Path, extra: &[&str]) -> Command {
         .arg(vmm_binary())
         .arg("--kernel")
         .arg(kernel)
-        .arg("--initrd")
-        .arg(tools_initrd())
+        .arg("--image")
+        .arg(tools_image())
         .args(extra);
     command
 }

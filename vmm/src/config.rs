@@ -147,6 +147,10 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     /// Optional initramfs (cpio, compressed or not).
     pub initrd: Option<PathBuf>,
+    /// Root file system image (ext4), given to the guest as the read-only
+    /// virtio-blk disk /dev/vda and mounted as its root; instead of
+    /// `initrd`.
+    pub root_disk: Option<PathBuf>,
     pub memory_mib: u64,
     pub vcpus: u8,
     /// Appended to the kernel command line after runvm's own parameters.
@@ -166,6 +170,7 @@ impl VmConfig {
         VmConfig {
             kernel: kernel.into(),
             initrd: None,
+            root_disk: None,
             memory_mib: 128,
             vcpus: 1,
             extra_cmdline: Vec::new(),
@@ -180,6 +185,9 @@ impl VmConfig {
 
     /// Checks that need no file and no KVM.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.initrd.is_some() && self.root_disk.is_some() {
+            return Err(Error::InitrdAndRootDisk);
+        }
         if self.memory_mib < MIN_MEMORY_MIB {
             return Err(Error::MemoryTooSmall {
                 requested_mib: self.memory_mib,
@@ -353,6 +361,18 @@ mod tests {
         config.fs.push(FsConfig::new("a", "/s3"));
         assert!(matches!(config.validate(), Err(Error::DuplicateFsTag(_))));
         assert!(!VmConfig::new("/vmlinux").needs_shared_memory());
+    }
+
+    #[test]
+    fn initrd_and_root_disk_are_exclusive() {
+        let mut config = VmConfig::new("/vmlinux");
+        config.root_disk = Some("/root.ext4".into());
+        assert!(config.validate().is_ok());
+        config.initrd = Some("/initramfs.cpio".into());
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("--initrd and --root-disk"), "{message}");
+        config.root_disk = None;
+        assert!(config.validate().is_ok());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! runvm's virtual machine monitor.
 //!
 //! One process per pod: it creates a KVM VM, loads an uncompressed `vmlinux`
-//! and an initramfs, and runs the vCPUs until the guest powers off, resets,
-//! fails, or the process is asked to stop.
+//! and an initramfs (or gives the guest a read-only root disk), and runs the
+//! vCPUs until the guest powers off, resets, fails, or the process is asked
+//! to stop.
 //!
 //! Layout, one responsibility per module:
 //! - [`config`]: what the caller asks for, validated.
@@ -12,7 +13,7 @@
 //! - [`boot`]: kernel, initramfs, command line, boot structures, registers.
 //! - [`cpu`]: CPUID, MSRs and local APIC set-up of each vCPU.
 //! - [`devices`]: the port-I/O devices (serial console, exit port, i8042)
-//!   and the virtio devices (vsock, virtio-fs through vhost-user).
+//!   and the virtio devices (block, vsock, virtio-fs through vhost-user).
 //! - [`vcpu`]: the vCPU run loop and its exits.
 //! - [`diagnostics`]: turning a KVM internal error into a readable report.
 //! - [`machine`]: puts the pieces together and runs a VM to its end.

@@ -14,9 +14,10 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
-use crate::boot::{self, regs::setup_boot_vcpu, virtio_mmio_param, EXIT_PORT};
+use crate::boot::{self, regs::setup_boot_vcpu, virtio_mmio_param, EXIT_PORT, ROOT_DISK_PARAMS};
 use crate::config::{SerialOutput, VmConfig};
 use crate::cpu;
+use crate::devices::virtio::block::{Block, DiskImage};
 use crate::devices::virtio::fs::VhostUserFs;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::vsock::device::Vsock;
@@ -97,6 +98,12 @@ impl From<VcpuStop> for VmExit {
 /// SIGINT and SIGHUP stop the VM cleanly.
 pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
     config.validate()?;
+    // Opened before anything else, so a bad path fails fast.
+    let root_disk = config
+        .root_disk
+        .as_deref()
+        .map(DiskImage::open)
+        .transpose()?;
     let profile = HostProfile::resolve(config.host_profile);
     let kvm = open_kvm()?;
     let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
@@ -120,7 +127,7 @@ pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
         FailureReporter::new().map_err(Error::io("cannot create the device failure eventfd"))?,
     );
     let pio = Arc::new(build_pio_bus(&vm, &config.serial)?);
-    let mmio = Arc::new(build_mmio_bus(&vm, &mem, config, &failures)?);
+    let mmio = Arc::new(build_mmio_bus(&vm, &mem, config, root_disk, &failures)?);
     let cmdline = cmdline_for(config, profile)?;
     let entry = boot::prepare_guest(config, &cmdline, &mem)?;
 
@@ -134,8 +141,10 @@ pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
         if id == 0 {
             setup_boot_vcpu(&fd, &mem, entry)?;
         }
+        let stats = crate::vcpu::open_stats(&fd);
         vcpus.push(Vcpu {
             id,
+            stats,
             fd,
             pio: pio.clone(),
             mmio: mmio.clone(),
@@ -152,11 +161,14 @@ pub fn guest_cmdline(config: &VmConfig) -> Result<String, Error> {
 }
 
 fn cmdline_for(config: &VmConfig, profile: HostProfile) -> Result<String, Error> {
-    let device_params: Vec<String> = virtio_devices(config)
+    let mut device_params: Vec<String> = virtio_devices(config)
         .into_iter()
         .filter_map(|(index, _)| virtio_mmio_slot(index))
         .map(|(base, irq)| virtio_mmio_param(base, irq))
         .collect();
+    if config.root_disk.is_some() {
+        device_params.extend(ROOT_DISK_PARAMS.iter().map(|p| p.to_string()));
+    }
     boot::build_cmdline(
         profile,
         &device_params,
@@ -169,6 +181,8 @@ fn cmdline_for(config: &VmConfig, profile: HostProfile) -> Result<String, Error>
 /// each device's MMIO window and IRQ, and so the guest's device names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum VirtioKind {
+    /// The root disk: the only virtio-blk device, so the guest's /dev/vda.
+    RootDisk,
     Vsock,
     /// The nth entry of `config.fs`.
     Fs(usize),
@@ -176,6 +190,9 @@ enum VirtioKind {
 
 fn virtio_devices(config: &VmConfig) -> Vec<(usize, VirtioKind)> {
     let mut kinds = Vec::new();
+    if config.root_disk.is_some() {
+        kinds.push(VirtioKind::RootDisk);
+    }
     if config.vsock.is_some() {
         kinds.push(VirtioKind::Vsock);
     }
@@ -187,6 +204,7 @@ fn build_mmio_bus(
     vm: &VmFd,
     mem: &GuestMemory,
     config: &VmConfig,
+    mut root_disk: Option<DiskImage>,
     failures: &Arc<FailureReporter>,
 ) -> Result<Bus, Error> {
     let mut bus = Bus::default();
@@ -196,6 +214,10 @@ fn build_mmio_bus(
             reason: format!("more than {MAX_VIRTIO_DEVICES} devices"),
         })?;
         let device: Box<dyn VirtioDevice> = match (kind, &config.vsock) {
+            (VirtioKind::RootDisk, _) => match root_disk.take() {
+                Some(disk) => Box::new(Block::new(disk)),
+                None => continue,
+            },
             (VirtioKind::Vsock, Some(vsock)) => {
                 let muxer = Muxer::bind(vsock.guest_cid, &vsock.socket).map_err(|source| {
                     Error::VsockSocket {
@@ -458,5 +480,43 @@ impl TerminationSignals {
                 return Ok(Some(signo as i32));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VsockConfig;
+
+    #[test]
+    fn the_root_disk_comes_first_and_its_parameters_before_init_args() {
+        let mut config = VmConfig::new("/vmlinux");
+        config.root_disk = Some("/root.ext4".into());
+        config.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            socket: "/run/v.sock".into(),
+        });
+        config.init_args = vec!["--poweroff".into()];
+        assert_eq!(
+            virtio_devices(&config),
+            vec![(0, VirtioKind::RootDisk), (1, VirtioKind::Vsock)]
+        );
+        let line = cmdline_for(&config, HostProfile::Hardware).unwrap();
+        assert!(
+            line.ends_with(
+                "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
+                 root=/dev/vda ro rootfstype=ext4 init=/init -- --poweroff"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn without_a_root_disk_nothing_changes() {
+        let mut config = VmConfig::new("/vmlinux");
+        config.initrd = Some("/initramfs.cpio".into());
+        let line = cmdline_for(&config, HostProfile::Hardware).unwrap();
+        assert!(!line.contains("root="), "{line}");
+        assert!(!line.contains("virtio_mmio"), "{line}");
     }
 }

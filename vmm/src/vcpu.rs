@@ -42,6 +42,24 @@ pub struct Vcpu {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub mem: GuestMemory,
+    /// The vCPU's KVM statistics descriptor, held open (and never read
+    /// here) so that a benchmark can read the guest's work counters from
+    /// outside: KVM refuses vCPU ioctls from other processes, but not
+    /// reads of a statistics descriptor they duplicated (`pidfd_getfd`).
+    pub stats: Option<std::fs::File>,
+}
+
+/// `_IO(KVMIO, 0xce)`; kvm-ioctls has no wrapper for it.
+const KVM_GET_STATS_FD: libc::c_ulong = 0xAECE;
+
+/// `vcpu`'s statistics descriptor, where the host's KVM has them.
+pub fn open_stats(vcpu: &VcpuFd) -> Option<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: an argument-less ioctl on a vCPU descriptor we own; it returns
+    // a new descriptor or -1.
+    let fd = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_GET_STATS_FD as _) };
+    // SAFETY: on success the descriptor is new and ours.
+    (fd >= 0).then(|| std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 impl Vcpu {

@@ -37,9 +37,10 @@ struct Args {
     /// Guest kernel (vmlinux).
     #[arg(long)]
     kernel: PathBuf,
-    /// Guest image with busybox (build/initramfs-tools.cpio).
+    /// Guest image with busybox (build/rootfs-tools.ext4).
     #[arg(long)]
-    initrd: PathBuf,
+    #[arg(alias = "initrd")]
+    image: PathBuf,
     /// Directory for the VM's socket and console log; must not exist, is
     /// removed with the VM.
     #[arg(long)]
@@ -425,7 +426,7 @@ fn measure(args: &Args) -> Result<Value, String> {
     let spec = VmSpec {
         vmm: args.vmm.clone(),
         kernel: args.kernel.clone(),
-        initrd: args.initrd.clone(),
+        image: args.image.clone(),
         memory_mib: args.memory_mib,
         vcpus: args.vcpus,
         // The channel alone: no share, no virtiofsd.

@@ -25,9 +25,10 @@ pub struct VmRunArgs {
     /// The guest kernel, an uncompressed vmlinux.
     #[arg(long, env = "RUNVM_KERNEL")]
     kernel: PathBuf,
-    /// The guest image (initramfs) with the agent as /init.
-    #[arg(long, env = "RUNVM_INITRD")]
-    initrd: PathBuf,
+    /// The guest image with the agent as /init: an ext4 root disk
+    /// (rootfs.ext4) or a cpio initramfs.
+    #[arg(long, visible_alias = "initrd", env = "RUNVM_IMAGE")]
+    image: PathBuf,
     /// The VMM; by default runvm-vmm next to this program.
     #[arg(long, env = "RUNVM_VMM")]
     vmm: Option<PathBuf>,
@@ -103,7 +104,7 @@ async fn run(args: VmRunArgs) -> Result<i32, RunError> {
             None => sibling_vmm(),
         },
         kernel: args.kernel.clone(),
-        initrd: args.initrd.clone(),
+        image: args.image.clone(),
         memory_mib: args.memory,
         vcpus: args.vcpus,
         virtiofsd: None,

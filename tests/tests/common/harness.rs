@@ -118,7 +118,7 @@ pub fn install_runvm(prefix: &Path) -> PathBuf {
         ("target/release/runvm", "bin/runvm"),
         ("target/release/runvm-vmm", "bin/runvm-vmm"),
         ("build/vmlinux", "share/runvm/vmlinux"),
-        ("build/initramfs.cpio", "share/runvm/initramfs.cpio"),
+        ("build/rootfs.ext4", "share/runvm/rootfs.ext4"),
     ];
     let missing: Vec<String> = parts
         .iter()

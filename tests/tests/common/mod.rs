@@ -44,13 +44,19 @@ pub fn kernel() -> PathBuf {
     artifact("RUNVM_KERNEL", "build/vmlinux")
 }
 
+/// The guest image as an initramfs (the VMM's `--initrd` path).
 pub fn initrd() -> PathBuf {
     artifact("RUNVM_INITRD", "build/initramfs.cpio")
 }
 
+/// The guest image runvm boots: an ext4 root disk with the agent.
+pub fn image() -> PathBuf {
+    artifact("RUNVM_IMAGE", "build/rootfs.ext4")
+}
+
 /// The test image: the agent plus busybox, for running commands in the guest.
-pub fn tools_initrd() -> PathBuf {
-    artifact("RUNVM_TOOLS_INITRD", "build/initramfs-tools.cpio")
+pub fn tools_image() -> PathBuf {
+    artifact("RUNVM_TOOLS_IMAGE", "build/rootfs-tools.ext4")
 }
 
 pub fn runvm_binary() -> PathBuf {
@@ -69,9 +75,22 @@ pub fn require_kvm() {
     }
 }
 
-/// `runvm-vmm` with the built kernel and initramfs and the given extra
+/// `runvm-vmm` with the built kernel and root disk and the given extra
 /// arguments.
 pub fn vmm_command(extra: &[&str]) -> Command {
+    require_kvm();
+    let mut command = Command::new(vmm_binary());
+    command
+        .arg("--kernel")
+        .arg(kernel())
+        .arg("--root-disk")
+        .arg(image())
+        .args(extra);
+    command
+}
+
+/// [`vmm_command`] with the image as an initramfs instead.
+pub fn vmm_command_initramfs(extra: &[&str]) -> Command {
     require_kvm();
     let mut command = Command::new(vmm_binary());
     command

@@ -40,6 +40,11 @@ struct Args {
     /// Initramfs (cpio newc, compressed or not).
     #[arg(long)]
     initrd: Option<PathBuf>,
+    /// Root filesystem image (ext4), given to the guest as a read-only
+    /// virtio-blk disk /dev/vda and mounted as its root; instead of
+    /// --initrd. The image holds the guest's init as /init.
+    #[arg(long, value_name = "PATH", conflicts_with = "initrd")]
+    root_disk: Option<PathBuf>,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 128)]
     memory: u64,
@@ -123,6 +128,7 @@ fn main() -> ExitCode {
     let config = VmConfig {
         kernel: args.kernel,
         initrd: args.initrd,
+        root_disk: args.root_disk,
         memory_mib: args.memory,
         vcpus: args.vcpus,
         extra_cmdline: args.cmdline,

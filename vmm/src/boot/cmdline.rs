@@ -19,6 +19,10 @@ const BASE_PARAMS: &[&str] = &[
     "panic=-1",
 ];
 
+/// With a root disk: mount it read-only as the root and run the agent
+/// it holds as /init (the kernel looks for /sbin/init otherwise).
+pub const ROOT_DISK_PARAMS: &[&str] = &["root=/dev/vda", "ro", "rootfstype=ext4", "init=/init"];
+
 /// How the guest finds a virtio-mmio device without ACPI or a device tree.
 pub fn virtio_mmio_param(base: u64, irq: u32) -> String {
     format!("virtio_mmio.device=4K@{base:#x}:{irq}")

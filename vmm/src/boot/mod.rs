@@ -9,7 +9,7 @@ pub mod mptable;
 mod params;
 pub mod regs;
 
-pub use cmdline::{build_cmdline, virtio_mmio_param, EXIT_PORT};
+pub use cmdline::{build_cmdline, virtio_mmio_param, EXIT_PORT, ROOT_DISK_PARAMS};
 pub use images::{load_initrd, load_kernel, LoadedKernel};
 pub use regs::EntryPoint;
 

@@ -1,6 +1,7 @@
 //! virtio devices (virtio 1.x) and the MMIO transport that presents them
 //! to the guest.
 
+pub mod block;
 pub mod fs;
 pub mod mmio;
 pub mod vsock;
@@ -85,6 +86,19 @@ impl Interrupt {
     pub fn clear(&self) {
         self.status.store(0, Ordering::Release);
         self.held.store(0, Ordering::Release);
+    }
+}
+
+/// Copies what a driver reads at `offset` of a read-only configuration
+/// space `config` into `data`; bytes past its end read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = start
+            .checked_add(i)
+            .and_then(|at| config.get(at))
+            .copied()
+            .unwrap_or(0);
     }
 }
 

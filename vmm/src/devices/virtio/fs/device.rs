@@ -115,14 +115,7 @@ impl VirtioDevice for VhostUserFs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = start
-                .checked_add(i)
-                .and_then(|at| self.config.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::devices::virtio::read_config_bytes(&self.config, offset, data);
     }
 
     fn activate(

@@ -17,7 +17,7 @@ use crate::memory::GuestMemory;
 
 pub const VIRTIO_ID_VSOCK: u32 = 19;
 const QUEUE_SIZE: u16 = 256;
-const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
+const QUEUE_SIZES: [u16; 3] = [64, QUEUE_SIZE, QUEUE_SIZE];
 const RX: usize = 0;
 const TX: usize = 1;
 /// Largest payload put in one RX buffer: Linux posts 4 KiB buffers, and a

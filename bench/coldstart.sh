@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Cold-start benchmark: boot to ready of the guest images (the agent as an
+# initramfs and as an ext4 root disk, the test image both ways) next to the
+# same kernel booting a tiny static init, with the VM's KVM counters at the
+# ready line; and `runvm run` of a trivial container next to that tiny-init
+# boot. Writes the "Cold start" section of bench/RESULTS.md.
+#
+# Environment (all optional):
+#   RUNS=5  CONTAINER_RUNS=3  MEMORY_MIB=128  IDLE_WAIT_S=900  MAX_LOAD=1.0
+#   TIMEOUT_S=300  RESULTS=bench/RESULTS.md
+set -Eeuo pipefail
+
+die() {
+  echo "bench/coldstart.sh: error: $*" >&2
+  exit 1
+}
+trap 'echo "bench/coldstart.sh: error: line $LINENO: a command failed (status $?)" >&2' ERR
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bench="$repo/bench"
+# shellcheck source=bench/quiet.sh
+source "$bench/quiet.sh"
+
+RUNS=${RUNS:-5}
+CONTAINER_RUNS=${CONTAINER_RUNS:-3}
+MEMORY_MIB=${MEMORY_MIB:-128}
+IDLE_WAIT_S=${IDLE_WAIT_S:-900}
+MAX_LOAD=${MAX_LOAD:-1.0}
+TIMEOUT_S=${TIMEOUT_S:-300}
+RESULTS=${RESULTS:-$repo/bench/RESULTS.md}
+
+release="$repo/target/release"
+kernel="$repo/build/vmlinux"
+image="$repo/build/rootfs.ext4"
+tools_image="$repo/build/rootfs-tools.ext4"
+initrd="$repo/build/initramfs.cpio"
+agent="$repo/target/x86_64-unknown-linux-gnu/agent/runvm-agent"
+for f in "$kernel" "$image" "$tools_image" "$initrd" "$agent" "$release/runvm" "$release/runvm-vmm" \
+  "$release/runvm-rootfs-builder"; do
+  [[ -f $f ]] || die "$f is missing: run 'make build' first"
+done
+[[ -r /dev/kvm && -w /dev/kvm ]] || die "/dev/kvm is missing or not usable by $(id -un)"
+command -v gcc >/dev/null || die "gcc not found (apt-get install build-essential)"
+
+(cd "$repo" && cargo build --release --locked -q -p runvm-guest-counters) ||
+  die "cannot build runvm-guest-counters"
+
+work=$(mktemp -d /tmp/runvm-coldstart.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+# The reference guest: a static C init that prints its ready line and waits.
+gcc -static -O2 -o "$work/tiny-init" "$bench/coldstart/tiny-init.c"
+"$release/runvm-rootfs-builder" --agent "$work/tiny-init" --output "$work/tiny-init.cpio" 2>/dev/null
+# The test image as an initramfs, for the comparison.
+"$release/runvm-rootfs-builder" --agent "$agent" --busybox /bin/busybox \
+  --output "$work/initramfs-tools.cpio" 2>/dev/null
+"$repo/scripts/demo-bundle.sh" "$release/runvm" "$work/bundle" >/dev/null
+
+quiet_note=""
+bench_wait_quiet "$IDLE_WAIT_S" "$MAX_LOAD"
+
+ready="runvm-agent"
+python3 "$bench/coldstart/measure.py" \
+  --vmm "$release/runvm-vmm" --runvm "$release/runvm" --counters "$release/runvm-guest-counters" \
+  --kernel "$kernel" --image "$image" --bundle "$work/bundle" --state "$work/state" \
+  --variant "tiny-init:--initrd:$work/tiny-init.cpio:tiny-init ready" \
+  --variant "agent-initramfs:--initrd:$initrd:$ready" \
+  --variant "agent-root-disk:--root-disk:$image:$ready" \
+  --variant "tools-initramfs:--initrd:$work/initramfs-tools.cpio:$ready" \
+  --variant "tools-root-disk:--root-disk:$tools_image:$ready" \
+  --runs "$RUNS" --container-runs "$CONTAINER_RUNS" --memory-mib "$MEMORY_MIB" \
+  --timeout "$TIMEOUT_S" --repo "$repo" --results "$RESULTS" --quiet-note "$quiet_note"

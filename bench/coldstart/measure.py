@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Cold start: what a guest costs to boot, by image, next to the least a
+guest can boot (a tiny static init), and a whole trivial container through
+`runvm run` next to that same tiny-init boot. Called by bench/coldstart.sh.
+
+Per boot run: wall time from just before runvm-vmm is spawned to the ready
+line on its console, and the VM's KVM counters at that moment (read with
+runvm-guest-counters while the guest idles; then the VMM is stopped). On a
+host whose KVM emulates the guest kernel, `insn_emulation` counts the guest
+kernel's work in units that do not move with the host's speed of the day.
+
+Per container run: wall time of `runvm run` from spawn to exit (the
+container prints one line and exits 0).
+
+Runs are interleaved round by round so that a drift of the host's speed
+hits every variant alike. Python 3 stdlib only.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchlib import machine_facts, machine_lines, stat, write_section  # noqa: E402
+
+MARKER = "<!-- coldstart section: written by bench/coldstart.sh, kept by the other benchmarks -->"
+COUNTERS = ["insn_emulation", "exits", "mmio_exits", "irq_injections", "pf_taken"]
+
+
+class BenchError(Exception):
+    pass
+
+
+def boot_once(args, variant, workdir):
+    """One boot: (ready seconds, counters at ready)."""
+    vsock = os.path.join(workdir, "vsock.sock")
+    cmd = [args.vmm, "--kernel", args.kernel, variant["flag"], variant["image"],
+           "--memory", str(args.memory_mib), "--vcpus", "1", "--vsock-socket", vsock]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    ready = None
+    counters = None
+    console = []
+    try:
+        deadline = start + args.timeout
+        for line in proc.stdout:
+            console.append(line.decode(errors="replace"))
+            if variant["ready"].encode() in line:
+                ready = time.perf_counter() - start
+                counters = read_counters(args, proc.pid)
+                break
+            if time.perf_counter() > deadline:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if ready is None:
+        raise BenchError(f"{variant['name']}: no ready line; console:\n{''.join(console)[-2000:]}"
+                         f"\nstderr:\n{proc.stderr.read().decode(errors='replace')[-2000:]}")
+    return ready, counters
+
+
+def read_counters(args, pid):
+    out = subprocess.run([args.counters, str(pid)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise BenchError(f"runvm-guest-counters failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def container_once(args, index):
+    """One `runvm run` of the trivial bundle: wall seconds to exit."""
+    env = dict(os.environ, RUNVM_VMM=args.vmm, RUNVM_KERNEL=args.kernel, RUNVM_IMAGE=args.image)
+    cmd = [args.runvm, "--root", args.state, "run", "--bundle", args.bundle, f"coldstart-{os.getpid()}-{index}"]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                         timeout=args.timeout)
+    wall = time.perf_counter() - start
+    if out.returncode != 0 or b"hello from container" not in out.stdout:
+        raise BenchError(f"runvm run failed ({out.returncode}): {out.stdout[-500:]!r} {out.stderr[-2000:]!r}")
+    return wall
+
+
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vmm", required=True)
+    ap.add_argument("--runvm", required=True)
+    ap.add_argument("--counters", required=True)
+    ap.add_argument("--kernel", required=True)
+    ap.add_argument("--image", required=True, help="the image runvm boots (ext4)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME:FLAG:IMAGE:READY-TEXT, a boot to measure")
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--state", required=True)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--container-runs", type=int, default=3)
+    ap.add_argument("--memory-mib", type=int, default=128)
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--repo", required=True)
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--quiet-note", default="")
+    args = ap.parse_args()
+
+    variants = []
+    for spec in args.variant:
+        name, flag, image, ready = spec.split(":", 3)
+        variants.append({"name": name, "flag": flag, "image": image, "ready": ready})
+    facts = machine_facts(args.repo)
+    boots = {v["name"]: [] for v in variants}
+    containers = []
+    workdir = tempfile.mkdtemp(prefix="runvm-coldstart.")
+    try:
+        # One uncounted round first: the page cache holds every file after it.
+        for v in variants:
+            boot_once(args, v, workdir)
+        for r in range(args.runs):
+            order = variants if r % 2 == 0 else list(reversed(variants))
+            for v in order:
+                wall, counters = boot_once(args, v, workdir)
+                boots[v["name"]].append((wall, counters))
+                print(f"coldstart: round {r + 1} {v['name']}: ready {wall:.3f} s, "
+                      f"{counters['insn_emulation'] / 1e6:.2f} M emulated instructions", file=sys.stderr)
+            if r < args.container_runs:
+                wall = container_once(args, r)
+                containers.append(wall)
+                print(f"coldstart: round {r + 1} runvm run: {wall:.3f} s", file=sys.stderr)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    facts["loadavg_after"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    write_section(args.results, MARKER, report(args, variants, boots, containers, facts))
+    print(f"coldstart: report written to {args.results}", file=sys.stderr)
+
+
+def report(args, variants, boots, containers, facts):
+    ref_name = variants[0]["name"]
+    ref_wall = median([w for w, _ in boots[ref_name]])
+    ref_insn = median([c["insn_emulation"] for _, c in boots[ref_name]])
+    lines = [
+        "# Cold start: boot by guest image, and a trivial container, next to a tiny init",
+        "",
+        f"One run of `bench/coldstart.sh`: {args.runs} measured boots of each variant "
+        "(after one uncounted round), interleaved round by round, and "
+        f"{len(containers)} `runvm run` of a trivial busybox container between the rounds. "
+        f"Same kernel, {args.memory_mib} MiB, 1 vCPU, a vsock device in every boot, runvm-vmm.",
+        "",
+        f"The reference is `{ref_name}`: the same kernel booting a static C program that only "
+        "prints its ready line (the least a guest can run as PID 1). Ratios are of medians, "
+        "measured in this one run.",
+        "",
+        "## Boot to ready",
+        "",
+        "| variant | image | ready (s) min / median / max | × reference | emulated instructions (M, median) | × reference | exits | MMIO exits | page faults |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in variants:
+        runs = boots[v["name"]]
+        walls = [w for w, _ in runs]
+        med = lambda key: median([c[key] for _, c in runs])
+        lines.append(
+            f"| {v['name']} | `{os.path.basename(v['image'])}` ({os.path.getsize(v['image']):,} B, {v['flag']}) "
+            f"| {stat(walls, 3)} | {median(walls) / ref_wall:.3f} "
+            f"| {med('insn_emulation') / 1e6:.2f} | {med('insn_emulation') / ref_insn:.3f} "
+            f"| {med('exits'):,.0f} | {med('mmio_exits'):,.0f} | {med('pf_taken'):,.0f} |")
+    if containers:
+        lines += [
+            "",
+            "## A trivial container end to end",
+            "",
+            "`runvm run` of a busybox bundle whose process prints one line (`make run`'s), "
+            "from spawning `runvm` to its exit: VM boot, virtiofsd, share, container create, "
+            "start, exit, VM power-off and clean-up.",
+            "",
+            "| what | seconds min / median / max | × reference boot |",
+            "|---|---|---|",
+            f"| `runvm run` | {stat(containers, 3)} | {median(containers) / ref_wall:.3f} |",
+            f"| reference: {ref_name} boot to ready | {stat([w for w, _ in boots[ref_name]], 3)} | 1.000 |",
+        ]
+    lines += ["", "## Machine", ""] + machine_lines(facts) + [
+        f"- load average before / after: {facts['loadavg']} / {facts['loadavg_after']}",
+    ]
+    if args.quiet_note:
+        lines.append(f"- {args.quiet_note}")
+    lines += [
+        f"- kernel: `{args.kernel}`, {os.path.getsize(args.kernel):,} bytes",
+        "",
+        "## Per run",
+        "",
+        "| variant | # | ready (s) | " + " | ".join(COUNTERS) + " |",
+        "|---|---|---|" + "---|" * len(COUNTERS),
+    ]
+    for v in variants:
+        for i, (wall, c) in enumerate(boots[v["name"]], 1):
+            lines.append(f"| {v['name']} | {i} | {wall:.3f} | " + " | ".join(f"{c[k]:,}" for k in COUNTERS) + " |")
+    lines += [
+        "",
+        "Counters are KVM's per-vCPU statistics (`KVM_GET_STATS_FD`), summed over the VM's "
+        "vCPUs, read by `runvm-guest-counters` from the descriptors runvm-vmm holds, at the moment "
+        "the ready line arrived. `insn_emulation` is the number of guest instructions KVM emulated: "
+        "on this host every guest-kernel instruction (each REP iteration counts), so it measures the "
+        "guest kernel's work independently of the host's speed; on hardware KVM it is near zero.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BenchError as e:
+        print(f"coldstart: {e}", file=sys.stderr)
+        sys.exit(1)
