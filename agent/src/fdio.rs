@@ -247,6 +247,7 @@ impl AsyncWrite for &Fd {
 #[derive(Debug)]
 pub struct Listener {
     inner: AsyncFd<OwnedFd>,
+    host_only: bool,
 }
 
 impl Listener {
@@ -255,26 +256,48 @@ impl Listener {
         set_nonblocking(fd.as_raw_fd())?;
         Ok(Listener {
             inner: register(fd, Interest::READABLE)?,
+            host_only: false,
         })
+    }
+
+    /// A vsock listener whose connections are accepted only from the
+    /// host (CID 2): a connection from anywhere else (a guest process
+    /// through another transport, should the kernel have one) is closed
+    /// before a byte of it is read.
+    pub fn host_only(fd: OwnedFd) -> io::Result<Listener> {
+        let mut listener = Listener::new(fd)?;
+        listener.host_only = true;
+        Ok(listener)
     }
 
     /// The next connection, non-blocking and close-on-exec.
     pub async fn accept(&self) -> io::Result<Fd> {
         let fd = loop {
             let mut guard = self.inner.readable().await?;
+            let mut peer: libc::sockaddr_vm = zeroed_sockaddr_vm();
             let result = guard.try_io(|fd| {
-                // SAFETY: accept4 without an address buffer.
+                let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+                // SAFETY: accept4 with an address buffer of `len` bytes.
                 let ret = unsafe {
                     libc::accept4(
                         fd.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
+                        (&mut peer as *mut libc::sockaddr_vm).cast(),
+                        &mut len,
                         libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
                     )
                 };
                 cvt(ret as isize)
             });
             match result {
+                Ok(Ok(fd)) if self.host_only && !from_host(&peer) => {
+                    // SAFETY: accept4 just returned this descriptor to us.
+                    drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+                    agent_log!(
+                        "refused a connection from vsock CID {} (only the host, CID {}, is served)",
+                        peer.svm_cid,
+                        libc::VMADDR_CID_HOST
+                    );
+                }
                 Ok(Ok(fd)) => break fd as RawFd,
                 Ok(Err(e))
                     if matches!(
@@ -288,6 +311,16 @@ impl Listener {
         // SAFETY: accept4 just returned this descriptor to us.
         Fd::new(unsafe { OwnedFd::from_raw_fd(fd) })
     }
+}
+
+fn zeroed_sockaddr_vm() -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain old data; all zeroes is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Whether an accepted vsock peer is the host.
+fn from_host(peer: &libc::sockaddr_vm) -> bool {
+    i32::from(peer.svm_family) == libc::AF_VSOCK && peer.svm_cid == libc::VMADDR_CID_HOST
 }
 
 #[cfg(test)]
@@ -378,6 +411,21 @@ mod tests {
         let mut rest = Vec::new();
         std::io::Read::read_to_end(&mut peer, &mut rest).unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn only_the_host_cid_counts_as_the_host() {
+        let mut peer = zeroed_sockaddr_vm();
+        peer.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        peer.svm_cid = libc::VMADDR_CID_HOST;
+        assert!(from_host(&peer));
+        for cid in [libc::VMADDR_CID_LOCAL, 3, libc::VMADDR_CID_ANY] {
+            peer.svm_cid = cid;
+            assert!(!from_host(&peer), "CID {cid}");
+        }
+        peer.svm_cid = libc::VMADDR_CID_HOST;
+        peer.svm_family = libc::AF_UNIX as libc::sa_family_t;
+        assert!(!from_host(&peer));
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -641,7 +641,7 @@ pub fn run_in_guest(ready: impl FnOnce()) -> io::Error {
     let bind = |port: u32| -> io::Result<Listener> {
         let listener = vsock::VsockListener::bind_with_cid_port(libc::VMADDR_CID_ANY, port)
             .map_err(|e| io::Error::new(e.kind(), format!("vsock port {port}: {e}")))?;
-        Listener::new(OwnedFd::from(listener))
+        Listener::host_only(OwnedFd::from(listener))
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {

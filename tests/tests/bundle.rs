@@ -3,7 +3,8 @@
 //! virtiofsd, run as containers by the agent. One VM runs every scenario
 //! (hostname and env, read-only rootfs, writes that reach the host, uid
 //! and gid, masked paths, exec in the pid namespace, escapes through
-//! symlinks and `..`, a pids limit, an OOM kill with its event), then shuts down with a rootfs still bound: nothing
+//! symlinks and `..`, no vsock path from a container to the agent, a pids
+//! limit, an OOM kill with its event), then shuts down with a rootfs still bound: nothing
 //! may be left (mounts, virtiofsd, directories). A second VM loses its
 //! virtiofsd and must say so.
 
@@ -338,6 +339,41 @@ async fn scenario_writable_reaches_the_host(vm: &mut MicroVm, agent: &AgentClien
     unshare(vm, "rw1");
 }
 
+/// `tests/probes/vsock-probe.c`, built static for the guest.
+fn vsock_probe(base: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("probes/vsock-probe.c");
+    let binary = base.join("vsock-probe");
+    let built = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("run gcc (build-essential) to build the vsock probe");
+    assert!(built.success(), "gcc could not build {}", source.display());
+    binary
+}
+
+async fn scenario_no_path_to_the_agent(vm: &mut MicroVm, agent: &AgentClient, base: &Path) {
+    // Root in the container with a plain `runc spec` set of capabilities:
+    // no CID (the guest's loopback, the host, the guest's own, any) may
+    // lead to the agent's control or stream port, nor to the host's
+    // readiness port once the VM is up.
+    let bundle = Bundle::new(
+        base,
+        "vsock",
+        runc_spec("/bin/vsock-probe", "bundle-vsock", true, 0, &[]),
+    );
+    std::fs::copy(vsock_probe(base), bundle.rootfs().join("bin/vsock-probe")).expect("probe");
+    let (status, out) = run_bundle(vm, agent, "vsock1", &bundle).await;
+    assert_eq!(status, ExitStatus::Code(0), "{out}");
+    assert_eq!(out.lines().count(), 18, "one line per CID and port:\n{out}");
+    assert!(
+        !out.contains("connected"),
+        "a container process reached a vsock port it must not:\n{out}"
+    );
+    unshare(vm, "vsock1");
+}
+
 async fn scenario_escapes_stay_inside(vm: &mut MicroVm, agent: &AgentClient, base: &Path) {
     // Root in the container, writable rootfs: writes through absolute and
     // relative links and `..`, and mounts whose destinations go through
@@ -577,6 +613,7 @@ fn bundles_over_virtio_fs() {
             scenario_readonly_identity_masks(&mut vm, &agent, &base).await;
             scenario_writable_reaches_the_host(&mut vm, &agent, &base).await;
             scenario_escapes_stay_inside(&mut vm, &agent, &base).await;
+            scenario_no_path_to_the_agent(&mut vm, &agent, &base).await;
             scenario_cgroup_limits(&mut vm, &agent, &base).await;
             // Last: it leaves its rootfs bound for shutdown to undo.
             scenario_exec_in_pid_namespace(&mut vm, &agent, &base).await;

@@ -33,6 +33,7 @@ use clap::Parser;
 use runvm::agent_client::AgentClient;
 use runvm::container_client::ContainerClient;
 use runvm::guest_process::{self, HostStdio, ProcessSpec};
+use runvm::kvm_stats::{self, GuestCounters};
 use runvm::share;
 use runvm::vm::{MicroVm, VmSpec};
 use runvm_agent_api::oci::Spec;
@@ -51,10 +52,11 @@ struct Args {
     /// Guest kernel (vmlinux).
     #[arg(long)]
     kernel: PathBuf,
-    /// Guest image with busybox (build/initramfs-tools.cpio): the guest
+    /// Guest image with busybox (build/rootfs-tools.ext4): the guest
     /// side of the throughput runs needs `sh` and `dd`.
     #[arg(long)]
-    initrd: PathBuf,
+    #[arg(alias = "initrd")]
+    image: PathBuf,
     /// virtiofsd (default: the runtime's own search, as `runvm` does).
     #[arg(long)]
     virtiofsd: Option<PathBuf>,
@@ -502,7 +504,7 @@ fn vm_spec(args: &Args, virtiofsd: Option<&Path>) -> VmSpec {
     VmSpec {
         vmm: args.vmm.clone(),
         kernel: args.kernel.clone(),
-        initrd: args.initrd.clone(),
+        image: args.image.clone(),
         memory_mib: args.memory_mib,
         vcpus: args.vcpus,
         virtiofsd: virtiofsd.map(Path::to_owned),
@@ -611,6 +613,8 @@ async fn container_once(
     bundle: &Bundle,
     step: Duration,
 ) -> Result<Value, String> {
+    let vmm = vm.pid().ok_or("the VMM is gone")?;
+    let c0 = counters(vmm)?;
     let t0 = Instant::now();
     let (spec, readonly) = bundle.spec()?;
     let rootfs = within(
@@ -620,6 +624,7 @@ async fn container_once(
     )
     .await?;
     let t1 = Instant::now();
+    let c1 = counters(vmm)?;
     let containers = ContainerClient::new(agent);
     let init = within(
         step,
@@ -628,16 +633,19 @@ async fn container_once(
     )
     .await?;
     let t2 = Instant::now();
+    let c2 = counters(vmm)?;
     within(step, "start", containers.start(id)).await?;
     let t3 = Instant::now();
     let status = within(step, "wait", containers.wait(id)).await?;
     let t4 = Instant::now();
+    let c4 = counters(vmm)?;
     init.drain().await;
     if status != ExitStatus::Code(0) {
         return Err(format!("container {id} ended with {status:?}"));
     }
     within(step, "delete", containers.delete(id, false)).await?;
     let t5 = Instant::now();
+    let c5 = counters(vmm)?;
     vm.unshare_rootfs(id)
         .map_err(|e| format!("unshare {id}: {e}"))?;
     let t6 = Instant::now();
@@ -649,12 +657,71 @@ async fn container_once(
         "delete_ms": ms(t5 - t4),
         "unshare_ms": ms(t6 - t5),
         "total_ms": ms(t6 - t0),
+        "share_insn": emulated(&c1, &c0),
+        "create_insn": emulated(&c2, &c1),
+        "start_exit_insn": emulated(&c4, &c2),
+        "delete_insn": emulated(&c5, &c4),
     }))
 }
 
+/// The VM's counters now.
+fn counters(vmm_pid: u32) -> Result<GuestCounters, String> {
+    kvm_stats::read(vmm_pid).map_err(|e| format!("cannot read the VM's counters: {e}"))
+}
+
+/// Guest instructions KVM emulated between two readings.
+fn emulated(after: &GuestCounters, before: &GuestCounters) -> u64 {
+    after.since(before).get("insn_emulation")
+}
+
+/// The guest's own process start, as reference: a shell in the guest runs
+/// `/bin/true` `n` times (fork, exec, wait) and an empty loop of the same
+/// length; returns the difference per `true`, in ms (the guest's clock,
+/// /proc/uptime read by the shell's builtin) and in emulated instructions.
+async fn guest_fork_exec(
+    vm: &MicroVm,
+    agent: &AgentClient,
+    n: u32,
+    step: Duration,
+) -> Result<(f64, u64), String> {
+    let vmm = vm.pid().ok_or("the VMM is gone")?;
+    let script = |body: &str| {
+        format!(
+            "read a _ < /proc/uptime; i=0; while [ $i -lt {n} ]; do {body}i=$((i+1)); done; \
+             read b _ < /proc/uptime; echo $a $b"
+        )
+    };
+    let run = async |body: &str| -> Result<(f64, u64), String> {
+        let before = counters(vmm)?;
+        let (out, _) = guest_sh(agent, &script(body), step).await?;
+        let insn = emulated(&counters(vmm)?, &before);
+        let times: Vec<f64> = out
+            .split_whitespace()
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        match times[..] {
+            [a, b] => Ok(((b - a) * 1000.0, insn)),
+            _ => Err(format!("unexpected output of the fork+exec loop: {out:?}")),
+        }
+    };
+    let (busy_ms, busy_insn) = run("/bin/true; ").await?;
+    let (idle_ms, idle_insn) = run("").await?;
+    Ok((
+        (busy_ms - idle_ms) / f64::from(n),
+        busy_insn.saturating_sub(idle_insn) / u64::from(n),
+    ))
+}
+
 /// `true` run by the agent outside any container (Exec, Wait; no
-/// streams): what starting a plain process costs, for comparison.
-async fn plain_true(agent: &AgentClient, step: Duration) -> Result<f64, String> {
+/// streams): what an exec round trip costs. Returns ms and emulated
+/// instructions.
+async fn plain_true(
+    vm: &MicroVm,
+    agent: &AgentClient,
+    step: Duration,
+) -> Result<(f64, u64), String> {
+    let vmm = vm.pid().ok_or("the VMM is gone")?;
+    let before = counters(vmm)?;
     let spec = ProcessSpec {
         argv: vec!["true".into()],
         env: vec!["PATH=/bin".into()],
@@ -670,7 +737,7 @@ async fn plain_true(agent: &AgentClient, step: Duration) -> Result<f64, String> 
     if status != ExitStatus::Code(0) {
         return Err(format!("true (no container) ended with {status:?}"));
     }
-    Ok(ms(elapsed))
+    Ok((ms(elapsed), emulated(&counters(vmm)?, &before)))
 }
 
 fn fmt_container(c: &Value) -> String {
@@ -834,11 +901,16 @@ async fn main_vm(
     let measured = async {
         let (uname, _) = guest_sh(&agent, "uname -r", step).await?;
         let (mut warmup, mut runs, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut plain_insn, mut fork_exec) = (Vec::new(), Vec::new());
         for i in 0..args.container_warmup + args.container_runs {
             let c = container_once(&mut vm, &agent, &format!("bench{i}"), bundle, step).await?;
-            // Interleaved, so that drift hits both alike.
-            let p = plain_true(&agent, step).await?;
-            let line = format!("{}; plain true {p:.0} ms", fmt_container(&c));
+            // Interleaved, so that drift hits all alike.
+            let (p, p_insn) = plain_true(&vm, &agent, step).await?;
+            let (f, f_insn) = guest_fork_exec(&vm, &agent, 10, step).await?;
+            let line = format!(
+                "{}; exec round trip {p:.0} ms; the guest's own fork+exec {f:.0} ms",
+                fmt_container(&c)
+            );
             if i < args.container_warmup {
                 progress(&format!("container warm-up {}", i + 1), line);
                 warmup.push(c);
@@ -847,12 +919,20 @@ async fn main_vm(
                 progress(&format!("container {k}/{}", args.container_runs), line);
                 runs.push(c);
                 plain.push(p);
+                plain_insn.push(p_insn);
+                fork_exec.push(json!({ "ms": f, "insn": f_insn }));
             }
         }
         let fs = fs_throughput(args, &mut vm, &agent, data_dir, step).await?;
         Ok::<Value, String>(json!({
             "guest_kernel": uname.trim(),
-            "containers": { "warmup": warmup, "runs": runs, "plain_true_ms": plain },
+            "containers": {
+                "warmup": warmup,
+                "runs": runs,
+                "plain_true_ms": plain,
+                "plain_true_insn": plain_insn,
+                "guest_fork_exec": fork_exec,
+            },
             "fs": fs,
         }))
     }
