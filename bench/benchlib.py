@@ -20,7 +20,8 @@ from datetime import datetime, timezone
 # RESULTS.md files keep their section.
 AGENT_CHANNEL = "<!-- agent-channel section: written by bench/exec.sh, kept by bench/boot.sh -->"
 CONTAINERS = "<!-- containers section: written by bench/containers.sh, kept by the other benchmarks -->"
-SECTIONS = [AGENT_CHANNEL, CONTAINERS]
+COLDSTART = "<!-- coldstart section: written by bench/coldstart.sh, kept by the other benchmarks -->"
+SECTIONS = [AGENT_CHANNEL, CONTAINERS, COLDSTART]
 
 
 def sh(cmd):
@@ -161,6 +162,8 @@ def write_boot_report(path, report):
 
 def write_section(path, marker, section):
     """Replaces (or adds) the section that starts with `marker`."""
+    if marker not in SECTIONS:
+        raise ValueError(f"unknown RESULTS.md section marker {marker!r}: add it to SECTIONS")
     head, sections = _split(_read(path))
     sections[marker] = marker + "\n\n" + section.rstrip("\n") + "\n"
     _write(path, _join(head, sections))

@@ -7,7 +7,9 @@
 #
 # Environment (all optional):
 #   RUNS=5  CONTAINER_RUNS=3  MEMORY_MIB=128  IDLE_WAIT_S=900  MAX_LOAD=1.0
-#   TIMEOUT_S=300  RESULTS=bench/RESULTS.md
+#   TIMEOUT_S=300  RESULTS=bench/RESULTS.md  RAW=/tmp/runvm-coldstart-<time>.json
+#   BEFORE=DIR: another built checkout of runvm (say, a worktree of an older
+#     commit, built with `make build`) measured in the same run as "before"
 set -Eeuo pipefail
 
 die() {
@@ -59,13 +61,31 @@ quiet_note=""
 bench_wait_quiet "$IDLE_WAIT_S" "$MAX_LOAD"
 
 ready="runvm-agent"
+vmm="$release/runvm-vmm"
+args=(
+  --variant "tiny-init|$vmm|$kernel|--initrd|$work/tiny-init.cpio|tiny-init ready"
+  --variant "agent-initramfs|$vmm|$kernel|--initrd|$initrd|$ready"
+  --variant "agent-root-disk|$vmm|$kernel|--root-disk|$image|$ready"
+  --variant "tools-initramfs|$vmm|$kernel|--initrd|$work/initramfs-tools.cpio|$ready"
+  --variant "tools-root-disk|$vmm|$kernel|--root-disk|$tools_image|$ready"
+  --container "this tree|$release/runvm|$vmm|$kernel|$image"
+)
+if [[ -n ${BEFORE:-} ]]; then
+  old="$BEFORE/target/release"
+  for f in "$BEFORE/build/vmlinux" "$BEFORE/build/initramfs.cpio" "$BEFORE/build/initramfs-tools.cpio" \
+    "$old/runvm" "$old/runvm-vmm"; do
+    [[ -f $f ]] || die "BEFORE=$BEFORE: $f is missing (run 'make build' there)"
+  done
+  args+=(
+    --variant "before: tiny-init|$old/runvm-vmm|$BEFORE/build/vmlinux|--initrd|$work/tiny-init.cpio|tiny-init ready"
+    --variant "before: agent-initramfs|$old/runvm-vmm|$BEFORE/build/vmlinux|--initrd|$BEFORE/build/initramfs.cpio|$ready"
+    --variant "before: tools-initramfs|$old/runvm-vmm|$BEFORE/build/vmlinux|--initrd|$BEFORE/build/initramfs-tools.cpio|$ready"
+    --container "before|$old/runvm|$old/runvm-vmm|$BEFORE/build/vmlinux|$BEFORE/build/initramfs.cpio"
+  )
+fi
 python3 "$bench/coldstart/measure.py" \
-  --vmm "$release/runvm-vmm" --runvm "$release/runvm" --counters "$release/runvm-guest-counters" \
-  --kernel "$kernel" --image "$image" --bundle "$work/bundle" --state "$work/state" \
-  --variant "tiny-init:--initrd:$work/tiny-init.cpio:tiny-init ready" \
-  --variant "agent-initramfs:--initrd:$initrd:$ready" \
-  --variant "agent-root-disk:--root-disk:$image:$ready" \
-  --variant "tools-initramfs:--initrd:$work/initramfs-tools.cpio:$ready" \
-  --variant "tools-root-disk:--root-disk:$tools_image:$ready" \
+  --counters "$release/runvm-guest-counters" --bundle "$work/bundle" --state "$work/state" \
+  "${args[@]}" \
   --runs "$RUNS" --container-runs "$CONTAINER_RUNS" --memory-mib "$MEMORY_MIB" \
-  --timeout "$TIMEOUT_S" --repo "$repo" --results "$RESULTS" --quiet-note "$quiet_note"
+  --timeout "$TIMEOUT_S" --repo "$repo" --results "$RESULTS" --quiet-note "$quiet_note" \
+  --raw "${RAW:-/tmp/runvm-coldstart-$(date -u +%Y%m%dT%H%M%SZ).json}"

@@ -27,9 +27,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchlib import COLDSTART as MARKER  # noqa: E402
 from benchlib import machine_facts, machine_lines, stat, write_section  # noqa: E402
-
-MARKER = "<!-- coldstart section: written by bench/coldstart.sh, kept by the other benchmarks -->"
 COUNTERS = ["insn_emulation", "exits", "mmio_exits", "irq_injections", "pf_taken"]
 
 
@@ -40,7 +39,7 @@ class BenchError(Exception):
 def boot_once(args, variant, workdir):
     """One boot: (ready seconds, counters at ready)."""
     vsock = os.path.join(workdir, "vsock.sock")
-    cmd = [args.vmm, "--kernel", args.kernel, variant["flag"], variant["image"],
+    cmd = [variant["vmm"], "--kernel", variant["kernel"], variant["flag"], variant["image"],
            "--memory", str(args.memory_mib), "--vcpus", "1", "--vsock-socket", vsock]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -72,16 +71,23 @@ def boot_once(args, variant, workdir):
 
 
 def read_counters(args, pid):
+    """The VM's counters, or None from a VMM that holds no statistics
+    descriptors (one built before it did)."""
     out = subprocess.run([args.counters, str(pid)], capture_output=True, text=True)
     if out.returncode != 0:
+        if "no KVM vCPU statistics descriptor" in out.stderr:
+            return None
         raise BenchError(f"runvm-guest-counters failed: {out.stderr.strip()}")
     return json.loads(out.stdout)
 
 
-def container_once(args, index):
+def container_once(args, setup, index):
     """One `runvm run` of the trivial bundle: wall seconds to exit."""
-    env = dict(os.environ, RUNVM_VMM=args.vmm, RUNVM_KERNEL=args.kernel, RUNVM_IMAGE=args.image)
-    cmd = [args.runvm, "--root", args.state, "run", "--bundle", args.bundle, f"coldstart-{os.getpid()}-{index}"]
+    # RUNVM_INITRD for a runvm from before the image was renamed.
+    env = dict(os.environ, RUNVM_VMM=setup["vmm"], RUNVM_KERNEL=setup["kernel"],
+               RUNVM_IMAGE=setup["image"], RUNVM_INITRD=setup["image"])
+    cmd = [setup["runvm"], "--root", args.state, "run", "--bundle", args.bundle,
+           f"coldstart-{os.getpid()}-{index}"]
     start = time.perf_counter()
     out = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                          timeout=args.timeout)
@@ -99,13 +105,11 @@ def median(values):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--vmm", required=True)
-    ap.add_argument("--runvm", required=True)
     ap.add_argument("--counters", required=True)
-    ap.add_argument("--kernel", required=True)
-    ap.add_argument("--image", required=True, help="the image runvm boots (ext4)")
     ap.add_argument("--variant", action="append", default=[],
-                    help="NAME:FLAG:IMAGE:READY-TEXT, a boot to measure")
+                    help="NAME|VMM|KERNEL|FLAG|IMAGE|READY-TEXT: a boot to measure (the first is the reference)")
+    ap.add_argument("--container", action="append", default=[],
+                    help="NAME|RUNVM|VMM|KERNEL|IMAGE: a `runvm run` set-up to measure")
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--state", required=True)
     ap.add_argument("--runs", type=int, default=5)
@@ -115,15 +119,21 @@ def main():
     ap.add_argument("--repo", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--quiet-note", default="")
+    ap.add_argument("--raw", help="also write every measurement here, as JSON")
     args = ap.parse_args()
 
     variants = []
     for spec in args.variant:
-        name, flag, image, ready = spec.split(":", 3)
-        variants.append({"name": name, "flag": flag, "image": image, "ready": ready})
+        name, vmm, kernel, flag, image, ready = spec.split("|", 5)
+        variants.append({"name": name, "vmm": vmm, "kernel": kernel, "flag": flag, "image": image,
+                         "ready": ready})
+    setups = []
+    for spec in args.container:
+        name, runvm, vmm, kernel, image = spec.split("|", 4)
+        setups.append({"name": name, "runvm": runvm, "vmm": vmm, "kernel": kernel, "image": image})
     facts = machine_facts(args.repo)
     boots = {v["name"]: [] for v in variants}
-    containers = []
+    containers = {c["name"]: [] for c in setups}
     workdir = tempfile.mkdtemp(prefix="runvm-coldstart.")
     try:
         # One uncounted round first: the page cache holds every file after it.
@@ -134,15 +144,21 @@ def main():
             for v in order:
                 wall, counters = boot_once(args, v, workdir)
                 boots[v["name"]].append((wall, counters))
+                insn = f"{counters['insn_emulation'] / 1e6:.2f} M" if counters else "no count of"
                 print(f"coldstart: round {r + 1} {v['name']}: ready {wall:.3f} s, "
-                      f"{counters['insn_emulation'] / 1e6:.2f} M emulated instructions", file=sys.stderr)
+                      f"{insn} emulated instructions", file=sys.stderr)
             if r < args.container_runs:
-                wall = container_once(args, r)
-                containers.append(wall)
-                print(f"coldstart: round {r + 1} runvm run: {wall:.3f} s", file=sys.stderr)
+                for c in (setups if r % 2 == 0 else list(reversed(setups))):
+                    wall = container_once(args, c, r)
+                    containers[c["name"]].append(wall)
+                    print(f"coldstart: round {r + 1} runvm run ({c['name']}): {wall:.3f} s", file=sys.stderr)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     facts["loadavg_after"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    if args.raw:
+        with open(args.raw, "w") as f:
+            json.dump({"variants": variants, "boots": boots, "containers": containers,
+                       "facts": facts}, f, indent=1)
     write_section(args.results, MARKER, report(args, variants, boots, containers, facts))
     print(f"coldstart: report written to {args.results}", file=sys.stderr)
 
@@ -156,8 +172,10 @@ def report(args, variants, boots, containers, facts):
         "",
         f"One run of `bench/coldstart.sh`: {args.runs} measured boots of each variant "
         "(after one uncounted round), interleaved round by round, and "
-        f"{len(containers)} `runvm run` of a trivial busybox container between the rounds. "
-        f"Same kernel, {args.memory_mib} MiB, 1 vCPU, a vsock device in every boot, runvm-vmm.",
+        f"{args.container_runs} `runvm run` of a trivial busybox container per set-up between the rounds. "
+        f"{args.memory_mib} MiB, 1 vCPU, a vsock device in every boot. Variants marked *before* are "
+        "the tree as it was before the cold-start work (its kernel, VMM, agent and runtime), built "
+        "beside this one and measured in the same run.",
         "",
         f"The reference is `{ref_name}`: the same kernel booting a static C program that only "
         "prints its ready line (the least a guest can run as PID 1). Ratios are of medians, "
@@ -171,13 +189,21 @@ def report(args, variants, boots, containers, facts):
     for v in variants:
         runs = boots[v["name"]]
         walls = [w for w, _ in runs]
-        med = lambda key: median([c[key] for _, c in runs])
+        counted = [c for _, c in runs if c]
+        if not counted:
+            lines.append(
+                f"| {v['name']} | `{os.path.basename(v['image'])}` ({os.path.getsize(v['image']):,} B, {v['flag']}), "
+                f"kernel {os.path.getsize(v['kernel']):,} B "
+                f"| {stat(walls, 3)} | {median(walls) / ref_wall:.3f} | — | — | — | — | — |")
+            continue
+        med = lambda key: median([c[key] for c in counted])
         lines.append(
-            f"| {v['name']} | `{os.path.basename(v['image'])}` ({os.path.getsize(v['image']):,} B, {v['flag']}) "
+            f"| {v['name']} | `{os.path.basename(v['image'])}` ({os.path.getsize(v['image']):,} B, {v['flag']}), "
+            f"kernel {os.path.getsize(v['kernel']):,} B "
             f"| {stat(walls, 3)} | {median(walls) / ref_wall:.3f} "
             f"| {med('insn_emulation') / 1e6:.2f} | {med('insn_emulation') / ref_insn:.3f} "
             f"| {med('exits'):,.0f} | {med('mmio_exits'):,.0f} | {med('pf_taken'):,.0f} |")
-    if containers:
+    if any(containers.values()):
         lines += [
             "",
             "## A trivial container end to end",
@@ -188,7 +214,10 @@ def report(args, variants, boots, containers, facts):
             "",
             "| what | seconds min / median / max | × reference boot |",
             "|---|---|---|",
-            f"| `runvm run` | {stat(containers, 3)} | {median(containers) / ref_wall:.3f} |",
+        ] + [
+            f"| `runvm run`, {name} | {stat(walls, 3)} | {median(walls) / ref_wall:.3f} |"
+            for name, walls in containers.items()
+        ] + [
             f"| reference: {ref_name} boot to ready | {stat([w for w, _ in boots[ref_name]], 3)} | 1.000 |",
         ]
     lines += ["", "## Machine", ""] + machine_lines(facts) + [
@@ -197,7 +226,6 @@ def report(args, variants, boots, containers, facts):
     if args.quiet_note:
         lines.append(f"- {args.quiet_note}")
     lines += [
-        f"- kernel: `{args.kernel}`, {os.path.getsize(args.kernel):,} bytes",
         "",
         "## Per run",
         "",
@@ -206,12 +234,13 @@ def report(args, variants, boots, containers, facts):
     ]
     for v in variants:
         for i, (wall, c) in enumerate(boots[v["name"]], 1):
-            lines.append(f"| {v['name']} | {i} | {wall:.3f} | " + " | ".join(f"{c[k]:,}" for k in COUNTERS) + " |")
+            cells = [f"{c[k]:,}" for k in COUNTERS] if c else ["—"] * len(COUNTERS)
+            lines.append(f"| {v['name']} | {i} | {wall:.3f} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Counters are KVM's per-vCPU statistics (`KVM_GET_STATS_FD`), summed over the VM's "
         "vCPUs, read by `runvm-guest-counters` from the descriptors runvm-vmm holds, at the moment "
-        "the ready line arrived. `insn_emulation` is the number of guest instructions KVM emulated: "
+        "the ready line arrived (— for a VMM from before it held them). `insn_emulation` is the number of guest instructions KVM emulated: "
         "on this host every guest-kernel instruction (each REP iteration counts), so it measures the "
         "guest kernel's work independently of the host's speed; on hardware KVM it is near zero.",
     ]
