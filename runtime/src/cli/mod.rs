@@ -239,6 +239,22 @@ pub fn main() -> ExitCode {
         logger,
         global_args,
     };
+    if matches!(
+        command,
+        Command::State(_)
+            | Command::List(_)
+            | Command::Ps(_)
+            | Command::Events(_)
+            | Command::Spec(_)
+            | Command::Features
+    ) {
+        // Commands that only print end quietly when their reader goes
+        // away (`runvm state ID | grep -q running`), as runc does, instead
+        // of panicking on EPIPE. Not the ones that relay a container's
+        // stdio, which must see the error and carry on.
+        // SAFETY: signal(2) on our own disposition, before any thread.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match command {
         Command::Create(args) => lifecycle::create(&context, args),
         Command::Start(args) => lifecycle::start(&context, args),
