@@ -289,6 +289,8 @@ impl MicroVm {
         dir: &Path,
         vmm_log: Option<&Path>,
     ) -> Result<MicroVm, VmError> {
+        // A bad image is refused before anything is started for the VM.
+        let image_flag = ImageKind::of(&spec.image)?.vmm_flag();
         fs::DirBuilder::new()
             .mode(0o700)
             .create(dir)
@@ -327,7 +329,7 @@ impl MicroVm {
         command
             .arg("--kernel")
             .arg(&spec.kernel)
-            .arg(ImageKind::of(&spec.image)?.vmm_flag())
+            .arg(image_flag)
             .arg(&spec.image)
             .arg("--memory")
             .arg(spec.memory_mib.to_string())
