@@ -10,6 +10,7 @@ pub mod console;
 pub mod container_client;
 pub mod guest_process;
 pub mod hooks;
+pub mod host_cgroup;
 pub mod kvm_stats;
 pub mod monitor;
 pub mod share;

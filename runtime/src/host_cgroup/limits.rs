@@ -1,0 +1,229 @@
+//! The host limits of a container's cgroup: they bound the VM as a whole,
+//! while the guest enforces the container's own limits inside.
+//!
+//! - memory: only when the container has a limit, the guest's RAM (the
+//!   limit plus the guest's own overhead, see `monitor::guest_memory_mib`)
+//!   plus [`HOST_OVERHEAD_MIB`] for the host processes around it;
+//! - CPU: `linux.resources.cpu` quota, period and shares as they are (on
+//!   cgroup2: `cpu.max`, and `cpu.weight` converted from the shares);
+//! - pids: not applied on the host. The container's pids limit counts the
+//!   guest's processes, which are not host processes; what the host
+//!   cgroup holds is runvm's own: the monitors, the VMM's threads (one per
+//!   vCPU, plus its I/O threads) and virtiofsd's thread pool. A limit
+//!   meant for the container's processes (`--pids-limit 20`, or a pod's
+//!   limit) would starve those instead, so the guest alone enforces it.
+
+use oci_spec::runtime::Spec;
+
+use super::{write, CgroupError, HostCgroup};
+
+/// Host memory beyond the guest's RAM, for the processes that carry the
+/// VM. Measured on this project's host with a container that filled its
+/// page cache over virtio-fs (see `bench/RESULTS.md` for the VMM alone):
+/// the VMM's own RSS beside the guest RAM it touched (code, vCPU and I/O
+/// thread stacks, virtio queues: ~6 MiB), virtiofsd (~4 MiB, plus its
+/// sandboxed child), the init's monitor (~4 MiB) and each exec's (~3 MiB),
+/// and the page cache the host keeps of files virtiofsd read or wrote,
+/// which is charged to this cgroup too (reclaimable: the kernel drops it
+/// before it would kill anything). 64 MiB leaves room for a dozen
+/// concurrent execs and some page cache.
+pub const HOST_OVERHEAD_MIB: u64 = 64;
+
+/// What the host cgroup is set to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes; `None`: no limit.
+    pub memory: Option<u64>,
+    pub cpu: CpuLimits,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuLimits {
+    pub shares: Option<u64>,
+    /// Microseconds per period; negative: no quota.
+    pub quota: Option<i64>,
+    pub period: Option<u64>,
+}
+
+impl CpuLimits {
+    pub fn of(spec: &Spec) -> CpuLimits {
+        let cpu = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.cpu().as_ref());
+        CpuLimits {
+            shares: cpu.and_then(|c| c.shares()).filter(|s| *s > 0),
+            quota: cpu.and_then(|c| c.quota()).filter(|q| *q != 0),
+            period: cpu.and_then(|c| c.period()).filter(|p| *p > 0),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == CpuLimits::default()
+    }
+}
+
+impl Limits {
+    /// The limits for a container whose VM gets `guest_memory_mib` of RAM.
+    pub fn for_vm(spec: &Spec, guest_memory_mib: u32) -> Limits {
+        let limited = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .is_some_and(|limit| limit > 0);
+        Limits {
+            memory: limited.then(|| (u64::from(guest_memory_mib) + HOST_OVERHEAD_MIB) << 20),
+            cpu: CpuLimits::of(spec),
+        }
+    }
+}
+
+impl HostCgroup {
+    /// Sets the memory limit (v1 `memory.limit_in_bytes`, cgroup2
+    /// `memory.max`). Without a memory hierarchy on a v1 host nothing is
+    /// set; a cgroup2 host whose memory controller cannot be used here is
+    /// an error, as with runc.
+    pub fn set_memory(&self, bytes: Option<u64>) -> Result<(), CgroupError> {
+        let Some(bytes) = bytes else {
+            return Ok(());
+        };
+        let value = bytes.to_string();
+        match self.dir_for("memory") {
+            Some(dir) if dir.unified => write(&dir.path.join("memory.max"), &value),
+            Some(dir) => write(&dir.path.join("memory.limit_in_bytes"), &value),
+            None if self.unified_mode() => Err(self.no_controller("the memory limit")),
+            None => Ok(()),
+        }
+    }
+
+    /// Sets the CPU limits (v1 `cpu.cfs_period_us`, `cpu.cfs_quota_us`,
+    /// `cpu.shares`; cgroup2 `cpu.max`, `cpu.weight`).
+    pub fn set_cpu(&self, cpu: &CpuLimits) -> Result<(), CgroupError> {
+        if cpu.is_empty() {
+            return Ok(());
+        }
+        let Some(dir) = self.dir_for("cpu") else {
+            if self.unified_mode() {
+                return Err(self.no_controller("the CPU limits"));
+            }
+            return Ok(());
+        };
+        if dir.unified {
+            if let Some(shares) = cpu.shares {
+                write(
+                    &dir.path.join("cpu.weight"),
+                    &shares_to_weight(shares).to_string(),
+                )?;
+            }
+            if cpu.quota.is_some() || cpu.period.is_some() {
+                write(&dir.path.join("cpu.max"), &cpu_max(cpu))?;
+            }
+            return Ok(());
+        }
+        if let Some(period) = cpu.period {
+            write(&dir.path.join("cpu.cfs_period_us"), &period.to_string())?;
+        }
+        if let Some(quota) = cpu.quota {
+            let quota = if quota < 0 { -1 } else { quota };
+            write(&dir.path.join("cpu.cfs_quota_us"), &quota.to_string())?;
+        }
+        if let Some(shares) = cpu.shares {
+            write(&dir.path.join("cpu.shares"), &shares.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The host uses cgroup2 alone (no v1 hierarchy in the record).
+    fn unified_mode(&self) -> bool {
+        !self.dirs.is_empty() && self.dirs.iter().all(|d| d.unified)
+    }
+
+    fn no_controller(&self, what: &'static str) -> CgroupError {
+        CgroupError::NoController {
+            what,
+            path: self
+                .dirs
+                .first()
+                .map(|d| d.path.join("cgroup.controllers"))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// cgroup2's `cpu.max`: "quota period", "max" for no quota; the period
+/// defaults to 100 ms as the kernel's does.
+fn cpu_max(cpu: &CpuLimits) -> String {
+    let period = cpu.period.unwrap_or(100_000);
+    match cpu.quota {
+        Some(quota) if quota > 0 => format!("{quota} {period}"),
+        _ => format!("max {period}"),
+    }
+}
+
+/// v1 shares (2..=262144, default 1024) to a cgroup2 weight (1..=10000,
+/// default 100), linearly from end to end: the mapping runc and crun use,
+/// so that a container gets the same weight from either.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + (shares - 2) * 9_999 / 262_142
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(resources: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"resources": resources}
+        }))
+        .expect("spec")
+    }
+
+    #[test]
+    fn memory_only_with_a_container_limit() {
+        let limited = spec(serde_json::json!({"memory": {"limit": 64 << 20}}));
+        assert_eq!(
+            Limits::for_vm(&limited, 192).memory,
+            Some((192 + HOST_OVERHEAD_MIB) << 20)
+        );
+        let unlimited = spec(serde_json::json!({"memory": {"limit": -1}}));
+        assert_eq!(Limits::for_vm(&unlimited, 128).memory, None);
+        assert_eq!(
+            Limits::for_vm(&spec(serde_json::json!({})), 128),
+            Limits::default()
+        );
+    }
+
+    #[test]
+    fn cpu_limits_as_given() {
+        let s = spec(serde_json::json!({"cpu": {"quota": 50000, "period": 100000, "shares": 512}}));
+        let cpu = Limits::for_vm(&s, 128).cpu;
+        assert_eq!(
+            cpu,
+            CpuLimits {
+                shares: Some(512),
+                quota: Some(50000),
+                period: Some(100000)
+            }
+        );
+        assert_eq!(cpu_max(&cpu), "50000 100000");
+        let no_quota = CpuLimits {
+            quota: Some(-1),
+            ..CpuLimits::default()
+        };
+        assert_eq!(cpu_max(&no_quota), "max 100000");
+    }
+
+    #[test]
+    fn shares_map_onto_weights() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(1), 1);
+        assert_eq!(shares_to_weight(1 << 30), 10_000);
+    }
+}
