@@ -37,6 +37,7 @@ use crate::bundle::{self, Bundle, BundleError};
 use crate::console::{self, Pty};
 use crate::container_client::{ContainerClient, ContainerIo, ContainerProcess};
 use crate::guest_process::{self, HostStdio};
+use crate::host_cgroup::{CgroupError, HostCgroup};
 use crate::state::{HostProcess, StateError, StateRoot, Status};
 use crate::terminal::{self, RawMode};
 use crate::vm::{MicroVm, VmError, VmSpec};
@@ -104,6 +105,8 @@ pub enum MonitorError {
     State(#[from] StateError),
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
     #[error("the agent: {0}")]
     Agent(#[from] ClientError),
     #[error("{0}")]
@@ -283,7 +286,8 @@ fn host_io(args: &MonitorArgs, terminal: bool) -> Result<HostIo, MonitorError> {
     ))
 }
 
-fn guest_memory_mib(spec: &Spec) -> u32 {
+/// The guest's RAM for a container of `spec`.
+pub fn guest_memory_mib(spec: &Spec) -> u32 {
     let limit = spec
         .linux()
         .as_ref()
@@ -299,6 +303,14 @@ fn guest_memory_mib(spec: &Spec) -> u32 {
     u32::try_from(mib).unwrap_or(u32::MAX)
 }
 
+/// Moves this process into the container's host cgroup (`create` made it).
+fn join_cgroup(cgroup: Option<&HostCgroup>) -> Result<(), MonitorError> {
+    if let Some(cgroup) = cgroup {
+        cgroup.join(std::process::id())?;
+    }
+    Ok(())
+}
+
 /// A container created in a fresh VM, its init held.
 struct CreatedInit {
     vm: MicroVm,
@@ -311,6 +323,8 @@ struct CreatedInit {
 async fn create_init(root: &StateRoot, args: &MonitorArgs) -> Result<CreatedInit, MonitorError> {
     let container_dir = root.dir().join(&args.id);
     let record = crate::state::peek(root, &args.id)?;
+    // First of all: the VMM and virtiofsd are born in the cgroup.
+    join_cgroup(record.cgroup.as_ref())?;
     let bundle = Bundle::load(&record.bundle)?;
     let rootfs = bundle.rootfs()?;
     let binds = bundle::host_binds(&bundle.spec, &bundle.dir)?;
@@ -511,6 +525,8 @@ async fn run_exec(root: &Path, args: &MonitorArgs, file: &Path) -> i32 {
         if !matches!(record.status(), Status::Created | Status::Running) {
             return Err(MonitorError::NotRunning);
         }
+        // runc puts exec'd processes in the container's cgroup.
+        join_cgroup(record.cgroup.as_ref())?;
         let socket = root.dir().join(&args.id).join("vm").join("vsock.sock");
         let agent = AgentClient::connect(&socket).await?;
         let terminal = process.terminal().unwrap_or(false);

@@ -140,6 +140,10 @@ pub struct Record {
     /// monitor be gone without having stopped them.
     #[serde(default)]
     pub helpers: Vec<HostProcess>,
+    /// The container's cgroup on the host: where its monitors go, and the
+    /// directories runvm made for it, which `delete` removes.
+    #[serde(default)]
+    pub cgroup: Option<crate::host_cgroup::HostCgroup>,
     /// The init's exit status once the monitor saw it end (128+signal when
     /// killed).
     pub exit_status: Option<i32>,
@@ -465,6 +469,7 @@ mod tests {
             status: Status::Created,
             monitor: HostProcess::current(),
             helpers: Vec::new(),
+            cgroup: None,
             exit_status: None,
             hooks: None,
         };

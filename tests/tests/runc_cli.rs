@@ -16,6 +16,8 @@
 //! `run --detach`, `exec --detach`) returns, live as long as the
 //! container's process and end with its status.
 
+#[path = "common/cgroup_view.rs"]
+mod cgroup_view;
 mod common;
 #[path = "common/harness.rs"]
 mod harness;
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
+use cgroup_view::CgroupView;
 use harness::{
     assert_empty_dir, assert_no_mounts_below, assert_no_process_references, busybox_rootfs,
     processes_referencing, read_text, run, run_to_files, wait_for, Output, RuntimeUnderTest,
@@ -42,6 +45,9 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 struct Cli {
     runtime: RuntimeUnderTest,
     root: PathBuf,
+    /// The host cgroup parent for the bundles that name one (removed at
+    /// the end: runc leaves the parents it made).
+    cgroup_parent: String,
     scratch: Scratch,
 }
 
@@ -58,6 +64,7 @@ impl Cli {
         Cli {
             runtime,
             root,
+            cgroup_parent: format!("/runvm-e2e-cli-{name}-{}", std::process::id()),
             scratch,
         }
     }
@@ -170,6 +177,7 @@ impl Drop for Cli {
             harness::try_run(&mut self.command(&["delete", "--force", id]));
         }
         reap_orphans();
+        harness::remove_cgroup(&self.cgroup_parent);
     }
 }
 
@@ -328,12 +336,16 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     let hooks = cli.scratch.join("hooks");
     std::fs::create_dir_all(&hooks).expect("hooks dir");
     let script = "trap 'echo got TERM; exit 7' TERM; echo started; sleep 1000000 & wait";
+    // The host cgroup that containerd's shim or podman would name.
+    let cgroups_path = format!("{}/life", cli.cgroup_parent);
     let bundle = cli.bundle("bundle", &["sh", "-c", script], |config| {
         config["hooks"] = json!({
             "createRuntime": [hook(&hooks, "createRuntime")],
             "poststart": [hook(&hooks, "poststart")],
             "poststop": [hook(&hooks, "poststop")],
         });
+        config["linux"]["cgroupsPath"] = json!(cgroups_path);
+        config["linux"]["resources"]["memory"] = json!({"limit": BUNDLE_MEMORY_LIMIT});
     });
     let (out, err) = (cli.scratch.join("life.out"), cli.scratch.join("life.err"));
     let pid_path = cli.scratch.join("life.pid");
@@ -361,6 +373,8 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     let entry = &serde_json::from_str::<Value>(&listed.stdout).expect("json")[0];
     assert_state_fields(entry, id, pid, "created", &bundle);
     assert_hook_ran(&hooks, "createRuntime", id, &bundle);
+    let cgroup = CgroupView::of(&cgroups_path);
+    assert_host_cgroup(&cli, &cgroup, pid);
     // Not asserted: that poststart has not run yet (runc 1.1 runs it in
     // `create`; the runtime spec says after the process starts).
     assert!(
@@ -410,6 +424,7 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     .ok();
     let exec_pid = pid_file(&exec_pid_path);
     assert_our_live_child(exec_pid, "after exec --detach");
+    cgroup.assert_holds(exec_pid, "the detached exec's pid-file process");
 
     let ps = cli.run(&["ps", "--format", "json", id]).ok();
     let pids: Vec<Value> = serde_json::from_str(&ps.stdout)
@@ -495,6 +510,42 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     cli.run(&["delete", id]).ok();
     assert_hook_ran(&hooks, "poststop", id, &bundle);
     cli.assert_gone(id);
+    assert!(
+        !cgroup.exists(),
+        "delete left the cgroup {}",
+        cgroup.dir.display()
+    );
+}
+
+/// The memory limit of the life-cycle test's bundle.
+const BUNDLE_MEMORY_LIMIT: u64 = 32 << 20;
+
+/// The container's host cgroup after create: it holds the pid-file
+/// process and, for runvm, every process of the container's VM (the VMM
+/// with all its threads, virtiofsd), and its memory limit covers the
+/// bundle's (runvm's is the guest's RAM plus the host processes').
+#[track_caller]
+fn assert_host_cgroup(cli: &Cli, cgroup: &CgroupView, pid: u32) {
+    cgroup.assert_holds(pid, "the pid-file process");
+    if cli.runtime.is_runvm {
+        let root = cli.root.display().to_string();
+        let processes = processes_referencing(std::slice::from_ref(&root));
+        for part in ["runvm-vmm", "virtiofsd"] {
+            assert!(
+                processes.iter().any(|(_, line)| line.contains(part)),
+                "no {part} among the container's processes: {processes:?}"
+            );
+        }
+        for (pid, line) in &processes {
+            cgroup.assert_holds(*pid, line);
+        }
+    }
+    let limit = cgroup.memory_limit();
+    assert!(
+        limit.is_some_and(|l| (BUNDLE_MEMORY_LIMIT..BUNDLE_MEMORY_LIMIT + (1 << 30)).contains(&l)),
+        "memory limit of {}: {limit:?}, the bundle's is {BUNDLE_MEMORY_LIMIT}",
+        cgroup.dir.display()
+    );
 }
 
 fn cli_config(bundle: &Path) -> Value {

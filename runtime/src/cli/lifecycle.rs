@@ -7,6 +7,7 @@ use crate::agent_client::AgentClient;
 use crate::bundle::Bundle;
 use crate::container_client::ContainerClient;
 use crate::hooks::{self, HookPoint};
+use crate::host_cgroup::{self, HostCgroup, Layout, Limits};
 use crate::monitor::{self, MonitorArgs, Report};
 use crate::state::{self, Container, HostProcess, Record, StateError, Status};
 
@@ -93,6 +94,7 @@ fn new_record(id: &str, bundle: &Bundle) -> CliResult<Record> {
         status: Status::Creating,
         monitor: None,
         helpers: Vec::new(),
+        cgroup: None,
         exit_status: None,
         hooks: bundle.hooks(),
     })
@@ -125,6 +127,10 @@ fn create_claimed(
             "cannot allocate tty if runc will detach without setting console socket",
         ));
     }
+    let limits = Limits::for_vm(&bundle.spec, monitor::guest_memory_mib(&bundle.spec));
+    let cgroup = make_cgroup(context, &args.id, bundle, &limits)?;
+    record.cgroup = Some(cgroup.clone());
+    container.save(&record)?;
     let monitor_args = MonitorArgs {
         id: args.id.clone(),
         exec_process: None,
@@ -144,6 +150,11 @@ fn create_claimed(
             return Err(CliError::new(message));
         }
     };
+    // Once the VM is up: a CPU quota need not slow its boot down.
+    if let Err(e) = cgroup.set_cpu(&limits.cpu) {
+        launched.abort();
+        return Err(e.into());
+    }
     record.monitor = HostProcess::of(launched.pid() as i32);
     record.helpers = helpers;
     record.status = Status::Created;
@@ -167,6 +178,28 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
+/// The container's host cgroup, made with its memory limit (see
+/// [`crate::host_cgroup`]); undone if the limit cannot be set.
+fn make_cgroup(
+    context: &Context,
+    id: &str,
+    bundle: &Bundle,
+    limits: &Limits,
+) -> CliResult<HostCgroup> {
+    let cgroups_path = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|linux| linux.cgroups_path().as_deref());
+    let inner = host_cgroup::path::resolve(cgroups_path, id, context.systemd_cgroup)?;
+    let cgroup = HostCgroup::create(&Layout::current()?, &inner)?;
+    if let Err(e) = cgroup.set_memory(limits.memory) {
+        let _ = cgroup.remove();
+        return Err(e.into());
+    }
+    Ok(cgroup)
+}
+
 /// Claims the id, creates the container; the monitor is returned.
 fn create_container(
     context: &Context,
@@ -182,6 +215,9 @@ fn create_container(
         Ok(child) => Ok((child, container)),
         Err(e) => {
             // The monitor undid the VM when it failed or was aborted.
+            if let Some(cgroup) = container.load().ok().and_then(|r| r.cgroup) {
+                let _ = cgroup.remove();
+            }
             let _ = container.remove();
             Err(e)
         }
@@ -471,6 +507,12 @@ fn remove(context: &Context, container: Container, record: &Record) -> CliResult
             "container {}: refusing to remove its directory, mounts remain: {mounted:?}",
             container.id()
         )));
+    }
+    // What is left in the cgroup (exec monitors on their way out) goes
+    // with it; the state stays until it is gone, so a later delete can
+    // retry.
+    if let Some(cgroup) = &record.cgroup {
+        cgroup.remove()?;
     }
     let mut stopped = record.clone();
     stopped.status = Status::Stopped;

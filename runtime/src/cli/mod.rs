@@ -46,7 +46,8 @@ pub struct Cli {
     /// Log debug messages.
     #[arg(long, global = true)]
     pub debug: bool,
-    /// Accepted for runc compatibility: cgroups live in the guest.
+    /// linux.cgroupsPath is systemd's `slice:prefix:name`: the host cgroup
+    /// is that scope's directory (runvm makes it; systemd is not asked).
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,
     /// Accepted for runc compatibility and ignored.
@@ -136,7 +137,8 @@ cli_error_from!(
     ClientError,
     std::io::Error,
     crate::vm::VmError,
-    crate::monitor::MonitorError
+    crate::monitor::MonitorError,
+    crate::host_cgroup::CgroupError
 );
 
 pub type CliResult<T = ()> = Result<T, CliError>;
@@ -193,6 +195,8 @@ impl Logger {
 pub struct Context {
     pub root_dir: PathBuf,
     pub logger: Logger,
+    /// `--systemd-cgroup`.
+    pub systemd_cgroup: bool,
     pub global_args: Vec<OsString>,
 }
 
@@ -237,6 +241,7 @@ pub fn main() -> ExitCode {
     let context = Context {
         root_dir: absolute(&cli.root),
         logger,
+        systemd_cgroup: cli.systemd_cgroup,
         global_args,
     };
     if matches!(

@@ -1,0 +1,89 @@
+//! A container's host cgroup as a test sees it, from the absolute
+//! `linux.cgroupsPath` of its bundle: its cgroup2 directory, or on a v1
+//! (or hybrid) host the directory in the memory hierarchy, whose `tasks`
+//! lists every thread. What conmon, containerd's shim and kubelet read.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+
+pub struct CgroupView {
+    pub dir: PathBuf,
+    /// The host uses cgroup2 alone.
+    pub v2: bool,
+}
+
+impl CgroupView {
+    /// The cgroup of the absolute cgroupfs path `path` (`/a/b`).
+    pub fn of(path: &str) -> CgroupView {
+        let base = Path::new("/sys/fs/cgroup");
+        let v2 = base.join("cgroup.controllers").exists();
+        let relative = path.trim_start_matches('/');
+        let dir = if v2 {
+            base.join(relative)
+        } else {
+            base.join("memory").join(relative)
+        };
+        CgroupView { dir, v2 }
+    }
+
+    /// The ids listed: processes on cgroup2 (`cgroup.procs`), threads on
+    /// v1 (`tasks`).
+    pub fn members(&self) -> Vec<u32> {
+        let file = self
+            .dir
+            .join(if self.v2 { "cgroup.procs" } else { "tasks" });
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()))
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Asserts that process `pid` is in the cgroup, with all its threads
+    /// on v1.
+    #[track_caller]
+    pub fn assert_holds(&self, pid: u32, what: &str) {
+        let members = self.members();
+        let ids: Vec<u32> = if self.v2 {
+            vec![pid]
+        } else {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert!(!ids.is_empty(), "{what}: pid {pid} has no threads");
+        for id in ids {
+            assert!(
+                members.contains(&id),
+                "{what} (pid {pid}, thread {id}) is not in the cgroup {}, which lists {members:?}",
+                self.dir.display()
+            );
+        }
+    }
+
+    /// The memory limit in bytes (`None`: unlimited).
+    pub fn memory_limit(&self) -> Option<u64> {
+        let file = self.dir.join(if self.v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        });
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+        // v1 says "unlimited" with a page-rounded i64::MAX.
+        text.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|limit| *limit < 1 << 60)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.exists()
+    }
+}
