@@ -476,9 +476,26 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     cli.run(&["pause", id]).fails();
     cli.run(&["resume", id]).ok();
     assert_eq!(cli.status(id), "running");
-    // update changes the limits; events --stats shows them.
-    cli.run(&["update", "--memory", "64m", "--pids-limit", "20", id])
-        .ok();
+    // update changes the limits; events --stats shows them. The CPU quota
+    // also bounds the host cgroup (for runvm: the whole VM).
+    cli.run(&[
+        "update",
+        "--memory",
+        "64m",
+        "--pids-limit",
+        "20",
+        "--cpu-quota",
+        "50000",
+        "--cpu-period",
+        "100000",
+        id,
+    ])
+    .ok();
+    assert_eq!(
+        cgroup.cpu_quota(),
+        Some(50000),
+        "host CPU quota after update"
+    );
     let events = cli.run(&["events", "--stats", id]).ok();
     let stats: Value = serde_json::from_str(events.stdout.trim())
         .unwrap_or_else(|e| panic!("`events --stats` is not JSON ({e}): {events}"));

@@ -1,9 +1,11 @@
-//! pause, resume and update: a running container's cgroup in the guest.
+//! pause, resume and update: a running container's cgroup in the guest
+//! (and, for update, the CPU limits of its VM's cgroup on the host).
 
 use std::path::PathBuf;
 
 use crate::agent_client::AgentClient;
 use crate::container_client::ContainerClient;
+use crate::host_cgroup::limits::CpuLimits;
 use crate::state::Status;
 
 use super::lifecycle::IdArgs;
@@ -161,17 +163,27 @@ pub fn update(context: &Context, args: UpdateArgs) -> CliResult<u8> {
     let resources = requested(&args)?;
     let resources: runvm_agent_api::oci::LinuxResources = serde_json::from_value(resources)
         .map_err(|e| CliError::new(format!("invalid resources: {e}")))?;
-    let (_container, socket) = agent_socket(
+    let (container, socket) = agent_socket(
         context,
         &args.id,
         &[Status::Created, Status::Running, Status::Paused],
         "cannot update a container that is {status}",
     )?;
+    // The host's side: the VM as a whole gets the new CPU limits. Its
+    // memory limit stays: the VM's RAM was fixed when it booted.
+    let host_cpu = resources.cpu.as_ref().map(|cpu| CpuLimits {
+        shares: cpu.shares.filter(|s| *s > 0),
+        quota: cpu.quota.filter(|q| *q != 0),
+        period: cpu.period.filter(|p| *p > 0),
+    });
     let id = args.id.clone();
     block_on(async {
         let agent = AgentClient::connect(&socket).await?;
         ContainerClient::new(&agent).update(&id, resources).await
     })??;
+    if let (Some(cgroup), Some(cpu)) = (container.load()?.cgroup, host_cpu) {
+        cgroup.set_cpu(&cpu)?;
+    }
     Ok(0)
 }
 

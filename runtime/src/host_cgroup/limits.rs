@@ -3,7 +3,7 @@
 //!
 //! - memory: only when the container has a limit, the guest's RAM (the
 //!   limit plus the guest's own overhead, see `monitor::guest_memory_mib`)
-//!   plus [`HOST_OVERHEAD_MIB`] for the host processes around it;
+//!   plus what the host processes around it need ([`HOST_OVERHEAD_MIB`]);
 //! - CPU: `linux.resources.cpu` quota, period and shares as they are (on
 //!   cgroup2: `cpu.max`, and `cpu.weight` converted from the shares);
 //! - pids: not applied on the host. The container's pids limit counts the
@@ -18,16 +18,34 @@ use oci_spec::runtime::Spec;
 use super::{write, CgroupError, HostCgroup};
 
 /// Host memory beyond the guest's RAM, for the processes that carry the
-/// VM. Measured on this project's host with a container that filled its
-/// page cache over virtio-fs (see `bench/RESULTS.md` for the VMM alone):
-/// the VMM's own RSS beside the guest RAM it touched (code, vCPU and I/O
-/// thread stacks, virtio queues: ~6 MiB), virtiofsd (~4 MiB, plus its
-/// sandboxed child), the init's monitor (~4 MiB) and each exec's (~3 MiB),
-/// and the page cache the host keeps of files virtiofsd read or wrote,
-/// which is charged to this cgroup too (reclaimable: the kernel drops it
-/// before it would kill anything). 64 MiB leaves room for a dozen
-/// concurrent execs and some page cache.
+/// VM: [`HOST_OVERHEAD_MIB`] plus 1/[`HOST_OVERHEAD_PER_GUEST`] of the
+/// guest's RAM. Measured on the project's (emulating, shadow-paging) host
+/// with a 64 MiB container (192 MiB VM) that wrote 56 MiB through
+/// virtio-fs, then ran two detached execs (v1 memory.stat, /proc status):
+/// - the guest's RAM is a memfd shared by the VMM and virtiofsd, counted
+///   once as shmem (83 MiB touched of 192), and never more than the VM's
+///   size;
+/// - anonymous memory of all the host processes: 1.1 MiB (monitor 0.65,
+///   VMM 0.3, virtiofsd 0.3 + 0.45 for its sandboxed child); each exec's
+///   monitor adds 0.6 MiB;
+/// - kernel memory (KVM's shadow page tables, page tables, slab): 2.0 MiB
+///   after boot, 4.3 MiB with 83 MiB of guest RAM touched: it grows with
+///   the guest memory in use, hence the proportional term;
+/// - program text (runvm 4.6 MiB, runvm-vmm 2.6, virtiofsd 3.4), charged
+///   to whichever cgroup first reads it;
+/// - the host's page cache of files virtiofsd read or wrote (here 76 MiB
+///   for the 56 MiB file): charged to this cgroup too, but reclaimable:
+///   under the limit it is written back and dropped, so it throttles a
+///   container writing much to its rootfs rather than killing it.
+///
+/// So ~15 MiB must stay resident beside the guest; 64 MiB leaves room for
+/// dozens of execs and a working set of page cache.
 pub const HOST_OVERHEAD_MIB: u64 = 64;
+/// The part of the overhead that grows with the guest (KVM's structures
+/// for its memory): kernel memory grew by 2.3 MiB for 63 MiB more guest
+/// RAM touched (3.6%, some of it the slab of the host's page cache, which
+/// the fixed part covers); 1/32 (3.1%) on top of the fixed part.
+pub const HOST_OVERHEAD_PER_GUEST: u64 = 32;
 
 /// What the host cgroup is set to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -75,7 +93,10 @@ impl Limits {
             .and_then(|m| m.limit())
             .is_some_and(|limit| limit > 0);
         Limits {
-            memory: limited.then(|| (u64::from(guest_memory_mib) + HOST_OVERHEAD_MIB) << 20),
+            memory: limited.then(|| {
+                let guest = u64::from(guest_memory_mib);
+                (guest + HOST_OVERHEAD_MIB + guest / HOST_OVERHEAD_PER_GUEST) << 20
+            }),
             cpu: CpuLimits::of(spec),
         }
     }
@@ -188,7 +209,7 @@ mod tests {
         let limited = spec(serde_json::json!({"memory": {"limit": 64 << 20}}));
         assert_eq!(
             Limits::for_vm(&limited, 192).memory,
-            Some((192 + HOST_OVERHEAD_MIB) << 20)
+            Some((192 + 64 + 6) << 20)
         );
         let unlimited = spec(serde_json::json!({"memory": {"limit": -1}}));
         assert_eq!(Limits::for_vm(&unlimited, 128).memory, None);

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 pub struct CgroupView {
     pub dir: PathBuf,
+    /// On v1, the directory in the cpu hierarchy.
+    cpu_dir: PathBuf,
     /// The host uses cgroup2 alone.
     pub v2: bool,
 }
@@ -19,12 +21,15 @@ impl CgroupView {
         let base = Path::new("/sys/fs/cgroup");
         let v2 = base.join("cgroup.controllers").exists();
         let relative = path.trim_start_matches('/');
-        let dir = if v2 {
-            base.join(relative)
+        let (dir, cpu_dir) = if v2 {
+            (base.join(relative), base.join(relative))
         } else {
-            base.join("memory").join(relative)
+            (
+                base.join("memory").join(relative),
+                base.join("cpu").join(relative),
+            )
         };
-        CgroupView { dir, v2 }
+        CgroupView { dir, cpu_dir, v2 }
     }
 
     /// The ids listed: processes on cgroup2 (`cgroup.procs`), threads on
@@ -81,6 +86,18 @@ impl CgroupView {
             .parse::<u64>()
             .ok()
             .filter(|limit| *limit < 1 << 60)
+    }
+
+    /// The CPU quota per period in microseconds (`None`: no quota).
+    pub fn cpu_quota(&self) -> Option<u64> {
+        let file = self.cpu_dir.join(if self.v2 {
+            "cpu.max"
+        } else {
+            "cpu.cfs_quota_us"
+        });
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+        text.split_whitespace().next()?.parse().ok()
     }
 
     pub fn exists(&self) -> bool {
