@@ -11,6 +11,8 @@
 //! `common/harness.rs`). Each test is one container (for runvm, one
 //! microVM); they run one at a time.
 
+#[path = "common/cgroup_view.rs"]
+mod cgroup_view;
 mod common;
 #[path = "common/harness.rs"]
 mod harness;
@@ -22,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use cgroup_view::CgroupView;
 use harness::{
     assert_empty_dir, assert_no_mounts_below, assert_no_process_references, read_text, run,
     wait_for, Output, RuntimeUnderTest, Scratch,
@@ -327,6 +330,7 @@ fn detached_task_exec_ps_kill_and_exit_status() {
         "the pid-file process {pid} is the shim's child (the shim waits for it), \
          not {parent}'s ({parent_cmdline:?})"
     );
+    let cgroup = assert_metrics(&containerd, *pid);
 
     let fifos = containerd.scratch.join("fifo").display().to_string();
     let exec = containerd
@@ -371,7 +375,41 @@ fn detached_task_exec_ps_kill_and_exit_status() {
         "`ctr task delete` reports the exit status: {deleted}"
     );
     assert!(containerd.tasks().is_empty(), "the task is gone");
+    assert!(
+        !cgroup.exists(),
+        "the task's cgroup {} is left",
+        cgroup.dir.display()
+    );
     containerd.ctr(&["containers", "rm", "c2"]).ok();
     containerd.assert_no_containers();
     containerd.stop_and_assert_clean();
+}
+
+/// `ctr task metrics`: the shim reads the task's host cgroup, the one of
+/// the pid-file process, which containerd names `/<namespace>/<id>`. For
+/// runvm it holds the monitor, the VMM and virtiofsd (and their threads).
+#[track_caller]
+fn assert_metrics(containerd: &Containerd, pid: u32) -> CgroupView {
+    let cgroup = CgroupView::of(&format!("/{}/c2", containerd.namespace));
+    cgroup.assert_holds(pid, "the task's pid-file process");
+    let metrics = containerd.ctr(&["tasks", "metrics", "c2"]).ok();
+    let metric = |name: &str| -> Option<u64> {
+        metrics.stdout.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next()? == name).then_some(())?;
+            fields.next()?.parse().ok()
+        })
+    };
+    let usage = metric(if cgroup.v2 {
+        "memory.usage"
+    } else {
+        "memory.usage_in_bytes"
+    });
+    assert!(usage.is_some_and(|u| u > 0), "memory usage: {metrics}");
+    let least = if containerd.runtime.is_runvm { 3 } else { 1 };
+    assert!(
+        metric("pids.current").is_some_and(|p| p >= least),
+        "pids.current (at least {least}): {metrics}"
+    );
+    cgroup
 }
