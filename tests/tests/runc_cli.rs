@@ -327,7 +327,12 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     let id: &str = &unique("life");
     let hooks = cli.scratch.join("hooks");
     std::fs::create_dir_all(&hooks).expect("hooks dir");
-    let script = "trap 'echo got TERM; exit 7' TERM; echo started; sleep 1000000 & wait";
+    // `wait` is interrupted by a trapped signal (a foreground command
+    // would hold the trap back until it ends, in any shell); the loop
+    // waits again after each USR1.
+    let script = "n=0; trap 'n=$((n+1)); echo got USR1 $n' USR1; \
+                  trap 'echo got TERM; exit 7' TERM; \
+                  echo started; sleep 1000000 & while :; do wait; done";
     let bundle = cli.bundle("bundle", &["sh", "-c", script], |config| {
         config["hooks"] = json!({
             "createRuntime": [hook(&hooks, "createRuntime")],
@@ -383,6 +388,22 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     assert_state_fields(&cli.state(id), id, pid, "running", &bundle);
     assert!(harness::alive(pid), "pid {pid} died at start");
 
+    // Every signal reaches the trapping process, in order: 50 USR1, each
+    // answered before the next is sent (two of a kind pending at once
+    // merge into one, on any kernel).
+    for n in 1..=50 {
+        cli.run(&["kill", id, "USR1"]).ok();
+        let answer = format!("got USR1 {n}\n");
+        wait_for(&format!("the trap answers USR1 number {n}"), || {
+            let text = read_text(&out);
+            if text.contains(&answer) {
+                Ok(())
+            } else {
+                Err(text.lines().last().unwrap_or_default().to_string())
+            }
+        });
+    }
+
     // A detached exec, as containerd's shim and conmon do it.
     let mut process = cli_config(&bundle)["process"].clone();
     process["args"] = json!([
@@ -414,9 +435,11 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     let ps = cli.run(&["ps", "--format", "json", id]).ok();
     let pids: Vec<Value> = serde_json::from_str(&ps.stdout)
         .unwrap_or_else(|e| panic!("`ps --format json` is not a JSON list ({e}): {ps}"));
+    // Every process of the container, as runc lists its cgroup: the init,
+    // its `sleep`, the exec'd shell (and its `sleep` when one runs).
     assert!(
-        pids.len() >= 2 && pids.iter().all(|p| p.as_u64().is_some_and(|p| p > 0)),
-        "`ps --format json` should list the init and the exec'd process: {ps}"
+        pids.len() >= 3 && pids.iter().all(|p| p.as_u64().is_some_and(|p| p > 0)),
+        "`ps --format json` should list the init, its child and the exec'd process: {ps}"
     );
     let table = cli.run(&["ps", id]).ok();
     assert!(
@@ -426,6 +449,10 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
             .next()
             .is_some_and(|h| h.contains("PID")),
         "`ps` prints a table with a PID column: {table}"
+    );
+    assert!(
+        table.stdout.contains("sleep 1000000"),
+        "`ps` shows the init's child with its arguments: {table}"
     );
 
     // A foreground exec: its output, environment, cwd and exit code.

@@ -1,13 +1,13 @@
 //! OCI containers in the guest, the way runc makes them on a host: the
 //! requests `CreateContainer`, `StartContainer`, `ExecInContainer`,
 //! `SignalContainer`, `WaitContainer`, `DeleteContainer`, `ContainerState`,
-//! `ContainerStats` and `WaitEvent`.
+//! `ContainerStats`, `ContainerProcesses` and `WaitEvent`.
 //!
 //! - `spec` checks an OCI spec and turns it into a plan, before any fork.
 //! - `init` is what the container's processes run between fork and exec.
 //! - `paths` resolves paths inside a root filesystem (openat2).
 //! - `mountopts`, `seccomp`, `cgroups`: mount options, the seccomp filter,
-//!   the cgroup v2 limits and figures.
+//!   the cgroup v2 limits and figures; `procs`: what runs in a container.
 //!
 //! The init process is an ordinary entry of the process table (its id
 //! comes back from `CreateContainer`); the container keeps its own record
@@ -20,6 +20,7 @@ pub mod cgroups;
 pub mod init;
 pub mod mountopts;
 pub mod paths;
+mod procs;
 pub mod seccomp;
 pub mod spec;
 
@@ -593,6 +594,27 @@ pub fn signal(agent: &Agent, id: &str, signal: i32, all: bool) -> Result<Respons
     kill(c.pid, signal)
         .map(|()| ResponseBody::Done)
         .map_err(|e| system(format!("kill({}, {signal}): {e}", c.pid)))
+}
+
+/// `ContainerProcesses`: what is in its cgroup; without a cgroup, its init
+/// and execs while it runs.
+pub fn processes(agent: &Agent, id: &str) -> Result<ResponseBody, AgentError> {
+    let containers = agent.containers.borrow();
+    let c = containers.get(id)?;
+    let pids = match &c.cgroup {
+        Some(cgroup) => procs::cgroup_pids(&cgroup.path).map_err(|e| {
+            system(format!(
+                "cannot list the processes of container {id:?}: {e}"
+            ))
+        })?,
+        None if c.status == ContainerStatus::Stopped => Vec::new(),
+        None => std::iter::once(c.pid)
+            .chain(c.execs.iter().copied())
+            .collect(),
+    };
+    Ok(ResponseBody::ContainerProcesses {
+        processes: procs::describe_all(&pids),
+    })
 }
 
 pub async fn wait(agent: &Agent, id: &str) -> Result<ResponseBody, AgentError> {
