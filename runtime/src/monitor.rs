@@ -616,6 +616,15 @@ pub fn spawn(
     }
     if let Some(socket) = &args.console_socket {
         command.arg("--console-socket").arg(socket);
+        // The process's stdio is the pty sent over the socket; the
+        // caller's stdio stays with the caller. containerd's shim reads
+        // `create`'s output through a pipe until end of file: a monitor
+        // holding that pipe would keep it waiting for as long as the
+        // container lives.
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
     }
     if args.own_terminal {
         command.arg("--own-terminal");

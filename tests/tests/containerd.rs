@@ -16,6 +16,8 @@ mod common;
 mod harness;
 #[path = "common/podman_env.rs"]
 mod podman_env;
+#[path = "common/pty.rs"]
+mod pty;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -27,6 +29,7 @@ use harness::{
     wait_for, Output, RuntimeUnderTest, Scratch,
 };
 use podman_env::{PodmanEnv, IMAGE};
+use pty::InPty;
 
 /// One container (one VM for runvm) at a time: the host has two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -159,6 +162,11 @@ disabled_plugins = [
     /// FIFOs in the scratch dir), `options`, the image, `id` and `command`.
     #[track_caller]
     fn run_container(&self, options: &[&str], id: &str, command: &[&str]) -> Output {
+        run(&mut self.run_command(options, id, command))
+    }
+
+    /// The `ctr run` command of [`Self::run_container`], not started.
+    fn run_command(&self, options: &[&str], id: &str, command: &[&str]) -> Command {
         let runtime = self.runtime.path.display().to_string();
         let root = self.runc_root().display().to_string();
         let fifos = self.scratch.join("fifo").display().to_string();
@@ -175,7 +183,7 @@ disabled_plugins = [
         args.push(IMAGE);
         args.push(id);
         args.extend(command);
-        self.ctr(&args)
+        self.command(&args)
     }
 
     /// The tasks `ctr task ls` shows: (id, pid, status).
@@ -372,6 +380,62 @@ fn detached_task_exec_ps_kill_and_exit_status() {
     );
     assert!(containerd.tasks().is_empty(), "the task is gone");
     containerd.ctr(&["containers", "rm", "c2"]).ok();
+    containerd.assert_no_containers();
+    containerd.stop_and_assert_clean();
+}
+
+/// Terminals the way `ctr run -t` and `ctr task exec -t` (and so `crictl
+/// exec -it`) make them: the shim takes the pty master over
+/// `--console-socket` and copies between it and ctr's FIFOs. The
+/// container's process sees a terminal of its own devpts, reads what is typed, and its exit status is ctr's;
+/// an exec'd terminal beside it works the same, and the task is killed
+/// and removed promptly afterwards.
+#[test]
+fn terminal_run_and_exec() {
+    let _one = one_at_a_time();
+    let containerd = Containerd::start("tty");
+    let script = "tty; read line; echo \"got:$line\"; exit 5";
+    let command = containerd.run_command(&["--rm", "--tty"], "t1", &["sh", "-c", script]);
+    let mut session = InPty::spawn(command, 33, 111);
+    // (Not its size: ctr sets it after the task starts, so a process may
+    // see 0×0 first, with runc too.)
+    session.wait_for_text("/dev/pts/");
+
+    let fifos = containerd.scratch.join("fifo").display().to_string();
+    let exec = containerd.command(&[
+        "tasks",
+        "exec",
+        "--tty",
+        "--exec-id",
+        "e1",
+        "--fifo-dir",
+        &fifos,
+        "t1",
+        "sh",
+        "-c",
+        "tty; read line; echo \"exec got:$line\"; exit 4",
+    ]);
+    let mut exec_session = InPty::spawn(exec, 24, 80);
+    exec_session.wait_for_text("/dev/pts/");
+    exec_session.type_text("there\r");
+    let exec_status = exec_session.wait();
+    exec_session.wait_for_text("exec got:there");
+    assert_eq!(
+        exec_status.code(),
+        Some(4),
+        "`ctr task exec -t`'s exit; the terminal showed:\n{}",
+        exec_session.seen()
+    );
+
+    session.type_text("hello\r");
+    let status = session.wait();
+    session.wait_for_text("got:hello");
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "`ctr run -t`'s exit; the terminal showed:\n{}",
+        session.seen()
+    );
     containerd.assert_no_containers();
     containerd.stop_and_assert_clean();
 }

@@ -451,7 +451,7 @@ fn a_terminal_container_has_its_console() {
         let mut term = guest.stream(300).await;
         let mut with_terminal = spec(
             "test -t 0 && echo is-a-tty; test -c /dev/console && echo has-console; \
-             stty size",
+             stty size; tty; ls /dev/pts",
         );
         with_terminal["process"]["terminal"] = json!(true);
         with_terminal["process"]["consoleSize"] = json!({"height": 33, "width": 101});
@@ -469,7 +469,11 @@ fn a_terminal_container_has_its_console() {
         );
         assert_eq!(wait(&mut client, "tty").await, ExitStatus::Code(0));
         let text = String::from_utf8(read_all(&mut term).await).unwrap();
-        assert_eq!(text, "is-a-tty\r\nhas-console\r\n33 101\r\n");
+        // The first pty of the container's own devpts, as under runc.
+        assert_eq!(
+            text,
+            "is-a-tty\r\nhas-console\r\n33 101\r\n/dev/pts/0\r\n0     ptmx\r\n"
+        );
         done(
             client
                 .call(RequestBody::DeleteContainer {

@@ -31,6 +31,7 @@ use nix::mount::MsFlags;
 use super::paths::{self, create_file, fd_path, mkdir_all, open_in_root};
 use super::seccomp::SeccompProgram;
 use super::spec::{ContainerPlan, MountKind, MountPlan, ProcessPlan, DEV_SYMLINKS};
+use super::terminal;
 
 /// Stage 1 → agent: stage 2's pid (4 bytes, native order).
 pub const MSG_PID: u8 = b'P';
@@ -242,6 +243,14 @@ fn stage2(l: &Launch<'_>) -> Result<Never, String> {
             })
         }
         Job::Exec { process, seccomp } => {
+            if l.terminal {
+                // The root of the container's mount namespace, joined.
+                let root = paths::open_dir(Path::new("/"))
+                    .map_err(|e| format!("cannot open the container's root: {e}"))?;
+                // SAFETY: `root` stays open for the call.
+                let root_fd = unsafe { BorrowedFd::borrow_raw(root.as_raw_fd()) };
+                terminal::open_in_container(root_fd, false, l.sync)?;
+            }
             if let Some(adj) = process.oom_score_adj {
                 std::fs::write("/proc/self/oom_score_adj", adj.to_string())
                     .map_err(|e| format!("cannot set oom_score_adj: {e}"))?;
@@ -251,7 +260,8 @@ fn stage2(l: &Launch<'_>) -> Result<Never, String> {
     }
 }
 
-/// Signal mask, session, stdio, controlling terminal.
+/// Signal mask, session, stdio (a terminal comes later: see
+/// [`terminal`]).
 fn start_process(l: &Launch<'_>) -> Result<(), String> {
     // SAFETY: plain syscalls on our own state and descriptors.
     unsafe {
@@ -265,12 +275,6 @@ fn start_process(l: &Launch<'_>) -> Result<(), String> {
             check(
                 libc::dup2(*fd, target as libc::c_int),
                 "cannot set up stdio (dup2)",
-            )?;
-        }
-        if l.terminal {
-            check(
-                libc::ioctl(0, libc::TIOCSCTTY, 0),
-                "cannot take the terminal (TIOCSCTTY)",
             )?;
         }
     }
@@ -351,7 +355,10 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
             .map_err(|e| format!("mount on {}: {e}", m.destination.display()))?;
     }
     if plan.setup_dev {
-        make_dev(root_fd, plan, new_userns, l.terminal)?;
+        make_dev(root_fd, plan, new_userns)?;
+    }
+    if l.terminal {
+        terminal::open_in_container(root_fd, true, l.sync)?;
     }
     for path in &plan.masked_paths {
         mask(root_fd, path).map_err(|e| format!("masking {}: {e}", path.display()))?;
@@ -468,13 +475,8 @@ fn mount_one(
     Ok(())
 }
 
-/// Default devices (or the spec's), the /dev symlinks, and the console.
-fn make_dev(
-    root: BorrowedFd<'_>,
-    plan: &ContainerPlan,
-    new_userns: bool,
-    terminal: bool,
-) -> Result<(), String> {
+/// Default devices (or the spec's) and the /dev symlinks.
+fn make_dev(root: BorrowedFd<'_>, plan: &ContainerPlan, new_userns: bool) -> Result<(), String> {
     for device in &plan.devices {
         let what = |e: String| format!("device {}: {e}", device.path.display());
         if new_userns {
@@ -539,19 +541,6 @@ fn make_dev(
                 return Err(format!("symlink {link}: {e}"));
             }
         }
-    }
-    if terminal {
-        // The terminal (our stdin by now) is the container's console.
-        let console = create_file(root, Path::new("/dev/console"), 0o666)
-            .map_err(|e| format!("/dev/console: {e}"))?;
-        // By its path: the descriptor's mount is in the agent's mount
-        // namespace, which a bind mount may not take from; the path finds
-        // this namespace's copy of it.
-        let pts = std::fs::read_link("/proc/self/fd/0")
-            .map_err(|e| format!("the terminal's path: {e}"))?;
-        let pts = pts.to_str().ok_or("the terminal's path is not UTF-8")?;
-        mount(Some(pts), &fd_path(&console), None, MsFlags::MS_BIND, None)
-            .map_err(|e| format!("/dev/console from {pts}: {e}"))?;
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ pub mod paths;
 mod procs;
 pub mod seccomp;
 pub mod spec;
+mod terminal;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -186,6 +187,56 @@ async fn recv(sync: &Fd, patience: Duration) -> Result<Option<Vec<u8>>, AgentErr
     }
 }
 
+/// The next message from a container's process after the go, taking a
+/// terminal's master ([`terminal::MSG_TERMINAL`]) on the way: its pump is
+/// made, it gets the size asked for, and the process table learns it (for
+/// later resizes).
+async fn recv_past_terminal(
+    agent: &Agent,
+    sync: &Fd,
+    process: u64,
+    pending: &mut Option<exec::PendingTerminal>,
+    size: Option<(u16, u16)>,
+    pumps: &mut Vec<exec::Pump>,
+) -> Result<Option<Vec<u8>>, AgentError> {
+    let patience = agent.limits.container_setup;
+    loop {
+        let mut buf = vec![0u8; init::MSG_MAX];
+        let (n, fd) = match timeout(patience, sync.recv_with_fd(&mut buf)).await {
+            Err(_) => {
+                return Err(system(format!(
+                    "the container process did not answer within {patience:?}"
+                )))
+            }
+            Ok(Err(e)) => return Err(system(format!("the container sync socket: {e}"))),
+            Ok(Ok(got)) => got,
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        if buf[0] != terminal::MSG_TERMINAL {
+            return Ok(Some(buf));
+        }
+        let (Some(fd), Some(make_pump)) = (fd, pending.take()) else {
+            return Err(system(
+                "the container process sent a terminal nobody asked for",
+            ));
+        };
+        terminal::check_master(&fd).map_err(system)?;
+        let master =
+            Fd::new_nonblocking(fd).map_err(|e| system(format!("cannot register the pty: {e}")))?;
+        let master = Rc::new(master);
+        if let Some((rows, columns)) = size {
+            let _ = exec::resize(&master, rows, columns);
+        }
+        if let Some(io) = agent.processes.borrow_mut().io_mut(process) {
+            io.terminal = Some(Rc::downgrade(&master));
+        }
+        pumps.push(make_pump(master));
+    }
+}
+
 fn error_text(msg: &[u8]) -> String {
     String::from_utf8_lossy(&msg[1..]).into_owned()
 }
@@ -335,8 +386,8 @@ pub async fn create(
     let ChildStdio {
         fds,
         io,
-        pumps,
-        master,
+        mut pumps,
+        terminal: mut pending_terminal,
     } = exec::prepare_stdio(stdio, agent.limits.linger)?;
     let mut join = Vec::new();
     for ns in plan.namespaces.iter() {
@@ -385,7 +436,17 @@ pub async fn create(
             return Err(e);
         }
     };
-    match recv(&sync, agent.limits.container_setup).await {
+    let size = plan.process.console_size;
+    match recv_past_terminal(
+        agent,
+        &sync,
+        process,
+        &mut pending_terminal,
+        size,
+        &mut pumps,
+    )
+    .await
+    {
         Ok(Some(msg)) if msg.first() == Some(&init::MSG_READY) => {}
         Ok(Some(msg)) if msg.first() == Some(&init::MSG_ERROR) => {
             abandon(Some(pid), cgroup);
@@ -405,10 +466,6 @@ pub async fn create(
             return Err(e);
         }
     }
-    if let (Some(master), Some((rows, columns))) = (&master, plan.process.console_size) {
-        let _ = exec::resize(master, rows, columns);
-    }
-    drop(master);
     for pump in pumps {
         spawn_local(pump);
     }
@@ -497,8 +554,8 @@ pub async fn exec_in(
     let ChildStdio {
         fds,
         io,
-        pumps,
-        master,
+        mut pumps,
+        terminal: mut pending_terminal,
     } = exec::prepare_stdio(stdio, agent.limits.linger)?;
     let mut join = Vec::new();
     for (flag, name) in namespaces {
@@ -533,7 +590,17 @@ pub async fn exec_in(
         .map_err(|e| system(format!("cannot register the sync socket: {e}")))?;
     let argv = strings(&process.args);
     let (process_id, pid) = adopt(agent, &sync, &argv, io, None).await?;
-    match recv(&sync, agent.limits.container_setup).await {
+    let size = process.console_size;
+    match recv_past_terminal(
+        agent,
+        &sync,
+        process_id,
+        &mut pending_terminal,
+        size,
+        &mut pumps,
+    )
+    .await
+    {
         // End of file: the program is running (the socket closed on exec).
         Ok(None) => {}
         Ok(Some(msg)) if msg.first() == Some(&init::MSG_ERROR) => {
@@ -552,10 +619,6 @@ pub async fn exec_in(
             return Err(e);
         }
     }
-    if let (Some(master), Some((rows, columns))) = (&master, process.console_size) {
-        let _ = exec::resize(master, rows, columns);
-    }
-    drop(master);
     for pump in pumps {
         spawn_local(pump);
     }
