@@ -220,6 +220,55 @@ fn detached_run_exec_logs_stop_rm() {
     podman.assert_clean();
 }
 
+/// Containers that ignore SIGTERM: `podman stop --time 2` kills one after
+/// its grace period (exit 137) without podman's "did not die" warning,
+/// and `podman rm --force --time 0` takes a running one away at once. In
+/// both podman waits only a few seconds for the pid-file process after
+/// its SIGKILL, as it does with runc.
+#[test]
+fn stop_after_the_grace_period_and_rm_force() {
+    let _one = one_at_a_time();
+    let mut podman = Podman::new("kill");
+    let script = "trap '' TERM; echo ready; sleep 1000000 & while :; do wait; done";
+    for name in ["k1", "k2"] {
+        podman
+            .run(&["--detach", "--name", name], &["sh", "-c", script])
+            .ok();
+        wait_for(&format!("`podman logs {name}` shows `ready`"), || {
+            let logs = podman.podman(&["logs", name]).ok();
+            logs.stdout
+                .contains("ready")
+                .then_some(())
+                .ok_or(logs.to_string())
+        });
+    }
+
+    let stopped = podman.podman(&["stop", "--time", "2", "k1"]).ok();
+    assert!(
+        !stopped.stderr.contains("did not die"),
+        "the pid-file process outlived podman's wait after SIGKILL: {stopped}"
+    );
+    let inspect = podman
+        .podman(&[
+            "inspect",
+            "--format",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "k1",
+        ])
+        .ok();
+    assert_eq!(inspect.stdout.trim(), "exited 137", "{inspect}");
+    podman.podman(&["rm", "k1"]).ok();
+
+    let removed = podman.podman(&["rm", "--force", "--time", "0", "k2"]).ok();
+    assert!(
+        !removed.stderr.contains("did not die"),
+        "the pid-file process outlived podman's wait after SIGKILL: {removed}"
+    );
+    let left = podman.podman(&["ps", "--all", "--quiet"]).ok();
+    assert!(left.stdout.trim().is_empty(), "`rm -f -t 0` left: {left}");
+    podman.assert_clean();
+}
+
 /// `podman run -it` from a terminal: the container has a tty of the
 /// terminal's size, reads what is typed, and its exit code is podman's.
 #[test]

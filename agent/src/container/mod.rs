@@ -635,28 +635,61 @@ pub fn signal(agent: &Agent, id: &str, signal: i32, all: bool) -> Result<Respons
     if !(1..=libc::SIGRTMAX()).contains(&signal) {
         return Err(invalid(format!("no signal {signal}")));
     }
-    let containers = agent.containers.borrow();
-    let c = containers.get(id)?;
-    if c.status == ContainerStatus::Stopped && !all {
-        return Err(conflict(format!("container {id:?} is not running")));
-    }
-    if all {
-        if let Some(cgroup) = &c.cgroup {
-            return cgroup
-                .signal_all(signal)
-                .map(|()| ResponseBody::Done)
-                .map_err(|e| system(e.to_string()));
+    let init = {
+        let containers = agent.containers.borrow();
+        let c = containers.get(id)?;
+        if c.status == ContainerStatus::Stopped && !all {
+            return Err(conflict(format!("container {id:?} is not running")));
         }
-        for pid in &c.execs {
-            let _ = kill(*pid, signal);
+        if all {
+            if let Some(cgroup) = &c.cgroup {
+                cgroup
+                    .signal_all(signal)
+                    .map_err(|e| system(e.to_string()))?;
+            } else {
+                for pid in &c.execs {
+                    let _ = kill(*pid, signal);
+                }
+            }
         }
         if c.status == ContainerStatus::Stopped {
             return Ok(ResponseBody::Done);
         }
+        if !all || c.cgroup.is_none() {
+            kill(c.pid, signal).map_err(|e| system(format!("kill({}, {signal}): {e}", c.pid)))?;
+        }
+        c.pid
+    };
+    if signal == libc::SIGKILL && !has_ended(init) {
+        // Nothing stops a SIGKILL, so the init has ended as far as anyone
+        // waiting for it is concerned; tearing it (and, in its pid
+        // namespace, every other process) down is emulated kernel work
+        // of seconds on a slow host, and callers such as podman give the
+        // pid-file process only a few seconds after their SIGKILL. The
+        // reaper finds the same end later and changes nothing.
+        agent
+            .containers
+            .borrow_mut()
+            .record_exit(init, ExitStatus::Signal(libc::SIGKILL));
     }
-    kill(c.pid, signal)
-        .map(|()| ResponseBody::Done)
-        .map_err(|e| system(format!("kill({}, {signal}): {e}", c.pid)))
+    Ok(ResponseBody::Done)
+}
+
+/// Whether `pid`, our child, has ended already (a zombie not yet reaped,
+/// which keeps the status it ended with). Does not reap it.
+fn has_ended(pid: i32) -> bool {
+    // SAFETY: waitid(2) fills the siginfo we pass; WNOWAIT leaves the child
+    // to the reaper.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let ret = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        ret == 0 && info.si_pid() != 0
+    }
 }
 
 /// `ContainerProcesses`: what is in its cgroup; without a cgroup, its init
