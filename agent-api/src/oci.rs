@@ -282,11 +282,11 @@ pub struct LinuxResources {
     pub pids: Option<LinuxPids>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unified: Option<HashMap<String, String>>,
-    // Refused by the agent when set: kept only to be seen.
     #[serde(default, rename = "blockIO", skip_serializing_if = "Option::is_none")]
-    pub block_io: Option<Value>,
+    pub block_io: Option<LinuxBlockIo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hugepage_limits: Option<Value>,
+    pub hugepage_limits: Option<Vec<LinuxHugepageLimit>>,
+    // Refused by the agent when set: kept only to be seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -331,6 +331,68 @@ pub struct LinuxCpu {
     pub mems: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<i64>,
+}
+
+/// `linux.resources.blockIO`: weights (10..1000, as cgroup v1 counted
+/// them) and throttles, per device by its major and minor numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinuxBlockIo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_weight: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_device: Option<Vec<LinuxWeightDevice>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_read_bps_device: Option<Vec<LinuxThrottleDevice>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_write_bps_device: Option<Vec<LinuxThrottleDevice>>,
+    #[serde(
+        default,
+        rename = "throttleReadIOPSDevice",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub throttle_read_iops_device: Option<Vec<LinuxThrottleDevice>>,
+    #[serde(
+        default,
+        rename = "throttleWriteIOPSDevice",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub throttle_write_iops_device: Option<Vec<LinuxThrottleDevice>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinuxWeightDevice {
+    #[serde(default)]
+    pub major: i64,
+    #[serde(default)]
+    pub minor: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_weight: Option<u16>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinuxThrottleDevice {
+    #[serde(default)]
+    pub major: i64,
+    #[serde(default)]
+    pub minor: i64,
+    #[serde(default)]
+    pub rate: u64,
+}
+
+/// One entry of `linux.resources.hugepageLimits`: at most `limit` bytes of
+/// hugepages of `pageSize` (`2MB`, `1GB`, `64KB`: the cgroup's spelling).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinuxHugepageLimit {
+    pub page_size: String,
+    #[serde(default)]
+    pub limit: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,8 +520,15 @@ mod tests {
                         "idle": 0},
                 "pids": {"limit": 32},
                 "unified": {"memory.high": "1000000"},
-                "blockIO": {"weight": 10},
-                "hugepageLimits": [{"pageSize": "2MB", "limit": 1}],
+                "blockIO": {"weight": 10, "leafWeight": 10,
+                            "weightDevice": [{"major": 8, "minor": 0, "weight": 500,
+                                              "leafWeight": 300}],
+                            "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}],
+                            "throttleWriteBpsDevice": [{"major": 8, "minor": 0, "rate": 2}],
+                            "throttleReadIOPSDevice": [{"major": 8, "minor": 16, "rate": 3}],
+                            "throttleWriteIOPSDevice": [{"major": 8, "minor": 16, "rate": 4}]},
+                "hugepageLimits": [{"pageSize": "2MB", "limit": 0},
+                                   {"pageSize": "1GB", "limit": 1073741824}],
                 "network": {"classID": 1},
                 "rdma": {"mlx5_1": {"hcaHandles": 3}}
             },

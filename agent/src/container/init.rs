@@ -424,6 +424,10 @@ fn mount_one(
                 bind_remount(&fd_path(&top), set, o.cleared)?;
             }
         }
+        MountKind::Fs { fstype, source } if fstype == "tmpfs" => {
+            let flags = o.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+            super::tmpfs::mount(root, dest, source, flags, &o.data, o.tmpcopyup)?;
+        }
         MountKind::Fs { fstype, source } => {
             let target = mkdir_all(root, dest, 0o755).map_err(|e| io_err("mount point", e))?;
             let flags = o.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
@@ -459,6 +463,12 @@ fn mount_one(
                 .map_err(|e| format!("cgroup2: {e}"))?,
             }
         }
+    }
+    if !o.recursive.is_empty() {
+        let top = open_in_root(root, dest, libc::O_PATH, 0).map_err(|e| io_err("reopen", e))?;
+        o.recursive
+            .apply(&top)
+            .map_err(|e| io_err("recursive mount attributes", e))?;
     }
     for propagation in &o.propagation {
         let top = open_in_root(root, dest, libc::O_PATH, 0).map_err(|e| io_err("reopen", e))?;

@@ -7,7 +7,8 @@
 //! - `init` is what the container's processes run between fork and exec.
 //! - `paths` resolves paths inside a root filesystem (openat2).
 //! - `mountopts`, `seccomp`, `cgroups`: mount options, the seccomp filter,
-//!   the cgroup v2 limits and figures.
+//!   the cgroup v2 limits and figures; `hugetlb_io` the hugepage and block
+//!   I/O limits, `tmpfs` tmpfs mounts and their tmpcopyup.
 //!
 //! The init process is an ordinary entry of the process table (its id
 //! comes back from `CreateContainer`); the container keeps its own record
@@ -17,11 +18,13 @@
 //! end.
 
 pub mod cgroups;
+pub mod hugetlb_io;
 pub mod init;
 pub mod mountopts;
 pub mod paths;
 pub mod seccomp;
 pub mod spec;
+pub mod tmpfs;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -259,7 +262,7 @@ fn make_cgroup(
         (c.cgroup_root.clone(), c.controllers_ready)
     };
     let Some(root) = root else {
-        if !plan.resources.is_empty() {
+        if plan.resources.iter().any(|w| w.needs_cgroup()) {
             return Err(system(
                 "resource limits need cgroup v2, which this agent does not have",
             ));

@@ -832,9 +832,16 @@ mod tests {
             ),
             (
                 Box::new(|v| {
-                    v["linux"]["resources"] = serde_json::json!({"blockIO": {"weight": 10}})
+                    v["linux"]["resources"] = serde_json::json!({"blockIO": {"weight": 1}})
                 }),
-                "block I/O",
+                "block I/O weight",
+            ),
+            (
+                Box::new(|v| {
+                    v["linux"]["resources"] =
+                        serde_json::json!({"hugepageLimits": [{"pageSize": "2M", "limit": 0}]})
+                }),
+                "hugepage size",
             ),
         ];
         for (change, expected) in cases {
@@ -892,10 +899,6 @@ mod tests {
                 "RDMA",
             ),
             (serde_json::json!({"network": {"classID": 1}}), "network"),
-            (
-                serde_json::json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}),
-                "hugepage",
-            ),
         ] {
             let err = edit(|v| v["linux"]["resources"] = resources).unwrap_err();
             assert!(err.contains(expected), "{err:?} should mention {expected}");
@@ -907,6 +910,36 @@ mod tests {
             v["linux"]["resources"]["hugepageLimits"] = serde_json::json!([]);
         })
         .is_ok());
+    }
+
+    /// What kubelet (through containerd or CRI-O) and podman send on every
+    /// container is accepted: hugepage limits of 0, block I/O weights,
+    /// tmpfs mounts with tmpcopyup, recursive read-only binds.
+    #[test]
+    fn what_cri_and_podman_send_is_accepted() {
+        let p = edit(|v| {
+            v["linux"]["resources"]["hugepageLimits"] = serde_json::json!([
+                {"pageSize": "2MB", "limit": 0}, {"pageSize": "1GB", "limit": 0}
+            ]);
+            v["linux"]["resources"]["blockIO"] = serde_json::json!({"weight": 500});
+            let mounts = v["mounts"].as_array_mut().unwrap();
+            for dir in ["/run", "/tmp", "/var/tmp"] {
+                mounts.push(serde_json::json!({
+                    "destination": dir, "type": "tmpfs", "source": "tmpfs",
+                    "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]
+                }));
+            }
+            mounts.push(serde_json::json!({
+                "destination": "/vol", "type": "bind", "source": "/srv/vol",
+                "options": ["rbind", "rprivate", "rro"]
+            }));
+        })
+        .unwrap();
+        assert!(p.mounts[8].options.tmpcopyup);
+        assert_eq!(p.mounts[8].options.data, "");
+        assert!(!p.mounts[11].options.recursive.is_empty());
+        // memory, pids; 2 files per page size; io.bfq.weight or io.weight.
+        assert_eq!(p.resources.len(), 2 + 4 + 2);
     }
 
     #[test]
