@@ -5,7 +5,8 @@
 //!
 //! - `spec` checks an OCI spec and turns it into a plan, before any fork.
 //! - `init` is what the container's processes run between fork and exec.
-//! - `paths` resolves paths inside a root filesystem (openat2).
+//! - `paths` resolves paths inside a root filesystem (openat2); `rootfs`
+//!   builds the container's mount tree there.
 //! - `mountopts`, `seccomp`, `cgroups`: mount options, the seccomp filter,
 //!   the cgroup v2 limits and figures; `hugetlb_io` the hugepage and block
 //!   I/O limits, `tmpfs` tmpfs mounts and their tmpcopyup.
@@ -22,6 +23,7 @@ pub mod hugetlb_io;
 pub mod init;
 pub mod mountopts;
 pub mod paths;
+pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
 pub mod tmpfs;
