@@ -9,8 +9,8 @@
 //! loosely typed [`serde_json::Value`]s where it only needs to see that
 //! they are set, so a spec that asks for them is refused by name instead
 //! of silently losing them on the way. Fields the agent ignores on purpose
-//! (hooks, annotations, AppArmor/SELinux labels, scheduler, I/O priority,
-//! CPU affinity, device cgroup rules) are not carried.
+//! (hooks, annotations, AppArmor/SELinux labels, device cgroup rules) are
+//! not carried.
 //!
 //! Validation that needs more than the JSON's shape (capability names,
 //! paths, propagation types, ...) is the agent's, so its messages name the
@@ -101,6 +101,61 @@ pub struct Process {
     pub no_new_privileges: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<Scheduler>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_priority: Option<IoPriority>,
+    #[serde(
+        default,
+        rename = "execCPUAffinity",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exec_cpu_affinity: Option<ExecCpuAffinity>,
+}
+
+/// `process.scheduler`: sched_setattr(2)'s settings. Policy and flag names
+/// are kept as text; the agent maps them and refuses unknown ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scheduler {
+    pub policy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nice: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<u64>,
+}
+
+/// `process.ioPriority`: an I/O scheduling class (`IOPRIO_CLASS_RT`, `_BE`,
+/// `_IDLE`) and a priority within it (0..7).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoPriority {
+    pub class: String,
+    #[serde(default)]
+    pub priority: i64,
+}
+
+/// `process.execCPUAffinity`: CPU lists such as `0-3,7`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecCpuAffinity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<String>,
+    #[serde(default, rename = "final", skip_serializing_if = "Option::is_none")]
+    pub final_: Option<String>,
+}
+
+/// `linux.personality`: the execution domain (`LINUX`, `LINUX32`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinuxPersonality {
+    pub domain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,9 +250,9 @@ pub struct Linux {
     pub masked_paths: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readonly_paths: Option<Vec<String>>,
-    // Refused by the agent when set: kept only to be seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub personality: Option<Value>,
+    pub personality: Option<LinuxPersonality>,
+    // Refused by the agent when set: kept only to be seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intel_rdt: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -497,7 +552,12 @@ mod tests {
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}],
             "noNewPrivileges": true,
-            "oomScoreAdj": -100
+            "oomScoreAdj": -100,
+            "scheduler": {"policy": "SCHED_BATCH", "nice": 5, "priority": 0,
+                          "flags": ["SCHED_FLAG_RECLAIM"], "runtime": 1,
+                          "deadline": 2, "period": 3},
+            "ioPriority": {"class": "IOPRIO_CLASS_BE", "priority": 4},
+            "execCPUAffinity": {"initial": "0-3,7", "final": "0"}
         },
         "root": {"path": "rootfs", "readonly": true},
         "hostname": "box",
@@ -550,7 +610,7 @@ mod tests {
             "rootfsPropagation": "rslave",
             "maskedPaths": ["/proc/kcore"],
             "readonlyPaths": ["/proc/sys"],
-            "personality": {"domain": "LINUX"},
+            "personality": {"domain": "LINUX32", "flags": []},
             "intelRdt": {"closID": "guaranteed_group"},
             "memoryPolicy": {"mode": "MPOL_BIND", "nodes": "0"},
             "timeOffsets": {"monotonic": {"secs": 1}},
@@ -562,10 +622,7 @@ mod tests {
     const IGNORED: &str = r#"{
         "ociVersion": "1.2.0",
         "process": {"user": {"uid": 0, "gid": 0, "username": "root"}, "cwd": "/",
-                    "apparmorProfile": "p", "selinuxLabel": "l", "commandLine": "c",
-                    "ioPriority": {"class": "IOPRIO_CLASS_IDLE", "priority": 0},
-                    "scheduler": {"policy": "SCHED_OTHER"},
-                    "execCPUAffinity": {"initial": "0"}},
+                    "apparmorProfile": "p", "selinuxLabel": "l", "commandLine": "c"},
         "hooks": {"prestart": [{"path": "/bin/true"}]},
         "annotations": {"org.example.key": "value"},
         "linux": {"cgroupsPath": "/c", "mountLabel": "l",
@@ -581,7 +638,7 @@ mod tests {
         let spec: Spec = serde_json::from_str(FULL).unwrap();
         let linux = spec.linux.as_ref().unwrap();
         assert_eq!(linux.namespaces.as_ref().unwrap().len(), 8);
-        assert!(is_set(&linux.personality));
+        assert!(linux.personality.is_some());
         assert!(is_set(&linux.resources.as_ref().unwrap().rdma));
         let back = serde_json::to_value(&spec).unwrap();
         let original: Value = serde_json::from_str(FULL).unwrap();

@@ -62,6 +62,7 @@ impl Rootfs {
         for applet in [
             "sh", "echo", "cat", "id", "hostname", "ls", "sleep", "touch", "env", "pwd", "grep",
             "mkdir", "readlink", "stat", "true", "false", "wc", "head", "ps", "tr", "stty",
+            "uname", "cut",
         ] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
@@ -195,7 +196,8 @@ fn a_container_is_isolated_as_its_spec_says() {
              ls /hostroot/escape | wc -l; \
              echo etc=$(cat /etc/profile.d/x.sh) $(readlink /etc/mtab) $(stat -c %a /etc); \
              touch /etc/new 2>/dev/null && echo etc-writable || echo etc-readonly; \
-             stat -c %a /tmp";
+             stat -c %a /tmp; \
+             uname -m; cut -d' ' -f19 /proc/self/stat";
         // A read-only tmpfs over /etc with the image's content copied up,
         // and tmpcopyup of an empty /tmp.
         let etc = rootfs.dir.join("rootfs/etc");
@@ -206,6 +208,10 @@ fn a_container_is_isolated_as_its_spec_says() {
             .unwrap();
         let mut spec = spec(script);
         spec["mounts"][6]["options"] = json!(["nosuid", "tmpcopyup"]);
+        // Scheduling attributes, taken on before the user changes.
+        spec["linux"]["personality"] = json!({"domain": "LINUX32"});
+        spec["process"]["scheduler"] = json!({"policy": "SCHED_BATCH", "nice": 3});
+        spec["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_BE", "priority": 2});
         spec["mounts"].as_array_mut().unwrap().push(json!({
             "destination": "/etc", "type": "tmpfs", "source": "tmpfs",
             "options": ["ro", "nosuid", "tmpcopyup"]
@@ -261,6 +267,8 @@ fn a_container_is_isolated_as_its_spec_says() {
         assert_eq!(lines[10], "etc=copied /proc/mounts 751");
         assert_eq!(lines[11], "etc-readonly");
         assert_eq!(lines[12], "1777");
+        assert_eq!(lines[13], "i686");
+        assert_eq!(lines[14], "3");
         assert_eq!(status(&mut client, "iso").await, ContainerStatus::Stopped);
         done(
             client

@@ -425,14 +425,17 @@ fn capset(plan: &super::spec::CapsPlan) -> Result<(), String> {
     check(ret as libc::c_int, "cannot set the capabilities (capset)")
 }
 
-/// The process part: limits, user, capabilities, directory, environment,
-/// seccomp, then exec. `before_exec` runs last before the late seccomp
+/// The process part: scheduling attributes, limits, user, capabilities,
+/// directory, environment, seccomp, then exec. `before_exec` runs last before the late seccomp
 /// filter (the init waits for start there).
 fn finish(
     process: &ProcessPlan,
     seccomp: Option<&SeccompProgram>,
     before_exec: impl FnOnce() -> Result<(), String>,
 ) -> Result<Never, String> {
+    // While the process is still privileged (a real-time policy needs
+    // CAP_SYS_NICE).
+    process.attrs.apply()?;
     for r in &process.rlimits {
         let limit = libc::rlimit {
             rlim_cur: r.soft,

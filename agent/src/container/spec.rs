@@ -12,6 +12,7 @@ use runvm_agent_api::oci::{
 
 use super::cgroups::{self, CgroupWrite};
 use super::mountopts::{self, MountOptions};
+use super::procattrs::{self, ProcessAttrs};
 use super::seccomp::{self, SeccompProgram};
 
 /// A namespace the container has: created, or joined by path.
@@ -122,6 +123,8 @@ pub struct ProcessPlan {
     pub rlimits: Vec<Rlimit>,
     pub no_new_privileges: bool,
     pub oom_score_adj: Option<i32>,
+    /// Scheduler, I/O priority, CPU affinity, personality.
+    pub attrs: ProcessAttrs,
 }
 
 /// A whole container.
@@ -306,6 +309,7 @@ pub fn process_plan(
         rlimits,
         no_new_privileges: process.no_new_privileges.unwrap_or(false),
         oom_score_adj: process.oom_score_adj,
+        attrs: procattrs::plan(process)?,
     })
 }
 
@@ -370,9 +374,13 @@ pub fn container_plan(
         ));
     }
     let process = spec.process.as_ref().ok_or("the spec has no process")?;
-    let process = process_plan(process, inherited)?;
+    let mut process = process_plan(process, inherited)?;
     let no_linux = oci::Linux::default();
     let linux = spec.linux.as_ref().unwrap_or(&no_linux);
+    process.attrs.personality = match &linux.personality {
+        Some(p) => Some(procattrs::personality(p)?),
+        None => None,
+    };
 
     let mut namespaces: Vec<Namespace> = Vec::new();
     for ns in linux.namespaces.iter().flatten() {
@@ -418,7 +426,6 @@ pub fn container_plan(
         namespaces.retain(|n| !(n.flag == libc::CLONE_NEWNET && n.path.is_none()));
     }
     for (what, set) in [
-        ("linux.personality", linux.personality.is_some()),
         ("linux.intelRdt", linux.intel_rdt.is_some()),
         ("linux.memoryPolicy", linux.memory_policy.is_some()),
         ("linux.timeOffsets", oci::is_set(&linux.time_offsets)),

@@ -266,7 +266,7 @@ fn bad_specs_are_refused_with_a_reason() {
             "propagation",
         ),
         (
-            Box::new(|v| v["linux"]["personality"] = serde_json::json!({"domain": "LINUX"})),
+            Box::new(|v| v["linux"]["personality"] = serde_json::json!({"domain": "SVR4"})),
             "personality",
         ),
         (
