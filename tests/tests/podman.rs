@@ -1,7 +1,7 @@
 //! Debian's podman (4.3) and conmon, unchanged, on the runtime under test
-//! (`podman --runtime`): `run --rm` output and exit codes, `run -d` with
-//! `exec`, `logs`, `stop` and `rm`, and `run -it` through a pseudo-terminal
-//! this test opens. The image is busybox-static imported with `podman
+//! (`podman --runtime`): `run --rm --read-only` output, exit codes and
+//! copied-up tmpfs mounts, `run -d` with `exec`, `logs`, `stop` and `rm`,
+//! and `run -it` through a pseudo-terminal this test opens. The image is busybox-static imported with `podman
 //! import` (there is no registry); storage, configuration and cgroups are
 //! private to each test, and nothing may be left behind.
 //!
@@ -121,16 +121,27 @@ impl Podman {
     }
 }
 
-/// `podman run --rm`: stdout, stderr and the exit code are the
-/// container's.
+/// `podman run --rm --read-only`: stdout, stderr and the exit code are
+/// the container's; the root is read-only, and /run and /tmp are tmpfs
+/// with what the image had there copied up (podman's tmpcopyup).
 #[test]
 fn run_rm_gives_output_and_exit_code() {
     let _one = one_at_a_time();
     let mut podman = Podman::new("rm");
+    let script = "echo hi; echo oops >&2; \
+        touch /new 2>/dev/null && echo root-writable || echo root-readonly; \
+        cat /tmp/from-image /run/link; ls -ld /tmp /run | cut -c1-10; \
+        touch /tmp/new /run/lock/new && echo tmpfs-writable; \
+        grep -E ' /(tmp|run) ' /proc/mounts | cut -d' ' -f2,3 | sort; exit 3";
     let output = podman
-        .run(&["--rm"], &["sh", "-c", "echo hi; echo oops >&2; exit 3"])
+        .run(&["--rm", "--read-only"], &["sh", "-c", script])
         .exits(3);
-    assert_eq!(output.stdout, "hi\n", "{output}");
+    assert_eq!(
+        output.stdout,
+        "hi\nroot-readonly\ntmp from the image\nrun from the image\n\
+         drwxr-xr-x\ndrwxrwxrwt\ntmpfs-writable\n/run tmpfs\n/tmp tmpfs\n",
+        "{output}"
+    );
     assert!(output.stderr.contains("oops"), "{output}");
     podman.assert_clean();
 }

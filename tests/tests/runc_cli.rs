@@ -529,9 +529,21 @@ fn cli_config(bundle: &Path) -> Value {
         .expect("json")
 }
 
+/// Whether the host's cgroups have the hugetlb controller (runc needs it
+/// for any hugepage limit, even 0).
+fn host_has_hugetlb_cgroup() -> bool {
+    Path::new("/sys/fs/cgroup/hugetlb").exists()
+        || std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "hugetlb"))
+}
+
 /// `run` in the foreground: the container's stdout, stderr and exit code
-/// are the command's, and the container is gone when it returns. Also
-/// `--version`, and `state` of an unknown container.
+/// are the command's, and the container is gone when it returns. The
+/// bundle carries what kubelet and podman send: hugepage limits of 0 (for
+/// runc only where the host has a hugetlb cgroup), a block I/O weight, a
+/// tmpfs with tmpcopyup, a recursively read-only bind mount; `features`
+/// lists those mount options. Also `--version`, and `state` of an unknown
+/// container.
 #[test]
 fn run_in_the_foreground() {
     let _one = one_at_a_time();
@@ -539,18 +551,47 @@ fn run_in_the_foreground() {
     let version = cli.run(&["--version"]).ok();
     assert!(version.stdout.contains("version"), "{version}");
     cli.run(&["state", "no-such-container"]).fails();
+    let features: Value =
+        serde_json::from_str(&cli.run(&["features"]).ok().stdout).expect("features is JSON");
+    for option in ["tmpcopyup", "rro", "rbind", "nosuid"] {
+        assert!(
+            features["mountOptions"]
+                .as_array()
+                .is_some_and(|list| list.iter().any(|o| o == option)),
+            "features lacks {option}: {features}"
+        );
+    }
 
     let id: &str = &unique("fg");
-    let bundle = cli.bundle(
-        "bundle",
-        &["sh", "-c", "echo out; echo err >&2; exit 3"],
-        |_| {},
-    );
+    let data = cli.scratch.join("data");
+    std::fs::create_dir_all(data.join("sub")).expect("data dir");
+    let hugepages = cli.runtime.is_runvm || host_has_hugetlb_cgroup();
+    let script = "echo out; cat /run/link; \
+        touch /run/new /data/new /data/sub/new 2>&1 | wc -l; echo err >&2; exit 3";
+    let bundle = cli.bundle("bundle", &["sh", "-c", script], |config| {
+        let resources = &mut config["linux"]["resources"];
+        if hugepages {
+            resources["hugepageLimits"] = json!([
+                {"pageSize": "2MB", "limit": 0}, {"pageSize": "1GB", "limit": 0}
+            ]);
+        }
+        resources["blockIO"] = json!({"weight": 500});
+        let mounts = config["mounts"].as_array_mut().expect("mounts");
+        mounts.push(
+            json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+                           "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]}),
+        );
+        mounts.push(json!({"destination": "/data", "type": "bind",
+                           "source": data.display().to_string(),
+                           "options": ["rbind", "rprivate", "rro"]}));
+    });
     let output = cli
         .run(&["run", "--bundle", &bundle.display().to_string(), id])
         .exits(3);
-    assert_eq!(output.stdout, "out\n", "{output}");
+    // /run is writable; /data and /data/sub are not.
+    assert_eq!(output.stdout, "out\nrun from the image\n2\n", "{output}");
     assert_eq!(output.stderr, "err\n", "{output}");
+    assert!(!data.join("new").exists() && !data.join("sub/new").exists());
     cli.assert_gone(id);
 }
 

@@ -5,9 +5,13 @@
 //!
 //! - `spec` checks an OCI spec and turns it into a plan, before any fork.
 //! - `init` is what the container's processes run between fork and exec.
-//! - `paths` resolves paths inside a root filesystem (openat2).
+//! - `paths` resolves paths inside a root filesystem (openat2); `rootfs`
+//!   builds the container's mount tree there.
 //! - `mountopts`, `seccomp`, `cgroups`: mount options, the seccomp filter,
-//!   the cgroup v2 limits and figures; `procs`: what runs in a container.
+//!   the cgroup v2 limits and figures; `hugetlb_io` the hugepage and block
+//!   I/O limits, `tmpfs` tmpfs mounts and their tmpcopyup, `procattrs`
+//!   a process's scheduler, I/O priority, CPU affinity and personality;
+//!   `procs` what runs in a container; `terminal` its pty.
 //!
 //! The init process is an ordinary entry of the process table (its id
 //! comes back from `CreateContainer`); the container keeps its own record
@@ -17,13 +21,17 @@
 //! end.
 
 pub mod cgroups;
+pub mod hugetlb_io;
 pub mod init;
 pub mod mountopts;
 pub mod paths;
+pub mod procattrs;
 mod procs;
+pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
 mod terminal;
+pub mod tmpfs;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -76,6 +84,8 @@ struct Container {
     /// The namespaces an exec joins: (CLONE_NEW* flag, name in /proc/<pid>/ns).
     namespaces: Vec<(libc::c_int, &'static str)>,
     seccomp: Option<Rc<SeccompProgram>>,
+    /// The container's personality, which execs take on too.
+    personality: Option<libc::c_ulong>,
     /// Pids of live execs (for `all` without a cgroup).
     execs: Vec<i32>,
     oom_kills: u64,
@@ -311,7 +321,7 @@ fn make_cgroup(
         (c.cgroup_root.clone(), c.controllers_ready)
     };
     let Some(root) = root else {
-        if !plan.resources.is_empty() {
+        if plan.resources.iter().any(|w| w.needs_cgroup()) {
             return Err(system(
                 "resource limits need cgroup v2, which this agent does not have",
             ));
@@ -483,6 +493,7 @@ pub async fn create(
         cgroup,
         namespaces: plan.namespaces.iter().map(|n| (n.flag, n.name)).collect(),
         seccomp: plan.seccomp.map(Rc::new),
+        personality: plan.process.attrs.personality,
         execs: Vec::new(),
         oom_kills: 0,
         oom_watch,
@@ -529,7 +540,7 @@ pub async fn exec_in(
     request: ExecInContainerRequest,
 ) -> Result<ResponseBody, AgentError> {
     let id = request.id.clone();
-    let (init_pid, namespaces, cgroup, seccomp) = {
+    let (init_pid, namespaces, cgroup, seccomp, personality) = {
         let containers = agent.containers.borrow();
         let c = containers.get(&id)?;
         if c.status == ContainerStatus::Stopped {
@@ -540,9 +551,12 @@ pub async fn exec_in(
             c.namespaces.clone(),
             c.cgroup.clone(),
             c.seccomp.clone(),
+            c.personality,
         )
     };
-    let process = spec::process_plan(&request.process, &spec::passed_on_env()).map_err(invalid)?;
+    let mut process =
+        spec::process_plan(&request.process, &spec::passed_on_env()).map_err(invalid)?;
+    process.attrs.personality = personality;
     let terminal = process.terminal;
     let tokens = exec::stream_tokens(terminal, request.stdin, request.stdout, request.stderr)?;
     let streams = server::take_streams(agent, &tokens).await?;
