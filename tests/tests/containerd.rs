@@ -279,7 +279,8 @@ impl Drop for Containerd {
 }
 
 /// `ctr run --rm`: the container's stdout, stderr and exit status are
-/// ctr's; the container and its snapshot are removed.
+/// ctr's; the container and its snapshot are removed, also after a
+/// program that does not exist.
 #[test]
 fn ctr_run_rm_gives_output_and_exit_status() {
     let _one = one_at_a_time();
@@ -293,6 +294,12 @@ fn ctr_run_rm_gives_output_and_exit_status() {
         .exits(3);
     assert_eq!(output.stdout, "hi\n", "{output}");
     assert_eq!(output.stderr, "oops\n", "{output}");
+    // A program that is not there: ctr fails naming it, and nothing of
+    // the container stays (with runc the shim exits once it is removed).
+    let missing = containerd
+        .run_container(&["--rm"], "c9", &["/no/such/binary"])
+        .fails();
+    assert!(missing.stderr.contains("/no/such/binary"), "{missing}");
     containerd.assert_no_containers();
     containerd.stop_and_assert_clean();
 }

@@ -599,7 +599,15 @@ fn find_program(program: &CStr, env: &[String]) -> Result<CString, String> {
         .to_str()
         .map_err(|_| "the program name is not UTF-8")?;
     if name.contains('/') {
-        return Ok(program.to_owned());
+        // Checked here, before the init reports ready, so that a missing
+        // program fails `create` as with runc, not `start`.
+        use std::os::unix::fs::PermissionsExt;
+        return match std::fs::metadata(name) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(program.to_owned()),
+            Ok(m) if m.is_dir() => Err(format!("exec: {name:?}: is a directory")),
+            Ok(_) => Err(format!("exec: {name:?}: permission denied")),
+            Err(e) => Err(format!("exec: {name:?}: stat {name}: {e}")),
+        };
     }
     let path = env
         .iter()
@@ -641,7 +649,16 @@ mod tests {
         let env = vec!["PATH=/nonexistent:/bin:/usr/bin".to_string()];
         let sh = find_program(c"sh", &env).unwrap();
         assert!(sh.to_str().unwrap().ends_with("/sh"));
-        assert_eq!(find_program(c"./x", &env).unwrap().to_str().unwrap(), "./x");
+        assert_eq!(
+            find_program(c"/bin/sh", &env).unwrap().to_str().unwrap(),
+            "/bin/sh"
+        );
+        let missing = find_program(c"/no/such/binary", &env).unwrap_err();
+        assert!(missing.contains("stat /no/such/binary"), "{missing}");
+        assert!(find_program(c"/", &env).unwrap_err().contains("directory"));
+        assert!(find_program(c"/etc/passwd", &env)
+            .unwrap_err()
+            .contains("permission"));
         let err = find_program(c"no-such-program-here", &env).unwrap_err();
         assert!(err.contains("not found"));
     }
