@@ -198,6 +198,14 @@ fn detached_run_exec_logs_stop_rm() {
         ])
         .ok();
     assert!(ps.stdout.starts_with("d1 Up"), "{ps}");
+    // The container's processes: the shell and its `sleep`, through ps(1)
+    // in the container (podman's path for ps options; its own reading of
+    // /proc sees the host side of a VM, see the README).
+    let top = podman.podman(&["top", "d1", "-eo", "pid,args"]).ok();
+    assert!(
+        top.stdout.contains("sleep 1000000") && top.stdout.contains("sh -c"),
+        "`podman top` shows the container's processes: {top}"
+    );
 
     let exec = podman
         .podman(&[
