@@ -14,6 +14,7 @@
 
 pub mod codec;
 pub mod containers;
+pub mod features;
 pub mod messages;
 pub mod oci;
 

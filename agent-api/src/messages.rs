@@ -105,6 +105,11 @@ pub enum RequestBody {
         id: String,
         frozen: bool,
     },
+    /// Every live process of a container (its cgroup and the cgroups
+    /// below), like `runc ps`: answered with `ContainerProcesses`.
+    ContainerProcesses {
+        id: String,
+    },
     /// New cgroup limits for a container, like `runc update`: an OCI
     /// `linux.resources` object (fields left out are not changed).
     UpdateContainer {
@@ -173,6 +178,7 @@ pub enum ResponseBody {
     Started { process: u64, pid: i32 },
     Exited { process: u64, status: ExitStatus },
     Processes { processes: Vec<ProcessInfo> },
+    ContainerProcesses { processes: Vec<GuestProcess> },
     Done,
     ContainerState(ContainerState),
     ContainerStats(ContainerStats),
@@ -249,6 +255,21 @@ impl ExitStatus {
             ExitStatus::Signal(signal) => 128 + signal,
         }
     }
+}
+
+/// A process of a container as the guest's /proc describes it (pids are
+/// the guest's, seen from the agent's pid namespace).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestProcess {
+    pub pid: i32,
+    pub ppid: i32,
+    /// Real uid.
+    pub uid: u32,
+    /// The state letter (`R`, `S`, `Z`, ...).
+    pub state: String,
+    /// The command name (`comm`), for a process without arguments.
+    pub name: String,
+    pub argv: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

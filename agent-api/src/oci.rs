@@ -9,8 +9,8 @@
 //! loosely typed [`serde_json::Value`]s where it only needs to see that
 //! they are set, so a spec that asks for them is refused by name instead
 //! of silently losing them on the way. Fields the agent ignores on purpose
-//! (hooks, annotations, AppArmor/SELinux labels, scheduler, I/O priority,
-//! CPU affinity, device cgroup rules) are not carried.
+//! (hooks, annotations, AppArmor/SELinux labels, device cgroup rules) are
+//! not carried.
 //!
 //! Validation that needs more than the JSON's shape (capability names,
 //! paths, propagation types, ...) is the agent's, so its messages name the
@@ -101,6 +101,61 @@ pub struct Process {
     pub no_new_privileges: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<Scheduler>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_priority: Option<IoPriority>,
+    #[serde(
+        default,
+        rename = "execCPUAffinity",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exec_cpu_affinity: Option<ExecCpuAffinity>,
+}
+
+/// `process.scheduler`: sched_setattr(2)'s settings. Policy and flag names
+/// are kept as text; the agent maps them and refuses unknown ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scheduler {
+    pub policy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nice: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<u64>,
+}
+
+/// `process.ioPriority`: an I/O scheduling class (`IOPRIO_CLASS_RT`, `_BE`,
+/// `_IDLE`) and a priority within it (0..7).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoPriority {
+    pub class: String,
+    #[serde(default)]
+    pub priority: i64,
+}
+
+/// `process.execCPUAffinity`: CPU lists such as `0-3,7`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecCpuAffinity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<String>,
+    #[serde(default, rename = "final", skip_serializing_if = "Option::is_none")]
+    pub final_: Option<String>,
+}
+
+/// `linux.personality`: the execution domain (`LINUX`, `LINUX32`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinuxPersonality {
+    pub domain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,9 +250,9 @@ pub struct Linux {
     pub masked_paths: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readonly_paths: Option<Vec<String>>,
-    // Refused by the agent when set: kept only to be seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub personality: Option<Value>,
+    pub personality: Option<LinuxPersonality>,
+    // Refused by the agent when set: kept only to be seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intel_rdt: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -282,11 +337,11 @@ pub struct LinuxResources {
     pub pids: Option<LinuxPids>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unified: Option<HashMap<String, String>>,
-    // Refused by the agent when set: kept only to be seen.
     #[serde(default, rename = "blockIO", skip_serializing_if = "Option::is_none")]
-    pub block_io: Option<Value>,
+    pub block_io: Option<LinuxBlockIo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hugepage_limits: Option<Value>,
+    pub hugepage_limits: Option<Vec<LinuxHugepageLimit>>,
+    // Refused by the agent when set: kept only to be seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -331,6 +386,68 @@ pub struct LinuxCpu {
     pub mems: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<i64>,
+}
+
+/// `linux.resources.blockIO`: weights (10..1000, as cgroup v1 counted
+/// them) and throttles, per device by its major and minor numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinuxBlockIo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_weight: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_device: Option<Vec<LinuxWeightDevice>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_read_bps_device: Option<Vec<LinuxThrottleDevice>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_write_bps_device: Option<Vec<LinuxThrottleDevice>>,
+    #[serde(
+        default,
+        rename = "throttleReadIOPSDevice",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub throttle_read_iops_device: Option<Vec<LinuxThrottleDevice>>,
+    #[serde(
+        default,
+        rename = "throttleWriteIOPSDevice",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub throttle_write_iops_device: Option<Vec<LinuxThrottleDevice>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinuxWeightDevice {
+    #[serde(default)]
+    pub major: i64,
+    #[serde(default)]
+    pub minor: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_weight: Option<u16>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinuxThrottleDevice {
+    #[serde(default)]
+    pub major: i64,
+    #[serde(default)]
+    pub minor: i64,
+    #[serde(default)]
+    pub rate: u64,
+}
+
+/// One entry of `linux.resources.hugepageLimits`: at most `limit` bytes of
+/// hugepages of `pageSize` (`2MB`, `1GB`, `64KB`: the cgroup's spelling).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinuxHugepageLimit {
+    pub page_size: String,
+    #[serde(default)]
+    pub limit: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -435,7 +552,12 @@ mod tests {
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}],
             "noNewPrivileges": true,
-            "oomScoreAdj": -100
+            "oomScoreAdj": -100,
+            "scheduler": {"policy": "SCHED_BATCH", "nice": 5, "priority": 0,
+                          "flags": ["SCHED_FLAG_RECLAIM"], "runtime": 1,
+                          "deadline": 2, "period": 3},
+            "ioPriority": {"class": "IOPRIO_CLASS_BE", "priority": 4},
+            "execCPUAffinity": {"initial": "0-3,7", "final": "0"}
         },
         "root": {"path": "rootfs", "readonly": true},
         "hostname": "box",
@@ -458,8 +580,15 @@ mod tests {
                         "idle": 0},
                 "pids": {"limit": 32},
                 "unified": {"memory.high": "1000000"},
-                "blockIO": {"weight": 10},
-                "hugepageLimits": [{"pageSize": "2MB", "limit": 1}],
+                "blockIO": {"weight": 10, "leafWeight": 10,
+                            "weightDevice": [{"major": 8, "minor": 0, "weight": 500,
+                                              "leafWeight": 300}],
+                            "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}],
+                            "throttleWriteBpsDevice": [{"major": 8, "minor": 0, "rate": 2}],
+                            "throttleReadIOPSDevice": [{"major": 8, "minor": 16, "rate": 3}],
+                            "throttleWriteIOPSDevice": [{"major": 8, "minor": 16, "rate": 4}]},
+                "hugepageLimits": [{"pageSize": "2MB", "limit": 0},
+                                   {"pageSize": "1GB", "limit": 1073741824}],
                 "network": {"classID": 1},
                 "rdma": {"mlx5_1": {"hcaHandles": 3}}
             },
@@ -481,7 +610,7 @@ mod tests {
             "rootfsPropagation": "rslave",
             "maskedPaths": ["/proc/kcore"],
             "readonlyPaths": ["/proc/sys"],
-            "personality": {"domain": "LINUX"},
+            "personality": {"domain": "LINUX32", "flags": []},
             "intelRdt": {"closID": "guaranteed_group"},
             "memoryPolicy": {"mode": "MPOL_BIND", "nodes": "0"},
             "timeOffsets": {"monotonic": {"secs": 1}},
@@ -493,10 +622,7 @@ mod tests {
     const IGNORED: &str = r#"{
         "ociVersion": "1.2.0",
         "process": {"user": {"uid": 0, "gid": 0, "username": "root"}, "cwd": "/",
-                    "apparmorProfile": "p", "selinuxLabel": "l", "commandLine": "c",
-                    "ioPriority": {"class": "IOPRIO_CLASS_IDLE", "priority": 0},
-                    "scheduler": {"policy": "SCHED_OTHER"},
-                    "execCPUAffinity": {"initial": "0"}},
+                    "apparmorProfile": "p", "selinuxLabel": "l", "commandLine": "c"},
         "hooks": {"prestart": [{"path": "/bin/true"}]},
         "annotations": {"org.example.key": "value"},
         "linux": {"cgroupsPath": "/c", "mountLabel": "l",
@@ -512,7 +638,7 @@ mod tests {
         let spec: Spec = serde_json::from_str(FULL).unwrap();
         let linux = spec.linux.as_ref().unwrap();
         assert_eq!(linux.namespaces.as_ref().unwrap().len(), 8);
-        assert!(is_set(&linux.personality));
+        assert!(linux.personality.is_some());
         assert!(is_set(&linux.resources.as_ref().unwrap().rdma));
         let back = serde_json::to_value(&spec).unwrap();
         let original: Value = serde_json::from_str(FULL).unwrap();

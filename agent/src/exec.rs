@@ -387,9 +387,13 @@ pub struct ChildStdio {
     pub fds: [OwnedFd; 3],
     pub io: ProcessIo,
     pub pumps: Vec<Pump>,
-    /// The pty master, for a terminal.
-    pub master: Option<Rc<Fd>>,
+    /// For a terminal: what makes the pump once the process has sent its
+    /// pty master.
+    pub terminal: Option<PendingTerminal>,
 }
+
+/// Makes a terminal's pump from the pty master.
+pub type PendingTerminal = Box<dyn FnOnce(Rc<Fd>) -> Pump>;
 
 fn dev_null() -> io::Result<OwnedFd> {
     // SAFETY: open(2) with a constant path.
@@ -401,7 +405,9 @@ fn dev_null() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Pipes (or /dev/null) or a pty for `stdio`, as [`spawn`] sets them up.
+/// Stdio for a container's process: pipes (or /dev/null), or for a
+/// terminal /dev/null until the process hands over the pty it opens in
+/// the container's devpts (see `container::terminal`).
 pub fn prepare_stdio<S: 'static>(
     stdio: ExecStdio<S>,
     linger: Duration,
@@ -441,23 +447,20 @@ pub fn prepare_stdio<S: 'static>(
                 fds: [stdin_fd, stdout_fd, stderr_fd],
                 io,
                 pumps,
-                master: None,
+                terminal: None,
             })
         }
         ExecStdio::Terminal(conn) => {
-            let (master, slave) = open_pty().map_err(|e| sys("cannot open a pty", e))?;
-            let master = Rc::new(Fd::new(master).map_err(|e| sys("cannot register the pty", e))?);
-            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| sys("dup", e));
-            let fds = [dup(&slave)?, dup(&slave)?, slave];
+            let null = || dev_null().map_err(|e| sys("/dev/null", e));
             let close = Rc::new(Notify::new());
             io.stdin_close = Some(close.clone());
-            io.terminal = Some(Rc::downgrade(&master));
-            pumps.push(Box::pin(pump_terminal(conn, master.clone(), close, linger)));
+            let pending: PendingTerminal =
+                Box::new(move |master| Box::pin(pump_terminal(conn, master, close, linger)));
             Ok(ChildStdio {
-                fds,
+                fds: [null()?, null()?, null()?],
                 io,
                 pumps,
-                master: Some(master),
+                terminal: Some(pending),
             })
         }
     }

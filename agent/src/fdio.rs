@@ -200,6 +200,20 @@ impl Fd {
         }
     }
 
+    /// Receives one packet and the descriptor that may come with it (see
+    /// [`recv_with_fd_blocking`]). Readiness is kept: on a packet socket
+    /// the next packet may be queued already, and no new edge would come.
+    pub async fn recv_with_fd(&self, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+        loop {
+            let mut guard = self.inner.readable().await?;
+            match guard.try_io(|fd| recv_with_fd_raw(fd.as_raw_fd(), buf)) {
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(result) => return result,
+                Err(_would_block) => {}
+            }
+        }
+    }
+
     /// Half-closes a socket: the peer reads end of file once it has
     /// everything sent before.
     pub fn shutdown_write(&self) -> io::Result<()> {
@@ -321,6 +335,54 @@ fn zeroed_sockaddr_vm() -> libc::sockaddr_vm {
 /// Whether an accepted vsock peer is the host.
 fn from_host(peer: &libc::sockaddr_vm) -> bool {
     i32::from(peer.svm_family) == libc::AF_VSOCK && peer.svm_cid == libc::VMADDR_CID_HOST
+}
+
+/// recvmsg(2) of one packet into `buf` and at most one descriptor, made
+/// close-on-exec; any further descriptors a peer attached are closed.
+#[cfg(test)]
+pub fn recv_with_fd_blocking(
+    fd: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<OwnedFd>)> {
+    recv_with_fd_raw(fd.as_raw_fd(), buf)
+}
+
+fn recv_with_fd_raw(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for a few descriptors, aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; every pointer in it stays valid for
+    // the call, and the kernel writes at most msg_controllen bytes of
+    // control data, which we then walk with the CMSG macros.
+    unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = std::mem::size_of_val(&control) as _;
+        let n = cvt(libc::recvmsg(fd, &mut message, libc::MSG_CMSG_CLOEXEC))?;
+        let mut received = None;
+        let mut header = libc::CMSG_FIRSTHDR(&message);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(header).cast::<libc::c_int>();
+                let bytes =
+                    ((*header).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                    let owned = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                    // The first is kept; dropping the others closes them.
+                    if received.is_none() {
+                        received = Some(owned);
+                    }
+                }
+            }
+            header = libc::CMSG_NXTHDR(&message, header);
+        }
+        Ok((n, received))
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,10 @@ pub enum BundleError {
     Missing(&'static str),
     #[error("the rootfs {} is not a directory", .0.display())]
     NoRootfs(PathBuf),
+    #[error(
+        "linux.resources.blockIO names block device {0}:{1}, which does not exist on the host"
+    )]
+    NoBlockDevice(i64, i64),
     #[error("bind mount of {} at {destination}: {reason}", source_path.display())]
     BindSource {
         source_path: PathBuf,
@@ -61,6 +65,7 @@ impl Bundle {
         if spec.process().is_none() {
             return Err(BundleError::Missing("process"));
         }
+        check_block_devices(&spec, Path::new("/sys/dev/block"))?;
         Ok(Bundle { dir, spec })
     }
 
@@ -90,6 +95,42 @@ impl Bundle {
     pub fn hooks(&self) -> Option<Hooks> {
         self.spec.hooks().clone()
     }
+}
+
+/// The block devices of `linux.resources.blockIO` must exist on the host
+/// (`dev_block` lists them as /sys/dev/block does): runc's kernel refuses
+/// a limit on a device it does not have, and so does runvm. The guest
+/// enforces the limits where it has the device and an io controller and
+/// otherwise takes them as met (the container's storage is virtio-fs).
+pub fn check_block_devices(spec: &Spec, dev_block: &Path) -> Result<(), BundleError> {
+    let Some(block_io) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.block_io().as_ref())
+    else {
+        return Ok(());
+    };
+    let mut devices: Vec<(i64, i64)> = block_io
+        .weight_device()
+        .iter()
+        .flatten()
+        .map(|d| (d.major(), d.minor()))
+        .collect();
+    for list in [
+        block_io.throttle_read_bps_device(),
+        block_io.throttle_write_bps_device(),
+        block_io.throttle_read_iops_device(),
+        block_io.throttle_write_iops_device(),
+    ] {
+        devices.extend(list.iter().flatten().map(|t| (t.major(), t.minor())));
+    }
+    for (major, minor) in devices {
+        if !dev_block.join(format!("{major}:{minor}")).exists() {
+            return Err(BundleError::NoBlockDevice(major, minor));
+        }
+    }
+    Ok(())
 }
 
 /// Makes the mount points `spec` needs in a rootfs that the guest will see
@@ -317,6 +358,31 @@ mod tests {
         let err = host_binds(&missing, &dir).expect_err("a missing source");
         assert!(err.to_string().contains("/nonexistent/runvm-test"), "{err}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn block_io_devices_must_exist_on_the_host() {
+        let dir = std::env::temp_dir().join(format!("runvm-devblock-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("8:0")).unwrap();
+        let with = |block_io: serde_json::Value| {
+            spec(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "process": {"user": {"uid": 0, "gid": 0}, "cwd": "/", "args": ["true"]},
+                "linux": {"resources": {"blockIO": block_io}}
+            }))
+        };
+        let ok = with(serde_json::json!({
+            "weight": 500,
+            "weightDevice": [{"major": 8, "minor": 0, "weight": 100}],
+            "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1}]
+        }));
+        assert!(check_block_devices(&ok, &dir).is_ok());
+        let missing = with(serde_json::json!({
+            "throttleWriteIOPSDevice": [{"major": 8, "minor": 16, "rate": 1}]
+        }));
+        let err = check_block_devices(&missing, &dir).unwrap_err().to_string();
+        assert!(err.contains("8:16"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn spec_with_bind(source: &str) -> Spec {

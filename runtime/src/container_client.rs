@@ -5,7 +5,7 @@
 use runvm_agent_api::oci::{Process, Spec};
 use runvm_agent_api::{
     ContainerEvent, ContainerState, ContainerStats, CreateContainerRequest, ExecInContainerRequest,
-    ExitStatus, RequestBody, ResponseBody,
+    ExitStatus, GuestProcess, RequestBody, ResponseBody,
 };
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
@@ -315,6 +315,18 @@ impl<'a> ContainerClient<'a> {
             .await?
         {
             ResponseBody::ContainerStats(stats) => Ok(stats),
+            other => Err(ClientError::Unexpected(other)),
+        }
+    }
+
+    /// Every live process of the container (its guest cgroup).
+    pub async fn processes(&self, id: &str) -> Result<Vec<GuestProcess>, ClientError> {
+        match self
+            .agent
+            .call(RequestBody::ContainerProcesses { id: id.into() })
+            .await?
+        {
+            ResponseBody::ContainerProcesses { processes } => Ok(processes),
             other => Err(ClientError::Unexpected(other)),
         }
     }

@@ -54,6 +54,8 @@ const GUEST_OVERHEAD_MIB: u64 = 128;
 const DEFAULT_GUEST_MIB: u64 = 128;
 /// How long output may keep flowing after the process ended.
 const DRAIN_PATIENCE: Duration = Duration::from_secs(10);
+/// How long output may keep flowing after a SIGKILL ended the init.
+const KILLED_DRAIN_PATIENCE: Duration = Duration::from_millis(500);
 /// Exit status when the guest went away without telling how the process
 /// ended.
 pub const STATUS_LOST: i32 = 255;
@@ -431,7 +433,14 @@ async fn run_init(root: &Path, args: &MonitorArgs) -> i32 {
         size_from.as_ref(),
     )
     .await;
-    let _ = tokio::time::timeout(DRAIN_PATIENCE, init.drain()).await;
+    // A SIGKILL'd init is reported at once, while the guest still tears
+    // its processes down (and they still hold its output open): what they
+    // wrote has had its chance to arrive after a short wait.
+    let patience = match status {
+        Ok(runvm_agent_api::ExitStatus::Signal(libc::SIGKILL)) => KILLED_DRAIN_PATIENCE,
+        _ => DRAIN_PATIENCE,
+    };
+    let _ = tokio::time::timeout(patience, init.drain()).await;
     let code = status.map_or(STATUS_LOST, |status| status.shell_code());
     record_stopped(&root, &args.id, code);
     // The guest holds nothing left to save (its root is read-only and
@@ -632,6 +641,15 @@ pub fn spawn(
     }
     if let Some(socket) = &args.console_socket {
         command.arg("--console-socket").arg(socket);
+        // The process's stdio is the pty sent over the socket; the
+        // caller's stdio stays with the caller. containerd's shim reads
+        // `create`'s output through a pipe until end of file: a monitor
+        // holding that pipe would keep it waiting for as long as the
+        // container lives.
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
     }
     if args.own_terminal {
         command.arg("--own-terminal");

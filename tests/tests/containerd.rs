@@ -18,6 +18,8 @@ mod common;
 mod harness;
 #[path = "common/podman_env.rs"]
 mod podman_env;
+#[path = "common/pty.rs"]
+mod pty;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -30,6 +32,7 @@ use harness::{
     wait_for, Output, RuntimeUnderTest, Scratch,
 };
 use podman_env::{PodmanEnv, IMAGE};
+use pty::InPty;
 
 /// One container (one VM for runvm) at a time: the host has two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -162,6 +165,11 @@ disabled_plugins = [
     /// FIFOs in the scratch dir), `options`, the image, `id` and `command`.
     #[track_caller]
     fn run_container(&self, options: &[&str], id: &str, command: &[&str]) -> Output {
+        run(&mut self.run_command(options, id, command))
+    }
+
+    /// The `ctr run` command of [`Self::run_container`], not started.
+    fn run_command(&self, options: &[&str], id: &str, command: &[&str]) -> Command {
         let runtime = self.runtime.path.display().to_string();
         let root = self.runc_root().display().to_string();
         let fifos = self.scratch.join("fifo").display().to_string();
@@ -178,7 +186,7 @@ disabled_plugins = [
         args.push(IMAGE);
         args.push(id);
         args.extend(command);
-        self.ctr(&args)
+        self.command(&args)
     }
 
     /// The tasks `ctr task ls` shows: (id, pid, status).
@@ -274,7 +282,8 @@ impl Drop for Containerd {
 }
 
 /// `ctr run --rm`: the container's stdout, stderr and exit status are
-/// ctr's; the container and its snapshot are removed.
+/// ctr's; the container and its snapshot are removed, also after a
+/// program that does not exist.
 #[test]
 fn ctr_run_rm_gives_output_and_exit_status() {
     let _one = one_at_a_time();
@@ -288,6 +297,12 @@ fn ctr_run_rm_gives_output_and_exit_status() {
         .exits(3);
     assert_eq!(output.stdout, "hi\n", "{output}");
     assert_eq!(output.stderr, "oops\n", "{output}");
+    // A program that is not there: ctr fails naming it, and nothing of
+    // the container stays (with runc the shim exits once it is removed).
+    let missing = containerd
+        .run_container(&["--rm"], "c9", &["/no/such/binary"])
+        .fails();
+    assert!(missing.stderr.contains("/no/such/binary"), "{missing}");
     containerd.assert_no_containers();
     containerd.stop_and_assert_clean();
 }
@@ -355,8 +370,9 @@ fn detached_task_exec_ps_kill_and_exit_status() {
     // The shim asks the runtime (`ps --format json`).
     let ps = containerd.ctr(&["tasks", "ps", "c2"]).ok();
     let pids: Vec<&str> = ps.stdout.lines().skip(1).collect();
+    // Every process of the task: the shell and its `sleep`.
     assert!(
-        !pids.is_empty() && ps.stdout.starts_with("PID"),
+        pids.len() >= 2 && ps.stdout.starts_with("PID"),
         "`ctr task ps` lists the task's processes: {ps}"
     );
 
@@ -412,4 +428,60 @@ fn assert_metrics(containerd: &Containerd, pid: u32) -> CgroupView {
         "pids.current (at least {least}): {metrics}"
     );
     cgroup
+}
+
+/// Terminals the way `ctr run -t` and `ctr task exec -t` (and so `crictl
+/// exec -it`) make them: the shim takes the pty master over
+/// `--console-socket` and copies between it and ctr's FIFOs. The
+/// container's process sees a terminal of its own devpts, reads what is typed, and its exit status is ctr's;
+/// an exec'd terminal beside it works the same, and the task is killed
+/// and removed promptly afterwards.
+#[test]
+fn terminal_run_and_exec() {
+    let _one = one_at_a_time();
+    let containerd = Containerd::start("tty");
+    let script = "tty; read line; echo \"got:$line\"; exit 5";
+    let command = containerd.run_command(&["--rm", "--tty"], "t1", &["sh", "-c", script]);
+    let mut session = InPty::spawn(command, 33, 111);
+    // (Not its size: ctr sets it after the task starts, so a process may
+    // see 0×0 first, with runc too.)
+    session.wait_for_text("/dev/pts/");
+
+    let fifos = containerd.scratch.join("fifo").display().to_string();
+    let exec = containerd.command(&[
+        "tasks",
+        "exec",
+        "--tty",
+        "--exec-id",
+        "e1",
+        "--fifo-dir",
+        &fifos,
+        "t1",
+        "sh",
+        "-c",
+        "tty; read line; echo \"exec got:$line\"; exit 4",
+    ]);
+    let mut exec_session = InPty::spawn(exec, 24, 80);
+    exec_session.wait_for_text("/dev/pts/");
+    exec_session.type_text("there\r");
+    let exec_status = exec_session.wait();
+    exec_session.wait_for_text("exec got:there");
+    assert_eq!(
+        exec_status.code(),
+        Some(4),
+        "`ctr task exec -t`'s exit; the terminal showed:\n{}",
+        exec_session.seen()
+    );
+
+    session.type_text("hello\r");
+    let status = session.wait();
+    session.wait_for_text("got:hello");
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "`ctr run -t`'s exit; the terminal showed:\n{}",
+        session.seen()
+    );
+    containerd.assert_no_containers();
+    containerd.stop_and_assert_clean();
 }

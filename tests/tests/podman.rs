@@ -1,7 +1,7 @@
 //! Debian's podman (4.3) and conmon, unchanged, on the runtime under test
-//! (`podman --runtime`): `run --rm` output and exit codes, `run -d` with
-//! `exec`, `logs`, `stop` and `rm`, and `run -it` through a pseudo-terminal
-//! this test opens. The image is busybox-static imported with `podman
+//! (`podman --runtime`): `run --rm --read-only` output, exit codes and
+//! copied-up tmpfs mounts, `run -d` with `exec`, `logs`, `stop` and `rm`,
+//! and `run -it` through a pseudo-terminal this test opens. The image is busybox-static imported with `podman
 //! import` (there is no registry); storage, configuration and cgroups are
 //! private to each test, and nothing may be left behind.
 //!
@@ -14,21 +14,19 @@ mod common;
 mod harness;
 #[path = "common/podman_env.rs"]
 mod podman_env;
+#[path = "common/pty.rs"]
+mod pty;
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
 use harness::{
     assert_no_mounts_below, assert_no_process_references, read_text, wait_for, Output,
-    RuntimeUnderTest, Scratch, COMMAND_PATIENCE,
+    RuntimeUnderTest, Scratch,
 };
 use podman_env::PodmanEnv;
+use pty::InPty;
 
 /// One container (one VM for runvm) at a time: the host has two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -123,16 +121,27 @@ impl Podman {
     }
 }
 
-/// `podman run --rm`: stdout, stderr and the exit code are the
-/// container's.
+/// `podman run --rm --read-only`: stdout, stderr and the exit code are
+/// the container's; the root is read-only, and /run and /tmp are tmpfs
+/// with what the image had there copied up (podman's tmpcopyup).
 #[test]
 fn run_rm_gives_output_and_exit_code() {
     let _one = one_at_a_time();
     let mut podman = Podman::new("rm");
+    let script = "echo hi; echo oops >&2; \
+        touch /new 2>/dev/null && echo root-writable || echo root-readonly; \
+        cat /tmp/from-image /run/link; ls -ld /tmp /run | cut -c1-10; \
+        touch /tmp/new /run/lock/new && echo tmpfs-writable; \
+        grep -E ' /(tmp|run) ' /proc/mounts | cut -d' ' -f2,3 | sort; exit 3";
     let output = podman
-        .run(&["--rm"], &["sh", "-c", "echo hi; echo oops >&2; exit 3"])
+        .run(&["--rm", "--read-only"], &["sh", "-c", script])
         .exits(3);
-    assert_eq!(output.stdout, "hi\n", "{output}");
+    assert_eq!(
+        output.stdout,
+        "hi\nroot-readonly\ntmp from the image\nrun from the image\n\
+         drwxr-xr-x\ndrwxrwxrwt\ntmpfs-writable\n/run tmpfs\n/tmp tmpfs\n",
+        "{output}"
+    );
     assert!(output.stderr.contains("oops"), "{output}");
     podman.assert_clean();
 }
@@ -189,6 +198,14 @@ fn detached_run_exec_logs_stop_rm() {
         ])
         .ok();
     assert!(ps.stdout.starts_with("d1 Up"), "{ps}");
+    // The container's processes: the shell and its `sleep`, through ps(1)
+    // in the container (podman's path for ps options; its own reading of
+    // /proc sees the host side of a VM, see the README).
+    let top = podman.podman(&["top", "d1", "-eo", "pid,args"]).ok();
+    assert!(
+        top.stdout.contains("sleep 1000000") && top.stdout.contains("sh -c"),
+        "`podman top` shows the container's processes: {top}"
+    );
 
     let exec = podman
         .podman(&[
@@ -222,121 +239,53 @@ fn detached_run_exec_logs_stop_rm() {
     podman.assert_clean();
 }
 
-/// A process in a new session with a pseudo-terminal of `rows`×`cols` as
-/// its controlling terminal and stdio; what it writes collects in the
-/// returned buffer.
-struct InPty {
-    child: std::process::Child,
-    master: File,
-    seen: Arc<Mutex<Vec<u8>>>,
-}
-
-impl InPty {
-    fn spawn(mut command: Command, rows: u16, cols: u16) -> InPty {
-        let (mut master, mut slave) = (-1, -1);
-        let size = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: openpty(3) with valid out-pointers and size.
-        let opened = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                &size,
-            )
-        };
-        assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
-        // SAFETY: both descriptors were just opened and are ours alone.
-        let (master, slave) =
-            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        for fd in [&master, &slave] {
-            // SAFETY: fcntl(2) on an open descriptor: not inherited.
-            unsafe {
-                libc::fcntl(
-                    std::os::fd::AsRawFd::as_raw_fd(fd),
-                    libc::F_SETFD,
-                    libc::FD_CLOEXEC,
-                )
-            };
-        }
-        command
-            .stdin(Stdio::from(slave.try_clone().expect("dup")))
-            .stdout(Stdio::from(slave.try_clone().expect("dup")))
-            .stderr(Stdio::from(slave));
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let what = harness::describe(&command);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{what}`: {e}"));
-        // The command holds our copies of the terminal: drop them, so that
-        // only the child has it.
-        drop(command);
-        let master = File::from(master);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = master.try_clone().expect("dup the master");
-        let sink = seen.clone();
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            // EIO once no process has the terminal open any more.
-            while let Ok(n @ 1..) = reader.read(&mut buffer) {
-                sink.lock()
-                    .expect("not poisoned")
-                    .extend_from_slice(&buffer[..n]);
-            }
-        });
-        InPty {
-            child,
-            master,
-            seen,
-        }
-    }
-
-    fn seen(&self) -> String {
-        String::from_utf8_lossy(&self.seen.lock().expect("not poisoned")).into_owned()
-    }
-
-    #[track_caller]
-    fn wait_for_text(&self, wanted: &str) {
-        wait_for(&format!("{wanted:?} on the terminal"), || {
-            let seen = self.seen();
-            seen.contains(wanted).then_some(()).ok_or(seen)
+/// Containers that ignore SIGTERM: `podman stop --time 2` kills one after
+/// its grace period (exit 137) without podman's "did not die" warning,
+/// and `podman rm --force --time 0` takes a running one away at once. In
+/// both podman waits only a few seconds for the pid-file process after
+/// its SIGKILL, as it does with runc.
+#[test]
+fn stop_after_the_grace_period_and_rm_force() {
+    let _one = one_at_a_time();
+    let mut podman = Podman::new("kill");
+    let script = "trap '' TERM; echo ready; sleep 1000000 & while :; do wait; done";
+    for name in ["k1", "k2"] {
+        podman
+            .run(&["--detach", "--name", name], &["sh", "-c", script])
+            .ok();
+        wait_for(&format!("`podman logs {name}` shows `ready`"), || {
+            let logs = podman.podman(&["logs", name]).ok();
+            logs.stdout
+                .contains("ready")
+                .then_some(())
+                .ok_or(logs.to_string())
         });
     }
 
-    fn type_text(&mut self, text: &str) {
-        self.master.write_all(text.as_bytes()).expect("type");
-    }
+    let stopped = podman.podman(&["stop", "--time", "2", "k1"]).ok();
+    assert!(
+        !stopped.stderr.contains("did not die"),
+        "the pid-file process outlived podman's wait after SIGKILL: {stopped}"
+    );
+    let inspect = podman
+        .podman(&[
+            "inspect",
+            "--format",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "k1",
+        ])
+        .ok();
+    assert_eq!(inspect.stdout.trim(), "exited 137", "{inspect}");
+    podman.podman(&["rm", "k1"]).ok();
 
-    #[track_caller]
-    fn wait(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + COMMAND_PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "the terminal session did not end; it showed:\n{}",
-                    self.seen()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    let removed = podman.podman(&["rm", "--force", "--time", "0", "k2"]).ok();
+    assert!(
+        !removed.stderr.contains("did not die"),
+        "the pid-file process outlived podman's wait after SIGKILL: {removed}"
+    );
+    let left = podman.podman(&["ps", "--all", "--quiet"]).ok();
+    assert!(left.stdout.trim().is_empty(), "`rm -f -t 0` left: {left}");
+    podman.assert_clean();
 }
 
 /// `podman run -it` from a terminal: the container has a tty of the
@@ -348,14 +297,8 @@ fn interactive_run_through_a_pty() {
     let script = "tty; read line; stty size; echo \"got:$line\"; exit 5";
     let command = podman.run_command(&["--rm", "--interactive", "--tty"], &["sh", "-c", script]);
     let mut session = InPty::spawn(command, 33, 111);
-    // runc's terminal is /dev/pts/0 of the container's devpts; runvm's is
-    // still the agent's pty, which the container sees as /dev/console.
-    session.wait_for_text("/dev/");
-    let tty = session.seen();
-    assert!(
-        tty.contains("/dev/pts/") || tty.contains("/dev/console"),
-        "stdin is not a terminal: {tty}"
-    );
+    // A pty of the container's own devpts, as under runc.
+    session.wait_for_text("/dev/pts/0");
     session.type_text("hello\r");
     let status = session.wait();
     session.wait_for_text("got:hello");

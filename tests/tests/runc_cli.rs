@@ -335,7 +335,12 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     let id: &str = &unique("life");
     let hooks = cli.scratch.join("hooks");
     std::fs::create_dir_all(&hooks).expect("hooks dir");
-    let script = "trap 'echo got TERM; exit 7' TERM; echo started; sleep 1000000 & wait";
+    // `wait` is interrupted by a trapped signal (a foreground command
+    // would hold the trap back until it ends, in any shell); the loop
+    // waits again after each USR1.
+    let script = "n=0; trap 'n=$((n+1)); echo got USR1 $n' USR1; \
+                  trap 'echo got TERM; exit 7' TERM; \
+                  echo started; sleep 1000000 & while :; do wait; done";
     // The host cgroup that containerd's shim or podman would name.
     let cgroups_path = format!("{}/life", cli.cgroup_parent);
     let bundle = cli.bundle("bundle", &["sh", "-c", script], |config| {
@@ -397,6 +402,22 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     assert_state_fields(&cli.state(id), id, pid, "running", &bundle);
     assert!(harness::alive(pid), "pid {pid} died at start");
 
+    // Every signal reaches the trapping process, in order: 50 USR1, each
+    // answered before the next is sent (two of a kind pending at once
+    // merge into one, on any kernel).
+    for n in 1..=50 {
+        cli.run(&["kill", id, "USR1"]).ok();
+        let answer = format!("got USR1 {n}\n");
+        wait_for(&format!("the trap answers USR1 number {n}"), || {
+            let text = read_text(&out);
+            if text.contains(&answer) {
+                Ok(())
+            } else {
+                Err(text.lines().last().unwrap_or_default().to_string())
+            }
+        });
+    }
+
     // A detached exec, as containerd's shim and conmon do it.
     let mut process = cli_config(&bundle)["process"].clone();
     process["args"] = json!([
@@ -429,9 +450,11 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     let ps = cli.run(&["ps", "--format", "json", id]).ok();
     let pids: Vec<Value> = serde_json::from_str(&ps.stdout)
         .unwrap_or_else(|e| panic!("`ps --format json` is not a JSON list ({e}): {ps}"));
+    // Every process of the container, as runc lists its cgroup: the init,
+    // its `sleep`, the exec'd shell (and its `sleep` when one runs).
     assert!(
-        pids.len() >= 2 && pids.iter().all(|p| p.as_u64().is_some_and(|p| p > 0)),
-        "`ps --format json` should list the init and the exec'd process: {ps}"
+        pids.len() >= 3 && pids.iter().all(|p| p.as_u64().is_some_and(|p| p > 0)),
+        "`ps --format json` should list the init, its child and the exec'd process: {ps}"
     );
     let table = cli.run(&["ps", id]).ok();
     assert!(
@@ -441,6 +464,10 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
             .next()
             .is_some_and(|h| h.contains("PID")),
         "`ps` prints a table with a PID column: {table}"
+    );
+    assert!(
+        table.stdout.contains("sleep 1000000"),
+        "`ps` shows the init's child with its arguments: {table}"
     );
 
     // A foreground exec: its output, environment, cwd and exit code.
@@ -570,9 +597,21 @@ fn cli_config(bundle: &Path) -> Value {
         .expect("json")
 }
 
+/// Whether the host's cgroups have the hugetlb controller (runc needs it
+/// for any hugepage limit, even 0).
+fn host_has_hugetlb_cgroup() -> bool {
+    Path::new("/sys/fs/cgroup/hugetlb").exists()
+        || std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "hugetlb"))
+}
+
 /// `run` in the foreground: the container's stdout, stderr and exit code
-/// are the command's, and the container is gone when it returns. Also
-/// `--version`, and `state` of an unknown container.
+/// are the command's, and the container is gone when it returns. The
+/// bundle carries what kubelet and podman send: hugepage limits of 0 (for
+/// runc only where the host has a hugetlb cgroup), a block I/O weight, a
+/// tmpfs with tmpcopyup, a recursively read-only bind mount; `features`
+/// lists those mount options. Also `--version`, and `state` of an unknown
+/// container.
 #[test]
 fn run_in_the_foreground() {
     let _one = one_at_a_time();
@@ -580,18 +619,47 @@ fn run_in_the_foreground() {
     let version = cli.run(&["--version"]).ok();
     assert!(version.stdout.contains("version"), "{version}");
     cli.run(&["state", "no-such-container"]).fails();
+    let features: Value =
+        serde_json::from_str(&cli.run(&["features"]).ok().stdout).expect("features is JSON");
+    for option in ["tmpcopyup", "rro", "rbind", "nosuid"] {
+        assert!(
+            features["mountOptions"]
+                .as_array()
+                .is_some_and(|list| list.iter().any(|o| o == option)),
+            "features lacks {option}: {features}"
+        );
+    }
 
     let id: &str = &unique("fg");
-    let bundle = cli.bundle(
-        "bundle",
-        &["sh", "-c", "echo out; echo err >&2; exit 3"],
-        |_| {},
-    );
+    let data = cli.scratch.join("data");
+    std::fs::create_dir_all(data.join("sub")).expect("data dir");
+    let hugepages = cli.runtime.is_runvm || host_has_hugetlb_cgroup();
+    let script = "echo out; cat /run/link; \
+        touch /run/new /data/new /data/sub/new 2>&1 | wc -l; echo err >&2; exit 3";
+    let bundle = cli.bundle("bundle", &["sh", "-c", script], |config| {
+        let resources = &mut config["linux"]["resources"];
+        if hugepages {
+            resources["hugepageLimits"] = json!([
+                {"pageSize": "2MB", "limit": 0}, {"pageSize": "1GB", "limit": 0}
+            ]);
+        }
+        resources["blockIO"] = json!({"weight": 500});
+        let mounts = config["mounts"].as_array_mut().expect("mounts");
+        mounts.push(
+            json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+                           "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]}),
+        );
+        mounts.push(json!({"destination": "/data", "type": "bind",
+                           "source": data.display().to_string(),
+                           "options": ["rbind", "rprivate", "rro"]}));
+    });
     let output = cli
         .run(&["run", "--bundle", &bundle.display().to_string(), id])
         .exits(3);
-    assert_eq!(output.stdout, "out\n", "{output}");
+    // /run is writable; /data and /data/sub are not.
+    assert_eq!(output.stdout, "out\nrun from the image\n2\n", "{output}");
     assert_eq!(output.stderr, "err\n", "{output}");
+    assert!(!data.join("new").exists() && !data.join("sub/new").exists());
     cli.assert_gone(id);
 }
 

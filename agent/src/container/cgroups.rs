@@ -4,9 +4,11 @@
 //!
 //! Device rules (`linux.resources.devices`) are not enforced: the guest's
 //! devices are the few the VM has, and cgroup v2 device control needs BPF,
-//! which the guest kernel leaves out. Block I/O, hugepage, RDMA and network
-//! limits are refused by name; deprecated v1-only memory knobs (kernel,
-//! kernelTCP, swappiness) are ignored, as runc does on v2.
+//! which the guest kernel leaves out. Hugepage and block I/O limits are
+//! written where the guest can enforce them and otherwise accepted when
+//! they are trivially met (see `hugetlb_io`). RDMA and network limits are
+//! refused by name; deprecated v1-only memory knobs (kernel, kernelTCP,
+//! swappiness) are ignored, as runc does on v2.
 
 use std::collections::HashMap;
 use std::fs;
@@ -17,20 +19,69 @@ use std::time::{Duration, Instant};
 use runvm_agent_api::oci::{self, LinuxResources};
 use runvm_agent_api::ContainerStats;
 
+use super::hugetlb_io;
+
 /// Controllers the agent enables for containers when the kernel has them.
-pub const CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids"];
+pub const CONTROLLERS: &[&str] = &["cpu", "cpuset", "hugetlb", "io", "memory", "pids"];
 
 /// One file to write in the container's cgroup directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupWrite {
     pub file: String,
     pub value: String,
+    /// What a missing file means.
+    pub if_missing: IfMissing,
+    /// Written only when this holds.
+    pub only_if: Condition,
 }
 
-fn write(file: &str, value: impl ToString) -> CgroupWrite {
+/// What it means when the file of a [`CgroupWrite`] does not exist: the
+/// guest kernel lacks the controller or the resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMissing {
+    /// The limit cannot be enforced: an error.
+    Fail,
+    /// The limit cannot be exceeded either (no swap to limit, no hugepages
+    /// of that size, no block device under an io controller): nothing to do.
+    Satisfied,
+    /// An error with this explanation.
+    FailWith(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    Always,
+    /// The guest has this block device (major, minor).
+    BlockDevice(u32, u32),
+    /// The cgroup has no such file (an alternative took its place).
+    NoFile(String),
+}
+
+/// A write whose file must exist.
+pub fn write(file: &str, value: impl ToString) -> CgroupWrite {
     CgroupWrite {
         file: file.to_string(),
         value: value.to_string(),
+        if_missing: IfMissing::Fail,
+        only_if: Condition::Always,
+    }
+}
+
+impl CgroupWrite {
+    pub fn if_missing(mut self, what: IfMissing) -> CgroupWrite {
+        self.if_missing = what;
+        self
+    }
+
+    pub fn only_if(mut self, condition: Condition) -> CgroupWrite {
+        self.only_if = condition;
+        self
+    }
+
+    /// Whether it needs a cgroup at all: a write that a missing file
+    /// satisfies is met without one too.
+    pub fn needs_cgroup(&self) -> bool {
+        self.if_missing != IfMissing::Satisfied
     }
 }
 
@@ -72,7 +123,8 @@ pub fn render(resources: &LinuxResources) -> Result<Vec<CgroupWrite>, String> {
         }
         if let Some(swap) = memory.swap {
             if let Some(value) = swap_max(memory.limit, swap)? {
-                out.push(write("memory.swap.max", value));
+                // Missing when the guest has no swap: nothing to limit.
+                out.push(write("memory.swap.max", value).if_missing(IfMissing::Satisfied));
             }
         }
         if memory.disable_oom_killer == Some(true) {
@@ -118,11 +170,11 @@ pub fn render(resources: &LinuxResources) -> Result<Vec<CgroupWrite>, String> {
             },
         ));
     }
-    if resources.block_io.is_some() {
-        return Err("block I/O limits (linux.resources.blockIO) are not supported by runvm".into());
+    if let Some(limits) = &resources.hugepage_limits {
+        out.extend(hugetlb_io::hugepage_writes(limits)?);
     }
-    if oci::is_set(&resources.hugepage_limits) {
-        return Err("hugepage limits are not supported by runvm".into());
+    if let Some(block_io) = &resources.block_io {
+        out.extend(hugetlb_io::block_io_writes(block_io)?);
     }
     if oci::is_set(&resources.rdma) {
         return Err("RDMA limits are not supported by runvm".into());
@@ -221,21 +273,41 @@ impl Cgroup {
         Ok(Cgroup { path })
     }
 
-    /// Writes the limits. A missing memory.swap.max means the guest has no
-    /// swap, so there is nothing to limit.
+    /// Writes the limits, each as its [`IfMissing`] and [`Condition`] say.
     pub fn apply(&self, writes: &[CgroupWrite]) -> io::Result<()> {
+        self.apply_with(writes, Path::new("/sys/dev/block"))
+    }
+
+    /// [`Cgroup::apply`] with the guest's block devices listed in
+    /// `dev_block` (`MAJOR:MINOR` entries, as /sys/dev/block has them).
+    pub fn apply_with(&self, writes: &[CgroupWrite], dev_block: &Path) -> io::Result<()> {
         for w in writes {
-            let path = self.path.join(&w.file);
-            match fs::write(&path, &w.value) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound && w.file == "memory.swap.max" => {}
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("cannot set {} to {:?}: {e}", w.file, w.value),
-                    ))
+            let wanted = match &w.only_if {
+                Condition::Always => true,
+                Condition::BlockDevice(major, minor) => {
+                    dev_block.join(format!("{major}:{minor}")).exists()
                 }
+                Condition::NoFile(file) => !self.path.join(file).exists(),
+            };
+            if !wanted {
+                continue;
             }
+            // Without O_CREAT: a file the kernel does not offer is then
+            // ENOENT (cgroupfs refuses to create one with EACCES).
+            let written = fs::OpenOptions::new()
+                .write(true)
+                .open(self.path.join(&w.file))
+                .and_then(|mut f| io::Write::write_all(&mut f, w.value.as_bytes()));
+            let e = match written {
+                Ok(()) => continue,
+                Err(e) => e,
+            };
+            let message = match (&w.if_missing, e.kind()) {
+                (IfMissing::Satisfied, io::ErrorKind::NotFound) => continue,
+                (IfMissing::FailWith(why), io::ErrorKind::NotFound) => why.clone(),
+                _ => format!("cannot set {} to {:?}: {e}", w.file, w.value),
+            };
+            return Err(io::Error::new(e.kind(), message));
         }
         Ok(())
     }
@@ -454,9 +526,8 @@ mod tests {
             r#"{"memory":{"swap":100}}"#,
             r#"{"memory":{"limit":200,"swap":100}}"#,
             r#"{"memory":{"disableOOMKiller":true}}"#,
-            r#"{"blockIO":{"weight":10}}"#,
             r#"{"cpu":{"realtimeRuntime":1000}}"#,
-            r#"{"hugepageLimits":[{"pageSize":"2MB","limit":1}]}"#,
+            r#"{"rdma":{"mlx5_1":{"hcaHandles":3}}}"#,
         ] {
             assert!(render(&resources(json)).is_err(), "{json}");
         }
@@ -466,6 +537,20 @@ mod tests {
         ))
         .unwrap()
         .is_empty());
+    }
+
+    #[test]
+    fn a_missing_file_fails_unless_the_limit_is_met_without_it() {
+        let dir = std::env::temp_dir().join(format!("runvm-cg-missing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cgroup = Cgroup { path: dir.clone() };
+        // No swap in the guest: memory.swap.max is missing, nothing to limit.
+        let swap = render(&resources(r#"{"memory":{"limit":100,"swap":200}}"#)).unwrap();
+        assert_eq!(swap[1].file, "memory.swap.max");
+        assert!(cgroup.apply(&swap[1..]).is_ok());
+        let err = cgroup.apply(&swap[..1]).unwrap_err().to_string();
+        assert!(err.contains("memory.max"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -481,8 +566,8 @@ mod tests {
     #[test]
     fn only_missing_wanted_controllers_are_enabled() {
         assert_eq!(
-            controllers_to_enable("cpuset cpu io memory pids", "memory"),
-            Some("+cpuset +cpu +pids".into())
+            controllers_to_enable("cpuset cpu io memory hugetlb pids rdma", "memory"),
+            Some("+cpuset +cpu +io +hugetlb +pids".into())
         );
         assert_eq!(controllers_to_enable("memory pids", "memory pids"), None);
         assert_eq!(controllers_to_enable("", ""), None);

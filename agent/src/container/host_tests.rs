@@ -52,10 +52,17 @@ impl Rootfs {
         ] {
             std::fs::create_dir_all(rootfs.join(sub)).unwrap();
         }
+        // As in images: a tmpfs mounted there takes this mode, as with runc.
+        std::fs::set_permissions(
+            rootfs.join("tmp"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
         std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
         for applet in [
             "sh", "echo", "cat", "id", "hostname", "ls", "sleep", "touch", "env", "pwd", "grep",
             "mkdir", "readlink", "stat", "true", "false", "wc", "head", "ps", "tr", "stty",
+            "uname", "cut",
         ] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
@@ -186,9 +193,30 @@ fn a_container_is_isolated_as_its_spec_says() {
              grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/1/status | tr -d '\\t' | tr '\\n' ' '; echo; \
              ls /dev | tr '\\n' ' '; echo; \
              echo $(readlink /dev/ptmx) $(readlink /dev/stdout); \
-             ls /hostroot/escape | wc -l";
-        let (process, pid) =
-            created(&mut client, create_request("iso", &rootfs, spec(script))).await;
+             ls /hostroot/escape | wc -l; \
+             echo etc=$(cat /etc/profile.d/x.sh) $(readlink /etc/mtab) $(stat -c %a /etc); \
+             touch /etc/new 2>/dev/null && echo etc-writable || echo etc-readonly; \
+             stat -c %a /tmp; \
+             uname -m; cut -d' ' -f19 /proc/self/stat";
+        // A read-only tmpfs over /etc with the image's content copied up,
+        // and tmpcopyup of an empty /tmp.
+        let etc = rootfs.dir.join("rootfs/etc");
+        std::fs::create_dir(etc.join("profile.d")).unwrap();
+        std::fs::write(etc.join("profile.d/x.sh"), "copied").unwrap();
+        std::os::unix::fs::symlink("/proc/mounts", etc.join("mtab")).unwrap();
+        std::fs::set_permissions(&etc, std::os::unix::fs::PermissionsExt::from_mode(0o751))
+            .unwrap();
+        let mut spec = spec(script);
+        spec["mounts"][6]["options"] = json!(["nosuid", "tmpcopyup"]);
+        // Scheduling attributes, taken on before the user changes.
+        spec["linux"]["personality"] = json!({"domain": "LINUX32"});
+        spec["process"]["scheduler"] = json!({"policy": "SCHED_BATCH", "nice": 3});
+        spec["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_BE", "priority": 2});
+        spec["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/etc", "type": "tmpfs", "source": "tmpfs",
+            "options": ["ro", "nosuid", "tmpcopyup"]
+        }));
+        let (process, pid) = created(&mut client, create_request("iso", &rootfs, spec)).await;
         assert!(pid > 0 && process > 0);
         assert_eq!(status(&mut client, "iso").await, ContainerStatus::Created);
         // Held before the program: nothing written yet.
@@ -236,6 +264,11 @@ fn a_container_is_isolated_as_its_spec_says() {
         // The tmpfs went onto rootfs/escape (the symlink resolved in the
         // root), not onto the host's /escape.
         assert!(!Path::new("/escape").exists());
+        assert_eq!(lines[10], "etc=copied /proc/mounts 751");
+        assert_eq!(lines[11], "etc-readonly");
+        assert_eq!(lines[12], "1777");
+        assert_eq!(lines[13], "i686");
+        assert_eq!(lines[14], "3");
         assert_eq!(status(&mut client, "iso").await, ContainerStatus::Stopped);
         done(
             client
@@ -451,7 +484,7 @@ fn a_terminal_container_has_its_console() {
         let mut term = guest.stream(300).await;
         let mut with_terminal = spec(
             "test -t 0 && echo is-a-tty; test -c /dev/console && echo has-console; \
-             stty size",
+             stty size; tty; ls /dev/pts",
         );
         with_terminal["process"]["terminal"] = json!(true);
         with_terminal["process"]["consoleSize"] = json!({"height": 33, "width": 101});
@@ -469,7 +502,11 @@ fn a_terminal_container_has_its_console() {
         );
         assert_eq!(wait(&mut client, "tty").await, ExitStatus::Code(0));
         let text = String::from_utf8(read_all(&mut term).await).unwrap();
-        assert_eq!(text, "is-a-tty\r\nhas-console\r\n33 101\r\n");
+        // The first pty of the container's own devpts, as under runc.
+        assert_eq!(
+            text,
+            "is-a-tty\r\nhas-console\r\n33 101\r\n/dev/pts/0\r\n0     ptmx\r\n"
+        );
         done(
             client
                 .call(RequestBody::DeleteContainer {

@@ -28,9 +28,11 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
-use super::paths::{self, create_file, fd_path, mkdir_all, open_in_root};
+use super::paths::{self, fd_path, mkdir_all};
+use super::rootfs::{bind_remount, c, make_dev, make_readonly, mask, mount, mount_one};
 use super::seccomp::SeccompProgram;
-use super::spec::{ContainerPlan, MountKind, MountPlan, ProcessPlan, DEV_SYMLINKS};
+use super::spec::{ContainerPlan, ProcessPlan};
+use super::terminal;
 
 /// Stage 1 → agent: stage 2's pid (4 bytes, native order).
 pub const MSG_PID: u8 = b'P';
@@ -140,7 +142,7 @@ fn errno(what: impl std::fmt::Display) -> String {
     format!("{what}: {}", io::Error::last_os_error())
 }
 
-fn check(ret: libc::c_int, what: impl std::fmt::Display) -> Result<(), String> {
+pub fn check(ret: libc::c_int, what: impl std::fmt::Display) -> Result<(), String> {
     if ret < 0 {
         Err(errno(what))
     } else {
@@ -242,6 +244,14 @@ fn stage2(l: &Launch<'_>) -> Result<Never, String> {
             })
         }
         Job::Exec { process, seccomp } => {
+            if l.terminal {
+                // The root of the container's mount namespace, joined.
+                let root = paths::open_dir(Path::new("/"))
+                    .map_err(|e| format!("cannot open the container's root: {e}"))?;
+                // SAFETY: `root` stays open for the call.
+                let root_fd = unsafe { BorrowedFd::borrow_raw(root.as_raw_fd()) };
+                terminal::open_in_container(root_fd, false, l.sync)?;
+            }
             if let Some(adj) = process.oom_score_adj {
                 std::fs::write("/proc/self/oom_score_adj", adj.to_string())
                     .map_err(|e| format!("cannot set oom_score_adj: {e}"))?;
@@ -251,7 +261,8 @@ fn stage2(l: &Launch<'_>) -> Result<Never, String> {
     }
 }
 
-/// Signal mask, session, stdio, controlling terminal.
+/// Signal mask, session, stdio (a terminal comes later: see
+/// [`terminal`]).
 fn start_process(l: &Launch<'_>) -> Result<(), String> {
     // SAFETY: plain syscalls on our own state and descriptors.
     unsafe {
@@ -267,64 +278,8 @@ fn start_process(l: &Launch<'_>) -> Result<(), String> {
                 "cannot set up stdio (dup2)",
             )?;
         }
-        if l.terminal {
-            check(
-                libc::ioctl(0, libc::TIOCSCTTY, 0),
-                "cannot take the terminal (TIOCSCTTY)",
-            )?;
-        }
     }
     Ok(())
-}
-
-fn c(path: &Path) -> Result<CString, String> {
-    use std::os::unix::ffi::OsStrExt;
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| format!("{} contains a NUL byte", path.display()))
-}
-
-fn mount(
-    source: Option<&str>,
-    target: &str,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> nix::Result<()> {
-    nix::mount::mount(source, target, fstype, flags, data)
-}
-
-/// Flags of the mount at `target` that a bind remount must keep (in a user
-/// namespace the kernel refuses to drop locked ones).
-fn mount_flags(target: &str) -> MsFlags {
-    match nix::sys::statvfs::statvfs(target) {
-        Ok(st) => {
-            use nix::sys::statvfs::FsFlags;
-            let f = st.flags();
-            let mut flags = MsFlags::empty();
-            for (have, ms) in [
-                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-                (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-                (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-                (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-                (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
-            ] {
-                if f.contains(have) {
-                    flags |= ms;
-                }
-            }
-            flags
-        }
-        Err(_) => MsFlags::empty(),
-    }
-}
-
-/// Remounts the bind mount at `target` with `set` added and `cleared`
-/// removed from its current flags.
-fn bind_remount(target: &str, set: MsFlags, cleared: MsFlags) -> Result<(), String> {
-    let flags = ((mount_flags(target) - cleared) | set) | MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
-    mount(None, target, None, flags, None).map_err(|e| format!("cannot remount {target}: {e}"))
 }
 
 fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
@@ -351,7 +306,10 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
             .map_err(|e| format!("mount on {}: {e}", m.destination.display()))?;
     }
     if plan.setup_dev {
-        make_dev(root_fd, plan, new_userns, l.terminal)?;
+        make_dev(root_fd, plan, new_userns)?;
+    }
+    if l.terminal {
+        terminal::open_in_container(root_fd, true, l.sync)?;
     }
     for path in &plan.masked_paths {
         mask(root_fd, path).map_err(|e| format!("masking {}: {e}", path.display()))?;
@@ -386,219 +344,6 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
             .map_err(|e| format!("cannot set oom_score_adj: {e}"))?;
     }
     pivot_root(&root)
-}
-
-fn mount_one(
-    root: BorrowedFd<'_>,
-    m: &MountPlan,
-    plan: &ContainerPlan,
-    cgroup_dir: Option<&Path>,
-) -> Result<(), String> {
-    let o = &m.options;
-    let dest = &m.destination;
-    let io_err = |what: &str, e: io::Error| format!("{what}: {e}");
-    match &m.kind {
-        MountKind::Bind { source } => {
-            let is_dir = std::fs::metadata(source)
-                .map_err(|e| io_err(&format!("bind source {}", source.display()), e))?
-                .is_dir();
-            let target = if is_dir {
-                mkdir_all(root, dest, 0o755)
-            } else {
-                create_file(root, dest, 0o644)
-            }
-            .map_err(|e| io_err("mount point", e))?;
-            let source = source.to_str().ok_or("the bind source is not UTF-8")?;
-            mount(
-                Some(source),
-                &fd_path(&target),
-                None,
-                MsFlags::MS_BIND | (o.flags & MsFlags::MS_REC),
-                None,
-            )
-            .map_err(|e| format!("bind {source}: {e}"))?;
-            let set = o.bind_remount_flags();
-            if !set.is_empty() || !o.cleared.is_empty() {
-                let top =
-                    open_in_root(root, dest, libc::O_PATH, 0).map_err(|e| io_err("reopen", e))?;
-                bind_remount(&fd_path(&top), set, o.cleared)?;
-            }
-        }
-        MountKind::Fs { fstype, source } => {
-            let target = mkdir_all(root, dest, 0o755).map_err(|e| io_err("mount point", e))?;
-            let flags = o.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
-            let data = (!o.data.is_empty()).then_some(o.data.as_str());
-            mount(Some(source), &fd_path(&target), Some(fstype), flags, data)
-                .map_err(|e| format!("{fstype}: {e}"))?;
-        }
-        MountKind::Cgroup => {
-            let target = mkdir_all(root, dest, 0o755).map_err(|e| io_err("mount point", e))?;
-            let flags = o.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
-            match cgroup_dir {
-                // Without a cgroup namespace, show the container its own
-                // cgroup only, as runc does.
-                Some(dir) if !plan.has_namespace(libc::CLONE_NEWCGROUP) => {
-                    let dir = dir.to_str().ok_or("the cgroup path is not UTF-8")?;
-                    mount(Some(dir), &fd_path(&target), None, MsFlags::MS_BIND, None)
-                        .map_err(|e| format!("bind {dir}: {e}"))?;
-                    let top = open_in_root(root, dest, libc::O_PATH, 0)
-                        .map_err(|e| io_err("reopen", e))?;
-                    bind_remount(
-                        &fd_path(&top),
-                        flags & super::mountopts::REMOUNT_FLAGS,
-                        o.cleared,
-                    )?;
-                }
-                _ => mount(
-                    Some("cgroup2"),
-                    &fd_path(&target),
-                    Some("cgroup2"),
-                    flags,
-                    None,
-                )
-                .map_err(|e| format!("cgroup2: {e}"))?,
-            }
-        }
-    }
-    for propagation in &o.propagation {
-        let top = open_in_root(root, dest, libc::O_PATH, 0).map_err(|e| io_err("reopen", e))?;
-        mount(None, &fd_path(&top), None, *propagation, None)
-            .map_err(|e| format!("propagation: {e}"))?;
-    }
-    Ok(())
-}
-
-/// Default devices (or the spec's), the /dev symlinks, and the console.
-fn make_dev(
-    root: BorrowedFd<'_>,
-    plan: &ContainerPlan,
-    new_userns: bool,
-    terminal: bool,
-) -> Result<(), String> {
-    for device in &plan.devices {
-        let what = |e: String| format!("device {}: {e}", device.path.display());
-        if new_userns {
-            // mknod is not allowed in a user namespace: bind the guest's.
-            let target = create_file(root, &device.path, 0o644).map_err(|e| what(e.to_string()))?;
-            let source = device
-                .path
-                .to_str()
-                .ok_or_else(|| what("not UTF-8".into()))?;
-            mount(
-                Some(source),
-                &fd_path(&target),
-                None,
-                MsFlags::MS_BIND,
-                None,
-            )
-            .map_err(|e| what(e.to_string()))?;
-            continue;
-        }
-        let parent = device.path.parent().unwrap_or(Path::new("/dev"));
-        let name = device
-            .path
-            .file_name()
-            .ok_or_else(|| what("no file name".into()))?;
-        let dir = mkdir_all(root, parent, 0o755).map_err(|e| what(e.to_string()))?;
-        let name = c(Path::new(name))?;
-        let dev = libc::makedev(device.major, device.minor);
-        // SAFETY: mknodat(2)/fchownat(2) relative to a directory we resolved
-        // in the root, with a plain file name.
-        unsafe {
-            if libc::mknodat(dir.as_raw_fd(), name.as_ptr(), device.mode, dev) < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::EEXIST) {
-                    return Err(what(e.to_string()));
-                }
-                continue;
-            }
-            if (device.uid, device.gid) != (0, 0) {
-                check(
-                    libc::fchownat(
-                        dir.as_raw_fd(),
-                        name.as_ptr(),
-                        device.uid,
-                        device.gid,
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    ),
-                    format_args!("chown {}", device.path.display()),
-                )?;
-            }
-        }
-    }
-    let dev = mkdir_all(root, Path::new("/dev"), 0o755).map_err(|e| format!("/dev: {e}"))?;
-    for (link, target) in DEV_SYMLINKS {
-        let name = c(Path::new(link)
-            .strip_prefix("/dev")
-            .unwrap_or(Path::new(link)))?;
-        let target = c(Path::new(target))?;
-        // SAFETY: symlinkat(2) in the resolved /dev.
-        if unsafe { libc::symlinkat(target.as_ptr(), dev.as_raw_fd(), name.as_ptr()) } < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(format!("symlink {link}: {e}"));
-            }
-        }
-    }
-    if terminal {
-        // The terminal (our stdin by now) is the container's console.
-        let console = create_file(root, Path::new("/dev/console"), 0o666)
-            .map_err(|e| format!("/dev/console: {e}"))?;
-        // By its path: the descriptor's mount is in the agent's mount
-        // namespace, which a bind mount may not take from; the path finds
-        // this namespace's copy of it.
-        let pts = std::fs::read_link("/proc/self/fd/0")
-            .map_err(|e| format!("the terminal's path: {e}"))?;
-        let pts = pts.to_str().ok_or("the terminal's path is not UTF-8")?;
-        mount(Some(pts), &fd_path(&console), None, MsFlags::MS_BIND, None)
-            .map_err(|e| format!("/dev/console from {pts}: {e}"))?;
-    }
-    Ok(())
-}
-
-fn missing(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ENOENT)
-}
-
-/// /dev/null over a file, an empty read-only tmpfs over a directory.
-fn mask(root: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
-    let fd = match open_in_root(root, path, libc::O_PATH, 0) {
-        Ok(fd) => fd,
-        Err(e) if missing(&e) => return Ok(()),
-        Err(e) => return Err(e.to_string()),
-    };
-    let target = fd_path(&fd);
-    if paths::is_dir(&fd).map_err(|e| e.to_string())? {
-        mount(
-            Some("tmpfs"),
-            &target,
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY,
-            None,
-        )
-    } else {
-        mount(Some("/dev/null"), &target, None, MsFlags::MS_BIND, None)
-    }
-    .map_err(|e| e.to_string())
-}
-
-fn make_readonly(root: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
-    let fd = match open_in_root(root, path, libc::O_PATH, 0) {
-        Ok(fd) => fd,
-        Err(e) if missing(&e) => return Ok(()),
-        Err(e) => return Err(e.to_string()),
-    };
-    let target = fd_path(&fd);
-    mount(
-        Some(target.as_str()),
-        &target,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
-    let top = open_in_root(root, path, libc::O_PATH, 0).map_err(|e| e.to_string())?;
-    bind_remount(&fd_path(&top), MsFlags::MS_RDONLY, MsFlags::empty())
 }
 
 /// Makes `root` the root: pivot_root(".", ".") stacks the old root on the
@@ -687,14 +432,17 @@ fn capset(plan: &super::spec::CapsPlan) -> Result<(), String> {
     check(ret as libc::c_int, "cannot set the capabilities (capset)")
 }
 
-/// The process part: limits, user, capabilities, directory, environment,
-/// seccomp, then exec. `before_exec` runs last before the late seccomp
+/// The process part: scheduling attributes, limits, user, capabilities,
+/// directory, environment, seccomp, then exec. `before_exec` runs last before the late seccomp
 /// filter (the init waits for start there).
 fn finish(
     process: &ProcessPlan,
     seccomp: Option<&SeccompProgram>,
     before_exec: impl FnOnce() -> Result<(), String>,
 ) -> Result<Never, String> {
+    // While the process is still privileged (a real-time policy needs
+    // CAP_SYS_NICE).
+    process.attrs.apply()?;
     for r in &process.rlimits {
         let limit = libc::rlimit {
             rlim_cur: r.soft,
@@ -851,7 +599,15 @@ fn find_program(program: &CStr, env: &[String]) -> Result<CString, String> {
         .to_str()
         .map_err(|_| "the program name is not UTF-8")?;
     if name.contains('/') {
-        return Ok(program.to_owned());
+        // Checked here, before the init reports ready, so that a missing
+        // program fails `create` as with runc, not `start`.
+        use std::os::unix::fs::PermissionsExt;
+        return match std::fs::metadata(name) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(program.to_owned()),
+            Ok(m) if m.is_dir() => Err(format!("exec: {name:?}: is a directory")),
+            Ok(_) => Err(format!("exec: {name:?}: permission denied")),
+            Err(e) => Err(format!("exec: {name:?}: stat {name}: {e}")),
+        };
     }
     let path = env
         .iter()
@@ -893,7 +649,16 @@ mod tests {
         let env = vec!["PATH=/nonexistent:/bin:/usr/bin".to_string()];
         let sh = find_program(c"sh", &env).unwrap();
         assert!(sh.to_str().unwrap().ends_with("/sh"));
-        assert_eq!(find_program(c"./x", &env).unwrap().to_str().unwrap(), "./x");
+        assert_eq!(
+            find_program(c"/bin/sh", &env).unwrap().to_str().unwrap(),
+            "/bin/sh"
+        );
+        let missing = find_program(c"/no/such/binary", &env).unwrap_err();
+        assert!(missing.contains("stat /no/such/binary"), "{missing}");
+        assert!(find_program(c"/", &env).unwrap_err().contains("directory"));
+        assert!(find_program(c"/etc/passwd", &env)
+            .unwrap_err()
+            .contains("permission"));
         let err = find_program(c"no-such-program-here", &env).unwrap_err();
         assert!(err.contains("not found"));
     }

@@ -1,13 +1,19 @@
 //! OCI containers in the guest, the way runc makes them on a host: the
 //! requests `CreateContainer`, `StartContainer`, `ExecInContainer`,
 //! `SignalContainer`, `WaitContainer`, `DeleteContainer`, `ContainerState`,
-//! `ContainerStats` and `WaitEvent`.
+//! `ContainerStats`, `ContainerProcesses` and `WaitEvent`.
 //!
 //! - `spec` checks an OCI spec and turns it into a plan, before any fork.
 //! - `init` is what the container's processes run between fork and exec.
-//! - `paths` resolves paths inside a root filesystem (openat2).
+//! - `control`: the requests on containers that exist (signal, wait,
+//!   delete, state, stats, freeze, update, events).
+//! - `paths` resolves paths inside a root filesystem (openat2); `rootfs`
+//!   builds the container's mount tree there.
 //! - `mountopts`, `seccomp`, `cgroups`: mount options, the seccomp filter,
-//!   the cgroup v2 limits and figures.
+//!   the cgroup v2 limits and figures; `hugetlb_io` the hugepage and block
+//!   I/O limits, `tmpfs` tmpfs mounts and their tmpcopyup, `procattrs`
+//!   a process's scheduler, I/O priority, CPU affinity and personality;
+//!   `procs` what runs in a container; `terminal` its pty.
 //!
 //! The init process is an ordinary entry of the process table (its id
 //! comes back from `CreateContainer`); the container keeps its own record
@@ -17,11 +23,18 @@
 //! end.
 
 pub mod cgroups;
+mod control;
+pub mod hugetlb_io;
 pub mod init;
 pub mod mountopts;
 pub mod paths;
+pub mod procattrs;
+mod procs;
+pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
+mod terminal;
+pub mod tmpfs;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -31,12 +44,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use runvm_agent_api::{
-    validate_container_id, AgentError, ContainerEvent, ContainerState, ContainerStatus,
-    CreateContainerRequest, ErrorKind, ExecInContainerRequest, ExitStatus, ResponseBody,
+    validate_container_id, AgentError, ContainerEvent, ContainerStatus, CreateContainerRequest,
+    ErrorKind, ExecInContainerRequest, ExitStatus, ResponseBody,
 };
 use tokio::sync::{watch, Notify};
 use tokio::task::spawn_local;
 use tokio::time::timeout;
+
+pub use control::{delete, freeze, processes, signal, state, stats, update, wait, wait_event};
 
 use crate::exec::{self, invalid, system, ChildStdio};
 use crate::fdio::Fd;
@@ -74,6 +89,8 @@ struct Container {
     /// The namespaces an exec joins: (CLONE_NEW* flag, name in /proc/<pid>/ns).
     namespaces: Vec<(libc::c_int, &'static str)>,
     seccomp: Option<Rc<SeccompProgram>>,
+    /// The container's personality, which execs take on too.
+    personality: Option<libc::c_ulong>,
     /// Pids of live execs (for `all` without a cgroup).
     execs: Vec<i32>,
     oom_kills: u64,
@@ -185,6 +202,56 @@ async fn recv(sync: &Fd, patience: Duration) -> Result<Option<Vec<u8>>, AgentErr
     }
 }
 
+/// The next message from a container's process after the go, taking a
+/// terminal's master ([`terminal::MSG_TERMINAL`]) on the way: its pump is
+/// made, it gets the size asked for, and the process table learns it (for
+/// later resizes).
+async fn recv_past_terminal(
+    agent: &Agent,
+    sync: &Fd,
+    process: u64,
+    pending: &mut Option<exec::PendingTerminal>,
+    size: Option<(u16, u16)>,
+    pumps: &mut Vec<exec::Pump>,
+) -> Result<Option<Vec<u8>>, AgentError> {
+    let patience = agent.limits.container_setup;
+    loop {
+        let mut buf = vec![0u8; init::MSG_MAX];
+        let (n, fd) = match timeout(patience, sync.recv_with_fd(&mut buf)).await {
+            Err(_) => {
+                return Err(system(format!(
+                    "the container process did not answer within {patience:?}"
+                )))
+            }
+            Ok(Err(e)) => return Err(system(format!("the container sync socket: {e}"))),
+            Ok(Ok(got)) => got,
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        if buf[0] != terminal::MSG_TERMINAL {
+            return Ok(Some(buf));
+        }
+        let (Some(fd), Some(make_pump)) = (fd, pending.take()) else {
+            return Err(system(
+                "the container process sent a terminal nobody asked for",
+            ));
+        };
+        terminal::check_master(&fd).map_err(system)?;
+        let master =
+            Fd::new_nonblocking(fd).map_err(|e| system(format!("cannot register the pty: {e}")))?;
+        let master = Rc::new(master);
+        if let Some((rows, columns)) = size {
+            let _ = exec::resize(&master, rows, columns);
+        }
+        if let Some(io) = agent.processes.borrow_mut().io_mut(process) {
+            io.terminal = Some(Rc::downgrade(&master));
+        }
+        pumps.push(make_pump(master));
+    }
+}
+
 fn error_text(msg: &[u8]) -> String {
     String::from_utf8_lossy(&msg[1..]).into_owned()
 }
@@ -259,7 +326,7 @@ fn make_cgroup(
         (c.cgroup_root.clone(), c.controllers_ready)
     };
     let Some(root) = root else {
-        if !plan.resources.is_empty() {
+        if plan.resources.iter().any(|w| w.needs_cgroup()) {
             return Err(system(
                 "resource limits need cgroup v2, which this agent does not have",
             ));
@@ -334,8 +401,8 @@ pub async fn create(
     let ChildStdio {
         fds,
         io,
-        pumps,
-        master,
+        mut pumps,
+        terminal: mut pending_terminal,
     } = exec::prepare_stdio(stdio, agent.limits.linger)?;
     let mut join = Vec::new();
     for ns in plan.namespaces.iter() {
@@ -384,7 +451,17 @@ pub async fn create(
             return Err(e);
         }
     };
-    match recv(&sync, agent.limits.container_setup).await {
+    let size = plan.process.console_size;
+    match recv_past_terminal(
+        agent,
+        &sync,
+        process,
+        &mut pending_terminal,
+        size,
+        &mut pumps,
+    )
+    .await
+    {
         Ok(Some(msg)) if msg.first() == Some(&init::MSG_READY) => {}
         Ok(Some(msg)) if msg.first() == Some(&init::MSG_ERROR) => {
             abandon(Some(pid), cgroup);
@@ -404,17 +481,13 @@ pub async fn create(
             return Err(e);
         }
     }
-    if let (Some(master), Some((rows, columns))) = (&master, plan.process.console_size) {
-        let _ = exec::resize(master, rows, columns);
-    }
-    drop(master);
     for pump in pumps {
         spawn_local(pump);
     }
     let (exited, _) = watch::channel(None);
     let oom_watch = cgroup
         .as_ref()
-        .and_then(|c| watch_oom(agent, &c.events_file()));
+        .and_then(|c| control::watch_oom(agent, &c.events_file()));
     let container = Container {
         rootfs: request.rootfs,
         process,
@@ -425,6 +498,7 @@ pub async fn create(
         cgroup,
         namespaces: plan.namespaces.iter().map(|n| (n.flag, n.name)).collect(),
         seccomp: plan.seccomp.map(Rc::new),
+        personality: plan.process.attrs.personality,
         execs: Vec::new(),
         oom_kills: 0,
         oom_watch,
@@ -471,7 +545,7 @@ pub async fn exec_in(
     request: ExecInContainerRequest,
 ) -> Result<ResponseBody, AgentError> {
     let id = request.id.clone();
-    let (init_pid, namespaces, cgroup, seccomp) = {
+    let (init_pid, namespaces, cgroup, seccomp, personality) = {
         let containers = agent.containers.borrow();
         let c = containers.get(&id)?;
         if c.status == ContainerStatus::Stopped {
@@ -482,9 +556,12 @@ pub async fn exec_in(
             c.namespaces.clone(),
             c.cgroup.clone(),
             c.seccomp.clone(),
+            c.personality,
         )
     };
-    let process = spec::process_plan(&request.process, &spec::passed_on_env()).map_err(invalid)?;
+    let mut process =
+        spec::process_plan(&request.process, &spec::passed_on_env()).map_err(invalid)?;
+    process.attrs.personality = personality;
     let terminal = process.terminal;
     let tokens = exec::stream_tokens(terminal, request.stdin, request.stdout, request.stderr)?;
     let streams = server::take_streams(agent, &tokens).await?;
@@ -496,8 +573,8 @@ pub async fn exec_in(
     let ChildStdio {
         fds,
         io,
-        pumps,
-        master,
+        mut pumps,
+        terminal: mut pending_terminal,
     } = exec::prepare_stdio(stdio, agent.limits.linger)?;
     let mut join = Vec::new();
     for (flag, name) in namespaces {
@@ -532,7 +609,17 @@ pub async fn exec_in(
         .map_err(|e| system(format!("cannot register the sync socket: {e}")))?;
     let argv = strings(&process.args);
     let (process_id, pid) = adopt(agent, &sync, &argv, io, None).await?;
-    match recv(&sync, agent.limits.container_setup).await {
+    let size = process.console_size;
+    match recv_past_terminal(
+        agent,
+        &sync,
+        process_id,
+        &mut pending_terminal,
+        size,
+        &mut pumps,
+    )
+    .await
+    {
         // End of file: the program is running (the socket closed on exec).
         Ok(None) => {}
         Ok(Some(msg)) if msg.first() == Some(&init::MSG_ERROR) => {
@@ -551,10 +638,6 @@ pub async fn exec_in(
             return Err(e);
         }
     }
-    if let (Some(master), Some((rows, columns))) = (&master, process.console_size) {
-        let _ = exec::resize(master, rows, columns);
-    }
-    drop(master);
     for pump in pumps {
         spawn_local(pump);
     }
@@ -565,281 +648,6 @@ pub async fn exec_in(
         process: process_id,
         pid,
     })
-}
-
-pub fn signal(agent: &Agent, id: &str, signal: i32, all: bool) -> Result<ResponseBody, AgentError> {
-    if !(1..=libc::SIGRTMAX()).contains(&signal) {
-        return Err(invalid(format!("no signal {signal}")));
-    }
-    let containers = agent.containers.borrow();
-    let c = containers.get(id)?;
-    if c.status == ContainerStatus::Stopped && !all {
-        return Err(conflict(format!("container {id:?} is not running")));
-    }
-    if all {
-        if let Some(cgroup) = &c.cgroup {
-            return cgroup
-                .signal_all(signal)
-                .map(|()| ResponseBody::Done)
-                .map_err(|e| system(e.to_string()));
-        }
-        for pid in &c.execs {
-            let _ = kill(*pid, signal);
-        }
-        if c.status == ContainerStatus::Stopped {
-            return Ok(ResponseBody::Done);
-        }
-    }
-    kill(c.pid, signal)
-        .map(|()| ResponseBody::Done)
-        .map_err(|e| system(format!("kill({}, {signal}): {e}", c.pid)))
-}
-
-pub async fn wait(agent: &Agent, id: &str) -> Result<ResponseBody, AgentError> {
-    let (process, mut exited) = {
-        let containers = agent.containers.borrow();
-        let c = containers.get(id)?;
-        (c.process, c.exited.subscribe())
-    };
-    let status = exited
-        .wait_for(Option::is_some)
-        .await
-        .map(|s| *s)
-        .map_err(|_| not_found(format!("container {id:?} was deleted")))?;
-    match status {
-        Some(status) => Ok(ResponseBody::Exited { process, status }),
-        None => Err(system("no status")),
-    }
-}
-
-pub async fn delete(agent: &Agent, id: &str, force: bool) -> Result<ResponseBody, AgentError> {
-    let (pid, alive, cgroup, execs, mut exited) = {
-        let containers = agent.containers.borrow();
-        let c = containers.get(id)?;
-        if c.status == ContainerStatus::Running && !force {
-            return Err(conflict(format!(
-                "container {id:?} is running; stop it first or delete with force"
-            )));
-        }
-        (
-            c.pid,
-            c.status != ContainerStatus::Stopped,
-            c.cgroup.clone(),
-            c.execs.clone(),
-            c.exited.subscribe(),
-        )
-    };
-    if alive {
-        let _ = kill(pid, libc::SIGKILL);
-    }
-    match &cgroup {
-        Some(cgroup) => {
-            let _ = cgroup.signal_all(libc::SIGKILL);
-        }
-        None => {
-            for pid in execs {
-                let _ = kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-    if alive {
-        let ended = timeout(Duration::from_secs(10), exited.wait_for(Option::is_some)).await;
-        if ended.is_err() {
-            return Err(system(format!(
-                "the init of container {id:?} did not end after SIGKILL"
-            )));
-        }
-    }
-    if let Some(cgroup) = &cgroup {
-        cgroup
-            .destroy(Duration::from_secs(10))
-            .await
-            .map_err(|e| system(e.to_string()))?;
-    }
-    let mut containers = agent.containers.borrow_mut();
-    if let Some(c) = containers.by_id.remove(id) {
-        if let (Some(wd), Some(inotify)) = (c.oom_watch, &containers.inotify) {
-            // SAFETY: inotify_rm_watch(2); the watch may be gone already
-            // with the cgroup.
-            unsafe { libc::inotify_rm_watch(inotify.raw(), wd) };
-        }
-        crate::share::release_rootfs(&c.rootfs);
-    }
-    Ok(ResponseBody::Done)
-}
-
-pub fn state(agent: &Agent, id: &str) -> Result<ResponseBody, AgentError> {
-    let containers = agent.containers.borrow();
-    let c = containers.get(id)?;
-    let exited = *c.exited.borrow();
-    let state = ContainerState {
-        id: id.to_string(),
-        status: c.status,
-        process: c.process,
-        pid: c.pid,
-        rootfs: c.rootfs.clone(),
-        exited,
-    };
-    Ok(ResponseBody::ContainerState(state))
-}
-
-fn cgroup_of(agent: &Agent, id: &str) -> Result<Rc<Cgroup>, AgentError> {
-    let containers = agent.containers.borrow();
-    let c = containers.get(id)?;
-    c.cgroup
-        .clone()
-        .ok_or_else(|| not_found(format!("container {id:?} has no cgroup")))
-}
-
-/// `runc pause` / `runc resume`: the container's cgroup is frozen or
-/// thawed; a container whose init has ended cannot be.
-pub async fn freeze(agent: &Agent, id: &str, frozen: bool) -> Result<ResponseBody, AgentError> {
-    {
-        let containers = agent.containers.borrow();
-        let c = containers.get(id)?;
-        if c.exited.borrow().is_some() {
-            return Err(conflict(format!("container {id:?} is not running")));
-        }
-    }
-    let cgroup = cgroup_of(agent, id)?;
-    cgroup
-        .freeze(frozen, Duration::from_secs(10))
-        .await
-        .map_err(|e| system(e.to_string()))?;
-    Ok(ResponseBody::Done)
-}
-
-/// `runc update`: the limits given are written to the container's cgroup.
-pub fn update(
-    agent: &Agent,
-    id: &str,
-    resources: &runvm_agent_api::oci::LinuxResources,
-) -> Result<ResponseBody, AgentError> {
-    let cgroup = cgroup_of(agent, id)?;
-    let writes = cgroups::render(resources).map_err(invalid)?;
-    cgroup.apply(&writes).map_err(|e| system(e.to_string()))?;
-    Ok(ResponseBody::Done)
-}
-
-pub fn stats(agent: &Agent, id: &str) -> Result<ResponseBody, AgentError> {
-    let containers = agent.containers.borrow();
-    let c = containers.get(id)?;
-    let cgroup = c
-        .cgroup
-        .clone()
-        .ok_or_else(|| not_found(format!("container {id:?} has no cgroup")))?;
-    drop(containers);
-    cgroup
-        .stats()
-        .map(ResponseBody::ContainerStats)
-        .map_err(|e| system(e.to_string()))
-}
-
-pub async fn wait_event(agent: &Agent, after: u64) -> Result<ResponseBody, AgentError> {
-    loop {
-        let arrived = {
-            let containers = agent.containers.borrow();
-            if let Some((seq, event)) = containers.events.first_after(after) {
-                return Ok(ResponseBody::Event { seq, event });
-            }
-            containers.events.arrived.clone()
-        };
-        // Nothing runs between the look above and this wait's registration
-        // (one thread, no await in between), so no event is missed.
-        arrived.notified().await;
-    }
-}
-
-/// Watches `events_file` (memory.events) for changes; returns the watch
-/// descriptor. The first watch starts the task that reads them.
-fn watch_oom(agent: &Rc<Agent>, events_file: &Path) -> Option<i32> {
-    let inotify = {
-        let mut containers = agent.containers.borrow_mut();
-        match &containers.inotify {
-            Some(fd) => fd.clone(),
-            None => {
-                // SAFETY: inotify_init1(2).
-                let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-                if fd < 0 {
-                    agent_log!(
-                        "inotify: {}; OOM events are off",
-                        io::Error::last_os_error()
-                    );
-                    return None;
-                }
-                // SAFETY: a new descriptor that we own.
-                let fd = match Fd::new(unsafe { OwnedFd::from_raw_fd(fd) }) {
-                    Ok(fd) => Rc::new(fd),
-                    Err(e) => {
-                        agent_log!("inotify: {e}; OOM events are off");
-                        return None;
-                    }
-                };
-                containers.inotify = Some(fd.clone());
-                spawn_local(read_oom_events(agent.clone(), fd.clone()));
-                fd
-            }
-        }
-    };
-    let path = std::ffi::CString::new(events_file.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: inotify_add_watch(2) with a C string.
-    let wd = unsafe { libc::inotify_add_watch(inotify.raw(), path.as_ptr(), libc::IN_MODIFY) };
-    if wd < 0 {
-        agent_log!(
-            "cannot watch {}: {}",
-            events_file.display(),
-            io::Error::last_os_error()
-        );
-        return None;
-    }
-    Some(wd)
-}
-
-/// Watch descriptors in a buffer of inotify events.
-pub fn watch_descriptors(buf: &[u8]) -> Vec<i32> {
-    const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
-    let mut wds = Vec::new();
-    let mut at = 0;
-    while at + HEADER <= buf.len() {
-        let wd = i32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default());
-        let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap_or_default());
-        if !wds.contains(&wd) {
-            wds.push(wd);
-        }
-        at += HEADER + len as usize;
-    }
-    wds
-}
-
-async fn read_oom_events(agent: Rc<Agent>, inotify: Rc<Fd>) {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = match inotify.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let mut containers = agent.containers.borrow_mut();
-        let mut found = Vec::new();
-        for wd in watch_descriptors(&buf[..n]) {
-            for (id, c) in containers.by_id.iter_mut() {
-                if c.oom_watch != Some(wd) {
-                    continue;
-                }
-                let Some(cgroup) = &c.cgroup else { continue };
-                if let Ok(kills) = cgroup.oom_kills() {
-                    if kills > c.oom_kills {
-                        c.oom_kills = kills;
-                        found.push((id.clone(), kills));
-                    }
-                }
-            }
-        }
-        for (id, oom_kills) in found {
-            containers
-                .events
-                .push(ContainerEvent::Oom { id, oom_kills });
-        }
-    }
 }
 
 #[cfg(test)]
@@ -863,18 +671,5 @@ mod tests {
         assert_eq!(events.first_after(0).unwrap().0, 11);
         assert_eq!(events.first_after(100).unwrap().0, 101);
         assert!(events.first_after(EVENTS_KEPT as u64 + 10).is_none());
-    }
-
-    #[test]
-    fn inotify_records_are_split_by_their_lengths() {
-        let mut buf = Vec::new();
-        for (wd, name_len) in [(3i32, 0u32), (5, 16), (3, 0)] {
-            buf.extend_from_slice(&wd.to_ne_bytes());
-            buf.extend_from_slice(&libc::IN_MODIFY.to_ne_bytes());
-            buf.extend_from_slice(&0u32.to_ne_bytes());
-            buf.extend_from_slice(&name_len.to_ne_bytes());
-            buf.extend(std::iter::repeat_n(0u8, name_len as usize));
-        }
-        assert_eq!(watch_descriptors(&buf), vec![3, 5]);
     }
 }

@@ -12,6 +12,7 @@ use runvm_agent_api::oci::{
 
 use super::cgroups::{self, CgroupWrite};
 use super::mountopts::{self, MountOptions};
+use super::procattrs::{self, ProcessAttrs};
 use super::seccomp::{self, SeccompProgram};
 
 /// A namespace the container has: created, or joined by path.
@@ -122,6 +123,8 @@ pub struct ProcessPlan {
     pub rlimits: Vec<Rlimit>,
     pub no_new_privileges: bool,
     pub oom_score_adj: Option<i32>,
+    /// Scheduler, I/O priority, CPU affinity, personality.
+    pub attrs: ProcessAttrs,
 }
 
 /// A whole container.
@@ -306,6 +309,7 @@ pub fn process_plan(
         rlimits,
         no_new_privileges: process.no_new_privileges.unwrap_or(false),
         oom_score_adj: process.oom_score_adj,
+        attrs: procattrs::plan(process)?,
     })
 }
 
@@ -370,9 +374,13 @@ pub fn container_plan(
         ));
     }
     let process = spec.process.as_ref().ok_or("the spec has no process")?;
-    let process = process_plan(process, inherited)?;
+    let mut process = process_plan(process, inherited)?;
     let no_linux = oci::Linux::default();
     let linux = spec.linux.as_ref().unwrap_or(&no_linux);
+    process.attrs.personality = match &linux.personality {
+        Some(p) => Some(procattrs::personality(p)?),
+        None => None,
+    };
 
     let mut namespaces: Vec<Namespace> = Vec::new();
     for ns in linux.namespaces.iter().flatten() {
@@ -418,7 +426,6 @@ pub fn container_plan(
         namespaces.retain(|n| !(n.flag == libc::CLONE_NEWNET && n.path.is_none()));
     }
     for (what, set) in [
-        ("linux.personality", linux.personality.is_some()),
         ("linux.intelRdt", linux.intel_rdt.is_some()),
         ("linux.memoryPolicy", linux.memory_policy.is_some()),
         ("linux.timeOffsets", oci::is_set(&linux.time_offsets)),
@@ -553,369 +560,5 @@ pub fn container_plan(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What `runc spec` writes, trimmed: the shape podman and containerd
-    /// send too.
-    pub const RUNC_SPEC: &str = r#"{
-        "ociVersion": "1.0.2-dev",
-        "process": {
-            "terminal": false,
-            "user": {"uid": 1000, "gid": 100, "additionalGids": [10, 20], "umask": 18},
-            "args": ["sh", "-c", "echo hi"],
-            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
-            "cwd": "/",
-            "capabilities": {
-                "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
-                "effective": ["CAP_KILL"],
-                "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL"],
-                "ambient": ["CAP_KILL"]
-            },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": true,
-            "oomScoreAdj": 100
-        },
-        "root": {"path": "rootfs", "readonly": true},
-        "hostname": "runc",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-            {"destination": "/data", "source": "/srv/data", "options": ["rbind", "ro"]}
-        ],
-        "linux": {
-            "resources": {"memory": {"limit": 33554432}, "pids": {"limit": 64}},
-            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
-                           {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}],
-            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/sys/firmware"],
-            "readonlyPaths": ["/proc/bus", "/proc/sys"],
-            "sysctl": {"net.ipv4.ip_forward": "1"},
-            "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438}],
-            "seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
-                        "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_ERRNO"}]}
-        }
-    }"#;
-
-    fn spec(json: &str) -> Spec {
-        serde_json::from_str(json).unwrap()
-    }
-
-    fn plan(json: &str) -> Result<ContainerPlan, String> {
-        container_plan(&spec(json), Path::new("/run/c/rootfs"), &[])
-    }
-
-    fn edit(f: impl FnOnce(&mut serde_json::Value)) -> Result<ContainerPlan, String> {
-        let mut v: serde_json::Value = serde_json::from_str(RUNC_SPEC).unwrap();
-        f(&mut v);
-        plan(&v.to_string())
-    }
-
-    #[test]
-    fn the_runc_spec_translates_whole() {
-        let p = plan(RUNC_SPEC).unwrap();
-        // Not CLONE_NEWNET: the VM's network namespace is the container's.
-        assert_eq!(
-            p.clone_flags(),
-            libc::CLONE_NEWPID
-                | libc::CLONE_NEWIPC
-                | libc::CLONE_NEWUTS
-                | libc::CLONE_NEWNS
-                | libc::CLONE_NEWCGROUP
-        );
-        assert!(p.readonly_root);
-        assert_eq!(p.root_propagation, MsFlags::MS_SLAVE | MsFlags::MS_REC);
-        assert_eq!(p.hostname.as_deref(), Some("runc"));
-        assert_eq!(p.mounts.len(), 8);
-        assert_eq!(p.mounts[6].kind, MountKind::Cgroup);
-        assert_eq!(
-            p.mounts[7].kind,
-            MountKind::Bind {
-                source: PathBuf::from("/srv/data")
-            }
-        );
-        assert!(p.mounts[7].options.flags.contains(MsFlags::MS_REC));
-        assert_eq!(
-            p.mounts[1].kind,
-            MountKind::Fs {
-                fstype: "tmpfs".into(),
-                source: "tmpfs".into()
-            }
-        );
-        assert_eq!(p.mounts[1].options.data, "mode=755,size=65536k");
-        assert!(p.setup_dev);
-        assert_eq!(p.devices.len(), DEFAULT_DEVICES.len() + 1);
-        assert_eq!(p.devices.last().unwrap().mode, libc::S_IFCHR | 0o666);
-        assert_eq!(p.masked_paths[1], PathBuf::from("/proc/kcore"));
-        assert_eq!(p.readonly_paths.len(), 2);
-        assert_eq!(
-            p.sysctl,
-            vec![(
-                PathBuf::from("/proc/sys/net/ipv4/ip_forward"),
-                "1".to_string()
-            )]
-        );
-        assert_eq!(p.resources.len(), 2);
-        assert_eq!(p.seccomp.as_ref().unwrap().filters.len(), 1);
-
-        let proc_ = &p.process;
-        assert_eq!(proc_.args[0].to_str().unwrap(), "sh");
-        assert_eq!((proc_.uid, proc_.gid), (1000, 100));
-        assert_eq!(proc_.additional_gids, vec![10, 20]);
-        assert_eq!(proc_.umask, Some(0o22));
-        assert!(proc_.no_new_privileges);
-        assert_eq!(proc_.oom_score_adj, Some(100));
-        assert_eq!(
-            proc_.rlimits,
-            vec![Rlimit {
-                resource: libc::RLIMIT_NOFILE as libc::c_int,
-                soft: 1024,
-                hard: 1024
-            }]
-        );
-        let caps = proc_.caps.as_ref().unwrap();
-        assert_eq!(
-            caps.bounding,
-            vec![
-                caps::Capability::CAP_KILL,
-                caps::Capability::CAP_NET_BIND_SERVICE,
-                caps::Capability::CAP_AUDIT_WRITE
-            ]
-        );
-        assert_eq!(caps.ambient, vec![caps::Capability::CAP_KILL]);
-        assert!(caps.inheritable.is_empty());
-    }
-
-    #[test]
-    fn every_capability_name_maps_to_the_kernel_number() {
-        for cap in caps::all() {
-            let name = cap.to_string();
-            assert_eq!(capability(&name), Ok(cap), "{name}");
-            let bare = name.trim_start_matches("CAP_").to_ascii_lowercase();
-            assert_eq!(capability(&bare), Ok(cap), "{bare}");
-        }
-        assert!(capability("CAP_NO_SUCH_THING")
-            .unwrap_err()
-            .contains("CAP_NO_SUCH_THING"));
-    }
-
-    #[test]
-    fn inherited_variables_fill_in_but_do_not_override() {
-        let inherited = vec![
-            ("GLIBC_TUNABLES".to_string(), "x=1".to_string()),
-            ("TERM".to_string(), "dumb".to_string()),
-        ];
-        let p = container_plan(&spec(RUNC_SPEC), Path::new("/r"), &inherited).unwrap();
-        assert!(p.process.env.contains(&"GLIBC_TUNABLES=x=1".to_string()));
-        assert!(p.process.env.contains(&"TERM=xterm".to_string()));
-        assert!(!p.process.env.contains(&"TERM=dumb".to_string()));
-    }
-
-    #[test]
-    fn user_namespaces_need_their_mappings() {
-        let with_userns = |v: &mut serde_json::Value| {
-            v["linux"]["namespaces"]
-                .as_array_mut()
-                .unwrap()
-                .push(serde_json::json!({"type": "user"}));
-        };
-        assert!(edit(with_userns).unwrap_err().contains("Mappings"));
-        let p = edit(|v| {
-            with_userns(v);
-            v["linux"]["uidMappings"] =
-                serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-            v["linux"]["gidMappings"] =
-                serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-        })
-        .unwrap();
-        assert_eq!(p.uid_map.as_deref(), Some("0 100000 65536\n"));
-        assert!(p.clone_flags() & libc::CLONE_NEWUSER != 0);
-        let err = edit(|v| {
-            v["linux"]["uidMappings"] =
-                serde_json::json!([{"containerID": 0, "hostID": 1, "size": 1}]);
-        })
-        .unwrap_err();
-        assert!(err.contains("without a new user namespace"));
-    }
-
-    #[test]
-    fn a_new_network_namespace_is_the_vms_own() {
-        let p = edit(|_| {}).unwrap();
-        assert!(!p.has_namespace(libc::CLONE_NEWNET));
-        assert_eq!(p.clone_flags() & libc::CLONE_NEWNET, 0);
-        assert_ne!(p.clone_flags() & libc::CLONE_NEWPID, 0);
-    }
-
-    #[test]
-    fn joined_namespaces_are_not_created() {
-        let p = edit(|v| {
-            v["linux"]["namespaces"][1] =
-                serde_json::json!({"type": "network", "path": "/proc/1/ns/net"});
-        })
-        .unwrap();
-        assert_eq!(p.clone_flags() & libc::CLONE_NEWNET, 0);
-        assert!(p.has_namespace(libc::CLONE_NEWNET));
-        assert_eq!(p.namespaces[1].path, Some(PathBuf::from("/proc/1/ns/net")));
-    }
-
-    #[test]
-    fn bad_specs_are_refused_with_a_reason() {
-        type Change = Box<dyn FnOnce(&mut serde_json::Value)>;
-        let cases: Vec<(Change, &str)> = vec![
-            (
-                Box::new(|v| v["process"]["args"] = serde_json::json!([])),
-                "args",
-            ),
-            (
-                Box::new(|v| v["process"]["cwd"] = serde_json::json!("rel")),
-                "cwd",
-            ),
-            (
-                Box::new(|v| v["process"]["env"] = serde_json::json!(["NOVALUE"])),
-                "NAME=value",
-            ),
-            (
-                Box::new(|v| {
-                    v["linux"]["namespaces"] =
-                        serde_json::json!([{"type": "pid"}, {"type": "mount"}])
-                }),
-                "UTS",
-            ),
-            (
-                Box::new(|v| v["linux"]["namespaces"] = serde_json::json!([{"type": "uts"}])),
-                "mount namespace",
-            ),
-            (
-                Box::new(|v| {
-                    v["linux"]["namespaces"]
-                        .as_array_mut()
-                        .unwrap()
-                        .push(serde_json::json!({"type": "pid"}))
-                }),
-                "twice",
-            ),
-            (
-                Box::new(|v| v["linux"]["sysctl"] = serde_json::json!({"net.../x": "1"})),
-                "sysctl",
-            ),
-            (
-                Box::new(|v| v["mounts"][7]["source"] = serde_json::json!("relative/src")),
-                "absolute",
-            ),
-            (
-                Box::new(|v| v["mounts"][0]["options"] = serde_json::json!(["idmap"])),
-                "idmap",
-            ),
-            (
-                Box::new(|v| v["linux"]["rootfsPropagation"] = serde_json::json!("sideways")),
-                "propagation",
-            ),
-            (
-                Box::new(|v| v["linux"]["personality"] = serde_json::json!({"domain": "LINUX"})),
-                "personality",
-            ),
-            (
-                Box::new(|v| {
-                    v["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_NOTIFY"})
-                }),
-                "NOTIFY",
-            ),
-            (
-                Box::new(|v| {
-                    v["linux"]["resources"] = serde_json::json!({"blockIO": {"weight": 10}})
-                }),
-                "block I/O",
-            ),
-        ];
-        for (change, expected) in cases {
-            let err = edit(change).unwrap_err();
-            assert!(
-                err.contains(expected),
-                "{err:?} should mention {expected:?}"
-            );
-        }
-    }
-
-    /// The lean wire types keep what the agent refuses, so a spec asking
-    /// for it is refused by name rather than run without it.
-    #[test]
-    fn unsupported_features_are_refused_not_dropped() {
-        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
-            ("intelRdt", serde_json::json!({"closID": "g"}), "intelRdt"),
-            (
-                "memoryPolicy",
-                serde_json::json!({"mode": "MPOL_BIND", "nodes": "0"}),
-                "memoryPolicy",
-            ),
-            (
-                "timeOffsets",
-                serde_json::json!({"monotonic": {"secs": 1}}),
-                "timeOffsets",
-            ),
-            (
-                "netDevices",
-                serde_json::json!({"eth0": {"name": "eth1"}}),
-                "netDevices",
-            ),
-        ];
-        for (field, value, expected) in cases {
-            let err = edit(|v| v["linux"][field] = value).unwrap_err();
-            assert!(err.contains(expected), "{err:?} should mention {expected}");
-        }
-        let err = edit(|v| {
-            v["linux"]["namespaces"]
-                .as_array_mut()
-                .unwrap()
-                .push(serde_json::json!({"type": "time"}))
-        })
-        .unwrap_err();
-        assert!(err.contains("time namespaces"), "{err}");
-        let err = edit(|v| {
-            v["mounts"][7]["uidMappings"] =
-                serde_json::json!([{"containerID": 0, "hostID": 1, "size": 1}])
-        })
-        .unwrap_err();
-        assert!(err.contains("id-mapped"), "{err}");
-        for (resources, expected) in [
-            (
-                serde_json::json!({"rdma": {"mlx5_1": {"hcaHandles": 3}}}),
-                "RDMA",
-            ),
-            (serde_json::json!({"network": {"classID": 1}}), "network"),
-            (
-                serde_json::json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}),
-                "hugepage",
-            ),
-        ] {
-            let err = edit(|v| v["linux"]["resources"] = resources).unwrap_err();
-            assert!(err.contains(expected), "{err:?} should mention {expected}");
-        }
-        // Empty lists and maps ask for nothing.
-        assert!(edit(|v| {
-            v["linux"]["timeOffsets"] = serde_json::json!({});
-            v["linux"]["netDevices"] = serde_json::json!({});
-            v["linux"]["resources"]["hugepageLimits"] = serde_json::json!([]);
-        })
-        .is_ok());
-    }
-
-    #[test]
-    fn a_bind_mounted_dev_is_left_alone() {
-        let p = edit(|v| {
-            v["mounts"][1] =
-                serde_json::json!({"destination": "/dev", "source": "/dev", "options": ["rbind"]});
-        })
-        .unwrap();
-        assert!(!p.setup_dev);
-    }
-}
+#[path = "spec_tests.rs"]
+mod tests;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::ValueEnum;
-use runvm_agent_api::{ContainerEvent, ContainerStats, RequestBody, ResponseBody};
+use runvm_agent_api::{ContainerEvent, ContainerStats, GuestProcess};
 
 use crate::agent_client::{AgentClient, ClientError};
 use crate::container_client::ContainerClient;
@@ -155,28 +155,40 @@ fn running_agent_socket(context: &Context, id: &str) -> CliResult<std::path::Pat
 /// and the processes exec'd into it).
 pub fn ps(context: &Context, args: PsArgs) -> CliResult<u8> {
     let socket = running_agent_socket(context, &args.id)?;
+    let id = args.id.clone();
     let processes = block_on(async {
         let agent = AgentClient::connect(&socket).await?;
-        match agent.call(RequestBody::ListProcesses).await? {
-            ResponseBody::Processes { processes } => Ok(processes),
-            other => Err(ClientError::Unexpected(other)),
-        }
+        ContainerClient::new(&agent).processes(&id).await
     })??;
-    let live: Vec<_> = processes.iter().filter(|p| p.exited.is_none()).collect();
     match args.format {
         Format::Json => {
-            let pids: Vec<i32> = live.iter().map(|p| p.pid).collect();
+            let pids: Vec<i32> = processes.iter().map(|p| p.pid).collect();
             println!("{}", serde_json::json!(pids));
         }
-        Format::Table => {
-            let mut rows = vec![["PID".to_owned(), "CMD".to_owned()]];
-            for process in live {
-                rows.push([process.pid.to_string(), process.argv.join(" ")]);
-            }
-            print_table(&rows);
-        }
+        Format::Table => print_table(&process_rows(&processes)),
     }
     Ok(0)
+}
+
+/// `ps`'s table: the guest's view of each process (its pids and uids are
+/// the guest's, so the host's ps(1) cannot describe them as runc's does).
+fn process_rows(processes: &[GuestProcess]) -> Vec<[String; 5]> {
+    let header = ["UID", "PID", "PPID", "STAT", "CMD"].map(String::from);
+    let rows = processes.iter().map(|p| {
+        let command = if p.argv.is_empty() {
+            format!("[{}]", p.name)
+        } else {
+            p.argv.join(" ")
+        };
+        [
+            p.uid.to_string(),
+            p.pid.to_string(),
+            p.ppid.to_string(),
+            p.state.clone(),
+            command,
+        ]
+    });
+    std::iter::once(header).chain(rows).collect()
 }
 
 /// runc's stats event: the cgroup figures under its names.

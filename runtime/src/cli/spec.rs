@@ -83,40 +83,48 @@ pub fn spec(args: SpecArgs) -> CliResult<u8> {
 
 /// runc's `features` document for what the guest side implements.
 pub fn features() -> CliResult<u8> {
-    let features = serde_json::json!({
+    let text = serde_json::to_string_pretty(&features_document())
+        .map_err(|e| CliError::new(e.to_string()))?;
+    println!("{text}");
+    Ok(0)
+}
+
+fn features_document() -> serde_json::Value {
+    serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": oci_spec::runtime::VERSION,
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer",
                   "poststart", "poststop"],
-        "mountOptions": ["async", "atime", "bind", "defaults", "dev", "diratime", "dirsync",
-                         "exec", "mand", "noatime", "nodev", "nodiratime", "noexec",
-                         "nomand", "norelatime", "nostrictatime", "nosuid", "private",
-                         "rbind", "relatime", "remount", "ro", "rprivate", "rshared",
-                         "rslave", "runbindable", "rw", "shared", "slave", "strictatime",
-                         "suid", "sync", "unbindable"],
+        "mountOptions": runvm_agent_api::features::MOUNT_OPTIONS,
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "capabilities": caps_known(),
-            "cgroup": {"v1": false, "v2": true, "systemd": false, "systemdUser": false},
+            // cgroup v2 in the guest, whatever the host has.
+            "cgroup": {"v1": false, "v2": true, "systemd": false, "systemdUser": false,
+                       "rdma": false},
             "seccomp": {
                 "enabled": true,
                 "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
                             "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG",
-                            "SCMP_ACT_TRAP"],
+                            "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
                 "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE",
                               "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
-                "archs": ["SCMP_ARCH_X86_64"]
+                "archs": ["SCMP_ARCH_X86_64"],
+                "knownFlags": ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+                               "SECCOMP_FILTER_FLAG_LOG",
+                               "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"],
+                "supportedFlags": ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+                                   "SECCOMP_FILTER_FLAG_LOG"]
             },
             "apparmor": {"enabled": false},
-            "selinux": {"enabled": false}
+            "selinux": {"enabled": false},
+            "intelRdt": {"enabled": false},
+            "mountExtensions": {"idmap": {"enabled": false}}
         },
         "annotations": {
             "io.github.runvm.isolation": "microvm"
         }
-    });
-    let text = serde_json::to_string_pretty(&features).map_err(|e| CliError::new(e.to_string()))?;
-    println!("{text}");
-    Ok(0)
+    })
 }
 
 fn caps_known() -> Vec<&'static str> {
@@ -168,6 +176,21 @@ fn caps_known() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_features_document_is_valid_and_lists_what_callers_need() {
+        let doc = features_document();
+        let features: oci_spec::runtime::Features =
+            serde_json::from_value(doc.clone()).expect("a valid features document");
+        let options = features.mount_options().clone().unwrap_or_default();
+        // podman's --read-only and --tmpfs, recursive read-only volumes.
+        for option in ["tmpcopyup", "rro", "rbind", "rprivate", "nosuid", "nodev"] {
+            assert!(options.iter().any(|o| o == option), "{option}");
+        }
+        assert!(!options.iter().any(|o| o == "idmap"));
+        let namespaces = &doc["linux"]["namespaces"];
+        assert!(!namespaces.as_array().unwrap().iter().any(|n| n == "time"));
+    }
 
     #[test]
     fn the_default_spec_is_a_valid_runtime_spec() {

@@ -435,6 +435,11 @@ pub fn busybox_rootfs(dir: &Path) {
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )
     .expect("tmp mode");
+    // What a tmpfs with tmpcopyup (podman's --read-only) must show.
+    std::fs::create_dir_all(dir.join("run/lock/sub")).expect("run dirs");
+    std::fs::write(dir.join("run/lock/sub/from-image"), "run from the image\n").expect("run file");
+    symlink("lock/sub/from-image", dir.join("run/link")).expect("run link");
+    std::fs::write(dir.join("tmp/from-image"), "tmp from the image\n").expect("tmp file");
 }
 
 /// The busybox root filesystem as a tar archive at `tar` (for `podman
