@@ -54,13 +54,37 @@ pub fn signal(agent: &Agent, id: &str, signal: i32, all: bool) -> Result<Respons
         // namespace, every other process) down is emulated kernel work
         // of seconds on a slow host, and callers such as podman give the
         // pid-file process only a few seconds after their SIGKILL. The
-        // reaper finds the same end later and changes nothing.
-        agent
-            .containers
-            .borrow_mut()
-            .record_exit(init, ExitStatus::Signal(libc::SIGKILL));
+        // reaper finds the same end later and changes nothing. An init
+        // already on its way out (it exited, its namespace is being
+        // emptied) keeps the status it exited with.
+        let status = exiting_status(init).unwrap_or(ExitStatus::Signal(libc::SIGKILL));
+        agent.containers.borrow_mut().record_exit(init, status);
     }
     Ok(ResponseBody::Done)
+}
+
+/// The status of a process that has begun to exit (PF_EXITING in
+/// /proc/<pid>/stat), from its exit code there; `None` while it runs.
+fn exiting_status(pid: i32) -> Option<ExitStatus> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    exiting_status_of(&stat)
+}
+
+fn exiting_status_of(stat: &str) -> Option<ExitStatus> {
+    const PF_EXITING: u64 = 0x4;
+    // Fields after the command name, which ends at the last ')': state is
+    // field 3, flags field 9, exit_code field 52.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let flags: u64 = fields.get(9 - 3)?.parse().ok()?;
+    if flags & PF_EXITING == 0 {
+        return None;
+    }
+    let code: i32 = fields.get(52 - 3)?.parse().ok()?;
+    Some(if code & 0x7f == 0 {
+        ExitStatus::Code((code >> 8) & 0xff)
+    } else {
+        ExitStatus::Signal(code & 0x7f)
+    })
 }
 
 /// Whether `pid`, our child, has ended already (a zombie not yet reaped,
@@ -351,6 +375,29 @@ async fn read_oom_events(agent: Rc<Agent>, inotify: Rc<Fd>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exiting_process_keeps_its_status() {
+        let fields = |flags: u64, code: i32| {
+            let mut f = vec!["0".to_string(); 50];
+            f[0] = "S".into();
+            f[6] = flags.to_string();
+            f[49] = code.to_string();
+            format!("12 (a (b) c) {}", f.join(" "))
+        };
+        assert_eq!(exiting_status_of(&fields(0x400000, 0)), None);
+        assert_eq!(
+            exiting_status_of(&fields(0x400004, 3 << 8)),
+            Some(ExitStatus::Code(3))
+        );
+        assert_eq!(
+            exiting_status_of(&fields(0x4, 15)),
+            Some(ExitStatus::Signal(15))
+        );
+        assert_eq!(exiting_status_of("garbage"), None);
+        let me = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert_eq!(exiting_status_of(&me), None);
+    }
 
     #[test]
     fn inotify_records_are_split_by_their_lengths() {

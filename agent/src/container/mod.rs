@@ -226,12 +226,17 @@ async fn recv_past_terminal(
             Ok(Err(e)) => return Err(system(format!("the container sync socket: {e}"))),
             Ok(Ok(got)) => got,
         };
-        if n == 0 {
-            return Ok(None);
-        }
         buf.truncate(n);
-        if buf[0] != terminal::MSG_TERMINAL {
-            return Ok(Some(buf));
+        let failed = buf.first() == Some(&init::MSG_ERROR);
+        if buf.first() != Some(&terminal::MSG_TERMINAL) {
+            // Ready (or exec'd) without the terminal it was to make: it
+            // would run on /dev/null.
+            if pending.is_some() && !failed {
+                return Err(system(
+                    "the container process did not hand over its terminal",
+                ));
+            }
+            return Ok((n > 0).then_some(buf));
         }
         let (Some(fd), Some(make_pump)) = (fd, pending.take()) else {
             return Err(system(

@@ -2,7 +2,8 @@
 //! cgroup and the cgroups below it, described from the guest's /proc.
 //!
 //! What a container puts in its cgroups and in /proc is its own: the walk
-//! is bounded in depth and count, and each description in size, so the
+//! is bounded in depth and in the cgroups and processes it visits, each
+//! description in size, and the whole by what its JSON can take, so the
 //! answer always fits one frame.
 
 use std::fs;
@@ -17,16 +18,29 @@ pub const MAX_PROCESSES: usize = 2048;
 const MAX_DEPTH: usize = 8;
 /// Bytes of a command line that are kept.
 const MAX_CMDLINE: usize = 256;
+/// Cgroup directories visited at most.
+const MAX_CGROUPS: usize = 256;
+/// What the described processes may take in the answer, counting every
+/// byte of text as JSON's worst case (a control byte is `\u00XX`), well
+/// within a frame.
+const ANSWER_BUDGET: usize = 768 << 10;
 
 /// The pids in the cgroup at `dir` and in every cgroup below it, in the
 /// order found, at most [`MAX_PROCESSES`].
 pub fn cgroup_pids(dir: &Path) -> std::io::Result<Vec<i32>> {
     let mut pids = Vec::new();
-    collect(dir, 0, &mut pids)?;
+    let mut visited = 0;
+    collect(dir, 0, &mut visited, &mut pids)?;
     Ok(pids)
 }
 
-fn collect(dir: &Path, depth: usize, pids: &mut Vec<i32>) -> std::io::Result<()> {
+fn collect(
+    dir: &Path,
+    depth: usize,
+    visited: &mut usize,
+    pids: &mut Vec<i32>,
+) -> std::io::Result<()> {
+    *visited += 1;
     let procs = fs::read_to_string(dir.join("cgroup.procs"))?;
     for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
         if pids.len() >= MAX_PROCESSES {
@@ -38,9 +52,12 @@ fn collect(dir: &Path, depth: usize, pids: &mut Vec<i32>) -> std::io::Result<()>
         return Ok(());
     }
     for entry in fs::read_dir(dir)?.flatten() {
+        if pids.len() >= MAX_PROCESSES || *visited >= MAX_CGROUPS {
+            break;
+        }
         // Children that vanish meanwhile are skipped.
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            let _ = collect(&entry.path(), depth + 1, pids);
+            let _ = collect(&entry.path(), depth + 1, visited, pids);
         }
     }
     Ok(())
@@ -48,10 +65,22 @@ fn collect(dir: &Path, depth: usize, pids: &mut Vec<i32>) -> std::io::Result<()>
 
 /// Describes each of `pids` that still exists.
 pub fn describe_all(pids: &[i32]) -> Vec<GuestProcess> {
-    pids.iter()
-        .take(MAX_PROCESSES)
-        .filter_map(|&pid| describe(Path::new("/proc"), pid))
-        .collect()
+    let mut spent = 0;
+    let mut described = Vec::new();
+    for &pid in pids.iter().take(MAX_PROCESSES) {
+        let Some(process) = describe(Path::new("/proc"), pid) else {
+            continue;
+        };
+        let text: usize = process.argv.iter().map(String::len).sum::<usize>()
+            + process.name.len()
+            + process.state.len();
+        spent += 6 * text + 128;
+        if spent > ANSWER_BUDGET {
+            break;
+        }
+        described.push(process);
+    }
+    described
 }
 
 /// One process from `<proc>/<pid>/status` and `cmdline`; `None` if it is
@@ -60,8 +89,17 @@ fn describe(proc: &Path, pid: i32) -> Option<GuestProcess> {
     let dir = proc.join(pid.to_string());
     let status = fs::read_to_string(dir.join("status")).ok()?;
     let mut process = parse_status(pid, &status);
-    if let Ok(cmdline) = fs::read(dir.join("cmdline")) {
-        process.argv = parse_cmdline(&cmdline);
+    let mut cmdline = Vec::with_capacity(MAX_CMDLINE);
+    if let Ok(file) = fs::File::open(dir.join("cmdline")) {
+        // Only what is kept is read.
+        if std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, MAX_CMDLINE as u64),
+            &mut cmdline,
+        )
+        .is_ok()
+        {
+            process.argv = parse_cmdline(&cmdline);
+        }
     }
     Some(process)
 }

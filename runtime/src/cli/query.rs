@@ -180,11 +180,21 @@ fn process_rows(processes: &[GuestProcess]) -> Vec<[String; 5]> {
         } else {
             p.argv.join(" ")
         };
+        // The guest's text: no control characters reach the terminal.
+        let command: String = command
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        let state: String = p
+            .state
+            .chars()
+            .filter(|c| c.is_ascii_alphabetic())
+            .collect();
         [
             p.uid.to_string(),
             p.pid.to_string(),
             p.ppid.to_string(),
-            p.state.clone(),
+            state,
             command,
         ]
     });

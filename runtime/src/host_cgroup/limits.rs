@@ -104,7 +104,8 @@ impl Limits {
 
 impl HostCgroup {
     /// Sets the memory limit (v1 `memory.limit_in_bytes`, cgroup2
-    /// `memory.max`). Without a memory hierarchy on a v1 host nothing is
+    /// `memory.max`) on a directory runvm made; one that existed is
+    /// joined but keeps its owner's limits. Without a memory hierarchy on a v1 host nothing is
     /// set; a cgroup2 host whose memory controller cannot be used here is
     /// an error, as with runc.
     pub fn set_memory(&self, bytes: Option<u64>) -> Result<(), CgroupError> {
@@ -113,6 +114,8 @@ impl HostCgroup {
         };
         let value = bytes.to_string();
         match self.dir_for("memory") {
+            // An existing cgroup keeps its owner's limits.
+            Some(dir) if !dir.made_here() => Ok(()),
             Some(dir) if dir.unified => write(&dir.path.join("memory.max"), &value),
             Some(dir) => write(&dir.path.join("memory.limit_in_bytes"), &value),
             None if self.unified_mode() => Err(self.no_controller("the memory limit")),
@@ -132,6 +135,10 @@ impl HostCgroup {
             }
             return Ok(());
         };
+        if !dir.made_here() {
+            // An existing cgroup keeps its owner's limits.
+            return Ok(());
+        }
         if dir.unified {
             if let Some(shares) = cpu.shares {
                 write(

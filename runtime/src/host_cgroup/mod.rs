@@ -88,6 +88,11 @@ pub struct CgroupDir {
 }
 
 impl CgroupDir {
+    /// runvm made the directory itself (not only its parents).
+    pub fn made_here(&self) -> bool {
+        self.made.last() == Some(&self.path)
+    }
+
     fn has(&self, controller: &str) -> bool {
         self.controllers.iter().any(|c| c == controller)
     }
@@ -221,6 +226,17 @@ fn make_path(
 ) -> Result<(), CgroupError> {
     let mut current = placement.hierarchy.mountpoint.clone();
     for component in placement.relative.components() {
+        // The path was cleaned and checked; this is the last guard against
+        // a component that would leave the hierarchy.
+        if !matches!(component, std::path::Component::Normal(_)) {
+            return Err(CgroupError::Create {
+                path: placement.relative.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a plain path below the hierarchy",
+                ),
+            });
+        }
         if unified_mode {
             enable_controllers(&current);
         }
@@ -265,20 +281,32 @@ fn enable_controllers(dir: &Path) {
     }
 }
 
+/// Writes a cgroup file, which must exist (cgroupfs makes them; nothing
+/// is created anywhere else).
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
-    std::fs::write(path, value).map_err(|source| CgroupError::Write {
-        path: path.to_owned(),
-        value: value.to_owned(),
-        source,
-    })
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, value.as_bytes()))
+        .map_err(|source| CgroupError::Write {
+            path: path.to_owned(),
+            value: value.to_owned(),
+            source,
+        })
 }
 
-/// Removes `dir` and the cgroups below it, deepest first.
+/// Removes `dir` and the cgroups below it, deepest first. Only what is
+/// left in `dir` itself is killed (runvm's own processes of this
+/// container): a cgroup below it may belong to someone else.
 fn remove_tree(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
+    remove_below(dir, deadline, true)
+}
+
+fn remove_below(dir: &Path, deadline: Instant, kill: bool) -> Result<(), CgroupError> {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_tree(&entry.path(), deadline)?;
+                remove_below(&entry.path(), deadline, false)?;
             }
         }
     }
@@ -288,7 +316,7 @@ fn remove_tree(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                if started.elapsed() >= KILL_AFTER {
+                if kill && started.elapsed() >= KILL_AFTER {
                     kill_all(dir);
                 }
                 std::thread::sleep(Duration::from_millis(20));

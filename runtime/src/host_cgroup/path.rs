@@ -89,9 +89,9 @@ fn systemd_path(text: &str) -> Result<Inner, CgroupError> {
         slice
     };
     let mut components = expand_slice(slice)?;
-    if name.is_empty() || name.contains('/') {
+    if name.is_empty() || !unit_text(name) || !unit_text(prefix) {
         return Err(CgroupError::Path(format!(
-            "invalid unit name {name:?} in cgroupsPath {text:?}"
+            "invalid unit name {prefix:?}-{name:?} in cgroupsPath {text:?}"
         )));
     }
     let unit = if name.ends_with(".slice") {
@@ -109,13 +109,24 @@ fn systemd_path(text: &str) -> Result<Inner, CgroupError> {
     })
 }
 
+/// Only what systemd allows in a unit name (letters, digits, `:_.-@\\`),
+/// and not `.` or `..`: the name becomes one directory, and nothing in it
+/// may lead elsewhere.
+fn unit_text(text: &str) -> bool {
+    text != "."
+        && text != ".."
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":_.-@\\".contains(c))
+}
+
 /// systemd's expansion of a slice name into its cgroup directories:
 /// `a-b-c.slice` is `a.slice/a-b.slice/a-b-c.slice`; `-.slice` is the
 /// root.
 fn expand_slice(slice: &str) -> Result<Vec<String>, CgroupError> {
     let invalid = || CgroupError::Path(format!("invalid slice name {slice:?}"));
     let base = slice.strip_suffix(".slice").ok_or_else(invalid)?;
-    if slice.contains('/') {
+    if !unit_text(slice) {
         return Err(invalid());
     }
     if base == "-" {
@@ -220,6 +231,12 @@ mod tests {
             "-a.slice:p:n",
             "a.slice:p:",
             "a.slice:p:x/y",
+            // Nothing may climb out of the hierarchy or restart the path.
+            "system.slice:../../../../../tmp/x:y",
+            "system.slice:/tmp/evil:y",
+            "system.slice:p:..",
+            "system.slice:..:y",
+            "system.slice:p:a b",
         ] {
             assert!(systemd(Some(bad)).is_err(), "{bad} should be refused");
         }
