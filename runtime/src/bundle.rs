@@ -102,6 +102,15 @@ impl Bundle {
 /// a limit on a device it does not have, and so does runvm. The guest
 /// enforces the limits where it has the device and an io controller and
 /// otherwise takes them as met (the container's storage is virtio-fs).
+/// The container's memory limit in bytes, when it has one.
+pub fn memory_limit(spec: &Spec) -> Option<i64> {
+    spec.linux()
+        .as_ref()
+        .and_then(|linux| linux.resources().as_ref())
+        .and_then(|resources| resources.memory().as_ref())
+        .and_then(|memory| memory.limit())
+}
+
 pub fn check_block_devices(spec: &Spec, dev_block: &Path) -> Result<(), BundleError> {
     let Some(block_io) = spec
         .linux()

@@ -290,12 +290,7 @@ fn host_io(args: &MonitorArgs, terminal: bool) -> Result<HostIo, MonitorError> {
 
 /// The guest's RAM for a container of `spec`.
 pub fn guest_memory_mib(spec: &Spec) -> u32 {
-    let limit = spec
-        .linux()
-        .as_ref()
-        .and_then(|linux| linux.resources().as_ref())
-        .and_then(|resources| resources.memory().as_ref())
-        .and_then(|memory| memory.limit())
+    let limit = bundle::memory_limit(spec)
         .and_then(|bytes| u64::try_from(bytes).ok())
         .map(|bytes| bytes.div_ceil(1 << 20));
     let mib = match limit {

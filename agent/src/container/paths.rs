@@ -197,15 +197,16 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::os::fd::AsFd;
     use std::os::unix::fs::symlink;
 
-    struct TempDir(PathBuf);
+    /// A scratch directory of a test, removed on drop.
+    pub(in crate::container) struct TempDir(pub(in crate::container) PathBuf);
 
     impl TempDir {
-        fn new(name: &str) -> TempDir {
+        pub(in crate::container) fn new(name: &str) -> TempDir {
             let dir =
                 std::env::temp_dir().join(format!("runvm-paths-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);

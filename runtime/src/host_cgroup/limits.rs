@@ -85,13 +85,7 @@ impl CpuLimits {
 impl Limits {
     /// The limits for a container whose VM gets `guest_memory_mib` of RAM.
     pub fn for_vm(spec: &Spec, guest_memory_mib: u32) -> Limits {
-        let limited = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().as_ref())
-            .and_then(|r| r.memory().as_ref())
-            .and_then(|m| m.limit())
-            .is_some_and(|limit| limit > 0);
+        let limited = crate::bundle::memory_limit(spec).is_some_and(|limit| limit > 0);
         Limits {
             memory: limited.then(|| {
                 let guest = u64::from(guest_memory_mib);
