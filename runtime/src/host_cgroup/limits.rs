@@ -141,7 +141,11 @@ impl HostCgroup {
                 )?;
             }
             if cpu.quota.is_some() || cpu.period.is_some() {
-                write(&dir.path.join("cpu.max"), &cpu_max(cpu))?;
+                // An update may give only one of the two: the other
+                // stays as it is (runc merges with what it set before).
+                let file = dir.path.join("cpu.max");
+                let current = std::fs::read_to_string(&file).unwrap_or_default();
+                write(&file, &cpu_max(&merged_cpu_max(cpu, &current)))?;
             }
             return Ok(());
         }
@@ -182,6 +186,23 @@ fn cpu_max(cpu: &CpuLimits) -> String {
     match cpu.quota {
         Some(quota) if quota > 0 => format!("{quota} {period}"),
         _ => format!("max {period}"),
+    }
+}
+
+/// `cpu` with the quota or period it leaves out taken from `current`,
+/// the text of cpu.max ("quota period" or "max period").
+fn merged_cpu_max(cpu: &CpuLimits, current: &str) -> CpuLimits {
+    let mut fields = current.split_whitespace();
+    let quota = match fields.next() {
+        Some("max") => Some(-1),
+        Some(text) => text.parse().ok(),
+        None => None,
+    };
+    let period = fields.next().and_then(|text| text.parse().ok());
+    CpuLimits {
+        shares: cpu.shares,
+        quota: cpu.quota.or(quota),
+        period: cpu.period.or(period),
     }
 }
 
@@ -238,6 +259,24 @@ mod tests {
             ..CpuLimits::default()
         };
         assert_eq!(cpu_max(&no_quota), "max 100000");
+        // An update of one of the two keeps the other.
+        let period_only = CpuLimits {
+            period: Some(50_000),
+            ..CpuLimits::default()
+        };
+        assert_eq!(
+            cpu_max(&merged_cpu_max(&period_only, "20000 100000\n")),
+            "20000 50000"
+        );
+        let quota_only = CpuLimits {
+            quota: Some(30_000),
+            ..CpuLimits::default()
+        };
+        assert_eq!(
+            cpu_max(&merged_cpu_max(&quota_only, "max 250000\n")),
+            "30000 250000"
+        );
+        assert_eq!(cpu_max(&merged_cpu_max(&quota_only, "")), "30000 100000");
     }
 
     #[test]
