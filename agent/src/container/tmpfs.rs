@@ -305,7 +305,9 @@ pub fn copy_entries(
         let result = match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => copy_dir(from, name, to, &st, me),
             libc::S_IFREG => (|| {
-                let src = open_at(from, name, libc::O_RDONLY, 0)?;
+                // Non-blocking: had the file become a fifo since the stat,
+                // opening it would wait for a writer.
+                let src = open_at(from, name, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
                 let dst = open_at(
                     to,
                     name,
