@@ -172,6 +172,14 @@ pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: open just returned this descriptor to us.
     let master = unsafe { OwnedFd::from_raw_fd(master) };
+    let slave = open_slave(&master)?;
+    Ok((master, slave))
+}
+
+/// Unlocks the pty of `master` and opens its slave, close-on-exec:
+/// TIOCGPTPEER finds the slave in the master's own devpts, whatever the
+/// paths say. Only ioctls, so usable between fork and exec.
+pub fn open_slave(master: &OwnedFd) -> io::Result<OwnedFd> {
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads one int.
     if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
@@ -189,7 +197,7 @@ pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the ioctl just returned this descriptor to us.
-    Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
+    Ok(unsafe { OwnedFd::from_raw_fd(slave) })
 }
 
 /// Sets a terminal's window size.

@@ -7,7 +7,7 @@
 //! the host's stream.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::mount::MsFlags;
@@ -33,23 +33,8 @@ pub fn open_in_container(root: BorrowedFd<'_>, console: bool, sync: RawFd) -> Re
         0,
     )
     .map_err(|e| format!("cannot open the container's /dev/ptmx: {e}"))?;
-    let unlock: libc::c_int = 0;
-    // SAFETY: TIOCSPTLCK reads one int; TIOCGPTPEER opens the slave of
-    // this master (in its own devpts, whatever the paths say).
-    let slave = unsafe {
-        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) < 0 {
-            return Err(errno("cannot unlock the pty"));
-        }
-        let slave = libc::ioctl(
-            master.as_raw_fd(),
-            libc::TIOCGPTPEER,
-            libc::O_RDWR | libc::O_NOCTTY,
-        );
-        if slave < 0 {
-            return Err(errno("cannot open the pty's slave"));
-        }
-        OwnedFd::from_raw_fd(slave)
-    };
+    let slave = crate::exec::open_slave(&master)
+        .map_err(|e| format!("cannot open the pty's slave: {e}"))?;
     if console {
         let target = create_file(root, Path::new("/dev/console"), 0o666)
             .map_err(|e| format!("/dev/console: {e}"))?;
