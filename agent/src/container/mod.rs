@@ -189,16 +189,22 @@ impl Drop for Reservation<'_> {
 /// A message from a container process, or `None` at end of file.
 async fn recv(sync: &Fd, patience: Duration) -> Result<Option<Vec<u8>>, AgentError> {
     let mut buf = vec![0u8; init::MSG_MAX];
-    match timeout(patience, sync.read(&mut buf)).await {
+    let n = within(patience, sync.read(&mut buf)).await?;
+    buf.truncate(n);
+    Ok((n > 0).then_some(buf))
+}
+
+/// A read of the sync socket, given `patience`.
+async fn within<T>(
+    patience: Duration,
+    read: impl std::future::Future<Output = io::Result<T>>,
+) -> Result<T, AgentError> {
+    match timeout(patience, read).await {
         Err(_) => Err(system(format!(
             "the container process did not answer within {patience:?}"
         ))),
         Ok(Err(e)) => Err(system(format!("the container sync socket: {e}"))),
-        Ok(Ok(0)) => Ok(None),
-        Ok(Ok(n)) => {
-            buf.truncate(n);
-            Ok(Some(buf))
-        }
+        Ok(Ok(got)) => Ok(got),
     }
 }
 
@@ -217,15 +223,7 @@ async fn recv_past_terminal(
     let patience = agent.limits.container_setup;
     loop {
         let mut buf = vec![0u8; init::MSG_MAX];
-        let (n, fd) = match timeout(patience, sync.recv_with_fd(&mut buf)).await {
-            Err(_) => {
-                return Err(system(format!(
-                    "the container process did not answer within {patience:?}"
-                )))
-            }
-            Ok(Err(e)) => return Err(system(format!("the container sync socket: {e}"))),
-            Ok(Ok(got)) => got,
-        };
+        let (n, fd) = within(patience, sync.recv_with_fd(&mut buf)).await?;
         buf.truncate(n);
         let failed = buf.first() == Some(&init::MSG_ERROR);
         if buf.first() != Some(&terminal::MSG_TERMINAL) {
