@@ -48,15 +48,16 @@ pub fn signal(agent: &Agent, id: &str, signal: i32, all: bool) -> Result<Respons
         }
         c.pid
     };
-    if signal == libc::SIGKILL && !has_ended(init) {
+    if signal == libc::SIGKILL {
         // Nothing stops a SIGKILL, so the init has ended as far as anyone
         // waiting for it is concerned; tearing it (and, in its pid
         // namespace, every other process) down is emulated kernel work
         // of seconds on a slow host, and callers such as podman give the
         // pid-file process only a few seconds after their SIGKILL. The
         // reaper finds the same end later and changes nothing. An init
-        // already on its way out (it exited, its namespace is being
-        // emptied) keeps the status it exited with.
+        // already on its way out (it exited and its namespace is being
+        // emptied, or it is a zombie not yet reaped) keeps the status it
+        // exited with.
         let status = exiting_status(init).unwrap_or(ExitStatus::Signal(libc::SIGKILL));
         agent.containers.borrow_mut().record_exit(init, status);
     }
@@ -85,23 +86,6 @@ fn exiting_status_of(stat: &str) -> Option<ExitStatus> {
     } else {
         ExitStatus::Signal(code & 0x7f)
     })
-}
-
-/// Whether `pid`, our child, has ended already (a zombie not yet reaped,
-/// which keeps the status it ended with). Does not reap it.
-fn has_ended(pid: i32) -> bool {
-    // SAFETY: waitid(2) fills the siginfo we pass; WNOWAIT leaves the child
-    // to the reaper.
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        let ret = libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        );
-        ret == 0 && info.si_pid() != 0
-    }
 }
 
 /// `ContainerProcesses`: what is in its cgroup; without a cgroup, its init
