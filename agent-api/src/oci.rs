@@ -531,6 +531,19 @@ pub struct LinuxSeccompArg {
     pub op: LinuxSeccompOperator,
 }
 
+/// cgroup v1 `cpu.shares` (2..=262144, default 1024) to a cgroup2
+/// `cpu.weight` (1..=10000, default 100), linearly from end to end: the
+/// mapping runc and crun use, so that a container gets the same weight
+/// from either (and from the guest's cgroup and the host's). 0, no
+/// shares, stays 0.
+pub fn cpu_shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 0;
+    }
+    let shares = shares.clamp(2, 262_144);
+    1 + (shares - 2) * 9_999 / 262_142
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

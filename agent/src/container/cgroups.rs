@@ -85,15 +85,7 @@ impl CgroupWrite {
     }
 }
 
-/// cgroup v1 cpu.shares (2..262144) to v2 cpu.weight (1..10000), as runc
-/// and crun convert it.
-pub fn shares_to_weight(shares: u64) -> u64 {
-    if shares == 0 {
-        return 0;
-    }
-    let shares = shares.clamp(2, 262_144);
-    1 + ((shares - 2) * 9999) / 262_142
-}
+pub use runvm_agent_api::oci::cpu_shares_to_weight as shares_to_weight;
 
 /// OCI memory.swap is memory plus swap; v2 memory.swap.max is swap alone.
 fn swap_max(limit: Option<i64>, swap: i64) -> Result<Option<String>, String> {
@@ -502,6 +494,8 @@ mod tests {
         assert_eq!(shares_to_weight(262_144), 10_000);
         assert_eq!(shares_to_weight(1024), 39);
         assert_eq!(shares_to_weight(0), 0);
+        assert_eq!(shares_to_weight(1), 1);
+        assert_eq!(shares_to_weight(1 << 30), 10_000);
     }
 
     #[test]

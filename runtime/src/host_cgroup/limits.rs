@@ -137,7 +137,7 @@ impl HostCgroup {
             if let Some(shares) = cpu.shares {
                 write(
                     &dir.path.join("cpu.weight"),
-                    &shares_to_weight(shares).to_string(),
+                    &runvm_agent_api::oci::cpu_shares_to_weight(shares).to_string(),
                 )?;
             }
             if cpu.quota.is_some() || cpu.period.is_some() {
@@ -206,14 +206,6 @@ fn merged_cpu_max(cpu: &CpuLimits, current: &str) -> CpuLimits {
     }
 }
 
-/// v1 shares (2..=262144, default 1024) to a cgroup2 weight (1..=10000,
-/// default 100), linearly from end to end: the mapping runc and crun use,
-/// so that a container gets the same weight from either.
-pub fn shares_to_weight(shares: u64) -> u64 {
-    let shares = shares.clamp(2, 262_144);
-    1 + (shares - 2) * 9_999 / 262_142
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,14 +269,5 @@ mod tests {
             "30000 250000"
         );
         assert_eq!(cpu_max(&merged_cpu_max(&quota_only, "")), "30000 100000");
-    }
-
-    #[test]
-    fn shares_map_onto_weights() {
-        assert_eq!(shares_to_weight(2), 1);
-        assert_eq!(shares_to_weight(1024), 39);
-        assert_eq!(shares_to_weight(262_144), 10_000);
-        assert_eq!(shares_to_weight(1), 1);
-        assert_eq!(shares_to_weight(1 << 30), 10_000);
     }
 }
