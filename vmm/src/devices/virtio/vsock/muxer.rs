@@ -348,7 +348,7 @@ impl Drop for Muxer {
     }
 }
 
-fn parse_connect_line(line: &[u8]) -> Option<u32> {
+pub fn parse_connect_line(line: &[u8]) -> Option<u32> {
     let text = std::str::from_utf8(line).ok()?;
     let port = text.trim_end_matches('\r').strip_prefix("CONNECT ")?;
     port.parse().ok()
