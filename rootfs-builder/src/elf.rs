@@ -26,15 +26,21 @@ const ET_EXEC: u16 = 2;
 const ET_DYN: u16 = 3;
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        b.get(off..off.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        b.get(off..off.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 /// Check that `bin` is a static (or static-pie) 64-bit ELF executable.
@@ -131,6 +137,16 @@ mod tests {
         );
         let mut bin = synthetic_elf(ET_EXEC, &[PT_LOAD, PT_LOAD]);
         bin.truncate(100);
+        assert_eq!(check_static_executable(&bin), Err(ElfError::Truncated));
+    }
+
+    /// Found by the rootfs_elf fuzz target: program headers that start a
+    /// few bytes short of the end of the address space overflowed the
+    /// offset arithmetic (a panic with overflow checks on).
+    #[test]
+    fn program_headers_at_the_end_of_the_address_space_are_truncated() {
+        let mut bin = synthetic_elf(ET_DYN, &[PT_LOAD]);
+        bin[0x20..0x28].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
         assert_eq!(check_static_executable(&bin), Err(ElfError::Truncated));
     }
 
