@@ -22,7 +22,7 @@ VMM := $(RELEASE)/runvm-vmm
 PREFIX ?= /usr/local
 DEMO_BUNDLE := $(BUILD)/demo-bundle
 
-.PHONY: all setup build kernel binaries agent initramfs run test lint unit-test e2e-test bench install uninstall clean
+.PHONY: all setup build kernel binaries agent initramfs run test lint unit-test e2e-test fuzz bench install uninstall clean
 
 all: build
 
@@ -78,6 +78,13 @@ lint:
 
 test: build lint
 	$(CARGO) test --workspace --locked
+	scripts/fuzz.sh
+
+# Every fuzz target in fuzz/ for a bounded time (about 20 s each, seeds in
+# fuzz/corpus/); installs nightly and cargo-fuzz if missing. A longer run:
+# FUZZ_SECONDS=600 scripts/fuzz.sh <target>.
+fuzz:
+	scripts/fuzz.sh
 
 bench: build
 	scripts/setup.sh --bench
@@ -89,3 +96,4 @@ bench: build
 clean:
 	rm -rf $(BUILD)
 	$(CARGO) clean
+	rm -rf fuzz/target fuzz/artifacts
