@@ -17,8 +17,8 @@ cd "$(dirname "$0")/.."
 # which saturate in seconds. Together with the build this stays within
 # about six minutes on two cores.
 declare -A seconds=(
-  [vsock_muxer]=20 [mmio_transport]=20 [agent_spec]=20 [agent_seccomp]=20
-  [agent_api_messages]=20 [agent_api_frames]=20 [vmm_kernel_image]=20
+  [vsock_muxer]=15 [mmio_transport]=15 [agent_spec]=15 [agent_seccomp]=15
+  [agent_api_messages]=15 [agent_api_frames]=15 [vmm_kernel_image]=15
   [vsock_connect_line]=10 [stream_greeting]=10 [agent_mountopts]=10
   [rootfs_elf]=10 [rootfs_cpio]=10
 )
@@ -43,7 +43,7 @@ echo "fuzz: built in $(($(date +%s) - start)) s"
 
 failed=()
 for target in "${targets[@]}"; do
-  time=${FUZZ_SECONDS:-${seconds[$target]:-20}}
+  time=${FUZZ_SECONDS:-${seconds[$target]:-15}}
   work=fuzz/target/corpus/$target
   mkdir -p "$work"
   log=fuzz/target/fuzz-$target.log

@@ -3,12 +3,14 @@
 //! packet sequences, headers well formed or raw) and host clients (CONNECT
 //! lines, data, half and full closes), over real Unix sockets.
 //!
-//! Besides "never panics", every packet the muxer gives the guest is
-//! checked: addressed from the host to the guest, a known operation, a
-//! length that fits the buffer and matches the payload, data only within
-//! the credit the guest last granted, and (for guest-initiated
-//! connections, whose host end the harness knows) an end-of-stream only
-//! after the host end stopped writing.
+//! Besides "never panics": a header that passes validation is the
+//! guest's, for the host, a known operation with a bounded length; and
+//! every packet the muxer gives the guest is addressed from the host to
+//! the guest, a known operation, with a length that fits the buffer and
+//! matches the payload, data only within the credit the guest last
+//! granted, and (for guest-initiated connections, whose host end the
+//! harness knows) an end-of-stream only after the host end stopped
+//! writing.
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
@@ -214,6 +216,20 @@ impl Harness {
         let wanted = (header.len as usize).min(MAX_PAYLOAD);
         let payload = &payload[..payload.len().min(wanted)];
         let valid = header.validate_from_guest(CID, payload.len()).is_ok();
+        if valid {
+            // What validation promises the muxer.
+            let (src, dst, type_, op, len) = (
+                header.src_cid,
+                header.dst_cid,
+                header.type_,
+                header.op,
+                header.len as usize,
+            );
+            assert_eq!((src, dst, type_), (CID, HOST_CID, TYPE_STREAM));
+            assert!((OP_REQUEST..=OP_CREDIT_REQUEST).contains(&op));
+            assert!(len <= payload.len() && len <= MAX_PAYLOAD);
+            assert!(op == OP_RW || len == 0);
+        }
         if valid {
             let key = (header.dst_port, header.src_port);
             self.guest.buf_alloc.insert(key, header.buf_alloc);
