@@ -288,7 +288,7 @@ impl Harness {
         }
     }
 
-    fn to_guest(&mut self, room: usize) -> Option<PacketHeader> {
+    fn receive(&mut self, room: usize) -> Option<PacketHeader> {
         let (header, len) = self
             .muxer
             .next_packet_for_guest(&mut self.payload[..room])?;
@@ -400,14 +400,14 @@ impl Harness {
             } => {
                 let room = rx_room(requested);
                 for _ in 0..count % 32 {
-                    if !self.muxer.has_work_for_guest() || self.to_guest(room).is_none() {
+                    if !self.muxer.has_work_for_guest() || self.receive(room).is_none() {
                         break;
                     }
                 }
             }
             Op::GiveBack { room: requested } => {
                 let room = rx_room(requested);
-                if let Some(header) = self.to_guest(room) {
+                if let Some(header) = self.receive(room) {
                     if header.op != OP_RW {
                         self.muxer.push_front(header);
                         self.guest.given_back = Some(header);
@@ -433,7 +433,7 @@ fuzz_target!(|ops: Vec<Op>| {
     // Whatever is still owed must come out well formed too.
     for _ in 0..64 {
         harness.poll();
-        if harness.to_guest(MAX_ROOM).is_none() {
+        if harness.receive(MAX_ROOM).is_none() {
             break;
         }
     }
