@@ -80,7 +80,7 @@ test: build lint
 	$(CARGO) test --workspace --locked
 	scripts/fuzz.sh
 
-# Every fuzz target in fuzz/ for a bounded time (10-15 s each, seeds in
+# Every fuzz target in fuzz/ for a bounded time (6-12 s each, seeds in
 # fuzz/corpus/); installs nightly and cargo-fuzz if missing. A longer run:
 # FUZZ_SECONDS=600 scripts/fuzz.sh <target>.
 fuzz:
