@@ -59,13 +59,25 @@ struct Fixture {
     served: UnixListener,
 }
 
+fn socket_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("runvm-fuzz-vsock-{}", std::process::id()))
+}
+
+/// libFuzzer ends a run with exit(): the socket directory goes with it.
+extern "C" fn remove_socket_dir() {
+    let _ = std::fs::remove_dir_all(socket_dir());
+}
+
 /// One socket directory per fuzzing process, and the host service the
 /// guest can dial, kept across inputs.
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("runvm-fuzz-vsock-{}", std::process::id()));
+        let dir = socket_dir();
         std::fs::create_dir_all(&dir).expect("socket directory");
+        // SAFETY: registers a function that takes no arguments and only
+        // removes a directory.
+        unsafe { libc::atexit(remove_socket_dir) };
         let path = dir.join("v.sock");
         let mut served_path = path.clone().into_os_string();
         served_path.push(format!("_{SERVED_PORT}"));
