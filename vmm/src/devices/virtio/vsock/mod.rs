@@ -2,7 +2,11 @@
 
 mod connection;
 mod control;
-mod dial;
 pub mod device;
+mod dial;
+mod interest;
 pub mod muxer;
 pub mod packet;
+
+#[cfg(test)]
+mod hostile_guest_tests;
