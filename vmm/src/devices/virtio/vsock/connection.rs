@@ -439,6 +439,26 @@ mod tests {
     }
 
     #[test]
+    fn owed_control_packets_coalesce_whatever_the_guest_sends() {
+        let (mut c, _host) = established();
+        for _ in 0..1000 {
+            c.on_guest_packet(&guest(OP_CREDIT_REQUEST, 0, 0), &[]);
+        }
+        assert_eq!(c.owed_count(), 1, "one credit update answers them all");
+        c.owe(OP_SHUTDOWN, SHUTDOWN_SEND);
+        c.owe(OP_SHUTDOWN, SHUTDOWN_RCV);
+        assert_eq!(c.owed_count(), 2);
+        assert_eq!({ c.next_owed(CID).unwrap().op }, OP_CREDIT_UPDATE);
+        let shutdown = c.next_owed(CID).unwrap();
+        assert_eq!({ shutdown.flags }, SHUTDOWN_SEND | SHUTDOWN_RCV);
+        c.owe(OP_CREDIT_UPDATE, 0);
+        c.owe(OP_RST, 0);
+        c.owe(OP_CREDIT_UPDATE, 0);
+        assert_eq!(c.owed_count(), 1, "an RST replaces and ends the queue");
+        assert!(c.is_resetting());
+    }
+
+    #[test]
     fn response_completes_a_host_initiated_handshake() {
         let (ours, mut host) = UnixStream::pair().unwrap();
         let mut c = Connection::new(ours, 1025, 52, State::AwaitingResponse);
