@@ -24,7 +24,8 @@ use crate::devices::virtio::vsock::device::Vsock;
 use crate::devices::virtio::vsock::muxer::Muxer;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{
-    Bus, ExitPort, FailureReporter, Serial, COM1_IRQ, COM1_PORT, I8042, I8042_BASE, I8042_LEN,
+    Bus, CappedLog, ExitPort, FailureReporter, Serial, COM1_IRQ, COM1_PORT, I8042, I8042_BASE,
+    I8042_LEN,
 };
 use crate::error::Error;
 use crate::host_profile::HostProfile;
@@ -324,11 +325,14 @@ fn register_guest_memory(vm: &VmFd, mem: &GuestMemory, memory_mib: u64) -> Resul
 fn build_pio_bus(vm: &VmFd, serial: &SerialOutput) -> Result<Bus, Error> {
     let output: Box<dyn Write + Send> = match serial {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
+        // Bounded: the guest must not fill the host's disk.
         SerialOutput::File(path) => {
-            Box::new(File::create(path).map_err(|source| Error::SerialOutput {
-                path: path.clone(),
-                source,
-            })?)
+            Box::new(CappedLog::new(File::create(path).map_err(|source| {
+                Error::SerialOutput {
+                    path: path.clone(),
+                    source,
+                }
+            })?))
         }
         SerialOutput::None => Box::new(std::io::sink()),
     };

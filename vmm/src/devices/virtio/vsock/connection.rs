@@ -12,7 +12,11 @@ use super::packet::*;
 
 /// Bytes of guest data the host side buffers per connection when the host
 /// socket is slow; also the credit the guest is given.
+/// A fixed cap, whatever the guest does: more than this buffered resets
+/// the connection, since the guest was never given the credit for it.
 pub const HOST_BUFFER_SIZE: u32 = 256 * 1024;
+/// Most control packets one connection can owe the guest at once.
+pub const MAX_OWED: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -34,6 +38,9 @@ pub struct Connection {
     pub host_port: u32,
     pub guest_port: u32,
     pub state: State,
+    /// Opened by the guest (to a `<path>_<port>` socket), not by a host
+    /// client; these have their own, smaller cap.
+    pub guest_initiated: bool,
     /// Guest data the host socket has not taken yet.
     to_host: VecDeque<u8>,
     /// Bytes of guest data handed to the host socket.
@@ -60,6 +67,7 @@ impl Connection {
             host_port,
             guest_port,
             state,
+            guest_initiated: false,
             to_host: VecDeque::new(),
             forwarded: Wrapping(0),
             forwarded_announced: Wrapping(0),
@@ -74,9 +82,38 @@ impl Connection {
     }
 
     /// Queues a control packet (REQUEST, RESPONSE, SHUTDOWN, RST, ...) for
-    /// the guest.
+    /// the guest. A guest that never posts RX buffers must not grow this
+    /// queue, however many packets it sends, so owed packets coalesce:
+    /// one credit update stands for any number (it carries the credit of
+    /// the moment it is sent), SHUTDOWN flags merge, nothing follows an
+    /// RST. The queue thus never holds more than [`MAX_OWED`] packets.
     pub fn owe(&mut self, op: u16, flags: u32) {
+        if self.is_resetting() {
+            return;
+        }
+        if op == OP_RST {
+            self.owed.clear();
+        } else if op == OP_CREDIT_UPDATE && self.owed.iter().any(|(o, _)| *o == op) {
+            return;
+        } else if let Some(pending) = self
+            .owed
+            .iter_mut()
+            .find(|(o, _)| *o == op && op == OP_SHUTDOWN)
+        {
+            pending.1 |= flags;
+            return;
+        }
+        if self.owed.len() >= MAX_OWED {
+            // Unreachable by the rules above (REQUEST or RESPONSE, SHUTDOWN,
+            // CREDIT_UPDATE); kept as the bound's last line.
+            self.owed.pop_front();
+        }
         self.owed.push_back((op, flags));
+    }
+
+    /// Control packets waiting for an RX buffer.
+    pub fn owed_count(&self) -> usize {
+        self.owed.len()
     }
 
     /// Every packet from the guest tells its current receive credit.
@@ -129,7 +166,6 @@ impl Connection {
 
     /// Queues an RST and drops the connection.
     fn reset(&mut self) -> Verdict {
-        self.owed.clear();
         self.owe(OP_RST, 0);
         Verdict::Close
     }
@@ -400,6 +436,26 @@ mod tests {
         let update = c.next_owed(CID).unwrap();
         assert_eq!({ update.op }, OP_CREDIT_UPDATE);
         assert_eq!({ update.buf_alloc }, HOST_BUFFER_SIZE);
+    }
+
+    #[test]
+    fn owed_control_packets_coalesce_whatever_the_guest_sends() {
+        let (mut c, _host) = established();
+        for _ in 0..1000 {
+            c.on_guest_packet(&guest(OP_CREDIT_REQUEST, 0, 0), &[]);
+        }
+        assert_eq!(c.owed_count(), 1, "one credit update answers them all");
+        c.owe(OP_SHUTDOWN, SHUTDOWN_SEND);
+        c.owe(OP_SHUTDOWN, SHUTDOWN_RCV);
+        assert_eq!(c.owed_count(), 2);
+        assert_eq!({ c.next_owed(CID).unwrap().op }, OP_CREDIT_UPDATE);
+        let shutdown = c.next_owed(CID).unwrap();
+        assert_eq!({ shutdown.flags }, SHUTDOWN_SEND | SHUTDOWN_RCV);
+        c.owe(OP_CREDIT_UPDATE, 0);
+        c.owe(OP_RST, 0);
+        c.owe(OP_CREDIT_UPDATE, 0);
+        assert_eq!(c.owed_count(), 1, "an RST replaces and ends the queue");
+        assert!(c.is_resetting());
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::{EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::interest::Interest;
 use super::muxer::{FdOwner, Muxer};
 use super::packet::{PacketHeader, HEADER_SIZE, MAX_PAYLOAD};
 use crate::devices::virtio::{ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -84,8 +85,7 @@ impl VirtioDevice for Vsock {
             interrupt,
             muxer,
             stop: stop.try_clone().map_err(|e| e.to_string())?,
-            epoll: Epoll::new().map_err(|e| e.to_string())?,
-            registered: HashMap::new(),
+            interest: Interest::new().map_err(|e| e.to_string())?,
             rx_starved: false,
         };
         let thread = std::thread::Builder::new()
@@ -111,6 +111,14 @@ impl VirtioDevice for Vsock {
     }
 }
 
+#[cfg(test)]
+impl Vsock {
+    /// The muxer, while the device is not active (after a reset).
+    pub fn idle_muxer(&self) -> Option<&Muxer> {
+        self.muxer.as_ref()
+    }
+}
+
 impl Drop for Vsock {
     fn drop(&mut self) {
         self.reset();
@@ -127,9 +135,7 @@ struct EventLoop {
     interrupt: Arc<Interrupt>,
     muxer: Muxer,
     stop: EventFd,
-    epoll: Epoll,
-    /// Interest currently registered with epoll, per fd.
-    registered: HashMap<RawFd, EventSet>,
+    interest: Interest,
     /// The guest posted no RX buffer last time one was needed.
     rx_starved: bool,
 }
@@ -144,7 +150,7 @@ impl EventLoop {
             self.tx.notify.as_raw_fd(),
         ];
         for fd in fixed {
-            if self.watch(fd, EventSet::IN).is_err() {
+            if self.interest.watch_fixed(fd).is_err() {
                 return self.muxer;
             }
         }
@@ -152,7 +158,7 @@ impl EventLoop {
         loop {
             self.process_rx();
             self.sync_interest();
-            let count = match self.epoll.wait(-1, &mut events) {
+            let count = match self.interest.wait(&mut events) {
                 Ok(count) => count,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.muxer,
@@ -187,16 +193,18 @@ impl EventLoop {
                 self.muxer
                     .on_connection_ready(key, readable, set.contains(EventSet::OUT));
             }
-            None => {
-                let _ = self.unwatch(fd);
-            }
+            None => self.interest.unwatch(fd),
         }
     }
 
-    /// Takes every packet the guest sent.
+    /// Takes the packets the guest sent, one ring's worth at a time: a guest
+    /// that refills TX as fast as it is emptied must not keep the thread
+    /// from RX and from stopping. What is left waits for the next pass,
+    /// which a self-notification triggers.
     fn process_tx(&mut self) {
         let mem = self.mem.clone();
         let mut used_any = false;
+        let mut budget = QUEUE_SIZE;
         while let Some(chain) = self.tx.queue.pop_descriptor_chain(&mem) {
             let head = chain.head_index();
             if let Ok(mut reader) = chain.reader(&mem) {
@@ -212,6 +220,11 @@ impl EventLoop {
             // A malformed chain is consumed and ignored, never fatal.
             let _ = self.tx.queue.add_used(&mem, head, 0);
             used_any = true;
+            budget -= 1;
+            if budget == 0 {
+                let _ = self.tx.notify.write(1);
+                break;
+            }
         }
         if used_any {
             self.notify_guest(TX);
@@ -289,48 +302,6 @@ impl EventLoop {
             }
             wanted.insert(fd, set);
         }
-        let stale: Vec<RawFd> = self
-            .registered
-            .keys()
-            .filter(|fd| {
-                !wanted.contains_key(fd)
-                    && **fd != self.stop.as_raw_fd()
-                    && **fd != self.rx.notify.as_raw_fd()
-                    && **fd != self.tx.notify.as_raw_fd()
-            })
-            .copied()
-            .collect();
-        for fd in stale {
-            let _ = self.unwatch(fd);
-        }
-        for (fd, set) in wanted {
-            if self.registered.get(&fd) != Some(&set) {
-                let _ = self.watch(fd, set);
-            }
-        }
-    }
-
-    fn watch(&mut self, fd: RawFd, set: EventSet) -> std::io::Result<()> {
-        let event = EpollEvent::new(set, fd as u64);
-        // A closed fd leaves epoll by itself and its number can come back
-        // for a new socket, so MOD may find nothing: then ADD.
-        let result = if self.registered.contains_key(&fd) {
-            self.epoll
-                .ctl(ControlOperation::Modify, fd, event)
-                .or_else(|_| self.epoll.ctl(ControlOperation::Add, fd, event))
-        } else {
-            self.epoll
-                .ctl(ControlOperation::Add, fd, event)
-                .or_else(|_| self.epoll.ctl(ControlOperation::Modify, fd, event))
-        };
-        result?;
-        self.registered.insert(fd, set);
-        Ok(())
-    }
-
-    fn unwatch(&mut self, fd: RawFd) -> std::io::Result<()> {
-        self.registered.remove(&fd);
-        self.epoll
-            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+        self.interest.sync(&wanted);
     }
 }

@@ -10,13 +10,15 @@
 //! The muxer owns every connection and decides which packet the guest gets
 //! next; the device's event loop does the queue and epoll work.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use super::connection::{Connection, State, Verdict};
+use super::control::ControlQueue;
+use super::dial::dial;
 use super::packet::*;
 
 /// `CONNECT 4294967295\n` is 19 bytes; anything longer is not a handshake.
@@ -24,9 +26,15 @@ const MAX_HANDSHAKE_LINE: usize = 32;
 /// Host-side ports of host-initiated connections start here, clear of the
 /// well-known ports a guest might connect to.
 const FIRST_HOST_PORT: u32 = 1 << 30;
-/// Bound on connections, so a host client or the guest cannot exhaust the
-/// VMM's file descriptors.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Bound on connections (host clients still in their handshake included),
+/// so a host client or the guest cannot exhaust the VMM's file descriptors
+/// or memory: each connection buffers at most
+/// [`HOST_BUFFER_SIZE`](super::connection::HOST_BUFFER_SIZE) of guest data,
+/// so 64 MiB in all at worst. runvm uses a handful per container process.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Of those, how many the guest may open to host sockets, so that a guest
+/// cannot take the slots the runtime needs to reach its agent.
+pub const MAX_GUEST_CONNECTIONS: usize = 64;
 
 type Key = (u32, u32); // (host port, guest port)
 
@@ -43,7 +51,7 @@ pub struct Muxer {
     connections: BTreeMap<Key, Connection>,
     handshakes: HashMap<RawFd, Handshake>,
     /// Packets for the guest that belong to no live connection (RSTs).
-    loose: VecDeque<PacketHeader>,
+    loose: ControlQueue,
     /// Connections whose host socket may have data.
     readable: Vec<Key>,
     next_host_port: u32,
@@ -72,7 +80,7 @@ impl Muxer {
             listener,
             connections: BTreeMap::new(),
             handshakes: HashMap::new(),
-            loose: VecDeque::new(),
+            loose: ControlQueue::default(),
             readable: Vec::new(),
             next_host_port: FIRST_HOST_PORT,
         })
@@ -225,19 +233,27 @@ impl Muxer {
         }
     }
 
-    /// A guest connecting to the host: dial `<path>_<port>`.
+    /// A guest connecting to the host: dial `<path>_<port>`, without
+    /// waiting for a host program that does not accept (see [`dial`]).
     fn connect_to_host(&mut self, header: &PacketHeader) {
         let (host_port, guest_port) = (header.dst_port, header.src_port);
-        if self.connections.len() + self.handshakes.len() >= MAX_CONNECTIONS {
+        let guest_opened = self
+            .connections
+            .values()
+            .filter(|c| c.guest_initiated)
+            .count();
+        if self.connections.len() + self.handshakes.len() >= MAX_CONNECTIONS
+            || guest_opened >= MAX_GUEST_CONNECTIONS
+        {
             return self.reset_unknown(header);
         }
         let mut target = self.path.clone().into_os_string();
         target.push(format!("_{host_port}"));
-        let stream = match UnixStream::connect(&target) {
-            Ok(stream) if stream.set_nonblocking(true).is_ok() => stream,
-            _ => return self.reset_unknown(header),
+        let Ok(stream) = dial(&target) else {
+            return self.reset_unknown(header);
         };
         let mut connection = Connection::new(stream, host_port, guest_port, State::Established);
+        connection.guest_initiated = true;
         connection.update_guest_credit(header);
         connection.owe(OP_RESPONSE, 0);
         self.connections.insert((host_port, guest_port), connection);
@@ -246,14 +262,14 @@ impl Muxer {
     fn reset_unknown(&mut self, header: &PacketHeader) {
         let reply =
             PacketHeader::to_guest(self.guest_cid, header.dst_port, header.src_port, OP_RST);
-        self.loose.push_back(reply);
+        self.loose.push(reply);
     }
 
     /// Drops a connection, keeping the packets it still owes (its RST).
     fn close(&mut self, key: Key) {
         if let Some(mut connection) = self.connections.remove(&key) {
             while let Some(header) = connection.next_owed(self.guest_cid) {
-                self.loose.push_back(header);
+                self.loose.push(header);
             }
         }
         self.readable.retain(|k| *k != key);
@@ -289,7 +305,7 @@ impl Muxer {
     /// The next packet for the guest, its payload written to `payload`.
     /// Control packets go first; then data, one connection after another.
     pub fn next_packet_for_guest(&mut self, payload: &mut [u8]) -> Option<(PacketHeader, usize)> {
-        if let Some(header) = self.loose.pop_front() {
+        if let Some(header) = self.loose.pop() {
             return Some((header, 0));
         }
         let owing = self
@@ -331,14 +347,20 @@ impl Muxer {
         None
     }
 
-    /// Gives back a packet the guest had no buffer for (it goes first next
-    /// time). Only control packets are ever given back.
-    pub fn push_front(&mut self, header: PacketHeader) {
-        self.loose.push_front(header);
-    }
-
     pub fn connection_count(&self) -> usize {
         self.connections.len()
+    }
+
+    /// Control packets waiting for the guest's RX buffers: bounded by
+    /// [`MAX_LOOSE`](super::control::MAX_LOOSE) plus
+    /// [`MAX_OWED`](super::connection::MAX_OWED) per connection.
+    pub fn queued_control_packets(&self) -> usize {
+        self.loose.len()
+            + self
+                .connections
+                .values()
+                .map(Connection::owed_count)
+                .sum::<usize>()
     }
 }
 
