@@ -35,21 +35,10 @@ const MAX_OPS: usize = 48;
 /// The device's largest RX payload.
 const MAX_ROOM: usize = 64 * 1024;
 
-/// RX buffers with room for a header only (a guest may post them) make the
-/// muxer read 0 bytes from the host socket and take that for end of file:
-/// a known bug, reported, that the end-of-stream check trips over at once.
-/// Until it is fixed such buffers are only posted with
-/// RUNVM_FUZZ_ZERO_ROOM=1 set.
-fn smallest_room() -> usize {
-    static SMALLEST: OnceLock<usize> = OnceLock::new();
-    *SMALLEST.get_or_init(|| match std::env::var_os("RUNVM_FUZZ_ZERO_ROOM") {
-        Some(v) if v == "1" => 0,
-        _ => 1,
-    })
-}
-
+/// RX buffers with room for a header only are allowed: a guest may post
+/// them, and they carry control packets but no data.
 fn rx_room(requested: u16) -> usize {
-    usize::from(requested).clamp(smallest_room(), MAX_ROOM)
+    usize::from(requested).min(MAX_ROOM)
 }
 
 type Key = (u32, u32); // (host port, guest port)

@@ -24,7 +24,6 @@ impl Drop for TestDir {
 /// told SHUTDOWN(SEND) while the host end is open with data waiting, and
 /// the connection delivers nothing more.
 #[test]
-#[ignore = "known bug: a header-only RX buffer reads as the host's end of file"]
 fn a_header_only_rx_buffer_is_not_the_hosts_end_of_file() {
     let dir =
         TestDir(std::env::temp_dir().join(format!("runvm-vsock-zero-room-{}", std::process::id())));

@@ -157,7 +157,12 @@ impl Connection {
                 // guest sent has reached the host socket (flush_to_host).
                 self.flush_to_host()
             }
-            (OP_RST, _) => Verdict::Close,
+            (OP_RST, _) => {
+                // The guest has forgotten the connection: nothing owed to
+                // it is news any more.
+                self.owed.clear();
+                Verdict::Close
+            }
             // Anything else (a REQUEST on a live connection, data before
             // the handshake finished) breaks the protocol.
             _ => self.reset(),
@@ -249,6 +254,11 @@ impl Connection {
             return None;
         }
         let limit = payload.len().min(self.guest_credit() as usize);
+        // No room (a header-only RX buffer): reading zero bytes would look
+        // like the host's end of file.
+        if limit == 0 {
+            return None;
+        }
         loop {
             match self.stream.read(&mut payload[..limit]) {
                 Ok(0) => {
@@ -342,6 +352,25 @@ mod tests {
         // The guest consumed it all: credit is back.
         c.on_guest_packet(&guest(OP_CREDIT_UPDATE, 0, 4096), &[]);
         assert_eq!(c.read_for_guest(CID, &mut payload).unwrap().1, 4096);
+    }
+
+    #[test]
+    fn a_guest_rst_drops_what_was_owed_to_it() {
+        let (mut c, _host) = established();
+        c.on_guest_packet(&guest(OP_CREDIT_REQUEST, 0, 0), &[]);
+        assert!(c.has_owed_packets());
+        assert_eq!(c.on_guest_packet(&guest(OP_RST, 0, 0), &[]), Verdict::Close);
+        assert!(c.next_owed(CID).is_none(), "nothing for a reset connection");
+    }
+
+    #[test]
+    fn a_buffer_without_room_is_not_the_hosts_end_of_file() {
+        let (mut c, mut host) = established();
+        host.write_all(b"hi").unwrap();
+        assert!(c.read_for_guest(CID, &mut []).is_none());
+        assert!(!c.has_owed_packets(), "no SHUTDOWN for an open host end");
+        let mut payload = [0u8; 16];
+        assert_eq!(c.read_for_guest(CID, &mut payload).unwrap().1, 2);
     }
 
     #[test]

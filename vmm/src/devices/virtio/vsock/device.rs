@@ -255,6 +255,14 @@ impl EventLoop {
             };
             let room = (writer.available_bytes() - HEADER_SIZE).min(MAX_RX_PAYLOAD);
             let Some((header, len)) = self.muxer.next_packet_for_guest(&mut payload[..room]) else {
+                if room == 0 {
+                    // Only data is waiting and this buffer has no room for
+                    // any: it is used up empty rather than offered again,
+                    // so a guest posting such buffers cannot make us spin.
+                    let _ = self.rx.queue.add_used(&mem, head, 0);
+                    used_any = true;
+                    continue;
+                }
                 // Nothing after all: give the buffer back.
                 self.rx.queue.go_to_previous_position();
                 break;

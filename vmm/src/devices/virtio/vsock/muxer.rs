@@ -321,6 +321,11 @@ impl Muxer {
             }
             return Some((header, 0));
         }
+        // A header-only buffer carries control packets only; data waits
+        // for a buffer with room.
+        if payload.is_empty() {
+            return None;
+        }
         while !self.readable.is_empty() {
             let key = self.readable.remove(0);
             let Some(connection) = self.connections.get_mut(&key) else {
