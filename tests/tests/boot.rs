@@ -32,7 +32,7 @@ fn sigterm_stops_a_running_vm() {
         .spawn()
         .expect("cannot start runvm-vmm");
     wait_for_line(&mut child, &ready_line(), BOOT_TIMEOUT);
-    let threads = confinement_of_threads(child.id());
+    let threads = confinement_of_vmm_threads(child.id());
     let names: Vec<&str> = threads.iter().map(|(name, _)| name.as_str()).collect();
     let missing: Vec<&str> = ["runvm-vmm", "vcpu0", "spawner", "virtio-blk", "vsock"]
         .into_iter()
@@ -53,6 +53,30 @@ fn sigterm_stops_a_running_vm() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("stopped by signal 15"), "stderr:\n{stderr}");
     assert!(!socket.exists(), "the VMM left {}", socket.display());
+}
+
+/// [`confinement_of_threads`] of the process that runs the vCPUs: `pid` or,
+/// should the VMM run in a child of its own (a jail), a descendant.
+fn confinement_of_vmm_threads(pid: u32) -> Vec<(String, String)> {
+    let mut pids = vec![pid];
+    let mut next = 0;
+    while next < pids.len() {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", pids[next]));
+        for task in tasks.into_iter().flatten().flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            pids.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+        next += 1;
+    }
+    pids.iter()
+        .map(|&pid| confinement_of_threads(pid))
+        .find(|threads| threads.iter().any(|(name, _)| name == "vcpu0"))
+        .unwrap_or_else(|| confinement_of_threads(pid))
 }
 
 /// The name and seccomp mode (`Seccomp:` in its status) of each thread of
