@@ -269,12 +269,15 @@ fn block_work(disk: &std::fs::File, epoll: &Epoll, event: &EventFd) {
 }
 
 fn probe_vsock() {
-    let path = std::env::temp_dir().join(format!("runvm-seccomp-vsock-{}", std::process::id()));
-    let listener = UnixListener::bind(&path).unwrap();
+    use std::os::linux::net::SocketAddrExt;
+    // Abstract, so the probe's end leaves no socket file behind.
+    let name = format!("runvm-seccomp-vsock-{}", std::process::id());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    let listener = UnixListener::bind_addr(&address).unwrap();
     listener.set_nonblocking(true).unwrap();
     let epoll = Epoll::new().unwrap();
     apply(ThreadKind::Vsock).unwrap();
-    let mut client = UnixStream::connect(&path).unwrap();
+    let mut client = UnixStream::connect_addr(&address).unwrap();
     let (mut accepted, _) = listener.accept().unwrap();
     accepted.set_nonblocking(true).unwrap();
     epoll
