@@ -40,6 +40,10 @@ const CONSOLE_TAIL_BYTES: u64 = 2048;
 const VMM_STDERR_TAIL_BYTES: usize = 4096;
 /// runvm-vmm's exit status when a device backend (virtiofsd) failed.
 pub const VMM_EXIT_BACKEND_FAILED: i32 = 6;
+/// runvm-vmm's exit status when a thread made a call its seccomp filter
+/// forbids; its stderr then has a line after [`VMM_SECCOMP_REPORT`].
+pub const VMM_EXIT_SECCOMP: i32 = 7;
+pub const VMM_SECCOMP_REPORT: &str = "runvm-vmm: killed by seccomp: ";
 
 /// What to boot.
 #[derive(Clone, Debug)]
@@ -141,6 +145,9 @@ pub enum VmError {
         /// virtiofsd's status and the end of its log.
         virtiofsd: String,
     },
+    /// A VMM thread made a system call its seccomp filter forbids.
+    #[error("VMM killed by seccomp: {report} ({status})")]
+    Seccomp { status: ExitStatus, report: String },
     #[error(transparent)]
     Share(#[from] ShareError),
     #[error("the VM has no share (it was booted without virtiofsd)")]
@@ -506,8 +513,13 @@ impl MicroVm {
     }
 
     /// The VMM's status as the VM's outcome: exit 6 (a backend failed)
-    /// becomes the share's error.
+    /// becomes the share's error, exit 7 or SIGSYS the seccomp violation.
     fn judge(&mut self, status: ExitStatus) -> Result<ExitStatus, VmError> {
+        use std::os::unix::process::ExitStatusExt;
+        if status.code() == Some(VMM_EXIT_SECCOMP) || status.signal() == Some(libc::SIGSYS) {
+            let report = seccomp_report(&self.vmm_stderr());
+            return Err(VmError::Seccomp { status, report });
+        }
         if status.code() != Some(VMM_EXIT_BACKEND_FAILED) {
             return Ok(status);
         }
@@ -691,9 +703,44 @@ impl Drop for MicroVm {
     }
 }
 
+/// What the VMM's seccomp report says, from its stderr: "syscall N
+/// (name) in the KIND thread".
+fn seccomp_report(stderr: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .find_map(|line| line.split_once(VMM_SECCOMP_REPORT))
+        .map(|(_, report)| report.trim().to_owned())
+        .unwrap_or_else(|| "the VMM did not say which system call".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_seccomp_report_is_the_vmm_last_such_line() {
+        let stderr =
+            "booting\nrunvm-vmm: killed by seccomp: syscall 41 (socket) in the vCPU thread\n";
+        assert_eq!(
+            seccomp_report(stderr),
+            "syscall 41 (socket) in the vCPU thread"
+        );
+        assert_eq!(
+            seccomp_report("killed by SIGSYS\n"),
+            "the VMM did not say which system call"
+        );
+        let error = VmError::Seccomp {
+            status: std::os::unix::process::ExitStatusExt::from_raw(7 << 8),
+            report: seccomp_report(stderr),
+        };
+        assert!(
+            error
+                .to_string()
+                .starts_with("VMM killed by seccomp: syscall 41 (socket)"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn images_are_told_apart_by_content() {

@@ -17,6 +17,7 @@
 //! - [`vcpu`]: the vCPU run loop and its exits.
 //! - [`diagnostics`]: turning a KVM internal error into a readable report.
 //! - [`machine`]: puts the pieces together and runs a VM to its end.
+//! - [`seccomp`]: the per-thread seccomp filters.
 
 pub mod boot;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod diagnostics;
 pub mod host_profile;
 pub mod machine;
 pub mod memory;
+pub mod seccomp;
 pub mod vcpu;
 
 mod error;

@@ -33,6 +33,7 @@ use crate::memory::{
     create_guest_memory, create_shared_guest_memory, virtio_mmio_slot, GuestMemory,
     MAX_VIRTIO_DEVICES, VIRTIO_MMIO_WINDOW,
 };
+use crate::seccomp::ThreadKind;
 use crate::vcpu::{install_kick_handler, kick_signal, Vcpu, VcpuStop};
 
 /// KVM on Intel needs three pages for a real-mode TSS; they sit in the
@@ -362,6 +363,9 @@ fn run_vcpus(vcpus: Vec<Vcpu>, failures: &FailureReporter) -> Result<VmExit, Err
         EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("cannot create an eventfd"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let (reports, stops) = mpsc::channel();
+    // Device threads are started from here on by the spawner (see
+    // crate::seccomp), so that a confined vCPU can activate devices.
+    crate::seccomp::start_spawner().map_err(Error::io("cannot start the thread spawner"))?;
 
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for vcpu in vcpus {
@@ -373,12 +377,21 @@ fn run_vcpus(vcpus: Vec<Vcpu>, failures: &FailureReporter) -> Result<VmExit, Err
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{}", vcpu.id))
             .spawn(move || {
-                let reason = vcpu.run(&stop);
+                // Confined before the guest runs a single instruction.
+                let reason = match crate::seccomp::apply(ThreadKind::Vcpu) {
+                    Ok(()) => vcpu.run(&stop),
+                    Err(error) => VcpuStop::Failed(error.to_string()),
+                };
                 let _ = reports.send(reason);
                 let _ = stopped.write(1);
             })
             .map_err(Error::io("cannot start a vCPU thread"))?;
         threads.push(thread);
+    }
+    // Every thread the main thread starts is running: confine it too.
+    if let Err(error) = crate::seccomp::apply(ThreadKind::Main) {
+        stop_vcpus(&stop, threads);
+        return Err(error.into());
     }
 
     let outcome = match signals.wait_for_signal_or(&[&stopped, failures.event()])? {

@@ -3,8 +3,9 @@
 //! Exit status: 0 when the guest powers off; 1 for a VMM error; 2 for bad
 //! usage; 3 when the guest resets (reboot or kernel panic); 4 on a triple
 //! fault; 5 when KVM cannot run the guest; 6 when a device backend (the
-//! virtiofsd behind `--fs`) went away or failed while the VM ran; 128+N
-//! when stopped by signal N.
+//! virtiofsd behind `--fs`) went away or failed while the VM ran; 7 when
+//! a thread made a system call its seccomp filter forbids (stderr names
+//! it); 128+N when stopped by signal N.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ Exit status:
   4      the guest triple-faulted
   5      KVM could not run the guest
   6      a device backend went away or failed while the VM ran (virtiofsd behind --fs)
+  7      a VMM thread made a system call its seccomp filter forbids; the last line
+         on stderr is \"runvm-vmm: killed by seccomp: syscall N (NAME) in the KIND thread\"
   128+N  stopped by signal N";
 
 #[derive(Parser, Debug)]
@@ -85,6 +88,16 @@ struct Args {
     /// How to enter the kernel.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Auto)]
     boot_protocol: ProtocolArg,
+    /// Confine each VMM thread to the system calls it needs (seccomp);
+    /// `off` only for debugging.
+    #[arg(
+        long,
+        value_name = "on|off",
+        default_value = "on",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::Set
+    )]
+    seccomp: bool,
     /// Print the guest kernel command line this VM would get, and exit.
     #[arg(long)]
     print_cmdline: bool,
@@ -161,6 +174,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if args.seccomp {
+        if let Err(error) = runvm_vmm::seccomp::enable() {
+            eprintln!("runvm-vmm: {error}");
+            return ExitCode::FAILURE;
+        }
     }
     match run_vm(&config) {
         Ok(VmExit::PowerOff) => ExitCode::SUCCESS,

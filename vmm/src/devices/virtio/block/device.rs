@@ -17,6 +17,7 @@ use super::{
 };
 use crate::devices::virtio::{ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
+use crate::seccomp::ThreadKind;
 
 const FEATURES: u64 = VIRTIO_F_VERSION_1
     | VIRTIO_BLK_F_RO
@@ -111,9 +112,7 @@ impl VirtioDevice for Block {
             disk: self.disk.clone(),
             epoll,
         };
-        let thread = std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || worker.run())
+        let thread = crate::seccomp::spawn(ThreadKind::Block, "virtio-blk", move || worker.run())
             .map_err(|e| e.to_string())?;
         self.running = Some((stop, thread));
         Ok(())

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::seccomp::ThreadKind;
+
 /// How a connection was lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Loss {
@@ -58,14 +60,12 @@ impl ConnectionWatch {
             wake: wake.try_clone()?,
             shared: shared.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("vhost-user-watch".into())
-            .spawn(move || {
-                block_all_signals();
-                if let Some(loss) = watcher.run() {
-                    on_loss(loss);
-                }
-            })?;
+        let thread = crate::seccomp::spawn(ThreadKind::FsWatch, "vhost-user-watch", move || {
+            block_signals();
+            if let Some(loss) = watcher.run() {
+                on_loss(loss);
+            }
+        })?;
         Ok(ConnectionWatch {
             shared,
             wake,
@@ -111,12 +111,14 @@ impl Drop for ConnectionWatch {
 
 /// The VMM takes its termination signals through a signalfd, blocked in
 /// every thread; this thread may start before they are blocked, and must
-/// never be the one a signal is delivered to.
-fn block_all_signals() {
+/// never be the one a signal is delivered to. All but SIGSYS, which
+/// reports a seccomp violation and kills without a word when blocked.
+fn block_signals() {
     // SAFETY: plain libc calls on a local, initialised sigset_t.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
+        libc::sigdelset(&mut set, libc::SIGSYS);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }

@@ -15,6 +15,7 @@ use super::muxer::{FdOwner, Muxer};
 use super::packet::{PacketHeader, HEADER_SIZE, MAX_PAYLOAD};
 use crate::devices::virtio::{ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
+use crate::seccomp::ThreadKind;
 
 pub const VIRTIO_ID_VSOCK: u32 = 19;
 const QUEUE_SIZE: u16 = 256;
@@ -88,9 +89,7 @@ impl VirtioDevice for Vsock {
             interest: Interest::new().map_err(|e| e.to_string())?,
             rx_starved: false,
         };
-        let thread = std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || event_loop.run())
+        let thread = crate::seccomp::spawn(ThreadKind::Vsock, "vsock", move || event_loop.run())
             .map_err(|e| e.to_string())?;
         self.running = Some((stop, thread));
         Ok(())
