@@ -163,6 +163,9 @@ fn vcpu(allow: &mut Allow) -> Result<()> {
         SYS_getrandom,
         SYS_sendmsg,
         SYS_recvmsg,
+        // The capped console log wraps round (devices/console_log.rs).
+        SYS_lseek,
+        SYS_ftruncate,
     ]);
     allow.when_one_of(SYS_fcntl, 1, &[F_DUPFD_CLOEXEC as u64])?;
     allow.when_one_of(

@@ -183,7 +183,19 @@ fn probe_vcpu() {
     let vm = kvm.create_vm().unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
+    // SAFETY: a fresh descriptor, owned by the File from here on.
+    let console = unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(libc::memfd_create(
+            c"console".as_ptr(),
+            0,
+        ))
+    };
     apply(ThreadKind::Vcpu).unwrap();
+    // The console log wrapping round (console_log.rs): seek and truncate.
+    let mut log = crate::devices::CappedLog::new(console);
+    for _ in 0..(5 << 20) / 4096 {
+        std::io::Write::write_all(&mut log, &[b'x'; 4096]).unwrap();
+    }
     vcpu.get_regs().unwrap();
     vcpu.get_sregs().unwrap();
     let _ = vcpu.translate_gva(0);
