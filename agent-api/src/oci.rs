@@ -9,8 +9,8 @@
 //! loosely typed [`serde_json::Value`]s where it only needs to see that
 //! they are set, so a spec that asks for them is refused by name instead
 //! of silently losing them on the way. Fields the agent ignores on purpose
-//! (hooks, annotations, AppArmor/SELinux labels, device cgroup rules) are
-//! not carried.
+//! (hooks, AppArmor/SELinux labels) are not carried; annotations are, for
+//! the few `io.runvm.*` ones the agent reads.
 //!
 //! Validation that needs more than the JSON's shape (capability names,
 //! paths, propagation types, ...) is the agent's, so its messages name the
@@ -51,6 +51,8 @@ pub struct Spec {
     pub domainname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linux: Option<Linux>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<HashMap<String, String>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,6 +327,22 @@ pub struct LinuxDevice {
     pub gid: Option<u32>,
 }
 
+/// A device cgroup rule of `linux.resources.devices`; absent numbers are
+/// wildcards, an absent type is `a` (all).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinuxDeviceCgroup {
+    #[serde(default)]
+    pub allow: bool,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub typ: Option<LinuxDeviceType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<String>,
+}
+
 /// `linux.resources`: the cgroup limits.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -341,6 +359,8 @@ pub struct LinuxResources {
     pub block_io: Option<LinuxBlockIo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hugepage_limits: Option<Vec<LinuxHugepageLimit>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<LinuxDeviceCgroup>>,
     // Refused by the agent when set: kept only to be seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Value>,
@@ -575,6 +595,7 @@ mod tests {
         "root": {"path": "rootfs", "readonly": true},
         "hostname": "box",
         "domainname": "example.org",
+        "annotations": {"io.runvm.vsock": "allow"},
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/data", "source": "/srv", "options": ["rbind", "ro"],
@@ -602,6 +623,9 @@ mod tests {
                             "throttleWriteIOPSDevice": [{"major": 8, "minor": 16, "rate": 4}]},
                 "hugepageLimits": [{"pageSize": "2MB", "limit": 0},
                                    {"pageSize": "1GB", "limit": 1073741824}],
+                "devices": [{"allow": false, "access": "rwm"},
+                            {"allow": true, "type": "c", "major": 1, "minor": 3,
+                             "access": "rw"}],
                 "network": {"classID": 1},
                 "rdma": {"mlx5_1": {"hcaHandles": 3}}
             },
@@ -637,10 +661,8 @@ mod tests {
         "process": {"user": {"uid": 0, "gid": 0, "username": "root"}, "cwd": "/",
                     "apparmorProfile": "p", "selinuxLabel": "l", "commandLine": "c"},
         "hooks": {"prestart": [{"path": "/bin/true"}]},
-        "annotations": {"org.example.key": "value"},
         "linux": {"cgroupsPath": "/c", "mountLabel": "l",
-                  "resources": {"devices": [{"allow": false, "access": "rwm"}],
-                                "memory": {"kernel": 1, "kernelTCP": 1, "swappiness": 1}},
+                  "resources": {"memory": {"kernel": 1, "kernelTCP": 1, "swappiness": 1}},
                   "seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerMetadata": "m"}},
         "vm": {"hypervisor": {"path": "/bin/qemu"}},
         "somethingNew": {"x": 1}

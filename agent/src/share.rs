@@ -61,14 +61,16 @@ pub fn mount_share(tag: &str) -> Result<ResponseBody, AgentError> {
         GUEST_SHARE_DIR,
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     );
-    // No nosuid/nodev: a container's root filesystem gets what runc gives
-    // it on a host (its setuid programs work). What the share may do on
-    // the host is limited there (nosuid, nodev, read-only binds).
+    // nosuid, nodev: the files come from the host, where whoever made the
+    // bundle may have planted a setuid binary or a device node for the
+    // guest to honour. The rootfs submounts and the containers' binds
+    // inherit both; a container's device nodes are the spec's, made on its
+    // own /dev (a tmpfs), not taken from the share.
     match mount(
         Some(tag),
         GUEST_SHARE_DIR,
         Some("virtiofs"),
-        MsFlags::empty(),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None::<&str>,
     ) {
         Ok(()) => Ok(ResponseBody::Done),

@@ -3,7 +3,8 @@
 //! virtiofsd, run as containers by the agent. One VM runs every scenario
 //! (hostname and env, read-only rootfs, writes that reach the host, uid
 //! and gid, masked paths, exec in the pid namespace, escapes through
-//! symlinks and `..`, no vsock path from a container to the agent, a pids
+//! symlinks and `..`, no vsock path from a container to the agent, the
+//! guest's defaults (nosuid,nodev roots, device rules, sysctls), a pids
 //! limit, an OOM kill with its event), then shuts down with a rootfs still bound: nothing
 //! may be left (mounts, virtiofsd, directories). A second VM loses its
 //! virtiofsd and must say so.
@@ -25,11 +26,12 @@ use runvm_agent_api::oci::{Process, Spec};
 use runvm_agent_api::{ContainerEvent, ExitStatus};
 use serde_json::json;
 
-const PATIENCE: Duration = Duration::from_secs(300);
+const PATIENCE: Duration = Duration::from_secs(480);
 const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "hostname", "ls", "sleep", "touch", "env", "pwd", "grep", "mkdir",
     "readlink", "stat", "true", "false", "wc", "head", "tr", "ln", "rm", "test", "dd", "kill",
+    "mknod",
 ];
 
 fn virtiofsd() -> PathBuf {
@@ -357,21 +359,135 @@ async fn scenario_no_path_to_the_agent(vm: &mut MicroVm, agent: &AgentClient, ba
     // Root in the container with a plain `runc spec` set of capabilities:
     // no CID (the guest's loopback, the host, the guest's own, any) may
     // lead to the agent's control or stream port, nor to the host's
-    // readiness port once the VM is up.
-    let bundle = Bundle::new(
-        base,
-        "vsock",
-        runc_spec("/bin/vsock-probe", "bundle-vsock", true, 0, &[]),
+    // readiness port once the VM is up. By default the container cannot
+    // even make a vsock socket; with the annotation it can, and the agent
+    // still refuses it.
+    let probe = vsock_probe(base);
+    for (id, annotation) in [("vsock1", None), ("vsock2", Some("allow"))] {
+        let mut config = runc_spec("/bin/vsock-probe", "bundle-vsock", true, 0, &[]);
+        if let Some(value) = annotation {
+            config["annotations"] = json!({ "io.runvm.vsock": value });
+        }
+        let bundle = Bundle::new(base, id, config);
+        std::fs::copy(&probe, bundle.rootfs().join("bin/vsock-probe")).expect("probe");
+        let (status, out) = run_bundle(vm, agent, id, &bundle).await;
+        assert_eq!(status, ExitStatus::Code(0), "{out}");
+        assert_eq!(out.lines().count(), 18, "one line per CID and port:\n{out}");
+        assert!(
+            !out.contains("connected"),
+            "a container process reached a vsock port it must not:\n{out}"
+        );
+        let no_socket = "no-socket: Address family not supported by protocol";
+        if annotation.is_none() {
+            assert!(
+                out.lines().all(|line| line.ends_with(no_socket)),
+                "socket(AF_VSOCK) worked in a container that did not ask:\n{out}"
+            );
+        } else {
+            assert!(
+                out.lines().all(|line| line.contains(" refused: ")),
+                "the annotation did not give the container vsock sockets:\n{out}"
+            );
+        }
+        unshare(vm, id);
+    }
+}
+
+/// The guest's own defaults for a container: its root from the share is
+/// nosuid,nodev (a device node made on the host opens nothing), device
+/// rules hold (runc's list plus the spec's rule: other devices are EPERM
+/// even after mknod), its IPC sysctl is its own, and a sysctl of the
+/// whole guest is refused by name.
+async fn scenario_guest_defaults(vm: &mut MicroVm, agent: &AgentClient, base: &Path) {
+    let script = "while read -r _ _ _ _ point opts _; do \
+                      [ \"$point\" = / ] && echo root=$opts; done < /proc/self/mountinfo; \
+                  cat /hostnull 2>/dev/null && echo hostnull-opened || echo hostnull-refused; \
+                  mknod /dev/copy c 1 3 && echo x > /dev/copy && echo copy-of-null-ok; \
+                  mknod /dev/listed c 42 42 && mknod /dev/unlisted c 42 43 && echo made; \
+                  cat /dev/listed 2>&1; cat /dev/unlisted 2>&1; (echo x > /dev/listed) 2>&1; \
+                  echo shmmax=$(cat /proc/sys/kernel/shmmax)";
+    let mut config = runc_spec(script, "bundle-defaults", true, 0, &[]);
+    let caps = json!([
+        "CAP_AUDIT_WRITE",
+        "CAP_KILL",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_MKNOD"
+    ]);
+    for set in ["bounding", "effective", "permitted"] {
+        config["process"]["capabilities"][set] = caps.clone();
+    }
+    config["linux"]["resources"]["devices"] = json!([
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 42, "minor": 42, "access": "r"}
+    ]);
+    config["linux"]["sysctl"] = json!({"kernel.shmmax": "12345678"});
+    let bundle = Bundle::new(base, "defaults", config);
+    let node = std::ffi::CString::new(
+        bundle
+            .rootfs()
+            .join("hostnull")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .expect("a path");
+    // SAFETY: mknod(2) with a C string.
+    let made = unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+    assert_eq!(
+        made,
+        0,
+        "mknod on the host: {}",
+        std::io::Error::last_os_error()
     );
-    std::fs::copy(vsock_probe(base), bundle.rootfs().join("bin/vsock-probe")).expect("probe");
-    let (status, out) = run_bundle(vm, agent, "vsock1", &bundle).await;
+    let (status, out) = run_bundle(vm, agent, "def1", &bundle).await;
     assert_eq!(status, ExitStatus::Code(0), "{out}");
-    assert_eq!(out.lines().count(), 18, "one line per CID and port:\n{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 8, "{out}");
+    let root = lines[0].strip_prefix("root=").expect("the root's options");
     assert!(
-        !out.contains("connected"),
-        "a container process reached a vsock port it must not:\n{out}"
+        root.split(',').any(|o| o == "nosuid") && root.split(',').any(|o| o == "nodev"),
+        "the rootfs from the share is not nosuid,nodev: {root}"
     );
-    unshare(vm, "vsock1");
+    assert_eq!(
+        &lines[1..4],
+        ["hostnull-refused", "copy-of-null-ok", "made"],
+        "{out}"
+    );
+    // Allowed for reading by the spec's rule: the open reaches the kernel,
+    // which has no such device. Not listed, or not for writing: EPERM.
+    assert!(lines[4].ends_with("No such device or address"), "{out}");
+    assert!(lines[5].ends_with("Operation not permitted"), "{out}");
+    assert!(lines[6].ends_with("Operation not permitted"), "{out}");
+    assert_eq!(lines[7], "shmmax=12345678", "{out}");
+    assert_ne!(
+        guest_sh(agent, "cat /proc/sys/kernel/shmmax").await,
+        "12345678\n",
+        "the container's IPC sysctl reached the guest's namespace"
+    );
+    unshare(vm, "def1");
+
+    // A sysctl of the whole guest kernel.
+    let mut config = runc_spec("true", "bundle-sysctl", true, 0, &[]);
+    config["linux"]["sysctl"] = json!({"vm.overcommit_memory": "1"});
+    let bundle = Bundle::new(base, "sysctl", config);
+    let rootfs = vm
+        .share_rootfs(agent, "sys1", &bundle.rootfs(), true)
+        .await
+        .expect("share the rootfs");
+    let refused = ContainerClient::new(agent)
+        .create("sys1", bundle.spec(), &rootfs, HostStdio::default())
+        .await
+        .err()
+        .expect("a spec that sets vm.overcommit_memory is refused");
+    let message = refused.to_string();
+    assert!(
+        message.contains("vm.overcommit_memory") && message.contains("not namespaced"),
+        "{message}"
+    );
+    assert_eq!(
+        guest_sh(agent, "cat /proc/sys/vm/overcommit_memory").await,
+        "0\n"
+    );
+    unshare(vm, "sys1");
 }
 
 async fn scenario_escapes_stay_inside(vm: &mut MicroVm, agent: &AgentClient, base: &Path) {
@@ -614,6 +730,7 @@ fn bundles_over_virtio_fs() {
             scenario_writable_reaches_the_host(&mut vm, &agent, &base).await;
             scenario_escapes_stay_inside(&mut vm, &agent, &base).await;
             scenario_no_path_to_the_agent(&mut vm, &agent, &base).await;
+            scenario_guest_defaults(&mut vm, &agent, &base).await;
             scenario_cgroup_limits(&mut vm, &agent, &base).await;
             // Last: it leaves its rootfs bound for shutdown to undo.
             scenario_exec_in_pid_namespace(&mut vm, &agent, &base).await;

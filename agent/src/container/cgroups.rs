@@ -2,9 +2,9 @@
 //! by the agent): one directory per container under the root, limits from
 //! `linux.resources`, usage for `ContainerStats`, killing what is left.
 //!
-//! Device rules (`linux.resources.devices`) are not enforced: the guest's
-//! devices are the few the VM has, and cgroup v2 device control needs BPF,
-//! which the guest kernel leaves out. Hugepage and block I/O limits are
+//! Device rules (`linux.resources.devices`) are a BPF program attached to
+//! the cgroup (see `devices`), not a file: `update` leaves them as they
+//! are, as runc's does. Hugepage and block I/O limits are
 //! written where the guest can enforce them and otherwise accepted when
 //! they are trivially met (see `hugetlb_io`). RDMA and network limits are
 //! refused by name; deprecated v1-only memory knobs (kernel, kernelTCP,

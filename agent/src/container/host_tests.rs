@@ -413,6 +413,59 @@ fn a_created_container_can_be_deleted_unstarted() {
     });
 }
 
+/// Opens /proc/<pid>/mem from a thread without CAP_SYS_PTRACE in its
+/// effective set (capabilities are per thread): whether a process of the
+/// same uid could reach into `pid`.
+fn mem_without_ptrace(pid: i32) -> Result<(), i32> {
+    std::thread::spawn(move || {
+        caps::drop(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_SYS_PTRACE,
+        )
+        .unwrap();
+        std::fs::File::open(format!("/proc/{pid}/mem"))
+            .map(|_| ())
+            .map_err(|e| e.raw_os_error().unwrap_or(0))
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_container_process_is_not_dumpable_while_set_up() {
+    let rootfs = Rootfs::new("dumpable");
+    run(async {
+        let guest = Guest::start(limits());
+        let mut client = guest.control().await;
+        let _out = guest.stream(100).await;
+        let _err = guest.stream(101).await;
+        // Root with the spec's few capabilities, which the init takes on
+        // before it waits for start: a thread of ours without
+        // CAP_SYS_PTRACE has all of them and the same uid, so only
+        // dumpability stands in its way.
+        let mut root_spec = spec("exec sleep 30");
+        root_spec["process"]["user"] = json!({"uid": 0, "gid": 0});
+        let (_, pid) = created(&mut client, create_request("nd", &rootfs, root_spec)).await;
+        assert_eq!(mem_without_ptrace(pid), Err(libc::EACCES));
+        // Once it has exec'd the program it is dumpable again.
+        done(
+            client
+                .call(RequestBody::StartContainer { id: "nd".into() })
+                .await,
+        );
+        assert_eq!(mem_without_ptrace(pid), Ok(()));
+        done(
+            client
+                .call(RequestBody::DeleteContainer {
+                    id: "nd".into(),
+                    force: true,
+                })
+                .await,
+        );
+    });
+}
+
 #[test]
 fn seccomp_and_errors_in_the_spec() {
     let rootfs = Rootfs::new("seccomp");

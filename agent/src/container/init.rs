@@ -21,15 +21,15 @@
 //! exec'd (the socket is close-on-exec), which is how it knows the exec
 //! succeeded. Errors travel as text and end the process.
 
-use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::mount::MsFlags;
 
+use super::finish::{finish, Never};
 use super::paths::{self, fd_path, mkdir_all};
-use super::rootfs::{bind_remount, c, make_dev, make_readonly, mask, mount, mount_one};
+use super::rootfs::{bind_remount, make_dev, make_readonly, mask, mount, mount_one};
 use super::seccomp::SeccompProgram;
 use super::spec::{ContainerPlan, ProcessPlan};
 use super::terminal;
@@ -56,7 +56,17 @@ pub enum Job<'a> {
     Exec {
         process: &'a ProcessPlan,
         seccomp: Option<&'a SeccompProgram>,
+        guard: Option<&'a SeccompProgram>,
     },
+}
+
+impl Job<'_> {
+    fn oom_score_adj(&self) -> Option<i32> {
+        match self {
+            Job::Create(plan) => plan.process.oom_score_adj,
+            Job::Exec { process, .. } => process.oom_score_adj,
+        }
+    }
 }
 
 pub struct Launch<'a> {
@@ -170,6 +180,21 @@ pub fn launch(l: &Launch<'_>) -> io::Result<i32> {
 fn stage1(l: &Launch<'_>) -> libc::c_int {
     // SAFETY: close(2) of the agent's end, which this process must not keep.
     unsafe { libc::close(l.agent_end) };
+    // Through the agent's /proc while this process may still write its
+    // own files there; stage 2 inherits it.
+    if let Some(adj) = l.job.oom_score_adj() {
+        if let Err(e) = std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
+            fail(l.sync, &format!("cannot set oom_score_adj: {e}"));
+        }
+    }
+    // Not dumpable until the exec (which makes the program dumpable again
+    // as usual), as with runc: a container process must not ptrace this
+    // one, or open its /proc/<pid>/mem, while it holds the agent's
+    // privileges and descriptors. Stage 2 inherits it.
+    // SAFETY: prctl(2) on this process.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } < 0 {
+        fail(l.sync, &errno("cannot make the process non-dumpable"));
+    }
     if let Some(procs) = l.cgroup_procs {
         if let Err(e) = std::fs::write(procs, "0") {
             fail(
@@ -221,8 +246,6 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
     0
 }
 
-enum Never {}
-
 fn stage2(l: &Launch<'_>) -> Result<Never, String> {
     match recv(l.sync) {
         Some(msg) if msg.first() == Some(&MSG_GO) => {}
@@ -234,16 +257,25 @@ fn stage2(l: &Launch<'_>) -> Result<Never, String> {
         Job::Create(plan) => {
             build_container(plan, l)?;
             let sync = l.sync;
-            finish(&plan.process, plan.seccomp.as_ref(), || {
-                send(sync, MSG_READY, &[]);
-                match recv(sync) {
-                    Some(msg) if msg.first() == Some(&MSG_START) => Ok(()),
-                    // Deleted before it started.
-                    _ => unsafe { libc::_exit(1) },
-                }
-            })
+            finish(
+                &plan.process,
+                plan.seccomp.as_ref(),
+                plan.guard.as_ref(),
+                || {
+                    send(sync, MSG_READY, &[]);
+                    match recv(sync) {
+                        Some(msg) if msg.first() == Some(&MSG_START) => Ok(()),
+                        // Deleted before it started.
+                        _ => unsafe { libc::_exit(1) },
+                    }
+                },
+            )
         }
-        Job::Exec { process, seccomp } => {
+        Job::Exec {
+            process,
+            seccomp,
+            guard,
+        } => {
             if l.terminal {
                 // The root of the container's mount namespace, joined.
                 let root = paths::open_dir(Path::new("/"))
@@ -252,11 +284,7 @@ fn stage2(l: &Launch<'_>) -> Result<Never, String> {
                 let root_fd = unsafe { BorrowedFd::borrow_raw(root.as_raw_fd()) };
                 terminal::open_in_container(root_fd, false, l.sync)?;
             }
-            if let Some(adj) = process.oom_score_adj {
-                std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-                    .map_err(|e| format!("cannot set oom_score_adj: {e}"))?;
-            }
-            finish(process, seccomp, || Ok(()))
+            finish(process, seccomp, guard, || Ok(()))
         }
     }
 }
@@ -337,12 +365,6 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
     if plan.readonly_root {
         bind_remount(&fd_path(&root), MsFlags::MS_RDONLY, MsFlags::empty())?;
     }
-    if let Some(adj) = plan.process.oom_score_adj {
-        // Through the agent's /proc, before the pivot: the container may
-        // have no /proc of its own.
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .map_err(|e| format!("cannot set oom_score_adj: {e}"))?;
-    }
     pivot_root(&root)
 }
 
@@ -386,282 +408,9 @@ fn pivot_root(root: &OwnedFd) -> Result<(), String> {
     Ok(())
 }
 
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-fn mask64(list: &[caps::Capability]) -> u64 {
-    list.iter().fold(0, |m, c| m | c.bitmask())
-}
-
-/// Sets the effective, permitted and inheritable sets in one capset(2).
-fn capset(plan: &super::spec::CapsPlan) -> Result<(), String> {
-    let (e, p, i) = (
-        mask64(&plan.effective),
-        mask64(&plan.permitted),
-        mask64(&plan.inheritable),
-    );
-    let header = CapHeader {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let data = [
-        CapData {
-            effective: e as u32,
-            permitted: p as u32,
-            inheritable: i as u32,
-        },
-        CapData {
-            effective: (e >> 32) as u32,
-            permitted: (p >> 32) as u32,
-            inheritable: (i >> 32) as u32,
-        },
-    ];
-    // SAFETY: capset(2) reads the header and two data words.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
-    check(ret as libc::c_int, "cannot set the capabilities (capset)")
-}
-
-/// The process part: scheduling attributes, limits, user, capabilities,
-/// directory, environment, seccomp, then exec. `before_exec` runs last before the late seccomp
-/// filter (the init waits for start there).
-fn finish(
-    process: &ProcessPlan,
-    seccomp: Option<&SeccompProgram>,
-    before_exec: impl FnOnce() -> Result<(), String>,
-) -> Result<Never, String> {
-    // While the process is still privileged (a real-time policy needs
-    // CAP_SYS_NICE).
-    process.attrs.apply()?;
-    for r in &process.rlimits {
-        let limit = libc::rlimit {
-            rlim_cur: r.soft,
-            rlim_max: r.hard,
-        };
-        // SAFETY: setrlimit(2) reads our struct.
-        check(
-            unsafe { libc::setrlimit(r.resource as _, &limit) },
-            format_args!("cannot set rlimit {}", r.resource),
-        )?;
-    }
-    if process.no_new_privileges {
-        // SAFETY: prctl(2).
-        check(
-            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
-            "cannot set no_new_privileges",
-        )?;
-    }
-    if let (Some(filter), false) = (seccomp, process.no_new_privileges) {
-        // Without no_new_privs, installing needs CAP_SYS_ADMIN: now, while
-        // the process has it.
-        filter
-            .install()
-            .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
-    }
-    if let Some(caps) = &process.caps {
-        for cap in caps::all() {
-            if !caps.bounding.contains(&cap) {
-                // Capabilities this kernel does not know are EINVAL: gone
-                // already.
-                let _ = caps::drop(None, caps::CapSet::Bounding, cap);
-            }
-        }
-        // Keep the permitted set across the change of uid.
-        // SAFETY: prctl(2).
-        check(
-            unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) },
-            "PR_SET_KEEPCAPS",
-        )?;
-    }
-    // Before the change of user, a directory only root may enter is still
-    // reachable; after it, one that root may not enter (root squash) is.
-    let cwd = c(&process.cwd)?;
-    // SAFETY: chdir(2).
-    let early_chdir = unsafe { libc::chdir(cwd.as_ptr()) } == 0;
-    let groups: Vec<libc::gid_t> = process.additional_gids.clone();
-    // SAFETY: setgroups/setresgid/setresuid act on this process only.
-    unsafe {
-        if libc::setgroups(groups.len(), groups.as_ptr()) < 0
-            && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
-        {
-            return Err(errno("setgroups"));
-        }
-        check(
-            libc::setresgid(process.gid, process.gid, process.gid),
-            format_args!("cannot set gid {}", process.gid),
-        )?;
-        check(
-            libc::setresuid(process.uid, process.uid, process.uid),
-            format_args!("cannot set uid {}", process.uid),
-        )?;
-    }
-    if let Some(caps) = &process.caps {
-        // SAFETY: prctl(2).
-        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
-        capset(caps)?;
-        // An ambient capability must be inheritable and permitted too; runc
-        // only warns about one that is not (`runc spec` of 1.1 listed
-        // ambient capabilities without inheritable ones), so it is skipped
-        // here as well. Other failures are errors.
-        for cap in &caps.ambient {
-            let permitted_and_inheritable =
-                caps.permitted.contains(cap) && caps.inheritable.contains(cap);
-            if !permitted_and_inheritable {
-                continue;
-            }
-            caps::raise(None, caps::CapSet::Ambient, *cap)
-                .map_err(|e| format!("cannot raise ambient {cap}: {e}"))?;
-        }
-    }
-    // SAFETY: umask(2).
-    unsafe { libc::umask(process.umask.unwrap_or(0o022) as libc::mode_t) };
-    if !early_chdir {
-        // SAFETY: chdir(2).
-        check(
-            unsafe { libc::chdir(cwd.as_ptr()) },
-            format_args!(
-                "cannot change to the working directory {}",
-                process.cwd.display()
-            ),
-        )?;
-    }
-    let env = finish_env(&process.env, process.uid);
-    let program = find_program(&process.args[0], &env)?;
-    let env: Vec<CString> = env
-        .into_iter()
-        .map(|e| CString::new(e).map_err(|_| "environment contains a NUL byte".to_string()))
-        .collect::<Result<_, _>>()?;
-    // Nothing of the agent's but stdio goes to the program.
-    // SAFETY: close_range(2) only marks descriptors close-on-exec.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    before_exec()?;
-    if let (Some(filter), true) = (seccomp, process.no_new_privileges) {
-        // As late as possible: the program's own calls are all that the
-        // filter has to allow.
-        filter
-            .install()
-            .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
-    }
-    let mut argv: Vec<*const libc::c_char> = process.args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    // SAFETY: execve(2) with NUL-terminated arrays of C strings that live
-    // until it returns.
-    unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    Err(errno(format_args!(
-        "cannot run {:?}",
-        process.args[0].to_string_lossy()
-    )))
-}
-
-/// The environment plus HOME from /etc/passwd when it lacks one.
-fn finish_env(env: &[String], uid: u32) -> Vec<String> {
-    let mut env = env.to_vec();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        env.push(format!("HOME={}", home_of(&passwd, uid).unwrap_or("/")));
-    }
-    env
-}
-
-/// The home directory of `uid` in a passwd file.
-pub fn home_of(passwd: &str, uid: u32) -> Option<&str> {
-    passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        (fields.len() >= 7 && fields[2].parse() == Ok(uid)).then(|| fields[5])
-    })
-}
-
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// `program` as execve needs it: as given when it has a `/`, else the
-/// first executable file of that name in the process's PATH.
-fn find_program(program: &CStr, env: &[String]) -> Result<CString, String> {
-    let name = program
-        .to_str()
-        .map_err(|_| "the program name is not UTF-8")?;
-    if name.contains('/') {
-        // Checked here, before the init reports ready, so that a missing
-        // program fails `create` as with runc, not `start`.
-        use std::os::unix::fs::PermissionsExt;
-        return match std::fs::metadata(name) {
-            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(program.to_owned()),
-            Ok(m) if m.is_dir() => Err(format!("exec: {name:?}: is a directory")),
-            Ok(_) => Err(format!("exec: {name:?}: permission denied")),
-            Err(e) => Err(format!("exec: {name:?}: stat {name}: {e}")),
-        };
-    }
-    let path = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH);
-    for dir in path.split(':') {
-        let dir = if dir.is_empty() { "." } else { dir };
-        let candidate = PathBuf::from(dir).join(name);
-        let Ok(c) = c(&candidate) else { continue };
-        // SAFETY: access(2) with a C string.
-        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0
-            && std::fs::metadata(&candidate).is_ok_and(|m| m.is_file())
-        {
-            return Ok(c);
-        }
-    }
-    Err(format!(
-        "executable file {name:?} not found in $PATH ({path})"
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn home_comes_from_passwd() {
-        let passwd =
-            "root:x:0:0:root:/root:/bin/sh\nbad line\nuser:x:1000:1000::/home/user:/bin/sh\n";
-        assert_eq!(home_of(passwd, 0), Some("/root"));
-        assert_eq!(home_of(passwd, 1000), Some("/home/user"));
-        assert_eq!(home_of(passwd, 5), None);
-        let env = finish_env(&["HOME=/x".into()], 0);
-        assert_eq!(env, vec!["HOME=/x".to_string()]);
-    }
-
-    #[test]
-    fn programs_are_found_in_the_process_path() {
-        let env = vec!["PATH=/nonexistent:/bin:/usr/bin".to_string()];
-        let sh = find_program(c"sh", &env).unwrap();
-        assert!(sh.to_str().unwrap().ends_with("/sh"));
-        assert_eq!(
-            find_program(c"/bin/sh", &env).unwrap().to_str().unwrap(),
-            "/bin/sh"
-        );
-        let missing = find_program(c"/no/such/binary", &env).unwrap_err();
-        assert!(missing.contains("stat /no/such/binary"), "{missing}");
-        assert!(find_program(c"/", &env).unwrap_err().contains("directory"));
-        assert!(find_program(c"/etc/passwd", &env)
-            .unwrap_err()
-            .contains("permission"));
-        let err = find_program(c"no-such-program-here", &env).unwrap_err();
-        assert!(err.contains("not found"));
-    }
 
     #[test]
     fn messages_are_bounded() {

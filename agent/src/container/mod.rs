@@ -4,7 +4,8 @@
 //! `ContainerStats`, `ContainerProcesses` and `WaitEvent`.
 //!
 //! - `spec` checks an OCI spec and turns it into a plan, before any fork.
-//! - `init` is what the container's processes run between fork and exec.
+//! - `init` is what the container's processes run between fork and exec,
+//!   `finish` its last steps.
 //! - `control`: the requests on containers that exist (signal, wait,
 //!   delete, state, stats, freeze, update, events).
 //! - `paths` resolves paths inside a root filesystem (openat2); `rootfs`
@@ -13,7 +14,9 @@
 //!   the cgroup v2 limits and figures; `hugetlb_io` the hugepage and block
 //!   I/O limits, `tmpfs` tmpfs mounts and their tmpcopyup, `procattrs`
 //!   a process's scheduler, I/O priority, CPU affinity and personality;
-//!   `procs` what runs in a container; `terminal` its pty.
+//!   `procs` what runs in a container; `terminal` its pty; `sysctl`
+//!   which sysctls a container may set; `devices` (with `bpf`) the
+//!   device rules as a cgroup BPF program.
 //!
 //! The init process is an ordinary entry of the process table (its id
 //! comes back from `CreateContainer`); the container keeps its own record
@@ -22,8 +25,11 @@
 //! container's memory.events and reported as events, as is every init's
 //! end.
 
+pub mod bpf;
 pub mod cgroups;
 mod control;
+pub mod devices;
+mod finish;
 pub mod hugetlb_io;
 pub mod init;
 pub mod mountopts;
@@ -33,6 +39,7 @@ mod procs;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
+pub mod sysctl;
 mod terminal;
 pub mod tmpfs;
 
@@ -89,6 +96,8 @@ struct Container {
     /// The namespaces an exec joins: (CLONE_NEW* flag, name in /proc/<pid>/ns).
     namespaces: Vec<(libc::c_int, &'static str)>,
     seccomp: Option<Rc<SeccompProgram>>,
+    /// The agent's filter for the container's processes.
+    guard: Option<Rc<SeccompProgram>>,
     /// The container's personality, which execs take on too.
     personality: Option<libc::c_ulong>,
     /// Pids of live execs (for `all` without a cgroup).
@@ -346,6 +355,12 @@ fn make_cgroup(
         let _ = std::fs::remove_dir(&cgroup.path);
         return Err(invalid(e.to_string()));
     }
+    if let Some(program) = &plan.device_program {
+        if let Err(e) = devices::attach(program, &cgroup.path) {
+            let _ = std::fs::remove_dir(&cgroup.path);
+            return Err(system(e));
+        }
+    }
     Ok(Some(Rc::new(cgroup)))
 }
 
@@ -501,6 +516,7 @@ pub async fn create(
         cgroup,
         namespaces: plan.namespaces.iter().map(|n| (n.flag, n.name)).collect(),
         seccomp: plan.seccomp.map(Rc::new),
+        guard: plan.guard.map(Rc::new),
         personality: plan.process.attrs.personality,
         execs: Vec::new(),
         oom_kills: 0,
@@ -548,7 +564,7 @@ pub async fn exec_in(
     request: ExecInContainerRequest,
 ) -> Result<ResponseBody, AgentError> {
     let id = request.id.clone();
-    let (init_pid, namespaces, cgroup, seccomp, personality) = {
+    let (init_pid, namespaces, cgroup, seccomp, guard, personality) = {
         let containers = agent.containers.borrow();
         let c = containers.get(&id)?;
         if c.status == ContainerStatus::Stopped {
@@ -559,6 +575,7 @@ pub async fn exec_in(
             c.namespaces.clone(),
             c.cgroup.clone(),
             c.seccomp.clone(),
+            c.guard.clone(),
             c.personality,
         )
     };
@@ -593,6 +610,7 @@ pub async fn exec_in(
         job: Job::Exec {
             process: &process,
             seccomp: seccomp.as_deref(),
+            guard: guard.as_deref(),
         },
         cgroup_procs: procs.as_deref(),
         cgroup_dir: None,

@@ -21,6 +21,9 @@
 //! conditions on the same call are ANDed within a rule, rules ORed. What
 //! cannot be honoured (notify, a listener, other architectures only)
 //! is refused with a message naming it.
+//!
+//! Below whatever the spec asks, the agent stacks a filter of its own
+//! ([`vsock_guard`]) on every container process.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -241,6 +244,53 @@ pub fn translate(profile: &LinuxSeccomp) -> Result<SeccompProgram, String> {
     Ok(program)
 }
 
+/// The annotation by which a spec gives its processes vsock sockets.
+pub const VSOCK_ANNOTATION: &str = "io.runvm.vsock";
+
+/// The agent's own filter, for every container process unless the spec
+/// opts in with [`VSOCK_ANNOTATION`]: `socket` and `socketpair` of the
+/// AF_VSOCK family fail with EAFNOSUPPORT, as on a kernel without vsock.
+/// The guest's vsock is the agent's channel to the host: the agent
+/// refuses peers other than the host, and without a socket a container
+/// cannot even talk to the transport. The family is an `int`: only its
+/// low 32 bits count, as in the kernel.
+pub fn vsock_guard() -> Result<SeccompProgram, String> {
+    let af_vsock = libc::AF_VSOCK as u64;
+    let condition = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, af_vsock)
+        .map_err(|e| format!("seccomp condition: {e}"))?;
+    let rule = SeccompRule::new(vec![condition]).map_err(|e| format!("seccomp rule: {e}"))?;
+    let mut chains = Chains::new();
+    for nr in [libc::SYS_socket, libc::SYS_socketpair] {
+        add_rule(&mut chains, nr, Some(rule.clone()));
+    }
+    let filter = compile(
+        chains,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+    )?;
+    Ok(SeccompProgram {
+        filters: vec![filter],
+        ..SeccompProgram::default()
+    })
+}
+
+/// The guard a container gets: [`vsock_guard`] unless its annotations
+/// say `io.runvm.vsock: allow`.
+pub fn guard_for(
+    annotations: Option<&std::collections::HashMap<String, String>>,
+) -> Result<Option<SeccompProgram>, String> {
+    match annotations
+        .and_then(|a| a.get(VSOCK_ANNOTATION))
+        .map(String::as_str)
+    {
+        Some("allow") => Ok(None),
+        None | Some("deny") => vsock_guard().map(Some),
+        Some(other) => Err(format!(
+            "annotation {VSOCK_ANNOTATION}={other:?}: the values are \"allow\" and \"deny\""
+        )),
+    }
+}
+
 impl SeccompProgram {
     /// Installs every filter on the calling thread. Needs no_new_privs or
     /// CAP_SYS_ADMIN.
@@ -390,6 +440,42 @@ mod tests {
             // Another argument: allowed (0xffffffff only queries).
             if libc::syscall(libc::SYS_personality, 0xffff_ffffu64) < 0 {
                 return 3;
+            }
+            0
+        });
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn the_vsock_guard_takes_vsock_sockets_only() {
+        let guard = vsock_guard().unwrap();
+        let code = in_child(&guard, || unsafe {
+            let mut pair = [-1; 2];
+            if libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) != -1
+                || errno() != libc::EAFNOSUPPORT
+            {
+                return 1;
+            }
+            // The high half of the register does not hide the family.
+            let hidden = (1u64 << 32) | libc::AF_VSOCK as u64;
+            if libc::syscall(libc::SYS_socket, hidden, libc::SOCK_STREAM, 0) != -1
+                || errno() != libc::EAFNOSUPPORT
+            {
+                return 2;
+            }
+            if libc::socketpair(libc::AF_VSOCK, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) != -1
+                || errno() != libc::EAFNOSUPPORT
+            {
+                return 3;
+            }
+            // Other families work as before.
+            let unix = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            if unix < 0 {
+                return 4;
+            }
+            libc::close(unix);
+            if libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) != 0 {
+                return 5;
             }
             0
         });

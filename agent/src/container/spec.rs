@@ -11,9 +11,11 @@ use runvm_agent_api::oci::{
 };
 
 use super::cgroups::{self, CgroupWrite};
+use super::devices;
 use super::mountopts::{self, MountOptions};
 use super::procattrs::{self, ProcessAttrs};
 use super::seccomp::{self, SeccompProgram};
+use super::sysctl;
 
 /// A namespace the container has: created, or joined by path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +150,11 @@ pub struct ContainerPlan {
     pub sysctl: Vec<(PathBuf, String)>,
     pub process: ProcessPlan,
     pub seccomp: Option<SeccompProgram>,
+    /// The agent's own filter under the spec's (see `seccomp::guard_for`).
+    pub guard: Option<SeccompProgram>,
     pub resources: Vec<CgroupWrite>,
+    /// The cgroup device program (`devices`); `None` allows every device.
+    pub device_program: Option<Vec<u64>>,
 }
 
 impl ContainerPlan {
@@ -395,6 +401,12 @@ pub fn container_plan(
         namespaces.push(Namespace { flag, name, path });
     }
     let has = |flag| namespaces.iter().any(|n: &Namespace| n.flag == flag);
+    let scopes = sysctl::Scopes {
+        ipc: has(libc::CLONE_NEWIPC),
+        net: has(libc::CLONE_NEWNET),
+        uts: has(libc::CLONE_NEWUTS),
+        hostname: spec.hostname.as_ref().is_some_and(|h| !h.is_empty()),
+    };
     if !has(libc::CLONE_NEWNS) {
         return Err("the container needs a mount namespace (linux.namespaces: mount)".into());
     }
@@ -526,6 +538,7 @@ pub fn container_plan(
             if !valid {
                 return Err(format!("sysctl {key:?} is not a sysctl name"));
             }
+            sysctl::check(key, scopes)?;
             let path = key.replace('.', "/");
             sysctl.push((PathBuf::from("/proc/sys").join(path), map[key].clone()));
         }
@@ -538,6 +551,10 @@ pub fn container_plan(
         Some(r) => cgroups::render(r)?,
         None => Vec::new(),
     };
+    let device_rules = devices::rules(
+        linux.resources.as_ref().and_then(|r| r.devices.as_deref()),
+        &devices,
+    )?;
     Ok(ContainerPlan {
         namespaces,
         uid_map,
@@ -555,7 +572,9 @@ pub fn container_plan(
         sysctl,
         process,
         seccomp,
+        guard: seccomp::guard_for(spec.annotations.as_ref())?,
         resources,
+        device_program: devices::program(&device_rules)?,
     })
 }
 

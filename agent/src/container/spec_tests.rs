@@ -114,6 +114,9 @@ fn the_runc_spec_translates_whole() {
     );
     assert_eq!(p.resources.len(), 2);
     assert_eq!(p.seccomp.as_ref().unwrap().filters.len(), 1);
+    // No vsock, and runc's device list (plus /dev/fuse, which it creates).
+    assert_eq!(p.guard.as_ref().unwrap().filters.len(), 1);
+    assert!(p.device_program.is_some());
 
     let proc_ = &p.process;
     assert_eq!(proc_.args[0].to_str().unwrap(), "sh");
@@ -212,6 +215,84 @@ fn joined_namespaces_are_not_created() {
     assert_eq!(p.clone_flags() & libc::CLONE_NEWNET, 0);
     assert!(p.has_namespace(libc::CLONE_NEWNET));
     assert_eq!(p.namespaces[1].path, Some(PathBuf::from("/proc/1/ns/net")));
+}
+
+#[test]
+fn only_the_containers_own_sysctls_are_accepted() {
+    let with = |sysctl: serde_json::Value| {
+        edit(move |v| v["linux"]["sysctl"] = sysctl).map(|p| p.sysctl.len())
+    };
+    // The network namespace is asked for (though the VM's is used), IPC
+    // and UTS are the container's.
+    assert_eq!(
+        with(
+            serde_json::json!({"net.core.somaxconn": "1024", "kernel.shmmax": "65536",
+                                "fs.mqueue.msg_max": "20", "kernel.domainname": "d"})
+        ),
+        Ok(4)
+    );
+    let e = with(serde_json::json!({"kernel.randomize_va_space": "0"})).unwrap_err();
+    assert!(
+        e.contains("kernel.randomize_va_space") && e.contains("not namespaced"),
+        "{e}"
+    );
+    let e = with(serde_json::json!({"vm.overcommit_memory": "1"})).unwrap_err();
+    assert!(e.contains("vm.overcommit_memory"), "{e}");
+    // runc's hostname field says it already.
+    let e = with(serde_json::json!({"kernel.hostname": "x"})).unwrap_err();
+    assert!(e.contains("hostname"), "{e}");
+    // Without the namespace, a namespaced sysctl is the guest's.
+    let e = edit(|v| {
+        v["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}, {"type": "uts"}]);
+        v["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+    })
+    .unwrap_err();
+    assert!(
+        e.contains("net.ipv4.ip_forward") && e.contains("network"),
+        "{e}"
+    );
+    let e = edit(|v| {
+        v["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}, {"type": "uts"}]);
+        v["linux"]["sysctl"] = serde_json::json!({"kernel/sem": "1 2 3 4"});
+    })
+    .unwrap_err();
+    assert!(e.contains("kernel/sem") && e.contains("IPC"), "{e}");
+}
+
+#[test]
+fn vsock_is_for_specs_that_ask() {
+    let guard = |annotations: serde_json::Value| {
+        edit(move |v| v["annotations"] = annotations).map(|p| p.guard.is_some())
+    };
+    assert_eq!(guard(serde_json::json!({})), Ok(true));
+    assert_eq!(
+        guard(serde_json::json!({"io.runvm.vsock": "deny"})),
+        Ok(true)
+    );
+    assert_eq!(
+        guard(serde_json::json!({"io.runvm.vsock": "allow"})),
+        Ok(false)
+    );
+    let e = guard(serde_json::json!({"io.runvm.vsock": "yes"})).unwrap_err();
+    assert!(e.contains("io.runvm.vsock") && e.contains("yes"), "{e}");
+}
+
+#[test]
+fn device_rules_become_a_program_unless_all_is_allowed() {
+    let program = |devices: serde_json::Value| {
+        edit(move |v| v["linux"]["resources"] = serde_json::json!({ "devices": devices }))
+            .map(|p| p.device_program.is_some())
+    };
+    assert_eq!(
+        program(serde_json::json!([{"allow": false, "access": "rwm"}])),
+        Ok(true)
+    );
+    assert_eq!(
+        program(serde_json::json!([{"allow": true, "access": "rwm"}])),
+        Ok(false)
+    );
+    let e = program(serde_json::json!([{"allow": true, "access": "rwx"}])).unwrap_err();
+    assert!(e.contains("linux.resources.devices[0]"), "{e}");
 }
 
 #[test]
