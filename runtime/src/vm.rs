@@ -5,7 +5,17 @@
 //!
 //! The VM's directory (mode 0700):
 //! - `vsock.sock`, `console.log`: the agent's channel and the guest console;
-//! - `share/`, `virtiofs.sock`, `virtiofsd.log`: with a share.
+//! - `share/`, `virtiofsd.log`: with a share;
+//! - `jail/`: run as root, the VMM is jailed (`runvm-vmm --jail`: new
+//!   namespaces, this directory as its root, an unprivileged id of its own,
+//!   no capabilities). It holds only the VMM's Unix sockets: `vsock.sock`,
+//!   which the VMM binds, `vsock.sock_<port>` for guest connections to the
+//!   host (the readiness port) and `virtiofs.sock`; the kernel, the image,
+//!   the console log and /dev/kvm are opened before the VMM jails itself.
+//!   The host reaches the VMM's socket through `<dir>/vsock.sock`, a hard
+//!   link made once the agent is ready: a path the jail cannot change (a
+//!   symlink planted in `jail/` is never followed by the runtime). Not
+//!   run as root, the VMM is not jailed and its sockets are in `<dir>`.
 //!
 //! Everything the VM started goes with it: when it is shut down or
 //! stopped, when the `MicroVm` is dropped, and when the thread that booted
@@ -24,6 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use runvm_agent_api::{RequestBody, ResponseBody, READY_LINE, READY_PORT, SHARE_TAG};
+
+mod jail_link;
 
 use crate::agent_client::{AgentClient, ClientError};
 use crate::share::{self, Share, ShareError};
@@ -160,6 +172,11 @@ pub enum VmError {
     },
     #[error("cannot wait for the VMM: {0}")]
     Wait(std::io::Error),
+    #[error("cannot link the jailed VMM's vsock socket {}: {source}", path.display())]
+    VsockLink {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The first line a readiness connection carries (bounded), if any.
@@ -273,6 +290,8 @@ pub struct MicroVm {
     /// Where the agent announces readiness (hybrid vsock's socket for
     /// host port [`READY_PORT`]), until it has.
     ready: Option<std::os::unix::net::UnixListener>,
+    /// The VMM runs jailed in [`Self::jail_dir`].
+    jailed: bool,
 }
 
 impl MicroVm {
@@ -307,7 +326,19 @@ impl MicroVm {
             share: None,
             share_mounted: false,
             ready: None,
+            // Only root can jail it.
+            // SAFETY: geteuid has no preconditions.
+            jailed: unsafe { libc::geteuid() } == 0,
         };
+        if vm.jailed {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(vm.jail_dir())
+                .map_err(|source| VmError::Directory {
+                    path: vm.jail_dir(),
+                    source,
+                })?;
+        }
         // Before the guest can connect to it.
         let ready = std::os::unix::net::UnixListener::bind(vm.ready_socket())
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -336,11 +367,14 @@ impl MicroVm {
             .arg("--vcpus")
             .arg(spec.vcpus.to_string())
             .arg("--vsock-socket")
-            .arg(vm.vsock_socket())
+            .arg(vm.vmm_vsock_socket())
             .arg(format!("--serial=file:{}", vm.console_log().display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if vm.jailed {
+            command.arg("--jail").arg(vm.jail_dir());
+        }
         if vm.share.is_some() {
             command.arg("--fs").arg(format!(
                 "tag={SHARE_TAG},socket={}",
@@ -393,7 +427,21 @@ impl MicroVm {
     }
 
     pub fn virtiofs_socket(&self) -> PathBuf {
-        self.dir.join("virtiofs.sock")
+        self.socket_dir().join("virtiofs.sock")
+    }
+
+    /// The root of the VMM's jail (when it is jailed).
+    pub fn jail_dir(&self) -> PathBuf {
+        self.dir.join("jail")
+    }
+
+    /// Where the VMM's sockets are: its jail, if it has one.
+    fn socket_dir(&self) -> PathBuf {
+        if self.jailed {
+            self.jail_dir()
+        } else {
+            self.dir.clone()
+        }
     }
 
     pub fn virtiofsd_log(&self) -> PathBuf {
@@ -461,13 +509,19 @@ impl MicroVm {
         Ok(share.remove_rootfs(id)?)
     }
 
+    /// The agent's channel (once [`Self::connect_agent`] has succeeded).
     pub fn vsock_socket(&self) -> PathBuf {
         self.dir.join("vsock.sock")
     }
 
+    /// The vsock socket as the VMM binds it.
+    fn vmm_vsock_socket(&self) -> PathBuf {
+        self.socket_dir().join("vsock.sock")
+    }
+
     /// The Unix socket behind host vsock port [`READY_PORT`].
     fn ready_socket(&self) -> PathBuf {
-        self.dir.join(format!("vsock.sock_{READY_PORT}"))
+        self.socket_dir().join(format!("vsock.sock_{READY_PORT}"))
     }
 
     pub fn console_log(&self) -> PathBuf {
@@ -480,6 +534,17 @@ impl MicroVm {
             Some(_) => None,
             None => self.child.as_ref().map(Child::id),
         }
+    }
+
+    /// The process that runs the VM: the jailed VMM, the only child of the
+    /// VMM's supervisor (see `runvm_vmm::jail`); unjailed, [`Self::pid`].
+    pub fn vmm_pid(&self) -> Option<u32> {
+        let pid = self.pid()?;
+        if !self.jailed {
+            return Some(pid);
+        }
+        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
     }
 
     /// The last lines the guest printed on its console.
@@ -579,6 +644,14 @@ impl MicroVm {
         // Later connections to the port get a reset from the VMM.
         drop(listener);
         let _ = fs::remove_file(self.ready_socket());
+        if self.jailed {
+            jail_link::link_socket(&self.vmm_vsock_socket(), &self.vsock_socket()).map_err(
+                |source| VmError::VsockLink {
+                    path: self.vmm_vsock_socket(),
+                    source,
+                },
+            )?;
+        }
         Ok(self.control_connection().await?)
     }
 
