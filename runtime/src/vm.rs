@@ -200,6 +200,11 @@ impl MicroVm {
     ) -> Result<MicroVm, VmError> {
         // A bad image is refused before anything is started for the VM.
         let image_flag = ImageKind::of(&spec.image)?.vmm_flag();
+        // A jail is named by an absolute path.
+        let dir = &std::path::absolute(dir).map_err(|source| VmError::Directory {
+            path: dir.to_owned(),
+            source,
+        })?;
         fs::DirBuilder::new()
             .mode(0o700)
             .create(dir)
