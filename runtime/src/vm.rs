@@ -362,7 +362,9 @@ impl MicroVm {
         self.dir.join("console.log")
     }
 
-    /// The VMM's pid, until it has been reaped.
+    /// The VMM's pid, until it has been reaped: the process started, which
+    /// is signalled and waited for (jailed, the jail's supervisor; see
+    /// [`Self::vmm_pid`]).
     pub fn pid(&self) -> Option<u32> {
         match self.exited {
             Some(_) => None,
