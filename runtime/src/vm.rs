@@ -5,7 +5,17 @@
 //!
 //! The VM's directory (mode 0700):
 //! - `vsock.sock`, `console.log`: the agent's channel and the guest console;
-//! - `share/`, `virtiofs.sock`, `virtiofsd.log`: with a share.
+//! - `share/`, `virtiofsd.log`: with a share;
+//! - `jail/`: run as root, the VMM is jailed (`runvm-vmm --jail`: new
+//!   namespaces, this directory as its root, an unprivileged id of its own,
+//!   no capabilities). It holds only the VMM's Unix sockets: `vsock.sock`,
+//!   which the VMM binds, `vsock.sock_<port>` for guest connections to the
+//!   host (the readiness port) and `virtiofs.sock`; the kernel, the image,
+//!   the console log and /dev/kvm are opened before the VMM jails itself.
+//!   The host reaches the VMM's socket through `<dir>/vsock.sock`, a hard
+//!   link made once the agent is ready: a path the jail cannot change (a
+//!   symlink planted in `jail/` is never followed by the runtime). Not
+//!   run as root, the VMM is not jailed and its sockets are in `<dir>`.
 //!
 //! Everything the VM started goes with it: when it is shut down or
 //! stopped, when the `MicroVm` is dropped, and when the thread that booted
@@ -15,15 +25,21 @@
 //! virtiofsd's log.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use runvm_agent_api::{RequestBody, ResponseBody, READY_LINE, READY_PORT, SHARE_TAG};
+use runvm_agent_api::{RequestBody, READY_LINE, READY_PORT, SHARE_TAG};
+
+mod image;
+mod jail_link;
+mod shared;
+mod stderr_tee;
+
+pub use image::ImageKind;
+use stderr_tee::StderrTee;
 
 use crate::agent_client::{AgentClient, ClientError};
 use crate::share::{self, Share, ShareError};
@@ -36,8 +52,6 @@ const VMM_POLL_INTERVAL: Duration = Duration::from_millis(50);
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// How much of the console log an error quotes.
 const CONSOLE_TAIL_BYTES: u64 = 2048;
-/// How much of the VMM's stderr is kept for error messages.
-const VMM_STDERR_TAIL_BYTES: usize = 4096;
 /// runvm-vmm's exit status when a device backend (virtiofsd) failed.
 pub const VMM_EXIT_BACKEND_FAILED: i32 = 6;
 /// runvm-vmm's exit status when a thread made a call its seccomp filter
@@ -60,61 +74,6 @@ pub struct VmSpec {
     /// [`crate::share::find_virtiofsd`].
     pub virtiofsd: Option<PathBuf>,
 }
-
-/// How the VMM hands the guest its image, told apart by content.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImageKind {
-    /// An ext4 filesystem: a read-only root disk, read on demand.
-    RootDisk,
-    /// A cpio archive (or a compressed one), unpacked by the guest kernel.
-    Initramfs,
-}
-
-impl ImageKind {
-    /// Looks at the first bytes of `path`.
-    pub fn of(path: &Path) -> Result<ImageKind, VmError> {
-        let error = |reason: String| VmError::Image {
-            path: path.to_owned(),
-            reason,
-        };
-        let mut head = Vec::with_capacity(EXT4_MAGIC_OFFSET + 2);
-        fs::File::open(path)
-            .and_then(|f| f.take(EXT4_MAGIC_OFFSET as u64 + 2).read_to_end(&mut head))
-            .map_err(|e| error(e.to_string()))?;
-        Self::from_head(&head)
-            .ok_or_else(|| error("neither an ext4 filesystem nor a cpio initramfs".to_owned()))
-    }
-
-    fn from_head(head: &[u8]) -> Option<ImageKind> {
-        const CPIO: [&[u8]; 3] = [b"070701", b"070702", b"070707"];
-        // gzip, xz, zstd, lz4, bzip2: compressed initramfs archives.
-        const COMPRESSED: [&[u8]; 5] = [
-            &[0x1f, 0x8b],
-            &[0xfd, b'7', b'z', b'X', b'Z'],
-            &[0x28, 0xb5, 0x2f, 0xfd],
-            &[0x02, 0x21, 0x4c, 0x18],
-            b"BZh",
-        ];
-        if head.get(EXT4_MAGIC_OFFSET..EXT4_MAGIC_OFFSET + 2) == Some(&[0x53, 0xef][..]) {
-            Some(ImageKind::RootDisk)
-        } else if CPIO.iter().chain(&COMPRESSED).any(|m| head.starts_with(m)) {
-            Some(ImageKind::Initramfs)
-        } else {
-            None
-        }
-    }
-
-    /// The runvm-vmm option that takes such an image.
-    pub fn vmm_flag(self) -> &'static str {
-        match self {
-            ImageKind::RootDisk => "--root-disk",
-            ImageKind::Initramfs => "--initrd",
-        }
-    }
-}
-
-/// Where the ext2/3/4 superblock's magic number sits.
-const EXT4_MAGIC_OFFSET: usize = 1024 + 0x38;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -167,6 +126,11 @@ pub enum VmError {
     },
     #[error("cannot wait for the VMM: {0}")]
     Wait(std::io::Error),
+    #[error("cannot link the jailed VMM's vsock socket {}: {source}", path.display())]
+    VsockLink {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The first line a readiness connection carries (bounded), if any.
@@ -209,63 +173,6 @@ fn console_suffix(console: &str) -> String {
     }
 }
 
-/// The VMM's stderr, passed on to ours as it comes, its tail kept for
-/// error messages.
-struct StderrTee {
-    tail: Arc<Mutex<Vec<u8>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl StderrTee {
-    /// Passes the output on to `sink`, or to our stderr.
-    fn start(mut pipe: ChildStderr, mut sink: Option<fs::File>) -> std::io::Result<StderrTee> {
-        let tail = Arc::new(Mutex::new(Vec::new()));
-        let kept = Arc::clone(&tail);
-        let thread = std::thread::Builder::new()
-            .name("vmm-stderr".into())
-            .spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    let n = match pipe.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    let _ = match sink.as_mut() {
-                        Some(file) => file.write_all(&buf[..n]),
-                        None => std::io::stderr().write_all(&buf[..n]),
-                    };
-                    let mut tail = kept.lock().unwrap_or_else(|e| e.into_inner());
-                    tail.extend_from_slice(&buf[..n]);
-                    let excess = tail.len().saturating_sub(VMM_STDERR_TAIL_BYTES);
-                    tail.drain(..excess);
-                }
-            })?;
-        Ok(StderrTee {
-            tail,
-            thread: Some(thread),
-        })
-    }
-
-    /// What the VMM wrote last. Once it has exited, waits briefly for the
-    /// rest of its output to arrive.
-    fn text(&mut self, exited: bool) -> String {
-        if exited {
-            let deadline = Instant::now() + Duration::from_millis(500);
-            while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
-                if Instant::now() >= deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                let _ = self.thread.take().map(|t| t.join());
-            }
-        }
-        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        String::from_utf8_lossy(&tail).into_owned()
-    }
-}
-
 /// A running microVM. Dropping it kills the VMM and virtiofsd, undoes the
 /// share's mounts and removes its directory.
 pub struct MicroVm {
@@ -280,6 +187,8 @@ pub struct MicroVm {
     /// Where the agent announces readiness (hybrid vsock's socket for
     /// host port [`READY_PORT`]), until it has.
     ready: Option<std::os::unix::net::UnixListener>,
+    /// The VMM runs jailed in [`Self::jail_dir`].
+    jailed: bool,
 }
 
 impl MicroVm {
@@ -298,6 +207,11 @@ impl MicroVm {
     ) -> Result<MicroVm, VmError> {
         // A bad image is refused before anything is started for the VM.
         let image_flag = ImageKind::of(&spec.image)?.vmm_flag();
+        // A jail is named by an absolute path.
+        let dir = &std::path::absolute(dir).map_err(|source| VmError::Directory {
+            path: dir.to_owned(),
+            source,
+        })?;
         fs::DirBuilder::new()
             .mode(0o700)
             .create(dir)
@@ -314,7 +228,19 @@ impl MicroVm {
             share: None,
             share_mounted: false,
             ready: None,
+            // Only root can jail it.
+            // SAFETY: geteuid has no preconditions.
+            jailed: unsafe { libc::geteuid() } == 0,
         };
+        if vm.jailed {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(vm.jail_dir())
+                .map_err(|source| VmError::Directory {
+                    path: vm.jail_dir(),
+                    source,
+                })?;
+        }
         // Before the guest can connect to it.
         let ready = std::os::unix::net::UnixListener::bind(vm.ready_socket())
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -343,11 +269,14 @@ impl MicroVm {
             .arg("--vcpus")
             .arg(spec.vcpus.to_string())
             .arg("--vsock-socket")
-            .arg(vm.vsock_socket())
+            .arg(vm.vmm_vsock_socket())
             .arg(format!("--serial=file:{}", vm.console_log().display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if vm.jailed {
+            command.arg("--jail").arg(vm.jail_dir());
+        }
         if vm.share.is_some() {
             command.arg("--fs").arg(format!(
                 "tag={SHARE_TAG},socket={}",
@@ -400,93 +329,65 @@ impl MicroVm {
     }
 
     pub fn virtiofs_socket(&self) -> PathBuf {
-        self.dir.join("virtiofs.sock")
+        self.socket_dir().join("virtiofs.sock")
+    }
+
+    /// The root of the VMM's jail (when it is jailed).
+    pub fn jail_dir(&self) -> PathBuf {
+        self.dir.join("jail")
+    }
+
+    /// Where the VMM's sockets are: its jail, if it has one.
+    fn socket_dir(&self) -> PathBuf {
+        if self.jailed {
+            self.jail_dir()
+        } else {
+            self.dir.clone()
+        }
     }
 
     pub fn virtiofsd_log(&self) -> PathBuf {
         self.dir.join("virtiofsd.log")
     }
 
-    /// The share's mounts: /proc/self/mountinfo in the share's own mount
-    /// namespace (the host's mount table never shows them).
-    pub fn share_mountinfo(&self) -> Result<String, VmError> {
-        let share = self.share.as_ref().ok_or(VmError::NoShare)?;
-        Ok(share.mountinfo().map_err(ShareError::Namespace)?)
-    }
-
-    /// virtiofsd's pid and its sandboxed child's, while they run.
-    pub fn virtiofsd_pids(&self) -> Vec<u32> {
-        self.share
-            .as_ref()
-            .map(Share::virtiofsd_pids)
-            .unwrap_or_default()
-    }
-
-    /// Binds the bundle's root filesystem `rootfs` (a host directory) into
-    /// the share for container `id`, read-only if `readonly` (the spec's
-    /// `root.readonly`), and has the agent mount the share first if it has
-    /// not yet. Returns the guest path to give `CreateContainer`.
-    pub async fn share_rootfs(
-        &mut self,
-        agent: &AgentClient,
-        id: &str,
-        rootfs: &Path,
-        readonly: bool,
-    ) -> Result<String, VmError> {
-        if self.share.is_none() {
-            return Err(VmError::NoShare);
-        }
-        runvm_agent_api::validate_container_id(id)
-            .map_err(|e| VmError::Share(ShareError::InvalidId(e)))?;
-        if !self.share_mounted {
-            let tag = SHARE_TAG.to_owned();
-            match agent.call(RequestBody::MountShare { tag }).await? {
-                ResponseBody::Done => self.share_mounted = true,
-                other => return Err(ClientError::Unexpected(other).into()),
-            }
-        }
-        let share = self.share.as_mut().ok_or(VmError::NoShare)?;
-        Ok(share.add_rootfs(id, rootfs, readonly)?)
-    }
-
-    /// Binds a host file or directory that container `id` mounts into the
-    /// share (after its rootfs); returns the guest path to mount from.
-    pub fn share_bind(
-        &mut self,
-        id: &str,
-        source: &Path,
-        readonly: bool,
-    ) -> Result<String, VmError> {
-        let share = self.share.as_mut().ok_or(VmError::NoShare)?;
-        Ok(share.add_bind(id, source, readonly)?)
-    }
-
-    /// Unbinds container `id`'s rootfs from the share (after the container
-    /// was deleted in the guest).
-    pub fn unshare_rootfs(&mut self, id: &str) -> Result<(), VmError> {
-        let share = self.share.as_mut().ok_or(VmError::NoShare)?;
-        Ok(share.remove_rootfs(id)?)
-    }
-
+    /// The agent's channel (once [`Self::connect_agent`] has succeeded).
     pub fn vsock_socket(&self) -> PathBuf {
         self.dir.join("vsock.sock")
     }
 
+    /// The vsock socket as the VMM binds it.
+    fn vmm_vsock_socket(&self) -> PathBuf {
+        self.socket_dir().join("vsock.sock")
+    }
+
     /// The Unix socket behind host vsock port [`READY_PORT`].
     fn ready_socket(&self) -> PathBuf {
-        self.dir.join(format!("vsock.sock_{READY_PORT}"))
+        self.socket_dir().join(format!("vsock.sock_{READY_PORT}"))
     }
 
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
     }
 
-    /// The VMM's pid, until it has been reaped.
+    /// The VMM's pid, until it has been reaped: the process started, which
+    /// is signalled and waited for (jailed, the jail's supervisor; see
+    /// [`Self::vmm_pid`]).
     pub fn pid(&self) -> Option<u32> {
         match self.exited {
             Some(_) => None,
             None => self.child.as_ref().map(Child::id),
         }
+    }
+
+    /// The process that runs the VM: the jailed VMM, the only child of the
+    /// VMM's supervisor (see `runvm_vmm::jail`); unjailed, [`Self::pid`].
+    pub fn vmm_pid(&self) -> Option<u32> {
+        let pid = self.pid()?;
+        if !self.jailed {
+            return Some(pid);
+        }
+        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
     }
 
     /// The last lines the guest printed on its console.
@@ -517,7 +418,7 @@ impl MicroVm {
     fn judge(&mut self, status: ExitStatus) -> Result<ExitStatus, VmError> {
         use std::os::unix::process::ExitStatusExt;
         if status.code() == Some(VMM_EXIT_SECCOMP) || status.signal() == Some(libc::SIGSYS) {
-            let report = seccomp_report(&self.vmm_stderr());
+            let report = stderr_tee::seccomp_report(&self.vmm_stderr());
             return Err(VmError::Seccomp { status, report });
         }
         if status.code() != Some(VMM_EXIT_BACKEND_FAILED) {
@@ -591,6 +492,14 @@ impl MicroVm {
         // Later connections to the port get a reset from the VMM.
         drop(listener);
         let _ = fs::remove_file(self.ready_socket());
+        if self.jailed {
+            jail_link::link_socket(&self.vmm_vsock_socket(), &self.vsock_socket()).map_err(
+                |source| VmError::VsockLink {
+                    path: self.vmm_vsock_socket(),
+                    source,
+                },
+            )?;
+        }
         Ok(self.control_connection().await?)
     }
 
@@ -700,72 +609,5 @@ impl Drop for MicroVm {
                 self.dir.display()
             );
         }
-    }
-}
-
-/// What the VMM's seccomp report says, from its stderr: "syscall N
-/// (name) in the KIND thread".
-fn seccomp_report(stderr: &str) -> String {
-    stderr
-        .lines()
-        .rev()
-        .find_map(|line| line.split_once(VMM_SECCOMP_REPORT))
-        .map(|(_, report)| report.trim().to_owned())
-        .unwrap_or_else(|| "the VMM did not say which system call".to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_seccomp_report_is_the_vmm_last_such_line() {
-        let stderr =
-            "booting\nrunvm-vmm: killed by seccomp: syscall 41 (socket) in the vCPU thread\n";
-        assert_eq!(
-            seccomp_report(stderr),
-            "syscall 41 (socket) in the vCPU thread"
-        );
-        assert_eq!(
-            seccomp_report("killed by SIGSYS\n"),
-            "the VMM did not say which system call"
-        );
-        let error = VmError::Seccomp {
-            status: std::os::unix::process::ExitStatusExt::from_raw(7 << 8),
-            report: seccomp_report(stderr),
-        };
-        assert!(
-            error
-                .to_string()
-                .starts_with("VMM killed by seccomp: syscall 41 (socket)"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn images_are_told_apart_by_content() {
-        let mut ext4 = vec![0u8; 2048];
-        ext4[EXT4_MAGIC_OFFSET] = 0x53;
-        ext4[EXT4_MAGIC_OFFSET + 1] = 0xef;
-        assert_eq!(ImageKind::from_head(&ext4), Some(ImageKind::RootDisk));
-        assert_eq!(
-            ImageKind::from_head(b"070701000000"),
-            Some(ImageKind::Initramfs)
-        );
-        assert_eq!(
-            ImageKind::from_head(&[0x1f, 0x8b, 8]),
-            Some(ImageKind::Initramfs)
-        );
-        assert_eq!(ImageKind::from_head(b"\x7fELF"), None);
-        assert_eq!(ImageKind::from_head(b""), None);
-    }
-
-    #[test]
-    fn a_missing_image_is_named() {
-        let err = ImageKind::of(Path::new("/nonexistent/rootfs.ext4")).unwrap_err();
-        assert!(
-            err.to_string().contains("/nonexistent/rootfs.ext4"),
-            "{err}"
-        );
     }
 }

@@ -69,3 +69,37 @@ fn no_kvm_is_reported_clearly() {
         .arg(kernel());
     fails_with(command, "cannot open /dev/kvm");
 }
+
+/// A jailed VMM (`--jail`, as root) reaches only the sockets in its jail:
+/// one named outside is refused before anything starts. An error after
+/// the fork (a missing kernel, found by the jailed VMM) keeps its status
+/// and message through the jail's supervisor.
+#[test]
+fn a_jailed_vmm_refuses_sockets_outside_and_reports_errors() {
+    // SAFETY: geteuid(2) cannot fail.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "run as root: --jail needs it"
+    );
+    let jail = std::env::temp_dir().join(format!("runvm-e2e-jail-{}", std::process::id()));
+    std::fs::create_dir_all(&jail).expect("the jail directory");
+    let jail_arg = jail.display().to_string();
+    let outside = std::env::temp_dir().join("runvm-e2e-outside.sock");
+    fails_with(
+        vmm_command(&[
+            "--jail",
+            &jail_arg,
+            "--vsock-socket",
+            &outside.display().to_string(),
+            "--init-arg=--poweroff",
+        ]),
+        "is not below the jail",
+    );
+    let mut command = Command::new(vmm_binary());
+    command
+        .args(["--jail", &jail_arg, "--kernel", "/nonexistent/vmlinux"])
+        .arg("--root-disk")
+        .arg(image());
+    fails_with(command, "cannot open kernel /nonexistent/vmlinux");
+    std::fs::remove_dir_all(&jail).expect("remove the jail directory");
+}

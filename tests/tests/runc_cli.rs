@@ -21,6 +21,8 @@ mod cgroup_view;
 mod common;
 #[path = "common/harness.rs"]
 mod harness;
+#[path = "common/jail_view.rs"]
+mod jail_view;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -380,6 +382,12 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     assert_hook_ran(&hooks, "createRuntime", id, &bundle);
     let cgroup = CgroupView::of(&cgroups_path);
     assert_host_cgroup(&cli, &cgroup, pid);
+    if cli.runtime.is_runvm {
+        let root = cli.root.display().to_string();
+        let vmm = jail_view::vmm_processes(&processes_referencing(&[root]));
+        let jail = cli.root.join(id).join("vm").join("jail");
+        jail_view::assert_jailed(vmm.jailed, &jail, &["vsock.sock", "virtiofs.sock"]);
+    }
     // Not asserted: that poststart has not run yet (runc 1.1 runs it in
     // `create`; the runtime spec says after the process starts).
     assert!(
@@ -777,14 +785,10 @@ fn runvm_kill_9_of_the_vmm_or_of_a_create_in_progress() {
     cli.run(&["start", id]).ok();
     let pid = pid_file(&pid_path);
     let root = cli.root.display().to_string();
-    let vmm: Vec<u32> = processes_referencing(std::slice::from_ref(&root))
-        .into_iter()
-        .filter(|(_, line)| line.contains("runvm-vmm"))
-        .map(|(pid, _)| pid)
-        .collect();
-    assert_eq!(vmm.len(), 1, "one VMM for the container: {vmm:?}");
+    // The jailed VMM, which takes its supervisor along.
+    let vmm = jail_view::vmm_processes(&processes_referencing(std::slice::from_ref(&root)));
     // SAFETY: kill(2) on the VMM this test's container started.
-    unsafe { libc::kill(vmm[0] as libc::pid_t, libc::SIGKILL) };
+    unsafe { libc::kill(vmm.jailed as libc::pid_t, libc::SIGKILL) };
     assert!(
         matches!(reap(pid), Ended::Code(_)),
         "the pid-file process ends with a status when its VM is gone"

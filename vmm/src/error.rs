@@ -108,6 +108,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("the VMM's jail: cannot {step}: {reason}")]
+    Jail { step: &'static str, reason: String },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -119,6 +121,14 @@ pub enum Error {
 impl Error {
     pub(crate) fn kvm(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
         move |source| Error::Kvm { call, source }
+    }
+
+    /// A failed step of entering the jail.
+    pub(crate) fn jail<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> Error {
+        move |e| Error::Jail {
+            step,
+            reason: e.to_string(),
+        }
     }
 
     pub(crate) fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {

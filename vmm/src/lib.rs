@@ -7,6 +7,10 @@
 //!
 //! Layout, one responsibility per module:
 //! - [`config`]: what the caller asks for, validated.
+//! - [`host`]: what a VM takes from the host by path (/dev/kvm, images,
+//!   console log), opened before the VM is built.
+//! - [`jail`]: the VMM's jail (namespaces, pivot_root, an unprivileged
+//!   id, no capabilities, limits), entered before the VM is built.
 //! - [`host_profile`]: detects a host whose KVM emulates guest-kernel code
 //!   and the kernel command line that such a host needs.
 //! - [`memory`]: the guest physical address map and guest RAM.
@@ -24,7 +28,9 @@ pub mod config;
 pub mod cpu;
 pub mod devices;
 pub mod diagnostics;
+pub mod host;
 pub mod host_profile;
+pub mod jail;
 pub mod machine;
 pub mod memory;
 pub mod seccomp;
@@ -34,5 +40,6 @@ mod error;
 
 pub use config::{BootProtocol, FsConfig, SerialOutput, VmConfig, VsockConfig};
 pub use error::Error;
+pub use host::HostResources;
 pub use host_profile::HostProfile;
-pub use machine::{guest_cmdline, run_vm, VmExit};
+pub use machine::{guest_cmdline, run_vm, run_vm_with, VmExit};

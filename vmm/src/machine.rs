@@ -9,13 +9,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, regs::setup_boot_vcpu, virtio_mmio_param, EXIT_PORT, ROOT_DISK_PARAMS};
-use crate::config::{SerialOutput, VmConfig};
+use crate::config::VmConfig;
 use crate::cpu;
 use crate::devices::virtio::block::{Block, DiskImage};
 use crate::devices::virtio::fs::VhostUserFs;
@@ -24,10 +24,10 @@ use crate::devices::virtio::vsock::device::Vsock;
 use crate::devices::virtio::vsock::muxer::Muxer;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{
-    Bus, CappedLog, ExitPort, FailureReporter, Serial, COM1_IRQ, COM1_PORT, I8042, I8042_BASE,
-    I8042_LEN,
+    Bus, ExitPort, FailureReporter, Serial, COM1_IRQ, COM1_PORT, I8042, I8042_BASE, I8042_LEN,
 };
 use crate::error::Error;
+use crate::host::HostResources;
 use crate::host_profile::HostProfile;
 use crate::memory::{
     create_guest_memory, create_shared_guest_memory, virtio_mmio_slot, GuestMemory,
@@ -99,15 +99,20 @@ impl From<VcpuStop> for VmExit {
 /// Boots the VM described by `config` and runs it to its end. SIGTERM,
 /// SIGINT and SIGHUP stop the VM cleanly.
 pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
+    run_vm_with(config, HostResources::open(config)?)
+}
+
+/// [`run_vm`] with the host resources already open (from `config`'s
+/// paths): nothing is opened by path here but the devices' sockets.
+pub fn run_vm_with(config: &VmConfig, host: HostResources) -> Result<VmExit, Error> {
     config.validate()?;
-    // Opened before anything else, so a bad path fails fast.
-    let root_disk = config
-        .root_disk
-        .as_deref()
-        .map(DiskImage::open)
-        .transpose()?;
-    let profile = HostProfile::resolve(config.host_profile);
-    let kvm = open_kvm()?;
+    let HostResources {
+        kvm,
+        boot: boot_files,
+        root_disk,
+        serial,
+        profile,
+    } = host;
     let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
@@ -128,10 +133,10 @@ pub fn run_vm(config: &VmConfig) -> Result<VmExit, Error> {
     let failures = Arc::new(
         FailureReporter::new().map_err(Error::io("cannot create the device failure eventfd"))?,
     );
-    let pio = Arc::new(build_pio_bus(&vm, &config.serial)?);
+    let pio = Arc::new(build_pio_bus(&vm, serial)?);
     let mmio = Arc::new(build_mmio_bus(&vm, &mem, config, root_disk, &failures)?);
     let cmdline = cmdline_for(config, profile)?;
-    let entry = boot::prepare_guest(config, &cmdline, &mem)?;
+    let entry = boot::prepare_guest(config, boot_files, &cmdline, &mem)?;
 
     let base_cpuid = cpu::guest_cpuid(&kvm, profile.hidden_kvm_features())?;
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
@@ -281,25 +286,6 @@ fn attach_virtio_device(
     )
 }
 
-fn open_kvm() -> Result<Kvm, Error> {
-    let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
-    let version = kvm.get_api_version();
-    if version != 12 {
-        return Err(Error::KvmApiVersion(version));
-    }
-    for (cap, name) in [
-        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
-        (Cap::Irqfd, "KVM_CAP_IRQFD"),
-        (Cap::Pit2, "KVM_CAP_PIT2"),
-        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
-    ] {
-        if !kvm.check_extension(cap) {
-            return Err(Error::KvmCapability(name));
-        }
-    }
-    Ok(kvm)
-}
-
 fn register_guest_memory(vm: &VmFd, mem: &GuestMemory, memory_mib: u64) -> Result<(), Error> {
     for (slot, region) in mem.iter().enumerate() {
         let host_address = region
@@ -323,20 +309,7 @@ fn register_guest_memory(vm: &VmFd, mem: &GuestMemory, memory_mib: u64) -> Resul
     Ok(())
 }
 
-fn build_pio_bus(vm: &VmFd, serial: &SerialOutput) -> Result<Bus, Error> {
-    let output: Box<dyn Write + Send> = match serial {
-        SerialOutput::Stdout => Box::new(std::io::stdout()),
-        // Bounded: the guest must not fill the host's disk.
-        SerialOutput::File(path) => {
-            Box::new(CappedLog::new(File::create(path).map_err(|source| {
-                Error::SerialOutput {
-                    path: path.clone(),
-                    source,
-                }
-            })?))
-        }
-        SerialOutput::None => Box::new(std::io::sink()),
-    };
+fn build_pio_bus(vm: &VmFd, output: Box<dyn Write + Send>) -> Result<Bus, Error> {
     let serial_irq =
         EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("cannot create the serial irqfd"))?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)

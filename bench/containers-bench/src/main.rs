@@ -542,9 +542,13 @@ fn check_nothing_left(dir: &Path, pids: &[u32]) -> Result<(), String> {
     }
 }
 
-/// Every process of the VM: the VMM, virtiofsd and its sandboxed child.
+/// Every process of the VM: the VMM (its jail's supervisor too, when it
+/// is jailed), virtiofsd and its sandboxed child.
 fn vm_pids(vm: &MicroVm) -> Vec<u32> {
-    vm.pid().into_iter().chain(vm.virtiofsd_pids()).collect()
+    let mut pids: Vec<u32> = vm.pid().into_iter().chain(vm.vmm_pid()).collect();
+    pids.dedup();
+    pids.extend(vm.virtiofsd_pids());
+    pids
 }
 
 async fn shutdown(vm: MicroVm, agent: &AgentClient, dir: &Path) -> Result<f64, String> {
@@ -613,7 +617,7 @@ async fn container_once(
     bundle: &Bundle,
     step: Duration,
 ) -> Result<Value, String> {
-    let vmm = vm.pid().ok_or("the VMM is gone")?;
+    let vmm = vm.vmm_pid().ok_or("the VMM is gone")?;
     let c0 = counters(vmm)?;
     let t0 = Instant::now();
     let (spec, readonly) = bundle.spec()?;
@@ -684,7 +688,7 @@ async fn guest_fork_exec(
     n: u32,
     step: Duration,
 ) -> Result<(f64, u64), String> {
-    let vmm = vm.pid().ok_or("the VMM is gone")?;
+    let vmm = vm.vmm_pid().ok_or("the VMM is gone")?;
     let script = |body: &str| {
         format!(
             "read a _ < /proc/uptime; i=0; while [ $i -lt {n} ]; do {body}i=$((i+1)); done; \
@@ -720,7 +724,7 @@ async fn plain_true(
     agent: &AgentClient,
     step: Duration,
 ) -> Result<(f64, u64), String> {
-    let vmm = vm.pid().ok_or("the VMM is gone")?;
+    let vmm = vm.vmm_pid().ok_or("the VMM is gone")?;
     let before = counters(vmm)?;
     let spec = ProcessSpec {
         argv: vec!["true".into()],

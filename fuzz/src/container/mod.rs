@@ -5,8 +5,12 @@
 //! called here.
 #![allow(dead_code, unused_imports)]
 
+#[path = "../../../agent/src/container/bpf.rs"]
+pub mod bpf;
 #[path = "../../../agent/src/container/cgroups.rs"]
 pub mod cgroups;
+#[path = "../../../agent/src/container/devices.rs"]
+pub mod devices;
 #[path = "../../../agent/src/container/hugetlb_io.rs"]
 pub mod hugetlb_io;
 #[path = "../../../agent/src/container/mountopts.rs"]
@@ -17,3 +21,5 @@ pub mod procattrs;
 pub mod seccomp;
 #[path = "../../../agent/src/container/spec.rs"]
 pub mod spec;
+#[path = "../../../agent/src/container/sysctl.rs"]
+pub mod sysctl;

@@ -5,13 +5,16 @@
 //! fault; 5 when KVM cannot run the guest; 6 when a device backend (the
 //! virtiofsd behind `--fs`) went away or failed while the VM ran; 7 when
 //! a thread made a system call its seccomp filter forbids (stderr names
-//! it); 128+N when stopped by signal N.
+//! it); 128+N when stopped by signal N. With `--jail` the process started
+//! is the jail's supervisor, which ends the way the jailed VMM ended: the
+//! same statuses (see `runvm_vmm::jail`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use runvm_vmm::host_profile::HostProfileChoice;
+use runvm_vmm::jail;
 use runvm_vmm::{
     guest_cmdline, run_vm, BootProtocol, FsConfig, SerialOutput, VmConfig, VmExit, VsockConfig,
 };
@@ -98,6 +101,11 @@ struct Args {
         action = clap::ArgAction::Set
     )]
     seccomp: bool,
+    /// Run jailed (needs root): in new namespaces, with DIR as the root,
+    /// as an unprivileged id without capabilities. The sockets
+    /// (--vsock-socket and its PATH_<port>, --fs socket=) must be in DIR.
+    #[arg(long, value_name = "DIR")]
+    jail: Option<PathBuf>,
     /// Print the guest kernel command line this VM would get, and exit.
     #[arg(long)]
     print_cmdline: bool,
@@ -181,7 +189,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match run_vm(&config) {
+    let outcome = match &args.jail {
+        Some(dir) => jail::run_jailed(dir, &config),
+        None => run_vm(&config),
+    };
+    match outcome {
         Ok(VmExit::PowerOff) => ExitCode::SUCCESS,
         Ok(exit) => {
             eprintln!("runvm-vmm: {}", exit.describe());

@@ -22,12 +22,9 @@ pub struct LoadedKernel {
     pub pvh_entry: Option<u64>,
 }
 
-pub fn load_kernel(path: &Path, mem: &GuestMemory) -> Result<LoadedKernel, Error> {
-    let mut file = File::open(path).map_err(|source| Error::KernelOpen {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
+/// Loads the kernel from `file`, opened from `path` (named in errors).
+pub fn load_kernel(file: &mut File, path: &Path, mem: &GuestMemory) -> Result<LoadedKernel, Error> {
+    let loaded = Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
         Error::KernelLoad {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -45,8 +42,10 @@ pub fn load_kernel(path: &Path, mem: &GuestMemory) -> Result<LoadedKernel, Error
 }
 
 /// Puts the initramfs at the top of the RAM below the device hole, page
-/// aligned, where it cannot overlap the kernel.
+/// aligned, where it cannot overlap the kernel. `file` was opened from
+/// `path` (named in errors).
 pub fn load_initrd(
+    file: &mut File,
     path: &Path,
     mem: &GuestMemory,
     kernel: &LoadedKernel,
@@ -56,7 +55,6 @@ pub fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(open_error)?;
     let size = file.metadata().map_err(open_error)?.len();
     let does_not_fit = || Error::ImagesDoNotFit {
         memory_mib: memory_size >> 20,
@@ -69,7 +67,7 @@ pub fn load_initrd(
         .filter(|&a| a >= kernel.end)
         .ok_or_else(does_not_fit)?;
     let count = usize::try_from(size).map_err(|_| does_not_fit())?;
-    mem.read_exact_volatile_from(GuestAddress(address), &mut file, count)
+    mem.read_exact_volatile_from(GuestAddress(address), file, count)
         .map_err(|e| Error::GuestWrite {
             what: "initramfs",
             address,

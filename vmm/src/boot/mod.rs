@@ -13,21 +13,60 @@ pub use cmdline::{build_cmdline, virtio_mmio_param, EXIT_PORT, ROOT_DISK_PARAMS}
 pub use images::{load_initrd, load_kernel, LoadedKernel};
 pub use regs::EntryPoint;
 
+use std::fs::File;
+
 use crate::config::{BootProtocol, VmConfig};
 use crate::error::Error;
 use crate::memory::GuestMemory;
 
-/// Loads every boot image and structure into `mem`, with `cmdline` as the
-/// kernel command line, and tells where the bootstrap vCPU starts.
+/// The kernel and initramfs files of a VM, opened before the VM is built
+/// (a jailed VMM cannot reach their paths any more).
+#[derive(Debug)]
+pub struct BootFiles {
+    kernel: File,
+    initrd: Option<File>,
+}
+
+impl BootFiles {
+    pub fn open(config: &VmConfig) -> Result<BootFiles, Error> {
+        let kernel = File::open(&config.kernel).map_err(|source| Error::KernelOpen {
+            path: config.kernel.clone(),
+            source,
+        })?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(File::open(path).map_err(|source| Error::InitrdOpen {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        Ok(BootFiles { kernel, initrd })
+    }
+}
+
+/// Loads every boot image (from `files`, opened from `config`'s paths) and
+/// structure into `mem`, with `cmdline` as the kernel command line, and
+/// tells where the bootstrap vCPU starts.
 pub fn prepare_guest(
     config: &VmConfig,
+    files: BootFiles,
     cmdline: &str,
     mem: &GuestMemory,
 ) -> Result<EntryPoint, Error> {
-    let kernel = load_kernel(&config.kernel, mem)?;
-    let initrd = match &config.initrd {
-        Some(path) => Some(load_initrd(path, mem, &kernel, config.memory_bytes())?),
-        None => None,
+    let BootFiles {
+        kernel: mut kernel_file,
+        initrd: initrd_file,
+    } = files;
+    let kernel = load_kernel(&mut kernel_file, &config.kernel, mem)?;
+    let initrd = match (initrd_file, &config.initrd) {
+        (Some(mut file), Some(path)) => Some(load_initrd(
+            &mut file,
+            path,
+            mem,
+            &kernel,
+            config.memory_bytes(),
+        )?),
+        _ => None,
     };
     params::write_cmdline(mem, cmdline)?;
     mptable::write(mem, config.vcpus)?;

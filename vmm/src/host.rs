@@ -1,0 +1,90 @@
+//! What a VM takes from the host by path: opened in one place, before the
+//! VM is built, so that a jailed VMM (see [`crate::jail`]) holds them as
+//! descriptors and needs none of their paths inside its jail. Host
+//! resources handed in later (e.g. tap devices, as descriptors) belong
+//! here too.
+//!
+//! Not here: the Unix sockets of the vsock and virtio-fs devices, which
+//! the devices bind or connect to (and the vsock device keeps connecting
+//! to) while the VM runs; a jail gives them their own paths.
+
+use std::fs::File;
+use std::io::Write;
+
+use kvm_ioctls::{Cap, Kvm};
+
+use crate::boot::BootFiles;
+use crate::config::{SerialOutput, VmConfig};
+use crate::devices::virtio::block::DiskImage;
+use crate::devices::CappedLog;
+use crate::error::Error;
+use crate::host_profile::HostProfile;
+
+/// The host resources of one VM.
+pub struct HostResources {
+    pub(crate) kvm: Kvm,
+    pub(crate) boot: BootFiles,
+    pub(crate) root_disk: Option<DiskImage>,
+    pub(crate) serial: Box<dyn Write + Send>,
+    pub(crate) profile: HostProfile,
+}
+
+impl HostResources {
+    /// Opens what `config` names. The checks that need no file come first.
+    pub fn open(config: &VmConfig) -> Result<HostResources, Error> {
+        config.validate()?;
+        // The images first, so a bad path fails fast.
+        let root_disk = config
+            .root_disk
+            .as_deref()
+            .map(DiskImage::open)
+            .transpose()?;
+        let boot = BootFiles::open(config)?;
+        let serial = open_serial(&config.serial)?;
+        // Reads /sys and /proc/cpuinfo.
+        let profile = HostProfile::resolve(config.host_profile);
+        let kvm = open_kvm()?;
+        Ok(HostResources {
+            kvm,
+            boot,
+            root_disk,
+            serial,
+            profile,
+        })
+    }
+}
+
+fn open_serial(serial: &SerialOutput) -> Result<Box<dyn Write + Send>, Error> {
+    Ok(match serial {
+        SerialOutput::Stdout => Box::new(std::io::stdout()),
+        SerialOutput::File(path) => {
+            // Bounded: the guest must not fill the host's disk.
+            Box::new(CappedLog::new(File::create(path).map_err(|source| {
+                Error::SerialOutput {
+                    path: path.clone(),
+                    source,
+                }
+            })?))
+        }
+        SerialOutput::None => Box::new(std::io::sink()),
+    })
+}
+
+fn open_kvm() -> Result<Kvm, Error> {
+    let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
+    let version = kvm.get_api_version();
+    if version != 12 {
+        return Err(Error::KvmApiVersion(version));
+    }
+    for (cap, name) in [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::Pit2, "KVM_CAP_PIT2"),
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(Error::KvmCapability(name));
+        }
+    }
+    Ok(kvm)
+}
