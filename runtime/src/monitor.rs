@@ -36,15 +36,13 @@ use crate::assets::{AssetError, Assets};
 use crate::bundle::{self, Bundle, BundleError};
 use crate::console::{self, Pty};
 use crate::container_client::{ContainerClient, ContainerIo, ContainerProcess};
+use crate::deadlines;
 use crate::guest_process::{self, HostStdio};
 use crate::host_cgroup::{CgroupError, HostCgroup};
 use crate::state::{HostProcess, StateError, StateRoot, Status};
 use crate::terminal::{self, RawMode};
 use crate::vm::{MicroVm, VmError, VmSpec};
 
-/// How long a guest may take to boot before create gives up (boots take
-/// 10 s on an emulating host, more when it is busy).
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Guest memory beyond the container's own limit: the guest kernel, the
 /// agent and the page cache.
 const GUEST_OVERHEAD_MIB: u64 = 128;
@@ -109,7 +107,7 @@ pub enum MonitorError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
-    #[error("the agent: {0}")]
+    #[error(transparent)]
     Agent(#[from] ClientError),
     #[error("{0}")]
     Terminal(String),
@@ -140,9 +138,16 @@ struct Sync {
 impl Sync {
     fn from_fd(fd: Option<i32>) -> Sync {
         Sync {
-            // SAFETY: the descriptor was inherited for this purpose and
-            // nothing else in this process uses it.
-            stream: fd.map(|fd| unsafe { UnixStream::from_raw_fd(fd) }),
+            stream: fd.map(|fd| {
+                // It was handed over across exec; the VMM and virtiofsd,
+                // started from here, must not inherit it: they would keep
+                // the caller's end from seeing this process go.
+                // SAFETY: fcntl on the inherited descriptor, which was
+                // passed for this purpose and nothing else here uses.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+                // SAFETY: as above; this value owns it from now on.
+                unsafe { UnixStream::from_raw_fd(fd) }
+            }),
         }
     }
 
@@ -354,19 +359,23 @@ async fn create_init(root: &StateRoot, args: &MonitorArgs) -> Result<CreatedInit
         &container_dir.join("vm"),
         Some(&container_dir.join("vmm.log")),
     )?;
-    let agent = vm.connect_agent(BOOT_TIMEOUT).await?;
-    let guest_rootfs = vm
-        .share_rootfs(&agent, &args.id, &rootfs, bundle.readonly_rootfs())
-        .await?;
-    let mut guest_sources = Vec::with_capacity(binds.len());
-    for bind in &binds {
-        guest_sources.push(vm.share_bind(&args.id, &bind.source, bind.readonly)?);
-    }
-    let spec = bundle::guest_spec(&bundle.spec, &binds, &guest_sources);
+    let agent = vm.connect_agent(deadlines::BOOT).await?;
     let io = host.io.take().ok_or(MonitorError::NotRunning)?;
-    let init = ContainerClient::new(&agent)
-        .create_with(&args.id, bundle::to_wire(&spec)?, &guest_rootfs, io)
-        .await?;
+    let init = deadlines::within("create", deadlines::CREATE, async {
+        let guest_rootfs = vm
+            .share_rootfs(&agent, &args.id, &rootfs, bundle.readonly_rootfs())
+            .await?;
+        let mut guest_sources = Vec::with_capacity(binds.len());
+        for bind in &binds {
+            guest_sources.push(vm.share_bind(&args.id, &bind.source, bind.flags)?);
+        }
+        let spec = bundle::guest_spec(&bundle.spec, &binds, &guest_sources);
+        let init = ContainerClient::new(&agent)
+            .create_with(&args.id, bundle::to_wire(&spec)?, &guest_rootfs, io)
+            .await?;
+        Ok::<_, MonitorError>(init)
+    })
+    .await?;
     Ok(CreatedInit {
         vm,
         agent,
@@ -421,7 +430,8 @@ async fn run_init(root: &Path, args: &MonitorArgs) -> i32 {
             let containers = &containers;
             let id = &args.id;
             async move {
-                let _ = containers.signal(id, signal, false).await;
+                let signalled = containers.signal(id, signal, false);
+                let _ = deadlines::within("kill", deadlines::KILL, signalled).await;
             }
         },
         process,
@@ -502,7 +512,7 @@ where
             }, if size_from.is_some() => {
                 if let Some((rows, columns)) = size_from.and_then(|fd| terminal::window_size(fd.as_fd())) {
                     let resize = runvm_agent_api::RequestBody::ResizeTerminal { process, rows, columns };
-                    let _ = agent.call(resize).await;
+                    let _ = deadlines::within("resize", deadlines::RESIZE, agent.call(resize)).await;
                 }
             }
         }
@@ -532,13 +542,18 @@ async fn run_exec(root: &Path, args: &MonitorArgs, file: &Path) -> i32 {
         // runc puts exec'd processes in the container's cgroup.
         join_cgroup(record.cgroup.as_ref())?;
         let socket = root.dir().join(&args.id).join("vm").join("vsock.sock");
-        let agent = AgentClient::connect(&socket).await?;
         let terminal = process.terminal().unwrap_or(false);
         let mut host = host_io(args, terminal)?;
         let io = host.io.take().ok_or(MonitorError::NotRunning)?;
-        let exec = ContainerClient::new(&agent)
-            .exec_with(&args.id, bundle::to_wire(&process)?, io)
-            .await?;
+        let wire = bundle::to_wire(&process)?;
+        let (agent, exec) = deadlines::within("exec", deadlines::EXEC, async {
+            let agent = AgentClient::connect(&socket).await?;
+            let exec = ContainerClient::new(&agent)
+                .exec_with(&args.id, wire, io)
+                .await?;
+            Ok::<_, ClientError>((agent, exec))
+        })
+        .await?;
         Ok::<_, MonitorError>((agent, exec, host))
     };
     let (agent, exec, host) = match started.await {
@@ -552,12 +567,11 @@ async fn run_exec(root: &Path, args: &MonitorArgs, file: &Path) -> i32 {
         helpers: Vec::new(),
     });
     if sync.wait_go().await.is_err() {
-        let _ = agent
-            .call(runvm_agent_api::RequestBody::Signal {
-                process: exec.started.process,
-                signal: libc::SIGKILL,
-            })
-            .await;
+        let killed = agent.call(runvm_agent_api::RequestBody::Signal {
+            process: exec.started.process,
+            signal: libc::SIGKILL,
+        });
+        let _ = deadlines::within("exec", deadlines::KILL, killed).await;
         return STATUS_LOST;
     }
     let process = exec.started.process;
@@ -567,9 +581,9 @@ async fn run_exec(root: &Path, args: &MonitorArgs, file: &Path) -> i32 {
         |signal| {
             let agent = &agent;
             async move {
-                let _ = agent
-                    .call(runvm_agent_api::RequestBody::Signal { process, signal })
-                    .await;
+                let signalled =
+                    agent.call(runvm_agent_api::RequestBody::Signal { process, signal });
+                let _ = deadlines::within("kill", deadlines::KILL, signalled).await;
             }
         },
         process,

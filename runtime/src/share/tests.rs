@@ -1,0 +1,116 @@
+use super::*;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn ids_that_could_leave_the_share_are_refused_before_anything_is_mounted() {
+    // No share is needed to refuse them: the check comes first.
+    let mut share = Share {
+        dir: PathBuf::from("/nonexistent/share"),
+        namespace: None,
+        under: None,
+        bound: false,
+        virtiofsd: None,
+        exited: None,
+        log: PathBuf::from("/nonexistent/log"),
+        rootfs: BTreeSet::new(),
+        binds: BTreeMap::new(),
+    };
+    for id in ["", ".", "..", "../x", "a/b", "/abs", "a\0b"] {
+        assert!(
+            matches!(
+                share.add_rootfs(id, Path::new("/"), true),
+                Err(ShareError::InvalidId(_))
+            ),
+            "{id:?}"
+        );
+    }
+    assert!(matches!(
+        share.remove_rootfs("c"),
+        Err(ShareError::NotShared(_))
+    ));
+}
+
+/// The mount plumbing without a VM: a share with a stand-in for
+/// virtiofsd, a read-only and a writable rootfs, their flags in the
+/// share's namespace, none of it in ours, and nothing left after.
+#[test]
+fn binds_are_made_flagged_and_undone() {
+    if !is_root() {
+        eprintln!("skipped: binding rootfs directories needs root");
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("runvm-share-unit-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&base);
+    fs::create_dir_all(base.join("vm")).unwrap();
+    let bundle = base.join("bundle");
+    fs::create_dir_all(bundle.join("rootfs/etc")).unwrap();
+    fs::write(bundle.join("rootfs/etc/hostname"), "x\n").unwrap();
+    let vm = base.join("vm");
+    // `sleep --fd=N ...` exits at once with a usage error: enough to
+    // stand in for a virtiofsd that leaves.
+    let mut share = Share::start(
+        Path::new("/bin/sleep"),
+        &vm.join("share"),
+        &vm.join("fs.sock"),
+        &vm.join("fs.log"),
+    )
+    .expect("start");
+    let guest = share
+        .add_rootfs("ro", &bundle.join("rootfs"), true)
+        .expect("bind ro");
+    assert_eq!(guest, "/run/runvm/share/ro/rootfs");
+    share
+        .add_rootfs("rw", &bundle.join("rootfs"), false)
+        .expect("bind rw");
+    assert!(matches!(
+        share.add_rootfs("rw", &bundle.join("rootfs"), false),
+        Err(ShareError::Exists(_))
+    ));
+    // Only in the share's namespace.
+    assert!(mounts_below(&base).is_empty(), "{:?}", mounts_below(&base));
+    assert!(!vm.join("share/ro/rootfs/etc").exists());
+    let mountinfo = share.mountinfo().expect("mountinfo");
+    let options = |point: &Path| -> String {
+        let point = point.to_str().unwrap();
+        mountinfo
+            .lines()
+            .find(|line| line.split(' ').nth(4) == Some(point))
+            .and_then(|line| line.split(' ').nth(5))
+            .unwrap_or_else(|| panic!("{point} is not mounted:\n{mountinfo}"))
+            .to_owned()
+    };
+    let top = options(&vm.join("share"));
+    assert!(top.starts_with("ro,nosuid,nodev,noexec"), "{top}");
+    let ro = options(&vm.join("share/ro/rootfs"));
+    assert!(ro.starts_with("ro,nosuid,nodev"), "{ro}");
+    let rw = options(&vm.join("share/rw/rootfs"));
+    assert!(rw.starts_with("rw,nosuid,nodev"), "{rw}");
+    let ns = share.ns().unwrap();
+    let seen = in_namespace(ns, || -> io::Result<_> {
+        Ok((
+            fs::read_to_string(vm.join("share/ro/rootfs/etc/hostname"))?,
+            // Nothing can be made at the top, even by root.
+            fs::create_dir(vm.join("share/planted")).is_err(),
+            fs::write(vm.join("share/ro/rootfs/new"), "").is_err(),
+            fs::write(vm.join("share/rw/rootfs/new"), "").is_ok(),
+        ))
+    })
+    .unwrap();
+    assert_eq!(seen, ("x\n".to_owned(), true, true, true));
+    assert!(bundle.join("rootfs/new").exists());
+
+    share.remove_rootfs("rw").expect("unbind rw");
+    assert!(!vm.join("share/rw").exists());
+    assert!(!share.mountinfo().unwrap().contains("/share/rw/rootfs"));
+    share.stop(Duration::from_secs(1)).expect("stop");
+    assert!(!vm.join("share").exists());
+    assert!(
+        bundle.join("rootfs/etc/hostname").exists(),
+        "the bundle is untouched"
+    );
+    fs::remove_dir_all(&base).unwrap();
+}
