@@ -19,7 +19,7 @@
 //! the monitor dies with its caller (PR_SET_PDEATHSIG), so a runvm killed
 //! mid-create leaves no VM behind.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -627,13 +627,16 @@ impl Launched {
 }
 
 /// The caller's end: starts `runvm monitor` with `args` (the sync socket
-/// is added here) and waits for its report. `detach_session` puts the
-/// monitor in a session of its own (not for a foreground terminal, whose
-/// window changes it must see).
+/// is added here) and waits for its report, for at most `deadline` (then
+/// the monitor is killed, and its VM with it, and the report is an error
+/// naming `operation`). `detach_session` puts the monitor in a session of
+/// its own (not for a foreground terminal, whose window changes it must
+/// see).
 pub fn spawn(
     global_args: &[std::ffi::OsString],
     args: &MonitorArgs,
     detach_session: bool,
+    (operation, deadline): (&'static str, Duration),
 ) -> Result<(Launched, Report), std::io::Error> {
     use std::os::unix::process::CommandExt;
     let (ours, theirs) = UnixStream::pair()?;
@@ -681,10 +684,25 @@ pub fn spawn(
             Ok(())
         });
     }
-    let child = command.spawn()?;
+    let mut child = command.spawn()?;
     drop(theirs);
+    ours.set_read_timeout(Some(deadline))?;
     let mut line = String::new();
-    BufReader::new(&ours).read_line(&mut line)?;
+    match BufReader::new(&ours).read_line(&mut line) {
+        Ok(_) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            // Its VMM and virtiofsd die with it (parent-death signals); the
+            // caller's clean-up of the host cgroup takes anything left.
+            let _ = child.kill();
+            let _ = child.wait();
+            let report = Report::Error(format!(
+                "runvm {operation}: the container's monitor did not report within {} s",
+                deadline.as_secs()
+            ));
+            return Ok((Launched { child, sync: ours }, report));
+        }
+        Err(e) => return Err(e),
+    }
     let report = serde_json::from_str(&line)
         .unwrap_or_else(|_| Report::Error("the monitor exited before it was set up".to_owned()));
     Ok((Launched { child, sync: ours }, report))

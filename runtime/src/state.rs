@@ -17,6 +17,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,10 @@ use runvm_agent_api::validate_container_id;
 /// Where runvm keeps state when `--root` is not given.
 pub const DEFAULT_ROOT: &str = "/run/runvm";
 const STATE_FILE: &str = "state.json";
+/// How often a call waiting for a container's lock tries again.
+const LOCK_POLL: Duration = Duration::from_millis(20);
+/// How many fresh names a temporary file gets before writing gives up.
+const TEMPORARY_ATTEMPTS: u32 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -46,6 +51,10 @@ pub enum StateError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("refusing the state directory (--root) {}: {problem}", path.display())]
+    UnsafeRoot { path: PathBuf, problem: String },
+    #[error("container {id} is busy: another runvm call has held it for {} s", waited.as_secs())]
+    Busy { id: String, waited: Duration },
 }
 
 fn io_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
@@ -202,13 +211,25 @@ pub struct StateRoot {
 }
 
 impl StateRoot {
-    /// `dir`, made (mode 0700) if it does not exist yet.
+    /// `dir`, made (mode 0700) if it does not exist yet. One that exists
+    /// must be a directory of ours that nobody else can write to: the
+    /// state in it decides which processes runvm kills and which paths it
+    /// mounts, writes and removes as root.
     pub fn open(dir: &Path) -> Result<StateRoot, StateError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(io_error("cannot create the state directory", dir))?;
+        let meta = fs::metadata(dir).map_err(io_error("cannot inspect", dir))?;
+        // SAFETY: geteuid(2) cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        unsafe_root_problem(&meta, euid).map_or(Ok(()), |problem| {
+            Err(StateError::UnsafeRoot {
+                path: dir.to_owned(),
+                problem,
+            })
+        })?;
         Ok(StateRoot {
             dir: dir.to_owned(),
         })
@@ -265,6 +286,29 @@ impl StateRoot {
     }
 }
 
+/// What makes an existing `--root` unsafe for a runvm running as `euid`.
+fn unsafe_root_problem(meta: &fs::Metadata, euid: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.is_dir() {
+        return Some("it is not a directory".into());
+    }
+    if meta.uid() != euid {
+        let whom = if euid == 0 {
+            "root".to_owned()
+        } else {
+            format!("uid {euid}")
+        };
+        return Some(format!("it is owned by uid {}, not by {whom}", meta.uid()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "it is writable by group or others (mode {mode:04o})"
+        ));
+    }
+    None
+}
+
 /// A container's directory, locked while this value lives.
 pub struct Container {
     id: String,
@@ -279,15 +323,28 @@ impl Container {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StateError::NotFound),
             Err(e) => return Err(io_error("cannot open", &dir)(e)),
         };
+        // Every holder is bounded (agent calls by their deadlines, create
+        // by its monitor's report): waiting longer than any of them means
+        // something is wrong, and a call must not hang on it for ever.
+        let started = Instant::now();
         loop {
             // SAFETY: flock on a descriptor this function owns.
-            if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
                 break;
             }
             let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(io_error("cannot lock", &dir)(e));
+            match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
+                _ => return Err(io_error("cannot lock", &dir)(e)),
             }
+            let waited = started.elapsed();
+            if waited >= crate::deadlines::LOCK {
+                return Err(StateError::Busy {
+                    id: id.to_owned(),
+                    waited,
+                });
+            }
+            std::thread::sleep(LOCK_POLL);
         }
         Ok(Container {
             id: id.to_owned(),
@@ -364,25 +421,56 @@ fn load_record(id: &str, path: &Path) -> Result<Record, StateError> {
 }
 
 /// Writes `path` so that readers see the old or the new content, never a
-/// part: a temporary file beside it, then rename.
+/// part: a temporary file beside it, then rename (as runc writes its pid
+/// files). Nothing planted is followed: the temporary file is created new
+/// (O_EXCL, O_NOFOLLOW: an existing file or symlink there is an error,
+/// and another name is tried), and the rename replaces whatever is at
+/// `path`, a symlink included, instead of writing through it.
 pub fn write_atomically(path: &Path, content: &[u8]) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = dir.join(format!(".{name}.{}", std::process::id()));
-    let result = (|| {
-        let mut file = File::create(&temporary)?;
-        file.write_all(content)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)
-    })();
+    let (temporary, mut file) =
+        create_temporary(path).map_err(io_error("cannot create a file beside", path))?;
+    let result = file
+        .write_all(content)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&temporary, path));
     if let Err(e) = result {
         let _ = fs::remove_file(&temporary);
         return Err(io_error("cannot write", path)(e));
     }
     Ok(())
+}
+
+/// A new file beside `path`, named `.<name>.<pid>.<n>`.
+fn create_temporary(path: &Path) -> io::Result<(PathBuf, File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let salt = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
+    for attempt in 0..TEMPORARY_ATTEMPTS {
+        let temporary = dir.join(format!(
+            ".{name}.{}.{}",
+            std::process::id(),
+            salt.wrapping_add(attempt)
+        ));
+        let opened = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temporary);
+        match opened {
+            Ok(file) => return Ok((temporary, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
 }
 
 /// Now as RFC 3339 with nanoseconds in UTC (`2026-11-23T18:06:07.123456789Z`),
@@ -450,6 +538,61 @@ mod tests {
             start_time: me.start_time + 1,
         };
         assert!(!reused.is_alive(), "a reused pid is another process");
+    }
+
+    #[test]
+    fn a_root_that_others_can_write_or_own_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("runvm-root-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        let meta = |mode| {
+            fs::set_permissions(&base, fs::Permissions::from_mode(mode)).unwrap();
+            fs::metadata(&base).unwrap()
+        };
+        // SAFETY: geteuid(2) cannot fail.
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(unsafe_root_problem(&meta(0o700), me), None);
+        assert_eq!(unsafe_root_problem(&meta(0o711), me), None);
+        assert_eq!(
+            unsafe_root_problem(&meta(0o777), me).as_deref(),
+            Some("it is writable by group or others (mode 0777)")
+        );
+        assert_eq!(
+            unsafe_root_problem(&meta(0o1770), me).as_deref(),
+            Some("it is writable by group or others (mode 1770)")
+        );
+        let problem = unsafe_root_problem(&meta(0o700), me + 1).expect("another owner");
+        assert!(
+            problem.starts_with(&format!("it is owned by uid {me}, not by")),
+            "{problem}"
+        );
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o777)).unwrap();
+        let refused = StateRoot::open(&base).expect_err("mode 0777");
+        assert!(
+            refused.to_string().contains(&base.display().to_string()),
+            "{refused}"
+        );
+        fs::write(base.join("file"), "").unwrap();
+        let refused = StateRoot::open(&base.join("file")).expect_err("a file");
+        assert!(refused.to_string().contains("cannot create"), "{refused}");
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_path_is_replaced_not_followed() {
+        let base = std::env::temp_dir().join(format!("runvm-write-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        fs::write(base.join("victim"), "precious").unwrap();
+        std::os::unix::fs::symlink(base.join("victim"), base.join("pid")).unwrap();
+        write_atomically(&base.join("pid"), b"42").expect("write");
+        assert_eq!(fs::read_to_string(base.join("victim")).unwrap(), "precious");
+        assert!(fs::symlink_metadata(base.join("pid")).unwrap().is_file());
+        assert_eq!(fs::read_to_string(base.join("pid")).unwrap(), "42");
+        // Only the two files: no temporary one is left.
+        assert_eq!(fs::read_dir(&base).unwrap().count(), 2);
+        fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

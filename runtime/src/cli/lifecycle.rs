@@ -143,6 +143,7 @@ fn create_claimed(
         &context.global_args,
         &monitor_args,
         !monitor_args.own_terminal,
+        ("create", deadlines::CREATE_REPORT),
     )?;
     let helpers = match report {
         Report::Ready { helpers } => helpers,
