@@ -475,20 +475,26 @@ fn a_symlink_planted_at_the_pid_file_is_not_followed() {
     .ok();
     cli.run(&["start", id]).ok();
     let exec = plant("exec.pid");
-    cli.run(&[
-        "exec",
-        "--detach",
-        "--pid-file",
-        &exec.display().to_string(),
-        id,
-        "sleep",
-        "1000",
-    ])
+    // The detached process keeps its stdio: files, not pipes.
+    harness::run_to_files(
+        &mut cli.command(&[
+            "exec",
+            "--detach",
+            "--pid-file",
+            &exec.display().to_string(),
+            id,
+            "sleep",
+            "5",
+        ]),
+        &cli.scratch.join("exec.out"),
+        &cli.scratch.join("exec.err"),
+    )
     .ok();
     assert_eq!(
         std::fs::read_to_string(&victim).expect("victim"),
         "precious"
     );
+    let mut pids = Vec::new();
     for path in [&created, &exec] {
         let meta = std::fs::symlink_metadata(path).expect("the pid file");
         assert!(
@@ -497,10 +503,13 @@ fn a_symlink_planted_at_the_pid_file_is_not_followed() {
             path.display()
         );
         let text = std::fs::read_to_string(path).expect("pid");
-        assert!(
-            text.trim().parse::<u32>().is_ok_and(harness::alive),
-            "{} holds {text:?}, not a live pid",
-            path.display()
+        let pid = text
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|p| harness::alive(*p));
+        pids.push(
+            pid.unwrap_or_else(|| panic!("{} holds {text:?}, not a live pid", path.display())),
         );
     }
     let leftovers: Vec<String> = std::fs::read_dir(cli.scratch.path())
@@ -510,6 +519,19 @@ fn a_symlink_planted_at_the_pid_file_is_not_followed() {
         .filter(|name| name.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    // Both pid-file processes are ours (a subreaper's) to reap: the
+    // exec'd one ends by itself, then the init is killed (runc's delete
+    // waits for them to be reaped).
+    let (init, exec) = (pids[0], pids[1]);
+    assert!(
+        reap_within(exec, harness::WAIT_PATIENCE),
+        "{exec} did not end"
+    );
+    cli.run(&["kill", id, "KILL"]).ok();
+    assert!(
+        reap_within(init, harness::WAIT_PATIENCE),
+        "{init} did not end"
+    );
     cli.run(&["delete", "--force", id]).ok();
     cli.assert_gone(id, &cgroup);
 }
