@@ -318,6 +318,11 @@ pub struct Container {
 
 impl Container {
     fn lock(id: &str, dir: PathBuf) -> Result<Container, StateError> {
+        Container::lock_within(id, dir, crate::deadlines::LOCK)
+    }
+
+    /// Takes the lock, waiting at most `patience` for another holder.
+    fn lock_within(id: &str, dir: PathBuf, patience: Duration) -> Result<Container, StateError> {
         let handle = match File::open(&dir) {
             Ok(handle) => handle,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StateError::NotFound),
@@ -338,7 +343,7 @@ impl Container {
                 _ => return Err(io_error("cannot lock", &dir)(e)),
             }
             let waited = started.elapsed();
-            if waited >= crate::deadlines::LOCK {
+            if waited >= patience {
                 return Err(StateError::Busy {
                     id: id.to_owned(),
                     waited,
@@ -618,6 +623,13 @@ mod tests {
         };
         container.save(&record).expect("save");
         assert_eq!(root.ids().expect("ids"), ["a"]);
+        // Held: another call gives up after its patience, naming the id.
+        let busy = Container::lock_within("a", base.join("a"), Duration::from_millis(100));
+        let Err(StateError::Busy { id, waited }) = busy else {
+            panic!("the lock is held, yet it was taken");
+        };
+        assert_eq!(id, "a");
+        assert!(waited >= Duration::from_millis(100));
         let seen = peek(&root, "a").expect("peek");
         assert_eq!(seen.status(), Status::Created);
         assert_eq!(seen.oci_state()["pid"], std::process::id());
