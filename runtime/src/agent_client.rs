@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::Duration;
 
 use runvm_agent_api::{
     read_frame, write_frame, AgentError, FrameError, Request, RequestBody, Response, ResponseBody,
@@ -32,9 +33,46 @@ pub enum ClientError {
     Agent(#[from] AgentError),
     #[error("unexpected answer from the agent: {0:?}")]
     Unexpected(ResponseBody),
+    /// The guest did not answer in time (see [`crate::deadlines`]).
+    #[error("runvm {operation}: the agent did not answer within {} s", seconds(*.limit))]
+    Deadline {
+        operation: &'static str,
+        limit: Duration,
+    },
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+/// `10` for ten seconds, `0.05` for fifty milliseconds.
+fn seconds(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        duration.as_secs().to_string()
+    } else {
+        duration.as_secs_f64().to_string()
+    }
+}
+
+/// Waiters by request id. A plain mutex: it is never held across an
+/// await, and a call abandoned at its deadline removes its entry on drop.
+type Pending = Arc<SyncMutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Response>>> {
+    pending
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Removes a call's waiter when the call ends, answered or abandoned (a
+/// deadline drops the call's future), so a guest that stops answering
+/// does not make a long-lived client (the monitor) grow.
+struct Waiter<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.id);
+    }
+}
 
 /// A control connection; cheap to share, requests may overlap.
 pub struct AgentClient {
@@ -102,15 +140,16 @@ impl AgentClient {
     pub async fn call(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
-        self.pending.lock().await.insert(id, answer);
+        lock(&self.pending).insert(id, answer);
+        let _waiter = Waiter {
+            pending: &self.pending,
+            id,
+        };
         let sent = {
             let mut writer = self.writer.lock().await;
             write_frame(&mut *writer, &Request { id, body }).await
         };
-        if let Err(e) = sent {
-            self.pending.lock().await.remove(&id);
-            return Err(e.into());
-        }
+        sent?;
         let response = answered.await.map_err(|_| ClientError::Closed)?;
         Ok(response.result?)
     }
@@ -160,7 +199,8 @@ async fn dispatch_responses(mut reader: OwnedReadHalf, pending: Pending) {
     loop {
         match read_frame::<_, Response>(&mut reader).await {
             Ok(response) => {
-                if let Some(waiter) = pending.lock().await.remove(&response.id) {
+                let waiter = lock(&pending).remove(&response.id);
+                if let Some(waiter) = waiter {
                     let _ = waiter.send(response);
                 }
             }
@@ -168,5 +208,5 @@ async fn dispatch_responses(mut reader: OwnedReadHalf, pending: Pending) {
             Err(_) => break,
         }
     }
-    pending.lock().await.clear();
+    lock(&pending).clear();
 }

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Hooks, Mount, Spec};
 
+use crate::share::{BindFlags, MountSource};
+
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("cannot read {}: {source}", path.display())]
@@ -214,13 +216,22 @@ pub fn make_mount_points(rootfs: &Path, spec: &Spec, binds: &[HostBind]) -> std:
     Ok(())
 }
 
-/// A bind mount whose host source must be put in the share.
-#[derive(Debug, PartialEq, Eq)]
+/// A bind mount whose host source must be put in the share, the source
+/// opened once (what is checked here is what the share binds).
+#[derive(Debug)]
 pub struct HostBind {
     /// Index in the spec's mounts.
     pub index: usize,
-    pub source: PathBuf,
-    pub readonly: bool,
+    pub source: MountSource,
+    /// `ro`; and `rbind` (recursive) as opposed to `bind`.
+    pub flags: BindFlags,
+}
+
+fn has_option(mount: &Mount, option: &str) -> bool {
+    mount
+        .options()
+        .as_ref()
+        .is_some_and(|options| options.iter().any(|o| o == option))
 }
 
 fn is_bind(mount: &Mount) -> bool {
@@ -248,22 +259,20 @@ pub fn host_binds(spec: &Spec, bundle: &Path) -> Result<Vec<HostBind>, BundleErr
                 destination: destination.clone(),
                 reason: "it has no source".into(),
             })?;
-        let source = bundle.join(source);
-        if let Err(e) = std::fs::metadata(&source) {
-            return Err(BundleError::BindSource {
-                source_path: source,
-                destination,
-                reason: e.to_string(),
-            });
-        }
-        let readonly = mount
-            .options()
-            .as_ref()
-            .is_some_and(|options| options.iter().any(|o| o == "ro"));
+        let path = bundle.join(source);
+        let source = MountSource::open(&path).map_err(|e| BundleError::BindSource {
+            source_path: path.clone(),
+            destination,
+            reason: e.to_string(),
+        })?;
         binds.push(HostBind {
             index,
             source,
-            readonly,
+            flags: BindFlags {
+                readonly: has_option(mount, "ro"),
+                // runc binds recursively for `rbind` only.
+                recursive: has_option(mount, "rbind"),
+            },
         });
     }
     Ok(binds)
@@ -340,19 +349,19 @@ mod tests {
                                      {"type": "pid"}]}
         }));
         let binds = host_binds(&spec, &dir).expect("binds");
+        let seen: Vec<_> = binds
+            .iter()
+            .map(|b| (b.index, b.source.path(), b.source.is_dir(), b.flags))
+            .collect();
+        let flags = |readonly, recursive| BindFlags {
+            readonly,
+            recursive,
+        };
         assert_eq!(
-            binds,
+            seen,
             [
-                HostBind {
-                    index: 1,
-                    source: dir.join("hosts"),
-                    readonly: true
-                },
-                HostBind {
-                    index: 2,
-                    source: dir.join("rootfs"),
-                    readonly: false
-                }
+                (1, dir.join("hosts").as_path(), false, flags(true, true)),
+                (2, dir.join("rootfs").as_path(), true, flags(false, false)),
             ]
         );
         let guest = guest_spec(&spec, &binds, &["/g/0".into(), "/g/1".into()]);

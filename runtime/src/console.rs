@@ -15,30 +15,31 @@ pub struct Pty {
 }
 
 impl Pty {
+    /// A new pair, both ends close-on-exec from the start (opened with
+    /// O_CLOEXEC rather than flagged afterwards: a process started
+    /// meanwhile by another thread must not inherit them).
     pub fn open() -> io::Result<Pty> {
-        let mut master = -1;
-        let mut slave = -1;
-        // SAFETY: openpty writes two new descriptors into the ints given;
-        // the name, termios and size arguments may be null.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
+        let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+        // SAFETY: open(2) with a C string; the descriptor is ours.
+        let master = unsafe { libc::open(c"/dev/ptmx".as_ptr(), flags) };
+        if master < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: both descriptors are new and owned by nobody else.
-        let (master, slave) =
-            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        for fd in [&master, &slave] {
-            // SAFETY: fcntl on a descriptor we own.
-            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        // SAFETY: a new descriptor owned by nobody else.
+        let master = unsafe { OwnedFd::from_raw_fd(master) };
+        // SAFETY: unlockpt(3) on our master.
+        if unsafe { libc::unlockpt(master.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
         }
+        // The slave of this very master (no lookup by name).
+        // SAFETY: TIOCGPTPEER takes the open flags and returns a new
+        // descriptor.
+        let slave = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+        if slave < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor owned by nobody else.
+        let slave = unsafe { OwnedFd::from_raw_fd(slave) };
         Ok(Pty { master, slave })
     }
 
@@ -117,6 +118,11 @@ mod tests {
         let listener = UnixListener::bind(&path).expect("listen");
         let pty = Pty::open().expect("a pty");
         assert!(pty.slave_name().expect("name").starts_with("/dev/pts/"));
+        for end in [&pty.master, &pty.slave] {
+            // SAFETY: fcntl(2) F_GETFD on our descriptor.
+            let flags = unsafe { libc::fcntl(end.as_raw_fd(), libc::F_GETFD) };
+            assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        }
         let receiver = std::thread::spawn(move || {
             let (stream, _) = listener.accept().expect("accept");
             let mut buf = [0u8; 64];

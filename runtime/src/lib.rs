@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod console;
 pub mod container_client;
+pub mod deadlines;
 pub mod guest_process;
 pub mod hooks;
 pub mod host_cgroup;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use oci_spec::runtime::{Process, User};
 
 use crate::bundle::Bundle;
+use crate::deadlines;
 use crate::monitor::{self, MonitorArgs, Report};
 use crate::state::{self, Status};
 
@@ -163,7 +164,12 @@ pub fn exec(context: &Context, args: ExecArgs) -> CliResult<u8> {
         let code = monitor::run(root.dir(), monitor_args);
         return Ok(u8::try_from(code).unwrap_or(255));
     }
-    let spawned = monitor::spawn(&context.global_args, &monitor_args, true);
+    let spawned = monitor::spawn(
+        &context.global_args,
+        &monitor_args,
+        true,
+        ("exec", deadlines::EXEC_REPORT),
+    );
     let (launched, report) = match spawned {
         Ok(spawned) => spawned,
         Err(e) => {

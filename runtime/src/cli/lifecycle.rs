@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::agent_client::AgentClient;
 use crate::bundle::Bundle;
 use crate::container_client::ContainerClient;
+use crate::deadlines;
 use crate::hooks::{self, HookPoint};
 use crate::host_cgroup::{self, HostCgroup, Layout, Limits};
 use crate::monitor::{self, MonitorArgs, Report};
@@ -142,6 +143,7 @@ fn create_claimed(
         &context.global_args,
         &monitor_args,
         !monitor_args.own_terminal,
+        ("create", deadlines::CREATE_REPORT),
     )?;
     let helpers = match report {
         Report::Ready { helpers } => helpers,
@@ -257,10 +259,10 @@ fn start_locked(container: &Container) -> CliResult {
     )?;
     let socket = container.vsock_socket();
     let id = container.id().to_owned();
-    block_on(async {
+    block_on(deadlines::within("start", deadlines::START, async {
         let agent = AgentClient::connect(&socket).await?;
         ContainerClient::new(&agent).start(&id).await
-    })??;
+    }))??;
     record.status = Status::Running;
     container.save(&record)?;
     hooks::run(HookPoint::Poststart, hooks.as_ref(), &record.oci_state())?;
@@ -358,19 +360,25 @@ pub fn kill(context: &Context, args: KillArgs) -> CliResult<u8> {
     }
     let socket = container.vsock_socket();
     let id = args.id.clone();
-    let sent = block_on(async {
+    let sent = block_on(deadlines::within("kill", deadlines::KILL, async {
         let agent = AgentClient::connect(&socket).await?;
         ContainerClient::new(&agent)
             .signal(&id, signal, args.all)
             .await
-    })?;
+    }))?;
     if let Err(e) = sent {
         // A guest that no longer answers still goes with SIGKILL: its
-        // monitor takes the VM along.
+        // monitor, and its VMM and virtiofsd, which may be stopped or
+        // wedged where their parent's death cannot end them.
         if signal == libc::SIGKILL {
             if let Some(monitor) = record.monitor.filter(HostProcess::is_alive) {
-                // SAFETY: kill(2); the pid was matched with its start time.
-                unsafe { libc::kill(monitor.pid, libc::SIGKILL) };
+                for process in std::iter::once(&monitor).chain(&record.helpers) {
+                    if process.is_alive() {
+                        // SAFETY: kill(2); the pid was matched with its
+                        // start time.
+                        unsafe { libc::kill(process.pid, libc::SIGKILL) };
+                    }
+                }
                 return Ok(0);
             }
         }

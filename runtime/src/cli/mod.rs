@@ -207,6 +207,7 @@ impl Context {
 }
 
 pub fn main() -> ExitCode {
+    close_inherited_on_exec();
     let cli = Cli::parse();
     let Some(command) = cli.command else {
         // `--version` (clap asks for help when there is nothing at all).
@@ -285,6 +286,43 @@ pub fn main() -> ExitCode {
             context.logger.error(&e.message);
             eprintln!("{}", e.message);
             ExitCode::from(e.code)
+        }
+    }
+}
+
+/// Marks every descriptor runvm inherited beyond stdio close-on-exec: its
+/// caller's (a shim's, conmon's) must not reach the VMM or virtiofsd,
+/// which runvm's monitor starts. What runvm hands on itself (a monitor's
+/// sync socket) it unmarks in the child it is meant for.
+fn close_inherited_on_exec() {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets flags.
+    let marked = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if marked == 0 {
+        return;
+    }
+    // Kernels before 5.11: one by one.
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl(2) on a descriptor number; one that is closed by
+        // now (the directory's own) only fails.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use runvm_agent_api::{ContainerEvent, ContainerStats, GuestProcess};
 
 use crate::agent_client::{AgentClient, ClientError};
 use crate::container_client::ContainerClient;
+use crate::deadlines;
 use crate::state::{self, Status};
 
 use super::{block_on, CliError, CliResult, Context};
@@ -156,10 +157,10 @@ fn running_agent_socket(context: &Context, id: &str) -> CliResult<std::path::Pat
 pub fn ps(context: &Context, args: PsArgs) -> CliResult<u8> {
     let socket = running_agent_socket(context, &args.id)?;
     let id = args.id.clone();
-    let processes = block_on(async {
+    let processes = block_on(deadlines::within("ps", deadlines::QUERY, async {
         let agent = AgentClient::connect(&socket).await?;
         ContainerClient::new(&agent).processes(&id).await
-    })??;
+    }))??;
     match args.format {
         Format::Json => {
             let pids: Vec<i32> = processes.iter().map(|p| p.pid).collect();
@@ -236,10 +237,12 @@ pub fn events(context: &Context, args: EventsArgs) -> CliResult<u8> {
     let socket = running_agent_socket(context, &args.id)?;
     let id = args.id.clone();
     block_on(async move {
-        let agent = AgentClient::connect(&socket).await?;
+        let agent =
+            deadlines::within("events", deadlines::QUERY, AgentClient::connect(&socket)).await?;
         let containers = ContainerClient::new(&agent);
+        let stats = |id| deadlines::within("events", deadlines::QUERY, containers.stats(id));
         if args.stats {
-            let stats = containers.stats(&id).await?;
+            let stats = stats(&id).await?;
             println!("{}", stats_event(&id, &stats));
             return Ok::<_, ClientError>(());
         }
@@ -248,8 +251,11 @@ pub fn events(context: &Context, args: EventsArgs) -> CliResult<u8> {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    match containers.stats(&id).await {
+                    match stats(&id).await {
                         Ok(stats) => println!("{}", stats_event(&id, &stats)),
+                        // A guest that stopped answering is an error; a
+                        // closed connection is a container that ended.
+                        Err(e @ ClientError::Deadline { .. }) => return Err(e),
                         Err(_) => return Ok(()),
                     }
                 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::agent_client::AgentClient;
 use crate::container_client::ContainerClient;
+use crate::deadlines;
 use crate::host_cgroup::limits::CpuLimits;
 use crate::state::Status;
 
@@ -145,10 +146,11 @@ pub fn pause(context: &Context, args: IdArgs, freeze: bool) -> CliResult<u8> {
         agent_socket(context, &args.id, &[Status::Paused], "container not paused")?
     };
     let id = args.id.clone();
-    block_on(async {
+    let operation = if freeze { "pause" } else { "resume" };
+    block_on(deadlines::within(operation, deadlines::FREEZE, async {
         let agent = AgentClient::connect(&socket).await?;
         ContainerClient::new(&agent).freeze(&id, freeze).await
-    })??;
+    }))??;
     let mut record = container.load()?;
     record.status = if freeze {
         Status::Paused
@@ -177,10 +179,10 @@ pub fn update(context: &Context, args: UpdateArgs) -> CliResult<u8> {
         period: cpu.period.filter(|p| *p > 0),
     });
     let id = args.id.clone();
-    block_on(async {
+    block_on(deadlines::within("update", deadlines::UPDATE, async {
         let agent = AgentClient::connect(&socket).await?;
         ContainerClient::new(&agent).update(&id, resources).await
-    })??;
+    }))??;
     if let (Some(cgroup), Some(cpu)) = (container.load()?.cgroup, host_cpu) {
         cgroup.set_cpu(&cpu)?;
     }

@@ -57,11 +57,11 @@ impl MicroVm {
     pub fn share_bind(
         &mut self,
         id: &str,
-        source: &Path,
-        readonly: bool,
+        source: &crate::share::MountSource,
+        flags: crate::share::BindFlags,
     ) -> Result<String, VmError> {
         let share = self.share.as_mut().ok_or(VmError::NoShare)?;
-        Ok(share.add_bind(id, source, readonly)?)
+        Ok(share.add_bind(id, source, flags)?)
     }
 
     /// Unbinds container `id`'s rootfs from the share (after the container

@@ -17,6 +17,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,10 @@ use runvm_agent_api::validate_container_id;
 /// Where runvm keeps state when `--root` is not given.
 pub const DEFAULT_ROOT: &str = "/run/runvm";
 const STATE_FILE: &str = "state.json";
+/// How often a call waiting for a container's lock tries again.
+const LOCK_POLL: Duration = Duration::from_millis(20);
+/// How many fresh names a temporary file gets before writing gives up.
+const TEMPORARY_ATTEMPTS: u32 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -46,6 +51,10 @@ pub enum StateError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("refusing the state directory (--root) {}: {problem}", path.display())]
+    UnsafeRoot { path: PathBuf, problem: String },
+    #[error("container {id} is busy: another runvm call has held it for {} s", waited.as_secs())]
+    Busy { id: String, waited: Duration },
 }
 
 fn io_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
@@ -202,13 +211,25 @@ pub struct StateRoot {
 }
 
 impl StateRoot {
-    /// `dir`, made (mode 0700) if it does not exist yet.
+    /// `dir`, made (mode 0700) if it does not exist yet. One that exists
+    /// must be a directory of ours that nobody else can write to: the
+    /// state in it decides which processes runvm kills and which paths it
+    /// mounts, writes and removes as root.
     pub fn open(dir: &Path) -> Result<StateRoot, StateError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(io_error("cannot create the state directory", dir))?;
+        let meta = fs::metadata(dir).map_err(io_error("cannot inspect", dir))?;
+        // SAFETY: geteuid(2) cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        unsafe_root_problem(&meta, euid).map_or(Ok(()), |problem| {
+            Err(StateError::UnsafeRoot {
+                path: dir.to_owned(),
+                problem,
+            })
+        })?;
         Ok(StateRoot {
             dir: dir.to_owned(),
         })
@@ -265,6 +286,29 @@ impl StateRoot {
     }
 }
 
+/// What makes an existing `--root` unsafe for a runvm running as `euid`.
+fn unsafe_root_problem(meta: &fs::Metadata, euid: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.is_dir() {
+        return Some("it is not a directory".into());
+    }
+    if meta.uid() != euid {
+        let whom = if euid == 0 {
+            "root".to_owned()
+        } else {
+            format!("uid {euid}")
+        };
+        return Some(format!("it is owned by uid {}, not by {whom}", meta.uid()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "it is writable by group or others (mode {mode:04o})"
+        ));
+    }
+    None
+}
+
 /// A container's directory, locked while this value lives.
 pub struct Container {
     id: String,
@@ -274,20 +318,38 @@ pub struct Container {
 
 impl Container {
     fn lock(id: &str, dir: PathBuf) -> Result<Container, StateError> {
+        Container::lock_within(id, dir, crate::deadlines::LOCK)
+    }
+
+    /// Takes the lock, waiting at most `patience` for another holder.
+    fn lock_within(id: &str, dir: PathBuf, patience: Duration) -> Result<Container, StateError> {
         let handle = match File::open(&dir) {
             Ok(handle) => handle,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StateError::NotFound),
             Err(e) => return Err(io_error("cannot open", &dir)(e)),
         };
+        // Every holder is bounded (agent calls by their deadlines, create
+        // by its monitor's report): waiting longer than any of them means
+        // something is wrong, and a call must not hang on it for ever.
+        let started = Instant::now();
         loop {
             // SAFETY: flock on a descriptor this function owns.
-            if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
                 break;
             }
             let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(io_error("cannot lock", &dir)(e));
+            match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
+                _ => return Err(io_error("cannot lock", &dir)(e)),
             }
+            let waited = started.elapsed();
+            if waited >= patience {
+                return Err(StateError::Busy {
+                    id: id.to_owned(),
+                    waited,
+                });
+            }
+            std::thread::sleep(LOCK_POLL);
         }
         Ok(Container {
             id: id.to_owned(),
@@ -364,25 +426,56 @@ fn load_record(id: &str, path: &Path) -> Result<Record, StateError> {
 }
 
 /// Writes `path` so that readers see the old or the new content, never a
-/// part: a temporary file beside it, then rename.
+/// part: a temporary file beside it, then rename (as runc writes its pid
+/// files). Nothing planted is followed: the temporary file is created new
+/// (O_EXCL, O_NOFOLLOW: an existing file or symlink there is an error,
+/// and another name is tried), and the rename replaces whatever is at
+/// `path`, a symlink included, instead of writing through it.
 pub fn write_atomically(path: &Path, content: &[u8]) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = dir.join(format!(".{name}.{}", std::process::id()));
-    let result = (|| {
-        let mut file = File::create(&temporary)?;
-        file.write_all(content)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)
-    })();
+    let (temporary, mut file) =
+        create_temporary(path).map_err(io_error("cannot create a file beside", path))?;
+    let result = file
+        .write_all(content)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&temporary, path));
     if let Err(e) = result {
         let _ = fs::remove_file(&temporary);
         return Err(io_error("cannot write", path)(e));
     }
     Ok(())
+}
+
+/// A new file beside `path`, named `.<name>.<pid>.<n>`.
+fn create_temporary(path: &Path) -> io::Result<(PathBuf, File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let salt = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
+    for attempt in 0..TEMPORARY_ATTEMPTS {
+        let temporary = dir.join(format!(
+            ".{name}.{}.{}",
+            std::process::id(),
+            salt.wrapping_add(attempt)
+        ));
+        let opened = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temporary);
+        match opened {
+            Ok(file) => return Ok((temporary, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
 }
 
 /// Now as RFC 3339 with nanoseconds in UTC (`2026-11-23T18:06:07.123456789Z`),
@@ -427,71 +520,4 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
-        // 2000-02-29 (a leap day in a century year divisible by 400).
-        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
-        assert_eq!(
-            rfc3339(1_795_460_767, 123_456_789),
-            "2026-11-23T19:06:07.123456789Z"
-        );
-    }
-
-    #[test]
-    fn this_process_is_alive_and_a_made_up_one_is_not() {
-        let me = HostProcess::current().expect("our own stat");
-        assert!(me.is_alive());
-        let reused = HostProcess {
-            pid: me.pid,
-            start_time: me.start_time + 1,
-        };
-        assert!(!reused.is_alive(), "a reused pid is another process");
-    }
-
-    #[test]
-    fn ids_are_claimed_once_and_locked() {
-        let base = std::env::temp_dir().join(format!("runvm-state-test-{}", std::process::id()));
-        let root = StateRoot::open(&base).expect("root");
-        assert!(matches!(root.create("../x"), Err(StateError::InvalidId(_))));
-        let container = root.create("a").expect("claim a");
-        assert!(matches!(root.create("a"), Err(StateError::Exists(_))));
-        let record = Record {
-            id: "a".into(),
-            bundle: "/b".into(),
-            rootfs: "/b/rootfs".into(),
-            created: rfc3339_now(),
-            owner: String::new(),
-            annotations: BTreeMap::new(),
-            status: Status::Created,
-            monitor: HostProcess::current(),
-            helpers: Vec::new(),
-            cgroup: None,
-            exit_status: None,
-            hooks: None,
-        };
-        container.save(&record).expect("save");
-        assert_eq!(root.ids().expect("ids"), ["a"]);
-        let seen = peek(&root, "a").expect("peek");
-        assert_eq!(seen.status(), Status::Created);
-        assert_eq!(seen.oci_state()["pid"], std::process::id());
-        // A monitor that is gone means stopped, pid 0.
-        let mut gone = seen.clone();
-        gone.monitor = Some(HostProcess {
-            pid: i32::MAX,
-            start_time: 1,
-        });
-        assert_eq!(gone.status(), Status::Stopped);
-        assert_eq!(gone.oci_state()["pid"], 0);
-        container.remove().expect("remove");
-        assert!(matches!(
-            root.open_container("a"),
-            Err(StateError::NotFound)
-        ));
-        assert!(root.ids().expect("ids").is_empty());
-        fs::remove_dir(&base).expect("the root is empty");
-    }
-}
+mod tests;

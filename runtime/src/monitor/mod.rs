@@ -19,32 +19,32 @@
 //! the monitor dies with its caller (PR_SET_PDEATHSIG), so a runvm killed
 //! mid-create leaves no VM behind.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use oci_spec::runtime::{Process, Spec};
-use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
+
+mod handshake;
+
+use handshake::Sync;
+pub use handshake::{spawn, Launched, Report};
 
 use crate::agent_client::{AgentClient, ClientError};
 use crate::assets::{AssetError, Assets};
 use crate::bundle::{self, Bundle, BundleError};
 use crate::console::{self, Pty};
 use crate::container_client::{ContainerClient, ContainerIo, ContainerProcess};
+use crate::deadlines;
 use crate::guest_process::{self, HostStdio};
 use crate::host_cgroup::{CgroupError, HostCgroup};
 use crate::state::{HostProcess, StateError, StateRoot, Status};
 use crate::terminal::{self, RawMode};
 use crate::vm::{MicroVm, VmError, VmSpec};
 
-/// How long a guest may take to boot before create gives up (boots take
-/// 10 s on an emulating host, more when it is busy).
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Guest memory beyond the container's own limit: the guest kernel, the
 /// agent and the page cache.
 const GUEST_OVERHEAD_MIB: u64 = 128;
@@ -109,7 +109,7 @@ pub enum MonitorError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
-    #[error("the agent: {0}")]
+    #[error(transparent)]
     Agent(#[from] ClientError),
     #[error("{0}")]
     Terminal(String),
@@ -119,67 +119,6 @@ pub enum MonitorError {
     NotRunning,
     #[error("aborted by the runvm call that started it")]
     Aborted,
-}
-
-/// The report a monitor sends when it is set up.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Report {
-    Ready {
-        /// The VMM and virtiofsd (init monitors).
-        helpers: Vec<HostProcess>,
-    },
-    Error(String),
-}
-
-/// The monitor's end of the socket pair.
-struct Sync {
-    stream: Option<UnixStream>,
-}
-
-impl Sync {
-    fn from_fd(fd: Option<i32>) -> Sync {
-        Sync {
-            // SAFETY: the descriptor was inherited for this purpose and
-            // nothing else in this process uses it.
-            stream: fd.map(|fd| unsafe { UnixStream::from_raw_fd(fd) }),
-        }
-    }
-
-    fn report(&mut self, report: &Report) {
-        if let Some(stream) = self.stream.as_mut() {
-            let mut line = serde_json::to_vec(report).unwrap_or_default();
-            line.push(b'\n');
-            let _ = stream.write_all(&line);
-        }
-    }
-
-    /// Waits for the caller's `go`; anything else (EOF included) aborts.
-    async fn wait_go(&mut self) -> Result<(), MonitorError> {
-        let Some(stream) = self.stream.take() else {
-            return Ok(());
-        };
-        let told = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            let ok = BufReader::new(&stream).read_line(&mut line).is_ok() && line.trim() == "go";
-            (stream, ok)
-        })
-        .await;
-        let Ok((stream, true)) = told else {
-            return Err(MonitorError::Aborted);
-        };
-        // From now on the monitor outlives the runvm call that started it.
-        // The death signal belongs to the thread that was forked, the one
-        // running this (a current-thread runtime). That call waits for the
-        // acknowledgement before it exits, or its exit could still kill us.
-        // SAFETY: prctl with plain integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
-        let went = (&stream).write_all(b"going\n").is_ok();
-        if !went {
-            return Err(MonitorError::Aborted);
-        }
-        Ok(())
-    }
 }
 
 /// Entry point of `runvm monitor` (a hidden subcommand).
@@ -354,19 +293,23 @@ async fn create_init(root: &StateRoot, args: &MonitorArgs) -> Result<CreatedInit
         &container_dir.join("vm"),
         Some(&container_dir.join("vmm.log")),
     )?;
-    let agent = vm.connect_agent(BOOT_TIMEOUT).await?;
-    let guest_rootfs = vm
-        .share_rootfs(&agent, &args.id, &rootfs, bundle.readonly_rootfs())
-        .await?;
-    let mut guest_sources = Vec::with_capacity(binds.len());
-    for bind in &binds {
-        guest_sources.push(vm.share_bind(&args.id, &bind.source, bind.readonly)?);
-    }
-    let spec = bundle::guest_spec(&bundle.spec, &binds, &guest_sources);
+    let agent = vm.connect_agent(deadlines::BOOT).await?;
     let io = host.io.take().ok_or(MonitorError::NotRunning)?;
-    let init = ContainerClient::new(&agent)
-        .create_with(&args.id, bundle::to_wire(&spec)?, &guest_rootfs, io)
-        .await?;
+    let init = deadlines::within("create", deadlines::CREATE, async {
+        let guest_rootfs = vm
+            .share_rootfs(&agent, &args.id, &rootfs, bundle.readonly_rootfs())
+            .await?;
+        let mut guest_sources = Vec::with_capacity(binds.len());
+        for bind in &binds {
+            guest_sources.push(vm.share_bind(&args.id, &bind.source, bind.flags)?);
+        }
+        let spec = bundle::guest_spec(&bundle.spec, &binds, &guest_sources);
+        let init = ContainerClient::new(&agent)
+            .create_with(&args.id, bundle::to_wire(&spec)?, &guest_rootfs, io)
+            .await?;
+        Ok::<_, MonitorError>(init)
+    })
+    .await?;
     Ok(CreatedInit {
         vm,
         agent,
@@ -421,7 +364,8 @@ async fn run_init(root: &Path, args: &MonitorArgs) -> i32 {
             let containers = &containers;
             let id = &args.id;
             async move {
-                let _ = containers.signal(id, signal, false).await;
+                let signalled = containers.signal(id, signal, false);
+                let _ = deadlines::within("kill", deadlines::KILL, signalled).await;
             }
         },
         process,
@@ -502,7 +446,7 @@ where
             }, if size_from.is_some() => {
                 if let Some((rows, columns)) = size_from.and_then(|fd| terminal::window_size(fd.as_fd())) {
                     let resize = runvm_agent_api::RequestBody::ResizeTerminal { process, rows, columns };
-                    let _ = agent.call(resize).await;
+                    let _ = deadlines::within("resize", deadlines::RESIZE, agent.call(resize)).await;
                 }
             }
         }
@@ -532,13 +476,18 @@ async fn run_exec(root: &Path, args: &MonitorArgs, file: &Path) -> i32 {
         // runc puts exec'd processes in the container's cgroup.
         join_cgroup(record.cgroup.as_ref())?;
         let socket = root.dir().join(&args.id).join("vm").join("vsock.sock");
-        let agent = AgentClient::connect(&socket).await?;
         let terminal = process.terminal().unwrap_or(false);
         let mut host = host_io(args, terminal)?;
         let io = host.io.take().ok_or(MonitorError::NotRunning)?;
-        let exec = ContainerClient::new(&agent)
-            .exec_with(&args.id, bundle::to_wire(&process)?, io)
-            .await?;
+        let wire = bundle::to_wire(&process)?;
+        let (agent, exec) = deadlines::within("exec", deadlines::EXEC, async {
+            let agent = AgentClient::connect(&socket).await?;
+            let exec = ContainerClient::new(&agent)
+                .exec_with(&args.id, wire, io)
+                .await?;
+            Ok::<_, ClientError>((agent, exec))
+        })
+        .await?;
         Ok::<_, MonitorError>((agent, exec, host))
     };
     let (agent, exec, host) = match started.await {
@@ -552,12 +501,11 @@ async fn run_exec(root: &Path, args: &MonitorArgs, file: &Path) -> i32 {
         helpers: Vec::new(),
     });
     if sync.wait_go().await.is_err() {
-        let _ = agent
-            .call(runvm_agent_api::RequestBody::Signal {
-                process: exec.started.process,
-                signal: libc::SIGKILL,
-            })
-            .await;
+        let killed = agent.call(runvm_agent_api::RequestBody::Signal {
+            process: exec.started.process,
+            signal: libc::SIGKILL,
+        });
+        let _ = deadlines::within("exec", deadlines::KILL, killed).await;
         return STATUS_LOST;
     }
     let process = exec.started.process;
@@ -567,9 +515,9 @@ async fn run_exec(root: &Path, args: &MonitorArgs, file: &Path) -> i32 {
         |signal| {
             let agent = &agent;
             async move {
-                let _ = agent
-                    .call(runvm_agent_api::RequestBody::Signal { process, signal })
-                    .await;
+                let signalled =
+                    agent.call(runvm_agent_api::RequestBody::Signal { process, signal });
+                let _ = deadlines::within("kill", deadlines::KILL, signalled).await;
             }
         },
         process,
@@ -578,102 +526,6 @@ async fn run_exec(root: &Path, args: &MonitorArgs, file: &Path) -> i32 {
     .await;
     let _ = tokio::time::timeout(DRAIN_PATIENCE, exec.drain()).await;
     status.map_or(STATUS_LOST, |status| status.shell_code())
-}
-
-/// A monitor started by [`spawn`] that has reported, waiting for `go`.
-pub struct Launched {
-    child: std::process::Child,
-    sync: UnixStream,
-}
-
-impl Launched {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Tells it to undo what it made and exit; waits for that.
-    pub fn abort(mut self) {
-        drop(self.sync);
-        let _ = self.child.wait();
-    }
-
-    /// Tells it to go on, and waits until it no longer depends on us.
-    pub fn go(mut self) -> std::io::Result<std::process::Child> {
-        self.sync.write_all(b"go\n")?;
-        let mut line = String::new();
-        BufReader::new(&self.sync).read_line(&mut line)?;
-        if line.trim() != "going" {
-            let _ = self.child.wait();
-            return Err(std::io::Error::other(
-                "the container's monitor exited before it took over",
-            ));
-        }
-        Ok(self.child)
-    }
-}
-
-/// The caller's end: starts `runvm monitor` with `args` (the sync socket
-/// is added here) and waits for its report. `detach_session` puts the
-/// monitor in a session of its own (not for a foreground terminal, whose
-/// window changes it must see).
-pub fn spawn(
-    global_args: &[std::ffi::OsString],
-    args: &MonitorArgs,
-    detach_session: bool,
-) -> Result<(Launched, Report), std::io::Error> {
-    use std::os::unix::process::CommandExt;
-    let (ours, theirs) = UnixStream::pair()?;
-    let their_fd = theirs.as_raw_fd();
-    let exe = std::env::current_exe()?;
-    let mut command = std::process::Command::new(exe);
-    command
-        .args(global_args)
-        .arg("monitor")
-        .arg("--id")
-        .arg(&args.id);
-    if let Some(file) = &args.exec_process {
-        command.arg("--exec-process").arg(file);
-    }
-    if let Some(socket) = &args.console_socket {
-        command.arg("--console-socket").arg(socket);
-        // The process's stdio is the pty sent over the socket; the
-        // caller's stdio stays with the caller. containerd's shim reads
-        // `create`'s output through a pipe until end of file: a monitor
-        // holding that pipe would keep it waiting for as long as the
-        // container lives.
-        command
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-    }
-    if args.own_terminal {
-        command.arg("--own-terminal");
-    }
-    command.arg("--sync-fd").arg(their_fd.to_string());
-    // SAFETY: setsid, prctl and fcntl are async-signal-safe; nothing else
-    // runs between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if detach_session && libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Until it is told to go, the monitor dies with its caller.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::fcntl(their_fd, libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn()?;
-    drop(theirs);
-    let mut line = String::new();
-    BufReader::new(&ours).read_line(&mut line)?;
-    let report = serde_json::from_str(&line)
-        .unwrap_or_else(|_| Report::Error("the monitor exited before it was set up".to_owned()));
-    Ok((Launched { child, sync: ours }, report))
 }
 
 #[cfg(test)]
