@@ -10,6 +10,8 @@ mod cgroup_view;
 mod common;
 #[path = "common/harness.rs"]
 mod harness;
+#[path = "common/jail_view.rs"]
+mod jail_view;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -236,6 +238,16 @@ impl Cli {
 
     /// The processes of runvm's VM for the containers under `--root`
     /// whose command line names `program`.
+    /// The VMM of the one container running: its supervisor and the
+    /// jailed VMM.
+    #[track_caller]
+    fn vmm(&self) -> jail_view::VmmProcesses {
+        jail_view::vmm_processes(&harness::processes_referencing(&[self
+            .root
+            .display()
+            .to_string()]))
+    }
+
     fn vm_processes(&self, program: &str) -> Vec<u32> {
         harness::processes_referencing(&[self.root.display().to_string()])
             .into_iter()
@@ -338,10 +350,10 @@ fn a_frozen_guest_fails_calls_at_their_deadlines_and_delete_force_ends_it() {
         |_| {},
     );
     let pid = cli.run_detached(&bundle, id);
-    let vmm = cli.vm_processes("runvm-vmm");
-    assert_eq!(vmm.len(), 1, "one VMM for the container: {vmm:?}");
+    // The jailed VMM runs the vCPUs; its supervisor only waits.
+    let vmm = cli.vmm();
     // SAFETY: kill(2) on the VMM this test's container started.
-    unsafe { libc::kill(vmm[0] as libc::pid_t, libc::SIGSTOP) };
+    unsafe { libc::kill(vmm.jailed as libc::pid_t, libc::SIGSTOP) };
 
     assert_deadline(&cli, &["kill", id, "TERM"], "kill", deadlines::KILL);
     let (state, took) = cli.timed(&["state", id]);
@@ -364,11 +376,9 @@ fn a_frozen_guest_fails_calls_at_their_deadlines_and_delete_force_ends_it() {
         reap_within(pid, harness::WAIT_PATIENCE),
         "the pid-file process {pid} did not end"
     );
-    assert!(
-        !harness::alive(vmm[0]),
-        "the stopped VMM {} is left",
-        vmm[0]
-    );
+    for pid in [vmm.jailed, vmm.supervisor] {
+        assert!(!harness::alive(pid), "the stopped VMM's {pid} is left");
+    }
     cli.assert_gone(id, &cgroup);
 }
 
@@ -440,14 +450,15 @@ fn runtime_descriptors_do_not_reach_the_vmm_or_virtiofsd() {
     );
     assert!(!create.is_empty(), "the hook saw no create sockets");
     let container_dir = cli.root.join(id);
-    let vmm = cli.vm_processes("runvm-vmm");
+    let vmm = cli.vmm();
     let virtiofsd = cli.vm_processes("virtiofsd");
-    assert_eq!(vmm.len(), 1, "one VMM: {vmm:?}");
     assert!(!virtiofsd.is_empty(), "no virtiofsd");
-    for (what, pid) in vmm
-        .iter()
-        .map(|p| ("the VMM", *p))
-        .chain(virtiofsd.iter().map(|p| ("virtiofsd", *p)))
+    for (what, pid) in [
+        ("the VMM's supervisor", vmm.supervisor),
+        ("the jailed VMM", vmm.jailed),
+    ]
+    .into_iter()
+    .chain(virtiofsd.iter().map(|p| ("virtiofsd", *p)))
     {
         let (sockets, holds_dir) = descriptors(pid, &container_dir);
         let shared: Vec<&String> = sockets
