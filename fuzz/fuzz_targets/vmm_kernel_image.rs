@@ -23,8 +23,8 @@ fn memory() -> &'static GuestMemory {
     MEMORY.get_or_init(|| create_guest_memory(MEMORY_SIZE).expect("guest memory"))
 }
 
-/// The image file: a memfd (no disk I/O per input), opened by the loaders
-/// through its /proc path as they open any file.
+/// The image file: a memfd (no disk I/O per input), opened for the
+/// loaders through its /proc path.
 fn image() -> &'static (File, PathBuf) {
     static IMAGE: OnceLock<(File, PathBuf)> = OnceLock::new();
     IMAGE.get_or_init(|| {
@@ -41,6 +41,11 @@ fn image_path() -> &'static PathBuf {
     &image().1
 }
 
+/// The image opened afresh (its own offset), as the VMM opens its files.
+fn reopen() -> File {
+    File::open(image_path()).expect("open the image")
+}
+
 fn write_image(bytes: &[u8]) {
     let mut file = &image().0;
     file.set_len(0).expect("truncate the image");
@@ -55,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
     // guest has loads: only its file bytes are written, and its end then
     // leaves no room for an initramfs (ImagesDoNotFit), so no bound on
     // `end` is asserted. The kernel is the operator's, not the guest's.
-    let _ = load_kernel(image_path(), mem);
+    let _ = load_kernel(&mut reopen(), image_path(), mem);
     // The same bytes as an initramfs, after a kernel ending where the
     // first eight bytes say (memory size and kernel end are the caller's).
     let Some(head) = data.get(..8) else {
@@ -67,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
         end,
         pvh_entry: None,
     };
-    if let Ok(placed) = load_initrd(image_path(), mem, &kernel, MEMORY_SIZE) {
+    if let Ok(placed) = load_initrd(&mut reopen(), image_path(), mem, &kernel, MEMORY_SIZE) {
         assert_eq!(placed.address % 4096, 0);
         assert!(placed.address >= end);
         assert!(placed.address + placed.size <= MEMORY_SIZE);

@@ -175,10 +175,6 @@ enum Op {
         room: u16,
         count: u8,
     },
-    /// A control packet the guest had no buffer for goes back.
-    GiveBack {
-        room: u16,
-    },
 }
 
 struct Peer {
@@ -195,8 +191,6 @@ struct GuestView {
     /// Connections the guest reset: control packets they still owed may
     /// reach the guest after a new connection took the same ports.
     reset: HashSet<Key>,
-    /// A packet given back, which comes out again next.
-    given_back: Option<PacketHeader>,
 }
 
 struct Harness {
@@ -309,7 +303,6 @@ impl Harness {
         assert!(len <= room, "payload {len} beyond the buffer's {room}");
         assert_eq!(hlen as usize, len, "header length and payload differ");
         let key = (header.src_port, header.dst_port);
-        let replayed = self.guest.given_back.take() == Some(header);
         if op == OP_RW {
             assert!(len > 0, "an empty data packet");
             let granted = self.guest.buf_alloc.get(&key).copied().unwrap_or(0);
@@ -320,7 +313,7 @@ impl Harness {
         } else {
             assert_eq!(len, 0, "a control packet with a payload");
         }
-        let stale_possible = replayed || self.guest.reset.contains(&key);
+        let stale_possible = self.guest.reset.contains(&key);
         if op == OP_SHUTDOWN && header.flags & SHUTDOWN_SEND != 0 && !stale_possible {
             if let Some(peer) = self.peers.iter().find(|p| p.key == Some(key)) {
                 assert!(
@@ -403,15 +396,6 @@ impl Harness {
                 for _ in 0..count % 32 {
                     if !self.muxer.has_work_for_guest() || self.receive(room).is_none() {
                         break;
-                    }
-                }
-            }
-            Op::GiveBack { room: requested } => {
-                let room = rx_room(requested);
-                if let Some(header) = self.receive(room) {
-                    if header.op != OP_RW {
-                        self.muxer.push_front(header);
-                        self.guest.given_back = Some(header);
                     }
                 }
             }
