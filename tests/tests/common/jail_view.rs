@@ -76,7 +76,8 @@ fn status_field(pid: u32, name: &str) -> Option<String> {
 
 /// Asserts that `pid` is jailed in `jail_dir`: a non-root uid and gid of
 /// its own, no capability, no_new_privs, namespaces of its own, the jail
-/// directory as its root holding exactly `entries`, and vCPU threads.
+/// directory as its root holding exactly `entries`, and vCPU threads,
+/// every thread under a seccomp filter.
 #[track_caller]
 pub fn assert_jailed(pid: u32, jail_dir: &Path, entries: &[&str]) {
     let field = |name: &str| {
@@ -129,12 +130,27 @@ pub fn assert_jailed(pid: u32, jail_dir: &Path, entries: &[&str]) {
         .collect();
     let expected: BTreeSet<String> = entries.iter().map(|e| e.to_string()).collect();
     assert_eq!(listed, expected, "what the jailed VMM's root holds");
-    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+    // Every thread under its seccomp filter (mode 2).
+    let threads: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("the jailed VMM's threads")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            let seccomp = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))?
+                .trim()
+                .to_string();
+            Some((name.trim().to_string(), seccomp))
+        })
         .collect();
     assert!(
-        threads.iter().any(|t| t.trim() == "vcpu0"),
+        threads.iter().any(|(name, _)| name == "vcpu0"),
         "the jailed VMM runs the vCPUs: {threads:?}"
+    );
+    assert!(
+        threads.iter().all(|(_, mode)| mode == "2"),
+        "every thread of the jailed VMM in seccomp mode 2: {threads:?}"
     );
 }
