@@ -12,16 +12,18 @@ mod common;
 mod harness;
 #[path = "common/jail_view.rs"]
 mod jail_view;
+#[path = "common/runtime_cli.rs"]
+mod runtime_cli;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cgroup_view::CgroupView;
 use common::*;
-use harness::{Output, RuntimeUnderTest, Scratch};
+use harness::Output;
+use runtime_cli::{one_at_a_time, unique, Cli};
 use serde_json::{json, Value};
 
 const QUICK: Duration = Duration::from_secs(20);
@@ -127,52 +129,7 @@ fn a_jailed_vmm_refuses_sockets_outside_and_reports_errors() {
 // drive the runtime under test (`$RUNVM_TEST_RUNTIME`, e.g. runc, or the
 // runvm build) like conmon does; the ones about runvm's VM say so.
 
-/// One container (one VM for runvm) at a time: the host has two cores.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The runtime under test with a private `--root` in a scratch directory;
-/// what is left of its containers is force-deleted when it is dropped.
-struct Cli {
-    runtime: RuntimeUnderTest,
-    root: PathBuf,
-    /// The host cgroup parent of the bundles made here.
-    cgroup_parent: String,
-    scratch: Scratch,
-}
-
 impl Cli {
-    fn new(name: &str) -> Cli {
-        harness::require_root();
-        // Like conmon: the pid-file processes become our children.
-        // SAFETY: prctl(2) with PR_SET_CHILD_SUBREAPER only sets a flag of
-        // this process.
-        let set = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(set, 0, "cannot become a child subreaper");
-        let scratch = Scratch::new(&format!("errors-{name}"));
-        let runtime = RuntimeUnderTest::resolve(&scratch);
-        Cli {
-            root: scratch.join("state"),
-            runtime,
-            cgroup_parent: format!("/runvm-e2e-errors-{name}-{}", std::process::id()),
-            scratch,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.runtime.path);
-        command.arg("--root").arg(&self.root).args(args);
-        command
-    }
-
-    #[track_caller]
-    fn run(&self, args: &[&str]) -> Output {
-        harness::run(&mut self.command(args))
-    }
-
     /// `run` and how long it took.
     #[track_caller]
     fn timed(&self, args: &[&str]) -> (Output, Duration) {
@@ -270,21 +227,6 @@ impl Cli {
     }
 }
 
-impl Drop for Cli {
-    fn drop(&mut self) {
-        if let Some(list) = harness::try_run(&mut self.command(&["list", "-q"])) {
-            for id in list.stdout.split_whitespace() {
-                harness::try_run(&mut self.command(&["delete", "--force", id]));
-            }
-        }
-        harness::remove_cgroup(&self.cgroup_parent);
-    }
-}
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", std::process::id())
-}
-
 /// Reaps our child `pid` (the pid-file process of `run --detach`: this
 /// test process started it through the runtime, like conmon does).
 fn reap_within(pid: u32, patience: Duration) -> bool {
@@ -338,7 +280,7 @@ fn assert_deadline(cli: &Cli, args: &[&str], operation: &str, deadline: Duration
 fn a_frozen_guest_fails_calls_at_their_deadlines_and_delete_force_ends_it() {
     use runvm::deadlines;
     let _one = one_at_a_time();
-    let cli = Cli::new("frozen");
+    let cli = Cli::new("errors", "frozen");
     assert!(
         cli.runtime.is_runvm,
         "this test freezes runvm's VMM; run it without RUNVM_TEST_RUNTIME"
@@ -412,7 +354,7 @@ fn descriptors(pid: u32, dir: &Path) -> (BTreeSet<String>, bool) {
 #[test]
 fn runtime_descriptors_do_not_reach_the_vmm_or_virtiofsd() {
     let _one = one_at_a_time();
-    let cli = Cli::new("fds");
+    let cli = Cli::new("errors", "fds");
     assert!(
         cli.runtime.is_runvm,
         "this test is about runvm's VMM and virtiofsd; run it without RUNVM_TEST_RUNTIME"
@@ -490,7 +432,7 @@ fn runtime_descriptors_do_not_reach_the_vmm_or_virtiofsd() {
 #[test]
 fn a_symlink_planted_at_the_pid_file_is_not_followed() {
     let _one = one_at_a_time();
-    let cli = Cli::new("pidlink");
+    let cli = Cli::new("errors", "pidlink");
     let id: &str = &unique("pidlink");
     let (bundle, cgroup) = cli.bundle(
         "bundle",
@@ -587,7 +529,7 @@ fn a_symlink_planted_at_the_pid_file_is_not_followed() {
 /// root). runc accepts both; with RUNVM_TEST_RUNTIME=runc this checks that.
 #[test]
 fn an_unsafe_root_is_refused() {
-    let cli = Cli::new("unsafe-root");
+    let cli = Cli::new("errors", "unsafe-root");
     let root = cli.scratch.join("shared-root");
     std::fs::create_dir_all(&root).expect("root");
     let list = |cli: &Cli| {

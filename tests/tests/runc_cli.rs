@@ -23,65 +23,20 @@ mod common;
 mod harness;
 #[path = "common/jail_view.rs"]
 mod jail_view;
+#[path = "common/runtime_cli.rs"]
+mod runtime_cli;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 
 use cgroup_view::CgroupView;
 use harness::{
     assert_empty_dir, assert_no_mounts_below, assert_no_process_references, busybox_rootfs,
-    processes_referencing, read_text, run, run_to_files, wait_for, Output, RuntimeUnderTest,
-    Scratch,
+    processes_referencing, read_text, run, run_to_files, wait_for,
 };
+use runtime_cli::{one_at_a_time, unique, Cli};
 use serde_json::{json, Value};
 
-/// One container (one VM for runvm) at a time: the host has two cores.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The runtime under test with a private `--root`, in a scratch directory.
-struct Cli {
-    runtime: RuntimeUnderTest,
-    root: PathBuf,
-    /// The host cgroup parent for the bundles that name one (removed at
-    /// the end: runc leaves the parents it made).
-    cgroup_parent: String,
-    scratch: Scratch,
-}
-
 impl Cli {
-    fn new(name: &str) -> Cli {
-        harness::require_root();
-        // SAFETY: prctl(2) with PR_SET_CHILD_SUBREAPER only sets a flag of
-        // this process.
-        let set = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(set, 0, "cannot become a child subreaper");
-        let scratch = Scratch::new(&format!("cli-{name}"));
-        let runtime = RuntimeUnderTest::resolve(&scratch);
-        let root = scratch.join("state");
-        Cli {
-            runtime,
-            root,
-            cgroup_parent: format!("/runvm-e2e-cli-{name}-{}", std::process::id()),
-            scratch,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.runtime.path);
-        command.arg("--root").arg(&self.root).args(args);
-        command
-    }
-
-    #[track_caller]
-    fn run(&self, args: &[&str]) -> Output {
-        run(&mut self.command(args))
-    }
-
     /// `state ID` as JSON.
     #[track_caller]
     fn state(&self, id: &str) -> Value {
@@ -166,50 +121,6 @@ impl Cli {
         assert_no_process_references(&[self.scratch.display()]);
         assert_no_mounts_below(self.scratch.path());
     }
-}
-
-impl Drop for Cli {
-    /// After a failure: force-delete what is left, so that no container
-    /// outlives the test (the scratch directory goes next).
-    fn drop(&mut self) {
-        let Some(list) = harness::try_run(&mut self.command(&["list", "-q"])) else {
-            return;
-        };
-        for id in list.stdout.split_whitespace() {
-            harness::try_run(&mut self.command(&["delete", "--force", id]));
-        }
-        reap_orphans();
-        harness::remove_cgroup(&self.cgroup_parent);
-    }
-}
-
-/// Reaps the zombies reparented to this subreaper (processes the runtime
-/// left to us that have ended). Only between tests (they run one at a
-/// time), when no command of ours is running.
-fn reap_orphans() {
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if harness::parent_of(pid) == Some(me) && !harness::alive(pid) {
-            let mut status = 0;
-            // SAFETY: waitpid(2) on a zombie child of ours.
-            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
-        }
-    }
-}
-
-/// A container id of this test run (runc names cgroups after it).
-fn unique(name: &str) -> String {
-    format!("{name}-{}", std::process::id())
 }
 
 fn pid_file(path: &Path) -> u32 {
@@ -333,7 +244,7 @@ fn assert_hook_ran(dir: &Path, name: &str, id: &str, bundle: &Path) {
 #[test]
 fn create_start_exec_ps_kill_delete_with_hooks() {
     let _one = one_at_a_time();
-    let cli = Cli::new("life");
+    let cli = Cli::new("cli", "life");
     let id: &str = &unique("life");
     let hooks = cli.scratch.join("hooks");
     std::fs::create_dir_all(&hooks).expect("hooks dir");
@@ -623,7 +534,7 @@ fn host_has_hugetlb_cgroup() -> bool {
 #[test]
 fn run_in_the_foreground() {
     let _one = one_at_a_time();
-    let cli = Cli::new("run");
+    let cli = Cli::new("cli", "run");
     let version = cli.run(&["--version"]).ok();
     assert!(version.stdout.contains("version"), "{version}");
     cli.run(&["state", "no-such-container"]).fails();
@@ -675,7 +586,7 @@ fn run_in_the_foreground() {
 #[test]
 fn delete_force_of_a_running_container() {
     let _one = one_at_a_time();
-    let cli = Cli::new("force");
+    let cli = Cli::new("cli", "force");
     let id: &str = &unique("force");
     let bundle = cli.bundle(
         "bundle",
@@ -717,7 +628,7 @@ fn delete_force_of_a_running_container() {
 #[test]
 fn kill_9_of_the_pid_file_process_then_delete() {
     let _one = one_at_a_time();
-    let cli = Cli::new("kill9");
+    let cli = Cli::new("cli", "kill9");
     let id: &str = &unique("kill9");
     let bundle = cli.bundle(
         "bundle",
@@ -760,7 +671,7 @@ fn kill_9_of_the_pid_file_process_then_delete() {
 #[test]
 fn runvm_kill_9_of_the_vmm_or_of_a_create_in_progress() {
     let _one = one_at_a_time();
-    let cli = Cli::new("vmm9");
+    let cli = Cli::new("cli", "vmm9");
     assert!(
         cli.runtime.is_runvm,
         "this test is about runvm's VMM; run it without RUNVM_TEST_RUNTIME"
