@@ -4,7 +4,7 @@
 //! driving the rings directly is the faithful way to test them.
 
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,12 +17,12 @@ use super::connection::MAX_OWED;
 use super::control::MAX_LOOSE;
 use super::device::Vsock;
 use super::dial::tests::stuck_listener;
+use super::muxer::tests::{from_guest, TestDir, CID};
 use super::muxer::{Muxer, MAX_GUEST_CONNECTIONS};
 use super::packet::*;
 use crate::devices::virtio::{ActiveQueue, Interrupt, VirtioDevice};
 use crate::memory::{create_guest_memory, GuestMemory};
 
-const CID: u64 = 3;
 const TX_SIZE: u16 = 256;
 /// Where each queue's rings live: (descriptors, available, used).
 const RINGS: [(u64, u64, u64); 3] = [
@@ -87,19 +87,6 @@ fn start(path: &Path) -> (Vsock, Guest) {
         _rx_notify: rx_notify,
     };
     (device, guest)
-}
-
-fn packet(op: u16, src_port: u32, dst_port: u32) -> PacketHeader {
-    PacketHeader {
-        src_cid: CID,
-        dst_cid: HOST_CID,
-        src_port,
-        dst_port,
-        type_: TYPE_STREAM,
-        op,
-        buf_alloc: 65536,
-        ..Default::default()
-    }
 }
 
 impl Guest {
@@ -171,26 +158,6 @@ fn vsock_thread_ticks() -> u64 {
     ticks
 }
 
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(name: &str) -> TestDir {
-        let dir = std::env::temp_dir().join(format!("runvm-hostile-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TestDir(dir)
-    }
-
-    fn port_path(&self, port: u32) -> PathBuf {
-        self.0.join(format!("v.sock_{port}"))
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn a_flood_without_rx_buffers_stays_within_the_caps() {
     let _one = ONE_DEVICE.lock().unwrap_or_else(|e| e.into_inner());
@@ -199,14 +166,14 @@ fn a_flood_without_rx_buffers_stays_within_the_caps() {
     let (device, mut guest) = start(&dir.0.join("v.sock"));
 
     // One live connection, then credit requests on it, many times over.
-    let mut ok = guest.send(&[packet(OP_REQUEST, 5000, 77)]);
+    let mut ok = guest.send(&[from_guest(OP_REQUEST, 5000, 77)]);
     for _ in 0..4 {
-        ok &= guest.send(&vec![packet(OP_CREDIT_REQUEST, 5000, 77); 256]);
+        ok &= guest.send(&vec![from_guest(OP_CREDIT_REQUEST, 5000, 77); 256]);
     }
     // Requests to ports nobody serves: each earns an RST.
     for round in 0..8u32 {
         let requests: Vec<PacketHeader> = (0..256)
-            .map(|i| packet(OP_REQUEST, 10_000 + round * 256 + i, 9))
+            .map(|i| from_guest(OP_REQUEST, 10_000 + round * 256 + i, 9))
             .collect();
         ok &= guest.send(&requests);
     }
@@ -228,7 +195,9 @@ fn a_host_listener_that_never_accepts_does_not_stall_the_device() {
     let dir = TestDir::new("stuck");
     let _stuck = stuck_listener(&dir.port_path(78));
     let (device, mut guest) = start(&dir.0.join("v.sock"));
-    let requests: Vec<PacketHeader> = (0..32).map(|i| packet(OP_REQUEST, 6000 + i, 78)).collect();
+    let requests: Vec<PacketHeader> = (0..32)
+        .map(|i| from_guest(OP_REQUEST, 6000 + i, 78))
+        .collect();
     if !guest.send(&requests) {
         give_up(device, "a connect to a listener that never accepts blocked");
     }
@@ -245,7 +214,7 @@ fn a_host_socket_that_hangs_up_does_not_make_the_device_spin() {
     let dir = TestDir::new("hangup");
     let listener = UnixListener::bind(dir.port_path(79)).unwrap();
     let (device, mut guest) = start(&dir.0.join("v.sock"));
-    if !guest.send(&[packet(OP_REQUEST, 7000, 79)]) {
+    if !guest.send(&[from_guest(OP_REQUEST, 7000, 79)]) {
         give_up(device, "the device did not take the request");
     }
     // The host program accepts, then goes away; the guest, with no RX

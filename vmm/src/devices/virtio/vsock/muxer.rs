@@ -381,26 +381,32 @@ pub fn parse_connect_line(line: &[u8]) -> Option<u32> {
     port.parse().ok()
 }
 
+/// Test helpers, shared with the device-level tests (hostile_guest_tests).
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::Write;
 
-    const CID: u64 = 3;
+    pub(crate) const CID: u64 = 3;
 
     /// A private directory for one test's sockets, removed afterwards.
-    struct TestDir(PathBuf);
+    pub(crate) struct TestDir(pub(crate) PathBuf);
 
     impl TestDir {
-        fn new(name: &str) -> TestDir {
+        pub(crate) fn new(name: &str) -> TestDir {
             let dir = std::env::temp_dir()
                 .join(format!("runvm-vsock-test-{}-{name}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             TestDir(dir)
         }
 
-        fn socket(&self) -> PathBuf {
+        pub(crate) fn socket(&self) -> PathBuf {
             self.0.join("v.sock")
+        }
+
+        /// Where a guest connection to host port `port` goes.
+        pub(crate) fn port_path(&self, port: u32) -> PathBuf {
+            self.0.join(format!("v.sock_{port}"))
         }
     }
 
@@ -410,7 +416,8 @@ mod tests {
         }
     }
 
-    fn from_guest(op: u16, src_port: u32, dst_port: u32) -> PacketHeader {
+    /// A stream packet from the guest with a 64 KiB receive buffer.
+    pub(crate) fn from_guest(op: u16, src_port: u32, dst_port: u32) -> PacketHeader {
         PacketHeader {
             src_cid: CID,
             dst_cid: HOST_CID,
