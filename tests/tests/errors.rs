@@ -447,15 +447,10 @@ fn a_symlink_planted_at_the_pid_file_is_not_followed() {
         path
     };
     let created = plant("create.pid");
-    harness::run_to_files(
-        &mut cli.command(&[
-            "create",
-            "--bundle",
-            &bundle.display().to_string(),
-            "--pid-file",
-            &created.display().to_string(),
-            id,
-        ]),
+    cli.create_to_files(
+        &bundle,
+        &created,
+        id,
         &cli.scratch.join("out"),
         &cli.scratch.join("err"),
     )

@@ -268,21 +268,7 @@ fn create_start_exec_ps_kill_delete_with_hooks() {
     let (out, err) = (cli.scratch.join("life.out"), cli.scratch.join("life.err"));
     let pid_path = cli.scratch.join("life.pid");
 
-    let bundle_arg = bundle.display().to_string();
-    let pid_arg = pid_path.display().to_string();
-    run_to_files(
-        &mut cli.command(&[
-            "create",
-            "--bundle",
-            &bundle_arg,
-            "--pid-file",
-            &pid_arg,
-            id,
-        ]),
-        &out,
-        &err,
-    )
-    .ok();
+    cli.create_to_files(&bundle, &pid_path, id, &out, &err).ok();
     let pid = pid_file(&pid_path);
     assert_our_live_child(pid, "after create");
     assert_state_fields(&cli.state(id), id, pid, "created", &bundle);
@@ -637,19 +623,7 @@ fn kill_9_of_the_pid_file_process_then_delete() {
     );
     let (out, err) = (cli.scratch.join("out"), cli.scratch.join("err"));
     let pid_path = cli.scratch.join("pid");
-    run_to_files(
-        &mut cli.command(&[
-            "create",
-            "--bundle",
-            &bundle.display().to_string(),
-            "--pid-file",
-            &pid_path.display().to_string(),
-            id,
-        ]),
-        &out,
-        &err,
-    )
-    .ok();
+    cli.create_to_files(&bundle, &pid_path, id, &out, &err).ok();
     cli.run(&["start", id]).ok();
     let pid = pid_file(&pid_path);
     assert_our_live_child(pid, "after create and start");
@@ -680,15 +654,10 @@ fn runvm_kill_9_of_the_vmm_or_of_a_create_in_progress() {
     let bundle = cli.bundle("bundle", &["sh", "-c", "exec sleep 1000000"], |_| {});
     let pid_path = cli.scratch.join("pid");
     // The container's stdio is the create call's: files, not pipes.
-    run_to_files(
-        &mut cli.command(&[
-            "create",
-            "--bundle",
-            &bundle.display().to_string(),
-            "--pid-file",
-            &pid_path.display().to_string(),
-            id,
-        ]),
+    cli.create_to_files(
+        &bundle,
+        &pid_path,
+        id,
         &cli.scratch.join("out"),
         &cli.scratch.join("err"),
     )

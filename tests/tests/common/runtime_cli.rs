@@ -8,7 +8,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
@@ -59,6 +59,26 @@ impl Cli {
     pub fn run(&self, args: &[&str]) -> Output {
         harness::run(&mut self.command(args))
     }
+
+    /// `create --bundle bundle --pid-file pid_file id` as conmon runs it:
+    /// the container's stdio is the call's, kept in the files `out` and
+    /// `err` rather than pipes the container would hold open.
+    #[track_caller]
+    pub fn create_to_files(
+        &self,
+        bundle: &Path,
+        pid_file: &Path,
+        id: &str,
+        out: &Path,
+        err: &Path,
+    ) -> Output {
+        let (bundle, pid_file) = (bundle.display().to_string(), pid_file.display().to_string());
+        harness::run_to_files(
+            &mut self.command(&["create", "--bundle", &bundle, "--pid-file", &pid_file, id]),
+            out,
+            err,
+        )
+    }
 }
 
 impl Drop for Cli {
@@ -80,17 +100,7 @@ impl Drop for Cli {
 /// time), when no command of ours is running.
 pub fn reap_orphans() {
     let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in harness::pids() {
         if harness::parent_of(pid) == Some(me) && !harness::alive(pid) {
             let mut status = 0;
             // SAFETY: waitpid(2) on a zombie child of ours.
