@@ -58,16 +58,19 @@ pub enum ThreadKind {
     Vsock,
     /// Watches a vhost-user (virtio-fs) connection.
     FsWatch,
+    /// Moves one virtio-net device's frames to and from its tap.
+    Net,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Spawner,
         ThreadKind::Block,
         ThreadKind::Vsock,
         ThreadKind::FsWatch,
+        ThreadKind::Net,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +81,7 @@ impl ThreadKind {
             ThreadKind::Block => "virtio-blk",
             ThreadKind::Vsock => "vsock",
             ThreadKind::FsWatch => "vhost-user watch",
+            ThreadKind::Net => "virtio-net",
         }
     }
 }

@@ -204,7 +204,8 @@ fn spawner(allow: &mut Allow) -> Result<()> {
     )?;
     block(allow)?;
     vsock(allow)?;
-    fs_watch(allow)
+    fs_watch(allow)?;
+    net(allow)
 }
 
 /// Wait for kicks, read the disk image, signal completions.
@@ -239,6 +240,14 @@ fn fs_watch(allow: &mut Allow) -> Result<()> {
     Ok(())
 }
 
+/// Wait for kicks and frames, read and write the tap (write is common),
+/// set the tap's offloads to what the guest accepted.
+fn net(allow: &mut Allow) -> Result<()> {
+    use crate::devices::virtio::net::backend::TUNSETOFFLOAD;
+    allow.any(&[libc::SYS_epoll_wait, libc::SYS_epoll_ctl, libc::SYS_read]);
+    allow.when_one_of(libc::SYS_ioctl, 1, &[TUNSETOFFLOAD()])
+}
+
 fn allow_list(kind: ThreadKind) -> Result<Allow> {
     let mut allow = Allow::default();
     common(&mut allow)?;
@@ -249,6 +258,7 @@ fn allow_list(kind: ThreadKind) -> Result<Allow> {
         ThreadKind::Block => block(&mut allow)?,
         ThreadKind::Vsock => vsock(&mut allow)?,
         ThreadKind::FsWatch => fs_watch(&mut allow)?,
+        ThreadKind::Net => net(&mut allow)?,
     }
     Ok(allow)
 }

@@ -115,6 +115,11 @@ fn the_watch_polls_and_cuts_but_connects_nowhere() {
 }
 
 #[test]
+fn the_net_thread_moves_frames_but_opens_no_socket() {
+    assert_trapped("net", libc::SYS_socket, "socket", ThreadKind::Net);
+}
+
+#[test]
 fn without_enable_nothing_is_confined() {
     let (status, stderr) = run_probe("disabled");
     assert_eq!(status, Some(0), "{stderr}");
@@ -147,6 +152,7 @@ fn probe() {
         }
         "vsock" => probe_vsock(),
         "fs-watch" => probe_fs_watch(),
+        "net" => probe_net(),
         "disabled" => {
             apply(ThreadKind::Block).unwrap();
             UnixStream::pair().unwrap();
@@ -343,4 +349,44 @@ fn probe_fs_watch() {
     eprintln!("{DONE}");
     // SAFETY: connect with no address, which must trap before it fails.
     unsafe { libc::connect(ours.as_raw_fd(), std::ptr::null(), 0) };
+}
+
+fn probe_net() {
+    use crate::devices::virtio::net::backend::TUNSETOFFLOAD;
+    let (ours, theirs) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    let event = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let epoll = Epoll::new().unwrap();
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            event.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, 0),
+        )
+        .unwrap();
+    apply(ThreadKind::Net).unwrap();
+    // A kick, a frame each way, the interest changed, the offloads set.
+    event.write(1).unwrap();
+    let mut events = [EpollEvent::default(); 2];
+    assert_eq!(epoll.wait(0, &mut events).unwrap(), 1);
+    assert_eq!(event.read().unwrap(), 1);
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            ours.as_raw_fd(),
+            EpollEvent::new(EventSet::IN | EventSet::OUT, 1),
+        )
+        .unwrap();
+    let mut frame = [0u8; 64];
+    // SAFETY: plain read and write of a local buffer.
+    unsafe {
+        assert_eq!(libc::write(ours.as_raw_fd(), frame.as_ptr().cast(), 64), 64);
+        assert_eq!(
+            libc::read(theirs.as_raw_fd(), frame.as_mut_ptr().cast(), 64),
+            64
+        );
+        // Not a tap: refused by the kernel, allowed by the filter.
+        libc::ioctl(ours.as_raw_fd(), TUNSETOFFLOAD(), 0 as libc::c_ulong);
+    }
+    eprintln!("{DONE}");
+    forbidden_socket();
 }
