@@ -161,6 +161,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// virtio-fs devices, each with its own backend and a distinct tag.
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices, each backed by a tap: the guest's eth0, eth1...
+    pub net: Vec<crate::devices::virtio::net::NetConfig>,
     pub host_profile: HostProfileChoice,
     pub boot_protocol: BootProtocol,
 }
@@ -178,6 +180,7 @@ impl VmConfig {
             serial: SerialOutput::Stdout,
             vsock: None,
             fs: Vec::new(),
+            net: Vec::new(),
             host_profile: HostProfileChoice::Auto,
             boot_protocol: BootProtocol::Auto,
         }
@@ -226,7 +229,7 @@ impl VmConfig {
                 return Err(Error::DuplicateFsTag(fs.tag.clone()));
             }
         }
-        Ok(())
+        crate::devices::virtio::net::spec::validate_all(&self.net)
     }
 
     /// Whether a device needs guest RAM shared with a backend process.

@@ -33,6 +33,10 @@ pub enum Error {
     InvalidFsQueueSize(u64),
     #[error("virtio-fs tag {0:?} is used twice: each device needs its own tag")]
     DuplicateFsTag(String),
+    #[error("invalid network interface {spec:?}: {reason}")]
+    InvalidNetSpec { spec: String, reason: String },
+    #[error("network interface {spec}: {reason}")]
+    NetBackend { spec: String, reason: String },
     #[error("virtio-fs backend socket {socket}: {reason}")]
     FsBackend { socket: PathBuf, reason: String },
     #[error("cannot create the vsock socket {path}: {source}")]

@@ -1,8 +1,8 @@
 //! What a VM takes from the host by path: opened in one place, before the
 //! VM is built, so that a jailed VMM (see [`crate::jail`]) holds them as
-//! descriptors and needs none of their paths inside its jail. Host
-//! resources handed in later (e.g. tap devices, as descriptors) belong
-//! here too.
+//! descriptors and needs none of their paths inside its jail: its network
+//! namespace is empty, so the taps are opened (or taken over from
+//! inherited descriptors) here too.
 //!
 //! Not here: the Unix sockets of the vsock and virtio-fs devices, which
 //! the devices bind or connect to (and the vsock device keeps connecting
@@ -16,6 +16,7 @@ use kvm_ioctls::{Cap, Kvm};
 use crate::boot::BootFiles;
 use crate::config::{SerialOutput, VmConfig};
 use crate::devices::virtio::block::DiskImage;
+use crate::devices::virtio::net::{NetConfig, Tap, TapSource};
 use crate::devices::CappedLog;
 use crate::error::Error;
 use crate::host_profile::HostProfile;
@@ -27,6 +28,8 @@ pub struct HostResources {
     pub(crate) root_disk: Option<DiskImage>,
     pub(crate) serial: Box<dyn Write + Send>,
     pub(crate) profile: HostProfile,
+    /// One per `config.net` entry, in order.
+    pub(crate) taps: Vec<Tap>,
 }
 
 impl HostResources {
@@ -40,6 +43,7 @@ impl HostResources {
             .map(DiskImage::open)
             .transpose()?;
         let boot = BootFiles::open(config)?;
+        let taps = config.net.iter().map(open_tap).collect::<Result<_, _>>()?;
         let serial = open_serial(&config.serial)?;
         // Reads /sys and /proc/cpuinfo.
         let profile = HostProfile::resolve(config.host_profile);
@@ -50,8 +54,23 @@ impl HostResources {
             root_disk,
             serial,
             profile,
+            taps,
         })
     }
+}
+
+fn open_tap(net: &NetConfig) -> Result<Tap, Error> {
+    let (spec, opened) = match &net.tap {
+        TapSource::Name(name) => (format!("tap={name}"), Tap::open(name)),
+        // SAFETY: an inherited descriptor that nothing in this process
+        // owns: `VmConfig::validate` refused the standard streams and
+        // the same descriptor twice, and this runs once per VM.
+        TapSource::Fd(fd) => (format!("fd={fd}"), unsafe { Tap::from_raw_fd(*fd) }),
+    };
+    opened.map_err(|e| Error::NetBackend {
+        spec,
+        reason: e.to_string(),
+    })
 }
 
 fn open_serial(serial: &SerialOutput) -> Result<Box<dyn Write + Send>, Error> {

@@ -20,6 +20,7 @@ use crate::cpu;
 use crate::devices::virtio::block::{Block, DiskImage};
 use crate::devices::virtio::fs::VhostUserFs;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::vsock::device::Vsock;
 use crate::devices::virtio::vsock::muxer::Muxer;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -112,6 +113,7 @@ pub fn run_vm_with(config: &VmConfig, host: HostResources) -> Result<VmExit, Err
         root_disk,
         serial,
         profile,
+        taps,
     } = host;
     let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
@@ -134,7 +136,9 @@ pub fn run_vm_with(config: &VmConfig, host: HostResources) -> Result<VmExit, Err
         FailureReporter::new().map_err(Error::io("cannot create the device failure eventfd"))?,
     );
     let pio = Arc::new(build_pio_bus(&vm, serial)?);
-    let mmio = Arc::new(build_mmio_bus(&vm, &mem, config, root_disk, &failures)?);
+    let mmio = Arc::new(build_mmio_bus(
+        &vm, &mem, config, root_disk, taps, &failures,
+    )?);
     let cmdline = cmdline_for(config, profile)?;
     let entry = boot::prepare_guest(config, boot_files, &cmdline, &mem)?;
 
@@ -193,6 +197,9 @@ enum VirtioKind {
     Vsock,
     /// The nth entry of `config.fs`.
     Fs(usize),
+    /// The nth entry of `config.net`: after the others, so adding an
+    /// interface moves no other device.
+    Net(usize),
 }
 
 fn virtio_devices(config: &VmConfig) -> Vec<(usize, VirtioKind)> {
@@ -204,6 +211,7 @@ fn virtio_devices(config: &VmConfig) -> Vec<(usize, VirtioKind)> {
         kinds.push(VirtioKind::Vsock);
     }
     kinds.extend((0..config.fs.len()).map(VirtioKind::Fs));
+    kinds.extend((0..config.net.len()).map(VirtioKind::Net));
     kinds.into_iter().enumerate().collect()
 }
 
@@ -212,9 +220,11 @@ fn build_mmio_bus(
     mem: &GuestMemory,
     config: &VmConfig,
     mut root_disk: Option<DiskImage>,
+    taps: Vec<Tap>,
     failures: &Arc<FailureReporter>,
 ) -> Result<Bus, Error> {
     let mut bus = Bus::default();
+    let mut taps = taps.into_iter();
     for (index, kind) in virtio_devices(config) {
         let (base, irq) = virtio_mmio_slot(index).ok_or(Error::Device {
             device: "virtio",
@@ -246,6 +256,12 @@ fn build_mmio_bus(
                             reason,
                         })?;
                 Box::new(device)
+            }
+            (VirtioKind::Net(n), _) => {
+                let (Some(net), Some(tap)) = (config.net.get(n), taps.next()) else {
+                    continue;
+                };
+                Box::new(Net::new(tap, net.options))
             }
         };
         let transport = attach_virtio_device(vm, mem, device, base, irq)?;

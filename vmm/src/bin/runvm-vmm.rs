@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use runvm_vmm::devices::virtio::net::NetConfig;
 use runvm_vmm::host_profile::HostProfileChoice;
 use runvm_vmm::jail;
 use runvm_vmm::{
@@ -85,6 +86,18 @@ struct Args {
         value_parser = parse_fs
     )]
     fs: Vec<FsConfig>,
+    /// Give the guest a virtio-net interface backed by a tap: an inherited
+    /// descriptor (fd=N, opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR) or a
+    /// tap created or attached to by name in the VMM's network namespace
+    /// before any jail (tap=NAME). mac and mtu are what the guest is told;
+    /// offload (default on) passes checksum and TSO offloads through.
+    /// Repeatable: eth0, eth1... in order.
+    #[arg(
+        long = "net",
+        value_name = "fd=N|tap=NAME[,mac=MAC][,mtu=N][,offload=on|off]",
+        value_parser = parse_net
+    )]
+    net: Vec<NetConfig>,
     /// Host compatibility profile for the guest command line.
     #[arg(long, value_enum, default_value_t = ProfileArg::Auto)]
     host_profile: ProfileArg,
@@ -144,6 +157,10 @@ fn parse_fs(value: &str) -> Result<FsConfig, String> {
     FsConfig::parse(value).map_err(|e| e.to_string())
 }
 
+fn parse_net(value: &str) -> Result<NetConfig, String> {
+    NetConfig::parse(value).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = VmConfig {
@@ -160,6 +177,7 @@ fn main() -> ExitCode {
             socket,
         }),
         fs: args.fs,
+        net: args.net,
         host_profile: match args.host_profile {
             ProfileArg::Auto => HostProfileChoice::Auto,
             ProfileArg::Emulated => HostProfileChoice::Emulated,

@@ -41,7 +41,7 @@ impl Limits {
     pub fn for_vm(config: &VmConfig) -> Limits {
         Limits {
             open_files: FIXED_FILES + MAX_CONNECTIONS as u64,
-            threads: u64::from(config.vcpus) + OTHER_THREADS,
+            threads: u64::from(config.vcpus) + OTHER_THREADS + config.net.len() as u64,
             address_space: config.memory_bytes() + ADDRESS_SPACE_OVERHEAD,
         }
     }

@@ -14,12 +14,14 @@ pub mod backend;
 pub mod device;
 pub mod frames;
 pub mod header;
+pub mod spec;
 
 #[cfg(test)]
 mod hostile_guest_tests;
 
 pub use backend::{Backend, Tap};
-pub use device::Net;
+pub use device::{Net, NetOptions};
+pub use spec::{NetConfig, TapSource};
 
 /// virtio device id of a network card.
 pub const VIRTIO_ID_NET: u32 = 1;
