@@ -26,6 +26,9 @@ packages=(
   # itself (to check the tests: RUNVM_TEST_RUNTIME=/usr/sbin/runc), and
   # procps and tar (`runc ps` runs ps; the test image is a tar)
   podman conmon netavark containerd runc procps tar
+  # network tests (tests/tests/network.rs, runtime's network module): ip
+  # and tc set up and inspect the namespaces, veths and taps they make
+  iproute2
 )
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(qemu-system-x86)
