@@ -103,6 +103,42 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
+/// A device's worker thread and the eventfd that tells it to stop; the
+/// thread hands back what it owned.
+pub struct DeviceThread<T> {
+    stop: EventFd,
+    thread: std::thread::JoinHandle<T>,
+}
+
+impl<T> DeviceThread<T> {
+    pub fn new(stop: EventFd, thread: std::thread::JoinHandle<T>) -> DeviceThread<T> {
+        DeviceThread { stop, thread }
+    }
+
+    /// Stops the thread and waits for it: what it handed back, or None
+    /// if it panicked.
+    pub fn stop(self) -> Option<T> {
+        let _ = self.stop.write(1);
+        self.thread.join().ok()
+    }
+}
+
+/// A split queue set up as a driver would, for device tests: rings at
+/// (descriptors, available, used), `size` entries.
+#[cfg(test)]
+pub fn test_queue(mem: &GuestMemory, rings: (u64, u64, u64), max: u16, size: u16) -> Queue {
+    use virtio_queue::QueueT;
+    let (desc, avail, used) = rings;
+    let mut queue = Queue::new(max).unwrap();
+    queue.set_size(size);
+    queue.set_desc_table_address(Some(desc as u32), Some((desc >> 32) as u32));
+    queue.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
+    queue.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
+    queue.set_ready(true);
+    assert!(queue.is_valid(mem));
+    queue
+}
+
 /// The queues a driver set up, handed to the device when it becomes live.
 pub struct ActiveQueue {
     pub queue: Queue,

@@ -4,7 +4,6 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -16,7 +15,9 @@ use super::{
     config_space, CONFIG_SIZE, OFFLOADS, QUEUE_SIZE, VIRTIO_ID_NET, VIRTIO_NET_F_MAC,
     VIRTIO_NET_F_MTU, VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::devices::virtio::{ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{
+    ActiveQueue, DeviceThread, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use crate::memory::GuestMemory;
 use crate::seccomp::ThreadKind;
 
@@ -42,7 +43,7 @@ pub struct Net<B: Backend + 'static> {
     features: u64,
     /// Idle until the driver activates the device, then owned by the thread.
     frames: Option<Frames<B>>,
-    running: Option<(EventFd, JoinHandle<Frames<B>>)>,
+    running: Option<DeviceThread<Frames<B>>>,
 }
 
 impl<B: Backend + 'static> Net<B> {
@@ -136,22 +137,16 @@ impl<B: Backend + 'static> VirtioDevice for Net<B> {
         };
         let thread = crate::seccomp::spawn(ThreadKind::Net, "virtio-net", move || worker.run())
             .map_err(|e| e.to_string())?;
-        self.running = Some((stop, thread));
+        self.running = Some(DeviceThread::new(stop, thread));
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        let Some((stop, thread)) = self.running.take() else {
+        let Some(running) = self.running.take() else {
             return true;
         };
-        let _ = stop.write(1);
-        match thread.join() {
-            Ok(frames) => {
-                self.frames = Some(frames);
-                true
-            }
-            Err(_) => false,
-        }
+        self.frames = running.stop();
+        self.frames.is_some()
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -44,15 +44,7 @@ struct Guest {
 }
 
 fn live_queue(mem: &GuestMemory, which: usize) -> Queue {
-    let (desc, avail, used) = RINGS[which];
-    let mut queue = Queue::new(QUEUE_SIZE).unwrap();
-    queue.set_size(SIZE);
-    queue.set_desc_table_address(Some(desc as u32), Some(0));
-    queue.set_avail_ring_address(Some(avail as u32), Some(0));
-    queue.set_used_ring_address(Some(used as u32), Some(0));
-    queue.set_ready(true);
-    assert!(queue.is_valid(mem));
-    queue
+    crate::devices::virtio::test_queue(mem, RINGS[which], QUEUE_SIZE, SIZE)
 }
 
 fn start_with(options: NetOptions, features: u64) -> (Net<PairBackend>, Guest, UnixDatagram) {
