@@ -12,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,9 @@ const TAP: &str = "rvtap0";
 /// Bytes sent each way over TCP: on a host that emulates guest-kernel
 /// code the guest's TCP stack moves ~40-100 KiB/s, whatever the device.
 const TRANSFER: usize = 256 << 10;
+
+/// One VM at a time, even within this test binary.
+static ONE_VM: Mutex<()> = Mutex::new(());
 
 fn ip(args: &[&str]) {
     let output = Command::new("ip").args(args).output().expect("run ip");
@@ -110,7 +114,12 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("runvm-network-{}", std::process::id()));
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "runvm-network-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         Scratch(dir)
     }
@@ -221,6 +230,7 @@ fn require_root_and_kvm() {
 #[test]
 fn a_guest_on_a_tap_exchanges_traffic_with_its_namespace_both_ways() {
     require_root_and_kvm();
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new();
     let ns = NetNs::new();
     tap_in(&ns);
@@ -307,4 +317,98 @@ fn a_descriptor_that_is_no_tap_fails_the_vmm_with_its_name() {
         stderr.contains("network interface fd=3: not an attached tap"),
         "{stderr}"
     );
+}
+
+/// The whole host datapath: the runtime's network module makes the tap
+/// and the TC redirection in a CNI-style pod namespace (a veth whose
+/// peer is in another namespace), hands the tap to the VMM as a
+/// descriptor, and the guest, wearing the pod's address, reaches the
+/// peer through virtio-net, the tap, TC and the veth; teardown leaves
+/// nothing of runvm's.
+#[test]
+fn the_runtimes_tap_and_tc_carry_a_pod_namespace_into_the_guest() {
+    require_root_and_kvm();
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let (pod, peer) = (NetNs::new(), NetNs::new());
+    pod.ip(&[
+        "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &peer.name,
+    ]);
+    pod.ip(&["link", "set", "va", "mtu", "1420", "up"]);
+    pod.ip(&["addr", "add", "10.88.0.2/24", "dev", "va"]);
+    peer.ip(&["link", "set", "vb", "mtu", "1420", "up"]);
+    peer.ip(&["addr", "add", "10.88.0.1/24", "dev", "vb"]);
+
+    let network = runvm::network::attach(&pod.path()).expect("attach");
+    let interface = network.interfaces.first().expect("one interface");
+    let mac = interface
+        .mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let tap = runvm::network::open_tap(&pod.path(), &interface.tap).expect("open the tap");
+    // Inherited by runvm, the wrapper and the VMM.
+    // SAFETY: clears FD_CLOEXEC on a descriptor this test owns.
+    unsafe { libc::fcntl(tap.as_raw_fd(), libc::F_SETFD, 0) };
+    let wrapper = scratch.0.join("vmm-with-tap");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} \"$@\" --net fd={},mac={mac},mtu={}\n",
+            vmm_binary().display(),
+            tap.as_raw_fd(),
+            interface.mtu
+        ),
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    let address: SocketAddr = "10.88.0.1:7002".parse().unwrap();
+    let server = peer.spawn(move || -> Result<String, String> {
+        let listener = TcpListener::bind(address).map_err(|e| e.to_string())?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => return Err(format!("the guest never connected: {e}")),
+            }
+        };
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        stream
+            .read_to_string(&mut text)
+            .map_err(|e| e.to_string())?;
+        Ok(text)
+    });
+    let script =
+        "ip link set eth0 up && ip addr add 10.88.0.2/24 dev eth0 && ip link show eth0 && \
+                  ping -c 2 -W 10 10.88.0.1 && echo hello-from-the-pod | nc 10.88.0.1 7002";
+    let output = vm_run(&wrapper, script);
+    drop(tap);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(output.status.success(), "{:?}\n{context}", output.status);
+    assert!(stdout.contains(&format!("link/ether {mac}")), "{context}");
+    assert!(stdout.contains("mtu 1420"), "{context}");
+    assert!(stdout.contains("2 packets received"), "{context}");
+    let received = server.join().expect("peer thread").expect("peer side");
+    assert_eq!(received, "hello-from-the-pod\n", "{context}");
+
+    runvm::network::detach(&pod.path()).expect("detach");
+    let links = Command::new("ip")
+        .args(["-n", &pod.name, "link", "show"])
+        .output()
+        .expect("ip link");
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("rvtap"), "{links}");
+    assert!(links.contains("va@"), "{links}");
 }
