@@ -134,6 +134,7 @@ impl<B: Backend + 'static> VirtioDevice for Net<B> {
             rx_blocked: false,
             tx_blocked: false,
             watching: EventSet::IN,
+            backend_failed: false,
         };
         let thread = crate::seccomp::spawn(ThreadKind::Net, "virtio-net", move || worker.run())
             .map_err(|e| e.to_string())?;
@@ -171,6 +172,9 @@ struct Worker<B: Backend> {
     tx_blocked: bool,
     /// What epoll watches the backend for.
     watching: EventSet,
+    /// Reading the backend failed: it left the epoll set for good (a
+    /// deleted tap reports an error forever, which would spin the loop).
+    backend_failed: bool,
 }
 
 impl<B: Backend> Worker<B> {
@@ -184,7 +188,7 @@ impl<B: Backend> Worker<B> {
         let (mut run_rx, mut run_tx) = (true, true);
         let mut events = [EpollEvent::default(); 4];
         loop {
-            if run_rx && !self.rx_blocked {
+            if run_rx && !self.rx_blocked && !self.backend_failed {
                 self.process_rx();
             }
             if run_tx && !self.tx_blocked {
@@ -226,6 +230,13 @@ impl<B: Backend> Worker<B> {
     fn process_rx(&mut self) {
         let (pass, used) = self.frames.rx(&self.mem, &mut self.rx.queue);
         self.rx_blocked = pass == Pass::Blocked;
+        if pass == Pass::Failed && !self.backend_failed {
+            self.backend_failed = true;
+            let fd = self.frames.backend().as_raw_fd();
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
         // MoreWork: the backend is still readable, epoll says so again.
         if used {
             notify_guest(&self.mem, &mut self.rx.queue, &self.interrupt);
@@ -254,7 +265,7 @@ impl<B: Backend> Worker<B> {
         if self.tx_blocked {
             wanted |= EventSet::OUT;
         }
-        if wanted == self.watching {
+        if wanted == self.watching || self.backend_failed {
             return;
         }
         let fd = self.frames.backend().as_raw_fd();

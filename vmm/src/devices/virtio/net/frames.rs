@@ -35,6 +35,9 @@ pub enum Pass {
     Blocked,
     /// The pass used up its share; run it again soon.
     MoreWork,
+    /// RX: the backend failed (a tap deleted under the VM): it is not to
+    /// be read again.
+    Failed,
 }
 
 /// Counts for tests and diagnostics.
@@ -101,7 +104,8 @@ impl<B: Backend> Frames<B> {
                         self.pending = Some(len);
                         len
                     }
-                    Ok(0) => return (Pass::Done, used_any),
+                    // A tap never reads empty; a closed socket pair does.
+                    Ok(0) => return (Pass::Failed, used_any),
                     Ok(_) => {
                         self.counters.rx_dropped += 1;
                         continue;
@@ -109,8 +113,7 @@ impl<B: Backend> Frames<B> {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         return (Pass::Done, used_any)
                     }
-                    // A failed read (the tap went down): nothing to deliver.
-                    Err(_) => return (Pass::Done, used_any),
+                    Err(_) => return (Pass::Failed, used_any),
                 },
             };
             let Some(chain) = queue.pop_descriptor_chain(mem) else {

@@ -6,7 +6,7 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use virtio_queue::desc::split::Descriptor;
@@ -36,7 +36,11 @@ const MEMORY: u64 = 64 << 20;
 const NEXT: u16 = 1;
 const WRITE: u16 = 2;
 
+/// The tests read the CPU time of "virtio-net" threads: one at a time.
+static ONE_DEVICE: Mutex<()> = Mutex::new(());
+
 struct Guest {
+    _one: MutexGuard<'static, ()>,
     mem: GuestMemory,
     notify: [EventFd; 2],
     avail: [u16; 2],
@@ -58,6 +62,7 @@ fn start_on(
     features: u64,
     wire: UnixDatagram,
 ) -> (Net<PairBackend>, Guest, UnixDatagram) {
+    let one = ONE_DEVICE.lock().unwrap_or_else(|e| e.into_inner());
     let mem = create_guest_memory(MEMORY).unwrap();
     let eventfd = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let notify = [eventfd(), eventfd()];
@@ -73,6 +78,7 @@ fn start_on(
     net.activate(mem.clone(), features, queues, irq.clone())
         .unwrap();
     let guest = Guest {
+        _one: one,
         mem,
         notify,
         avail: [0, 0],
@@ -423,5 +429,42 @@ fn a_reset_device_can_be_activated_again() {
     let sent = frame(5, 200);
     guest.send(0, &sent);
     assert_eq!(next_on_wire(&wire), sent);
+    assert!(net.reset());
+}
+
+/// CPU time (clock ticks) of this process's "virtio-net" threads.
+fn net_thread_ticks() -> u64 {
+    let mut ticks = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        if !stat.contains("(virtio-net)") {
+            continue;
+        }
+        // utime and stime: fields 14 and 15, counted after the comm.
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        ticks += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    }
+    ticks
+}
+
+#[test]
+fn a_backend_that_fails_is_left_alone_not_spun_on() {
+    let (mut net, mut guest, wire) = start();
+    guest.give_rx(0, 2048);
+    drop(wire);
+    let before = net_thread_ticks();
+    std::thread::sleep(Duration::from_millis(500));
+    let spent = net_thread_ticks() - before;
+    assert!(spent < 10, "the net thread spent {spent} ticks in 0.5 s");
+    // TX still drains (into a backend that refuses), without harm.
+    guest.send(0, &frame(1, 100));
+    guest.wait_used(TX, 1);
     assert!(net.reset());
 }
