@@ -87,8 +87,12 @@ fn start_on(
     (net, guest, wire)
 }
 
+/// With EVENT_IDX, as a Linux driver negotiates it.
 fn start() -> (Net<PairBackend>, Guest, UnixDatagram) {
-    start_with(NetOptions::default(), VIRTIO_F_VERSION_1)
+    start_with(
+        NetOptions::default(),
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+    )
 }
 
 impl Guest {
@@ -212,6 +216,12 @@ fn a_frame_split_over_descriptors_goes_out_whole() {
     guest.wait_used(TX, 1);
     assert_eq!(guest.used(TX, 0), (0, 0));
     assert_eq!(guest.irq.irqfd().read().unwrap(), 1);
+    // EVENT_IDX: the device asks for a kick at the next chain.
+    let avail_event: u16 = guest
+        .mem
+        .read_obj(GuestAddress(RINGS[TX].2 + 4 + 8 * u64::from(SIZE)))
+        .unwrap();
+    assert_eq!(avail_event, 1);
     assert!(net.reset());
     assert_eq!(net.idle_frames().unwrap().counters.tx_frames, 1);
 }
