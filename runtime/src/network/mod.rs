@@ -55,6 +55,15 @@ pub struct Interface {
     pub tap: String,
 }
 
+impl Interface {
+    /// The VMM's `--net` value for this interface, its tap open as `fd`
+    /// in the VMM (see [`open_tap`]): the guest gets the same MAC and MTU.
+    pub fn vmm_net_option(&self, fd: i32) -> String {
+        let mac: Vec<String> = self.mac.iter().map(|b| format!("{b:02x}")).collect();
+        format!("fd={fd},mac={},mtu={}", mac.join(":"), self.mtu)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     /// None for the default route.

@@ -355,3 +355,18 @@ fn only_rvtap_and_a_number_is_ours() {
     assert!(tap::is_ours("rvtap0") && tap::is_ours("rvtap12"));
     assert!(!tap::is_ours("rvtap") && !tap::is_ours("rvtapx") && !tap::is_ours("eth0"));
 }
+
+#[test]
+fn the_vmm_option_names_the_descriptor_mac_and_mtu() {
+    let interface = Interface {
+        name: "eth0".into(),
+        mac: [0x0a, 0x58, 0x0a, 0x58, 0, 0x1f],
+        mtu: 1450,
+        addresses: Vec::new(),
+        tap: "rvtap0".into(),
+    };
+    assert_eq!(
+        interface.vmm_net_option(5),
+        "fd=5,mac=0a:58:0a:58:00:1f,mtu=1450"
+    );
+}
