@@ -106,10 +106,12 @@ pub enum NetworkError {
 }
 
 /// Inside the namespace at `netns`: a tap per interface other than lo,
-/// joined to it by TC both ways, and what the guest is to be told. On
-/// failure what was added is removed again.
+/// joined to it by TC both ways, and what the guest is to be told. What a
+/// killed earlier attach left is removed first; on failure what was
+/// added is removed again.
 pub fn attach(netns: &Path) -> Result<PodNetwork, NetworkError> {
     netns::run_in(netns, |handle| async move {
+        links::detach(&handle).await?;
         let attached = links::attach(&handle).await;
         if attached.is_err() {
             let _ = links::detach(&handle).await;

@@ -330,7 +330,11 @@ fn detach_after_a_kill_removes_what_a_half_done_attach_left() {
     }
     let (pod, _peer) = pod_and_peer();
     attach(&pod.path()).unwrap();
-    // As if the runtime died here: nothing remembered, all found by name.
+    // As if the runtime died here and a new attach came: one filter each.
+    attach(&pod.path()).unwrap();
+    let filters = pod.tc(&["filter", "show", "dev", "va", "ingress"]);
+    assert_eq!(filters.matches("mirred").count(), 1, "{filters}");
+    // Nothing remembered, all found by name.
     detach(&pod.path()).unwrap();
     assert!(pod.ip_fails(&["link", "show", "rvtap0"]));
     assert!(!pod.tc(&["qdisc", "show", "dev", "va"]).contains("ingress"));
