@@ -17,7 +17,8 @@
 //! - [`boot`]: kernel, initramfs, command line, boot structures, registers.
 //! - [`cpu`]: CPUID, MSRs and local APIC set-up of each vCPU.
 //! - [`devices`]: the port-I/O devices (serial console, exit port, i8042)
-//!   and the virtio devices (block, vsock, virtio-fs through vhost-user).
+//!   and the virtio devices (block, vsock, virtio-fs through vhost-user,
+//!   net on a tap).
 //! - [`vcpu`]: the vCPU run loop and its exits.
 //! - [`diagnostics`]: turning a KVM internal error into a readable report.
 //! - [`machine`]: puts the pieces together and runs a VM to its end.
