@@ -21,6 +21,7 @@ use common::{kernel, runvm_binary, tools_image, vmm_binary, wait_with_timeout, B
 const HOST_IP: &str = "10.77.0.1";
 const GUEST_IP: &str = "10.77.0.2";
 const GUEST_MAC: &str = "02:00:0a:4d:00:02";
+const SECOND_MAC: &str = "02:00:0a:4d:01:02";
 const TAP: &str = "rvtap0";
 /// Bytes sent each way over TCP: on a host that emulates guest-kernel
 /// code the guest's TCP stack moves ~40-100 KiB/s, whatever the device.
@@ -234,10 +235,14 @@ fn a_guest_on_a_tap_exchanges_traffic_with_its_namespace_both_ways() {
     let scratch = Scratch::new();
     let ns = NetNs::new();
     tap_in(&ns);
+    // A second interface, to show several per VM: the guest's eth1.
+    ns.ip(&["tuntap", "add", "dev", "rvtap1", "mode", "tap", "vnet_hdr"]);
     let vmm = vmm_in(
         &ns,
         &scratch.0,
-        &format!("tap={TAP},mac={GUEST_MAC},mtu=1400"),
+        &format!(
+            "tap={TAP},mac={GUEST_MAC},mtu=1400 --net tap=rvtap1,mac={SECOND_MAC},offload=off"
+        ),
     );
     let address: SocketAddr = format!("{HOST_IP}:7001").parse().unwrap();
     let server = ns.spawn(move || {
@@ -246,6 +251,7 @@ fn a_guest_on_a_tap_exchanges_traffic_with_its_namespace_both_ways() {
     });
     let script = format!(
         "ip link set eth0 up && ip addr add {GUEST_IP}/24 dev eth0 && ip link show eth0 && \
+         ip link show eth1 && \
          ping -c 3 -W 10 {HOST_IP} && \
          dd if=/dev/zero bs=65536 count={} 2>/dev/null | nc {HOST_IP} 7001 | wc -c",
         TRANSFER / 65536
@@ -260,6 +266,10 @@ fn a_guest_on_a_tap_exchanges_traffic_with_its_namespace_both_ways() {
         "{context}"
     );
     assert!(stdout.contains("mtu 1400"), "{context}");
+    assert!(
+        stdout.contains(&format!("link/ether {SECOND_MAC}")),
+        "{context}"
+    );
     assert!(stdout.contains("3 packets received"), "{context}");
     let transfer = server.join().expect("server thread").expect("host side");
     assert_eq!(transfer.received, TRANSFER, "{context}");
