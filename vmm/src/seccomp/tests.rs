@@ -271,6 +271,12 @@ fn block_setup() -> (std::fs::File, Epoll, EventFd) {
     std::fs::write(&path, b"sector").unwrap();
     let disk = std::fs::File::open(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
+    let (epoll, event) = watched_eventfd();
+    (disk, epoll, event)
+}
+
+/// An eventfd in an epoll set, as a device thread waits for its kicks.
+fn watched_eventfd() -> (Epoll, EventFd) {
     let event = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let epoll = Epoll::new().unwrap();
     epoll
@@ -280,7 +286,7 @@ fn block_setup() -> (std::fs::File, Epoll, EventFd) {
             EpollEvent::new(EventSet::IN, 1),
         )
         .unwrap();
-    (disk, epoll, event)
+    (epoll, event)
 }
 
 fn block_work(disk: &std::fs::File, epoll: &Epoll, event: &EventFd) {
@@ -354,15 +360,7 @@ fn probe_fs_watch() {
 fn probe_net() {
     use crate::devices::virtio::net::backend::TUNSETOFFLOAD;
     let (ours, theirs) = std::os::unix::net::UnixDatagram::pair().unwrap();
-    let event = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let epoll = Epoll::new().unwrap();
-    epoll
-        .ctl(
-            ControlOperation::Add,
-            event.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, 0),
-        )
-        .unwrap();
+    let (epoll, event) = watched_eventfd();
     apply(ThreadKind::Net).unwrap();
     // A kick, a frame each way, the interest changed, the offloads set.
     event.write(1).unwrap();
