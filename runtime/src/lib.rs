@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod host_cgroup;
 pub mod kvm_stats;
 pub mod monitor;
+pub mod sandbox;
 pub mod share;
 pub mod state;
 pub mod terminal;

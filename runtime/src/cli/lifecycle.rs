@@ -10,7 +10,8 @@ use crate::deadlines;
 use crate::hooks::{self, HookPoint};
 use crate::host_cgroup::{self, HostCgroup, Layout, Limits};
 use crate::monitor::{self, MonitorArgs, Report};
-use crate::state::{self, Container, HostProcess, Record, StateError, Status};
+use crate::sandbox::{self, control, Role, SandboxError};
+use crate::state::{self, Container, HostProcess, Record, StateError, StateRoot, Status};
 
 use super::{block_on, hand_over, CliError, CliResult, Context};
 
@@ -98,7 +99,37 @@ fn new_record(id: &str, bundle: &Bundle) -> CliResult<Record> {
         cgroup: None,
         exit_status: None,
         hooks: bundle.hooks(),
+        sandbox: None,
+        vm: None,
     })
+}
+
+/// Which VM the container goes to: `record` names its sandbox, or the
+/// size of the VM it owns. A member's sandbox must run under this root,
+/// with room for it.
+fn place(root: &StateRoot, record: &mut Record, bundle: &Bundle) -> CliResult<u32> {
+    match sandbox::classify(&bundle.spec, &record.id, root)? {
+        Role::Member(owner) => {
+            let owner_record = sandbox::joinable(root, &owner, &record.id)?;
+            if let Some(size) = owner_record.vm {
+                sandbox::size::check_member(&bundle.spec, &size).map_err(|problem| {
+                    SandboxError::TooBig {
+                        id: record.id.clone(),
+                        sandbox: owner.clone(),
+                        problem,
+                    }
+                })?;
+            }
+            record.sandbox = Some(owner);
+            // Only the member's monitor is on this host.
+            Ok(sandbox::size::guest_memory_mib(&bundle.spec))
+        }
+        role => {
+            let size = sandbox::size::for_owner(&bundle.spec, role == Role::Sandbox)?;
+            record.vm = Some(size);
+            Ok(size.memory_mib)
+        }
+    }
 }
 
 /// The creating part of `create` and `run`, with the id claimed; on error
@@ -111,6 +142,7 @@ fn create_claimed(
     foreground_terminal: bool,
 ) -> CliResult<std::process::Child> {
     let mut record = new_record(&args.id, bundle)?;
+    let guest_memory_mib = place(&context.root()?, &mut record, bundle)?;
     container.save(&record)?;
     let terminal = bundle
         .spec
@@ -128,7 +160,7 @@ fn create_claimed(
             "cannot allocate tty if runc will detach without setting console socket",
         ));
     }
-    let limits = Limits::for_vm(&bundle.spec, monitor::guest_memory_mib(&bundle.spec));
+    let limits = Limits::for_vm(&bundle.spec, guest_memory_mib);
     let cgroup = make_cgroup(context, &args.id, bundle, &limits)?;
     record.cgroup = Some(cgroup.clone());
     container.save(&record)?;
@@ -216,9 +248,13 @@ fn create_container(
     match result {
         Ok(child) => Ok((child, container)),
         Err(e) => {
-            // The monitor undid the VM when it failed or was aborted.
-            if let Some(cgroup) = container.load().ok().and_then(|r| r.cgroup) {
-                let _ = cgroup.remove();
+            // The monitor undid the VM, or its part in the sandbox's, when
+            // it failed or was aborted; a monitor that was killed could not.
+            if let Ok(record) = container.load() {
+                let _ = leave_sandbox(&container, &record);
+                if let Some(cgroup) = record.cgroup {
+                    let _ = cgroup.remove();
+                }
             }
             let _ = container.remove();
             Err(e)
@@ -257,7 +293,7 @@ fn start_locked(container: &Container) -> CliResult {
         hooks.as_ref(),
         &record.oci_state(),
     )?;
-    let socket = container.vsock_socket();
+    let socket = container.home(&record).vsock_socket();
     let id = container.id().to_owned();
     block_on(deadlines::within("start", deadlines::START, async {
         let agent = AgentClient::connect(&socket).await?;
@@ -358,7 +394,7 @@ pub fn kill(context: &Context, args: KillArgs) -> CliResult<u8> {
     ) {
         return Err(CliError::new("container not running"));
     }
-    let socket = container.vsock_socket();
+    let socket = container.home(&record).vsock_socket();
     let id = args.id.clone();
     let sent = block_on(deadlines::within("kill", deadlines::KILL, async {
         let agent = AgentClient::connect(&socket).await?;
@@ -485,6 +521,9 @@ fn delete_stopped(context: &Context, id: &str) -> CliResult {
 /// holds nothing the host needs back), removes its directory and runs the
 /// poststop hooks.
 fn remove(context: &Context, container: Container, record: &Record) -> CliResult {
+    if let Err(e) = leave_sandbox(&container, record) {
+        context.logger.warn(&e.message);
+    }
     let processes: Vec<HostProcess> = record
         .monitor
         .iter()
@@ -529,6 +568,20 @@ fn remove(context: &Context, container: Container, record: &Record) -> CliResult
     if let Err(e) = hooks::run(HookPoint::Poststop, record.hooks.as_ref(), &hook_state) {
         context.logger.warn(&e.to_string());
     }
+    Ok(())
+}
+
+/// A member leaves its sandbox's VM: deleted in the guest, its rootfs
+/// and volumes unbound. A sandbox that is gone has taken them along.
+fn leave_sandbox(container: &Container, record: &Record) -> CliResult {
+    if record.sandbox.is_none() {
+        return Ok(());
+    }
+    let home = container.home(record);
+    if !home.control_socket().exists() {
+        return Ok(());
+    }
+    block_on(control::remove(&home, container.id()))??;
     Ok(())
 }
 
