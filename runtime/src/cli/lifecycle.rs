@@ -10,8 +10,8 @@ use crate::deadlines;
 use crate::hooks::{self, HookPoint};
 use crate::host_cgroup::{self, HostCgroup, Layout, Limits};
 use crate::monitor::{self, MonitorArgs, Report};
-use crate::sandbox::{self, control, Role, SandboxError};
-use crate::state::{self, Container, HostProcess, Record, StateError, StateRoot, Status};
+use crate::sandbox;
+use crate::state::{self, Container, HostProcess, Record, StateError, Status};
 
 use super::{block_on, hand_over, CliError, CliResult, Context};
 
@@ -104,34 +104,6 @@ fn new_record(id: &str, bundle: &Bundle) -> CliResult<Record> {
     })
 }
 
-/// Which VM the container goes to: `record` names its sandbox, or the
-/// size of the VM it owns. A member's sandbox must run under this root,
-/// with room for it.
-fn place(root: &StateRoot, record: &mut Record, bundle: &Bundle) -> CliResult<u32> {
-    match sandbox::classify(&bundle.spec, &record.id, root)? {
-        Role::Member(owner) => {
-            let owner_record = sandbox::joinable(root, &owner, &record.id)?;
-            if let Some(size) = owner_record.vm {
-                sandbox::size::check_member(&bundle.spec, &size).map_err(|problem| {
-                    SandboxError::TooBig {
-                        id: record.id.clone(),
-                        sandbox: owner.clone(),
-                        problem,
-                    }
-                })?;
-            }
-            record.sandbox = Some(owner);
-            // Only the member's monitor is on this host.
-            Ok(sandbox::size::guest_memory_mib(&bundle.spec))
-        }
-        role => {
-            let size = sandbox::size::for_owner(&bundle.spec, role == Role::Sandbox)?;
-            record.vm = Some(size);
-            Ok(size.memory_mib)
-        }
-    }
-}
-
 /// The creating part of `create` and `run`, with the id claimed; on error
 /// the caller removes what is left.
 fn create_claimed(
@@ -142,7 +114,7 @@ fn create_claimed(
     foreground_terminal: bool,
 ) -> CliResult<std::process::Child> {
     let mut record = new_record(&args.id, bundle)?;
-    let guest_memory_mib = place(&context.root()?, &mut record, bundle)?;
+    let guest_memory_mib = sandbox::place(&context.root()?, &mut record, &bundle.spec)?;
     container.save(&record)?;
     let terminal = bundle
         .spec
@@ -524,6 +496,7 @@ fn remove(context: &Context, container: Container, record: &Record) -> CliResult
     if let Err(e) = leave_sandbox(&container, record) {
         context.logger.warn(&e.message);
     }
+    stop_members(context, record);
     let processes: Vec<HostProcess> = record
         .monitor
         .iter()
@@ -571,18 +544,23 @@ fn remove(context: &Context, container: Container, record: &Record) -> CliResult
     Ok(())
 }
 
-/// A member leaves its sandbox's VM: deleted in the guest, its rootfs
-/// and volumes unbound. A sandbox that is gone has taken them along.
+/// A member leaves its sandbox's VM (see [`sandbox::leave`]).
 fn leave_sandbox(container: &Container, record: &Record) -> CliResult {
-    if record.sandbox.is_none() {
-        return Ok(());
-    }
     let home = container.home(record);
-    if !home.control_socket().exists() {
-        return Ok(());
-    }
-    block_on(control::remove(&home, container.id()))??;
+    block_on(sandbox::leave(&home, container.id(), record))??;
     Ok(())
+}
+
+/// A sandbox about to be killed stops its members first.
+fn stop_members(context: &Context, record: &Record) {
+    let stopped = context
+        .root()
+        .and_then(|root| block_on(sandbox::stop_members(&root, record)));
+    match stopped {
+        Ok(Err(e)) => context.logger.warn(&e.to_string()),
+        Err(e) => context.logger.warn(&e.message),
+        Ok(Ok(())) => {}
+    }
 }
 
 pub fn state(context: &Context, args: IdArgs) -> CliResult<u8> {

@@ -21,6 +21,8 @@ pub enum Request {
     Add { id: String },
     /// Delete member `id` in the guest and unbind what it had.
     Remove { id: String },
+    /// Refuse new members and stop the members (before the sandbox goes).
+    StopMembers,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,6 +34,7 @@ pub enum Response {
         rootfs: String,
     },
     Removed,
+    Stopped,
     Error {
         message: String,
     },
@@ -114,6 +117,14 @@ pub async fn add(
             problem: format!("unexpected answer {other:?}"),
         }),
     }
+}
+
+/// Has the sandbox stop its members, their monitors given a moment to
+/// report their status (before the sandbox itself is killed).
+pub async fn stop_members(home: &Home) -> Result<(), SandboxError> {
+    ask(home, &Request::StopMembers, crate::deadlines::KILL * 2)
+        .await
+        .map(|_| ())
 }
 
 /// Has the sandbox delete member `id` in the guest and unbind it.

@@ -54,6 +54,8 @@ pub mod size;
 
 use std::path::{Path, PathBuf};
 
+use oci_spec::runtime::Spec;
+
 pub use role::{classify, Role};
 pub use serve::Sandbox;
 pub use size::VmSize;
@@ -145,6 +147,68 @@ impl Home {
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("sandbox.sock")
     }
+}
+
+/// Decides which VM the container of `record` goes to: `record` names its
+/// sandbox, or gets the size of the VM it owns. A member's sandbox must run
+/// under `root`, with room for it. The guest memory the container's host
+/// cgroup is sized for.
+pub fn place(root: &StateRoot, record: &mut Record, spec: &Spec) -> Result<u32, SandboxError> {
+    match classify(spec, &record.id, root)? {
+        Role::Member(owner) => {
+            let owner_record = joinable(root, &owner, &record.id)?;
+            if let Some(vm) = owner_record.vm {
+                size::check_member(spec, &vm).map_err(|problem| SandboxError::TooBig {
+                    id: record.id.clone(),
+                    sandbox: owner.clone(),
+                    problem,
+                })?;
+            }
+            record.sandbox = Some(owner);
+            // Only the member's monitor is on this host.
+            Ok(size::guest_memory_mib(spec))
+        }
+        role => {
+            let vm = size::for_owner(spec, role == Role::Sandbox)?;
+            record.vm = Some(vm);
+            Ok(vm.memory_mib)
+        }
+    }
+}
+
+/// Member `id` (of `record`) leaves the VM of its sandbox at `home`:
+/// deleted in the guest, its rootfs and volumes unbound. A sandbox that is
+/// gone has taken them along.
+pub async fn leave(home: &Home, id: &str, record: &Record) -> Result<(), SandboxError> {
+    if record.sandbox.is_none() || !home.control_socket().exists() {
+        return Ok(());
+    }
+    control::remove(home, id).await
+}
+
+/// Before a running VM owner is killed: its members are stopped first, so
+/// that their monitors exit with the members' status rather than a lost
+/// VM's.
+pub async fn stop_members(root: &StateRoot, record: &Record) -> Result<(), SandboxError> {
+    if record.sandbox.is_some() || record.live_pid() == 0 {
+        return Ok(());
+    }
+    if live_members(root, &record.id).is_empty() {
+        return Ok(());
+    }
+    control::stop_members(&Home::of(root.dir(), record)).await
+}
+
+/// The members of `sandbox` under `root` whose monitor runs.
+pub fn live_members(root: &StateRoot, sandbox: &str) -> Vec<String> {
+    let ids = root.ids().unwrap_or_default();
+    ids.into_iter()
+        .filter(|id| {
+            state::peek(root, id).is_ok_and(|record| {
+                record.sandbox.as_deref() == Some(sandbox) && record.live_pid() != 0
+            })
+        })
+        .collect()
 }
 
 /// Checks that container `id` can join the VM of `sandbox` under `root`

@@ -21,6 +21,8 @@ use crate::vm::MicroVm;
 /// How long stopped members' monitors get to report their status before
 /// the VM goes.
 const MEMBER_EXIT_PATIENCE: Duration = Duration::from_secs(3);
+/// How long a control connection may take to say what it wants.
+const REQUEST_PATIENCE: Duration = Duration::from_secs(10);
 
 struct Inner {
     vm: Option<MicroVm>,
@@ -105,21 +107,8 @@ impl Sandbox {
     /// Refuses new members, kills the members in the guest and gives their
     /// monitors a moment to report, then stops the VM.
     pub async fn shut_down(mut self) {
-        let members = {
-            let mut inner = self.inner.lock().await;
-            inner.closing = true;
-            std::mem::take(&mut inner.members)
-        };
+        stop_members(&self.root, &self.agent, &self.inner).await;
         self.stop_serving();
-        let containers = ContainerClient::new(&self.agent);
-        for id in &members {
-            let killed = containers.signal(id, libc::SIGKILL, true);
-            let _ = deadlines::within("kill", deadlines::KILL, killed).await;
-        }
-        let deadline = Instant::now() + MEMBER_EXIT_PATIENCE;
-        while members.iter().any(|id| self.monitor_alive(id)) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         let vm = self.inner.lock().await.vm.take();
         if let Some(vm) = vm {
             // The guest holds nothing left to save (its root is read-only
@@ -129,13 +118,6 @@ impl Sandbox {
             // seconds after a SIGKILL.
             let _ = vm.stop().await;
         }
-    }
-
-    fn monitor_alive(&self, id: &str) -> bool {
-        state::peek(&self.root, id)
-            .ok()
-            .and_then(|record| record.monitor)
-            .is_some_and(|monitor| monitor.is_alive())
     }
 
     fn stop_serving(&mut self) {
@@ -150,6 +132,31 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         // The server holds the VM too: it must not outlive this value.
         self.stop_serving();
+    }
+}
+
+/// Refuses new members, SIGKILLs the members in the guest and waits a
+/// moment for their monitors to see them end and exit.
+async fn stop_members(root: &StateRoot, agent: &AgentClient, inner: &Mutex<Inner>) {
+    let members = {
+        let mut inner = inner.lock().await;
+        inner.closing = true;
+        inner.members.clone()
+    };
+    let containers = ContainerClient::new(agent);
+    for id in &members {
+        let killed = containers.signal(id, libc::SIGKILL, true);
+        let _ = deadlines::within("kill", deadlines::KILL, killed).await;
+    }
+    let monitor_alive = |id: &String| {
+        state::peek(root, id)
+            .ok()
+            .and_then(|record| record.monitor)
+            .is_some_and(|monitor| monitor.is_alive())
+    };
+    let deadline = Instant::now() + MEMBER_EXIT_PATIENCE;
+    while members.iter().any(monitor_alive) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -226,7 +233,13 @@ impl Server {
     }
 
     async fn answer(self: Arc<Self>, mut stream: UnixStream) {
-        let response = match control::read_message::<Request>(&mut stream).await {
+        let request = tokio::time::timeout(
+            REQUEST_PATIENCE,
+            control::read_message::<Request>(&mut stream),
+        )
+        .await
+        .unwrap_or_else(|_| Err("no request in time".to_owned()));
+        let response = match request {
             Ok(request) => match self.handle(request).await {
                 Ok(response) => response,
                 Err(e) => Response::Error {
@@ -242,6 +255,10 @@ impl Server {
         match request {
             Request::Add { id } => self.add(&id).await,
             Request::Remove { id } => self.remove(&id).await,
+            Request::StopMembers => {
+                stop_members(&self.root, &self.agent, &self.inner).await;
+                Ok(Response::Stopped)
+            }
         }
     }
 
