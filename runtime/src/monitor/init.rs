@@ -11,7 +11,7 @@ use std::path::Path;
 
 use super::handshake::{Report, Sync};
 use super::{
-    host_io, join_cgroup, supervise, MonitorArgs, MonitorError, DRAIN_PATIENCE,
+    host_io, join_cgroup, supervise, HostIo, MonitorArgs, MonitorError, DRAIN_PATIENCE,
     KILLED_DRAIN_PATIENCE, STATUS_LOST,
 };
 use crate::agent_client::AgentClient;
@@ -73,13 +73,20 @@ struct CreatedInit {
     _raw: Option<RawMode<'static>>,
 }
 
-fn wants_terminal(bundle: &Bundle) -> bool {
-    bundle
+/// What every init's monitor does first: joins the container's cgroup
+/// (so that a VMM and virtiofsd are born in it), reads the bundle and
+/// takes the stdio for the init.
+fn begin(args: &MonitorArgs, record: &Record) -> Result<(Bundle, HostIo), MonitorError> {
+    join_cgroup(record.cgroup.as_ref())?;
+    let bundle = Bundle::load(&record.bundle)?;
+    let terminal = bundle
         .spec
         .process()
         .as_ref()
         .and_then(|p| p.terminal())
-        .unwrap_or(false)
+        .unwrap_or(false);
+    let host = host_io(args, terminal)?;
+    Ok((bundle, host))
 }
 
 async fn create_owner(
@@ -87,10 +94,7 @@ async fn create_owner(
     args: &MonitorArgs,
     record: &Record,
 ) -> Result<CreatedInit, MonitorError> {
-    // First of all: the VMM and virtiofsd are born in the cgroup.
-    join_cgroup(record.cgroup.as_ref())?;
-    let bundle = Bundle::load(&record.bundle)?;
-    let mut host = host_io(args, wants_terminal(&bundle))?;
+    let (bundle, mut host) = begin(args, record)?;
     let assets = Assets::locate()?;
     let size = record.vm.unwrap_or(VmSize {
         memory_mib: sandbox::size::guest_memory_mib(&bundle.spec),
@@ -131,9 +135,7 @@ async fn create_member(
     args: &MonitorArgs,
     record: &Record,
 ) -> Result<CreatedInit, MonitorError> {
-    join_cgroup(record.cgroup.as_ref())?;
-    let bundle = Bundle::load(&record.bundle)?;
-    let mut host = host_io(args, wants_terminal(&bundle))?;
+    let (_, mut host) = begin(args, record)?;
     let io = host.io.take().ok_or(MonitorError::NotRunning)?;
     let home = Home::of(root.dir(), record);
     let (spec, rootfs) = control::add(&home, &args.id).await?;

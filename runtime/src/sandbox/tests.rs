@@ -207,60 +207,34 @@ fn guest_memory_follows_the_limit() {
     assert_eq!(size::guest_memory_mib(&limited(Some(-1))), 128);
 }
 
+fn vm(memory_mib: u32, vcpus: u8) -> Option<VmSize> {
+    Some(VmSize { memory_mib, vcpus })
+}
+
 #[test]
 fn sandbox_sizes() {
     let with = |pairs: serde_json::Value| spec(serde_json::json!({"annotations": pairs}));
     let plain = for_owner(&with(serde_json::json!({})), true).ok();
-    assert_eq!(
-        plain,
-        Some(VmSize {
-            memory_mib: 256,
-            vcpus: 1
-        })
-    );
+    assert_eq!(plain, vm(256, 1));
     let containerd = with(serde_json::json!({
         "io.kubernetes.cri.sandbox-memory": "268435456",
         "io.kubernetes.cri.sandbox-cpu-quota": "150000",
         "io.kubernetes.cri.sandbox-cpu-period": "100000",
     }));
-    assert_eq!(
-        for_owner(&containerd, true).ok(),
-        Some(VmSize {
-            memory_mib: 384,
-            vcpus: 2
-        })
-    );
+    assert_eq!(for_owner(&containerd, true).ok(), vm(384, 2));
     let crio = with(serde_json::json!({
         "io.kubernetes.cri-o.PodLinuxResources":
             "{\"cpu_period\":100000,\"cpu_quota\":300000,\"memory_limit_in_bytes\":134217728}",
     }));
-    assert_eq!(
-        for_owner(&crio, true).ok(),
-        Some(VmSize {
-            memory_mib: 256,
-            vcpus: 3
-        })
-    );
+    assert_eq!(for_owner(&crio, true).ok(), vm(256, 3));
     let own = with(serde_json::json!({
         "io.kubernetes.cri.sandbox-memory": "268435456",
         "io.runvm.vm.memory-mib": "512",
         "io.runvm.vm.vcpus": "4",
     }));
-    assert_eq!(
-        for_owner(&own, true).ok(),
-        Some(VmSize {
-            memory_mib: 512,
-            vcpus: 4
-        })
-    );
+    assert_eq!(for_owner(&own, true).ok(), vm(512, 4));
     // A standalone container ignores the pod's figures, not runvm's own.
-    assert_eq!(
-        for_owner(&containerd, false).ok(),
-        Some(VmSize {
-            memory_mib: 128,
-            vcpus: 1
-        })
-    );
+    assert_eq!(for_owner(&containerd, false).ok(), vm(128, 1));
     for bad in ["0", "-1", "lots", "99999999", "32"] {
         let spec = with(serde_json::json!({"io.runvm.vm.memory-mib": bad}));
         let error = for_owner(&spec, false).err().map(|e| e.to_string());
@@ -276,13 +250,7 @@ fn sandbox_sizes() {
         "io.kubernetes.cri.sandbox-memory": "x",
         "pod-linux-resources.crio.io": "{",
     }));
-    assert_eq!(
-        for_owner(&junk, true).ok(),
-        Some(VmSize {
-            memory_mib: 256,
-            vcpus: 1
-        })
-    );
+    assert_eq!(for_owner(&junk, true).ok(), vm(256, 1));
 }
 
 #[test]
