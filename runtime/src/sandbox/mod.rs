@@ -72,6 +72,8 @@ pub enum SandboxError {
     },
     #[error("sandbox {sandbox} of container {id} is stopped")]
     Stopped { sandbox: String, id: String },
+    #[error("sandbox {sandbox} of container {id} is still being created")]
+    Creating { sandbox: String, id: String },
     #[error("sandbox {sandbox} of container {id} is itself a member of sandbox {of}")]
     Nested {
         sandbox: String,
@@ -232,13 +234,17 @@ pub fn joinable(root: &StateRoot, sandbox: &str, id: &str) -> Result<Record, San
             of: of.clone(),
         });
     }
-    if matches!(record.status(), Status::Stopped | Status::Creating) {
-        return Err(SandboxError::Stopped {
+    match record.status() {
+        Status::Stopped => Err(SandboxError::Stopped {
             sandbox: sandbox.to_owned(),
             id: id.to_owned(),
-        });
+        }),
+        Status::Creating => Err(SandboxError::Creating {
+            sandbox: sandbox.to_owned(),
+            id: id.to_owned(),
+        }),
+        Status::Created | Status::Running | Status::Paused => Ok(record),
     }
-    Ok(record)
 }
 
 #[cfg(test)]

@@ -178,3 +178,27 @@ fn runvm_kill_9_of_the_sandbox_monitor_stops_its_members() {
     cli.run(&["delete", pod]).ok();
     cli.assert_gone(pod);
 }
+
+/// `delete --force` of a running sandbox stops its members first: their
+/// pid-file processes end with the members' status (SIGKILL), and the
+/// members' own deletes leave nothing.
+#[test]
+fn delete_force_of_the_sandbox_stops_its_members() {
+    let _one = one_at_a_time();
+    let cli = Cli::new("cli", "podrm");
+    if !cli.runtime.is_runvm {
+        return;
+    }
+    let pod: &str = &unique("podrm");
+    let app: &str = &unique("apprm");
+    let sandbox = cli.pod_bundle("pod", &["sh", "-c", SLEEPER], "sandbox", pod);
+    let (pod_pid, _) = cli.start_printing(&sandbox, pod, "up");
+    let member = cli.pod_bundle("app", &["sh", "-c", SLEEPER], "container", pod);
+    let (app_pid, _) = cli.start_printing(&member, app, "up");
+    cli.run(&["delete", "--force", pod]).ok();
+    assert_eq!(reap(app_pid), Ended::Code(128 + libc::SIGKILL));
+    reap(pod_pid);
+    assert_eq!(cli.status(app), "stopped");
+    cli.run(&["delete", app]).ok();
+    cli.assert_gone(app);
+}
