@@ -223,7 +223,7 @@ fn create_container(
             // The monitor undid the VM, or its part in the sandbox's, when
             // it failed or was aborted; a monitor that was killed could not.
             if let Ok(record) = container.load() {
-                let _ = leave_sandbox(&container, &record);
+                let _ = leave_sandbox(context, &record);
                 if let Some(cgroup) = record.cgroup {
                     let _ = cgroup.remove();
                 }
@@ -493,7 +493,7 @@ fn delete_stopped(context: &Context, id: &str) -> CliResult {
 /// holds nothing the host needs back), removes its directory and runs the
 /// poststop hooks.
 fn remove(context: &Context, container: Container, record: &Record) -> CliResult {
-    if let Err(e) = leave_sandbox(&container, record) {
+    if let Err(e) = leave_sandbox(context, record) {
         context.logger.warn(&e.message);
     }
     stop_members(context, record);
@@ -545,9 +545,8 @@ fn remove(context: &Context, container: Container, record: &Record) -> CliResult
 }
 
 /// A member leaves its sandbox's VM (see [`sandbox::leave`]).
-fn leave_sandbox(container: &Container, record: &Record) -> CliResult {
-    let home = container.home(record);
-    block_on(sandbox::leave(&home, container.id(), record))??;
+fn leave_sandbox(context: &Context, record: &Record) -> CliResult {
+    block_on(sandbox::leave(&context.root()?, record))??;
     Ok(())
 }
 

@@ -178,14 +178,18 @@ pub fn place(root: &StateRoot, record: &mut Record, spec: &Spec) -> Result<u32, 
     }
 }
 
-/// Member `id` (of `record`) leaves the VM of its sandbox at `home`:
-/// deleted in the guest, its rootfs and volumes unbound. A sandbox that is
-/// gone has taken them along.
-pub async fn leave(home: &Home, id: &str, record: &Record) -> Result<(), SandboxError> {
-    if record.sandbox.is_none() || !home.control_socket().exists() {
+/// The member of `record` leaves the VM of its sandbox: deleted in the
+/// guest, its rootfs and volumes unbound. A sandbox that has stopped has
+/// taken them along.
+pub async fn leave(root: &StateRoot, record: &Record) -> Result<(), SandboxError> {
+    let Some(sandbox) = &record.sandbox else {
         return Ok(());
+    };
+    match state::peek(root, sandbox) {
+        Ok(owner) if owner.status() != Status::Stopped => {}
+        _ => return Ok(()),
     }
-    control::remove(home, id).await
+    control::remove(&Home::of(root.dir(), record), &record.id).await
 }
 
 /// Before a running VM owner is killed: its members are stopped first, so
