@@ -228,6 +228,8 @@ impl Server {
         let server = Arc::new(self);
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors, say: not a reason to spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
             tokio::spawn(server.clone().answer(stream));
