@@ -116,12 +116,7 @@ fn create_claimed(
     let mut record = new_record(&args.id, bundle)?;
     let guest_memory_mib = sandbox::place(&context.root()?, &mut record, &bundle.spec)?;
     container.save(&record)?;
-    let terminal = bundle
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
+    let terminal = bundle.terminal();
     if !terminal && args.console_socket.is_some() {
         return Err(CliError::new(
             "cannot use console socket if runc will not allocate tty",

@@ -79,12 +79,7 @@ struct CreatedInit {
 fn begin(args: &MonitorArgs, record: &Record) -> Result<(Bundle, HostIo), MonitorError> {
     join_cgroup(record.cgroup.as_ref())?;
     let bundle = Bundle::load(&record.bundle)?;
-    let terminal = bundle
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
+    let terminal = bundle.terminal();
     let host = host_io(args, terminal)?;
     Ok((bundle, host))
 }
