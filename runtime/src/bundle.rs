@@ -86,6 +86,15 @@ impl Bundle {
         Ok(rootfs)
     }
 
+    /// The process wants a terminal (`process.terminal`).
+    pub fn terminal(&self) -> bool {
+        self.spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false)
+    }
+
     pub fn readonly_rootfs(&self) -> bool {
         self.spec
             .root()

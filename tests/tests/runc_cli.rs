@@ -23,6 +23,8 @@ mod common;
 mod harness;
 #[path = "common/jail_view.rs"]
 mod jail_view;
+#[path = "runc_cli/pods.rs"]
+mod pods;
 #[path = "common/runtime_cli.rs"]
 mod runtime_cli;
 

@@ -10,6 +10,7 @@ use crate::deadlines;
 use crate::hooks::{self, HookPoint};
 use crate::host_cgroup::{self, HostCgroup, Layout, Limits};
 use crate::monitor::{self, MonitorArgs, Report};
+use crate::sandbox;
 use crate::state::{self, Container, HostProcess, Record, StateError, Status};
 
 use super::{block_on, hand_over, CliError, CliResult, Context};
@@ -98,6 +99,8 @@ fn new_record(id: &str, bundle: &Bundle) -> CliResult<Record> {
         cgroup: None,
         exit_status: None,
         hooks: bundle.hooks(),
+        sandbox: None,
+        vm: None,
     })
 }
 
@@ -111,13 +114,9 @@ fn create_claimed(
     foreground_terminal: bool,
 ) -> CliResult<std::process::Child> {
     let mut record = new_record(&args.id, bundle)?;
+    let guest_memory_mib = sandbox::place(&context.root()?, &mut record, &bundle.spec)?;
     container.save(&record)?;
-    let terminal = bundle
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
+    let terminal = bundle.terminal();
     if !terminal && args.console_socket.is_some() {
         return Err(CliError::new(
             "cannot use console socket if runc will not allocate tty",
@@ -128,7 +127,7 @@ fn create_claimed(
             "cannot allocate tty if runc will detach without setting console socket",
         ));
     }
-    let limits = Limits::for_vm(&bundle.spec, monitor::guest_memory_mib(&bundle.spec));
+    let limits = Limits::for_vm(&bundle.spec, guest_memory_mib);
     let cgroup = make_cgroup(context, &args.id, bundle, &limits)?;
     record.cgroup = Some(cgroup.clone());
     container.save(&record)?;
@@ -216,9 +215,13 @@ fn create_container(
     match result {
         Ok(child) => Ok((child, container)),
         Err(e) => {
-            // The monitor undid the VM when it failed or was aborted.
-            if let Some(cgroup) = container.load().ok().and_then(|r| r.cgroup) {
-                let _ = cgroup.remove();
+            // The monitor undid the VM, or its part in the sandbox's, when
+            // it failed or was aborted; a monitor that was killed could not.
+            if let Ok(record) = container.load() {
+                let _ = leave_sandbox(context, &record);
+                if let Some(cgroup) = record.cgroup {
+                    let _ = cgroup.remove();
+                }
             }
             let _ = container.remove();
             Err(e)
@@ -257,7 +260,7 @@ fn start_locked(container: &Container) -> CliResult {
         hooks.as_ref(),
         &record.oci_state(),
     )?;
-    let socket = container.vsock_socket();
+    let socket = container.home(&record).vsock_socket();
     let id = container.id().to_owned();
     block_on(deadlines::within("start", deadlines::START, async {
         let agent = AgentClient::connect(&socket).await?;
@@ -358,7 +361,7 @@ pub fn kill(context: &Context, args: KillArgs) -> CliResult<u8> {
     ) {
         return Err(CliError::new("container not running"));
     }
-    let socket = container.vsock_socket();
+    let socket = container.home(&record).vsock_socket();
     let id = args.id.clone();
     let sent = block_on(deadlines::within("kill", deadlines::KILL, async {
         let agent = AgentClient::connect(&socket).await?;
@@ -485,6 +488,10 @@ fn delete_stopped(context: &Context, id: &str) -> CliResult {
 /// holds nothing the host needs back), removes its directory and runs the
 /// poststop hooks.
 fn remove(context: &Context, container: Container, record: &Record) -> CliResult {
+    if let Err(e) = leave_sandbox(context, record) {
+        context.logger.warn(&e.message);
+    }
+    stop_members(context, record);
     let processes: Vec<HostProcess> = record
         .monitor
         .iter()
@@ -530,6 +537,24 @@ fn remove(context: &Context, container: Container, record: &Record) -> CliResult
         context.logger.warn(&e.to_string());
     }
     Ok(())
+}
+
+/// A member leaves its sandbox's VM (see [`sandbox::leave`]).
+fn leave_sandbox(context: &Context, record: &Record) -> CliResult {
+    block_on(sandbox::leave(&context.root()?, record))??;
+    Ok(())
+}
+
+/// A sandbox about to be killed stops its members first.
+fn stop_members(context: &Context, record: &Record) {
+    let stopped = context
+        .root()
+        .and_then(|root| block_on(sandbox::stop_members(&root, record)));
+    match stopped {
+        Ok(Err(e)) => context.logger.warn(&e.to_string()),
+        Err(e) => context.logger.warn(&e.message),
+        Ok(Ok(())) => {}
+    }
 }
 
 pub fn state(context: &Context, args: IdArgs) -> CliResult<u8> {

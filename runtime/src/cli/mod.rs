@@ -138,7 +138,8 @@ cli_error_from!(
     std::io::Error,
     crate::vm::VmError,
     crate::monitor::MonitorError,
-    crate::host_cgroup::CgroupError
+    crate::host_cgroup::CgroupError,
+    crate::sandbox::SandboxError
 );
 
 pub type CliResult<T = ()> = Result<T, CliError>;

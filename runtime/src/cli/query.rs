@@ -149,7 +149,7 @@ fn running_agent_socket(context: &Context, id: &str) -> CliResult<std::path::Pat
     if record.status() == Status::Stopped {
         return Err(CliError::new("container not running"));
     }
-    Ok(root.dir().join(id).join("vm").join("vsock.sock"))
+    Ok(crate::sandbox::Home::of(root.dir(), &record).vsock_socket())
 }
 
 /// The container's processes as guest pids (the agent's view: its init

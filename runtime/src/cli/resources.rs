@@ -126,11 +126,12 @@ fn agent_socket(
     refusal: &str,
 ) -> CliResult<(crate::state::Container, PathBuf)> {
     let container = context.root()?.open_container(id)?;
-    let status = container.load()?.status();
+    let record = container.load()?;
+    let status = record.status();
     if !allowed.contains(&status) {
         return Err(CliError::new(refusal.replace("{status}", status.as_str())));
     }
-    let socket = container.vsock_socket();
+    let socket = container.home(&record).vsock_socket();
     Ok((container, socket))
 }
 

@@ -2,7 +2,7 @@
 //! while the guest enforces the container's own limits inside.
 //!
 //! - memory: only when the container has a limit, the guest's RAM (the
-//!   limit plus the guest's own overhead, see `monitor::guest_memory_mib`)
+//!   limit plus the guest's own overhead, see `sandbox::size`)
 //!   plus what the host processes around it need ([`HOST_OVERHEAD_MIB`]);
 //! - CPU: `linux.resources.cpu` quota, period and shares as they are (on
 //!   cgroup2: `cpu.max`, and `cpu.weight` converted from the shares);

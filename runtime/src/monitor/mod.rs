@@ -3,8 +3,10 @@
 //! shim wait on the pid in `--pid-file` and expect it to be their
 //! descendant, to take their signals and to end with the process's status;
 //! the process itself is in a guest, so runvm leaves this process behind:
-//! - for the init it owns the microVM (VMM and virtiofsd die with it:
-//!   PR_SET_PDEATHSIG) and creates the container in it;
+//! - for the init of a container that owns a VM it owns the microVM (VMM
+//!   and virtiofsd die with it: PR_SET_PDEATHSIG) and serves the sandbox's
+//!   control socket; a member's monitor owns no VM (see [`init`] and
+//!   [`crate::sandbox`]);
 //! - it relays the stdio it inherited (or a pty it sent over
 //!   `--console-socket`) to the guest's streams;
 //! - it forwards the signals it receives to the guest process;
@@ -24,34 +26,29 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::Process;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 mod handshake;
+mod init;
 
 use handshake::Sync;
 pub use handshake::{spawn, Launched, Report};
 
 use crate::agent_client::{AgentClient, ClientError};
-use crate::assets::{AssetError, Assets};
-use crate::bundle::{self, Bundle, BundleError};
+use crate::assets::AssetError;
+use crate::bundle::{self, BundleError};
 use crate::console::{self, Pty};
-use crate::container_client::{ContainerClient, ContainerIo, ContainerProcess};
+use crate::container_client::{ContainerClient, ContainerIo};
 use crate::deadlines;
 use crate::guest_process::{self, HostStdio};
 use crate::host_cgroup::{CgroupError, HostCgroup};
-use crate::state::{HostProcess, StateError, StateRoot, Status};
+use crate::sandbox::{Home, SandboxError};
+use crate::state::{StateError, StateRoot, Status};
 use crate::terminal::{self, RawMode};
-use crate::vm::{MicroVm, VmError, VmSpec};
+use crate::vm::VmError;
 
-/// Guest memory beyond the container's own limit: the guest kernel, the
-/// agent and the page cache.
-const GUEST_OVERHEAD_MIB: u64 = 128;
-/// A container without a memory limit gets a VM of this size (as
-/// Firecracker's default): the guest kernel initialises every page of its
-/// memory at boot, and on an emulating host each 128 MiB cost ~0.85 s.
-const DEFAULT_GUEST_MIB: u64 = 128;
 /// How long output may keep flowing after the process ended.
 const DRAIN_PATIENCE: Duration = Duration::from_secs(10);
 /// How long output may keep flowing after a SIGKILL ended the init.
@@ -111,6 +108,8 @@ pub enum MonitorError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Agent(#[from] ClientError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error("{0}")]
     Terminal(String),
     #[error("cannot read the process file {}: {reason}", path.display())]
@@ -143,7 +142,7 @@ pub fn run(root: &Path, args: MonitorArgs) -> i32 {
     };
     let code = runtime.block_on(async {
         match &args.exec_process {
-            None => run_init(root, &args).await,
+            None => init::run_init(root, &args).await,
             Some(file) => run_exec(root, &args, file).await,
         }
     });
@@ -227,182 +226,12 @@ fn host_io(args: &MonitorArgs, terminal: bool) -> Result<HostIo, MonitorError> {
     ))
 }
 
-/// The guest's RAM for a container of `spec`.
-pub fn guest_memory_mib(spec: &Spec) -> u32 {
-    let limit = bundle::memory_limit(spec)
-        .and_then(|bytes| u64::try_from(bytes).ok())
-        .map(|bytes| bytes.div_ceil(1 << 20));
-    let mib = match limit {
-        Some(limit) => limit + GUEST_OVERHEAD_MIB,
-        None => DEFAULT_GUEST_MIB,
-    };
-    u32::try_from(mib).unwrap_or(u32::MAX)
-}
-
 /// Moves this process into the container's host cgroup (`create` made it).
 fn join_cgroup(cgroup: Option<&HostCgroup>) -> Result<(), MonitorError> {
     if let Some(cgroup) = cgroup {
         cgroup.join(std::process::id())?;
     }
     Ok(())
-}
-
-/// A container created in a fresh VM, its init held.
-struct CreatedInit {
-    vm: MicroVm,
-    agent: AgentClient,
-    init: ContainerProcess,
-    size_from: Option<OwnedFd>,
-    _raw: Option<RawMode<'static>>,
-}
-
-async fn create_init(root: &StateRoot, args: &MonitorArgs) -> Result<CreatedInit, MonitorError> {
-    let container_dir = root.dir().join(&args.id);
-    let record = crate::state::peek(root, &args.id)?;
-    // First of all: the VMM and virtiofsd are born in the cgroup.
-    join_cgroup(record.cgroup.as_ref())?;
-    let bundle = Bundle::load(&record.bundle)?;
-    let rootfs = bundle.rootfs()?;
-    let binds = bundle::host_binds(&bundle.spec, &bundle.dir)?;
-    if bundle.readonly_rootfs() {
-        bundle::make_mount_points(&rootfs, &bundle.spec, &binds).map_err(|e| {
-            MonitorError::Terminal(format!(
-                "cannot make mount points in {}: {e}",
-                rootfs.display()
-            ))
-        })?;
-    }
-    let terminal = bundle
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
-    let mut host = host_io(args, terminal)?;
-    let assets = Assets::locate()?;
-    let vm_spec = VmSpec {
-        vmm: assets.vmm,
-        kernel: assets.kernel,
-        image: assets.image,
-        memory_mib: guest_memory_mib(&bundle.spec),
-        vcpus: 1,
-        virtiofsd: Some(assets.virtiofsd),
-    };
-    let mut vm = MicroVm::boot_logged(
-        &vm_spec,
-        &container_dir.join("vm"),
-        Some(&container_dir.join("vmm.log")),
-    )?;
-    let agent = vm.connect_agent(deadlines::BOOT).await?;
-    let io = host.io.take().ok_or(MonitorError::NotRunning)?;
-    let init = deadlines::within("create", deadlines::CREATE, async {
-        let guest_rootfs = vm
-            .share_rootfs(&agent, &args.id, &rootfs, bundle.readonly_rootfs())
-            .await?;
-        let mut guest_sources = Vec::with_capacity(binds.len());
-        for bind in &binds {
-            guest_sources.push(vm.share_bind(&args.id, &bind.source, bind.flags)?);
-        }
-        let spec = bundle::guest_spec(&bundle.spec, &binds, &guest_sources);
-        let init = ContainerClient::new(&agent)
-            .create_with(&args.id, bundle::to_wire(&spec)?, &guest_rootfs, io)
-            .await?;
-        Ok::<_, MonitorError>(init)
-    })
-    .await?;
-    Ok(CreatedInit {
-        vm,
-        agent,
-        init,
-        size_from: host.size_from,
-        _raw: host._raw,
-    })
-}
-
-async fn run_init(root: &Path, args: &MonitorArgs) -> i32 {
-    let mut sync = Sync::from_fd(args.sync_fd);
-    let root = match StateRoot::open(root) {
-        Ok(root) => root,
-        Err(e) => {
-            sync.report(&Report::Error(e.to_string()));
-            return STATUS_LOST;
-        }
-    };
-    let created = match create_init(&root, args).await {
-        Ok(created) => created,
-        Err(e) => {
-            // Dropping what was made (the VM above) has undone it.
-            sync.report(&Report::Error(e.to_string()));
-            return STATUS_LOST;
-        }
-    };
-    let CreatedInit {
-        vm,
-        agent,
-        init,
-        size_from,
-        _raw,
-    } = created;
-    let mut helpers: Vec<HostProcess> = vm
-        .pid()
-        .into_iter()
-        .chain(vm.virtiofsd_pids())
-        .filter_map(|pid| HostProcess::of(pid as i32))
-        .collect();
-    helpers.dedup();
-    sync.report(&Report::Ready { helpers });
-    if sync.wait_go().await.is_err() {
-        let _ = vm.stop().await;
-        return STATUS_LOST;
-    }
-    let containers = ContainerClient::new(&agent);
-    let process = init.started.process;
-    let status = supervise(
-        &agent,
-        containers.wait(&args.id),
-        |signal| {
-            let containers = &containers;
-            let id = &args.id;
-            async move {
-                let signalled = containers.signal(id, signal, false);
-                let _ = deadlines::within("kill", deadlines::KILL, signalled).await;
-            }
-        },
-        process,
-        size_from.as_ref(),
-    )
-    .await;
-    // A SIGKILL'd init is reported at once, while the guest still tears
-    // its processes down (and they still hold its output open): what they
-    // wrote has had its chance to arrive after a short wait.
-    let patience = match status {
-        Ok(runvm_agent_api::ExitStatus::Signal(libc::SIGKILL)) => KILLED_DRAIN_PATIENCE,
-        _ => DRAIN_PATIENCE,
-    };
-    let _ = tokio::time::timeout(patience, init.drain()).await;
-    let code = status.map_or(STATUS_LOST, |status| status.shell_code());
-    record_stopped(&root, &args.id, code);
-    // The guest holds nothing left to save (its root is read-only and
-    // virtio-fs writes through to virtiofsd, FUSE flushing mapped pages
-    // when they are unmapped), so the VM is stopped from the host at once
-    // rather than powered off by the guest: callers such as podman give
-    // this process only a few seconds after a SIGKILL, and a guest
-    // poweroff is emulated kernel work.
-    drop(agent);
-    let _ = vm.stop().await;
-    code
-}
-
-/// Writes that the container stopped with `code`.
-fn record_stopped(root: &StateRoot, id: &str, code: i32) {
-    let Ok(container) = root.open_container(id) else {
-        return;
-    };
-    if let Ok(mut record) = container.load() {
-        record.status = Status::Stopped;
-        record.exit_status = Some(code);
-        let _ = container.save(&record);
-    }
 }
 
 /// Waits for `wait` while forwarding this process's signals with
@@ -475,7 +304,7 @@ async fn run_exec(root: &Path, args: &MonitorArgs, file: &Path) -> i32 {
         }
         // runc puts exec'd processes in the container's cgroup.
         join_cgroup(record.cgroup.as_ref())?;
-        let socket = root.dir().join(&args.id).join("vm").join("vsock.sock");
+        let socket = Home::of(root.dir(), &record).vsock_socket();
         let terminal = process.terminal().unwrap_or(false);
         let mut host = host_io(args, terminal)?;
         let io = host.io.take().ok_or(MonitorError::NotRunning)?;
@@ -526,24 +355,4 @@ async fn run_exec(root: &Path, args: &MonitorArgs, file: &Path) -> i32 {
     .await;
     let _ = tokio::time::timeout(DRAIN_PATIENCE, exec.drain()).await;
     status.map_or(STATUS_LOST, |status| status.shell_code())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guest_memory_follows_the_limit() {
-        let spec = |limit: Option<i64>| -> Spec {
-            let mut value = serde_json::json!({"ociVersion": "1.0.2"});
-            if let Some(limit) = limit {
-                value["linux"] = serde_json::json!({"resources": {"memory": {"limit": limit}}});
-            }
-            serde_json::from_value(value).expect("spec")
-        };
-        assert_eq!(guest_memory_mib(&spec(None)), 128);
-        assert_eq!(guest_memory_mib(&spec(Some(16 << 20))), 144);
-        assert_eq!(guest_memory_mib(&spec(Some(512 << 20))), 640);
-        assert_eq!(guest_memory_mib(&spec(Some(-1))), 128);
-    }
 }

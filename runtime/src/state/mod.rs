@@ -1,5 +1,7 @@
 //! Containers' state under `--root`: one directory per container holding
-//! `state.json` (what runvm knows of it) and the VM's directory (`vm/`).
+//! `state.json` (what runvm knows of it) and, for a container that owns a
+//! VM, the VM's state (see [`crate::sandbox::Home`]); a container in a
+//! sandbox's VM names the sandbox in its record.
 //! Calls on one id are serialised by an exclusive flock on the
 //! container's directory; `create` claims an id by making the directory,
 //! which only one caller can do.
@@ -158,6 +160,13 @@ pub struct Record {
     pub exit_status: Option<i32>,
     #[serde(default)]
     pub hooks: Option<Hooks>,
+    /// The sandbox whose VM this container runs in (see
+    /// [`crate::sandbox`]); none: it owns its VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    /// The size of the VM it owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<crate::sandbox::VmSize>,
 }
 
 impl Record {
@@ -366,14 +375,9 @@ impl Container {
         &self.dir
     }
 
-    /// The VM's directory (made by the VM when it boots).
-    pub fn vm_dir(&self) -> PathBuf {
-        self.dir.join("vm")
-    }
-
-    /// The agent's channel: the VMM's hybrid-vsock socket.
-    pub fn vsock_socket(&self) -> PathBuf {
-        self.vm_dir().join("vsock.sock")
+    /// Where the VM that `record`'s container runs in keeps its state.
+    pub fn home(&self, record: &Record) -> crate::sandbox::Home {
+        crate::sandbox::Home::of(self.dir.parent().unwrap_or(&self.dir), record)
     }
 
     fn state_file(&self) -> PathBuf {

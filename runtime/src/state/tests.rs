@@ -97,9 +97,15 @@ fn ids_are_claimed_once_and_locked() {
         cgroup: None,
         exit_status: None,
         hooks: None,
+        sandbox: None,
+        vm: None,
     };
     container.save(&record).expect("save");
     assert_eq!(root.ids().expect("ids"), ["a"]);
+    // Records of before sandboxes read as owning their VM.
+    let loaded = container.load().expect("load");
+    assert!(loaded.sandbox.is_none() && loaded.vm.is_none());
+    assert_eq!(container.home(&loaded).dir(), base.join("a"));
     // Held: another call gives up after its patience, naming the id.
     let busy = Container::lock_within("a", base.join("a"), Duration::from_millis(100));
     let Err(StateError::Busy { id, waited }) = busy else {
