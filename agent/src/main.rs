@@ -1,10 +1,15 @@
 //! runvm-agent: PID 1 inside a runvm guest.
 //!
 //! It moves its root off the initramfs (so containers can pivot_root, see
-//! `switch_root`), mounts the kernel filesystems, then either serves the host's API over
-//! vsock (the default: see `server`), printing one ready line on the console
-//! once the API is available, or prints that line and powers off or reboots
+//! `switch_root`), then either serves the host's API over vsock (the
+//! default: see `server`), printing one ready line on the console once the
+//! API is available, or prints that line and powers off or reboots
 //! (`--poweroff`, `--reboot`).
+//!
+//! The kernel filesystems (`mounts`) are only for containers and the API's
+//! requests, so they are mounted after the ready line, before the first
+//! request is read: the host's connection waits in the kernel's queue
+//! meanwhile. A guest that only powers off or reboots mounts nothing.
 //!
 //! The guest kernel may be emulated instruction by instruction, so every
 //! syscall is expensive: the boot path makes as few as it can and writes each
@@ -89,8 +94,7 @@ fn boot(config: &args::Config) -> ! {
     }
 
     // Before anything is mounted on the initramfs.
-    switch_root::leave_initramfs();
-    mounts::mount_all();
+    let root = switch_root::leave_initramfs();
 
     match config.action {
         Action::PowerOff => {
@@ -101,7 +105,7 @@ fn boot(config: &args::Config) -> ! {
             announce_ready();
             power::reboot()
         }
-        Action::Serve => serve(),
+        Action::Serve => serve(root),
     }
 }
 
@@ -109,7 +113,7 @@ fn boot(config: &args::Config) -> ! {
 /// the server cannot start (no vsock device, say), say why and stay up as a
 /// plain reaping init, without the ready line: the guest is of no use to a
 /// host that waits for the API.
-fn serve() -> ! {
+fn serve(root: switch_root::Root) -> ! {
     // Before the runtime exists, so every thread it might create inherits
     // the mask: SIGCHLD then stays pending for the signalfd.
     if let Err(e) = reaper::block_sigchld() {
@@ -118,6 +122,8 @@ fn serve() -> ! {
     let error = server::run_in_guest(|| {
         announce_ready();
         tell_the_host();
+        // Before the server reads a request: every request may need them.
+        mounts::mount_all(root);
     });
     agent_log!("the API server is not available: {error}");
     reaper::reap_forever()

@@ -5,6 +5,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::mkdir;
 
+use crate::switch_root::Root;
+
 /// One entry of the boot mount table.
 #[derive(Debug)]
 pub struct Mount {
@@ -17,6 +19,10 @@ pub struct Mount {
     /// mounted earlier in this table (a fresh devtmpfs has no /dev/pts); the
     /// top-level mount points come with the initramfs.
     pub mkdir: bool,
+    /// The kernel mounted it already when it booted from a root disk
+    /// (devtmpfs, `CONFIG_DEVTMPFS_MOUNT`): mounting it again would only
+    /// stack a second mount of the same filesystem.
+    pub kernel_mounts_on_disk: bool,
 }
 
 const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
@@ -32,6 +38,7 @@ pub const MOUNTS: &[Mount] = &[
         flags: NOSUID_NODEV_NOEXEC,
         data: None,
         mkdir: false,
+        kernel_mounts_on_disk: false,
     },
     Mount {
         source: "sysfs",
@@ -40,6 +47,7 @@ pub const MOUNTS: &[Mount] = &[
         flags: NOSUID_NODEV_NOEXEC,
         data: None,
         mkdir: false,
+        kernel_mounts_on_disk: false,
     },
     // cgroup v2 for the containers' cgroups. nsdelegate: a container's
     // cgroup namespace is a delegation boundary.
@@ -50,6 +58,7 @@ pub const MOUNTS: &[Mount] = &[
         flags: NOSUID_NODEV_NOEXEC,
         data: Some("nsdelegate"),
         mkdir: false,
+        kernel_mounts_on_disk: false,
     },
     Mount {
         source: "devtmpfs",
@@ -58,6 +67,7 @@ pub const MOUNTS: &[Mount] = &[
         flags: MsFlags::MS_NOSUID,
         data: Some("mode=0755"),
         mkdir: false,
+        kernel_mounts_on_disk: true,
     },
     Mount {
         source: "devpts",
@@ -66,6 +76,7 @@ pub const MOUNTS: &[Mount] = &[
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
         data: Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
         mkdir: true,
+        kernel_mounts_on_disk: false,
     },
     Mount {
         source: "shm",
@@ -74,6 +85,7 @@ pub const MOUNTS: &[Mount] = &[
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
         data: Some("mode=1777"),
         mkdir: true,
+        kernel_mounts_on_disk: false,
     },
     Mount {
         source: "tmpfs",
@@ -82,15 +94,20 @@ pub const MOUNTS: &[Mount] = &[
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
         data: Some("mode=0755"),
         mkdir: false,
+        kernel_mounts_on_disk: false,
     },
 ];
 
-/// Mount every entry of [`MOUNTS`]. Failures are logged and skipped: a guest
-/// with a missing filesystem is still more useful than one that panics.
+/// Mount every entry of [`MOUNTS`] that the kernel has not mounted for a
+/// guest booted from `root`. Failures are logged and skipped: a guest with
+/// a missing filesystem is still more useful than one that panics.
 /// Returns the number of failed entries.
-pub fn mount_all() -> usize {
+pub fn mount_all(root: Root) -> usize {
     let mut failed = 0;
-    for m in MOUNTS {
+    for m in MOUNTS
+        .iter()
+        .filter(|m| !(root == Root::Disk && m.kernel_mounts_on_disk))
+    {
         if let Err((what, errno)) = mount_one(m) {
             agent_log!(
                 "{what} {} ({}) on {} failed: {errno}",
@@ -184,6 +201,16 @@ mod tests {
                 m.target
             );
         }
+    }
+
+    #[test]
+    fn only_devtmpfs_is_left_to_the_kernel() {
+        let left: Vec<_> = MOUNTS
+            .iter()
+            .filter(|m| m.kernel_mounts_on_disk)
+            .map(|m| (m.target, m.fstype))
+            .collect();
+        assert_eq!(left, [("/dev", "devtmpfs")]);
     }
 
     #[test]

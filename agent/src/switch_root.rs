@@ -37,16 +37,27 @@ pub fn root_is_initramfs() -> bool {
     statfs("/").is_ok_and(|st| [TMPFS_MAGIC, RAMFS_MAGIC].contains(&st.filesystem_type()))
 }
 
+/// What the kernel booted the guest from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Root {
+    /// An initramfs (the kernel's rootfs): PID 1 found nothing mounted.
+    Initramfs,
+    /// A root filesystem the kernel mounted (the root disk); the kernel
+    /// mounted devtmpfs on its /dev too (`CONFIG_DEVTMPFS_MOUNT`).
+    Disk,
+}
+
 /// At boot, before anything is mounted: moves PID 1's root off the
 /// initramfs when that is where it runs. A failure is logged and the agent
 /// stays on the initramfs, where containers cannot start (they say why).
-pub fn leave_initramfs() {
+pub fn leave_initramfs() -> Root {
     if !root_is_initramfs() {
-        return;
+        return Root::Disk;
     }
     if let Err(e) = switch(Path::new(STAGING)) {
         agent_log!("cannot leave the initramfs: {e}; containers will not start");
     }
+    Root::Initramfs
 }
 
 fn check(ret: libc::c_int, what: &str) -> Result<(), String> {
