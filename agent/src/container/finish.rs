@@ -9,6 +9,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::init::check;
+use super::phases::phase;
 use super::rootfs::c;
 use super::seccomp::SeccompProgram;
 use super::spec::ProcessPlan;
@@ -83,9 +84,11 @@ pub fn finish(
             .install()
             .map_err(|e| format!("cannot install the agent's seccomp filter: {e}"))?;
     }
+    phase("f:guard");
     // While the process is still privileged (a real-time policy needs
     // CAP_SYS_NICE).
     process.attrs.apply()?;
+    phase("f:attrs");
     for r in &process.rlimits {
         let limit = libc::rlimit {
             rlim_cur: r.soft,
@@ -111,6 +114,7 @@ pub fn finish(
             .install()
             .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
     }
+    phase("f:rlimits+nnp");
     if let Some(caps) = &process.caps {
         for cap in caps::all() {
             if !caps.bounding.contains(&cap) {
@@ -126,6 +130,7 @@ pub fn finish(
             "PR_SET_KEEPCAPS",
         )?;
     }
+    phase("f:bounding");
     // Before the change of user, a directory only root may enter is still
     // reachable; after it, one that root may not enter (root squash) is.
     let cwd = c(&process.cwd)?;
@@ -148,6 +153,7 @@ pub fn finish(
             format_args!("cannot set uid {}", process.uid),
         )?;
     }
+    phase("f:chdir+ids");
     if let Some(caps) = &process.caps {
         // SAFETY: prctl(2).
         unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
@@ -178,6 +184,7 @@ pub fn finish(
             ),
         )?;
     }
+    phase("f:capset+umask");
     let env = finish_env(&process.env, process.uid);
     let program = find_program(&process.args[0], &env)?;
     let env: Vec<CString> = env
@@ -194,6 +201,7 @@ pub fn finish(
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
+    phase("f:env+find+close");
     before_exec()?;
     if let (Some(filter), true) = (seccomp, process.no_new_privileges) {
         // As late as possible: the program's own calls are all that the
@@ -202,6 +210,7 @@ pub fn finish(
             .install()
             .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
     }
+    phase("f:seccomp");
     let mut argv: Vec<*const libc::c_char> = process.args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();

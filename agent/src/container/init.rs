@@ -29,6 +29,7 @@ use nix::mount::MsFlags;
 
 use super::finish::{finish, Never};
 use super::paths::{self, fd_path, mkdir_all};
+use super::phases::phase;
 use super::rootfs::{bind_remount, make_dev, make_readonly, mask, mount, mount_one};
 use super::seccomp::SeccompProgram;
 use super::spec::{ContainerPlan, ProcessPlan};
@@ -178,6 +179,7 @@ pub fn launch(l: &Launch<'_>) -> io::Result<i32> {
 }
 
 fn stage1(l: &Launch<'_>) -> libc::c_int {
+    phase("s1:start");
     // SAFETY: close(2) of the agent's end, which this process must not keep.
     unsafe { libc::close(l.agent_end) };
     // Through the agent's /proc while this process may still write its
@@ -195,6 +197,7 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } < 0 {
         fail(l.sync, &errno("cannot make the process non-dumpable"));
     }
+    phase("s1:oom+dumpable");
     if let Some(procs) = l.cgroup_procs {
         if let Err(e) = std::fs::write(procs, "0") {
             fail(
@@ -203,6 +206,7 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
             );
         }
     }
+    phase("s1:cgroup-join");
     // The user namespace last: joining it first would take away the
     // capabilities needed to join the others.
     let ordered = l
@@ -223,6 +227,7 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
             );
         }
     }
+    phase("s1:setns");
     let flags = (l.clone_flags | libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: clone(2) without CLONE_VM: like fork, the child runs on a copy
     // of this (single-threaded) process, and only `stage2` then.
@@ -234,6 +239,7 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
         );
     }
     if pid == 0 {
+        phase("s2:start");
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage2(l)));
         let message = match result {
             Ok(Err(message)) => message,
@@ -242,6 +248,7 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
         };
         fail(l.sync, &message);
     }
+    phase("s1:clone");
     send(l.sync, MSG_PID, &(pid as i32).to_ne_bytes());
     0
 }
@@ -252,7 +259,9 @@ fn stage2(l: &Launch<'_>) -> Result<Never, String> {
         // The agent gave up on us.
         _ => unsafe { libc::_exit(1) },
     }
+    phase("s2:go");
     start_process(l)?;
+    phase("s2:stdio");
     match l.job {
         Job::Create(plan) => {
             build_container(plan, l)?;
@@ -262,9 +271,13 @@ fn stage2(l: &Launch<'_>) -> Result<Never, String> {
                 plan.seccomp.as_ref(),
                 plan.guard.as_ref(),
                 || {
+                    phase("f:ready");
                     send(sync, MSG_READY, &[]);
                     match recv(sync) {
-                        Some(msg) if msg.first() == Some(&MSG_START) => Ok(()),
+                        Some(msg) if msg.first() == Some(&MSG_START) => {
+                            phase("f:start-received");
+                            Ok(())
+                        }
                         // Deleted before it started.
                         _ => unsafe { libc::_exit(1) },
                     }
@@ -317,6 +330,7 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
     let rootfs = plan.rootfs.to_str().ok_or("the rootfs path is not UTF-8")?;
     mount(None, "/", None, plan.root_propagation, None)
         .map_err(|e| format!("cannot make the mount tree private: {e}"))?;
+    phase("b:private");
     mount(
         Some(rootfs),
         rootfs,
@@ -325,6 +339,7 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
         None,
     )
     .map_err(|e| format!("cannot bind the rootfs {rootfs}: {e}"))?;
+    phase("b:bind-rootfs");
     let root = paths::open_dir(&plan.rootfs)
         .map_err(|e| format!("cannot open the rootfs {rootfs}: {e}"))?;
     let root_fd = unsafe { BorrowedFd::borrow_raw(root.as_raw_fd()) };
@@ -332,20 +347,25 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
     for m in &plan.mounts {
         mount_one(root_fd, m, plan, l.cgroup_dir)
             .map_err(|e| format!("mount on {}: {e}", m.destination.display()))?;
+        phase("b:mount");
     }
     if plan.setup_dev {
         make_dev(root_fd, plan, new_userns)?;
+        phase("b:dev");
     }
     if l.terminal {
         terminal::open_in_container(root_fd, true, l.sync)?;
     }
+    phase("b:terminal");
     for path in &plan.masked_paths {
         mask(root_fd, path).map_err(|e| format!("masking {}: {e}", path.display()))?;
     }
+    phase("b:masked");
     for path in &plan.readonly_paths {
         make_readonly(root_fd, path)
             .map_err(|e| format!("making {} read-only: {e}", path.display()))?;
     }
+    phase("b:readonly");
     for (path, value) in &plan.sysctl {
         std::fs::write(path, value)
             .map_err(|e| format!("cannot set sysctl {}: {e}", path.display()))?;
@@ -360,12 +380,17 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
             "cannot set the domain name",
         )?;
     }
+    phase("b:sysctl+names");
     // The working directory must exist; make it while the root is writable.
     let _ = mkdir_all(root_fd, &plan.process.cwd, 0o755);
+    phase("b:cwd");
     if plan.readonly_root {
         bind_remount(&fd_path(&root), MsFlags::MS_RDONLY, MsFlags::empty())?;
     }
-    pivot_root(&root)
+    phase("b:ro-root");
+    let pivoted = pivot_root(&root);
+    phase("b:pivot");
+    pivoted
 }
 
 /// Makes `root` the root: pivot_root(".", ".") stacks the old root on the

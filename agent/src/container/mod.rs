@@ -34,6 +34,7 @@ pub mod hugetlb_io;
 pub mod init;
 pub mod mountopts;
 pub mod paths;
+pub mod phases;
 pub mod procattrs;
 mod procs;
 pub mod rootfs;
@@ -65,6 +66,7 @@ use crate::fdio::Fd;
 use crate::server::{self, Agent};
 use cgroups::Cgroup;
 use init::{Job, Launch};
+use phases::phase;
 use seccomp::SeccompProgram;
 
 /// Events kept for `WaitEvent`.
@@ -139,6 +141,9 @@ pub struct Containers {
     events: Events,
     /// The inotify descriptor watching memory.events files, once needed.
     inotify: Option<Rc<Fd>>,
+    /// Device programs loaded once, attached to every cgroup that has
+    /// the same rules.
+    device_programs: devices::ProgramCache,
 }
 
 impl Containers {
@@ -150,6 +155,7 @@ impl Containers {
             controllers_ready: false,
             events: Events::default(),
             inotify: None,
+            device_programs: devices::ProgramCache::default(),
         }
     }
 
@@ -166,6 +172,8 @@ impl Containers {
             }
         }
         if let Some(id) = ended {
+            phase("x:reaped");
+            phases::report("start-exit");
             self.events.push(ContainerEvent::Exited { id, status });
         }
     }
@@ -350,17 +358,22 @@ fn make_cgroup(
             .map_err(|e| system(format!("cannot enable the cgroup controllers: {e}")))?;
         agent.containers.borrow_mut().controllers_ready = true;
     }
+    phase("cg:enable");
     let cgroup = Cgroup::create(&root, id).map_err(|e| system(e.to_string()))?;
+    phase("cg:mkdir");
     if let Err(e) = cgroup.apply(&plan.resources) {
         let _ = std::fs::remove_dir(&cgroup.path);
         return Err(invalid(e.to_string()));
     }
+    phase("cg:limits");
     if let Some(program) = &plan.device_program {
-        if let Err(e) = devices::attach(program, &cgroup.path) {
+        let loaded = agent.containers.borrow_mut().device_programs.load(program);
+        if let Err(e) = loaded.and_then(|fd| devices::attach(&fd, &cgroup.path)) {
             let _ = std::fs::remove_dir(&cgroup.path);
             return Err(system(e));
         }
     }
+    phase("cg:devices");
     Ok(Some(Rc::new(cgroup)))
 }
 
@@ -383,6 +396,8 @@ pub async fn create(
     agent: &Rc<Agent>,
     request: CreateContainerRequest,
 ) -> Result<ResponseBody, AgentError> {
+    phases::init();
+    phase("c:request");
     let id = request.id.clone();
     validate_container_id(&id).map_err(invalid)?;
     {
@@ -402,6 +417,7 @@ pub async fn create(
         &spec::passed_on_env(),
     )
     .map_err(invalid)?;
+    phase("c:plan");
     if !Path::new(&request.rootfs).is_dir() {
         return Err(invalid(format!(
             "the rootfs {} is not a directory",
@@ -422,6 +438,7 @@ pub async fn create(
         mut pumps,
         terminal: mut pending_terminal,
     } = exec::prepare_stdio(stdio, agent.limits.linger)?;
+    phase("c:stdio");
     let mut join = Vec::new();
     for ns in plan.namespaces.iter() {
         if let Some(path) = &ns.path {
@@ -446,6 +463,7 @@ pub async fn create(
         agent_end: agent_end.as_raw_fd(),
     };
     let launched = init::launch(&launch);
+    phase("c:fork");
     drop(child_end);
     drop(fds);
     drop(join);
@@ -469,6 +487,7 @@ pub async fn create(
             return Err(e);
         }
     };
+    phase("c:adopt");
     let size = plan.process.console_size;
     match recv_past_terminal(
         agent,
@@ -480,7 +499,7 @@ pub async fn create(
     )
     .await
     {
-        Ok(Some(msg)) if msg.first() == Some(&init::MSG_READY) => {}
+        Ok(Some(msg)) if msg.first() == Some(&init::MSG_READY) => phase("c:ready"),
         Ok(Some(msg)) if msg.first() == Some(&init::MSG_ERROR) => {
             abandon(Some(pid), cgroup);
             return Err(invalid(format!(
@@ -523,6 +542,8 @@ pub async fn create(
         oom_watch,
     };
     agent.containers.borrow_mut().by_id.insert(id, container);
+    phase("c:recorded");
+    phases::report("create");
     Ok(ResponseBody::Started { process, pid })
 }
 
@@ -540,10 +561,12 @@ pub async fn start(agent: &Rc<Agent>, id: &str) -> Result<ResponseBody, AgentErr
             .take()
             .ok_or_else(|| conflict(format!("container {id:?} is being started")))?
     };
+    phase("st:request");
     sync.write_all(&[init::MSG_START])
         .await
         .map_err(|e| system(format!("the init of {id:?} went away: {e}")))?;
     let answer = recv(&sync, agent.limits.container_setup).await?;
+    phase("st:execd");
     let mut containers = agent.containers.borrow_mut();
     let c = containers.get_mut(id)?;
     match answer {
