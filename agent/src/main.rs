@@ -33,6 +33,7 @@ mod processes;
 mod reaper;
 mod server;
 mod share;
+mod state;
 mod streams;
 mod switch_root;
 

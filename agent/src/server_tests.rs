@@ -16,6 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use super::*;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

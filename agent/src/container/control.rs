@@ -18,7 +18,7 @@ use super::phases::{self, phase};
 use super::{conflict, kill, not_found, procs};
 use crate::exec::{invalid, system};
 use crate::fdio::Fd;
-use crate::server::Agent;
+use crate::state::Agent;
 
 pub fn signal(agent: &Agent, id: &str, signal: i32, all: bool) -> Result<ResponseBody, AgentError> {
     if !(1..=libc::SIGRTMAX()).contains(&signal) {
