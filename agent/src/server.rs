@@ -498,6 +498,9 @@ pub fn run_in_guest(ready: impl FnOnce()) -> io::Error {
             cgroup_root: crate::mounts::cgroup2_root(),
             ..Limits::default()
         };
+        // A current-thread runtime with no blocking pool in use: the
+        // agent keeps one thread, so containers launch without a copy.
+        container::init::agent_has_one_thread();
         let agent = Agent::new(limits, OnShutdown::PowerOff);
         serve(agent, control, streams, events).await;
         io::Error::other("the API server stopped")

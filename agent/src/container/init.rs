@@ -1,8 +1,7 @@
 //! A container's processes between fork and exec.
 //!
-//! The agent forks (glibc's fork, so the child's malloc is usable even when
-//! the parent has threads, as under `cargo test`): that child is stage 1.
-//! It joins the container's cgroup and any namespace it must join, then
+//! The agent starts stage 1 without copying its memory (see [`launch`]).
+//! Stage 1 joins the container's cgroup and any namespace it must join, then
 //! clones stage 2 with the namespaces to create and CLONE_PARENT, so the
 //! agent is stage 2's parent and reaps it, reports stage 2's pid and
 //! exits. Stage 2 waits for the agent's go (after the agent has recorded
@@ -24,13 +23,14 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::mount::MsFlags;
 
 use super::finish::{finish, Never};
 use super::paths::{self, fd_path, mkdir_all};
 use super::phases::phase;
-use super::rootfs::{bind_remount, make_dev, make_readonly, mask, mount, mount_one};
+use super::rootfs::{bind_remount, make_dev, make_readonly, mount, mount_one, Masker};
 use super::seccomp::SeccompProgram;
 use super::spec::{ContainerPlan, ProcessPlan};
 use super::terminal;
@@ -161,19 +161,66 @@ pub fn check(ret: libc::c_int, what: impl std::fmt::Display) -> Result<(), Strin
     }
 }
 
-/// Forks stage 1; returns its pid in the agent. The child never returns.
+/// Stage 1's own stack when it runs in the agent's memory.
+const STAGE1_STACK: usize = 128 * 1024;
+
+/// Whether stage 1 may run in the agent's memory: only while the agent
+/// has one thread (see [`launch`]). The guest's agent says so when it
+/// starts serving; the tests, run by a harness with many threads, fork.
+static ONE_THREAD: AtomicBool = AtomicBool::new(false);
+
+/// Called by an agent that has, and keeps, a single thread.
+pub fn agent_has_one_thread() {
+    ONE_THREAD.store(true, Ordering::Relaxed);
+}
+
+/// Starts stage 1; returns its pid in the agent.
+///
+/// In the guest, stage 1 is started as posix_spawn starts a child:
+/// clone(CLONE_VM | CLONE_VFORK) on a stack of its own, so it runs in the
+/// agent's memory while the agent waits until it exits. Unlike fork, that
+/// copies no page tables; only stage 2's clone copies the agent's memory,
+/// once. Stage 1 may use the agent's allocator (its one thread is stopped
+/// in clone; stage 1 frees what it takes before it returns), and stage 2's
+/// copy finds no lock held. With other threads about, one of them could
+/// hold an allocator lock when stage 2's copy is made, so there glibc's
+/// fork (which takes them first) starts stage 1.
 pub fn launch(l: &Launch<'_>) -> io::Result<i32> {
-    // SAFETY: fork(2). The child runs only `stage1`, which ends in _exit
-    // or exec; glibc's fork leaves malloc usable in the child.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
+    extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `Launch` that `launch` borrows for the
+        // whole of stage 1 (the agent waits in clone until it exits).
+        let l = unsafe { &*(arg as *const Launch<'_>) };
         let code =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage1(l))).unwrap_or(1);
-        // SAFETY: as in `fail`.
+        // SAFETY: as in `fail`; only this process ends (no CLONE_THREAD).
         unsafe { libc::_exit(code) }
+    }
+    let arg = l as *const Launch<'_> as *mut libc::c_void;
+    let pid = if ONE_THREAD.load(Ordering::Relaxed) {
+        let mut stack = vec![0u8; STAGE1_STACK];
+        // The stack grows down from a 16-byte aligned top.
+        let top = (stack.as_mut_ptr() as usize + STAGE1_STACK) & !15;
+        // SAFETY: glibc's clone(3) runs `entry` on `stack`, which outlives
+        // the child's use of it: CLONE_VFORK returns once the child has
+        // exited.
+        unsafe {
+            libc::clone(
+                entry,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                arg,
+            )
+        }
+    } else {
+        // SAFETY: fork(2); the child runs only `entry`, which ends in
+        // _exit; glibc's fork leaves malloc usable in the child.
+        match unsafe { libc::fork() } {
+            0 => entry(arg),
+            pid => pid,
+        }
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(pid)
 }
@@ -230,7 +277,7 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
     phase("s1:setns");
     let flags = (l.clone_flags | libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: clone(2) without CLONE_VM: like fork, the child runs on a copy
-    // of this (single-threaded) process, and only `stage2` then.
+    // of this process's memory (the agent's), and only `stage2` then.
     let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
     if pid < 0 {
         fail(
@@ -357,8 +404,11 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
         terminal::open_in_container(root_fd, true, l.sync)?;
     }
     phase("b:terminal");
+    let mut masker = Masker::default();
     for path in &plan.masked_paths {
-        mask(root_fd, path).map_err(|e| format!("masking {}: {e}", path.display()))?;
+        masker
+            .mask(root_fd, path)
+            .map_err(|e| format!("masking {}: {e}", path.display()))?;
     }
     phase("b:masked");
     for path in &plan.readonly_paths {

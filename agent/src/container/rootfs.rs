@@ -3,9 +3,9 @@
 //! read-only paths. Every path is resolved inside the rootfs (`paths`),
 //! and mounts go onto the descriptors found there.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::mount::MsFlags;
@@ -232,43 +232,134 @@ fn missing(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOENT)
 }
 
-/// /dev/null over a file, an empty read-only tmpfs over a directory.
-pub fn mask(root: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
-    let fd = match open_in_root(root, path, libc::O_PATH, 0) {
-        Ok(fd) => fd,
-        Err(e) if missing(&e) => return Ok(()),
-        Err(e) => return Err(e.to_string()),
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// A detached copy of the mount tree at `path` relative to `dir`
+/// (open_tree(2) with OPEN_TREE_CLONE: a bind mount not attached yet);
+/// `recursive` takes the mounts below it along.
+fn clone_tree(dir: libc::c_int, path: &CStr, recursive: bool) -> io::Result<OwnedFd> {
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if path.is_empty() {
+        flags |= libc::AT_EMPTY_PATH as libc::c_uint;
+    }
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: open_tree(2) reads the C string; the result is a new
+    // descriptor that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dir, path.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Makes the top mount of a detached tree read-only (mount_setattr(2)).
+fn set_readonly(tree: &OwnedFd) -> io::Result<()> {
+    #[repr(C)]
+    struct Attr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = Attr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
     };
-    let target = fd_path(&fd);
-    if paths::is_dir(&fd).map_err(|e| e.to_string())? {
+    // SAFETY: mount_setattr(2) reads the empty path and `attr`, whose size
+    // we pass.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Attaches the detached tree `tree` on the path that `target` (an
+/// O_PATH descriptor) names (move_mount(2)): no path is looked up again.
+fn attach(tree: &OwnedFd, target: &OwnedFd) -> io::Result<()> {
+    // SAFETY: move_mount(2) with two descriptors and empty paths.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Masks paths: /dev/null over a file, an empty read-only tmpfs over a
+/// directory. Every masked directory shows the same tmpfs (one
+/// superblock, bound again for each), and every mount goes onto the
+/// descriptor that found the path: a mask costs a lookup and two calls.
+#[derive(Default)]
+pub struct Masker {
+    /// The first masked directory's tmpfs, once mounted.
+    empty: Option<OwnedFd>,
+}
+
+impl Masker {
+    pub fn mask(&mut self, root: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
+        let fd = match open_in_root(root, path, libc::O_PATH, 0) {
+            Ok(fd) => fd,
+            Err(e) if missing(&e) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if !paths::is_dir(&fd).map_err(|e| e.to_string())? {
+            let null = clone_tree(libc::AT_FDCWD, c"/dev/null", false)
+                .map_err(|e| format!("/dev/null: {e}"))?;
+            return attach(&null, &fd).map_err(|e| e.to_string());
+        }
+        if let Some(empty) = &self.empty {
+            let tree = clone_tree(empty.as_raw_fd(), c"", false).map_err(|e| e.to_string())?;
+            return attach(&tree, &fd).map_err(|e| e.to_string());
+        }
         mount(
             Some("tmpfs"),
-            &target,
+            &fd_path(&fd),
             Some("tmpfs"),
             MsFlags::MS_RDONLY,
             None,
         )
-    } else {
-        mount(Some("/dev/null"), &target, None, MsFlags::MS_BIND, None)
+        .map_err(|e| e.to_string())?;
+        let top = open_in_root(root, path, libc::O_PATH, 0).map_err(|e| e.to_string())?;
+        self.empty = Some(top);
+        Ok(())
     }
-    .map_err(|e| e.to_string())
 }
 
+/// A read-only bind of `path` (with what is mounted below it) over
+/// itself; only the top mount is made read-only, as with runc.
 pub fn make_readonly(root: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
     let fd = match open_in_root(root, path, libc::O_PATH, 0) {
         Ok(fd) => fd,
         Err(e) if missing(&e) => return Ok(()),
         Err(e) => return Err(e.to_string()),
     };
-    let target = fd_path(&fd);
-    mount(
-        Some(target.as_str()),
-        &target,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
-    let top = open_in_root(root, path, libc::O_PATH, 0).map_err(|e| e.to_string())?;
-    bind_remount(&fd_path(&top), MsFlags::MS_RDONLY, MsFlags::empty())
+    let tree = clone_tree(fd.as_raw_fd(), c"", true).map_err(|e| e.to_string())?;
+    set_readonly(&tree).map_err(|e| e.to_string())?;
+    attach(&tree, &fd).map_err(|e| e.to_string())
 }
