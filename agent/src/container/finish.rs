@@ -234,6 +234,14 @@ fn finish_env(env: &[String], uid: u32) -> Vec<String> {
     env
 }
 
+/// The top directory of an absolute path two or more levels deep
+/// (`/usr` of `/usr/local/bin`).
+fn top_of(dir: &str) -> Option<&str> {
+    let rest = dir.strip_prefix('/')?;
+    let (top, below) = rest.split_once('/')?;
+    (!top.is_empty() && !below.trim_matches('/').is_empty()).then(|| &dir[..top.len() + 1])
+}
+
 /// The home directory of `uid` in a passwd file.
 pub fn home_of(passwd: &str, uid: u32) -> Option<&str> {
     passwd.lines().find_map(|line| {
@@ -265,8 +273,26 @@ fn find_program(program: &CStr, env: &[String]) -> Result<CString, String> {
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH);
+    // A missing top directory (`/usr` of `/usr/local/bin`) rules out every
+    // entry below it at once: on a virtio-fs root, each lookup of a name
+    // that is not there is a round trip to the host (misses are not
+    // cached).
+    let mut tops: Vec<(&str, bool)> = Vec::new();
     for dir in path.split(':') {
         let dir = if dir.is_empty() { "." } else { dir };
+        if let Some(top) = top_of(dir) {
+            let present = match tops.iter().find(|(t, _)| *t == top) {
+                Some((_, present)) => *present,
+                None => {
+                    let present = std::fs::symlink_metadata(top).is_ok();
+                    tops.push((top, present));
+                    present
+                }
+            };
+            if !present {
+                continue;
+            }
+        }
         let candidate = PathBuf::from(dir).join(name);
         let Ok(c) = c(&candidate) else { continue };
         // SAFETY: access(2) with a C string.
@@ -297,6 +323,16 @@ mod tests {
     }
 
     #[test]
+    fn top_directories_are_found() {
+        assert_eq!(top_of("/usr/local/bin"), Some("/usr"));
+        assert_eq!(top_of("/usr/bin/"), Some("/usr"));
+        assert_eq!(top_of("/bin"), None);
+        assert_eq!(top_of("/bin/"), None);
+        assert_eq!(top_of("bin/x"), None);
+        assert_eq!(top_of("//x"), None);
+    }
+
+    #[test]
     fn programs_are_found_in_the_process_path() {
         let env = vec!["PATH=/nonexistent:/bin:/usr/bin".to_string()];
         let sh = find_program(c"sh", &env).unwrap();
@@ -313,5 +349,9 @@ mod tests {
             .contains("permission"));
         let err = find_program(c"no-such-program-here", &env).unwrap_err();
         assert!(err.contains("not found"));
+        // Entries below a missing top directory are skipped, the rest
+        // still searched.
+        let env = vec!["PATH=/no-such-top/bin:/no-such-top/sbin:/usr/bin:/bin".to_string()];
+        assert!(find_program(c"sh", &env).is_ok());
     }
 }
