@@ -11,6 +11,7 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use super::init::check;
+use super::mountopts::{MountAttr, MOUNT_ATTR_RDONLY};
 use super::paths::{self, create_file, fd_path, mkdir_all, open_in_root};
 use super::spec::{ContainerPlan, MountKind, MountPlan, DEV_SYMLINKS};
 
@@ -235,7 +236,6 @@ fn missing(e: &io::Error) -> bool {
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
 
 /// A detached copy of the mount tree at `path` relative to `dir`
 /// (open_tree(2) with OPEN_TREE_CLONE: a bind mount not attached yet);
@@ -256,39 +256,6 @@ fn clone_tree(dir: libc::c_int, path: &CStr, recursive: bool) -> io::Result<Owne
     }
     // SAFETY: as above.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
-}
-
-/// Makes the top mount of a detached tree read-only (mount_setattr(2)).
-fn set_readonly(tree: &OwnedFd) -> io::Result<()> {
-    #[repr(C)]
-    struct Attr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let attr = Attr {
-        attr_set: MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: mount_setattr(2) reads the empty path and `attr`, whose size
-    // we pass.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const Attr,
-            std::mem::size_of::<Attr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Attaches the detached tree `tree` on the path that `target` (an
@@ -360,6 +327,10 @@ pub fn make_readonly(root: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
         Err(e) => return Err(e.to_string()),
     };
     let tree = clone_tree(fd.as_raw_fd(), c"", true).map_err(|e| e.to_string())?;
-    set_readonly(&tree).map_err(|e| e.to_string())?;
+    let readonly = MountAttr {
+        set: MOUNT_ATTR_RDONLY,
+        clear: 0,
+    };
+    readonly.apply_top(&tree).map_err(|e| e.to_string())?;
     attach(&tree, &fd).map_err(|e| e.to_string())
 }
