@@ -161,8 +161,51 @@ pub fn check(ret: libc::c_int, what: impl std::fmt::Display) -> Result<(), Strin
     }
 }
 
-/// Stage 1's own stack when it runs in the agent's memory.
-const STAGE1_STACK: usize = 128 * 1024;
+/// Stage 1's own stack when it runs in the agent's memory; stage 2, a copy
+/// of stage 1, goes on on it, so it is as large as a main thread's. Only
+/// the pages touched take memory; the lowest page is a guard.
+const STAGE1_STACK: usize = 8 << 20;
+const GUARD: usize = 4096;
+
+/// An anonymous mapping for a stack, unmapped on drop.
+struct Stack(*mut libc::c_void);
+
+impl Stack {
+    fn new() -> io::Result<Stack> {
+        // SAFETY: a new private anonymous mapping; nothing else refers to it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                STAGE1_STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = Stack(p);
+        // SAFETY: the lowest page of our own mapping.
+        if unsafe { libc::mprotect(p, GUARD, libc::PROT_NONE) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The 16-byte aligned top, where a stack starts (it grows down).
+    fn top(&self) -> *mut libc::c_void {
+        ((self.0 as usize + STAGE1_STACK) & !15) as *mut libc::c_void
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no longer used: stage 1 has exited.
+        unsafe { libc::munmap(self.0, STAGE1_STACK) };
+    }
+}
 
 /// Whether stage 1 may run in the agent's memory: only while the agent
 /// has one thread (see [`launch`]). The guest's agent says so when it
@@ -197,20 +240,23 @@ pub fn launch(l: &Launch<'_>) -> io::Result<i32> {
     }
     let arg = l as *const Launch<'_> as *mut libc::c_void;
     let pid = if ONE_THREAD.load(Ordering::Relaxed) {
-        let mut stack = vec![0u8; STAGE1_STACK];
-        // The stack grows down from a 16-byte aligned top.
-        let top = (stack.as_mut_ptr() as usize + STAGE1_STACK) & !15;
+        let stack = Stack::new()?;
         // SAFETY: glibc's clone(3) runs `entry` on `stack`, which outlives
         // the child's use of it: CLONE_VFORK returns once the child has
-        // exited.
-        unsafe {
+        // exited (stage 2 runs on its own copy).
+        let pid = unsafe {
             libc::clone(
                 entry,
-                top as *mut libc::c_void,
+                stack.top(),
                 libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
                 arg,
             )
+        };
+        // Before the unmapping can change errno.
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
         }
+        pid
     } else {
         // SAFETY: fork(2); the child runs only `entry`, which ends in
         // _exit; glibc's fork leaves malloc usable in the child.

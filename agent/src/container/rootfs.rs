@@ -161,6 +161,7 @@ pub fn make_dev(
     plan: &ContainerPlan,
     new_userns: bool,
 ) -> Result<(), String> {
+    let mut dirs: Option<(&Path, OwnedFd)> = None;
     for device in &plan.devices {
         let what = |e: String| format!("device {}: {e}", device.path.display());
         if new_userns {
@@ -185,7 +186,12 @@ pub fn make_dev(
             .path
             .file_name()
             .ok_or_else(|| what("no file name".into()))?;
-        let dir = mkdir_all(root, parent, 0o755).map_err(|e| what(e.to_string()))?;
+        // Devices mostly share a directory: resolved once for a run of them.
+        let dir = match dirs.take() {
+            Some((path, fd)) if path == parent => fd,
+            _ => mkdir_all(root, parent, 0o755).map_err(|e| what(e.to_string()))?,
+        };
+        let dir = &dirs.insert((parent, dir)).1;
         let name = c(Path::new(name))?;
         let dev = libc::makedev(device.major, device.minor);
         // SAFETY: mknodat(2)/fchownat(2) relative to a directory we resolved
