@@ -4,8 +4,10 @@
 //! `ContainerStats`, `ContainerProcesses` and `WaitEvent`.
 //!
 //! - `spec` checks an OCI spec and turns it into a plan, before any fork.
-//! - `init` is what the container's processes run between fork and exec,
-//!   `finish` its last steps.
+//! - `launch` is the one path by which a container's init and the
+//!   processes exec'd into it start; `init` is what they run between
+//!   clone and exec, `finish` its last steps.
+//! - `phases` (a build feature) logs where the set-up spends its time.
 //! - `control`: the requests on containers that exist (signal, wait,
 //!   delete, state, stats, freeze, update, events).
 //! - `paths` resolves paths inside a root filesystem (openat2); `rootfs`
