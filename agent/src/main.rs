@@ -38,6 +38,7 @@ mod processes;
 mod reaper;
 mod server;
 mod share;
+mod state;
 mod streams;
 mod switch_root;
 

@@ -30,11 +30,9 @@
 //! source as plain descriptors, so the tests run the very same code over
 //! Unix sockets on the host.
 
-use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -47,140 +45,17 @@ use runvm_agent_api::{
 };
 use serde::Deserialize;
 use tokio::io::BufReader;
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::{spawn_local, JoinSet};
-use tokio::time::{sleep, timeout, timeout_at, Instant};
+use tokio::time::{sleep, timeout};
 
-use crate::container::{self, Containers};
-use crate::exec::{self, invalid, system, ExecStdio, StreamConn};
+use crate::container;
+use crate::exec::{self, invalid, system, StreamConn};
 use crate::fdio::{Fd, Listener};
-use crate::processes::{Lookup, ProcessTable, WaitOutcome};
+use crate::processes::{Lookup, WaitOutcome};
 use crate::reaper;
-use crate::streams::StreamTable;
-
-/// The bounds on what a host can make the agent hold.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Control connections open at once.
-    pub control_connections: usize,
-    /// Requests of one control connection being handled at once; past
-    /// that, the agent stops reading it until one is answered.
-    pub in_flight: usize,
-    /// Stream connections open at once: greeting, parked or pumping.
-    pub streams: usize,
-    /// Streams parked and not yet claimed by an exec.
-    pub parked: usize,
-    /// How long a new stream connection has to send its hello line.
-    pub hello_timeout: Duration,
-    /// How long a parked stream waits for its exec.
-    pub parked_ttl: Duration,
-    /// How long an exec waits for a stream it names to arrive.
-    pub exec_stream_wait: Duration,
-    /// Exited processes kept for a `Wait` that has not come yet.
-    pub unwaited_exits: usize,
-    /// How long a finished output stream waits for the host to close it.
-    pub linger: Duration,
-    /// Pause between answering `Shutdown` and powering off, so that the
-    /// answer leaves the guest.
-    pub shutdown_settle: Duration,
-    /// Where cgroup v2 is mounted for containers' cgroups; `None` runs
-    /// containers without cgroups (and refuses resource limits).
-    pub cgroup_root: Option<PathBuf>,
-    /// How long a container process may take over one step of its set-up
-    /// (every guest syscall may be emulated).
-    pub container_setup: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            control_connections: 16,
-            in_flight: 64,
-            streams: 256,
-            parked: 128,
-            hello_timeout: Duration::from_secs(5),
-            parked_ttl: Duration::from_secs(30),
-            exec_stream_wait: Duration::from_secs(5),
-            unwaited_exits: 128,
-            linger: Duration::from_secs(10),
-            shutdown_settle: Duration::from_millis(50),
-            cgroup_root: None,
-            container_setup: Duration::from_secs(60),
-        }
-    }
-}
-
-/// What `Shutdown` does after answering.
-pub enum OnShutdown {
-    /// SIGKILL every process in the guest, then power off (PID 1).
-    PowerOff,
-    /// SIGKILL the processes in the table, then notify (tests).
-    #[cfg(test)]
-    Notify(Rc<Notify>),
-}
-
-/// A counted place among a bounded number of connections.
-#[derive(Clone)]
-struct Slots {
-    used: Rc<Cell<usize>>,
-    cap: usize,
-}
-
-pub(crate) struct Slot(Rc<Cell<usize>>);
-
-impl Slots {
-    fn new(cap: usize) -> Slots {
-        Slots {
-            used: Rc::new(Cell::new(0)),
-            cap,
-        }
-    }
-
-    fn try_take(&self) -> Option<Slot> {
-        let used = self.used.get();
-        if used >= self.cap {
-            return None;
-        }
-        self.used.set(used + 1);
-        Some(Slot(self.used.clone()))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
-    }
-}
-
-pub(crate) type Stream = StreamConn<Slot>;
-
-pub struct Agent {
-    pub(crate) limits: Limits,
-    pub(crate) processes: RefCell<ProcessTable>,
-    pub(crate) containers: RefCell<Containers>,
-    streams: RefCell<StreamTable<Stream>>,
-    /// Woken whenever a stream is parked.
-    stream_arrived: Notify,
-    control_slots: Slots,
-    stream_slots: Slots,
-    on_shutdown: OnShutdown,
-}
-
-impl Agent {
-    pub fn new(limits: Limits, on_shutdown: OnShutdown) -> Rc<Agent> {
-        crate::exec::note_ignored_signals();
-        Rc::new(Agent {
-            processes: RefCell::new(ProcessTable::new(limits.unwaited_exits)),
-            containers: RefCell::new(Containers::new(limits.cgroup_root.clone())),
-            streams: RefCell::new(StreamTable::new(limits.parked)),
-            stream_arrived: Notify::new(),
-            control_slots: Slots::new(limits.control_connections),
-            stream_slots: Slots::new(limits.streams),
-            on_shutdown,
-            limits,
-        })
-    }
-}
+pub use crate::state::{Agent, Limits, OnShutdown};
+use crate::state::{Slot, Stream};
 
 /// Serves until the guest powers off. Must run inside a `LocalSet`.
 /// `child_events` becomes readable when a child may have exited (a
@@ -559,57 +434,14 @@ async fn dispatch(agent: &Rc<Agent>, body: RequestBody) -> Result<ResponseBody, 
     }
 }
 
-/// Takes the streams an exec names, waiting a little for any that has not
-/// arrived yet (the host's connect may complete before its hello is read).
-pub(crate) async fn take_streams(agent: &Agent, tokens: &[u64]) -> Result<Vec<Stream>, AgentError> {
-    let deadline = Instant::now() + agent.limits.exec_stream_wait;
-    loop {
-        // Registered before looking, so an arrival in between is not missed.
-        let arrived = agent.stream_arrived.notified();
-        if let Some(streams) = agent.streams.borrow_mut().take_all(tokens) {
-            return Ok(streams);
-        }
-        if timeout_at(deadline, arrived).await.is_err() {
-            let mut parked = agent.streams.borrow_mut();
-            if let Some(streams) = parked.take_all(tokens) {
-                return Ok(streams);
-            }
-            let missing = parked.first_missing(tokens).unwrap_or_default();
-            return Err(not_found(format!("stream {missing} is not connected")));
-        }
-    }
-}
-
-/// The streams taken for `named` (stdin, stdout, stderr tokens, in that
-/// order, as `exec::stream_tokens` listed them) as a process's stdio.
-pub(crate) fn assign_streams(
-    terminal: bool,
-    named: [Option<u64>; 3],
-    streams: Vec<Stream>,
-) -> Result<ExecStdio<Slot>, AgentError> {
-    let mut streams = streams.into_iter();
-    if terminal {
-        return match streams.next() {
-            Some(conn) => Ok(ExecStdio::Terminal(conn)),
-            None => Err(invalid("a terminal needs its stream")),
-        };
-    }
-    let mut next_if = |named: Option<u64>| named.and_then(|_| streams.next());
-    Ok(ExecStdio::Pipes {
-        stdin: next_if(named[0]),
-        stdout: next_if(named[1]),
-        stderr: next_if(named[2]),
-    })
-}
-
 async fn exec_process(agent: &Rc<Agent>, request: ExecRequest) -> Result<ResponseBody, AgentError> {
-    let tokens = exec::validate(&request)?;
-    let streams = take_streams(agent, &tokens).await?;
-    let stdio = assign_streams(
-        request.terminal,
-        [request.stdin, request.stdout, request.stderr],
-        streams,
-    )?;
+    exec::validate(&request)?;
+    let stdio = agent
+        .take_stdio(
+            request.terminal,
+            [request.stdin, request.stdout, request.stderr],
+        )
+        .await?;
     let spawned = exec::spawn(&request, stdio, agent.limits.linger)?;
     let process = agent
         .processes
@@ -666,6 +498,9 @@ pub fn run_in_guest(ready: impl FnOnce()) -> io::Error {
             cgroup_root: crate::mounts::cgroup2_root(),
             ..Limits::default()
         };
+        // A current-thread runtime with no blocking pool in use: the
+        // agent keeps one thread, so containers launch without a copy.
+        container::init::agent_has_one_thread();
         let agent = Agent::new(limits, OnShutdown::PowerOff);
         serve(agent, control, streams, events).await;
         io::Error::other("the API server stopped")

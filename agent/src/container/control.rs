@@ -14,10 +14,11 @@ use tokio::task::spawn_local;
 use tokio::time::timeout;
 
 use super::cgroups::{self, Cgroup};
+use super::phases::{self, phase};
 use super::{conflict, kill, not_found, procs};
 use crate::exec::{invalid, system};
 use crate::fdio::Fd;
-use crate::server::Agent;
+use crate::state::Agent;
 
 pub fn signal(agent: &Agent, id: &str, signal: i32, all: bool) -> Result<ResponseBody, AgentError> {
     if !(1..=libc::SIGRTMAX()).contains(&signal) {
@@ -127,6 +128,7 @@ pub async fn wait(agent: &Agent, id: &str) -> Result<ResponseBody, AgentError> {
 }
 
 pub async fn delete(agent: &Agent, id: &str, force: bool) -> Result<ResponseBody, AgentError> {
+    phase("d:request");
     let (pid, alive, cgroup, execs, mut exited) = {
         let containers = agent.containers.borrow();
         let c = containers.get(id)?;
@@ -164,12 +166,14 @@ pub async fn delete(agent: &Agent, id: &str, force: bool) -> Result<ResponseBody
             )));
         }
     }
+    phase("d:kill");
     if let Some(cgroup) = &cgroup {
         cgroup
             .destroy(Duration::from_secs(10))
             .await
             .map_err(|e| system(e.to_string()))?;
     }
+    phase("d:cgroup-rmdir");
     let mut containers = agent.containers.borrow_mut();
     if let Some(c) = containers.by_id.remove(id) {
         if let (Some(wd), Some(inotify)) = (c.oom_watch, &containers.inotify) {
@@ -179,6 +183,8 @@ pub async fn delete(agent: &Agent, id: &str, force: bool) -> Result<ResponseBody
         }
         crate::share::release_rootfs(&c.rootfs);
     }
+    phase("d:release-rootfs");
+    phases::report("delete");
     Ok(ResponseBody::Done)
 }
 

@@ -14,7 +14,9 @@
 //! behaviour, except that a rule narrower than an earlier opposite one
 //! takes effect (v1 only took back exact matches): stricter, never looser.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::rc::Rc;
 
 use runvm_agent_api::oci::{LinuxDeviceCgroup, LinuxDeviceType};
 
@@ -306,17 +308,56 @@ pub fn program(rules: &[Rule]) -> Result<Option<Vec<u64>>, String> {
     a.finish().map(Some)
 }
 
-/// Loads `program` and attaches it to the cgroup at `cgroup`.
-pub fn attach(program: &[u64], cgroup: &Path) -> Result<(), String> {
-    let loaded = bpf::load_cgroup_device(program).map_err(|e| {
+/// Device programs loaded already, by their instructions: loading one
+/// runs the kernel's verifier, which in an emulated guest cost about half
+/// of a container's whole set-up, while nearly every container has the
+/// same rules (the default list). A loaded program can be attached to
+/// any number of cgroups. Holds at most [`ProgramCache::KEPT`], the
+/// least recently used going first.
+#[derive(Default)]
+pub struct ProgramCache {
+    kept: Vec<(Vec<u64>, Rc<OwnedFd>)>,
+}
+
+impl ProgramCache {
+    pub const KEPT: usize = 8;
+
+    /// The loaded `program`, loading it if it is not kept yet.
+    pub fn load(&mut self, program: &[u64]) -> Result<Rc<OwnedFd>, String> {
+        if let Some(i) = self.kept.iter().position(|(words, _)| words == program) {
+            let entry = self.kept.remove(i);
+            let loaded = entry.1.clone();
+            self.kept.push(entry);
+            return Ok(loaded);
+        }
+        let loaded = Rc::new(load(program)?);
+        if self.kept.len() >= Self::KEPT {
+            self.kept.remove(0);
+        }
+        self.kept.push((program.to_vec(), loaded.clone()));
+        Ok(loaded)
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+}
+
+fn load(program: &[u64]) -> Result<OwnedFd, String> {
+    bpf::load_cgroup_device(program).map_err(|e| {
         if e.raw_os_error() == Some(libc::ENOSYS) {
             "device rules need bpf(2), which this guest kernel lacks (CONFIG_BPF_SYSCALL)"
                 .to_string()
         } else {
             format!("cannot load the device program: {e}")
         }
-    })?;
-    bpf::attach_cgroup_device(&loaded, cgroup).map_err(|e| {
+    })
+}
+
+/// Attaches a loaded device program to the cgroup at `cgroup`.
+pub fn attach(loaded: &OwnedFd, cgroup: &Path) -> Result<(), String> {
+    bpf::attach_cgroup_device(loaded, cgroup).map_err(|e| {
         format!(
             "cannot attach the device program to {} (CONFIG_CGROUP_BPF?): {e}",
             cgroup.display()

@@ -205,3 +205,30 @@ fn the_host_kernel_verifier_takes_the_program() {
         Err(e) => panic!("the verifier refused the program: {e}"),
     }
 }
+
+/// The same rules load once: the second container's cgroup gets the very
+/// program the first one's got.
+#[test]
+fn a_program_is_loaded_once_and_kept_bounded() {
+    let mut cache = ProgramCache::default();
+    let p = compiled(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).expect("a program");
+    let first = match cache.load(&p) {
+        Ok(fd) => fd,
+        Err(e) if e.contains("CONFIG_BPF_SYSCALL") => return eprintln!("no bpf(2): {e}"),
+        Err(e) => panic!("{e}"),
+    };
+    let again = cache.load(&p).expect("kept");
+    assert!(std::rc::Rc::ptr_eq(&first, &again));
+    assert_eq!(cache.len(), 1);
+    // Different programs (r0 = 1 after a number of no-op moves) each
+    // load; the cache never holds more than KEPT.
+    for n in 0..ProgramCache::KEPT + 2 {
+        let mut other = vec![insn(bpf::MOV32_K, 2, 0, 0, 0); n + 1];
+        other.extend([insn(bpf::MOV32_K, 0, 0, 0, 1), insn(bpf::EXIT, 0, 0, 0, 0)]);
+        cache.load(&other).expect("loads");
+        assert!(cache.len() <= ProgramCache::KEPT);
+    }
+    // The first one was the least recently used: loaded anew.
+    let reloaded = cache.load(&p).expect("loads again");
+    assert!(!std::rc::Rc::ptr_eq(&first, &reloaded));
+}

@@ -9,6 +9,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::init::check;
+use super::phases::phase;
 use super::rootfs::c;
 use super::seccomp::SeccompProgram;
 use super::spec::ProcessPlan;
@@ -83,9 +84,11 @@ pub fn finish(
             .install()
             .map_err(|e| format!("cannot install the agent's seccomp filter: {e}"))?;
     }
+    phase("f:guard");
     // While the process is still privileged (a real-time policy needs
     // CAP_SYS_NICE).
     process.attrs.apply()?;
+    phase("f:attrs");
     for r in &process.rlimits {
         let limit = libc::rlimit {
             rlim_cur: r.soft,
@@ -111,6 +114,7 @@ pub fn finish(
             .install()
             .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
     }
+    phase("f:rlimits+nnp");
     if let Some(caps) = &process.caps {
         for cap in caps::all() {
             if !caps.bounding.contains(&cap) {
@@ -126,6 +130,7 @@ pub fn finish(
             "PR_SET_KEEPCAPS",
         )?;
     }
+    phase("f:bounding");
     // Before the change of user, a directory only root may enter is still
     // reachable; after it, one that root may not enter (root squash) is.
     let cwd = c(&process.cwd)?;
@@ -148,6 +153,7 @@ pub fn finish(
             format_args!("cannot set uid {}", process.uid),
         )?;
     }
+    phase("f:chdir+ids");
     if let Some(caps) = &process.caps {
         // SAFETY: prctl(2).
         unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
@@ -178,6 +184,7 @@ pub fn finish(
             ),
         )?;
     }
+    phase("f:capset+umask");
     let env = finish_env(&process.env, process.uid);
     let program = find_program(&process.args[0], &env)?;
     let env: Vec<CString> = env
@@ -194,6 +201,7 @@ pub fn finish(
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
+    phase("f:env+find+close");
     before_exec()?;
     if let (Some(filter), true) = (seccomp, process.no_new_privileges) {
         // As late as possible: the program's own calls are all that the
@@ -202,6 +210,7 @@ pub fn finish(
             .install()
             .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
     }
+    phase("f:seccomp");
     let mut argv: Vec<*const libc::c_char> = process.args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
@@ -223,6 +232,14 @@ fn finish_env(env: &[String], uid: u32) -> Vec<String> {
         env.push(format!("HOME={}", home_of(&passwd, uid).unwrap_or("/")));
     }
     env
+}
+
+/// The top directory of an absolute path two or more levels deep
+/// (`/usr` of `/usr/local/bin`).
+fn top_of(dir: &str) -> Option<&str> {
+    let rest = dir.strip_prefix('/')?;
+    let (top, below) = rest.split_once('/')?;
+    (!top.is_empty() && !below.trim_matches('/').is_empty()).then(|| &dir[..top.len() + 1])
 }
 
 /// The home directory of `uid` in a passwd file.
@@ -256,8 +273,26 @@ fn find_program(program: &CStr, env: &[String]) -> Result<CString, String> {
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH);
+    // A missing top directory (`/usr` of `/usr/local/bin`) rules out every
+    // entry below it at once: on a virtio-fs root, each lookup of a name
+    // that is not there is a round trip to the host (misses are not
+    // cached).
+    let mut tops: Vec<(&str, bool)> = Vec::new();
     for dir in path.split(':') {
         let dir = if dir.is_empty() { "." } else { dir };
+        if let Some(top) = top_of(dir) {
+            let present = match tops.iter().find(|(t, _)| *t == top) {
+                Some((_, present)) => *present,
+                None => {
+                    let present = std::fs::symlink_metadata(top).is_ok();
+                    tops.push((top, present));
+                    present
+                }
+            };
+            if !present {
+                continue;
+            }
+        }
         let candidate = PathBuf::from(dir).join(name);
         let Ok(c) = c(&candidate) else { continue };
         // SAFETY: access(2) with a C string.
@@ -288,6 +323,16 @@ mod tests {
     }
 
     #[test]
+    fn top_directories_are_found() {
+        assert_eq!(top_of("/usr/local/bin"), Some("/usr"));
+        assert_eq!(top_of("/usr/bin/"), Some("/usr"));
+        assert_eq!(top_of("/bin"), None);
+        assert_eq!(top_of("/bin/"), None);
+        assert_eq!(top_of("bin/x"), None);
+        assert_eq!(top_of("//x"), None);
+    }
+
+    #[test]
     fn programs_are_found_in_the_process_path() {
         let env = vec!["PATH=/nonexistent:/bin:/usr/bin".to_string()];
         let sh = find_program(c"sh", &env).unwrap();
@@ -304,5 +349,9 @@ mod tests {
             .contains("permission"));
         let err = find_program(c"no-such-program-here", &env).unwrap_err();
         assert!(err.contains("not found"));
+        // Entries below a missing top directory are skipped, the rest
+        // still searched.
+        let env = vec!["PATH=/no-such-top/bin:/no-such-top/sbin:/usr/bin:/bin".to_string()];
+        assert!(find_program(c"sh", &env).is_ok());
     }
 }

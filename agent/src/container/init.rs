@@ -1,8 +1,7 @@
 //! A container's processes between fork and exec.
 //!
-//! The agent forks (glibc's fork, so the child's malloc is usable even when
-//! the parent has threads, as under `cargo test`): that child is stage 1.
-//! It joins the container's cgroup and any namespace it must join, then
+//! The agent starts stage 1 without copying its memory (see [`launch`]).
+//! Stage 1 joins the container's cgroup and any namespace it must join, then
 //! clones stage 2 with the namespaces to create and CLONE_PARENT, so the
 //! agent is stage 2's parent and reaps it, reports stage 2's pid and
 //! exits. Stage 2 waits for the agent's go (after the agent has recorded
@@ -24,12 +23,14 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::mount::MsFlags;
 
 use super::finish::{finish, Never};
 use super::paths::{self, fd_path, mkdir_all};
-use super::rootfs::{bind_remount, make_dev, make_readonly, mask, mount, mount_one};
+use super::phases::phase;
+use super::rootfs::{bind_remount, make_dev, make_readonly, mount, mount_one, Masker};
 use super::seccomp::SeccompProgram;
 use super::spec::{ContainerPlan, ProcessPlan};
 use super::terminal;
@@ -160,24 +161,118 @@ pub fn check(ret: libc::c_int, what: impl std::fmt::Display) -> Result<(), Strin
     }
 }
 
-/// Forks stage 1; returns its pid in the agent. The child never returns.
-pub fn launch(l: &Launch<'_>) -> io::Result<i32> {
-    // SAFETY: fork(2). The child runs only `stage1`, which ends in _exit
-    // or exec; glibc's fork leaves malloc usable in the child.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
+/// Stage 1's own stack when it runs in the agent's memory; stage 2, a copy
+/// of stage 1, goes on on it, so it is as large as a main thread's. Only
+/// the pages touched take memory; the lowest page is a guard.
+const STAGE1_STACK: usize = 8 << 20;
+const GUARD: usize = 4096;
+
+/// An anonymous mapping for a stack, unmapped on drop.
+struct Stack(*mut libc::c_void);
+
+impl Stack {
+    fn new() -> io::Result<Stack> {
+        // SAFETY: a new private anonymous mapping; nothing else refers to it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                STAGE1_STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = Stack(p);
+        // SAFETY: the lowest page of our own mapping.
+        if unsafe { libc::mprotect(p, GUARD, libc::PROT_NONE) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
     }
-    if pid == 0 {
+
+    /// The 16-byte aligned top, where a stack starts (it grows down).
+    fn top(&self) -> *mut libc::c_void {
+        ((self.0 as usize + STAGE1_STACK) & !15) as *mut libc::c_void
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no longer used: stage 1 has exited.
+        unsafe { libc::munmap(self.0, STAGE1_STACK) };
+    }
+}
+
+/// Whether stage 1 may run in the agent's memory: only while the agent
+/// has one thread (see [`launch`]). The guest's agent says so when it
+/// starts serving; the tests, run by a harness with many threads, fork.
+static ONE_THREAD: AtomicBool = AtomicBool::new(false);
+
+/// Called by an agent that has, and keeps, a single thread.
+pub fn agent_has_one_thread() {
+    ONE_THREAD.store(true, Ordering::Relaxed);
+}
+
+/// Starts stage 1; returns its pid in the agent.
+///
+/// In the guest, stage 1 is started as posix_spawn starts a child:
+/// clone(CLONE_VM | CLONE_VFORK) on a stack of its own, so it runs in the
+/// agent's memory while the agent waits until it exits. Unlike fork, that
+/// copies no page tables; only stage 2's clone copies the agent's memory,
+/// once. Stage 1 may use the agent's allocator (its one thread is stopped
+/// in clone; stage 1 frees what it takes before it returns), and stage 2's
+/// copy finds no lock held. With other threads about, one of them could
+/// hold an allocator lock when stage 2's copy is made, so there glibc's
+/// fork (which takes them first) starts stage 1.
+pub fn launch(l: &Launch<'_>) -> io::Result<i32> {
+    extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `Launch` that `launch` borrows for the
+        // whole of stage 1 (the agent waits in clone until it exits).
+        let l = unsafe { &*(arg as *const Launch<'_>) };
         let code =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage1(l))).unwrap_or(1);
-        // SAFETY: as in `fail`.
+        // SAFETY: as in `fail`; only this process ends (no CLONE_THREAD).
         unsafe { libc::_exit(code) }
+    }
+    let arg = l as *const Launch<'_> as *mut libc::c_void;
+    let pid = if ONE_THREAD.load(Ordering::Relaxed) {
+        let stack = Stack::new()?;
+        // SAFETY: glibc's clone(3) runs `entry` on `stack`, which outlives
+        // the child's use of it: CLONE_VFORK returns once the child has
+        // exited (stage 2 runs on its own copy).
+        let pid = unsafe {
+            libc::clone(
+                entry,
+                stack.top(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                arg,
+            )
+        };
+        // Before the unmapping can change errno.
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        pid
+    } else {
+        // SAFETY: fork(2); the child runs only `entry`, which ends in
+        // _exit; glibc's fork leaves malloc usable in the child.
+        match unsafe { libc::fork() } {
+            0 => entry(arg),
+            pid => pid,
+        }
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(pid)
 }
 
 fn stage1(l: &Launch<'_>) -> libc::c_int {
+    phase("s1:start");
     // SAFETY: close(2) of the agent's end, which this process must not keep.
     unsafe { libc::close(l.agent_end) };
     // Through the agent's /proc while this process may still write its
@@ -195,6 +290,7 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } < 0 {
         fail(l.sync, &errno("cannot make the process non-dumpable"));
     }
+    phase("s1:oom+dumpable");
     if let Some(procs) = l.cgroup_procs {
         if let Err(e) = std::fs::write(procs, "0") {
             fail(
@@ -203,6 +299,7 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
             );
         }
     }
+    phase("s1:cgroup-join");
     // The user namespace last: joining it first would take away the
     // capabilities needed to join the others.
     let ordered = l
@@ -223,9 +320,10 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
             );
         }
     }
+    phase("s1:setns");
     let flags = (l.clone_flags | libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: clone(2) without CLONE_VM: like fork, the child runs on a copy
-    // of this (single-threaded) process, and only `stage2` then.
+    // of this process's memory (the agent's), and only `stage2` then.
     let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
     if pid < 0 {
         fail(
@@ -234,6 +332,7 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
         );
     }
     if pid == 0 {
+        phase("s2:start");
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage2(l)));
         let message = match result {
             Ok(Err(message)) => message,
@@ -242,6 +341,7 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
         };
         fail(l.sync, &message);
     }
+    phase("s1:clone");
     send(l.sync, MSG_PID, &(pid as i32).to_ne_bytes());
     0
 }
@@ -252,7 +352,9 @@ fn stage2(l: &Launch<'_>) -> Result<Never, String> {
         // The agent gave up on us.
         _ => unsafe { libc::_exit(1) },
     }
+    phase("s2:go");
     start_process(l)?;
+    phase("s2:stdio");
     match l.job {
         Job::Create(plan) => {
             build_container(plan, l)?;
@@ -262,9 +364,13 @@ fn stage2(l: &Launch<'_>) -> Result<Never, String> {
                 plan.seccomp.as_ref(),
                 plan.guard.as_ref(),
                 || {
+                    phase("f:ready");
                     send(sync, MSG_READY, &[]);
                     match recv(sync) {
-                        Some(msg) if msg.first() == Some(&MSG_START) => Ok(()),
+                        Some(msg) if msg.first() == Some(&MSG_START) => {
+                            phase("f:start-received");
+                            Ok(())
+                        }
                         // Deleted before it started.
                         _ => unsafe { libc::_exit(1) },
                     }
@@ -317,6 +423,7 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
     let rootfs = plan.rootfs.to_str().ok_or("the rootfs path is not UTF-8")?;
     mount(None, "/", None, plan.root_propagation, None)
         .map_err(|e| format!("cannot make the mount tree private: {e}"))?;
+    phase("b:private");
     mount(
         Some(rootfs),
         rootfs,
@@ -325,6 +432,7 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
         None,
     )
     .map_err(|e| format!("cannot bind the rootfs {rootfs}: {e}"))?;
+    phase("b:bind-rootfs");
     let root = paths::open_dir(&plan.rootfs)
         .map_err(|e| format!("cannot open the rootfs {rootfs}: {e}"))?;
     let root_fd = unsafe { BorrowedFd::borrow_raw(root.as_raw_fd()) };
@@ -332,20 +440,28 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
     for m in &plan.mounts {
         mount_one(root_fd, m, plan, l.cgroup_dir)
             .map_err(|e| format!("mount on {}: {e}", m.destination.display()))?;
+        phase("b:mount");
     }
     if plan.setup_dev {
         make_dev(root_fd, plan, new_userns)?;
+        phase("b:dev");
     }
     if l.terminal {
         terminal::open_in_container(root_fd, true, l.sync)?;
     }
+    phase("b:terminal");
+    let mut masker = Masker::default();
     for path in &plan.masked_paths {
-        mask(root_fd, path).map_err(|e| format!("masking {}: {e}", path.display()))?;
+        masker
+            .mask(root_fd, path)
+            .map_err(|e| format!("masking {}: {e}", path.display()))?;
     }
+    phase("b:masked");
     for path in &plan.readonly_paths {
         make_readonly(root_fd, path)
             .map_err(|e| format!("making {} read-only: {e}", path.display()))?;
     }
+    phase("b:readonly");
     for (path, value) in &plan.sysctl {
         std::fs::write(path, value)
             .map_err(|e| format!("cannot set sysctl {}: {e}", path.display()))?;
@@ -360,12 +476,17 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
             "cannot set the domain name",
         )?;
     }
+    phase("b:sysctl+names");
     // The working directory must exist; make it while the root is writable.
     let _ = mkdir_all(root_fd, &plan.process.cwd, 0o755);
+    phase("b:cwd");
     if plan.readonly_root {
         bind_remount(&fd_path(&root), MsFlags::MS_RDONLY, MsFlags::empty())?;
     }
-    pivot_root(&root)
+    phase("b:ro-root");
+    let pivoted = pivot_root(&root);
+    phase("b:pivot");
+    pivoted
 }
 
 /// Makes `root` the root: pivot_root(".", ".") stacks the old root on the

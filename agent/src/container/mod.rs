@@ -4,8 +4,10 @@
 //! `ContainerStats`, `ContainerProcesses` and `WaitEvent`.
 //!
 //! - `spec` checks an OCI spec and turns it into a plan, before any fork.
-//! - `init` is what the container's processes run between fork and exec,
-//!   `finish` its last steps.
+//! - `launch` is the one path by which a container's init and the
+//!   processes exec'd into it start; `init` is what they run between
+//!   clone and exec, `finish` its last steps.
+//! - `phases` (a build feature) logs where the set-up spends its time.
 //! - `control`: the requests on containers that exist (signal, wait,
 //!   delete, state, stats, freeze, update, events).
 //! - `paths` resolves paths inside a root filesystem (openat2); `rootfs`
@@ -32,8 +34,10 @@ pub mod devices;
 mod finish;
 pub mod hugetlb_io;
 pub mod init;
+mod launch;
 pub mod mountopts;
 pub mod paths;
+pub mod phases;
 pub mod procattrs;
 mod procs;
 pub mod rootfs;
@@ -45,7 +49,6 @@ pub mod tmpfs;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -56,15 +59,16 @@ use runvm_agent_api::{
 };
 use tokio::sync::{watch, Notify};
 use tokio::task::spawn_local;
-use tokio::time::timeout;
 
 pub use control::{delete, freeze, processes, signal, state, stats, update, wait, wait_event};
 
-use crate::exec::{self, invalid, system, ChildStdio};
+use crate::exec::{invalid, system};
 use crate::fdio::Fd;
-use crate::server::{self, Agent};
+use crate::state::Agent;
 use cgroups::Cgroup;
-use init::{Job, Launch};
+use init::Job;
+use launch::{error_text, launch, open_ns, recv, Launched, Process};
+use phases::phase;
 use seccomp::SeccompProgram;
 
 /// Events kept for `WaitEvent`.
@@ -139,6 +143,9 @@ pub struct Containers {
     events: Events,
     /// The inotify descriptor watching memory.events files, once needed.
     inotify: Option<Rc<Fd>>,
+    /// Device programs loaded once, attached to every cgroup that has
+    /// the same rules.
+    device_programs: devices::ProgramCache,
 }
 
 impl Containers {
@@ -150,6 +157,7 @@ impl Containers {
             controllers_ready: false,
             events: Events::default(),
             inotify: None,
+            device_programs: devices::ProgramCache::default(),
         }
     }
 
@@ -166,6 +174,8 @@ impl Containers {
             }
         }
         if let Some(id) = ended {
+            phase("x:reaped");
+            phases::report("start-exit");
             self.events.push(ContainerEvent::Exited { id, status });
         }
     }
@@ -195,79 +205,6 @@ impl Drop for Reservation<'_> {
     }
 }
 
-/// A message from a container process, or `None` at end of file.
-async fn recv(sync: &Fd, patience: Duration) -> Result<Option<Vec<u8>>, AgentError> {
-    let mut buf = vec![0u8; init::MSG_MAX];
-    let n = within(patience, sync.read(&mut buf)).await?;
-    buf.truncate(n);
-    Ok((n > 0).then_some(buf))
-}
-
-/// A read of the sync socket, given `patience`.
-async fn within<T>(
-    patience: Duration,
-    read: impl std::future::Future<Output = io::Result<T>>,
-) -> Result<T, AgentError> {
-    match timeout(patience, read).await {
-        Err(_) => Err(system(format!(
-            "the container process did not answer within {patience:?}"
-        ))),
-        Ok(Err(e)) => Err(system(format!("the container sync socket: {e}"))),
-        Ok(Ok(got)) => Ok(got),
-    }
-}
-
-/// The next message from a container's process after the go, taking a
-/// terminal's master ([`terminal::MSG_TERMINAL`]) on the way: its pump is
-/// made, it gets the size asked for, and the process table learns it (for
-/// later resizes).
-async fn recv_past_terminal(
-    agent: &Agent,
-    sync: &Fd,
-    process: u64,
-    pending: &mut Option<exec::PendingTerminal>,
-    size: Option<(u16, u16)>,
-    pumps: &mut Vec<exec::Pump>,
-) -> Result<Option<Vec<u8>>, AgentError> {
-    let patience = agent.limits.container_setup;
-    loop {
-        let mut buf = vec![0u8; init::MSG_MAX];
-        let (n, fd) = within(patience, sync.recv_with_fd(&mut buf)).await?;
-        buf.truncate(n);
-        let failed = buf.first() == Some(&init::MSG_ERROR);
-        if buf.first() != Some(&terminal::MSG_TERMINAL) {
-            // Ready (or exec'd) without the terminal it was to make: it
-            // would run on /dev/null.
-            if pending.is_some() && !failed {
-                return Err(system(
-                    "the container process did not hand over its terminal",
-                ));
-            }
-            return Ok((n > 0).then_some(buf));
-        }
-        let (Some(fd), Some(make_pump)) = (fd, pending.take()) else {
-            return Err(system(
-                "the container process sent a terminal nobody asked for",
-            ));
-        };
-        terminal::check_master(&fd).map_err(system)?;
-        let master =
-            Fd::new_nonblocking(fd).map_err(|e| system(format!("cannot register the pty: {e}")))?;
-        let master = Rc::new(master);
-        if let Some((rows, columns)) = size {
-            let _ = exec::resize(&master, rows, columns);
-        }
-        if let Some(io) = agent.processes.borrow_mut().io_mut(process) {
-            io.terminal = Some(Rc::downgrade(&master));
-        }
-        pumps.push(make_pump(master));
-    }
-}
-
-fn error_text(msg: &[u8]) -> String {
-    String::from_utf8_lossy(&msg[1..]).into_owned()
-}
-
 /// Kills a pid we own (live or not yet reaped).
 fn kill(pid: i32, signal: i32) -> io::Result<()> {
     // SAFETY: kill(2). Only this thread reaps, so the pid is still ours.
@@ -275,56 +212,6 @@ fn kill(pid: i32, signal: i32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// The parts common to create and exec once stage 1 runs: its pid report,
-/// the process table, the go. Returns (process id, pid).
-async fn adopt(
-    agent: &Rc<Agent>,
-    sync: &Fd,
-    argv: &[String],
-    io: crate::processes::ProcessIo,
-    maps: Option<(&str, &str)>,
-) -> Result<(u64, i32), AgentError> {
-    let patience = agent.limits.container_setup;
-    let msg = recv(sync, patience).await?;
-    let pid = match msg.as_deref() {
-        Some([init::MSG_PID, a, b, c, d]) => i32::from_ne_bytes([*a, *b, *c, *d]),
-        Some(m) if m.first() == Some(&init::MSG_ERROR) => return Err(system(error_text(m))),
-        _ => return Err(system("the container process ended before it started")),
-    };
-    let process = agent.processes.borrow_mut().insert(pid, argv, io);
-    if let Some((uid_map, gid_map)) = maps {
-        let written = std::fs::write(format!("/proc/{pid}/uid_map"), uid_map)
-            .and_then(|()| std::fs::write(format!("/proc/{pid}/gid_map"), gid_map));
-        if let Err(e) = written {
-            let _ = kill(pid, libc::SIGKILL);
-            return Err(system(format!("cannot write the id mappings: {e}")));
-        }
-    }
-    if let Err(e) = sync.write_all(&[init::MSG_GO]).await {
-        let _ = kill(pid, libc::SIGKILL);
-        return Err(system(format!("the container process went away: {e}")));
-    }
-    Ok((process, pid))
-}
-
-fn strings(args: &[std::ffi::CString]) -> Vec<String> {
-    args.iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect()
-}
-
-fn open_ns(path: &Path) -> io::Result<OwnedFd> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open(2) with a C string.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor that we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Sets up the container's cgroup; `None` without cgroup v2.
@@ -350,26 +237,28 @@ fn make_cgroup(
             .map_err(|e| system(format!("cannot enable the cgroup controllers: {e}")))?;
         agent.containers.borrow_mut().controllers_ready = true;
     }
+    phase("cg:enable");
     let cgroup = Cgroup::create(&root, id).map_err(|e| system(e.to_string()))?;
+    phase("cg:mkdir");
     if let Err(e) = cgroup.apply(&plan.resources) {
         let _ = std::fs::remove_dir(&cgroup.path);
         return Err(invalid(e.to_string()));
     }
+    phase("cg:limits");
     if let Some(program) = &plan.device_program {
-        if let Err(e) = devices::attach(program, &cgroup.path) {
+        let loaded = agent.containers.borrow_mut().device_programs.load(program);
+        if let Err(e) = loaded.and_then(|fd| devices::attach(&fd, &cgroup.path)) {
             let _ = std::fs::remove_dir(&cgroup.path);
             return Err(system(e));
         }
     }
+    phase("cg:devices");
     Ok(Some(Rc::new(cgroup)))
 }
 
-/// Stops a container that failed half way: kill its init, remove its
-/// cgroup once empty.
-fn abandon(pid: Option<i32>, cgroup: Option<Rc<Cgroup>>) {
-    if let Some(pid) = pid {
-        let _ = kill(pid, libc::SIGKILL);
-    }
+/// Removes the cgroup of a container that failed half way (its process
+/// killed already) once it is empty.
+fn abandon(cgroup: Option<Rc<Cgroup>>) {
     if let Some(cgroup) = cgroup {
         spawn_local(async move {
             if let Err(e) = cgroup.destroy(Duration::from_secs(10)).await {
@@ -383,6 +272,8 @@ pub async fn create(
     agent: &Rc<Agent>,
     request: CreateContainerRequest,
 ) -> Result<ResponseBody, AgentError> {
+    phases::init();
+    phase("c:request");
     let id = request.id.clone();
     validate_container_id(&id).map_err(invalid)?;
     {
@@ -402,26 +293,13 @@ pub async fn create(
         &spec::passed_on_env(),
     )
     .map_err(invalid)?;
+    phase("c:plan");
     if !Path::new(&request.rootfs).is_dir() {
         return Err(invalid(format!(
             "the rootfs {} is not a directory",
             request.rootfs
         )));
     }
-    let terminal = plan.process.terminal;
-    let tokens = exec::stream_tokens(terminal, request.stdin, request.stdout, request.stderr)?;
-    let streams = server::take_streams(agent, &tokens).await?;
-    let stdio = server::assign_streams(
-        terminal,
-        [request.stdin, request.stdout, request.stderr],
-        streams,
-    )?;
-    let ChildStdio {
-        fds,
-        io,
-        mut pumps,
-        terminal: mut pending_terminal,
-    } = exec::prepare_stdio(stdio, agent.limits.linger)?;
     let mut join = Vec::new();
     for ns in plan.namespaces.iter() {
         if let Some(path) = &ns.path {
@@ -431,77 +309,30 @@ pub async fn create(
         }
     }
     let cgroup = make_cgroup(agent, &id, &plan)?;
-    let (agent_end, child_end) =
-        init::sync_pair().map_err(|e| system(format!("socketpair: {e}")))?;
-    let procs = cgroup.as_ref().map(|c| c.procs_file());
-    let launch = Launch {
-        job: Job::Create(&plan),
-        cgroup_procs: procs.as_deref(),
-        cgroup_dir: cgroup.as_ref().map(|c| c.path.as_path()),
-        join: &join,
-        clone_flags: plan.clone_flags(),
-        stdio: [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()],
-        terminal,
-        sync: child_end.as_raw_fd(),
-        agent_end: agent_end.as_raw_fd(),
-    };
-    let launched = init::launch(&launch);
-    drop(child_end);
-    drop(fds);
-    drop(join);
-    if let Err(e) = launched {
-        abandon(None, cgroup);
-        return Err(system(format!("fork: {e}")));
-    }
-    let sync = match Fd::new_nonblocking(agent_end) {
-        Ok(fd) => Rc::new(fd),
-        Err(e) => {
-            abandon(None, cgroup);
-            return Err(system(format!("cannot register the sync socket: {e}")));
-        }
-    };
-    let maps = plan.uid_map.as_deref().zip(plan.gid_map.as_deref());
-    let argv = strings(&plan.process.args);
-    let (process, pid) = match adopt(agent, &sync, &argv, io, maps).await {
-        Ok(adopted) => adopted,
-        Err(e) => {
-            abandon(None, cgroup);
-            return Err(e);
-        }
-    };
-    let size = plan.process.console_size;
-    match recv_past_terminal(
+    let launched = launch(
         agent,
-        &sync,
-        process,
-        &mut pending_terminal,
-        size,
-        &mut pumps,
+        Process {
+            job: Job::Create(&plan),
+            args: &plan.process.args,
+            terminal: plan.process.terminal,
+            console_size: plan.process.console_size,
+            stdio: [request.stdin, request.stdout, request.stderr],
+            join,
+            clone_flags: plan.clone_flags(),
+            cgroup: cgroup.as_deref(),
+            cgroup_dir: cgroup.as_ref().map(|c| c.path.as_path()),
+            maps: plan.uid_map.as_deref().zip(plan.gid_map.as_deref()),
+            what: format!("cannot create container {id:?}"),
+        },
     )
-    .await
-    {
-        Ok(Some(msg)) if msg.first() == Some(&init::MSG_READY) => {}
-        Ok(Some(msg)) if msg.first() == Some(&init::MSG_ERROR) => {
-            abandon(Some(pid), cgroup);
-            return Err(invalid(format!(
-                "cannot create container {id:?}: {}",
-                error_text(&msg)
-            )));
-        }
-        Ok(_) => {
-            abandon(Some(pid), cgroup);
-            return Err(system(format!(
-                "the init of container {id:?} ended during its set-up"
-            )));
-        }
+    .await;
+    let Launched { process, pid, sync } = match launched {
+        Ok(launched) => launched,
         Err(e) => {
-            abandon(Some(pid), cgroup);
+            abandon(cgroup);
             return Err(e);
         }
-    }
-    for pump in pumps {
-        spawn_local(pump);
-    }
+    };
     let (exited, _) = watch::channel(None);
     let oom_watch = cgroup
         .as_ref()
@@ -523,6 +354,8 @@ pub async fn create(
         oom_watch,
     };
     agent.containers.borrow_mut().by_id.insert(id, container);
+    phase("c:recorded");
+    phases::report("create");
     Ok(ResponseBody::Started { process, pid })
 }
 
@@ -540,10 +373,12 @@ pub async fn start(agent: &Rc<Agent>, id: &str) -> Result<ResponseBody, AgentErr
             .take()
             .ok_or_else(|| conflict(format!("container {id:?} is being started")))?
     };
+    phase("st:request");
     sync.write_all(&[init::MSG_START])
         .await
         .map_err(|e| system(format!("the init of {id:?} went away: {e}")))?;
     let answer = recv(&sync, agent.limits.container_setup).await?;
+    phase("st:execd");
     let mut containers = agent.containers.borrow_mut();
     let c = containers.get_mut(id)?;
     match answer {
@@ -582,20 +417,6 @@ pub async fn exec_in(
     let mut process =
         spec::process_plan(&request.process, &spec::passed_on_env()).map_err(invalid)?;
     process.attrs.personality = personality;
-    let terminal = process.terminal;
-    let tokens = exec::stream_tokens(terminal, request.stdin, request.stdout, request.stderr)?;
-    let streams = server::take_streams(agent, &tokens).await?;
-    let stdio = server::assign_streams(
-        terminal,
-        [request.stdin, request.stdout, request.stderr],
-        streams,
-    )?;
-    let ChildStdio {
-        fds,
-        io,
-        mut pumps,
-        terminal: mut pending_terminal,
-    } = exec::prepare_stdio(stdio, agent.limits.linger)?;
     let mut join = Vec::new();
     for (flag, name) in namespaces {
         let path = PathBuf::from(format!("/proc/{init_pid}/ns/{name}"));
@@ -603,65 +424,31 @@ pub async fn exec_in(
             open_ns(&path).map_err(|e| system(format!("cannot open {}: {e}", path.display())))?;
         join.push((fd, flag));
     }
-    let (agent_end, child_end) =
-        init::sync_pair().map_err(|e| system(format!("socketpair: {e}")))?;
-    let procs = cgroup.as_ref().map(|c| c.procs_file());
-    let launch = Launch {
-        job: Job::Exec {
-            process: &process,
-            seccomp: seccomp.as_deref(),
-            guard: guard.as_deref(),
-        },
-        cgroup_procs: procs.as_deref(),
-        cgroup_dir: None,
-        join: &join,
-        clone_flags: 0,
-        stdio: [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()],
-        terminal,
-        sync: child_end.as_raw_fd(),
-        agent_end: agent_end.as_raw_fd(),
-    };
-    let launched = init::launch(&launch);
-    drop(child_end);
-    drop(fds);
-    drop(join);
-    launched.map_err(|e| system(format!("fork: {e}")))?;
-    let sync = Fd::new_nonblocking(agent_end)
-        .map_err(|e| system(format!("cannot register the sync socket: {e}")))?;
-    let argv = strings(&process.args);
-    let (process_id, pid) = adopt(agent, &sync, &argv, io, None).await?;
-    let size = process.console_size;
-    match recv_past_terminal(
+    let Launched {
+        process: process_id,
+        pid,
+        ..
+    } = launch(
         agent,
-        &sync,
-        process_id,
-        &mut pending_terminal,
-        size,
-        &mut pumps,
+        Process {
+            job: Job::Exec {
+                process: &process,
+                seccomp: seccomp.as_deref(),
+                guard: guard.as_deref(),
+            },
+            args: &process.args,
+            terminal: process.terminal,
+            console_size: process.console_size,
+            stdio: [request.stdin, request.stdout, request.stderr],
+            join,
+            clone_flags: 0,
+            cgroup: cgroup.as_deref(),
+            cgroup_dir: None,
+            maps: None,
+            what: format!("cannot exec in container {id:?}"),
+        },
     )
-    .await
-    {
-        // End of file: the program is running (the socket closed on exec).
-        Ok(None) => {}
-        Ok(Some(msg)) if msg.first() == Some(&init::MSG_ERROR) => {
-            let _ = kill(pid, libc::SIGKILL);
-            return Err(invalid(format!(
-                "cannot exec in container {id:?}: {}",
-                error_text(&msg)
-            )));
-        }
-        Ok(Some(_)) => {
-            let _ = kill(pid, libc::SIGKILL);
-            return Err(system("unexpected message from the exec'd process"));
-        }
-        Err(e) => {
-            let _ = kill(pid, libc::SIGKILL);
-            return Err(e);
-        }
-    }
-    for pump in pumps {
-        spawn_local(pump);
-    }
+    .await?;
     if let Ok(c) = agent.containers.borrow_mut().get_mut(&id) {
         c.execs.push(pid);
     }

@@ -68,6 +68,15 @@ impl MountAttr {
     /// Applies the attributes to the mount at `target` (a descriptor of
     /// the mount's root) and every mount below it.
     pub fn apply(&self, target: &impl AsRawFd) -> std::io::Result<()> {
+        self.apply_to(target, libc::AT_RECURSIVE)
+    }
+
+    /// Applies the attributes to the mount at `target` only.
+    pub fn apply_top(&self, target: &impl AsRawFd) -> std::io::Result<()> {
+        self.apply_to(target, 0)
+    }
+
+    fn apply_to(&self, target: &impl AsRawFd, recursive: libc::c_int) -> std::io::Result<()> {
         #[repr(C)]
         struct Attr {
             attr_set: u64,
@@ -88,7 +97,7 @@ impl MountAttr {
                 libc::SYS_mount_setattr,
                 target.as_raw_fd(),
                 c"".as_ptr(),
-                libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+                libc::AT_EMPTY_PATH | recursive,
                 &attr as *const Attr,
                 std::mem::size_of::<Attr>(),
             )

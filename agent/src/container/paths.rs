@@ -91,17 +91,63 @@ pub fn open_in_root(
 /// An `O_PATH` descriptor of a directory at `path` in `root`, creating the
 /// missing directories (mode `mode`) on the way, each within the root.
 pub fn mkdir_all(root: BorrowedFd<'_>, path: &Path, mode: libc::mode_t) -> io::Result<OwnedFd> {
-    let dir_flags = libc::O_PATH | libc::O_DIRECTORY;
-    match open_in_root(root, path, dir_flags, 0) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-        other => return other,
+    match open_in_root(root, path, DIR_FLAGS, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => make_dir(root, path, mode),
+        other => other,
     }
+}
+
+const DIR_FLAGS: libc::c_int = libc::O_PATH | libc::O_DIRECTORY;
+
+/// [`mkdir_all`] for a `path` found missing already. The deepest existing
+/// directory is looked for from the end (`/dev` of `/dev/pts`: one lookup
+/// more), each lookup resolved in the root as before.
+pub fn make_dir(root: BorrowedFd<'_>, path: &Path, mode: libc::mode_t) -> io::Result<OwnedFd> {
     let rel = relative(path);
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return make_dir_walk(root, &rel, mode);
+    };
+    let parent_fd = mkdir_all(root, parent, mode)?;
+    mkdir_at(&parent_fd, name, &rel, mode)?;
+    open_in_root(root, &rel, DIR_FLAGS, 0)
+}
+
+/// `name` in `parent`; something that is there already but did not
+/// resolve to a directory is an error.
+fn mkdir_at(
+    parent: &OwnedFd,
+    name: &std::ffi::OsStr,
+    shown: &Path,
+    mode: libc::mode_t,
+) -> io::Result<()> {
+    let name = cstring(Path::new(name))?;
+    // SAFETY: mkdirat(2) with a descriptor we own and a C string.
+    if unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), mode) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            // Something is there that does not resolve: a dangling
+            // symlink, say. Do not create its target.
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "{} exists but does not resolve to a directory in the root (dangling symlink?)",
+                    shown.display()
+                ),
+            ));
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// [`make_dir`] component by component from the root, for paths that end
+/// in `..`.
+fn make_dir_walk(root: BorrowedFd<'_>, rel: &Path, mode: libc::mode_t) -> io::Result<OwnedFd> {
     let mut prefix = PathBuf::new();
-    let mut parent = open_in_root(root, &prefix, dir_flags, 0)?;
+    let mut parent = open_in_root(root, &prefix, DIR_FLAGS, 0)?;
     for component in rel.components() {
         prefix.push(component);
-        match open_in_root(root, &prefix, dir_flags, 0) {
+        match open_in_root(root, &prefix, DIR_FLAGS, 0) {
             Ok(fd) => {
                 parent = fd;
                 continue;
@@ -112,24 +158,8 @@ pub fn mkdir_all(root: BorrowedFd<'_>, path: &Path, mode: libc::mode_t) -> io::R
         let Component::Normal(name) = component else {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         };
-        let name = cstring(Path::new(name))?;
-        // SAFETY: mkdirat(2) with a descriptor we own and a C string.
-        if unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), mode) } < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EEXIST) {
-                // Something is there that does not resolve: a dangling
-                // symlink, say. Do not create its target.
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!(
-                        "{} exists but does not resolve to a directory in the root (dangling symlink?)",
-                        prefix.display()
-                    ),
-                ));
-            }
-            return Err(e);
-        }
-        parent = open_in_root(root, &prefix, dir_flags, 0)?;
+        mkdir_at(&parent, name, &prefix, mode)?;
+        parent = open_in_root(root, &prefix, DIR_FLAGS, 0)?;
     }
     Ok(parent)
 }

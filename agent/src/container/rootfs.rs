@@ -3,14 +3,15 @@
 //! read-only paths. Every path is resolved inside the rootfs (`paths`),
 //! and mounts go onto the descriptors found there.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::mount::MsFlags;
 
 use super::init::check;
+use super::mountopts::{MountAttr, MOUNT_ATTR_RDONLY};
 use super::paths::{self, create_file, fd_path, mkdir_all, open_in_root};
 use super::spec::{ContainerPlan, MountKind, MountPlan, DEV_SYMLINKS};
 
@@ -160,6 +161,7 @@ pub fn make_dev(
     plan: &ContainerPlan,
     new_userns: bool,
 ) -> Result<(), String> {
+    let mut dirs: Option<(&Path, OwnedFd)> = None;
     for device in &plan.devices {
         let what = |e: String| format!("device {}: {e}", device.path.display());
         if new_userns {
@@ -184,7 +186,12 @@ pub fn make_dev(
             .path
             .file_name()
             .ok_or_else(|| what("no file name".into()))?;
-        let dir = mkdir_all(root, parent, 0o755).map_err(|e| what(e.to_string()))?;
+        // Devices mostly share a directory: resolved once for a run of them.
+        let dir = match dirs.take() {
+            Some((path, fd)) if path == parent => fd,
+            _ => mkdir_all(root, parent, 0o755).map_err(|e| what(e.to_string()))?,
+        };
+        let dir = &dirs.insert((parent, dir)).1;
         let name = c(Path::new(name))?;
         let dev = libc::makedev(device.major, device.minor);
         // SAFETY: mknodat(2)/fchownat(2) relative to a directory we resolved
@@ -232,43 +239,104 @@ fn missing(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOENT)
 }
 
-/// /dev/null over a file, an empty read-only tmpfs over a directory.
-pub fn mask(root: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
-    let fd = match open_in_root(root, path, libc::O_PATH, 0) {
-        Ok(fd) => fd,
-        Err(e) if missing(&e) => return Ok(()),
-        Err(e) => return Err(e.to_string()),
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+/// A detached copy of the mount tree at `path` relative to `dir`
+/// (open_tree(2) with OPEN_TREE_CLONE: a bind mount not attached yet);
+/// `recursive` takes the mounts below it along.
+fn clone_tree(dir: libc::c_int, path: &CStr, recursive: bool) -> io::Result<OwnedFd> {
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if path.is_empty() {
+        flags |= libc::AT_EMPTY_PATH as libc::c_uint;
+    }
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: open_tree(2) reads the C string; the result is a new
+    // descriptor that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dir, path.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Attaches the detached tree `tree` on the path that `target` (an
+/// O_PATH descriptor) names (move_mount(2)): no path is looked up again.
+fn attach(tree: &OwnedFd, target: &OwnedFd) -> io::Result<()> {
+    // SAFETY: move_mount(2) with two descriptors and empty paths.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
     };
-    let target = fd_path(&fd);
-    if paths::is_dir(&fd).map_err(|e| e.to_string())? {
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Masks paths: /dev/null over a file, an empty read-only tmpfs over a
+/// directory. Every masked directory shows the same tmpfs (one
+/// superblock, bound again for each), and every mount goes onto the
+/// descriptor that found the path: a mask costs a lookup and two calls.
+#[derive(Default)]
+pub struct Masker {
+    /// The first masked directory's tmpfs, once mounted.
+    empty: Option<OwnedFd>,
+}
+
+impl Masker {
+    pub fn mask(&mut self, root: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
+        let fd = match open_in_root(root, path, libc::O_PATH, 0) {
+            Ok(fd) => fd,
+            Err(e) if missing(&e) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if !paths::is_dir(&fd).map_err(|e| e.to_string())? {
+            let null = clone_tree(libc::AT_FDCWD, c"/dev/null", false)
+                .map_err(|e| format!("/dev/null: {e}"))?;
+            return attach(&null, &fd).map_err(|e| e.to_string());
+        }
+        if let Some(empty) = &self.empty {
+            let tree = clone_tree(empty.as_raw_fd(), c"", false).map_err(|e| e.to_string())?;
+            return attach(&tree, &fd).map_err(|e| e.to_string());
+        }
         mount(
             Some("tmpfs"),
-            &target,
+            &fd_path(&fd),
             Some("tmpfs"),
             MsFlags::MS_RDONLY,
             None,
         )
-    } else {
-        mount(Some("/dev/null"), &target, None, MsFlags::MS_BIND, None)
+        .map_err(|e| e.to_string())?;
+        let top = open_in_root(root, path, libc::O_PATH, 0).map_err(|e| e.to_string())?;
+        self.empty = Some(top);
+        Ok(())
     }
-    .map_err(|e| e.to_string())
 }
 
+/// A read-only bind of `path` (with what is mounted below it) over
+/// itself; only the top mount is made read-only, as with runc.
 pub fn make_readonly(root: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
     let fd = match open_in_root(root, path, libc::O_PATH, 0) {
         Ok(fd) => fd,
         Err(e) if missing(&e) => return Ok(()),
         Err(e) => return Err(e.to_string()),
     };
-    let target = fd_path(&fd);
-    mount(
-        Some(target.as_str()),
-        &target,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
-    let top = open_in_root(root, path, libc::O_PATH, 0).map_err(|e| e.to_string())?;
-    bind_remount(&fd_path(&top), MsFlags::MS_RDONLY, MsFlags::empty())
+    let tree = clone_tree(fd.as_raw_fd(), c"", true).map_err(|e| e.to_string())?;
+    let readonly = MountAttr {
+        set: MOUNT_ATTR_RDONLY,
+        clear: 0,
+    };
+    readonly.apply_top(&tree).map_err(|e| e.to_string())?;
+    attach(&tree, &fd).map_err(|e| e.to_string())
 }

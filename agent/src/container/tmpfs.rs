@@ -21,7 +21,7 @@ use std::path::Path;
 
 use nix::mount::MsFlags;
 
-use super::paths::{fd_path, mkdir_all, open_in_root};
+use super::paths::{fd_path, make_dir, open_in_root};
 
 fn last_error<T>() -> io::Result<T> {
     Err(io::Error::last_os_error())
@@ -58,7 +58,8 @@ pub fn mount(
             }
             fd
         }
-        None => mkdir_all(root, dest, 0o755).map_err(|e| format!("mount point: {e}"))?,
+        // Found missing just now: no second lookup.
+        None => make_dir(root, dest, 0o755).map_err(|e| format!("mount point: {e}"))?,
     };
     if !data.is_empty() {
         options.push(data.to_string());

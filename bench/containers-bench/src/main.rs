@@ -286,8 +286,20 @@ impl Bundle {
     fn spec(&self) -> Result<(Spec, bool), String> {
         let path = self.dir.join("config.json");
         let text = fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let spec: Spec =
+        let mut value: Value =
             serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Experiments: leave parts of the spec out (JSON pointers,
+        // comma-separated), to see what they cost.
+        if let Ok(drop) = std::env::var("RUNVM_BENCH_SPEC_DROP") {
+            for pointer in drop.split(',').filter(|p| !p.is_empty()) {
+                let (parent, key) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+                if let Some(Value::Object(map)) = value.pointer_mut(parent) {
+                    map.remove(key);
+                }
+            }
+        }
+        let spec: Spec =
+            serde_json::from_value(value).map_err(|e| format!("{}: {e}", path.display()))?;
         let readonly = spec
             .root
             .as_ref()
@@ -942,6 +954,13 @@ async fn main_vm(
     }
     .await
     .map_err(|e| format!("{e}\nguest console ended with:\n{}", vm.console_tail()))?;
+    // A copy of the guest console when asked for (an agent built with
+    // the `phases` feature logs where container set-up spends its time).
+    if let Some(keep) = std::env::var_os("RUNVM_BENCH_CONSOLE") {
+        if let Err(e) = fs::copy(vm.console_log(), &keep) {
+            progress("console", format!("cannot copy the console: {e}"));
+        }
+    }
     let shutdown_s = shutdown(vm, &agent, dir).await?;
     let mut measured = measured;
     measured["ready_s"] = json!(ready_s);
