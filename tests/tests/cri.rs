@@ -49,6 +49,14 @@ const CNI_PLUGINS: &str = "/usr/lib/cni";
 const SLEEPER: &str =
     "echo started; echo to-stderr >&2; trap 'echo stopping; exit 0' TERM; sleep 1000000 & wait";
 
+/// The runtime's `--root` (the shim's `Root` option; the shim adds the
+/// namespace): short, because runvm binds its VM's sockets under
+/// `<root>/k8s.io/<64-hex id>/vm/jail/`, and a socket path must fit in 108
+/// bytes. (containerd's default, /run/containerd/runc, is too long today.)
+fn runtime_root_base() -> PathBuf {
+    PathBuf::from(format!("/run/rv{:x}", std::process::id() & 0xffff))
+}
+
 /// One pod (one VM for runvm) at a time: the host has two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -124,6 +132,7 @@ impl CriEnv {
             ("/usr/lib/cni/bridge", "containernetworking-plugins"),
         ]);
         let scratch = Scratch::new(&format!("cri-{name}"));
+        harness::clean_up(&runtime_root_base(), &[]);
         let runtime = RuntimeUnderTest::resolve(&scratch);
         let netns = NetNs::new(&format!("rvcri-{name}"));
         write_config(&scratch, &runtime);
@@ -209,7 +218,7 @@ impl CriEnv {
 
     /// runvm's `--root`: the shim's `Root` option, per containerd namespace.
     fn runtime_root(&self) -> PathBuf {
-        self.scratch.join("runtime-root").join(K8S_NAMESPACE)
+        runtime_root_base().join(K8S_NAMESPACE)
     }
 
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
@@ -294,10 +303,18 @@ impl CriEnv {
         )
     }
 
+    /// What this test's processes (shims, runtime, VMMs) refer to.
+    fn needles(&self) -> [String; 2] {
+        [
+            self.scratch.display(),
+            runtime_root_base().display().to_string(),
+        ]
+    }
+
     /// The VMMs that run for this test (a jailed VMM is a child of its
     /// supervisor, which is counted).
     fn vmm_count(&self) -> usize {
-        let vmms: Vec<u32> = processes_referencing(&[self.scratch.display()])
+        let vmms: Vec<u32> = processes_referencing(&self.needles())
             .into_iter()
             .filter(|(_, line)| line.contains("runvm-vmm") && line.contains("--kernel"))
             .map(|(pid, _)| pid)
@@ -356,9 +373,9 @@ impl CriEnv {
         assert!(containers.is_empty(), "containers left: {containers:?}");
         // The shim exits once the pod's last container is deleted; with it
         // every VMM and virtiofsd of the pod must be gone.
-        let scratch = self.scratch.display();
+        let needles = self.needles();
         let shims_and_vms_gone = || {
-            let left: Vec<String> = processes_referencing(std::slice::from_ref(&scratch))
+            let left: Vec<String> = processes_referencing(&needles)
                 .into_iter()
                 .filter(|(pid, _)| Some(*pid) != self.daemon.as_ref().map(Child::id))
                 .map(|(_, what)| what)
@@ -368,8 +385,9 @@ impl CriEnv {
         wait_for("the pod's shim, VMM and virtiofsd end", shims_and_vms_gone);
         assert_empty_dir(&self.runtime_root());
         self.stop_daemon();
-        assert_no_process_references(&[scratch]);
+        assert_no_process_references(&needles);
         assert_no_mounts_below(self.scratch.path());
+        assert_no_mounts_below(&runtime_root_base());
         let stuck = harness::remove_cgroup(&self.cgroup_parent);
         assert!(stuck.is_empty(), "cgroups that cannot go: {stuck:?}");
     }
@@ -405,6 +423,7 @@ impl Drop for CriEnv {
             self.stop_daemon();
         }
         harness::remove_cgroup(&self.cgroup_parent);
+        harness::clean_up(&runtime_root_base(), &[]);
     }
 }
 
@@ -414,6 +433,8 @@ impl Drop for CriEnv {
 /// root without CAP_SYS_RESOURCE (as in CI's sandbox) cannot lower it.
 fn write_config(scratch: &Scratch, runtime: &RuntimeUnderTest) {
     let s = scratch.display();
+    let root = runtime_root_base();
+    let root = root.display();
     let binary = runtime.path.display();
     let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
     std::fs::create_dir_all(scratch.join("cni")).expect("cni conf dir");
@@ -471,7 +492,7 @@ disabled_plugins = [
       runtime_type = "io.containerd.runc.v2"
       [{cri}.containerd.runtimes.{HANDLER}.options]
         BinaryName = "{binary}"
-        Root = "{s}/runtime-root"
+        Root = "{root}"
   [{cri}.cni]
     bin_dir = "{CNI_PLUGINS}"
     conf_dir = "{s}/cni"
