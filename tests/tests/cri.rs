@@ -16,6 +16,8 @@
 //! command: there is no registry to pull from.
 
 mod common;
+#[path = "common/containerd_config.rs"]
+mod containerd_config;
 #[path = "common/cri_client.rs"]
 mod cri_client;
 #[path = "common/harness.rs"]
@@ -28,7 +30,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cri_client::{cri, image_spec, CriClient};
 use harness::{
@@ -400,19 +402,8 @@ impl CriEnv {
     }
 
     fn stop_daemon(&mut self) {
-        let Some(mut daemon) = self.daemon.take() else {
-            return;
-        };
-        // SAFETY: kill(2) on the containerd this test started.
-        unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while daemon.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = daemon.kill();
-                let _ = daemon.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(daemon) = self.daemon.take() {
+            harness::terminate(daemon);
         }
     }
 }
@@ -467,25 +458,9 @@ fn write_config(scratch: &Scratch, runtime: &RuntimeUnderTest) {
     .expect("cni conf");
     std::fs::write(
         scratch.join("config.toml"),
-        format!(
-            r#"# Written by the runvm CRI test.
-version = 2
-root = "{s}/root"
-state = "{s}/state"
-disabled_plugins = [
-  "io.containerd.internal.v1.opt",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.native",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-
-[grpc]
-  address = "{s}/containerd.sock"
-
+        containerd_config::base(&s, true)
+            + &format!(
+                r#"
 [{cri}]
   sandbox_image = "{PAUSE_IMAGE}"
   netns_mounts_under_state_dir = true
@@ -505,7 +480,7 @@ disabled_plugins = [
     conf_dir = "{s}/cni"
     max_conf_num = 1
 "#
-        ),
+            ),
     )
     .expect("config.toml");
 }
