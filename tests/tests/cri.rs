@@ -22,12 +22,12 @@ mod containerd_config;
 mod cri_client;
 #[path = "common/harness.rs"]
 mod harness;
+#[path = "common/netns.rs"]
+mod netns;
 #[path = "common/podman_env.rs"]
 mod podman_env;
 
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -37,6 +37,7 @@ use harness::{
     assert_empty_dir, assert_no_mounts_below, assert_no_process_references, processes_referencing,
     read_text, run, wait_for, RuntimeUnderTest, Scratch,
 };
+use netns::NetNs;
 use podman_env::{PodmanEnv, IMAGE};
 
 /// The sandbox image: busybox whose command sleeps (a pause container).
@@ -64,50 +65,6 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A network namespace of the test's (`ip netns add`), deleted on drop.
-struct NetNs {
-    name: String,
-}
-
-impl NetNs {
-    fn new(name: &str) -> NetNs {
-        harness::require_programs(&[("ip", "iproute2")]);
-        let name = format!("{name}-{}", std::process::id());
-        run(Command::new("ip").args(["netns", "add", &name])).ok();
-        let ns = NetNs { name };
-        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"])).ok();
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-
-    /// Makes `command` start in this namespace (its network only: the
-    /// mounts stay the host's, so the test sees what containerd mounts).
-    fn enter(&self, command: &mut Command) {
-        let ns = std::fs::File::open(self.path()).expect("open the network namespace");
-        // SAFETY: between fork and exec only setns(2) on a descriptor that
-        // `ns`, moved into the closure, keeps open.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
 
 /// containerd with its CRI plugin and a client. Field order matters: the
