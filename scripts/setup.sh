@@ -26,6 +26,9 @@ packages=(
   # itself (to check the tests: RUNVM_TEST_RUNTIME=/usr/sbin/runc), and
   # procps and tar (`runc ps` runs ps; the test image is a tar)
   podman conmon netavark containerd runc procps tar
+  # CRI test (tests/tests/cri.rs): containerd's CRI plugin runs the pods'
+  # CNI (bridge, host-local), and the k8s-cri crate's build runs protoc
+  containernetworking-plugins protobuf-compiler
   # network tests (tests/tests/network.rs, runtime's network module): ip
   # and tc set up and inspect the namespaces, veths and taps they make
   iproute2

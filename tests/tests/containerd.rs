@@ -14,6 +14,8 @@
 #[path = "common/cgroup_view.rs"]
 mod cgroup_view;
 mod common;
+#[path = "common/containerd_config.rs"]
+mod containerd_config;
 #[path = "common/harness.rs"]
 mod harness;
 #[path = "common/podman_env.rs"]
@@ -24,7 +26,6 @@ mod pty;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use cgroup_view::CgroupView;
 use harness::{
@@ -66,31 +67,7 @@ impl Containerd {
         let runtime = RuntimeUnderTest::resolve(&scratch);
         let s = scratch.display();
         let config = scratch.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"# Written by the runvm containerd tests.
-version = 2
-root = "{s}/root"
-state = "{s}/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.internal.v1.opt",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.native",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-
-[grpc]
-  address = "{s}/containerd.sock"
-"#
-            ),
-        )
-        .expect("config.toml");
+        std::fs::write(&config, containerd_config::base(&s, false)).expect("config.toml");
         let log = std::fs::File::create(scratch.join("containerd.log")).expect("log");
         let daemon = Command::new("containerd")
             .arg("--config")
@@ -237,19 +214,8 @@ disabled_plugins = [
     }
 
     fn stop_daemon(&mut self) {
-        let Some(mut daemon) = self.daemon.take() else {
-            return;
-        };
-        // SAFETY: kill(2) on the containerd this test started.
-        unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while daemon.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = daemon.kill();
-                let _ = daemon.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(daemon) = self.daemon.take() {
+            harness::terminate(daemon);
         }
     }
 }

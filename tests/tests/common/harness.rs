@@ -207,6 +207,22 @@ pub fn clean_up(path: &Path, also: &[String]) {
     }
 }
 
+/// Stops a daemon the test started: SIGTERM, then SIGKILL if it is still
+/// there after a minute.
+pub fn terminate(mut daemon: Child) {
+    // SAFETY: kill(2) on a child this test started and has not reaped.
+    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// What a finished command did.
 pub struct Output {
     pub what: String,
