@@ -242,7 +242,7 @@ impl MicroVm {
                 })?;
         }
         // Before the guest can connect to it.
-        let ready = std::os::unix::net::UnixListener::bind(vm.ready_socket())
+        let ready = crate::unix_socket::bind(&vm.ready_socket())
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|source| VmError::Readiness {
                 path: vm.ready_socket(),
