@@ -30,6 +30,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegio
 use vmm_sys_util::eventfd::EventFd;
 
 use super::watch::{ConnectionWatch, OnLoss};
+use crate::devices::unix_socket::SocketName;
 use crate::devices::virtio::{ActiveQueue, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
@@ -255,9 +256,10 @@ impl From<String> for StartError {
 /// Connects, giving a backend started just before the VMM a moment to
 /// create its socket.
 fn connect_socket(socket: &Path) -> Result<UnixStream, String> {
+    let socket = SocketName::of(socket, 0).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + CONNECT_GRACE;
     loop {
-        match UnixStream::connect(socket) {
+        match UnixStream::connect(socket.name()) {
             Ok(stream) => return Ok(stream),
             Err(e)
                 if matches!(
