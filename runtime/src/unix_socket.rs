@@ -125,10 +125,8 @@ mod tests {
 
     impl DeepDir {
         fn new(name: &str, length: usize) -> DeepDir {
-            let top = std::env::temp_dir().join(format!(
-                "runvm-unix-socket-{name}-{}",
-                std::process::id()
-            ));
+            let top = std::env::temp_dir()
+                .join(format!("runvm-unix-socket-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&top);
             let mut path = top.clone();
             while path.as_os_str().len() < length {
@@ -199,12 +197,18 @@ mod tests {
         let socket = dir.path.join("n".repeat(120));
         let error = AddressName::of(&socket).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
-        assert!(error.to_string().contains(&*socket.to_string_lossy()), "{error}");
+        assert!(
+            error.to_string().contains(&*socket.to_string_lossy()),
+            "{error}"
+        );
         assert!(error.to_string().contains("file name too long"), "{error}");
 
         let missing = dir.path.join("missing").join("s.sock");
         let error = bind(&missing).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
-        assert!(error.to_string().contains(&*missing.to_string_lossy()), "{error}");
+        assert!(
+            error.to_string().contains(&*missing.to_string_lossy()),
+            "{error}"
+        );
     }
 }

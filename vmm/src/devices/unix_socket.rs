@@ -51,7 +51,9 @@ impl SocketName {
             )
         };
         if !have_proc {
-            return Err(too_long("and /proc is not mounted to reach it by its directory".into()));
+            return Err(too_long(
+                "and /proc is not mounted to reach it by its directory".into(),
+            ));
         }
         let (Some(dir), Some(file_name)) = (path.parent(), path.file_name()) else {
             return Err(too_long("and does not end in a file name".into()));

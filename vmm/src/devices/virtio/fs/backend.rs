@@ -541,6 +541,17 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_below_a_path_longer_than_a_socket_address_is_reached() {
+        let mock = MockBackend::start(Behaviour::default());
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/runvm-fs-test").unwrap();
+        let deep = dir.as_path().join("d".repeat(100)).join("e".repeat(100));
+        std::fs::create_dir_all(&deep).unwrap();
+        // The same socket, by a name too long to connect to directly.
+        std::fs::hard_link(&mock.socket, deep.join("fs.sock")).unwrap();
+        connect(&deep.join("fs.sock")).unwrap();
+    }
+
+    #[test]
     fn a_missing_socket_is_a_connect_error() {
         let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/runvm-fs-test").unwrap();
         let started = Instant::now();
