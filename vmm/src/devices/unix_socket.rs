@@ -33,24 +33,28 @@ impl SocketName {
     /// of its directory (or still `path` if it fits without the room and
     /// there is no /proc). Fails naming `path` when no name fits.
     pub fn of(path: &Path, room: usize) -> std::io::Result<SocketName> {
+        let plain = || SocketName {
+            name: path.to_owned(),
+            _dir: None,
+        };
         let length = path.as_os_str().len();
-        let have_proc = Path::new("/proc/self/fd").is_dir();
-        if length + room <= MAX_ADDRESS_PATH || (length <= MAX_ADDRESS_PATH && !have_proc) {
-            return Ok(SocketName {
-                name: path.to_owned(),
-                _dir: None,
-            });
+        if length + room <= MAX_ADDRESS_PATH {
+            return Ok(plain());
         }
         let too_long = |why: String| {
             Error::new(
                 ErrorKind::InvalidInput,
                 format!(
-                    "{} is longer than a socket address holds ({MAX_ADDRESS_PATH} bytes) {why}",
+                    "the socket path {} is too long for a socket address \
+                     ({MAX_ADDRESS_PATH} bytes) {why}",
                     path.display()
                 ),
             )
         };
-        if !have_proc {
+        if !Path::new("/proc/self/fd").is_dir() {
+            if length <= MAX_ADDRESS_PATH {
+                return Ok(plain());
+            }
             return Err(too_long(
                 "and /proc is not mounted to reach it by its directory".into(),
             ));
