@@ -17,6 +17,11 @@
 //!   symlink planted in `jail/` is never followed by the runtime). Not
 //!   run as root, the VMM is not jailed and its sockets are in `<dir>`.
 //!
+//! `<dir>` may be long (below containerd's root with a 64-hex id), so
+//! its socket paths may not fit a socket address: the runtime reaches
+//! them through [`crate::unix_socket`], and so does the VMM (its own
+//! `devices::unix_socket`); jailed, the VMM names them below its root.
+//!
 //! Everything the VM started goes with it: when it is shut down or
 //! stopped, when the `MicroVm` is dropped, and when the thread that booted
 //! it dies (PR_SET_PDEATHSIG on the VMM and on virtiofsd). A virtiofsd
@@ -242,7 +247,7 @@ impl MicroVm {
                 })?;
         }
         // Before the guest can connect to it.
-        let ready = std::os::unix::net::UnixListener::bind(vm.ready_socket())
+        let ready = crate::unix_socket::bind(&vm.ready_socket())
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|source| VmError::Readiness {
                 path: vm.ready_socket(),

@@ -52,12 +52,18 @@ const CNI_PLUGINS: &str = "/usr/lib/cni";
 const SLEEPER: &str =
     "echo started; echo to-stderr >&2; trap 'echo stopping; exit 0' TERM; sleep 1000000 & wait";
 
-/// The runtime's `--root` (the shim's `Root` option; the shim adds the
-/// namespace): short, because runvm binds its VM's sockets under
-/// `<root>/k8s.io/<64-hex id>/vm/jail/`, and a socket path must fit in 108
-/// bytes. (containerd's default, /run/containerd/runc, is too long today.)
+/// Everything of the runtime's for this test run, removed afterwards.
 fn runtime_root_base() -> PathBuf {
-    PathBuf::from(format!("/run/rv{:x}", std::process::id() & 0xffff))
+    PathBuf::from(format!("/run/containerd-test-{:x}", std::process::id()))
+}
+
+/// The shim's `Root` option, laid out like containerd's default
+/// (`/run/containerd/runc`); the shim adds the namespace. With 64-hex
+/// container ids, the VM's sockets below it
+/// (`<root>/k8s.io/<id>/vm/jail/vsock.sock_1023`) are longer than a
+/// socket address holds (108 bytes), as they are with the default.
+fn shim_root() -> PathBuf {
+    runtime_root_base().join("runc")
 }
 
 /// One pod (one VM for runvm) at a time: the host has two cores.
@@ -177,7 +183,7 @@ impl CriEnv {
 
     /// runvm's `--root`: the shim's `Root` option, per containerd namespace.
     fn runtime_root(&self) -> PathBuf {
-        runtime_root_base().join(K8S_NAMESPACE)
+        shim_root().join(K8S_NAMESPACE)
     }
 
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
@@ -388,7 +394,7 @@ impl Drop for CriEnv {
 /// root without CAP_SYS_RESOURCE (as in CI's sandbox) cannot lower it.
 fn write_config(scratch: &Scratch, runtime: &RuntimeUnderTest) {
     let s = scratch.display();
-    let root = runtime_root_base();
+    let root = shim_root();
     let root = root.display();
     let binary = runtime.path.display();
     let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
@@ -485,6 +491,11 @@ fn pod_with_two_containers_in_one_vm() {
         assert_eq!(vmms, 1, "one VMM for the pod");
         // (Also shows that the final check would see one left behind.)
         assert!(virtiofsds >= 1, "the pod's virtiofsd runs");
+        // The pod works although its sockets' paths do not fit a socket
+        // address, as with containerd's default root.
+        let control = env.runtime_root().join(&pod).join("sandbox.sock");
+        assert!(control.exists(), "{} exists", control.display());
+        assert!(control.as_os_str().len() > 108, "{}", control.display());
     }
 
     let (code, out, err) = env.exec(&app1, &["sh", "-c", "echo out; echo err >&2; exit 3"]);
