@@ -28,6 +28,7 @@
 
 #[macro_use]
 mod log;
+mod network;
 mod args;
 mod container;
 mod exec;
