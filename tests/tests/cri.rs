@@ -9,9 +9,9 @@
 //! pod is one VM: both containers see one guest kernel and one VMM runs.
 //!
 //! CNI is Debian's `bridge` plugin with `host-local` addresses, in the
-//! test's namespace (CRI wants an `eth0` with an address in every pod it
-//! does not put on the node's network); for runvm the pod's network
-//! namespace is the VM's own (see the README's known differences). The
+//! test's namespace; the pod's IP (PodSandboxStatus) must be on `eth0` in
+//! its containers, and a server in the pod must answer the test (for
+//! runvm the pod's `eth0` is carried into its VM by a tap). The
 //! sandbox ("pause") image is the busybox test image with a sleeping
 //! command: there is no registry to pull from.
 
@@ -76,8 +76,9 @@ struct CriEnv {
     runtime: RuntimeUnderTest,
     /// The pods' cgroup parent, removed afterwards.
     cgroup_parent: String,
-    /// Held for containerd's lifetime; deleted after it.
-    _netns: NetNs,
+    /// Held for containerd's lifetime; deleted after it. The pods' bridge
+    /// is here: the test reaches the pods from this namespace.
+    netns: NetNs,
     scratch: Scratch,
 }
 
@@ -122,7 +123,7 @@ impl CriEnv {
             daemon: Some(daemon),
             runtime,
             cgroup_parent: format!("/runvm-e2e-cri-{}", std::process::id()),
-            _netns: netns,
+            netns,
             scratch,
         };
         env.import_images();
@@ -243,6 +244,22 @@ impl CriEnv {
 
     fn log_path(&self, name: &str) -> PathBuf {
         self.scratch.join("pod-logs").join(format!("{name}.log"))
+    }
+
+    /// An HTTP GET of `url` from the test's namespace (busybox wget), as
+    /// a node reaches its pods: the body.
+    fn http_get(&self, url: &str) -> String {
+        wait_for(&format!("{url} answers"), || {
+            let mut command = Command::new("/bin/busybox");
+            command.args(["wget", "-q", "-T", "20", "-O", "-", url]);
+            self.netns.enter(&mut command);
+            let output = command.output().map_err(|e| e.to_string())?;
+            output
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+                .ok_or_else(|| String::from_utf8_lossy(&output.stderr).into_owned())
+        })
     }
 
     /// ExecSync `command` in `id`: (exit code, stdout, stderr).
@@ -486,6 +503,24 @@ fn pod_with_two_containers_in_one_vm() {
         // (Also shows that the final check would see one left behind.)
         assert!(virtiofsds >= 1, "the pod's virtiofsd runs");
     }
+
+    // The pod's network: the IP CNI gave the pod is on eth0 in both
+    // containers, and a server in the pod answers the node (the test's
+    // namespace, where the bridge is).
+    let pod_ip = status.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
+    assert!(!pod_ip.is_empty(), "PodSandboxStatus has the pod's IP: {status:?}");
+    for id in [&app1, &app2] {
+        let (code, out, err) = env.exec(id, &["ip", "-o", "-4", "addr", "show", "eth0"]);
+        assert!(
+            code == 0 && out.contains(&format!("eth0    inet {pod_ip}/24")),
+            "the pod's IP {pod_ip} on eth0 in {id}: {out} {err}"
+        );
+    }
+    let serve = "mkdir -p /www && echo pod-says-hello > /www/index.html && httpd -p 8080 -h /www";
+    let (code, _, err) = env.exec(&app1, &["sh", "-c", serve]);
+    assert_eq!(code, 0, "httpd in app1: {err}");
+    let body = env.http_get(&format!("http://{pod_ip}:8080/"));
+    assert_eq!(body, "pod-says-hello\n", "the pod's httpd answered");
 
     let (code, out, err) = env.exec(&app1, &["sh", "-c", "echo out; echo err >&2; exit 3"]);
     assert_eq!(

@@ -1,9 +1,18 @@
 //! virtio-net end to end: a VM whose interface is a tap in a network
 //! namespace the test creates (never the host's interfaces) exchanges
 //! traffic with that namespace both ways: ping, and a TCP transfer in
-//! each direction through busybox `nc` in the guest.
+//! each direction through busybox `nc` in the guest. The runtime's
+//! network module carries a CNI-style pod namespace into a guest, and
+//! (`pod_namespace`) a container made through the runc command line
+//! wears that namespace's `eth0`.
 
 mod common;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/runtime_cli.rs"]
+mod runtime_cli;
+#[path = "network/pod_namespace.rs"]
+mod pod_namespace;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
