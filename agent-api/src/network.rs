@@ -229,7 +229,17 @@ mod tests {
         for good in ["eth0", "net1", &"x".repeat(15)] {
             assert_eq!(validate_interface_name(good), Ok(()), "{good}");
         }
-        for bad in ["", "lo", ".", "..", "a/b", "a:1", "a b", "nl\n", &"x".repeat(16)] {
+        for bad in [
+            "",
+            "lo",
+            ".",
+            "..",
+            "a/b",
+            "a:1",
+            "a b",
+            "nl\n",
+            &"x".repeat(16),
+        ] {
             assert!(validate_interface_name(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -28,12 +28,12 @@
 
 #[macro_use]
 mod log;
-mod network;
 mod args;
 mod container;
 mod exec;
 mod fdio;
 mod mounts;
+mod network;
 mod power;
 mod processes;
 mod reaper;

@@ -507,8 +507,15 @@ fn pod_with_two_containers_in_one_vm() {
     // The pod's network: the IP CNI gave the pod is on eth0 in both
     // containers, and a server in the pod answers the node (the test's
     // namespace, where the bridge is).
-    let pod_ip = status.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
-    assert!(!pod_ip.is_empty(), "PodSandboxStatus has the pod's IP: {status:?}");
+    let pod_ip = status
+        .network
+        .as_ref()
+        .map(|n| n.ip.clone())
+        .unwrap_or_default();
+    assert!(
+        !pod_ip.is_empty(),
+        "PodSandboxStatus has the pod's IP: {status:?}"
+    );
     for id in [&app1, &app2] {
         let (code, out, err) = env.exec(id, &["ip", "-o", "-4", "addr", "show", "eth0"]);
         assert!(

@@ -9,10 +9,10 @@
 mod common;
 #[path = "common/harness.rs"]
 mod harness;
-#[path = "common/runtime_cli.rs"]
-mod runtime_cli;
 #[path = "network/pod_namespace.rs"]
 mod pod_namespace;
+#[path = "common/runtime_cli.rs"]
+mod runtime_cli;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -99,12 +99,18 @@ pub fn configure(network: &GuestNetwork, target: Option<&OwnedFd>) -> Result<(),
                 ..LinkChange::default()
             },
         )
-        .map_err(|e| format!("cannot take network device {} for {}: {e}", device.name, interface.name))?;
+        .map_err(|e| {
+            format!(
+                "cannot take network device {} for {}: {e}",
+                device.name, interface.name
+            )
+        })?;
         staged.push(temporary);
     }
     let mut there = match target {
-        Some(netns) => Netlink::open_in(netns)
-            .map_err(|e| format!("cannot open a netlink socket in the container's network namespace: {e}"))?,
+        Some(netns) => Netlink::open_in(netns).map_err(|e| {
+            format!("cannot open a netlink socket in the container's network namespace: {e}")
+        })?,
         None => here,
     };
     let mut indexes = HashMap::new();
@@ -120,7 +126,12 @@ pub fn configure(network: &GuestNetwork, target: Option<&OwnedFd>) -> Result<(),
                     ..LinkChange::default()
                 },
             )
-            .map_err(|e| format!("cannot set up interface {} (MTU {}): {e}", interface.name, interface.mtu))?;
+            .map_err(|e| {
+                format!(
+                    "cannot set up interface {} (MTU {}): {e}",
+                    interface.name, interface.mtu
+                )
+            })?;
         indexes.insert(interface.name.as_str(), index);
     }
     let lo = index_by_name(&mut there, "lo")?;
@@ -174,7 +185,9 @@ pub fn configure(network: &GuestNetwork, target: Option<&OwnedFd>) -> Result<(),
             let to = route
                 .destination
                 .as_ref()
-                .map_or("default".to_string(), |d| format!("{}/{}", d.address, d.prefix));
+                .map_or("default".to_string(), |d| {
+                    format!("{}/{}", d.address, d.prefix)
+                });
             let via = route.gateway.map_or(String::new(), |g| format!(" via {g}"));
             format!("cannot add the route {to}{via} dev {}: {e}", route.device)
         })?;

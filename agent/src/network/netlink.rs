@@ -250,14 +250,8 @@ impl Netlink {
         let bytes = message.finish(self.seq);
         // SAFETY: send(2) from a buffer we own; the socket is bound to the
         // kernel.
-        let sent = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                0,
-            )
-        };
+        let sent =
+            unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -392,8 +386,7 @@ impl Netlink {
         fixed[5] = RTPROT_BOOT;
         fixed[6] = route.scope;
         fixed[7] = RTN_UNICAST;
-        let mut message =
-            Message::new(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &fixed);
+        let mut message = Message::new(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &fixed);
         if let Some(destination) = route.destination {
             message.ip(RTA_DST, &destination.address);
         }
@@ -413,8 +406,11 @@ impl Netlink {
         fixed[0] = family(address);
         fixed[4..8].copy_from_slice(&index.to_ne_bytes());
         fixed[8..10].copy_from_slice(&NUD_PERMANENT.to_ne_bytes());
-        let mut message =
-            Message::new(RTM_NEWNEIGH, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, &fixed);
+        let mut message = Message::new(
+            RTM_NEWNEIGH,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            &fixed,
+        );
         message.ip(NDA_DST, address).attr(NDA_LLADDR, mac);
         self.call(message)
     }
@@ -484,7 +480,10 @@ mod tests {
     fn loopback_in_a_new_namespace_comes_up_with_an_address() {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
-        assert!(root, "the netlink tests make network namespaces: run them as root");
+        assert!(
+            root,
+            "the netlink tests make network namespaces: run them as root"
+        );
         let result = std::thread::spawn(|| -> io::Result<Vec<String>> {
             // SAFETY: unshare(2) of this thread's network namespace.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {

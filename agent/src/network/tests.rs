@@ -11,7 +11,10 @@ use super::configure;
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    assert!(root, "the network tests make network namespaces: run them as root");
+    assert!(
+        root,
+        "the network tests make network namespaces: run them as root"
+    );
 }
 
 /// `ip` in the calling thread's network namespace.
@@ -77,14 +80,33 @@ fn devices_found_by_mac_are_renamed_addressed_and_routed_in_place() {
     require_root();
     let shown = in_new_netns(|| {
         // The guest's eth0 is the pod's net1 and the other way round.
-        ip(&["link", "add", "eth0", "address", "02:00:00:00:01:01", "type", "veth",
-             "peer", "name", "peer0"]);
-        ip(&["link", "add", "eth1", "address", "02:00:00:00:00:01", "type", "veth",
-             "peer", "name", "peer1"]);
+        ip(&[
+            "link",
+            "add",
+            "eth0",
+            "address",
+            "02:00:00:00:01:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "peer0",
+        ]);
+        ip(&[
+            "link",
+            "add",
+            "eth1",
+            "address",
+            "02:00:00:00:00:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "peer1",
+        ]);
         ip(&["link", "set", "peer0", "up"]);
         ip(&["link", "set", "peer1", "up"]);
-        configure(&pod(["02:00:00:00:00:01", "02:00:00:00:01:01"]), None)
-            .expect("configure");
+        configure(&pod(["02:00:00:00:00:01", "02:00:00:00:01:01"]), None).expect("configure");
         (
             ip(&["-o", "addr"]),
             ip(&["-o", "link"]),
@@ -101,21 +123,45 @@ fn devices_found_by_mac_are_renamed_addressed_and_routed_in_place() {
         links.contains("eth0@peer1: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1420"),
         "{all}"
     );
-    assert!(links.contains("net1@peer0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500"), "{all}");
+    assert!(
+        links.contains("net1@peer0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500"),
+        "{all}"
+    );
     assert!(routes.contains("default via 10.88.0.1 dev eth0"), "{all}");
-    assert!(routes.contains("172.16.0.0/12 via 192.168.5.1 dev net1"), "{all}");
-    assert!(neighbours.contains("10.88.0.1 dev eth0 lladdr 02:00:00:00:00:01 PERMANENT"), "{all}");
+    assert!(
+        routes.contains("172.16.0.0/12 via 192.168.5.1 dev net1"),
+        "{all}"
+    );
+    assert!(
+        neighbours.contains("10.88.0.1 dev eth0 lladdr 02:00:00:00:00:01 PERMANENT"),
+        "{all}"
+    );
 }
 
 #[test]
 fn devices_move_into_the_containers_namespace() {
     require_root();
     let (moved, left) = in_new_netns(|| {
-        ip(&["link", "add", "eth0", "address", "02:00:00:00:00:01", "type", "veth",
-             "peer", "name", "eth1", "address", "02:00:00:00:01:01"]);
+        ip(&[
+            "link",
+            "add",
+            "eth0",
+            "address",
+            "02:00:00:00:00:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1",
+            "address",
+            "02:00:00:00:01:01",
+        ]);
         let container = in_new_netns(open_own_netns);
-        configure(&pod(["02:00:00:00:00:01", "02:00:00:00:01:01"]), Some(&container))
-            .expect("configure");
+        configure(
+            &pod(["02:00:00:00:00:01", "02:00:00:00:01:01"]),
+            Some(&container),
+        )
+        .expect("configure");
         let left = ip(&["-o", "link"]);
         let moved = std::thread::spawn(move || {
             // SAFETY: setns(2) of this thread to the container's namespace.
@@ -129,18 +175,39 @@ fn devices_move_into_the_containers_namespace() {
     });
     let (addresses, routes) = moved;
     assert!(!left.contains("eth"), "left behind: {left}");
-    assert!(addresses.contains("eth0    inet 10.88.0.2/24"), "{addresses}");
-    assert!(addresses.contains("net1    inet 192.168.5.9/28"), "{addresses}");
+    assert!(
+        addresses.contains("eth0    inet 10.88.0.2/24"),
+        "{addresses}"
+    );
+    assert!(
+        addresses.contains("net1    inet 192.168.5.9/28"),
+        "{addresses}"
+    );
     assert!(addresses.contains("lo    inet 127.0.0.1/8"), "{addresses}");
-    assert!(routes.contains("default via 10.88.0.1 dev eth0"), "{routes}");
+    assert!(
+        routes.contains("default via 10.88.0.1 dev eth0"),
+        "{routes}"
+    );
 }
 
 #[test]
 fn a_missing_device_is_named_with_what_the_vm_has() {
     require_root();
     let error = in_new_netns(|| {
-        ip(&["link", "add", "eth0", "address", "02:00:00:00:00:01", "type", "veth",
-             "peer", "name", "eth1", "address", "02:00:00:00:01:01"]);
+        ip(&[
+            "link",
+            "add",
+            "eth0",
+            "address",
+            "02:00:00:00:00:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1",
+            "address",
+            "02:00:00:00:01:01",
+        ]);
         configure(&pod(["02:00:00:00:00:01", "02:00:00:00:02:02"]), None).unwrap_err()
     });
     assert!(

@@ -115,8 +115,7 @@ async fn create_owner(
         Some(attached) => attached.vm_taps()?,
         None => Vec::new(),
     };
-    let mut vm =
-        MicroVm::boot_with_taps(&vm_spec, &home.vm_dir(), Some(&home.vmm_log()), taps)?;
+    let mut vm = MicroVm::boot_with_taps(&vm_spec, &home.vm_dir(), Some(&home.vmm_log()), taps)?;
     let agent = vm.connect_agent(deadlines::BOOT).await?;
     let mut sandbox = Sandbox::new(root.clone(), home, vm, agent);
     let io = host.io.take().ok_or(MonitorError::NotRunning)?;

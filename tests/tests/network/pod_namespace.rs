@@ -44,8 +44,10 @@ fn bundle(cli: &Cli, name: &str, script: &str, network: Option<Value>) -> PathBu
     config["process"]["terminal"] = json!(false);
     config["process"]["args"] = json!(["sh", "-c", script]);
     let mounts = config["mounts"].as_array_mut().expect("mounts");
-    mounts.push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-                       "options": ["nosuid", "nodev", "mode=1777"]}));
+    mounts.push(
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                       "options": ["nosuid", "nodev", "mode=1777"]}),
+    );
     let namespaces = config["linux"]["namespaces"]
         .as_array_mut()
         .expect("namespaces");
@@ -65,7 +67,15 @@ fn cni_like_pod(pod: &NetNs, peer: &NetNs) {
     pod.ip(&["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"]);
     pod.ip(&["route", "add", "default", "via", PEER_IP]);
     pod.ip(&[
-        "neigh", "add", NEIGHBOUR, "lladdr", NEIGHBOUR_MAC, "dev", "eth0", "nud", "permanent",
+        "neigh",
+        "add",
+        NEIGHBOUR,
+        "lladdr",
+        NEIGHBOUR_MAC,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
     ]);
     peer.ip(&["link", "set", "vpeer", "mtu", "1420", "up"]);
     peer.ip(&["addr", "add", &format!("{PEER_IP}/24"), "dev", "vpeer"]);
@@ -184,7 +194,10 @@ fn a_container_wears_its_pod_namespaces_eth0_and_delete_after_kill_9_leaves_no_t
         "PING-OK".to_string(),
         "SENT".to_string(),
     ] {
-        assert!(shown.contains(&wanted), "{wanted:?} in the container:\n{shown}");
+        assert!(
+            shown.contains(&wanted),
+            "{wanted:?} in the container:\n{shown}"
+        );
     }
     assert_eq!(
         received.join().expect("the peer thread"),
@@ -204,14 +217,15 @@ fn a_container_wears_its_pod_namespaces_eth0_and_delete_after_kill_9_leaves_no_t
     unsafe { libc::kill(pid, libc::SIGKILL) };
     wait_for("the container stops", || {
         let state = cli.run(&["state", &id]).ok().stdout;
-        state
-            .contains("\"stopped\"")
-            .then_some(())
-            .ok_or(state)
+        state.contains("\"stopped\"").then_some(()).ok_or(state)
     });
     super::runtime_cli::reap_orphans();
     cli.run(&["delete", &id]).ok();
-    assert_eq!(runvm_leftovers(&pod), "", "runvm's taps or filters are left");
+    assert_eq!(
+        runvm_leftovers(&pod),
+        "",
+        "runvm's taps or filters are left"
+    );
     let addresses = in_namespace(&pod, "ip", &["-o", "addr", "show", "eth0"]);
     assert!(
         addresses.contains(&format!("inet {POD_IP}/24")),
@@ -238,7 +252,9 @@ fn a_vanished_namespace_and_the_host_network_fail_create_and_leave_nothing() {
         let id = unique(name);
         let (out, err) = (cli.scratch.join("out"), cli.scratch.join("err"));
         let pid_file = cli.scratch.join(format!("{name}.pid"));
-        let failed = cli.create_to_files(&dir, &pid_file, &id, &out, &err).fails();
+        let failed = cli
+            .create_to_files(&dir, &pid_file, &id, &out, &err)
+            .fails();
         let said = format!("{}{}", failed.stderr, read_text(&err));
         if cli.runtime.is_runvm {
             assert!(said.contains(&expected), "{name}: {said}");
