@@ -71,10 +71,9 @@ pub fn configure(network: &GuestNetwork, target: Option<&OwnedFd>) -> Result<(),
     let devices = here
         .links()
         .map_err(|e| format!("cannot list the network devices: {e}"))?;
-    // Temporary names first: a pod's `eth0` may be the guest's `eth1`
-    // while the guest's `eth0` is still to be renamed.
-    let mut staged = Vec::with_capacity(network.interfaces.len());
-    for (n, interface) in network.interfaces.iter().enumerate() {
+    // Every device found before any is touched.
+    let mut found = Vec::with_capacity(network.interfaces.len());
+    for interface in &network.interfaces {
         let device = devices
             .iter()
             .find(|d| d.mac == Some(interface.mac))
@@ -90,6 +89,12 @@ pub fn configure(network: &GuestNetwork, target: Option<&OwnedFd>) -> Result<(),
                     present.join(", ")
                 )
             })?;
+        found.push(device);
+    }
+    // Temporary names first: a pod's `eth0` may be the guest's `eth1`
+    // while the guest's `eth0` is still to be renamed.
+    let mut staged = Vec::with_capacity(found.len());
+    for (n, (interface, device)) in network.interfaces.iter().zip(found).enumerate() {
         let temporary = format!("rvnet{n}");
         here.set_link(
             device.index,

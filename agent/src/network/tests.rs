@@ -17,7 +17,20 @@ fn require_root() {
     );
 }
 
-/// `ip` in the calling thread's network namespace.
+/// `ip` in the calling thread's network namespace: `line`'s words.
+fn ip_line(line: &str) -> String {
+    ip(&line.split_whitespace().collect::<Vec<_>>())
+}
+
+/// A veth pair standing for two virtio-net devices: the pod's `eth0`
+/// (by MAC, see [`pod`]) is the guest's `eth1`, its `net1` the guest's
+/// `eth0`, so renaming must go through temporary names.
+fn two_devices() {
+    ip_line(
+        "link add eth0 address 02:00:00:00:01:01 type veth peer name eth1 address 02:00:00:00:00:01",
+    );
+}
+
 fn ip(args: &[&str]) -> String {
     let output = Command::new("ip").args(args).output().expect("run ip");
     assert!(
@@ -79,33 +92,7 @@ fn mac(text: &str) -> Vec<u8> {
 fn devices_found_by_mac_are_renamed_addressed_and_routed_in_place() {
     require_root();
     let shown = in_new_netns(|| {
-        // The guest's eth0 is the pod's net1 and the other way round.
-        ip(&[
-            "link",
-            "add",
-            "eth0",
-            "address",
-            "02:00:00:00:01:01",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "peer0",
-        ]);
-        ip(&[
-            "link",
-            "add",
-            "eth1",
-            "address",
-            "02:00:00:00:00:01",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "peer1",
-        ]);
-        ip(&["link", "set", "peer0", "up"]);
-        ip(&["link", "set", "peer1", "up"]);
+        two_devices();
         configure(&pod(["02:00:00:00:00:01", "02:00:00:00:01:01"]), None).expect("configure");
         (
             ip(&["-o", "addr"]),
@@ -120,11 +107,11 @@ fn devices_found_by_mac_are_renamed_addressed_and_routed_in_place() {
     assert!(addresses.contains("net1    inet 192.168.5.9/28"), "{all}");
     assert!(addresses.contains("lo    inet 127.0.0.1/8"), "{all}");
     assert!(
-        links.contains("eth0@peer1: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1420"),
+        links.contains("eth0@net1: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1420"),
         "{all}"
     );
     assert!(
-        links.contains("net1@peer0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500"),
+        links.contains("net1@eth0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500"),
         "{all}"
     );
     assert!(routes.contains("default via 10.88.0.1 dev eth0"), "{all}");
@@ -142,20 +129,7 @@ fn devices_found_by_mac_are_renamed_addressed_and_routed_in_place() {
 fn devices_move_into_the_containers_namespace() {
     require_root();
     let (moved, left) = in_new_netns(|| {
-        ip(&[
-            "link",
-            "add",
-            "eth0",
-            "address",
-            "02:00:00:00:00:01",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth1",
-            "address",
-            "02:00:00:00:01:01",
-        ]);
+        two_devices();
         let container = in_new_netns(open_own_netns);
         configure(
             &pod(["02:00:00:00:00:01", "02:00:00:00:01:01"]),
@@ -191,28 +165,20 @@ fn devices_move_into_the_containers_namespace() {
 }
 
 #[test]
-fn a_missing_device_is_named_with_what_the_vm_has() {
+fn a_missing_device_is_named_with_what_the_vm_has_and_nothing_is_touched() {
     require_root();
-    let error = in_new_netns(|| {
-        ip(&[
-            "link",
-            "add",
-            "eth0",
-            "address",
-            "02:00:00:00:00:01",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth1",
-            "address",
-            "02:00:00:00:01:01",
-        ]);
-        configure(&pod(["02:00:00:00:00:01", "02:00:00:00:02:02"]), None).unwrap_err()
+    let (error, links) = in_new_netns(|| {
+        two_devices();
+        let error = configure(&pod(["02:00:00:00:00:01", "02:00:00:00:02:02"]), None).unwrap_err();
+        (error, ip(&["-o", "link"]))
     });
     assert!(
+        !links.contains("rvnet") && !links.contains("UP,"),
+        "{links}"
+    );
+    assert!(
         error.contains("no network device has MAC 02:00:00:00:02:02 for interface net1")
-            && error.contains("eth1 02:00:00:00:01:01"),
+            && error.contains("eth0 02:00:00:00:01:01"),
         "{error}"
     );
 }

@@ -11,16 +11,16 @@
 //! the host network, which runc shares and runvm refuses.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::harness::{busybox_rootfs, processes_referencing, read_text, run, wait_for};
 use super::runtime_cli::{unique, Cli};
-use super::{NetNs, ONE_VM};
+use super::{receive_one, NetNs, ONE_VM};
 
 const POD_IP: &str = "10.89.0.2";
 const PEER_IP: &str = "10.89.0.1";
@@ -103,34 +103,6 @@ fn runvm_leftovers(pod: &NetNs) -> String {
     [taps, ours].concat().join("\n")
 }
 
-/// Accepts one connection in `peer` and returns what it sent.
-fn receive_one(peer: &NetNs, port: u16) -> std::thread::JoinHandle<Result<String, String>> {
-    let address: SocketAddr = format!("{PEER_IP}:{port}").parse().expect("address");
-    peer.spawn(move || {
-        let listener = TcpListener::bind(address).map_err(|e| e.to_string())?;
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let (mut stream, _) = loop {
-            match listener.accept() {
-                Ok(accepted) => break accepted,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => return Err(format!("the container never connected: {e}")),
-            }
-        };
-        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        stream
-            .read_to_string(&mut text)
-            .map_err(|e| e.to_string())?;
-        Ok(text)
-    })
-}
-
 /// An HTTP GET of `/` at the pod's port 8080, from `peer`.
 fn get_from(peer: &NetNs) -> Result<String, String> {
     let address: SocketAddr = format!("{POD_IP}:8080").parse().expect("address");
@@ -159,7 +131,7 @@ fn a_container_wears_its_pod_namespaces_eth0_and_delete_after_kill_9_leaves_no_t
     let cli = Cli::new("network", "pod");
     let (pod, peer) = (NetNs::new(), NetNs::new());
     cni_like_pod(&pod, &peer);
-    let received = receive_one(&peer, 7003);
+    let received = receive_one(&peer, format!("{PEER_IP}:7003").parse().expect("address"));
     let script = format!(
         "mkdir /tmp/www && echo pod-says-hello > /tmp/www/index.html; \
          ip -o addr; ip -o link; ip route; ip neigh; \
