@@ -30,7 +30,8 @@ const NEIGHBOUR_MAC: &str = "02:00:0a:59:00:4d";
 const RUNVM_FILTER_PREF: &str = "pref 49374";
 
 /// A busybox bundle `scratch/name` from `<runtime> spec` running `script`,
-/// with a tmpfs on /tmp, and `network` as its network namespace entry
+/// with a tmpfs on /tmp, CAP_NET_RAW (for ping) and `network` as its
+/// network namespace entry
 /// (`None`: no entry, the host's network).
 fn bundle(cli: &Cli, name: &str, script: &str, network: Option<Value>) -> PathBuf {
     let dir = cli.scratch.join(name);
@@ -43,6 +44,12 @@ fn bundle(cli: &Cli, name: &str, script: &str, network: Option<Value>) -> PathBu
         serde_json::from_slice(&std::fs::read(&path).expect("config.json")).expect("JSON");
     config["process"]["terminal"] = json!(false);
     config["process"]["args"] = json!(["sh", "-c", script]);
+    // busybox ping opens a raw socket.
+    for set in ["bounding", "effective", "permitted"] {
+        if let Some(caps) = config["process"]["capabilities"][set].as_array_mut() {
+            caps.push(json!("CAP_NET_RAW"));
+        }
+    }
     let mounts = config["mounts"].as_array_mut().expect("mounts");
     mounts.push(
         json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
