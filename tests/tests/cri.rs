@@ -27,10 +27,13 @@ mod netns;
 #[path = "common/podman_env.rs"]
 mod podman_env;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cri_client::{cri, image_spec, CriClient};
 use harness::{
@@ -246,20 +249,36 @@ impl CriEnv {
         self.scratch.join("pod-logs").join(format!("{name}.log"))
     }
 
-    /// An HTTP GET of `url` from the test's namespace (busybox wget), as
-    /// a node reaches its pods: the body.
-    fn http_get(&self, url: &str) -> String {
-        wait_for(&format!("{url} answers"), || {
-            let mut command = Command::new("/bin/busybox");
-            command.args(["wget", "-q", "-T", "20", "-O", "-", url]);
-            self.netns.enter(&mut command);
-            let output = command.output().map_err(|e| e.to_string())?;
-            output
-                .status
-                .success()
-                .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-                .ok_or_else(|| String::from_utf8_lossy(&output.stderr).into_owned())
-        })
+    /// An HTTP/1.0 GET of `/` at `address` from the test's namespace, as
+    /// the node reaches its pods: the whole answer.
+    fn http_get(&self, address: SocketAddr) -> String {
+        let netns = std::fs::File::open(self.netns.path()).expect("open the test's namespace");
+        let get = move || -> Result<String, String> {
+            // SAFETY: setns(2) of this thread (a network namespace is per
+            // thread until a fork).
+            if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("setns: {}", std::io::Error::last_os_error()));
+            }
+            Ok(wait_for(&format!("{address} answers"), || {
+                let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(20))
+                    .map_err(|e| e.to_string())?;
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .map_err(|e| e.to_string())?;
+                stream
+                    .write_all(b"GET / HTTP/1.0\r\n\r\n")
+                    .map_err(|e| e.to_string())?;
+                let mut answer = String::new();
+                stream
+                    .read_to_string(&mut answer)
+                    .map_err(|e| e.to_string())?;
+                Ok(answer)
+            }))
+        };
+        std::thread::spawn(get)
+            .join()
+            .expect("the client thread")
+            .unwrap_or_else(|e| self.fail(&e))
     }
 
     /// ExecSync `command` in `id`: (exit code, stdout, stderr).
@@ -419,6 +438,7 @@ fn write_config(scratch: &Scratch, runtime: &RuntimeUnderTest) {
   "plugins": [{{
     "type": "bridge",
     "bridge": "rvcri0",
+    "isGateway": true,
     "ipam": {{
       "type": "host-local",
       "ranges": [[{{"subnet": "10.88.77.0/24"}}]],
@@ -526,8 +546,11 @@ fn pod_with_two_containers_in_one_vm() {
     let serve = "mkdir -p /www && echo pod-says-hello > /www/index.html && httpd -p 8080 -h /www";
     let (code, _, err) = env.exec(&app1, &["sh", "-c", serve]);
     assert_eq!(code, 0, "httpd in app1: {err}");
-    let body = env.http_get(&format!("http://{pod_ip}:8080/"));
-    assert_eq!(body, "pod-says-hello\n", "the pod's httpd answered");
+    let answer = env.http_get(format!("{pod_ip}:8080").parse().expect("the pod's IP"));
+    assert!(
+        answer.starts_with("HTTP/1.") && answer.ends_with("\r\n\r\npod-says-hello\n"),
+        "the pod's httpd answered: {answer}"
+    );
 
     let (code, out, err) = env.exec(&app1, &["sh", "-c", "echo out; echo err >&2; exit 3"]);
     assert_eq!(
