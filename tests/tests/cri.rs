@@ -27,13 +27,12 @@ mod netns;
 #[path = "common/podman_env.rs"]
 mod podman_env;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cri_client::{cri, image_spec, CriClient};
 use harness::{
@@ -260,19 +259,7 @@ impl CriEnv {
                 return Err(format!("setns: {}", std::io::Error::last_os_error()));
             }
             Ok(wait_for(&format!("{address} answers"), || {
-                let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(20))
-                    .map_err(|e| e.to_string())?;
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(30)))
-                    .map_err(|e| e.to_string())?;
-                stream
-                    .write_all(b"GET / HTTP/1.0\r\n\r\n")
-                    .map_err(|e| e.to_string())?;
-                let mut answer = String::new();
-                stream
-                    .read_to_string(&mut answer)
-                    .map_err(|e| e.to_string())?;
-                Ok(answer)
+                harness::http_get(address)
             }))
         };
         std::thread::spawn(get)

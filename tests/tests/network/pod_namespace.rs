@@ -10,15 +10,13 @@
 //! Run against runc too (`RUNVM_TEST_RUNTIME=/usr/sbin/runc`), except for
 //! the host network, which runc shares and runvm refuses.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::harness::{busybox_rootfs, processes_referencing, read_text, run, wait_for};
+use super::harness::{busybox_rootfs, http_get, processes_referencing, read_text, run, wait_for};
 use super::runtime_cli::{unique, Cli};
 use super::{receive_one, NetNs, ONE_VM};
 
@@ -110,26 +108,13 @@ fn runvm_leftovers(pod: &NetNs) -> String {
     [taps, ours].concat().join("\n")
 }
 
-/// An HTTP GET of `/` at the pod's port 8080, from `peer`.
-fn get_from(peer: &NetNs) -> Result<String, String> {
+/// An HTTP GET of `/` at the pod's port 8080, from `peer`, once the
+/// server listens (it starts after the container said READY).
+fn get_from(peer: &NetNs) -> String {
     let address: SocketAddr = format!("{POD_IP}:8080").parse().expect("address");
-    peer.spawn(move || {
-        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(30))
-            .map_err(|e| format!("connect to {address}: {e}"))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        stream
-            .write_all(b"GET / HTTP/1.0\r\n\r\n")
-            .map_err(|e| e.to_string())?;
-        let mut answer = String::new();
-        stream
-            .read_to_string(&mut answer)
-            .map_err(|e| e.to_string())?;
-        Ok(answer)
-    })
-    .join()
-    .expect("the client thread")
+    peer.spawn(move || wait_for("the pod's httpd answers", || http_get(address)))
+        .join()
+        .expect("the client thread")
 }
 
 #[test]
@@ -190,7 +175,7 @@ fn a_container_wears_its_pod_namespaces_eth0_and_delete_after_kill_9_leaves_no_t
         Ok("from-the-container\n".to_string()),
         "{shown}"
     );
-    let answer = get_from(&peer).unwrap_or_else(|e| panic!("{e}\n{shown}"));
+    let answer = get_from(&peer);
     assert!(
         answer.starts_with("HTTP/1.") && answer.contains("pod-says-hello"),
         "the pod's httpd answered: {answer}"
