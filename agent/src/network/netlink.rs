@@ -35,6 +35,7 @@ const IFLA_MTU: u16 = 4;
 const IFLA_NET_NS_FD: u16 = 28;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const IFA_BROADCAST: u16 = 4;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
@@ -364,7 +365,7 @@ impl Netlink {
         self.call(message)
     }
 
-    /// `ip addr add ADDRESS/PREFIX dev INDEX`.
+    /// `ip addr add ADDRESS/PREFIX brd + dev INDEX`.
     pub fn add_address(&mut self, index: i32, net: &IpNet) -> io::Result<()> {
         let mut fixed = [0u8; 8];
         fixed[0] = family(&net.address);
@@ -374,6 +375,9 @@ impl Netlink {
         message
             .ip(IFA_LOCAL, &net.address)
             .ip(IFA_ADDRESS, &net.address);
+        if let Some(broadcast) = broadcast_of(net) {
+            message.ip(IFA_BROADCAST, &IpAddr::V4(broadcast));
+        }
         self.call(message)
     }
 
@@ -416,6 +420,18 @@ impl Netlink {
     }
 }
 
+/// An IPv4 subnet's broadcast address (`brd +`), as CNI and netavark set
+/// it; none for /31 and /32, which have none.
+fn broadcast_of(net: &IpNet) -> Option<std::net::Ipv4Addr> {
+    match net.address {
+        IpAddr::V4(v4) if net.prefix < 31 => {
+            let host_bits = u32::MAX >> net.prefix;
+            Some((u32::from(v4) | host_bits).into())
+        }
+        _ => None,
+    }
+}
+
 /// A route as [`Netlink::add_route`] takes it.
 pub struct Route<'a> {
     pub destination: Option<&'a IpNet>,
@@ -448,6 +464,24 @@ mod tests {
         assert_eq!(&bytes[32..34], &9u16.to_ne_bytes());
         assert_eq!(&bytes[36..41], b"eth0\0");
         assert_eq!(&bytes[44..46], &8u16.to_ne_bytes());
+    }
+
+    #[test]
+    fn ipv4_subnets_get_their_broadcast_address() {
+        let net = |text: &str, prefix| IpNet {
+            address: text.parse().unwrap(),
+            prefix,
+        };
+        assert_eq!(
+            broadcast_of(&net("10.88.0.14", 16)),
+            Some("10.88.255.255".parse().unwrap())
+        );
+        assert_eq!(
+            broadcast_of(&net("10.1.2.3", 0)),
+            Some("255.255.255.255".parse().unwrap())
+        );
+        assert_eq!(broadcast_of(&net("10.1.2.3", 31)), None);
+        assert_eq!(broadcast_of(&net("fd00::1", 64)), None);
     }
 
     #[test]

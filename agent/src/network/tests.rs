@@ -103,7 +103,10 @@ fn devices_found_by_mac_are_renamed_addressed_and_routed_in_place() {
     });
     let (addresses, links, routes, neighbours) = shown;
     let all = format!("{addresses}\n{links}\n{routes}\n{neighbours}");
-    assert!(addresses.contains("eth0    inet 10.88.0.2/24"), "{all}");
+    assert!(
+        addresses.contains("eth0    inet 10.88.0.2/24 brd 10.88.0.255"),
+        "{all}"
+    );
     assert!(addresses.contains("net1    inet 192.168.5.9/28"), "{all}");
     assert!(addresses.contains("lo    inet 127.0.0.1/8"), "{all}");
     assert!(
