@@ -18,6 +18,8 @@ mod common;
 mod containerd_config;
 #[path = "common/harness.rs"]
 mod harness;
+#[path = "common/netns.rs"]
+mod netns;
 #[path = "common/podman_env.rs"]
 mod podman_env;
 #[path = "common/pty.rs"]
