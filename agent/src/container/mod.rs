@@ -10,6 +10,8 @@
 //! - `phases` (a build feature) logs where the set-up spends its time.
 //! - `control`: the requests on containers that exist (signal, wait,
 //!   delete, state, stats, freeze, update, events).
+//! - `pod`: the namespaces a container shares with others of its pod, and
+//!   the pod's cgroup its own goes under.
 //! - `paths` resolves paths inside a root filesystem (openat2); `rootfs`
 //!   builds the container's mount tree there.
 //! - `mountopts`, `seccomp`, `cgroups`: mount options, the seccomp filter,
@@ -38,6 +40,7 @@ mod launch;
 pub mod mountopts;
 pub mod paths;
 pub mod phases;
+mod pod;
 pub mod procattrs;
 mod procs;
 pub mod rootfs;
@@ -49,13 +52,14 @@ pub mod tmpfs;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
 use runvm_agent_api::{
     validate_container_id, AgentError, ContainerEvent, ContainerStatus, CreateContainerRequest,
-    ErrorKind, ExecInContainerRequest, ExitStatus, ResponseBody,
+    ErrorKind, ExecInContainerRequest, ExitStatus, PodPlacement, ResponseBody,
 };
 use tokio::sync::{watch, Notify};
 use tokio::task::spawn_local;
@@ -68,6 +72,7 @@ use crate::state::Agent;
 use cgroups::Cgroup;
 use init::Job;
 use launch::{error_text, launch, open_ns, recv, Launched, Process};
+use spec::ContainerPlan;
 use phases::phase;
 use seccomp::SeccompProgram;
 
@@ -92,11 +97,15 @@ struct Container {
     rootfs: String,
     process: u64,
     pid: i32,
+    /// The init's pidfd, by which its namespaces are found (see `pod`).
+    pidfd: Option<OwnedFd>,
     status: ContainerStatus,
     exited: watch::Sender<Option<ExitStatus>>,
     /// The init's sync socket while it waits for start.
     sync: Option<Rc<Fd>>,
     cgroup: Option<Rc<Cgroup>>,
+    /// The cgroup of the container's pod, which its own is in.
+    pod_cgroup: Option<PathBuf>,
     /// The namespaces an exec joins: (CLONE_NEW* flag, name in /proc/<pid>/ns).
     namespaces: Vec<(libc::c_int, &'static str)>,
     seccomp: Option<Rc<SeccompProgram>>,
@@ -191,6 +200,50 @@ impl Containers {
             .get_mut(id)
             .ok_or_else(|| not_found(format!("no container {id:?}")))
     }
+
+    /// Namespace `name` (as under /proc/<pid>/ns) of container `id`'s
+    /// init, which must not have ended.
+    fn namespace_of(&self, id: &str, name: &str) -> Result<OwnedFd, AgentError> {
+        let c = self.get(id)?;
+        let ended = || conflict(format!("container {id:?} has stopped"));
+        if c.status == ContainerStatus::Stopped {
+            return Err(ended());
+        }
+        let pidfd = c.pidfd.as_ref().ok_or_else(ended)?;
+        pod::namespace_of(c.pid, pidfd, name).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) | Some(libc::ENOENT) => ended(),
+            _ => system(format!(
+                "cannot open the {name} namespace of container {id:?}: {e}"
+            )),
+        })
+    }
+}
+
+/// Descriptors of the namespaces `plan` joins, by path or shared with
+/// another container of the pod, and their CLONE_NEW* flags.
+fn namespaces_to_join(
+    agent: &Agent,
+    plan: &ContainerPlan,
+) -> Result<Vec<(OwnedFd, libc::c_int)>, AgentError> {
+    let mut join = Vec::new();
+    for ns in plan.namespaces.iter() {
+        if let Some(path) = &ns.path {
+            let fd = open_ns(path)
+                .map_err(|e| invalid(format!("cannot open namespace {}: {e}", path.display())))?;
+            join.push((fd, ns.flag));
+        } else if let Some(other) = &ns.shared_with {
+            let fd = agent
+                .containers
+                .borrow()
+                .namespace_of(other, ns.name)
+                .map_err(|e| AgentError {
+                    kind: e.kind,
+                    message: format!("cannot share the {} namespace: {}", ns.name, e.message),
+                })?;
+            join.push((fd, ns.flag));
+        }
+    }
+    Ok(join)
 }
 
 /// Frees a reserved id when creation ends, however it ends.
@@ -214,23 +267,38 @@ fn kill(pid: i32, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Sets up the container's cgroup; `None` without cgroup v2.
+/// A container's cgroup and its pod's; `None` without cgroup v2.
+struct Cgroups {
+    own: Option<Rc<Cgroup>>,
+    pod: Option<PathBuf>,
+}
+
+/// Sets up the container's cgroup, in its pod's when it has one.
 fn make_cgroup(
     agent: &Agent,
     id: &str,
-    plan: &spec::ContainerPlan,
-) -> Result<Option<Rc<Cgroup>>, AgentError> {
+    plan: &ContainerPlan,
+    pod: Option<&PodPlacement>,
+) -> Result<Cgroups, AgentError> {
     let (root, ready) = {
         let c = agent.containers.borrow();
         (c.cgroup_root.clone(), c.controllers_ready)
     };
+    let pod_limits = match pod.and_then(|p| p.resources.as_deref()) {
+        Some(resources) => cgroups::render(resources)
+            .map_err(|e| invalid(format!("the pod's resources: {e}")))?,
+        None => Vec::new(),
+    };
     let Some(root) = root else {
-        if plan.resources.iter().any(|w| w.needs_cgroup()) {
+        if plan.resources.iter().chain(&pod_limits).any(|w| w.needs_cgroup()) {
             return Err(system(
                 "resource limits need cgroup v2, which this agent does not have",
             ));
         }
-        return Ok(None);
+        return Ok(Cgroups {
+            own: None,
+            pod: None,
+        });
     };
     if !ready {
         cgroups::enable_controllers(&root)
@@ -238,31 +306,72 @@ fn make_cgroup(
         agent.containers.borrow_mut().controllers_ready = true;
     }
     phase("cg:enable");
-    let cgroup = Cgroup::create(&root, id).map_err(|e| system(e.to_string()))?;
+    let pod_dir = match pod {
+        Some(pod) => {
+            let outside = agent
+                .containers
+                .borrow()
+                .by_id
+                .get(&pod.id)
+                .is_some_and(|c| c.cgroup.is_some() && c.pod_cgroup.is_none());
+            if outside {
+                return Err(conflict(format!(
+                    "pod {:?} is the id of a container outside any pod",
+                    pod.id
+                )));
+            }
+            let dir = pod::cgroup_dir(&root, &pod.id).map_err(invalid)?;
+            if let Err(e) = pod::make_cgroup(&dir, &pod_limits) {
+                pod::remove_cgroup_if_empty(&dir);
+                return Err(invalid(format!("the pod's cgroup: {e}")));
+            }
+            Some(dir)
+        }
+        None => None,
+    };
+    let parent = pod_dir.as_deref().unwrap_or(&root);
+    let undo = |cgroup: Option<&Cgroup>| {
+        if let Some(cgroup) = cgroup {
+            let _ = std::fs::remove_dir(&cgroup.path);
+        }
+        if let Some(dir) = &pod_dir {
+            pod::remove_cgroup_if_empty(dir);
+        }
+    };
+    let cgroup = Cgroup::create(parent, id).map_err(|e| {
+        undo(None);
+        system(e.to_string())
+    })?;
     phase("cg:mkdir");
     if let Err(e) = cgroup.apply(&plan.resources) {
-        let _ = std::fs::remove_dir(&cgroup.path);
+        undo(Some(&cgroup));
         return Err(invalid(e.to_string()));
     }
     phase("cg:limits");
     if let Some(program) = &plan.device_program {
         let loaded = agent.containers.borrow_mut().device_programs.load(program);
         if let Err(e) = loaded.and_then(|fd| devices::attach(&fd, &cgroup.path)) {
-            let _ = std::fs::remove_dir(&cgroup.path);
+            undo(Some(&cgroup));
             return Err(system(e));
         }
     }
     phase("cg:devices");
-    Ok(Some(Rc::new(cgroup)))
+    Ok(Cgroups {
+        own: Some(Rc::new(cgroup)),
+        pod: pod_dir,
+    })
 }
 
 /// Removes the cgroup of a container that failed half way (its process
-/// killed already) once it is empty.
-fn abandon(cgroup: Option<Rc<Cgroup>>) {
-    if let Some(cgroup) = cgroup {
+/// killed already) once it is empty, and its pod's if it was the last.
+fn abandon(cgroups: Cgroups) {
+    if let Some(cgroup) = cgroups.own {
         spawn_local(async move {
             if let Err(e) = cgroup.destroy(Duration::from_secs(10)).await {
                 agent_log!("cleaning up a failed container: {e}");
+            }
+            if let Some(dir) = cgroups.pod {
+                pod::remove_cgroup_if_empty(&dir);
             }
         });
     }
@@ -287,12 +396,16 @@ pub async fn create(
         agent,
         id: id.clone(),
     };
-    let plan = spec::container_plan(
+    let mut plan = spec::container_plan(
         &request.spec,
         Path::new(&request.rootfs),
         &spec::passed_on_env(),
     )
     .map_err(invalid)?;
+    if let Some(pod) = &request.pod {
+        pod::share_namespaces(&mut plan, &request.spec, &id, &pod.shared_namespaces)
+            .map_err(invalid)?;
+    }
     phase("c:plan");
     if !Path::new(&request.rootfs).is_dir() {
         return Err(invalid(format!(
@@ -300,15 +413,9 @@ pub async fn create(
             request.rootfs
         )));
     }
-    let mut join = Vec::new();
-    for ns in plan.namespaces.iter() {
-        if let Some(path) = &ns.path {
-            let fd = open_ns(path)
-                .map_err(|e| invalid(format!("cannot open namespace {}: {e}", path.display())))?;
-            join.push((fd, ns.flag));
-        }
-    }
-    let cgroup = make_cgroup(agent, &id, &plan)?;
+    let join = namespaces_to_join(agent, &plan)?;
+    let cgroups = make_cgroup(agent, &id, &plan, request.pod.as_ref())?;
+    let cgroup = cgroups.own.clone();
     let launched = launch(
         agent,
         Process {
@@ -329,10 +436,15 @@ pub async fn create(
     let Launched { process, pid, sync } = match launched {
         Ok(launched) => launched,
         Err(e) => {
-            abandon(cgroup);
+            abandon(cgroups);
             return Err(e);
         }
     };
+    // The init is our child and, while the process table has it alive,
+    // not reaped: the pidfd is of that process.
+    let pidfd = pod::pidfd_open(pid)
+        .ok()
+        .filter(|_| matches!(agent.processes.borrow().live_pid(process), Ok(live) if live == pid));
     let (exited, _) = watch::channel(None);
     let oom_watch = cgroup
         .as_ref()
@@ -341,10 +453,12 @@ pub async fn create(
         rootfs: request.rootfs,
         process,
         pid,
+        pidfd,
         status: ContainerStatus::Created,
         exited,
         sync: Some(sync),
         cgroup,
+        pod_cgroup: cgroups.pod,
         namespaces: plan.namespaces.iter().map(|n| (n.flag, n.name)).collect(),
         seccomp: plan.seccomp.map(Rc::new),
         guard: plan.guard.map(Rc::new),
@@ -399,15 +513,18 @@ pub async fn exec_in(
     request: ExecInContainerRequest,
 ) -> Result<ResponseBody, AgentError> {
     let id = request.id.clone();
-    let (init_pid, namespaces, cgroup, seccomp, guard, personality) = {
+    let (join, cgroup, seccomp, guard, personality) = {
         let containers = agent.containers.borrow();
         let c = containers.get(&id)?;
         if c.status == ContainerStatus::Stopped {
             return Err(conflict(format!("container {id:?} is stopped")));
         }
+        let mut join = Vec::new();
+        for (flag, name) in &c.namespaces {
+            join.push((containers.namespace_of(&id, name)?, *flag));
+        }
         (
-            c.pid,
-            c.namespaces.clone(),
+            join,
             c.cgroup.clone(),
             c.seccomp.clone(),
             c.guard.clone(),
@@ -417,13 +534,6 @@ pub async fn exec_in(
     let mut process =
         spec::process_plan(&request.process, &spec::passed_on_env()).map_err(invalid)?;
     process.attrs.personality = personality;
-    let mut join = Vec::new();
-    for (flag, name) in namespaces {
-        let path = PathBuf::from(format!("/proc/{init_pid}/ns/{name}"));
-        let fd =
-            open_ns(&path).map_err(|e| system(format!("cannot open {}: {e}", path.display())))?;
-        join.push((fd, flag));
-    }
     let Launched {
         process: process_id,
         pid,
