@@ -102,21 +102,32 @@ pub fn namespace_pids(spec: &Spec) -> Vec<i32> {
 }
 
 fn proc_pid(path: &str) -> Option<i32> {
+    proc_namespace(path).map(|(pid, _)| pid)
+}
+
+/// The pid and namespace name of a `/proc/<pid>/ns/<name>` path.
+pub fn proc_namespace(path: &str) -> Option<(i32, &str)> {
     let rest = path.strip_prefix("/proc/")?;
     let (pid, rest) = rest.split_once('/')?;
     let ns = rest.strip_prefix("ns/")?;
     if ns.is_empty() || ns.contains('/') {
         return None;
     }
-    pid.parse().ok().filter(|pid| *pid > 0)
+    let pid = pid.parse().ok().filter(|pid| *pid > 0)?;
+    Some((pid, ns))
+}
+
+/// The record of the runvm container under `root` whose live monitor is
+/// `pid`, if any.
+pub fn monitored(root: &StateRoot, pid: i32) -> Option<state::Record> {
+    let ids = root.ids().ok()?;
+    ids.iter()
+        .filter_map(|id| state::peek(root, id).ok())
+        .find(|record| record.live_pid() == pid)
 }
 
 /// The VM owner whose VM the live monitor `pid` is in, if `pid` is the
 /// monitor of a runvm container under `root`.
 fn monitored_by(root: &StateRoot, pid: i32) -> Option<String> {
-    let ids = root.ids().ok()?;
-    ids.iter()
-        .filter_map(|id| state::peek(root, id).ok())
-        .find(|record| record.live_pid() == pid)
-        .map(|record| record.sandbox.unwrap_or(record.id))
+    monitored(root, pid).map(|record| record.sandbox.unwrap_or(record.id))
 }
