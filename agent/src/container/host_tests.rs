@@ -395,8 +395,11 @@ fn pod_members_share_the_sandboxs_namespaces() {
         let mut client = guest.control().await;
         let _out = guest.stream(100).await;
         let _err = guest.stream(101).await;
-        let (_, sandbox_pid) =
-            created(&mut client, create_request("sb", &rootfs, spec("exec sleep 100"))).await;
+        let (_, sandbox_pid) = created(
+            &mut client,
+            create_request("sb", &rootfs, spec("exec sleep 100")),
+        )
+        .await;
         done(
             client
                 .call(RequestBody::StartContainer { id: "sb".into() })

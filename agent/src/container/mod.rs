@@ -72,9 +72,9 @@ use crate::state::Agent;
 use cgroups::Cgroup;
 use init::Job;
 use launch::{error_text, launch, open_ns, recv, Launched, Process};
-use spec::ContainerPlan;
 use phases::phase;
 use seccomp::SeccompProgram;
+use spec::ContainerPlan;
 
 /// Events kept for `WaitEvent`.
 pub const EVENTS_KEPT: usize = 256;
@@ -285,12 +285,18 @@ fn make_cgroup(
         (c.cgroup_root.clone(), c.controllers_ready)
     };
     let pod_limits = match pod.and_then(|p| p.resources.as_deref()) {
-        Some(resources) => cgroups::render(resources)
-            .map_err(|e| invalid(format!("the pod's resources: {e}")))?,
+        Some(resources) => {
+            cgroups::render(resources).map_err(|e| invalid(format!("the pod's resources: {e}")))?
+        }
         None => Vec::new(),
     };
     let Some(root) = root else {
-        if plan.resources.iter().chain(&pod_limits).any(|w| w.needs_cgroup()) {
+        if plan
+            .resources
+            .iter()
+            .chain(&pod_limits)
+            .any(|w| w.needs_cgroup())
+        {
             return Err(system(
                 "resource limits need cgroup v2, which this agent does not have",
             ));

@@ -348,7 +348,9 @@ fn namespace_paths_become_shared_namespaces_of_containers() {
         .err()
         .map(|e| e.to_string());
     assert!(
-        error.as_deref().is_some_and(|e| e.contains("ipc namespace")),
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("ipc namespace")),
         "{error:?}"
     );
 }
