@@ -178,7 +178,8 @@ pub fn place(root: &StateRoot, record: &mut Record, spec: &Spec) -> Result<u32, 
             Ok(size::guest_memory_mib(spec))
         }
         role => {
-            let vm = size::for_owner(spec, role == Role::Sandbox)?;
+            let pod = role == Role::Sandbox || role::is_podman_infra(spec);
+            let vm = size::for_owner(spec, pod)?;
             record.vm = Some(vm);
             Ok(vm.memory_mib)
         }

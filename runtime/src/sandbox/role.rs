@@ -87,6 +87,29 @@ pub fn from_annotations(
     Ok(None)
 }
 
+/// Whether `spec` is a podman pod's infra container: podman's
+/// (`io.container.manager: libpod`) running its infra command, `catatonit
+/// -P`. Nothing else marks it, and its members name it only by namespace
+/// paths, once it runs; it is sized as a pod's sandbox so that they have
+/// room.
+pub fn is_podman_infra(spec: &Spec) -> bool {
+    let libpod = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get("io.container.manager"))
+        .is_some_and(|manager| manager == "libpod");
+    let args = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.args().clone())
+        .unwrap_or_default();
+    let infra_command = match args.as_slice() {
+        [program, flag] => program.rsplit('/').next() == Some("catatonit") && flag == "-P",
+        _ => false,
+    };
+    libpod && infra_command
+}
+
 /// The pids named by `/proc/<pid>/ns/<type>` paths in linux.namespaces.
 pub fn namespace_pids(spec: &Spec) -> Vec<i32> {
     let Some(namespaces) = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()) else {

@@ -371,3 +371,25 @@ fn the_pod_cgroup_gets_the_cri_sizing() {
                            "cpu": {"quota": 150000, "period": 100000}})
     );
 }
+
+#[test]
+fn podmans_infra_container_is_sized_as_a_sandbox() {
+    let infra = |manager: &str, args: serde_json::Value| {
+        spec(serde_json::json!({
+            "annotations": {"io.container.manager": manager},
+            "process": {"args": args, "cwd": "/", "user": {"uid": 0, "gid": 0}}
+        }))
+    };
+    assert!(role::is_podman_infra(&infra(
+        "libpod",
+        serde_json::json!(["/catatonit", "-P"])
+    )));
+    assert!(!role::is_podman_infra(&infra(
+        "libpod",
+        serde_json::json!(["sh", "-c", "catatonit -P"])
+    )));
+    assert!(!role::is_podman_infra(&infra(
+        "other",
+        serde_json::json!(["/catatonit", "-P"])
+    )));
+}
