@@ -149,6 +149,8 @@ pub struct Containers {
     reserved: HashSet<String>,
     cgroup_root: Option<PathBuf>,
     controllers_ready: bool,
+    /// `lo` is up, or not the agent's to bring up (see `crate::loopback`).
+    loopback_up: bool,
     events: Events,
     /// The inotify descriptor watching memory.events files, once needed.
     inotify: Option<Rc<Fd>>,
@@ -158,12 +160,14 @@ pub struct Containers {
 }
 
 impl Containers {
-    pub fn new(cgroup_root: Option<PathBuf>) -> Containers {
+    /// `loopback`: bring `lo` up before the first container.
+    pub fn new(cgroup_root: Option<PathBuf>, loopback: bool) -> Containers {
         Containers {
             by_id: HashMap::new(),
             reserved: HashSet::new(),
             cgroup_root,
             controllers_ready: false,
+            loopback_up: !loopback,
             events: Events::default(),
             inotify: None,
             device_programs: devices::ProgramCache::default(),
@@ -418,6 +422,11 @@ pub async fn create(
             "the rootfs {} is not a directory",
             request.rootfs
         )));
+    }
+    if !std::mem::replace(&mut agent.containers.borrow_mut().loopback_up, true) {
+        if let Err(e) = crate::loopback::bring_up() {
+            agent_log!("cannot bring up lo: {e}");
+        }
     }
     let join = namespaces_to_join(agent, &plan)?;
     let cgroups = make_cgroup(agent, &id, &plan, request.pod.as_ref())?;
