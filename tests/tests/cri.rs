@@ -581,8 +581,8 @@ fn pod_containers_share_hostname_and_ipc() {
         &[
             "sh",
             "-c",
-            "for i in $(seq 50); do echo over-localhost | nc 127.0.0.1 7777 && exit 0; \
-             sleep 0.2; done; exit 1",
+            "for i in $(seq 30); do echo over-localhost | nc 127.0.0.1 7777 && exit 0; \
+             sleep 1; done; exit 1",
         ],
     );
     assert_eq!(code, 0, "app2 reaches app1 on 127.0.0.1: {out} {err}");
