@@ -26,6 +26,8 @@ packages=(
   # itself (to check the tests: RUNVM_TEST_RUNTIME=/usr/sbin/runc), and
   # procps and tar (`runc ps` runs ps; the test image is a tar)
   podman conmon netavark containerd runc procps tar
+  # podman pods (tests/tests/podman.rs): the infra container's init
+  catatonit
   # CRI test (tests/tests/cri.rs): containerd's CRI plugin runs the pods'
   # CNI (bridge, host-local), and the k8s-cri crate's build runs protoc
   containernetworking-plugins protobuf-compiler

@@ -138,6 +138,40 @@ pub struct CreateContainerRequest {
     /// before the container's program runs. Added without a protocol bump.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::GuestNetwork>,
+    /// The pod the container is part of (added in protocol 1 without a
+    /// bump; without it the container is a pod of none, as before pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodPlacement>,
+}
+
+/// Where a container goes in the VM's pod. Its cgroup is made below the
+/// pod's (`<cgroup root>/<pod id>/<container id>`), which the first
+/// container of the pod creates and the last one deleted removes; it
+/// joins the namespaces it shares with other containers of the pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPlacement {
+    /// The pod's id: the id of the container that owns the VM (its
+    /// sandbox), a valid container id.
+    pub id: String,
+    /// The pod's own limits, written to the pod's cgroup (fields left out
+    /// are not changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Box<crate::oci::LinuxResources>>,
+    /// Namespaces taken from other containers of the VM instead of being
+    /// created. Each type must also be in `spec.linux.namespaces` (without
+    /// a path): network, IPC, UTS or PID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_namespaces: Vec<SharedNamespace>,
+}
+
+/// "Join namespace `typ` of container `container`'s init": resolved by
+/// the agent to that init (which must exist and not have stopped), never
+/// to a guest pid the host could not know is still the same process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedNamespace {
+    #[serde(rename = "type")]
+    pub typ: crate::oci::LinuxNamespaceType,
+    pub container: String,
 }
 
 /// `ExecInContainer`: an OCI process (args, env, cwd, user, terminal,
@@ -406,6 +440,34 @@ mod tests {
         assert_eq!(json["body"]["spec"]["process"]["user"]["uid"], 1000);
         let back: Request = serde_json::from_value(json).unwrap();
         assert_eq!(back, request);
+    }
+
+    #[test]
+    fn a_pod_placement_is_optional_and_names_containers() {
+        let plain: CreateContainerRequest =
+            serde_json::from_str(r#"{"id":"c","spec":{},"rootfs":"/r"}"#).unwrap();
+        assert_eq!(plain.pod, None);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("pod"));
+        let member: CreateContainerRequest = serde_json::from_str(
+            r#"{"id":"m","spec":{},"rootfs":"/r","pod":{"id":"s",
+                "shared_namespaces":[{"type":"network","container":"s"}]}}"#,
+        )
+        .unwrap();
+        let pod = member.pod.as_ref().unwrap();
+        assert_eq!(pod.id, "s");
+        assert_eq!(pod.resources, None);
+        assert_eq!(
+            pod.shared_namespaces,
+            [SharedNamespace {
+                typ: crate::oci::LinuxNamespaceType::Network,
+                container: "s".into()
+            }]
+        );
+        let json = serde_json::to_string(&member).unwrap();
+        assert_eq!(
+            serde_json::from_str::<CreateContainerRequest>(&json).unwrap(),
+            member
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ mod args;
 mod container;
 mod exec;
 mod fdio;
+mod loopback;
 mod mounts;
 mod network;
 mod power;

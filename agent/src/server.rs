@@ -496,6 +496,7 @@ pub fn run_in_guest(ready: impl FnOnce()) -> io::Error {
         ready();
         let limits = Limits {
             cgroup_root: crate::mounts::cgroup2_root(),
+            loopback: true,
             ..Limits::default()
         };
         // A current-thread runtime with no blocking pool in use: the

@@ -46,6 +46,9 @@ pub struct Limits {
     /// Where cgroup v2 is mounted for containers' cgroups; `None` runs
     /// containers without cgroups (and refuses resource limits).
     pub cgroup_root: Option<PathBuf>,
+    /// Bring `lo` up before the first container (the guest's agent; not
+    /// the tests on a host, whose `lo` is the host's).
+    pub loopback: bool,
     /// How long a container process may take over one step of its set-up
     /// (every guest syscall may be emulated).
     pub container_setup: Duration,
@@ -65,6 +68,7 @@ impl Default for Limits {
             linger: Duration::from_secs(10),
             shutdown_settle: Duration::from_millis(50),
             cgroup_root: None,
+            loopback: false,
             container_setup: Duration::from_secs(60),
         }
     }
@@ -131,7 +135,7 @@ impl Agent {
         crate::exec::note_ignored_signals();
         Rc::new(Agent {
             processes: RefCell::new(ProcessTable::new(limits.unwaited_exits)),
-            containers: RefCell::new(Containers::new(limits.cgroup_root.clone())),
+            containers: RefCell::new(Containers::new(limits.cgroup_root.clone(), limits.loopback)),
             streams: RefCell::new(StreamTable::new(limits.parked)),
             stream_arrived: Notify::new(),
             control_slots: Slots::new(limits.control_connections),

@@ -5,8 +5,10 @@
 //! namespace, a pod's shared ones). In the guest those paths mean
 //! nothing, so [`guest_spec`] rewrites the spec: every bind mount's
 //! source is bound into the VM's share first and the mount then comes
-//! from there, namespaces with a path become new ones, and hooks (which
-//! run on the host) are taken out.
+//! from there, namespaces with a path become new ones (a pod's member
+//! gets those it shares with its sandbox named by container instead: see
+//! `sandbox::namespaces`), and hooks (which run on the host) are taken
+//! out.
 
 use std::path::{Path, PathBuf};
 

@@ -165,43 +165,47 @@ impl<'a> ContainerClient<'a> {
         rootfs: &str,
         stdio: HostStdio,
     ) -> Result<ContainerProcess, ClientError> {
-        self.create_with(id, spec, rootfs, ContainerIo::Pipes(stdio))
-            .await
-    }
-
-    /// [`Self::create`] with pipes or a terminal (`process.terminal`).
-    pub async fn create_with(
-        &self,
-        id: &str,
-        spec: Spec,
-        rootfs: &str,
-        io: ContainerIo,
-    ) -> Result<ContainerProcess, ClientError> {
-        self.create_in_network(id, spec, rootfs, io, None).await
-    }
-
-    /// [`Self::create_with`] for the container that owns the pod's
-    /// network namespace: the guest gets `network` (see
-    /// [`runvm_agent_api::network`]).
-    pub async fn create_in_network(
-        &self,
-        id: &str,
-        spec: Spec,
-        rootfs: &str,
-        io: ContainerIo,
-        network: Option<runvm_agent_api::network::GuestNetwork>,
-    ) -> Result<ContainerProcess, ClientError> {
-        let streams = io.open(self.agent).await?;
-        let (stdin, stdout, stderr) = streams.tokens();
         let request = CreateContainerRequest {
             id: id.into(),
             spec,
             rootfs: rootfs.into(),
-            stdin,
-            stdout,
-            stderr,
-            network,
+            ..CreateContainerRequest::default()
         };
+        self.create_request(request, ContainerIo::Pipes(stdio))
+            .await
+    }
+
+    /// [`Self::create`] of a container of a pod (see
+    /// [`crate::sandbox::Prepared`]), with pipes or a terminal
+    /// (`process.terminal`). The container that owns the pod's network
+    /// namespace passes the pod's `network` (see
+    /// [`runvm_agent_api::network`]) for the guest's devices.
+    pub async fn create_in_pod(
+        &self,
+        id: &str,
+        prepared: crate::sandbox::Prepared,
+        io: ContainerIo,
+        network: Option<runvm_agent_api::network::GuestNetwork>,
+    ) -> Result<ContainerProcess, ClientError> {
+        let request = CreateContainerRequest {
+            id: id.into(),
+            spec: prepared.spec,
+            rootfs: prepared.rootfs,
+            pod: Some(prepared.pod),
+            network,
+            ..CreateContainerRequest::default()
+        };
+        self.create_request(request, io).await
+    }
+
+    /// Sends `request` with the stream tokens of `io`.
+    async fn create_request(
+        &self,
+        mut request: CreateContainerRequest,
+        io: ContainerIo,
+    ) -> Result<ContainerProcess, ClientError> {
+        let streams = io.open(self.agent).await?;
+        (request.stdin, request.stdout, request.stderr) = streams.tokens();
         let body = self
             .agent
             .call(RequestBody::CreateContainer(Box::new(request)))

@@ -588,11 +588,12 @@ fn pod_with_two_containers_in_one_vm() {
     env.remove_pod_and_assert_clean(&pod);
 }
 
-/// The pod's UTS and IPC namespaces are shared (the kubelet's defaults):
-/// both containers have the pod's hostname, and a file in /dev/shm of
-/// one is seen by the other.
+/// The pod's network, UTS and IPC namespaces are shared (the kubelet's
+/// defaults): both containers have the pod's hostname and the same
+/// network and IPC namespaces, one reaches a server of the other on
+/// 127.0.0.1, and a file in /dev/shm of one is seen by the other; each
+/// has its own mount namespace.
 #[test]
-#[ignore = "runvm: members do not share the sandbox's UTS and IPC namespaces in the guest yet (issue 12, item 4); passes under RUNVM_TEST_RUNTIME=/usr/sbin/runc with --ignored"]
 fn pod_containers_share_hostname_and_ipc() {
     let _one = one_at_a_time();
     let env = CriEnv::start("uts");
@@ -611,6 +612,47 @@ fn pod_containers_share_hostname_and_ipc() {
             "the pod's hostname in {id}: {err}"
         );
     }
+    let namespace = |id: &str, name: &str| {
+        let (code, out, err) = env.exec(id, &["readlink", &format!("/proc/self/ns/{name}")]);
+        assert_eq!(code, 0, "the {name} namespace of {id}: {err}");
+        out.trim().to_string()
+    };
+    for shared in ["net", "ipc", "uts"] {
+        assert_eq!(
+            namespace(&app1, shared),
+            namespace(&app2, shared),
+            "the pod's {shared} namespace"
+        );
+    }
+    assert_ne!(
+        namespace(&app1, "mnt"),
+        namespace(&app2, "mnt"),
+        "each container has its own mount namespace"
+    );
+    // localhost is the pod's: app2 reaches a server of app1 on 127.0.0.1.
+    let (code, _, err) = env.exec(
+        &app1,
+        &[
+            "sh",
+            "-c",
+            "nc -l -p 7777 > /tmp/from-app2 2>&1 < /dev/null &",
+        ],
+    );
+    assert_eq!(code, 0, "a listener in app1: {err}");
+    let (code, out, err) = env.exec(
+        &app2,
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 30); do echo over-localhost | nc 127.0.0.1 7777 && exit 0; \
+             sleep 1; done; exit 1",
+        ],
+    );
+    assert_eq!(code, 0, "app2 reaches app1 on 127.0.0.1: {out} {err}");
+    wait_for("app1's listener got app2's line", || {
+        let (_, out, _) = env.exec(&app1, &["cat", "/tmp/from-app2"]);
+        (out == "over-localhost\n").then_some(()).ok_or(out)
+    });
     let (code, _, err) = env.exec(&app1, &["sh", "-c", "echo shared > /dev/shm/from-app1"]);
     assert_eq!(code, 0, "writing /dev/shm in app1: {err}");
     let (code, out, err) = env.exec(&app2, &["cat", "/dev/shm/from-app1"]);

@@ -3,12 +3,13 @@
 //! copied-up tmpfs mounts, `run -d` with `exec`, `logs`, `stop` and `rm`,
 //! and `run -it` through a pseudo-terminal this test opens; podman's
 //! bridge network (netavark, in a network namespace of the test's) with a
-//! published port. The image is busybox-static imported with `podman
-//! import` (there is no registry); storage, configuration and cgroups are
-//! private to each test, and nothing may be left behind.
+//! published port; a pod (its infra container and two members) in one VM.
+//! The image is busybox-static imported with `podman import` (there is no
+//! registry); storage, configuration and cgroups are private to each test,
+//! and nothing may be left behind.
 //!
 //! The runtime under test is `$RUNVM_TEST_RUNTIME` or the runvm build (see
-//! `common/harness.rs`). Each test is one container (for runvm, one
+//! `common/harness.rs`). Each test is one container or pod (for runvm, one
 //! microVM); they run one at a time.
 
 mod common;
@@ -85,6 +86,43 @@ impl Podman {
     #[track_caller]
     fn run(&mut self, options: &[&str], command: &[&str]) -> Output {
         harness::run(&mut self.run_command(options, command))
+    }
+
+    /// `podman run --detach --pod pod --name name` of `script` (the pod
+    /// decides network and cgroup parent); the id is kept.
+    #[track_caller]
+    fn run_in_pod(&mut self, pod: &str, name: &str, script: &str) -> Output {
+        let cidfile = self.scratch.join(format!("cid-{}", self.cidfiles.len()));
+        self.cidfiles.push(cidfile.clone());
+        let cidfile = cidfile.display().to_string();
+        self.env.run(&[
+            "run",
+            "--detach",
+            "--pull",
+            "never",
+            "--cidfile",
+            &cidfile,
+            "--pod",
+            pod,
+            "--name",
+            name,
+            self.image,
+            "sh",
+            "-c",
+            script,
+        ])
+    }
+
+    /// Waits until `podman logs name` shows `text`.
+    #[track_caller]
+    fn wait_for_log(&self, name: &str, text: &str) {
+        wait_for(&format!("`podman logs {name}` shows {text:?}"), || {
+            let logs = self.podman(&["logs", name]).ok();
+            logs.stdout
+                .contains(text)
+                .then_some(())
+                .ok_or(logs.to_string())
+        });
     }
 
     #[track_caller]
@@ -411,5 +449,75 @@ fn bridge_network_and_a_published_port() {
         !sandbox.exists(),
         "podman removed the container's namespace"
     );
+    podman.assert_clean();
+}
+
+/// A pod: `podman pod create` (its infra container runs catatonit) and two
+/// `podman run --pod` containers, which run in one VM (the same boot_id)
+/// and share localhost (one reaches the other's server on 127.0.0.1) and
+/// /dev/shm; `podman pod rm --force` leaves nothing.
+#[test]
+fn pod_with_two_containers_in_one_vm() {
+    let _one = one_at_a_time();
+    let mut podman = Podman::new("pod");
+    harness::require_programs(&[("/usr/bin/catatonit", "catatonit")]);
+    let cgroup_parent = podman.env.cgroup_parent.clone();
+    podman
+        .podman(&[
+            "pod",
+            "create",
+            "--name",
+            "p1",
+            "--network",
+            "none",
+            "--cgroup-parent",
+            &cgroup_parent,
+        ])
+        .ok();
+    let infra = podman
+        .podman(&["pod", "inspect", "--format", "{{.InfraContainerID}}", "p1"])
+        .ok();
+    // The infra container's id, for the final check.
+    let infra_file = podman.scratch.join("cid-infra");
+    std::fs::write(&infra_file, infra.stdout.trim()).expect("infra id");
+    podman.cidfiles.push(infra_file);
+    let server = "cat /proc/sys/kernel/random/boot_id; echo listening; \
+                  nc -l -p 7777; echo served; exec sleep 1000000";
+    podman.run_in_pod("p1", "a1", server).ok();
+    podman.wait_for_log("a1", "listening");
+    podman
+        .run_in_pod(
+            "p1",
+            "a2",
+            "cat /proc/sys/kernel/random/boot_id; \
+             for i in $(seq 100); do echo over-localhost | nc 127.0.0.1 7777 && break; \
+             sleep 0.2; done; echo sent; exec sleep 1000000",
+        )
+        .ok();
+    podman.wait_for_log("a2", "sent");
+    podman.wait_for_log("a1", "served");
+    let boot_id = |name: &str| {
+        let logs = podman.podman(&["logs", name]).ok();
+        logs.stdout.lines().next().unwrap_or("").to_string()
+    };
+    let (boot1, boot2) = (boot_id("a1"), boot_id("a2"));
+    assert_eq!(boot1.len(), 36, "a boot_id: {boot1:?}");
+    assert_eq!(boot1, boot2, "both containers run on the pod's kernel");
+    let a1_logs = podman.podman(&["logs", "a1"]).ok();
+    assert!(
+        a1_logs.stdout.contains("over-localhost\nserved"),
+        "a1's server got a2's line over 127.0.0.1: {a1_logs}"
+    );
+    podman
+        .podman(&["exec", "a1", "sh", "-c", "echo shared > /dev/shm/from-a1"])
+        .ok();
+    let shm = podman
+        .podman(&["exec", "a2", "cat", "/dev/shm/from-a1"])
+        .ok();
+    assert_eq!(shm.stdout, "shared\n", "a2 sees a1's /dev/shm: {shm}");
+
+    podman.podman(&["pod", "rm", "--force", "p1"]).ok();
+    let pods = podman.podman(&["pod", "ps", "--quiet"]).ok();
+    assert!(pods.stdout.trim().is_empty(), "pods left: {pods}");
     podman.assert_clean();
 }

@@ -182,6 +182,10 @@ pub async fn delete(agent: &Agent, id: &str, force: bool) -> Result<ResponseBody
             unsafe { libc::inotify_rm_watch(inotify.raw(), wd) };
         }
         crate::share::release_rootfs(&c.rootfs);
+        if let Some(dir) = &c.pod_cgroup {
+            // The last container of its pod takes the pod's cgroup along.
+            super::pod::remove_cgroup_if_empty(dir);
+        }
     }
     phase("d:release-rootfs");
     phases::report("delete");

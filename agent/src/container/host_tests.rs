@@ -7,10 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use runvm_agent_api::oci::{Process, Spec};
+use runvm_agent_api::oci::{LinuxNamespaceType, Process, Spec};
 use runvm_agent_api::{
     AgentError, ContainerStatus, CreateContainerRequest, ErrorKind, ExecInContainerRequest,
-    ExitStatus, RequestBody, ResponseBody,
+    ExitStatus, PodPlacement, RequestBody, ResponseBody, SharedNamespace,
 };
 use serde_json::json;
 
@@ -142,6 +142,7 @@ fn create_request(id: &str, rootfs: &Rootfs, spec: serde_json::Value) -> Request
         stdout: Some(100),
         stderr: Some(101),
         network: None,
+        pod: None,
     }))
 }
 
@@ -384,6 +385,104 @@ fn exec_joins_the_running_container() {
                 })
                 .await,
         );
+    });
+}
+
+#[test]
+fn pod_members_share_the_sandboxs_namespaces() {
+    let rootfs = Rootfs::new("pod");
+    run(async {
+        let guest = Guest::start(limits());
+        let mut client = guest.control().await;
+        let _out = guest.stream(100).await;
+        let _err = guest.stream(101).await;
+        let (_, sandbox_pid) = created(
+            &mut client,
+            create_request("sb", &rootfs, spec("exec sleep 100")),
+        )
+        .await;
+        done(
+            client
+                .call(RequestBody::StartContainer { id: "sb".into() })
+                .await,
+        );
+        let member = |id: &str, shared: &[(LinuxNamespaceType, &str)], out: u64| {
+            let mut spec = spec(
+                "echo $(hostname) $(readlink /proc/self/ns/ipc) $(readlink /proc/self/ns/uts) \
+                 $(readlink /proc/self/ns/mnt) $(readlink /proc/self/ns/pid)",
+            );
+            spec["hostname"] = json!("");
+            let spec: Spec = serde_json::from_value(spec).unwrap();
+            RequestBody::CreateContainer(Box::new(CreateContainerRequest {
+                id: id.into(),
+                spec,
+                rootfs: rootfs.path(),
+                stdout: Some(out),
+                pod: Some(PodPlacement {
+                    id: "sb".into(),
+                    shared_namespaces: shared
+                        .iter()
+                        .map(|(typ, container)| SharedNamespace {
+                            typ: *typ,
+                            container: container.to_string(),
+                        })
+                        .collect(),
+                    ..PodPlacement::default()
+                }),
+                ..CreateContainerRequest::default()
+            }))
+        };
+        let shared = [
+            (LinuxNamespaceType::Ipc, "sb"),
+            (LinuxNamespaceType::Uts, "sb"),
+        ];
+        let mut out = guest.stream(300).await;
+        created(&mut client, member("m1", &shared, 300)).await;
+        done(
+            client
+                .call(RequestBody::StartContainer { id: "m1".into() })
+                .await,
+        );
+        let text = String::from_utf8(read_all(&mut out).await).unwrap();
+        assert_eq!(wait(&mut client, "m1").await, ExitStatus::Code(0), "{text}");
+        let ns = |pid: i32, name: &str| {
+            std::fs::read_link(format!("/proc/{pid}/ns/{name}"))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        };
+        let words: Vec<&str> = text.split_whitespace().collect();
+        // The sandbox's hostname, IPC and UTS; a mount and PID namespace
+        // of its own.
+        assert_eq!(words[0], "boxy", "{text}");
+        assert_eq!(words[1], ns(sandbox_pid, "ipc"), "{text}");
+        assert_eq!(words[2], ns(sandbox_pid, "uts"), "{text}");
+        assert_ne!(words[3], ns(sandbox_pid, "mnt"), "{text}");
+        assert_ne!(words[4], ns(sandbox_pid, "pid"), "{text}");
+
+        // A container that does not exist, or has stopped, lends nothing.
+        let unknown = client
+            .call(member("m2", &[(LinuxNamespaceType::Ipc, "nobody")], 301))
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.kind, ErrorKind::NotFound, "{unknown}");
+        assert!(unknown.message.contains("\"nobody\""), "{unknown}");
+        let stopped = client
+            .call(member("m2", &[(LinuxNamespaceType::Uts, "m1")], 301))
+            .await
+            .unwrap_err();
+        assert_eq!(stopped.kind, ErrorKind::Conflict, "{stopped}");
+        assert!(stopped.message.contains("stopped"), "{stopped}");
+        for id in ["m1", "sb"] {
+            done(
+                client
+                    .call(RequestBody::DeleteContainer {
+                        id: id.into(),
+                        force: true,
+                    })
+                    .await,
+            );
+        }
     });
 }
 

@@ -10,6 +10,9 @@
 //! - `phases` (a build feature) logs where the set-up spends its time.
 //! - `control`: the requests on containers that exist (signal, wait,
 //!   delete, state, stats, freeze, update, events).
+//! - `pod`: the namespaces a container shares with others of its pod, and
+//!   the pod's cgroup its own goes under; `new_cgroup` makes a new
+//!   container's cgroup there.
 //! - `paths` resolves paths inside a root filesystem (openat2); `rootfs`
 //!   builds the container's mount tree there.
 //! - `mountopts`, `seccomp`, `cgroups`: mount options, the seccomp filter,
@@ -36,8 +39,10 @@ pub mod hugetlb_io;
 pub mod init;
 mod launch;
 pub mod mountopts;
+mod new_cgroup;
 pub mod paths;
 pub mod phases;
+mod pod;
 pub mod procattrs;
 mod procs;
 pub mod rootfs;
@@ -49,9 +54,9 @@ pub mod tmpfs;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Duration;
 
 use runvm_agent_api::network::validate as validate_network;
 use runvm_agent_api::{
@@ -59,7 +64,6 @@ use runvm_agent_api::{
     ErrorKind, ExecInContainerRequest, ExitStatus, ResponseBody,
 };
 use tokio::sync::{watch, Notify};
-use tokio::task::spawn_local;
 
 pub use control::{delete, freeze, processes, signal, state, stats, update, wait, wait_event};
 
@@ -70,8 +74,10 @@ use crate::state::Agent;
 use cgroups::Cgroup;
 use init::Job;
 use launch::{error_text, launch, open_ns, recv, Launched, Process};
+use new_cgroup::{abandon, make_cgroup};
 use phases::phase;
 use seccomp::SeccompProgram;
+use spec::ContainerPlan;
 
 /// Events kept for `WaitEvent`.
 pub const EVENTS_KEPT: usize = 256;
@@ -94,11 +100,15 @@ struct Container {
     rootfs: String,
     process: u64,
     pid: i32,
+    /// The init's pidfd, by which its namespaces are found (see `pod`).
+    pidfd: Option<OwnedFd>,
     status: ContainerStatus,
     exited: watch::Sender<Option<ExitStatus>>,
     /// The init's sync socket while it waits for start.
     sync: Option<Rc<Fd>>,
     cgroup: Option<Rc<Cgroup>>,
+    /// The cgroup of the container's pod, which its own is in.
+    pod_cgroup: Option<PathBuf>,
     /// The namespaces an exec joins: (CLONE_NEW* flag, name in /proc/<pid>/ns).
     namespaces: Vec<(libc::c_int, &'static str)>,
     seccomp: Option<Rc<SeccompProgram>>,
@@ -142,6 +152,8 @@ pub struct Containers {
     reserved: HashSet<String>,
     cgroup_root: Option<PathBuf>,
     controllers_ready: bool,
+    /// `lo` is up, or not the agent's to bring up (see `crate::loopback`).
+    loopback_up: bool,
     events: Events,
     /// The inotify descriptor watching memory.events files, once needed.
     inotify: Option<Rc<Fd>>,
@@ -151,12 +163,14 @@ pub struct Containers {
 }
 
 impl Containers {
-    pub fn new(cgroup_root: Option<PathBuf>) -> Containers {
+    /// `loopback`: bring `lo` up before the first container.
+    pub fn new(cgroup_root: Option<PathBuf>, loopback: bool) -> Containers {
         Containers {
             by_id: HashMap::new(),
             reserved: HashSet::new(),
             cgroup_root,
             controllers_ready: false,
+            loopback_up: !loopback,
             events: Events::default(),
             inotify: None,
             device_programs: devices::ProgramCache::default(),
@@ -193,6 +207,50 @@ impl Containers {
             .get_mut(id)
             .ok_or_else(|| not_found(format!("no container {id:?}")))
     }
+
+    /// Namespace `name` (as under /proc/<pid>/ns) of container `id`'s
+    /// init, which must not have ended.
+    fn namespace_of(&self, id: &str, name: &str) -> Result<OwnedFd, AgentError> {
+        let c = self.get(id)?;
+        let ended = || conflict(format!("container {id:?} has stopped"));
+        if c.status == ContainerStatus::Stopped {
+            return Err(ended());
+        }
+        let pidfd = c.pidfd.as_ref().ok_or_else(ended)?;
+        pod::namespace_of(c.pid, pidfd, name).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) | Some(libc::ENOENT) => ended(),
+            _ => system(format!(
+                "cannot open the {name} namespace of container {id:?}: {e}"
+            )),
+        })
+    }
+}
+
+/// Descriptors of the namespaces `plan` joins, by path or shared with
+/// another container of the pod, and their CLONE_NEW* flags.
+fn namespaces_to_join(
+    agent: &Agent,
+    plan: &ContainerPlan,
+) -> Result<Vec<(OwnedFd, libc::c_int)>, AgentError> {
+    let mut join = Vec::new();
+    for ns in plan.namespaces.iter() {
+        if let Some(path) = &ns.path {
+            let fd = open_ns(path)
+                .map_err(|e| invalid(format!("cannot open namespace {}: {e}", path.display())))?;
+            join.push((fd, ns.flag));
+        } else if let Some(other) = &ns.shared_with {
+            let fd = agent
+                .containers
+                .borrow()
+                .namespace_of(other, ns.name)
+                .map_err(|e| AgentError {
+                    kind: e.kind,
+                    message: format!("cannot share the {} namespace: {}", ns.name, e.message),
+                })?;
+            join.push((fd, ns.flag));
+        }
+    }
+    Ok(join)
 }
 
 /// Frees a reserved id when creation ends, however it ends.
@@ -216,60 +274,6 @@ fn kill(pid: i32, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Sets up the container's cgroup; `None` without cgroup v2.
-fn make_cgroup(
-    agent: &Agent,
-    id: &str,
-    plan: &spec::ContainerPlan,
-) -> Result<Option<Rc<Cgroup>>, AgentError> {
-    let (root, ready) = {
-        let c = agent.containers.borrow();
-        (c.cgroup_root.clone(), c.controllers_ready)
-    };
-    let Some(root) = root else {
-        if plan.resources.iter().any(|w| w.needs_cgroup()) {
-            return Err(system(
-                "resource limits need cgroup v2, which this agent does not have",
-            ));
-        }
-        return Ok(None);
-    };
-    if !ready {
-        cgroups::enable_controllers(&root)
-            .map_err(|e| system(format!("cannot enable the cgroup controllers: {e}")))?;
-        agent.containers.borrow_mut().controllers_ready = true;
-    }
-    phase("cg:enable");
-    let cgroup = Cgroup::create(&root, id).map_err(|e| system(e.to_string()))?;
-    phase("cg:mkdir");
-    if let Err(e) = cgroup.apply(&plan.resources) {
-        let _ = std::fs::remove_dir(&cgroup.path);
-        return Err(invalid(e.to_string()));
-    }
-    phase("cg:limits");
-    if let Some(program) = &plan.device_program {
-        let loaded = agent.containers.borrow_mut().device_programs.load(program);
-        if let Err(e) = loaded.and_then(|fd| devices::attach(&fd, &cgroup.path)) {
-            let _ = std::fs::remove_dir(&cgroup.path);
-            return Err(system(e));
-        }
-    }
-    phase("cg:devices");
-    Ok(Some(Rc::new(cgroup)))
-}
-
-/// Removes the cgroup of a container that failed half way (its process
-/// killed already) once it is empty.
-fn abandon(cgroup: Option<Rc<Cgroup>>) {
-    if let Some(cgroup) = cgroup {
-        spawn_local(async move {
-            if let Err(e) = cgroup.destroy(Duration::from_secs(10)).await {
-                agent_log!("cleaning up a failed container: {e}");
-            }
-        });
-    }
-}
-
 pub async fn create(
     agent: &Rc<Agent>,
     request: CreateContainerRequest,
@@ -289,12 +293,16 @@ pub async fn create(
         agent,
         id: id.clone(),
     };
-    let plan = spec::container_plan(
+    let mut plan = spec::container_plan(
         &request.spec,
         Path::new(&request.rootfs),
         &spec::passed_on_env(),
     )
     .map_err(invalid)?;
+    if let Some(pod) = &request.pod {
+        pod::share_namespaces(&mut plan, &request.spec, &id, &pod.shared_namespaces)
+            .map_err(invalid)?;
+    }
     phase("c:plan");
     if !Path::new(&request.rootfs).is_dir() {
         return Err(invalid(format!(
@@ -302,14 +310,12 @@ pub async fn create(
             request.rootfs
         )));
     }
-    let mut join = Vec::new();
-    for ns in plan.namespaces.iter() {
-        if let Some(path) = &ns.path {
-            let fd = open_ns(path)
-                .map_err(|e| invalid(format!("cannot open namespace {}: {e}", path.display())))?;
-            join.push((fd, ns.flag));
+    if !std::mem::replace(&mut agent.containers.borrow_mut().loopback_up, true) {
+        if let Err(e) = crate::loopback::bring_up() {
+            agent_log!("cannot bring up lo: {e}");
         }
     }
+    let join = namespaces_to_join(agent, &plan)?;
     // The pod's network goes where the container's network namespace is:
     // the agent's own (set up before the container, whose sysctls may name
     // the pod's interfaces), or one the container makes (set up once it
@@ -323,7 +329,8 @@ pub async fn create(
                 .map_err(|e| system(format!("the pod network: {e}")))?;
         }
     }
-    let cgroup = make_cgroup(agent, &id, &plan)?;
+    let cgroups = make_cgroup(agent, &id, &plan, request.pod.as_ref())?;
+    let cgroup = cgroups.own.clone();
     let launched = launch(
         agent,
         Process {
@@ -344,7 +351,7 @@ pub async fn create(
     let Launched { process, pid, sync } = match launched {
         Ok(launched) => launched,
         Err(e) => {
-            abandon(cgroup);
+            abandon(cgroups);
             return Err(e);
         }
     };
@@ -354,10 +361,15 @@ pub async fn create(
             .and_then(|netns| network::configure(network, Some(&netns)));
         if let Err(e) = configured {
             let _ = kill(pid, libc::SIGKILL);
-            abandon(cgroup);
+            abandon(cgroups);
             return Err(system(format!("the pod network: {e}")));
         }
     }
+    // The init is our child and, while the process table has it alive,
+    // not reaped: the pidfd is of that process.
+    let pidfd = pod::pidfd_open(pid)
+        .ok()
+        .filter(|_| matches!(agent.processes.borrow().live_pid(process), Ok(live) if live == pid));
     let (exited, _) = watch::channel(None);
     let oom_watch = cgroup
         .as_ref()
@@ -366,10 +378,12 @@ pub async fn create(
         rootfs: request.rootfs,
         process,
         pid,
+        pidfd,
         status: ContainerStatus::Created,
         exited,
         sync: Some(sync),
         cgroup,
+        pod_cgroup: cgroups.pod,
         namespaces: plan.namespaces.iter().map(|n| (n.flag, n.name)).collect(),
         seccomp: plan.seccomp.map(Rc::new),
         guard: plan.guard.map(Rc::new),
@@ -424,15 +438,18 @@ pub async fn exec_in(
     request: ExecInContainerRequest,
 ) -> Result<ResponseBody, AgentError> {
     let id = request.id.clone();
-    let (init_pid, namespaces, cgroup, seccomp, guard, personality) = {
+    let (join, cgroup, seccomp, guard, personality) = {
         let containers = agent.containers.borrow();
         let c = containers.get(&id)?;
         if c.status == ContainerStatus::Stopped {
             return Err(conflict(format!("container {id:?} is stopped")));
         }
+        let mut join = Vec::new();
+        for (flag, name) in &c.namespaces {
+            join.push((containers.namespace_of(&id, name)?, *flag));
+        }
         (
-            c.pid,
-            c.namespaces.clone(),
+            join,
             c.cgroup.clone(),
             c.seccomp.clone(),
             c.guard.clone(),
@@ -442,13 +459,6 @@ pub async fn exec_in(
     let mut process =
         spec::process_plan(&request.process, &spec::passed_on_env()).map_err(invalid)?;
     process.attrs.personality = personality;
-    let mut join = Vec::new();
-    for (flag, name) in namespaces {
-        let path = PathBuf::from(format!("/proc/{init_pid}/ns/{name}"));
-        let fd =
-            open_ns(&path).map_err(|e| system(format!("cannot open {}: {e}", path.display())))?;
-        join.push((fd, flag));
-    }
     let Launched {
         process: process_id,
         pid,

@@ -26,6 +26,16 @@ pub struct Namespace {
     pub name: &'static str,
     /// Join this one instead of creating it.
     pub path: Option<PathBuf>,
+    /// Join this container's instead of creating it (a pod's shared
+    /// namespace: see `pod`).
+    pub shared_with: Option<String>,
+}
+
+impl Namespace {
+    /// Neither joined by path nor shared: created for the container.
+    pub fn is_new(&self) -> bool {
+        self.path.is_none() && self.shared_with.is_none()
+    }
 }
 
 pub fn namespace_flag(kind: LinuxNamespaceType) -> Result<(libc::c_int, &'static str), String> {
@@ -166,7 +176,7 @@ impl ContainerPlan {
     pub fn clone_flags(&self) -> libc::c_int {
         self.namespaces
             .iter()
-            .filter(|n| n.path.is_none())
+            .filter(|n| n.is_new())
             .fold(0, |flags, n| flags | n.flag)
     }
 }
@@ -398,7 +408,12 @@ pub fn container_plan(
             Some(p) => Some(container_path(p, "namespace path")?),
             None => None,
         };
-        namespaces.push(Namespace { flag, name, path });
+        namespaces.push(Namespace {
+            flag,
+            name,
+            path,
+            shared_with: None,
+        });
     }
     let has = |flag| namespaces.iter().any(|n: &Namespace| n.flag == flag);
     let scopes = sysctl::Scopes {

@@ -125,9 +125,9 @@ async fn create_owner(
         .map(|a| a.network.for_guest())
         .filter(|n| !n.interfaces.is_empty());
     let init = deadlines::within("create", deadlines::CREATE, async {
-        let (spec, rootfs) = sandbox.prepare(&args.id, &bundle).await?;
+        let prepared = sandbox.prepare(&args.id, &bundle).await?;
         let init = ContainerClient::new(sandbox.agent())
-            .create_in_network(&args.id, spec, &rootfs, io, guest_network)
+            .create_in_pod(&args.id, prepared, io, guest_network)
             .await?;
         Ok::<_, MonitorError>(init)
     })
@@ -152,11 +152,11 @@ async fn create_member(
     let (_, mut host) = begin(args, record)?;
     let io = host.io.take().ok_or(MonitorError::NotRunning)?;
     let home = Home::of(root.dir(), record);
-    let (spec, rootfs) = control::add(&home, &args.id).await?;
+    let prepared = control::add(&home, &args.id).await?;
     let created = deadlines::within("create", deadlines::CREATE, async {
         let agent = AgentClient::connect(&home.vsock_socket()).await?;
         let init = ContainerClient::new(&agent)
-            .create_with(&args.id, spec, &rootfs, io)
+            .create_in_pod(&args.id, prepared, io, None)
             .await?;
         Ok::<_, MonitorError>((agent, init))
     })

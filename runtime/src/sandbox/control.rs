@@ -27,11 +27,9 @@ pub enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    /// The guest's view of the member: its spec and rootfs path.
-    Added {
-        spec: Box<runvm_agent_api::oci::Spec>,
-        rootfs: String,
-    },
+    /// The guest's view of the member: its spec, rootfs path and place in
+    /// the pod.
+    Added(Box<super::Prepared>),
     Removed,
     Stopped,
     Error {
@@ -103,14 +101,11 @@ fn unreachable(socket: &Path, e: std::io::Error) -> String {
     }
 }
 
-/// Has the sandbox bind member `id` in; the guest's spec and rootfs.
-pub async fn add(
-    home: &Home,
-    id: &str,
-) -> Result<(runvm_agent_api::oci::Spec, String), SandboxError> {
+/// Has the sandbox bind member `id` in; the guest's view of it.
+pub async fn add(home: &Home, id: &str) -> Result<super::Prepared, SandboxError> {
     let request = Request::Add { id: id.to_owned() };
     match ask(home, &request, crate::deadlines::CREATE).await? {
-        Response::Added { spec, rootfs } => Ok((*spec, rootfs)),
+        Response::Added(prepared) => Ok(*prepared),
         other => Err(SandboxError::Control {
             sandbox: home.sandbox.clone(),
             problem: format!("unexpected answer {other:?}"),

@@ -48,6 +48,7 @@
 //!   outlives the processes that held its mount namespace.
 
 pub mod control;
+mod namespaces;
 mod role;
 mod serve;
 pub mod size;
@@ -57,7 +58,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 
 pub use role::{classify, Role};
-pub use serve::Sandbox;
+pub use serve::{Prepared, Sandbox};
 pub use size::VmSize;
 
 use crate::state::{self, Record, StateRoot, Status};
@@ -84,6 +85,12 @@ pub enum SandboxError {
     BadId {
         sandbox: String,
         id: String,
+        problem: String,
+    },
+    #[error("namespace path {path} of container {id}: {problem}")]
+    Namespace {
+        id: String,
+        path: String,
         problem: String,
     },
     #[error("annotation {name}: {problem}")]
@@ -171,7 +178,8 @@ pub fn place(root: &StateRoot, record: &mut Record, spec: &Spec) -> Result<u32, 
             Ok(size::guest_memory_mib(spec))
         }
         role => {
-            let vm = size::for_owner(spec, role == Role::Sandbox)?;
+            let pod = role == Role::Sandbox || role::is_podman_infra(spec);
+            let vm = size::for_owner(spec, pod)?;
             record.vm = Some(vm);
             Ok(vm.memory_mib)
         }

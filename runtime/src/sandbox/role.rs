@@ -87,6 +87,29 @@ pub fn from_annotations(
     Ok(None)
 }
 
+/// Whether `spec` is a podman pod's infra container: podman's
+/// (`io.container.manager: libpod`) running its infra command, `catatonit
+/// -P`. Nothing else marks it, and its members name it only by namespace
+/// paths, once it runs; it is sized as a pod's sandbox so that they have
+/// room.
+pub fn is_podman_infra(spec: &Spec) -> bool {
+    let libpod = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get("io.container.manager"))
+        .is_some_and(|manager| manager == "libpod");
+    let args = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.args().clone())
+        .unwrap_or_default();
+    let infra_command = match args.as_slice() {
+        [program, flag] => program.rsplit('/').next() == Some("catatonit") && flag == "-P",
+        _ => false,
+    };
+    libpod && infra_command
+}
+
 /// The pids named by `/proc/<pid>/ns/<type>` paths in linux.namespaces.
 pub fn namespace_pids(spec: &Spec) -> Vec<i32> {
     let Some(namespaces) = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()) else {
@@ -102,21 +125,32 @@ pub fn namespace_pids(spec: &Spec) -> Vec<i32> {
 }
 
 fn proc_pid(path: &str) -> Option<i32> {
+    proc_namespace(path).map(|(pid, _)| pid)
+}
+
+/// The pid and namespace name of a `/proc/<pid>/ns/<name>` path.
+pub fn proc_namespace(path: &str) -> Option<(i32, &str)> {
     let rest = path.strip_prefix("/proc/")?;
     let (pid, rest) = rest.split_once('/')?;
     let ns = rest.strip_prefix("ns/")?;
     if ns.is_empty() || ns.contains('/') {
         return None;
     }
-    pid.parse().ok().filter(|pid| *pid > 0)
+    let pid = pid.parse().ok().filter(|pid| *pid > 0)?;
+    Some((pid, ns))
+}
+
+/// The record of the runvm container under `root` whose live monitor is
+/// `pid`, if any.
+pub fn monitored(root: &StateRoot, pid: i32) -> Option<state::Record> {
+    let ids = root.ids().ok()?;
+    ids.iter()
+        .filter_map(|id| state::peek(root, id).ok())
+        .find(|record| record.live_pid() == pid)
 }
 
 /// The VM owner whose VM the live monitor `pid` is in, if `pid` is the
 /// monitor of a runvm container under `root`.
 fn monitored_by(root: &StateRoot, pid: i32) -> Option<String> {
-    let ids = root.ids().ok()?;
-    ids.iter()
-        .filter_map(|id| state::peek(root, id).ok())
-        .find(|record| record.live_pid() == pid)
-        .map(|record| record.sandbox.unwrap_or(record.id))
+    monitored(root, pid).map(|record| record.sandbox.unwrap_or(record.id))
 }

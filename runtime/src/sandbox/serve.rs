@@ -9,8 +9,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
+use runvm_agent_api::PodPlacement;
+
 use super::control::{self, Request, Response};
-use super::{Home, SandboxError};
+use super::{namespaces, size, Home, SandboxError};
 use crate::agent_client::AgentClient;
 use crate::bundle::{self, Bundle};
 use crate::container_client::ContainerClient;
@@ -40,8 +42,14 @@ pub struct Sandbox {
     server: Option<JoinHandle<()>>,
 }
 
-/// The guest's view of a container: its spec and rootfs path.
-pub type Prepared = (runvm_agent_api::oci::Spec, String);
+/// The guest's view of a container: its spec, rootfs path and place in
+/// the pod.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Prepared {
+    pub spec: runvm_agent_api::oci::Spec,
+    pub rootfs: String,
+    pub pod: PodPlacement,
+}
 
 impl Sandbox {
     pub fn new(root: StateRoot, home: Home, vm: MicroVm, agent: AgentClient) -> Sandbox {
@@ -80,11 +88,17 @@ impl Sandbox {
     }
 
     /// Binds container `id`'s rootfs and volumes from `bundle` into the
-    /// share (for the VM owner's own container).
+    /// share (for the VM owner's own container, the pod's first: the pod
+    /// is named after it and has the limits of its sizing).
     pub async fn prepare(&self, id: &str, bundle: &Bundle) -> Result<Prepared, SandboxError> {
         let mut inner = self.inner.lock().await;
         let vm = inner.vm.as_mut().ok_or_else(|| stopping(&self.home))?;
-        prepare(vm, &self.agent, id, bundle).await
+        let pod = PodPlacement {
+            id: id.to_owned(),
+            resources: size::pod_limits(&bundle.spec).map(Box::new),
+            shared_namespaces: Vec::new(),
+        };
+        prepare(vm, &self.agent, id, bundle, pod).await
     }
 
     /// Starts answering on the control socket.
@@ -175,6 +189,7 @@ async fn prepare(
     agent: &AgentClient,
     id: &str,
     bundle: &Bundle,
+    pod: PodPlacement,
 ) -> Result<Prepared, SandboxError> {
     let failed = |e: String| SandboxError::Prepare(format!("container {id}: {e}"));
     let rootfs = bundle.rootfs().map_err(|e| failed(e.to_string()))?;
@@ -206,7 +221,11 @@ async fn prepare(
             bundle::to_wire(&spec).map_err(|e| failed(e.to_string()))
         });
     match wire {
-        Ok(spec) => Ok((spec, guest_rootfs)),
+        Ok(spec) => Ok(Prepared {
+            spec,
+            rootfs: guest_rootfs,
+            pod,
+        }),
         Err(e) => {
             let _ = vm.unshare_rootfs(id);
             Err(e)
@@ -284,13 +303,20 @@ impl Server {
         }
         let bundle =
             Bundle::load(&record.bundle).map_err(|e| SandboxError::Prepare(e.to_string()))?;
+        let pod = PodPlacement {
+            id: self.home.sandbox.clone(),
+            resources: None,
+            shared_namespaces: namespaces::shared_namespaces(
+                &self.root,
+                &bundle.spec,
+                &self.home.sandbox,
+                id,
+            )?,
+        };
         let vm = inner.vm.as_mut().ok_or_else(|| stopping(&self.home))?;
-        let (spec, rootfs) = prepare(vm, &self.agent, id, &bundle).await?;
+        let prepared = prepare(vm, &self.agent, id, &bundle, pod).await?;
         inner.members.insert(id.to_owned());
-        Ok(Response::Added {
-            spec: Box::new(spec),
-            rootfs,
-        })
+        Ok(Response::Added(Box::new(prepared)))
     }
 
     async fn remove(&self, id: &str) -> Result<Response, SandboxError> {

@@ -140,6 +140,34 @@ fn vcpus_for(quota: Option<u64>, period: Option<u64>) -> u64 {
     }
 }
 
+/// The pod's own limits for its cgroup in the guest, from the CRI sizing
+/// annotations of its sandbox's config.json (memory, CPU quota per
+/// period); `None` without them. The VM is sized for them too, so the
+/// limit keeps the pod's containers together off the memory the guest
+/// itself needs.
+pub fn pod_limits(spec: &Spec) -> Option<runvm_agent_api::oci::LinuxResources> {
+    let annotations = spec.annotations().as_ref()?;
+    let pod = pod_resources(annotations);
+    if pod == PodResources::default() {
+        return None;
+    }
+    let mut limits = runvm_agent_api::oci::LinuxResources::default();
+    if let Some(bytes) = pod.memory.and_then(|b| i64::try_from(b).ok()) {
+        limits.memory = Some(runvm_agent_api::oci::LinuxMemory {
+            limit: Some(bytes),
+            ..Default::default()
+        });
+    }
+    if let Some(quota) = pod.quota.and_then(|q| i64::try_from(q).ok()) {
+        limits.cpu = Some(runvm_agent_api::oci::LinuxCpu {
+            quota: Some(quota),
+            period: pod.period,
+            ..Default::default()
+        });
+    }
+    Some(limits)
+}
+
 /// One of runvm's own annotations as a number within `1..=max`.
 fn override_value(
     annotations: &HashMap<String, String>,

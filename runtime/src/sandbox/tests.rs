@@ -273,3 +273,107 @@ fn members_must_fit() {
     assert!(error.is_some_and(|e| e.contains("2 vCPUs")));
     assert!(check_member(&spec(serde_json::json!({})), &vm).is_ok());
 }
+
+#[test]
+fn namespace_paths_become_shared_namespaces_of_containers() {
+    use runvm_agent_api::oci::LinuxNamespaceType as Guest;
+    let dir = TestDir::new("shared-ns");
+    let root = StateRoot::open(&dir.path().join("root")).expect("root");
+    let pod = root.create("pod").expect("create");
+    let mut pod_record = record("pod", None);
+    pod_record.monitor = state::HostProcess::current();
+    pod.save(&pod_record).expect("save");
+    let me = std::process::id();
+    let member = spec(serde_json::json!({"linux": {"namespaces": [
+        {"type": "network", "path": format!("/proc/{me}/ns/net")},
+        {"type": "ipc", "path": format!("/proc/{me}/ns/ipc")},
+        {"type": "uts", "path": format!("/proc/{me}/ns/uts")},
+        {"type": "pid", "path": format!("/proc/{me}/ns/pid")},
+        {"type": "mount", "path": format!("/proc/{me}/ns/mnt")},
+        {"type": "cgroup", "path": "/proc/1/ns/cgroup"},
+        {"type": "user"}
+    ]}}));
+    let shared = namespaces::shared_namespaces(&root, &member, "pod", "m").expect("shared");
+    let seen: Vec<_> = shared
+        .iter()
+        .map(|s| (s.typ, s.container.as_str()))
+        .collect();
+    // Mount and cgroup stay the member's own.
+    assert_eq!(
+        seen,
+        [
+            (Guest::Network, "pod"),
+            (Guest::Ipc, "pod"),
+            (Guest::Uts, "pod"),
+            (Guest::Pid, "pod")
+        ]
+    );
+    // Paths that name no runvm container: new namespaces, as before pods.
+    let foreign = spec(serde_json::json!({"linux": {"namespaces": [
+        {"type": "network", "path": "/run/netns/cni-1"},
+        {"type": "ipc", "path": "/proc/1/ns/ipc"}
+    ]}}));
+    let none = namespaces::shared_namespaces(&root, &foreign, "pod", "m").expect("shared");
+    assert!(none.is_empty(), "{none:?}");
+    // Another VM's container, or the wrong kind of namespace: refused.
+    let error = namespaces::shared_namespaces(&root, &member, "otherpod", "m")
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("container pod") && e.contains("otherpod")),
+        "{error:?}"
+    );
+    let crossed = spec(serde_json::json!({"linux": {"namespaces": [
+        {"type": "uts", "path": format!("/proc/{me}/ns/ipc")}
+    ]}}));
+    let error = namespaces::shared_namespaces(&root, &crossed, "pod", "m")
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("ipc namespace")),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn the_pod_cgroup_gets_the_cri_sizing() {
+    let with = |pairs: serde_json::Value| spec(serde_json::json!({"annotations": pairs}));
+    assert_eq!(size::pod_limits(&with(serde_json::json!({}))), None);
+    let limits = size::pod_limits(&with(serde_json::json!({
+        "io.kubernetes.cri.sandbox-memory": "268435456",
+        "io.kubernetes.cri.sandbox-cpu-quota": "150000",
+        "io.kubernetes.cri.sandbox-cpu-period": "100000",
+    })))
+    .expect("limits");
+    assert_eq!(
+        serde_json::to_value(&limits).expect("json"),
+        serde_json::json!({"memory": {"limit": 268435456},
+                           "cpu": {"quota": 150000, "period": 100000}})
+    );
+}
+
+#[test]
+fn podmans_infra_container_is_sized_as_a_sandbox() {
+    let infra = |manager: &str, args: serde_json::Value| {
+        spec(serde_json::json!({
+            "annotations": {"io.container.manager": manager},
+            "process": {"args": args, "cwd": "/", "user": {"uid": 0, "gid": 0}}
+        }))
+    };
+    assert!(role::is_podman_infra(&infra(
+        "libpod",
+        serde_json::json!(["/catatonit", "-P"])
+    )));
+    assert!(!role::is_podman_infra(&infra(
+        "libpod",
+        serde_json::json!(["sh", "-c", "catatonit -P"])
+    )));
+    assert!(!role::is_podman_infra(&infra(
+        "other",
+        serde_json::json!(["/catatonit", "-P"])
+    )));
+}

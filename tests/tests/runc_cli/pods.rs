@@ -1,7 +1,9 @@
 //! Pods through the runc command line: a sandbox and its members created
 //! from containerd's CRI annotations run in one VM, members come and go
-//! while the sandbox runs, killing the sandbox stops its members, and a
-//! member naming a sandbox that is not there is refused leaving nothing.
+//! while the sandbox runs, a member that names the sandbox's namespaces by
+//! `/proc/<pid>/ns` paths (as podman does) joins its VM and shares them,
+//! killing the sandbox stops its members, and a member naming a sandbox
+//! that is not there is refused leaving nothing.
 //! These are runvm's pods (runc knows no sandboxes: it runs members as
 //! plain containers), so they are skipped under `RUNVM_TEST_RUNTIME`.
 
@@ -75,7 +77,10 @@ fn pod_sandbox_and_members_share_one_vm() {
     }
     let pod: &str = &unique("pod");
     let (app1, app2): (&str, &str) = (&unique("app1"), &unique("app2"));
-    let sandbox = cli.pod_bundle("pod", &["sh", "-c", SLEEPER], "sandbox", pod);
+    let sandbox = cli.bundle("pod", &["sh", "-c", SLEEPER], |config| {
+        config["annotations"] = json!({CONTAINER_TYPE: "sandbox", SANDBOX_ID: pod});
+        config["hostname"] = json!("podhost");
+    });
     let (pod_pid, pod_out) = cli.start_printing(&sandbox, pod, "up");
     let boot_id = read_text(&pod_out).lines().next().unwrap_or("").to_owned();
     assert_eq!(boot_id.len(), 36, "a boot_id: {boot_id:?}");
@@ -136,10 +141,39 @@ fn pod_sandbox_and_members_share_one_vm() {
         boot_id
     );
 
-    // Another member, then the sandbox is killed under it: the member
-    // stops, its pid-file process ending with a status.
-    let member2 = cli.pod_bundle("app2", &["sh", "-c", SLEEPER], "container", pod);
-    let (app2_pid, _) = cli.start_printing(&member2, app2, "up");
+    // Another member, unmarked, naming the sandbox's network, IPC and UTS
+    // namespaces by the paths of its pid-file process, as podman does: it
+    // joins the VM and shares them; its mount namespace is its own.
+    let member2 = cli.bundle("app2", &["sh", "-c", SLEEPER], |config| {
+        config.as_object_mut().map(|c| c.remove("hostname"));
+        config["linux"]["namespaces"] = json!([
+            {"type": "pid"}, {"type": "mount"},
+            {"type": "network", "path": format!("/proc/{pod_pid}/ns/net")},
+            {"type": "ipc", "path": format!("/proc/{pod_pid}/ns/ipc")},
+            {"type": "uts", "path": format!("/proc/{pod_pid}/ns/uts")}
+        ]);
+    });
+    let (app2_pid, app2_out) = cli.start_printing(&member2, app2, "up");
+    assert_eq!(
+        read_text(&app2_out).lines().next().unwrap_or(""),
+        boot_id,
+        "the member named by namespace paths runs in the sandbox's VM"
+    );
+    assert_eq!(cli.exec_out(app2, &["hostname"]).trim(), "podhost");
+    let namespace =
+        |id: &str, name: &str| cli.exec_out(id, &["readlink", &format!("/proc/self/ns/{name}")]);
+    for shared in ["net", "ipc", "uts"] {
+        assert_eq!(
+            namespace(app2, shared),
+            namespace(pod, shared),
+            "the sandbox's {shared} namespace"
+        );
+    }
+    assert_ne!(namespace(app2, "mnt"), namespace(pod, "mnt"));
+    assert_eq!(cli.vmm_count(), 1, "still one VM for the pod");
+
+    // The sandbox is killed under the member: the member stops, its
+    // pid-file process ending with a status.
     cli.run(&["kill", pod, "KILL"]).ok();
     assert_eq!(reap(pod_pid), Ended::Code(128 + libc::SIGKILL));
     assert!(

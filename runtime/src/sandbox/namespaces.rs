@@ -1,0 +1,95 @@
+//! The namespaces a member takes from the other containers of its VM.
+//!
+//! config.json names them by host paths, `/proc/<pid>/ns/<type>`, where
+//! the pid is what runvm gave its caller as the container's pid: the
+//! monitor's (containerd's CRI plugin, CRI-O and podman all write their
+//! sandbox's, or another container's, that way). Such a path is turned
+//! into "namespace TYPE of container ID" ([`SharedNamespace`]), which the
+//! agent resolves to that container's init in the guest; a guest pid is
+//! never sent, as it could be another process's by the time it is used.
+//!
+//! - Network, IPC, UTS and PID namespaces are shared this way; the PID
+//!   namespace only when the member's config.json names another
+//!   container's (as CRI does for a pod-wide PID namespace).
+//! - Mount and cgroup namespaces are always the member's own, whatever the
+//!   path; user namespaces stay as [`crate::bundle::guest_spec`] makes
+//!   them (a new one).
+//! - A path that names no running runvm container under `--root` (a
+//!   network namespace podman or CNI prepared, say, or a pid that is not
+//!   runvm's) gives a new namespace of the kind, as before pods: the host's
+//!   namespaces mean nothing in the guest.
+//! - A path that names a runvm container of another VM, or a namespace of
+//!   another type than its entry's, is an error: the member cannot have
+//!   what it asks for.
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use runvm_agent_api::oci::LinuxNamespaceType as GuestType;
+use runvm_agent_api::SharedNamespace;
+
+use super::role::{monitored, proc_namespace};
+use super::SandboxError;
+use crate::state::StateRoot;
+
+/// The guest's name of a namespace type that can be shared, and its name
+/// under /proc/<pid>/ns; `None` for the types each container has alone.
+fn shareable(kind: LinuxNamespaceType) -> Option<(GuestType, &'static str)> {
+    match kind {
+        LinuxNamespaceType::Network => Some((GuestType::Network, "net")),
+        LinuxNamespaceType::Ipc => Some((GuestType::Ipc, "ipc")),
+        LinuxNamespaceType::Uts => Some((GuestType::Uts, "uts")),
+        LinuxNamespaceType::Pid => Some((GuestType::Pid, "pid")),
+        _ => None,
+    }
+}
+
+/// The namespaces member `id` of the VM owned by `sandbox` shares with the
+/// containers of that VM, from the namespace paths of its `spec`.
+pub fn shared_namespaces(
+    root: &StateRoot,
+    spec: &Spec,
+    sandbox: &str,
+    id: &str,
+) -> Result<Vec<SharedNamespace>, SandboxError> {
+    let Some(namespaces) = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()) else {
+        return Ok(Vec::new());
+    };
+    let mut shared = Vec::new();
+    for namespace in namespaces {
+        let Some((typ, proc_name)) = shareable(namespace.typ()) else {
+            continue;
+        };
+        let Some(path) = namespace.path().as_ref().and_then(|p| p.to_str()) else {
+            continue;
+        };
+        let Some((pid, named)) = proc_namespace(path) else {
+            continue;
+        };
+        let Some(owner) = monitored(root, pid) else {
+            continue;
+        };
+        let problem = |problem: String| SandboxError::Namespace {
+            id: id.to_owned(),
+            path: path.to_owned(),
+            problem,
+        };
+        if named != proc_name {
+            return Err(problem(format!(
+                "it names a {named} namespace for the {proc_name} entry"
+            )));
+        }
+        let vm = owner.sandbox.as_deref().unwrap_or(&owner.id);
+        if vm != sandbox {
+            return Err(problem(format!(
+                "it names container {}, which runs in the VM of {vm}, not in that of its sandbox {sandbox}",
+                owner.id
+            )));
+        }
+        if owner.id != id {
+            shared.push(SharedNamespace {
+                typ,
+                container: owner.id,
+            });
+        }
+    }
+    Ok(shared)
+}
