@@ -30,7 +30,17 @@ pub struct Vsock {
     guest_cid: u64,
     /// Idle until the driver activates the device, then owned by the loop.
     muxer: Option<Muxer>,
-    running: Option<(EventFd, JoinHandle<Muxer>)>,
+    running: Option<(EventFd, JoinHandle<Stopped>)>,
+    /// Restored from a snapshot: the first thing the event loop does is
+    /// tell the driver its transport was reset (see `restoring`).
+    announce_reset: bool,
+}
+
+/// What the event loop hands back when it stops.
+struct Stopped {
+    muxer: Muxer,
+    /// RX, TX and event queue, for a snapshot.
+    queues: Vec<Queue>,
 }
 
 impl Vsock {
@@ -39,6 +49,7 @@ impl Vsock {
             guest_cid,
             muxer: Some(muxer),
             running: None,
+            announce_reset: false,
         }
     }
 }
@@ -82,12 +93,13 @@ impl VirtioDevice for Vsock {
             mem,
             rx,
             tx,
-            _events: events,
+            events,
             interrupt,
             muxer,
             stop: stop.try_clone().map_err(|e| e.to_string())?,
             interest: Interest::new().map_err(|e| e.to_string())?,
             rx_starved: false,
+            announce_reset: std::mem::take(&mut self.announce_reset),
         };
         let thread = crate::seccomp::spawn(ThreadKind::Vsock, "vsock", move || event_loop.run())
             .map_err(|e| e.to_string())?;
@@ -101,12 +113,41 @@ impl VirtioDevice for Vsock {
         };
         let _ = stop.write(1);
         match thread.join() {
-            Ok(muxer) => {
-                self.muxer = Some(muxer);
+            Ok(stopped) => {
+                self.muxer = Some(stopped.muxer);
                 true
             }
             Err(_) => false,
         }
+    }
+
+    /// Saved only without connections: a template is taken at the agent's
+    /// ready point, when no host client is connected, and a connection's
+    /// host end (a Unix socket) could not follow the guest into another
+    /// process anyway.
+    fn pause(&mut self) -> Result<Vec<Queue>, String> {
+        let (stop, thread) = self
+            .running
+            .take()
+            .ok_or("the vsock device is not active")?;
+        let _ = stop.write(1);
+        let stopped = thread.join().map_err(|_| "the vsock event loop panicked")?;
+        let muxer = self.muxer.insert(stopped.muxer);
+        let (connections, control) = (muxer.connection_count(), muxer.queued_control_packets());
+        if connections > 0 || control > 0 || muxer.has_work_for_guest() {
+            return Err(format!(
+                "the vsock device has {connections} live connection(s) and {control} control \
+                 packet(s) in flight: a snapshot is taken with none (close host connections first)"
+            ));
+        }
+        Ok(stopped.queues)
+    }
+
+    /// The guest's driver still believes in the template's CID and
+    /// connections: a transport reset event makes it read the CID again
+    /// and drop every connected socket (virtio 1.2, 5.10.6.6).
+    fn restoring(&mut self) {
+        self.announce_reset = true;
     }
 }
 
@@ -128,21 +169,25 @@ struct EventLoop {
     mem: GuestMemory,
     rx: ActiveQueue,
     tx: ActiveQueue,
-    /// The event queue carries only transport resets, which runvm never
-    /// sends; it is kept so the driver's buffers stay posted.
-    _events: ActiveQueue,
+    /// The event queue carries only transport resets, sent after a VM is
+    /// restored from a snapshot.
+    events: ActiveQueue,
     interrupt: Arc<Interrupt>,
     muxer: Muxer,
     stop: EventFd,
     interest: Interest,
     /// The guest posted no RX buffer last time one was needed.
     rx_starved: bool,
+    announce_reset: bool,
 }
 
 impl EventLoop {
     /// Serves until told to stop; hands the muxer back for a later
-    /// activation.
-    fn run(mut self) -> Muxer {
+    /// activation, and the queues for a snapshot.
+    fn run(mut self) -> Stopped {
+        if std::mem::take(&mut self.announce_reset) {
+            self.send_transport_reset();
+        }
         let fixed = [
             self.stop.as_raw_fd(),
             self.rx.notify.as_raw_fd(),
@@ -150,7 +195,7 @@ impl EventLoop {
         ];
         for fd in fixed {
             if self.interest.watch_fixed(fd).is_err() {
-                return self.muxer;
+                return self.stopped();
             }
         }
         let mut events = vec![EpollEvent::default(); 64];
@@ -160,13 +205,13 @@ impl EventLoop {
             let count = match self.interest.wait(&mut events) {
                 Ok(count) => count,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.muxer,
+                Err(_) => return self.stopped(),
             };
             for event in &events[..count] {
                 let fd = event.fd();
                 let set = event.event_set();
                 if fd == self.stop.as_raw_fd() {
-                    return self.muxer;
+                    return self.stopped();
                 } else if fd == self.rx.notify.as_raw_fd() {
                     let _ = self.rx.notify.read();
                     self.rx_starved = false;
@@ -178,6 +223,36 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    fn stopped(self) -> Stopped {
+        Stopped {
+            muxer: self.muxer,
+            queues: vec![self.rx.queue, self.tx.queue, self.events.queue],
+        }
+    }
+
+    /// Puts a VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (an le32 id of 0) in the
+    /// driver's first event buffer. Without a buffer the driver is not
+    /// listening yet and there is nothing to reset.
+    fn send_transport_reset(&mut self) {
+        const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
+        let mem = self.mem.clone();
+        let Some(chain) = self.events.queue.pop_descriptor_chain(&mem) else {
+            return;
+        };
+        let head = chain.head_index();
+        let written = chain
+            .writer(&mem)
+            .ok()
+            .and_then(|mut writer| {
+                writer
+                    .write_obj(VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le())
+                    .ok()
+            })
+            .map_or(0, |()| 4);
+        let _ = self.events.queue.add_used(&mem, head, written);
+        self.interrupt.signal_used_buffer();
     }
 
     fn on_socket_event(&mut self, fd: RawFd, set: EventSet) {
