@@ -32,7 +32,7 @@ use crate::memory::{
     create_guest_memory, create_shared_guest_memory, virtio_mmio_slot, GuestMemory,
     MAX_VIRTIO_DEVICES, VIRTIO_MMIO_WINDOW,
 };
-use crate::runner::run_vcpus;
+use crate::runner::{run_vcpus, TerminationSignals};
 use crate::snapshot::cpu_state::saved_msr_indices;
 use crate::snapshot::state::{DeviceKind, DeviceState};
 use crate::snapshot::Saver;
@@ -119,6 +119,7 @@ pub fn run_vm_with(config: &VmConfig, host: HostResources) -> Result<VmExit, Err
         snapshot_to,
         restore_from,
     } = host;
+    let signals = TerminationSignals::block(snapshot_to.is_some())?;
     let vm = create_vm(&kvm)?;
     let failures = Arc::new(
         FailureReporter::new().map_err(Error::io("cannot create the device failure eventfd"))?,
@@ -151,7 +152,7 @@ pub fn run_vm_with(config: &VmConfig, host: HostResources) -> Result<VmExit, Err
         }),
         None => None,
     };
-    run_vcpus(&vm, built.vcpus, &failures, saver)
+    run_vcpus(&vm, built.vcpus, &failures, signals, saver)
 }
 
 /// The host ends of a VM's devices, opened before it is built.

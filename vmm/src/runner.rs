@@ -22,6 +22,9 @@ use crate::vcpu::{install_kick_handler, kick_signal, Vcpu, VcpuStop};
 
 /// How long to wait for vCPU threads to leave the guest once asked.
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a snapshot waits for the devices to settle (a vsock
+/// connection the guest is closing).
+const QUIET_TIMEOUT: Duration = Duration::from_secs(5);
 /// Asks a VMM started with a snapshot directory to save the VM.
 pub const SNAPSHOT_SIGNAL: libc::c_int = libc::SIGUSR1;
 
@@ -29,13 +32,14 @@ pub const SNAPSHOT_SIGNAL: libc::c_int = libc::SIGUSR1;
 /// for a termination signal; then stops the rest.
 /// A device failure reported to `failures` ends the VM too. With a
 /// `saver`, the snapshot signal saves the VM, which then ends.
+/// `signals` were blocked before any thread was started.
 pub(crate) fn run_vcpus(
     vm: &VmFd,
     vcpus: Vec<Vcpu>,
     failures: &FailureReporter,
+    signals: TerminationSignals,
     saver: Option<Saver>,
 ) -> Result<VmExit, Error> {
-    let signals = TerminationSignals::block(saver.is_some())?;
     let vcpu_count = vcpus.len();
     install_kick_handler().map_err(Error::io("cannot install the vCPU kick handler"))?;
     let stopped =
@@ -76,7 +80,12 @@ pub(crate) fn run_vcpus(
 
     let outcome = match signals.wait_for_signal_or(&[&stopped, failures.event()])? {
         Some(SNAPSHOT_SIGNAL) => match saver {
-            Some(saver) => return save(vm, stop_vcpus(&stop, threads), vcpu_count, saver),
+            Some(saver) => {
+                // Not checked: pausing a device that is still busy fails
+                // the snapshot by name.
+                saver.wait_for_quiet_devices(QUIET_TIMEOUT);
+                return save(vm, stop_vcpus(&stop, threads), vcpu_count, saver);
+            }
             None => VmExit::Signal(SNAPSHOT_SIGNAL),
         },
         Some(signo) => VmExit::Signal(signo),
@@ -131,15 +140,17 @@ fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
 
 /// SIGTERM, SIGINT and SIGHUP, blocked in every thread and read through a
 /// signalfd, so they end the VM cleanly instead of killing the process;
-/// and the snapshot signal when the VM may be saved.
-struct TerminationSignals {
+/// and the snapshot signal when the VM may be saved. Blocked before the
+/// VM is built: the device threads a restored VM starts then inherit the
+/// mask, instead of dying of a signal meant for the VMM.
+pub(crate) struct TerminationSignals {
     fd: File,
 }
 
 impl TerminationSignals {
     const SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
-    fn block(with_snapshot: bool) -> Result<TerminationSignals, Error> {
+    pub(crate) fn block(with_snapshot: bool) -> Result<TerminationSignals, Error> {
         let what = "cannot set up the termination signals";
         // SAFETY: plain libc calls on a local, initialised sigset_t.
         unsafe {

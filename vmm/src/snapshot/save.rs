@@ -3,6 +3,7 @@
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
 
@@ -37,6 +38,25 @@ fn failed(reason: impl Into<String>) -> Error {
 }
 
 impl Saver {
+    /// Waits up to `timeout` for every device to be quiescent, the VM
+    /// still running: e.g. for the guest to finish closing a vsock
+    /// connection. Whether they all are.
+    pub fn wait_for_quiet_devices(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let quiet = self.devices.iter().all(|slot| {
+                slot.transport
+                    .lock()
+                    .map(|transport| transport.is_quiescent())
+                    .unwrap_or(true)
+            });
+            if quiet || Instant::now() >= deadline {
+                return quiet;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Saves the VM whose vCPUs (all of them, in id order) are stopped.
     /// Its devices are stopped here, and stay so. Returns the directory.
     pub fn save(self, vm: &VmFd, vcpus: &[Vcpu]) -> Result<PathBuf, Error> {

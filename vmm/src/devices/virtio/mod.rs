@@ -187,4 +187,9 @@ pub trait VirtioDevice: Send {
     /// Called before [`VirtioDevice::activate`] when the device comes back
     /// live from a snapshot, with the queues it had.
     fn restoring(&mut self) {}
+    /// Whether the device holds nothing a snapshot would lose (such as a
+    /// host connection); a snapshot waits a while for this.
+    fn is_quiescent(&self) -> bool {
+        true
+    }
 }

@@ -72,6 +72,10 @@ impl From<QueueSnapshot> for QueueState {
 }
 
 impl MmioTransport {
+    pub fn is_quiescent(&self) -> bool {
+        !self.active || self.device.is_quiescent()
+    }
+
     /// The transport's state, for a snapshot of the paused VM. A live
     /// device is stopped to take its queues back, and stays stopped: the
     /// VM does not run on after it has been saved.
@@ -172,6 +176,12 @@ impl MmioTransport {
                 notify,
             });
         }
+        // A kick the guest made just before the snapshot may not have been
+        // served: a spurious one is harmless, a lost one would hang a queue.
+        // Made before the device runs, so it can tell them from new ones.
+        for notify in &self.notify {
+            let _ = notify.write(1);
+        }
         self.device.restoring();
         self.device.activate(
             self.mem.clone(),
@@ -180,11 +190,6 @@ impl MmioTransport {
             self.interrupt.clone(),
         )?;
         self.active = true;
-        // A kick the guest made just before the snapshot may not have been
-        // served: a spurious one is harmless, a lost one would hang a queue.
-        for notify in &self.notify {
-            let _ = notify.write(1);
-        }
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -34,6 +35,8 @@ pub struct Vsock {
     /// Restored from a snapshot: the first thing the event loop does is
     /// tell the driver its transport was reset (see `restoring`).
     announce_reset: bool,
+    /// Kept by the event loop: whether its muxer is idle.
+    idle: Arc<AtomicBool>,
 }
 
 /// What the event loop hands back when it stops.
@@ -50,6 +53,7 @@ impl Vsock {
             muxer: Some(muxer),
             running: None,
             announce_reset: false,
+            idle: Arc::new(AtomicBool::new(true)),
         }
     }
 }
@@ -100,6 +104,8 @@ impl VirtioDevice for Vsock {
             interest: Interest::new().map_err(|e| e.to_string())?,
             rx_starved: false,
             announce_reset: std::mem::take(&mut self.announce_reset),
+            reset_unacknowledged: false,
+            idle: self.idle.clone(),
         };
         let thread = crate::seccomp::spawn(ThreadKind::Vsock, "vsock", move || event_loop.run())
             .map_err(|e| e.to_string())?;
@@ -134,7 +140,7 @@ impl VirtioDevice for Vsock {
         let stopped = thread.join().map_err(|_| "the vsock event loop panicked")?;
         let muxer = self.muxer.insert(stopped.muxer);
         let (connections, control) = (muxer.connection_count(), muxer.queued_control_packets());
-        if connections > 0 || control > 0 || muxer.has_work_for_guest() {
+        if !muxer.is_idle() {
             return Err(format!(
                 "the vsock device has {connections} live connection(s) and {control} control \
                  packet(s) in flight: a snapshot is taken with none (close host connections first)"
@@ -148,6 +154,10 @@ impl VirtioDevice for Vsock {
     /// and drop every connected socket (virtio 1.2, 5.10.6.6).
     fn restoring(&mut self) {
         self.announce_reset = true;
+    }
+
+    fn is_quiescent(&self) -> bool {
+        self.idle.load(Ordering::Acquire)
     }
 }
 
@@ -179,6 +189,9 @@ struct EventLoop {
     /// The guest posted no RX buffer last time one was needed.
     rx_starved: bool,
     announce_reset: bool,
+    /// A transport reset was sent and the driver has not handled it yet.
+    reset_unacknowledged: bool,
+    idle: Arc<AtomicBool>,
 }
 
 impl EventLoop {
@@ -186,12 +199,15 @@ impl EventLoop {
     /// activation, and the queues for a snapshot.
     fn run(mut self) -> Stopped {
         if std::mem::take(&mut self.announce_reset) {
-            self.send_transport_reset();
+            // Only a kick after the reset acknowledges it.
+            let _ = self.events.notify.read();
+            self.reset_unacknowledged = self.send_transport_reset();
         }
         let fixed = [
             self.stop.as_raw_fd(),
             self.rx.notify.as_raw_fd(),
             self.tx.notify.as_raw_fd(),
+            self.events.notify.as_raw_fd(),
         ];
         for fd in fixed {
             if self.interest.watch_fixed(fd).is_err() {
@@ -202,6 +218,7 @@ impl EventLoop {
         loop {
             self.process_rx();
             self.sync_interest();
+            self.idle.store(self.muxer.is_idle(), Ordering::Release);
             let count = match self.interest.wait(&mut events) {
                 Ok(count) => count,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -218,6 +235,11 @@ impl EventLoop {
                 } else if fd == self.tx.notify.as_raw_fd() {
                     let _ = self.tx.notify.read();
                     self.process_tx();
+                } else if fd == self.events.notify.as_raw_fd() {
+                    // The driver posts its event buffer again once it has
+                    // handled the transport reset.
+                    let _ = self.events.notify.read();
+                    self.reset_unacknowledged = false;
                 } else {
                     self.on_socket_event(fd, set);
                 }
@@ -234,12 +256,12 @@ impl EventLoop {
 
     /// Puts a VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (an le32 id of 0) in the
     /// driver's first event buffer. Without a buffer the driver is not
-    /// listening yet and there is nothing to reset.
-    fn send_transport_reset(&mut self) {
+    /// listening yet and there is nothing to reset. Whether it was sent.
+    fn send_transport_reset(&mut self) -> bool {
         const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
         let mem = self.mem.clone();
         let Some(chain) = self.events.queue.pop_descriptor_chain(&mem) else {
-            return;
+            return false;
         };
         let head = chain.head_index();
         let written = chain
@@ -253,6 +275,7 @@ impl EventLoop {
             .map_or(0, |()| 4);
         let _ = self.events.queue.add_used(&mem, head, written);
         self.interrupt.signal_used_buffer();
+        true
     }
 
     fn on_socket_event(&mut self, fd: RawFd, set: EventSet) {
@@ -368,10 +391,16 @@ impl EventLoop {
         }
     }
 
-    /// Makes epoll watch what the muxer wants now.
+    /// Makes epoll watch what the muxer wants now. Host clients wait in
+    /// the listener's backlog while a transport reset is unacknowledged: a
+    /// connection the guest accepted before handling the reset would be
+    /// reset by it, unknown to the host.
     fn sync_interest(&mut self) {
         let mut wanted: HashMap<RawFd, EventSet> = HashMap::new();
         for (fd, read, write) in self.muxer.interest() {
+            if self.reset_unacknowledged && fd == self.muxer.listener_fd() {
+                continue;
+            }
             let mut set = EventSet::empty();
             let is_connection = matches!(self.muxer.owner_of(fd), Some(FdOwner::Connection(_)));
             // Reading a connection is pointless while the guest has no
