@@ -212,6 +212,33 @@ fn damaged_copy(
     dir
 }
 
+/// Every thread of `pid` runs under a seccomp filter: the device threads a
+/// restored VM starts before its vCPUs as much as the others.
+fn assert_every_thread_confined(pid: u32) {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the VMM's threads");
+    let mut seen = Vec::new();
+    for task in tasks {
+        let path = task.expect("a thread").path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let mode = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Seccomp:"))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_string();
+        seen.push((name.trim().to_string(), mode));
+    }
+    let names: Vec<&str> = seen.iter().map(|(name, _)| name.as_str()).collect();
+    for wanted in ["vcpu0", "virtio-blk", "vsock"] {
+        assert!(names.contains(&wanted), "no {wanted} thread: {seen:?}");
+    }
+    assert!(
+        seen.iter().all(|(_, mode)| mode == "2"),
+        "unconfined threads: {seen:?}"
+    );
+}
+
 #[test]
 fn a_vm_saved_at_agent_ready_is_restored_in_new_processes_and_answers() {
     let scratch = Scratch::new();
@@ -239,8 +266,11 @@ fn a_vm_saved_at_agent_ready_is_restored_in_new_processes_and_answers() {
     assert!(stderr.contains("the VM was saved to"), "{stderr}");
     assert!(!socket.exists(), "the saved VM's socket was left behind");
 
-    // Two VMs restored from it at once, each with its own socket and CID.
-    let sockets = [scratch.join("warm1.sock"), scratch.join("warm2.sock")];
+    // Two VMs restored from it at once, each with its own socket and CID;
+    // the second in a jail, its socket inside, the snapshot outside.
+    let jail = scratch.join("jail");
+    std::fs::create_dir(&jail).expect("jail dir");
+    let sockets = [scratch.join("warm1.sock"), jail.join("warm2.sock")];
     let started = Instant::now();
     let first = Vmm::start(restore_command(&snapshot, &sockets[0], 7));
     assert_eq!(
@@ -248,7 +278,10 @@ fn a_vm_saved_at_agent_ready_is_restored_in_new_processes_and_answers() {
         version
     );
     let warm_ready = started.elapsed();
-    let second = Vmm::start(restore_command(&snapshot, &sockets[1], 8));
+    assert_every_thread_confined(first.0.id());
+    let mut jailed = restore_command(&snapshot, &sockets[1], 8);
+    jailed.arg("--jail").arg(&jail);
+    let second = Vmm::start(jailed);
     assert_eq!(
         agent_version(&sockets[1], &console(&sockets[1]), RESTORE_TIMEOUT),
         version
