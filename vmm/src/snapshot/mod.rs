@@ -35,6 +35,20 @@
 //! (the memory's too, before the guest runs), and each device's recorded
 //! state must fit the device being built; KVM checks its own structures.
 //!
+//! **Clients after a restore.** Host clients of the vsock socket wait in
+//! its backlog until the guest has handled the transport reset: a guest
+//! that still has the template's CID would answer with it, and be ignored.
+//! For the same reason a connection the guest was opening at the moment
+//! of the snapshot times out in the restored VM (the agent's readiness
+//! connection, if the snapshot is taken before the host has read it):
+//! take the snapshot once the host has read the ready line to its end.
+//!
+//! **On this emulating host (kvm_pvm)** every call above works as on
+//! hardware KVM: KVM_GET/SET_XSAVE and XCRS are offered, the MSR list
+//! (40 MSRs, kvmclock's among them) reads and writes back whole, and
+//! memory mapped privately from a file runs the guest. A restore to
+//! agent-ready takes 0.2–0.4 s against 13–14 s for a cold boot.
+//!
 //! **Devices that cannot be saved**: virtio-fs (its queues and FUSE state
 //! live in virtiofsd) and virtio-net (a host tap, and frames in flight)
 //! make the snapshot fail by name. virtio-mmio has no hotplug, so a
