@@ -44,8 +44,8 @@
 //! take the snapshot once the host has read the ready line to its end.
 //!
 //! **On this emulating host (kvm_pvm)** every call above works as on
-//! hardware KVM: KVM_GET/SET_XSAVE and XCRS are offered, the MSR list
-//! (40 MSRs, kvmclock's among them) reads and writes back whole, and
+//! hardware KVM: KVM_GET/SET_XSAVE and XCRS are offered, the MSRs read
+//! (40, kvmclock's among them) are all accepted back, and
 //! memory mapped privately from a file runs the guest. A restore to
 //! agent-ready takes 0.2–0.4 s against 13–14 s for a cold boot.
 //!
