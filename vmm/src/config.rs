@@ -165,6 +165,11 @@ pub struct VmConfig {
     pub net: Vec<crate::devices::virtio::net::NetConfig>,
     pub host_profile: HostProfileChoice,
     pub boot_protocol: BootProtocol,
+    /// Save the VM here on the snapshot signal (see [`crate::snapshot`]).
+    pub snapshot_to: Option<PathBuf>,
+    /// Restore the VM saved here instead of booting `kernel`; `memory_mib`
+    /// and `vcpus` must be the snapshot's.
+    pub restore_from: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -183,6 +188,8 @@ impl VmConfig {
             net: Vec::new(),
             host_profile: HostProfileChoice::Auto,
             boot_protocol: BootProtocol::Auto,
+            snapshot_to: None,
+            restore_from: None,
         }
     }
 
@@ -213,6 +220,16 @@ impl VmConfig {
             if arg.is_empty() || arg.chars().any(|c| c.is_whitespace() || c == '\0') {
                 return Err(Error::InvalidCmdlineArgument(arg.clone()));
             }
+        }
+        if self.restore_from.is_some()
+            && (self.initrd.is_some()
+                || !self.extra_cmdline.is_empty()
+                || !self.init_args.is_empty())
+        {
+            return Err(Error::Snapshot {
+                reason: "a restored VM has no initramfs, command line or init arguments of its own"
+                    .into(),
+            });
         }
         if self.init_args.iter().any(|a| a == "--") {
             return Err(Error::InvalidCmdlineArgument("--".into()));

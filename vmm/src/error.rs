@@ -66,6 +66,9 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
 
+    #[error("snapshot: {reason}")]
+    Snapshot { reason: String },
+
     #[error("cannot allocate {mib} MiB of guest memory: {reason}")]
     GuestMemory { mib: u64, reason: String },
     #[error("cannot write {what} into guest memory at {address:#x}: {reason}")]

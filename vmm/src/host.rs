@@ -20,16 +20,22 @@ use crate::devices::virtio::net::{NetConfig, Tap, TapSource};
 use crate::devices::CappedLog;
 use crate::error::Error;
 use crate::host_profile::HostProfile;
+use crate::snapshot::{LoadedSnapshot, SnapshotOutput};
 
 /// The host resources of one VM.
 pub struct HostResources {
     pub(crate) kvm: Kvm,
-    pub(crate) boot: BootFiles,
+    /// None when the VM is restored from a snapshot.
+    pub(crate) boot: Option<BootFiles>,
     pub(crate) root_disk: Option<DiskImage>,
     pub(crate) serial: Box<dyn Write + Send>,
     pub(crate) profile: HostProfile,
     /// One per `config.net` entry, in order.
     pub(crate) taps: Vec<Tap>,
+    /// Where the VM is saved on the snapshot signal.
+    pub(crate) snapshot_to: Option<SnapshotOutput>,
+    /// The snapshot the VM is restored from, checked.
+    pub(crate) restore_from: Option<LoadedSnapshot>,
 }
 
 impl HostResources {
@@ -42,7 +48,20 @@ impl HostResources {
             .as_deref()
             .map(DiskImage::open)
             .transpose()?;
-        let boot = BootFiles::open(config)?;
+        let restore_from = config
+            .restore_from
+            .as_deref()
+            .map(LoadedSnapshot::open)
+            .transpose()?;
+        let boot = match restore_from {
+            Some(_) => None,
+            None => Some(BootFiles::open(config)?),
+        };
+        let snapshot_to = config
+            .snapshot_to
+            .as_deref()
+            .map(SnapshotOutput::create)
+            .transpose()?;
         let taps = config.net.iter().map(open_tap).collect::<Result<_, _>>()?;
         let serial = open_serial(&config.serial)?;
         // Reads /sys and /proc/cpuinfo.
@@ -55,6 +74,8 @@ impl HostResources {
             serial,
             profile,
             taps,
+            snapshot_to,
+            restore_from,
         })
     }
 }

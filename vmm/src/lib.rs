@@ -21,7 +21,10 @@
 //!   net on a tap).
 //! - [`vcpu`]: the vCPU run loop and its exits.
 //! - [`diagnostics`]: turning a KVM internal error into a readable report.
-//! - [`machine`]: puts the pieces together and runs a VM to its end.
+//! - [`machine`]: puts the pieces together.
+//! - [`runner`]: runs a built VM's vCPUs to the VM's end.
+//! - [`snapshot`]: saves a paused VM to a directory and restores it in a
+//!   new process.
 //! - [`seccomp`]: the per-thread seccomp filters.
 
 pub mod boot;
@@ -34,7 +37,9 @@ pub mod host_profile;
 pub mod jail;
 pub mod machine;
 pub mod memory;
+mod runner;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 
 mod error;

@@ -1,25 +1,23 @@
-//! Builds a VM from a [`VmConfig`] and runs it until it ends.
+//! Builds a VM from a [`VmConfig`] (booted from its kernel, or restored
+//! from a snapshot by [`crate::snapshot`]) and runs it until it ends.
 
-use std::fs::File;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::signal::Killable;
 
-use crate::boot::{self, regs::setup_boot_vcpu, virtio_mmio_param, EXIT_PORT, ROOT_DISK_PARAMS};
+use crate::boot::{
+    self, regs::setup_boot_vcpu, virtio_mmio_param, BootFiles, EXIT_PORT, ROOT_DISK_PARAMS,
+};
 use crate::config::VmConfig;
 use crate::cpu;
 use crate::devices::virtio::block::{Block, DiskImage};
 use crate::devices::virtio::fs::VhostUserFs;
-use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::mmio::{MmioTransport, TransportState, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::vsock::device::Vsock;
 use crate::devices::virtio::vsock::muxer::Muxer;
@@ -34,14 +32,15 @@ use crate::memory::{
     create_guest_memory, create_shared_guest_memory, virtio_mmio_slot, GuestMemory,
     MAX_VIRTIO_DEVICES, VIRTIO_MMIO_WINDOW,
 };
-use crate::seccomp::ThreadKind;
-use crate::vcpu::{install_kick_handler, kick_signal, Vcpu, VcpuStop};
+use crate::runner::{run_vcpus, TerminationSignals};
+use crate::snapshot::cpu_state::saved_msr_indices;
+use crate::snapshot::state::{DeviceKind, DeviceState};
+use crate::snapshot::Saver;
+use crate::vcpu::{Vcpu, VcpuStop};
 
 /// KVM on Intel needs three pages for a real-mode TSS; they sit in the
 /// device hole, where there is no RAM.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
-/// How long to wait for vCPU threads to leave the guest once asked.
-const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a VM ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,13 +54,15 @@ pub enum VmExit {
     VcpuFailed(String),
     /// A device's backend went away or failed; the VM could not go on.
     DeviceFailed(String),
+    /// The VM was saved to this snapshot directory, and stopped.
+    Saved(PathBuf),
 }
 
 impl VmExit {
     /// The VMM's exit status for this ending: 0 only for a clean power-off.
     pub fn exit_code(&self) -> u8 {
         match self {
-            VmExit::PowerOff => 0,
+            VmExit::PowerOff | VmExit::Saved(_) => 0,
             VmExit::VcpuFailed(_) => 1,
             VmExit::Reset => 3,
             VmExit::TripleFault => 4,
@@ -80,6 +81,7 @@ impl VmExit {
             VmExit::Signal(signo) => format!("stopped by signal {signo}"),
             VmExit::VcpuFailed(reason) => reason.clone(),
             VmExit::DeviceFailed(reason) => reason.clone(),
+            VmExit::Saved(dir) => format!("the VM was saved to {}", dir.display()),
         }
     }
 }
@@ -114,7 +116,71 @@ pub fn run_vm_with(config: &VmConfig, host: HostResources) -> Result<VmExit, Err
         serial,
         profile,
         taps,
+        snapshot_to,
+        restore_from,
     } = host;
+    let signals = TerminationSignals::block(snapshot_to.is_some())?;
+    let vm = create_vm(&kvm)?;
+    let failures = Arc::new(
+        FailureReporter::new().map_err(Error::io("cannot create the device failure eventfd"))?,
+    );
+    let devices = DeviceHosts {
+        root_disk,
+        taps,
+        serial,
+        failures: &failures,
+    };
+    let built = match (restore_from, boot_files) {
+        (Some(snapshot), _) => crate::snapshot::restore_vm(&kvm, &vm, config, snapshot, devices)?,
+        (None, Some(boot_files)) => build_cold(&kvm, &vm, config, profile, boot_files, devices)?,
+        (None, None) => {
+            return Err(Error::Device {
+                device: "boot",
+                reason: "neither a kernel nor a snapshot to start from".into(),
+            })
+        }
+    };
+    let saver = match snapshot_to {
+        Some(output) => Some(Saver {
+            mem: built.mem,
+            serial: built.serial,
+            devices: built.slots,
+            msr_indices: saved_msr_indices(&kvm)?,
+            hidden_kvm_features: built.hidden_kvm_features,
+            memory_mib: config.memory_mib,
+            output,
+        }),
+        None => None,
+    };
+    run_vcpus(&vm, built.vcpus, &failures, signals, saver)
+}
+
+/// The host ends of a VM's devices, opened before it is built.
+pub(crate) struct DeviceHosts<'a> {
+    pub root_disk: Option<DiskImage>,
+    pub taps: Vec<Tap>,
+    pub serial: Box<dyn Write + Send>,
+    pub failures: &'a Arc<FailureReporter>,
+}
+
+/// A VM ready to run, and what a snapshot of it would need.
+pub(crate) struct BuiltVm {
+    pub vcpus: Vec<Vcpu>,
+    pub mem: GuestMemory,
+    pub serial: Arc<Mutex<Serial>>,
+    pub slots: Vec<VirtioSlot>,
+    pub hidden_kvm_features: u32,
+}
+
+/// A virtio-mmio slot's transport, and how a snapshot records its device
+/// (or the name of a device that cannot be saved).
+pub(crate) struct VirtioSlot {
+    pub saved_as: Result<DeviceKind, &'static str>,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// A VM with the in-kernel irqchip and PIT, and no memory yet.
+pub(crate) fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
     let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
@@ -125,24 +191,40 @@ pub fn run_vm_with(config: &VmConfig, host: HostResources) -> Result<VmExit, Err
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+    Ok(vm)
+}
 
+/// Boots from the kernel: fresh memory, boot structures and registers.
+fn build_cold(
+    kvm: &Kvm,
+    vm: &VmFd,
+    config: &VmConfig,
+    profile: HostProfile,
+    boot_files: BootFiles,
+    hosts: DeviceHosts,
+) -> Result<BuiltVm, Error> {
     let mem = if config.needs_shared_memory() {
         create_shared_guest_memory(config.memory_bytes())?
     } else {
         create_guest_memory(config.memory_bytes())?
     };
-    register_guest_memory(&vm, &mem, config.memory_mib)?;
-    let failures = Arc::new(
-        FailureReporter::new().map_err(Error::io("cannot create the device failure eventfd"))?,
-    );
-    let pio = Arc::new(build_pio_bus(&vm, serial)?);
-    let mmio = Arc::new(build_mmio_bus(
-        &vm, &mem, config, root_disk, taps, &failures,
-    )?);
+    register_guest_memory(vm, &mem, config.memory_mib)?;
+    let (pio, serial) = build_pio_bus(vm, |irq| Ok(Serial::new(irq, hosts.serial)))?;
+    let (mmio, slots) = build_mmio_bus(
+        vm,
+        &mem,
+        config,
+        hosts.root_disk,
+        hosts.taps,
+        hosts.failures,
+        None,
+    )?;
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
     let cmdline = cmdline_for(config, profile)?;
     let entry = boot::prepare_guest(config, boot_files, &cmdline, &mem)?;
 
-    let base_cpuid = cpu::guest_cpuid(&kvm, profile.hidden_kvm_features())?;
+    let hidden_kvm_features = profile.hidden_kvm_features();
+    let base_cpuid = cpu::guest_cpuid(kvm, hidden_kvm_features)?;
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {
         let fd = vm
@@ -152,17 +234,33 @@ pub fn run_vm_with(config: &VmConfig, host: HostResources) -> Result<VmExit, Err
         if id == 0 {
             setup_boot_vcpu(&fd, &mem, entry)?;
         }
-        let stats = crate::vcpu::open_stats(&fd);
-        vcpus.push(Vcpu {
-            id,
-            stats,
-            fd,
-            pio: pio.clone(),
-            mmio: mmio.clone(),
-            mem: mem.clone(),
-        });
+        vcpus.push(new_vcpu(id, fd, &pio, &mmio, &mem));
     }
-    run_vcpus(vcpus, &failures)
+    Ok(BuiltVm {
+        vcpus,
+        mem,
+        serial,
+        slots,
+        hidden_kvm_features,
+    })
+}
+
+pub(crate) fn new_vcpu(
+    id: u8,
+    fd: VcpuFd,
+    pio: &Arc<Bus>,
+    mmio: &Arc<Bus>,
+    mem: &GuestMemory,
+) -> Vcpu {
+    let stats = crate::vcpu::open_stats(&fd);
+    Vcpu {
+        id,
+        stats,
+        fd,
+        pio: pio.clone(),
+        mmio: mmio.clone(),
+        mem: mem.clone(),
+    }
 }
 
 /// The kernel command line `config` gives the guest on this host.
@@ -215,24 +313,35 @@ fn virtio_devices(config: &VmConfig) -> Vec<(usize, VirtioKind)> {
     kinds.into_iter().enumerate().collect()
 }
 
-fn build_mmio_bus(
+/// The virtio devices `config` asks for, on their MMIO windows. With
+/// `saved` (a snapshot's devices, in slot order) each transport is
+/// restored from its record, which must be for the same kind of device.
+pub(crate) fn build_mmio_bus(
     vm: &VmFd,
     mem: &GuestMemory,
     config: &VmConfig,
     mut root_disk: Option<DiskImage>,
     taps: Vec<Tap>,
     failures: &Arc<FailureReporter>,
-) -> Result<Bus, Error> {
+    saved: Option<&[DeviceState]>,
+) -> Result<(Bus, Vec<VirtioSlot>), Error> {
     let mut bus = Bus::default();
+    let mut slots = Vec::new();
     let mut taps = taps.into_iter();
     for (index, kind) in virtio_devices(config) {
         let (base, irq) = virtio_mmio_slot(index).ok_or(Error::Device {
             device: "virtio",
             reason: format!("more than {MAX_VIRTIO_DEVICES} devices"),
         })?;
-        let device: Box<dyn VirtioDevice> = match (kind, &config.vsock) {
+        let (device, saved_as): (Box<dyn VirtioDevice>, _) = match (kind, &config.vsock) {
             (VirtioKind::RootDisk, _) => match root_disk.take() {
-                Some(disk) => Box::new(Block::new(disk)),
+                Some(disk) => {
+                    let sectors = disk.sectors();
+                    (
+                        Box::new(Block::new(disk)),
+                        Ok(DeviceKind::RootDisk { sectors }),
+                    )
+                }
                 None => continue,
             },
             (VirtioKind::Vsock, Some(vsock)) => {
@@ -242,7 +351,10 @@ fn build_mmio_bus(
                         source,
                     }
                 })?;
-                Box::new(Vsock::new(vsock.guest_cid, muxer))
+                (
+                    Box::new(Vsock::new(vsock.guest_cid, muxer)),
+                    Ok(DeviceKind::Vsock),
+                )
             }
             (VirtioKind::Vsock, None) => continue,
             (VirtioKind::Fs(n), _) => {
@@ -255,19 +367,60 @@ fn build_mmio_bus(
                             socket: fs.socket.clone(),
                             reason,
                         })?;
-                Box::new(device)
+                (Box::new(device), Err("virtio-fs"))
             }
             (VirtioKind::Net(n), _) => {
                 let (Some(net), Some(tap)) = (config.net.get(n), taps.next()) else {
                     continue;
                 };
-                Box::new(Net::new(tap, net.options))
+                (Box::new(Net::new(tap, net.options)), Err("virtio-net"))
             }
         };
-        let transport = attach_virtio_device(vm, mem, device, base, irq)?;
-        bus.insert(base, VIRTIO_MMIO_WINDOW, Arc::new(Mutex::new(transport)));
+        let record = match saved {
+            Some(saved) => Some(matching_record(saved, index, saved_as)?),
+            None => None,
+        };
+        let transport = Arc::new(Mutex::new(attach_virtio_device(
+            vm, mem, device, base, irq, record,
+        )?));
+        bus.insert(base, VIRTIO_MMIO_WINDOW, transport.clone());
+        slots.push(VirtioSlot {
+            saved_as,
+            transport,
+        });
     }
-    Ok(bus)
+    if let Some(saved) = saved {
+        if saved.len() != slots.len() {
+            return Err(Error::Snapshot {
+                reason: format!(
+                    "the snapshot has {} virtio devices, this VM {}: give the restored VM \
+                     the same devices (a root disk, a vsock socket)",
+                    saved.len(),
+                    slots.len()
+                ),
+            });
+        }
+    }
+    Ok((bus, slots))
+}
+
+/// The record of the device in slot `index`, if it is for `kind`.
+fn matching_record<'a>(
+    saved: &'a [DeviceState],
+    index: usize,
+    kind: Result<DeviceKind, &'static str>,
+) -> Result<&'a TransportState, Error> {
+    let record = saved.get(index);
+    match (record, kind) {
+        (Some(record), Ok(kind)) if record.kind == kind => Ok(&record.transport),
+        (record, kind) => Err(Error::Snapshot {
+            reason: format!(
+                "virtio slot {index} holds {:?} in the snapshot but {:?} in this VM",
+                record.map(|r| r.kind),
+                kind.map_err(|name| name.to_string())
+            ),
+        }),
+    }
 }
 
 /// Wires a device's interrupt (irqfd) and queue notifications (one
@@ -278,6 +431,7 @@ fn attach_virtio_device(
     device: Box<dyn VirtioDevice>,
     base: u64,
     irq: u32,
+    saved: Option<&TransportState>,
 ) -> Result<MmioTransport, Error> {
     let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("cannot create an irqfd"))?;
     vm.register_irqfd(&irqfd, irq)
@@ -294,15 +448,26 @@ fn attach_virtio_device(
         .map_err(Error::kvm("KVM_IOEVENTFD"))?;
         notify.push(event);
     }
-    MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irqfd)), notify).map_err(
-        |reason| Error::Device {
-            device: "virtio-mmio",
-            reason,
-        },
-    )
+    let interrupt = Arc::new(Interrupt::new(irqfd));
+    match saved {
+        None => MmioTransport::new(device, mem.clone(), interrupt, notify).map_err(|reason| {
+            Error::Device {
+                device: "virtio-mmio",
+                reason,
+            }
+        }),
+        Some(state) => MmioTransport::restore(device, mem.clone(), interrupt, notify, state)
+            .map_err(|reason| Error::Snapshot {
+                reason: format!("virtio-mmio device at {base:#x}: {reason}"),
+            }),
+    }
 }
 
-fn register_guest_memory(vm: &VmFd, mem: &GuestMemory, memory_mib: u64) -> Result<(), Error> {
+pub(crate) fn register_guest_memory(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    memory_mib: u64,
+) -> Result<(), Error> {
     for (slot, region) in mem.iter().enumerate() {
         let host_address = region
             .get_host_address(MemoryRegionAddress(0))
@@ -325,168 +490,22 @@ fn register_guest_memory(vm: &VmFd, mem: &GuestMemory, memory_mib: u64) -> Resul
     Ok(())
 }
 
-fn build_pio_bus(vm: &VmFd, output: Box<dyn Write + Send>) -> Result<Bus, Error> {
+/// The port-I/O devices; `serial` makes the UART from its irqfd.
+pub(crate) fn build_pio_bus(
+    vm: &VmFd,
+    serial: impl FnOnce(EventFd) -> Result<Serial, Error>,
+) -> Result<(Bus, Arc<Mutex<Serial>>), Error> {
     let serial_irq =
         EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("cannot create the serial irqfd"))?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(Error::kvm("KVM_IRQFD"))?;
+    let serial = Arc::new(Mutex::new(serial(serial_irq)?));
 
     let mut bus = Bus::default();
-    bus.insert(
-        COM1_PORT,
-        Serial::PORT_COUNT,
-        Arc::new(Mutex::new(Serial::new(serial_irq, output))),
-    );
+    bus.insert(COM1_PORT, Serial::PORT_COUNT, serial.clone());
     bus.insert(EXIT_PORT, 1, Arc::new(Mutex::new(ExitPort)));
     bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042)));
-    Ok(bus)
-}
-
-/// Runs every vCPU on its own thread and waits for the first to stop or
-/// for a termination signal; then stops the rest.
-/// A device failure reported to `failures` ends the VM too.
-fn run_vcpus(vcpus: Vec<Vcpu>, failures: &FailureReporter) -> Result<VmExit, Error> {
-    let signals = TerminationSignals::block()?;
-    install_kick_handler().map_err(Error::io("cannot install the vCPU kick handler"))?;
-    let stopped =
-        EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("cannot create an eventfd"))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (reports, stops) = mpsc::channel();
-    // Device threads are started from here on by the spawner (see
-    // crate::seccomp), so that a confined vCPU can activate devices.
-    crate::seccomp::start_spawner().map_err(Error::io("cannot start the thread spawner"))?;
-
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    for vcpu in vcpus {
-        let stop = stop.clone();
-        let reports = reports.clone();
-        let stopped = stopped
-            .try_clone()
-            .map_err(Error::io("cannot clone an eventfd"))?;
-        let thread = std::thread::Builder::new()
-            .name(format!("vcpu{}", vcpu.id))
-            .spawn(move || {
-                // Confined before the guest runs a single instruction.
-                let reason = match crate::seccomp::apply(ThreadKind::Vcpu) {
-                    Ok(()) => vcpu.run(&stop),
-                    Err(error) => VcpuStop::Failed(error.to_string()),
-                };
-                let _ = reports.send(reason);
-                let _ = stopped.write(1);
-            })
-            .map_err(Error::io("cannot start a vCPU thread"))?;
-        threads.push(thread);
-    }
-    // Every thread the main thread starts is running: confine it too.
-    if let Err(error) = crate::seccomp::apply(ThreadKind::Main) {
-        stop_vcpus(&stop, threads);
-        return Err(error.into());
-    }
-
-    let outcome = match signals.wait_for_signal_or(&[&stopped, failures.event()])? {
-        Some(signo) => VmExit::Signal(signo),
-        // A failed backend explains whatever the guest did next.
-        None => match failures.first() {
-            Some(reason) => VmExit::DeviceFailed(reason),
-            None => stops.try_recv().map(VmExit::from).unwrap_or_else(|_| {
-                VmExit::VcpuFailed("a vCPU thread ended without a report".into())
-            }),
-        },
-    };
-    stop_vcpus(&stop, threads);
-    Ok(outcome)
-}
-
-/// Sets the stop flag and kicks each vCPU until its thread ends. A kick can
-/// land just before the thread re-enters the guest, hence the repetition.
-fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
-    stop.store(true, Ordering::Release);
-    let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
-    let mut running = threads;
-    while !running.is_empty() && Instant::now() < deadline {
-        for thread in &running {
-            let _ = thread.kill(kick_signal());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-        let (finished, still_running): (Vec<_>, Vec<_>) =
-            running.into_iter().partition(|t| t.is_finished());
-        for thread in finished {
-            let _ = thread.join();
-        }
-        running = still_running;
-    }
-    // A thread still in the guest now is abandoned; the process exits next.
-}
-
-/// SIGTERM, SIGINT and SIGHUP, blocked in every thread and read through a
-/// signalfd, so they end the VM cleanly instead of killing the process.
-struct TerminationSignals {
-    fd: File,
-}
-
-impl TerminationSignals {
-    const SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
-
-    fn block() -> Result<TerminationSignals, Error> {
-        let what = "cannot set up the termination signals";
-        // SAFETY: plain libc calls on a local, initialised sigset_t.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for signo in Self::SIGNALS {
-                libc::sigaddset(&mut set, signo);
-            }
-            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            if rc != 0 {
-                return Err(Error::io(what)(std::io::Error::from_raw_os_error(rc)));
-            }
-            let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
-            if fd < 0 {
-                return Err(Error::io(what)(std::io::Error::last_os_error()));
-            }
-            use std::os::fd::FromRawFd;
-            Ok(TerminationSignals {
-                fd: File::from_raw_fd(fd),
-            })
-        }
-    }
-
-    /// Blocks until a termination signal arrives (its number) or one of
-    /// `events` is signalled (None).
-    fn wait_for_signal_or(&self, events: &[&EventFd]) -> Result<Option<i32>, Error> {
-        use std::io::Read;
-        use std::os::fd::AsRawFd;
-        let mut fds: Vec<libc::pollfd> = std::iter::once(self.fd.as_raw_fd())
-            .chain(events.iter().map(|event| event.as_raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        loop {
-            // SAFETY: `fds` is a valid array of two pollfd structures.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-            if rc < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Error::io("poll failed")(err));
-            }
-            if fds[1..].iter().any(|fd| fd.revents != 0) {
-                return Ok(None);
-            }
-            if fds[0].revents != 0 {
-                let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
-                (&self.fd)
-                    .read_exact(&mut info)
-                    .map_err(Error::io("cannot read the signalfd"))?;
-                let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
-                return Ok(Some(signo as i32));
-            }
-        }
-    }
+    Ok((bus, serial))
 }
 
 #[cfg(test)]

@@ -65,9 +65,11 @@ pub fn open_stats(vcpu: &VcpuFd) -> Option<std::fs::File> {
 impl Vcpu {
     /// Runs until the guest or `stop` ends it. `stop` is checked before each
     /// entry; a signal kicks the vCPU out of the guest so it gets checked.
-    pub fn run(mut self, stop: &AtomicBool) -> VcpuStop {
+    /// The vCPU is handed back afterwards, for a snapshot of its state.
+    pub fn run(&mut self, stop: &AtomicBool) -> VcpuStop {
         loop {
             if stop.load(Ordering::Acquire) {
+                self.complete_pending_exit();
                 return VcpuStop::Stopped;
             }
             let next = match self.fd.run() {
@@ -90,6 +92,18 @@ impl Vcpu {
                 }
             }
         }
+    }
+}
+
+impl Vcpu {
+    /// An I/O or MMIO exit is finished by KVM only on the next KVM_RUN (a
+    /// read's value reaches the guest's register then): with
+    /// `immediate_exit` set, KVM_RUN finishes it and returns at once
+    /// without running the guest, so the vCPU's state is whole.
+    fn complete_pending_exit(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
     }
 }
 

@@ -8,6 +8,10 @@
 //! it); 128+N when stopped by signal N. With `--jail` the process started
 //! is the jail's supervisor, which ends the way the jailed VMM ended: the
 //! same statuses (see `runvm_vmm::jail`).
+//!
+//! Snapshots (see `runvm_vmm::snapshot`): with `--snapshot-to DIR`,
+//! SIGUSR1 saves the VM to DIR and the VMM exits 0; `--restore DIR` starts
+//! the saved VM again in this process, with new host ends for its devices.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,10 +46,10 @@ Exit status:
 )]
 struct Args {
     /// Uncompressed ELF kernel (vmlinux).
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "restore")]
+    kernel: Option<PathBuf>,
     /// Initramfs (cpio newc, compressed or not).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "restore")]
     initrd: Option<PathBuf>,
     /// Root filesystem image (ext4), given to the guest as a read-only
     /// virtio-blk disk /dev/vda and mounted as its root; instead of
@@ -119,6 +123,20 @@ struct Args {
     /// (--vsock-socket and its PATH_<port>, --fs socket=) must be in DIR.
     #[arg(long, value_name = "DIR")]
     jail: Option<PathBuf>,
+    /// Create DIR/state and DIR/memory now; on SIGUSR1, pause the VM,
+    /// save it there and exit 0. Fails (status 1, files incomplete) with
+    /// live vsock connections, or with --fs or --net devices.
+    #[arg(long, value_name = "DIR")]
+    snapshot_to: Option<PathBuf>,
+    /// Resume the VM saved in DIR instead of booting a kernel: its memory
+    /// and vCPUs are the snapshot's; --root-disk (the same image) and
+    /// --vsock-socket/--vsock-cid (new ones) must match its devices.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["kernel", "memory", "vcpus", "cmdline", "init_args", "fs", "net", "boot_protocol", "print_cmdline"]
+    )]
+    restore: Option<PathBuf>,
     /// Print the guest kernel command line this VM would get, and exit.
     #[arg(long)]
     print_cmdline: bool,
@@ -163,8 +181,8 @@ fn parse_net(value: &str) -> Result<NetConfig, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = VmConfig {
-        kernel: args.kernel,
+    let mut config = VmConfig {
+        kernel: args.kernel.unwrap_or_default(),
         initrd: args.initrd,
         root_disk: args.root_disk,
         memory_mib: args.memory,
@@ -188,7 +206,22 @@ fn main() -> ExitCode {
             ProtocolArg::Pvh => BootProtocol::Pvh,
             ProtocolArg::Linux64 => BootProtocol::Linux64,
         },
+        snapshot_to: args.snapshot_to,
+        restore_from: args.restore,
     };
+    if let Some(dir) = &config.restore_from {
+        // The jail's limits are sized from the VM: take it from the snapshot.
+        match runvm_vmm::snapshot::LoadedSnapshot::open(dir) {
+            Ok(snapshot) => {
+                config.memory_mib = snapshot.state.memory_mib;
+                config.vcpus = snapshot.state.vcpu_count();
+            }
+            Err(error) => {
+                eprintln!("runvm-vmm: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if args.print_cmdline {
         return match guest_cmdline(&config) {
             Ok(line) => {

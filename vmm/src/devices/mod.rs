@@ -14,4 +14,4 @@ pub use console_log::CappedLog;
 pub use exit_port::ExitPort;
 pub use failure::FailureReporter;
 pub use i8042::{I8042, I8042_BASE, I8042_LEN};
-pub use serial::{Serial, COM1_IRQ, COM1_PORT};
+pub use serial::{Serial, SerialState, COM1_IRQ, COM1_PORT};

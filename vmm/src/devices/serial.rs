@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+use serde::{Deserialize, Serialize};
 use vm_superio::serial::NoEvents;
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
@@ -37,6 +38,62 @@ impl Serial {
     }
 
     pub const PORT_COUNT: u64 = COM1_PORT_COUNT;
+
+    /// The UART's registers, for a snapshot.
+    pub fn save(&self) -> SerialState {
+        let s = self.uart.state();
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A UART as `state` recorded it; a receive FIFO longer than the
+    /// UART's is refused.
+    pub fn restore(
+        irq: EventFd,
+        output: Box<dyn Write + Send>,
+        state: &SerialState,
+    ) -> Result<Serial, String> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let uart = vm_superio::Serial::from_state(&state, IrqTrigger(irq), NoEvents, output)
+            .map_err(|e| format!("serial port: {e:?}"))?;
+        Ok(Serial { uart })
+    }
+}
+
+/// vm-superio's SerialState, which has no serde form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
 }
 
 impl BusDevice for Serial {

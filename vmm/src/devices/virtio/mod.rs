@@ -83,6 +83,11 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::AcqRel);
     }
 
+    /// A restored device's pending bits, as its snapshot recorded them.
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::Release);
+    }
+
     /// Device reset: nothing pending, nothing held.
     pub fn clear(&self) {
         self.status.store(0, Ordering::Release);
@@ -170,4 +175,21 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: stop serving and drop the queues.
     /// Returns false when the device cannot be reset.
     fn reset(&mut self) -> bool;
+    /// For a snapshot of the paused VM: stop serving and hand back the live
+    /// queues, in order; the device stays stopped. A device whose state
+    /// lives outside the VMM (a vhost-user backend, a tap) refuses.
+    fn pause(&mut self) -> Result<Vec<Queue>, String> {
+        Err(format!(
+            "virtio device type {} cannot be saved in a snapshot",
+            self.device_type()
+        ))
+    }
+    /// Called before [`VirtioDevice::activate`] when the device comes back
+    /// live from a snapshot, with the queues it had.
+    fn restoring(&mut self) {}
+    /// Whether the device holds nothing a snapshot would lose (such as a
+    /// host connection); a snapshot waits a while for this.
+    fn is_quiescent(&self) -> bool {
+        true
+    }
 }

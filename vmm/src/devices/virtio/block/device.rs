@@ -5,7 +5,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -48,7 +48,8 @@ const NOTIFY: u64 = 1;
 pub struct Block {
     disk: Arc<DiskImage>,
     config: [u8; CONFIG_SIZE],
-    running: Option<(EventFd, JoinHandle<()>)>,
+    /// The worker hands its queue back when stopped, for a snapshot.
+    running: Option<(EventFd, JoinHandle<Queue>)>,
 }
 
 impl Block {
@@ -125,6 +126,20 @@ impl VirtioDevice for Block {
         let _ = stop.write(1);
         thread.join().is_ok()
     }
+
+    /// The disk is read-only and every request is served synchronously by
+    /// the worker: stopped, its queue is the device's whole state.
+    fn pause(&mut self) -> Result<Vec<Queue>, String> {
+        let (stop, thread) = self
+            .running
+            .take()
+            .ok_or("the block device is not active")?;
+        let _ = stop.write(1);
+        let queue = thread
+            .join()
+            .map_err(|_| "the block device's worker panicked")?;
+        Ok(vec![queue])
+    }
 }
 
 impl Drop for Block {
@@ -142,18 +157,19 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self) {
+    /// Serves until told to stop; hands the queue back.
+    fn run(mut self) -> Queue {
         let mut events = [EpollEvent::default(); 2];
         loop {
             self.process_queue();
             let count = match self.epoll.wait(-1, &mut events) {
                 Ok(count) => count,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                Err(_) => return self.queue.queue,
             };
             for event in &events[..count] {
                 if event.data() == STOP {
-                    return;
+                    return self.queue.queue;
                 }
                 let _ = self.queue.notify.read();
             }

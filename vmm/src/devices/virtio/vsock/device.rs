@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -30,7 +31,19 @@ pub struct Vsock {
     guest_cid: u64,
     /// Idle until the driver activates the device, then owned by the loop.
     muxer: Option<Muxer>,
-    running: Option<(EventFd, JoinHandle<Muxer>)>,
+    running: Option<(EventFd, JoinHandle<Stopped>)>,
+    /// Restored from a snapshot: the first thing the event loop does is
+    /// tell the driver its transport was reset (see `restoring`).
+    announce_reset: bool,
+    /// Kept by the event loop: whether its muxer is idle.
+    idle: Arc<AtomicBool>,
+}
+
+/// What the event loop hands back when it stops.
+struct Stopped {
+    muxer: Muxer,
+    /// RX, TX and event queue, for a snapshot.
+    queues: Vec<Queue>,
 }
 
 impl Vsock {
@@ -39,6 +52,8 @@ impl Vsock {
             guest_cid,
             muxer: Some(muxer),
             running: None,
+            announce_reset: false,
+            idle: Arc::new(AtomicBool::new(true)),
         }
     }
 }
@@ -82,12 +97,15 @@ impl VirtioDevice for Vsock {
             mem,
             rx,
             tx,
-            _events: events,
+            events,
             interrupt,
             muxer,
             stop: stop.try_clone().map_err(|e| e.to_string())?,
             interest: Interest::new().map_err(|e| e.to_string())?,
             rx_starved: false,
+            announce_reset: std::mem::take(&mut self.announce_reset),
+            reset_unacknowledged: false,
+            idle: self.idle.clone(),
         };
         let thread = crate::seccomp::spawn(ThreadKind::Vsock, "vsock", move || event_loop.run())
             .map_err(|e| e.to_string())?;
@@ -101,12 +119,45 @@ impl VirtioDevice for Vsock {
         };
         let _ = stop.write(1);
         match thread.join() {
-            Ok(muxer) => {
-                self.muxer = Some(muxer);
+            Ok(stopped) => {
+                self.muxer = Some(stopped.muxer);
                 true
             }
             Err(_) => false,
         }
+    }
+
+    /// Saved only without connections: a template is taken at the agent's
+    /// ready point, when no host client is connected, and a connection's
+    /// host end (a Unix socket) could not follow the guest into another
+    /// process anyway.
+    fn pause(&mut self) -> Result<Vec<Queue>, String> {
+        let (stop, thread) = self
+            .running
+            .take()
+            .ok_or("the vsock device is not active")?;
+        let _ = stop.write(1);
+        let stopped = thread.join().map_err(|_| "the vsock event loop panicked")?;
+        let muxer = self.muxer.insert(stopped.muxer);
+        let (connections, control) = (muxer.connection_count(), muxer.queued_control_packets());
+        if !muxer.is_idle() {
+            return Err(format!(
+                "the vsock device has {connections} live connection(s) and {control} control \
+                 packet(s) in flight: a snapshot is taken with none (close host connections first)"
+            ));
+        }
+        Ok(stopped.queues)
+    }
+
+    /// The guest's driver still believes in the template's CID and
+    /// connections: a transport reset event makes it read the CID again
+    /// and drop every connected socket (virtio 1.2, 5.10.6.6).
+    fn restoring(&mut self) {
+        self.announce_reset = true;
+    }
+
+    fn is_quiescent(&self) -> bool {
+        self.idle.load(Ordering::Acquire)
     }
 }
 
@@ -128,56 +179,103 @@ struct EventLoop {
     mem: GuestMemory,
     rx: ActiveQueue,
     tx: ActiveQueue,
-    /// The event queue carries only transport resets, which runvm never
-    /// sends; it is kept so the driver's buffers stay posted.
-    _events: ActiveQueue,
+    /// The event queue carries only transport resets, sent after a VM is
+    /// restored from a snapshot.
+    events: ActiveQueue,
     interrupt: Arc<Interrupt>,
     muxer: Muxer,
     stop: EventFd,
     interest: Interest,
     /// The guest posted no RX buffer last time one was needed.
     rx_starved: bool,
+    announce_reset: bool,
+    /// A transport reset was sent and the driver has not handled it yet.
+    reset_unacknowledged: bool,
+    idle: Arc<AtomicBool>,
 }
 
 impl EventLoop {
     /// Serves until told to stop; hands the muxer back for a later
-    /// activation.
-    fn run(mut self) -> Muxer {
+    /// activation, and the queues for a snapshot.
+    fn run(mut self) -> Stopped {
+        if std::mem::take(&mut self.announce_reset) {
+            // Only a kick after the reset acknowledges it.
+            let _ = self.events.notify.read();
+            self.reset_unacknowledged = self.send_transport_reset();
+        }
         let fixed = [
             self.stop.as_raw_fd(),
             self.rx.notify.as_raw_fd(),
             self.tx.notify.as_raw_fd(),
+            self.events.notify.as_raw_fd(),
         ];
         for fd in fixed {
             if self.interest.watch_fixed(fd).is_err() {
-                return self.muxer;
+                return self.stopped();
             }
         }
         let mut events = vec![EpollEvent::default(); 64];
         loop {
             self.process_rx();
             self.sync_interest();
+            self.idle.store(self.muxer.is_idle(), Ordering::Release);
             let count = match self.interest.wait(&mut events) {
                 Ok(count) => count,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.muxer,
+                Err(_) => return self.stopped(),
             };
             for event in &events[..count] {
                 let fd = event.fd();
                 let set = event.event_set();
                 if fd == self.stop.as_raw_fd() {
-                    return self.muxer;
+                    return self.stopped();
                 } else if fd == self.rx.notify.as_raw_fd() {
                     let _ = self.rx.notify.read();
                     self.rx_starved = false;
                 } else if fd == self.tx.notify.as_raw_fd() {
                     let _ = self.tx.notify.read();
                     self.process_tx();
+                } else if fd == self.events.notify.as_raw_fd() {
+                    // The driver posts its event buffer again once it has
+                    // handled the transport reset.
+                    let _ = self.events.notify.read();
+                    self.reset_unacknowledged = false;
                 } else {
                     self.on_socket_event(fd, set);
                 }
             }
         }
+    }
+
+    fn stopped(self) -> Stopped {
+        Stopped {
+            muxer: self.muxer,
+            queues: vec![self.rx.queue, self.tx.queue, self.events.queue],
+        }
+    }
+
+    /// Puts a VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (an le32 id of 0) in the
+    /// driver's first event buffer. Without a buffer the driver is not
+    /// listening yet and there is nothing to reset. Whether it was sent.
+    fn send_transport_reset(&mut self) -> bool {
+        const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
+        let mem = self.mem.clone();
+        let Some(chain) = self.events.queue.pop_descriptor_chain(&mem) else {
+            return false;
+        };
+        let head = chain.head_index();
+        let written = chain
+            .writer(&mem)
+            .ok()
+            .and_then(|mut writer| {
+                writer
+                    .write_obj(VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le())
+                    .ok()
+            })
+            .map_or(0, |()| 4);
+        let _ = self.events.queue.add_used(&mem, head, written);
+        self.interrupt.signal_used_buffer();
+        true
     }
 
     fn on_socket_event(&mut self, fd: RawFd, set: EventSet) {
@@ -293,10 +391,16 @@ impl EventLoop {
         }
     }
 
-    /// Makes epoll watch what the muxer wants now.
+    /// Makes epoll watch what the muxer wants now. Host clients wait in
+    /// the listener's backlog while a transport reset is unacknowledged: a
+    /// connection the guest accepted before handling the reset would be
+    /// reset by it, unknown to the host.
     fn sync_interest(&mut self) {
         let mut wanted: HashMap<RawFd, EventSet> = HashMap::new();
         for (fd, read, write) in self.muxer.interest() {
+            if self.reset_unacknowledged && fd == self.muxer.listener_fd() {
+                continue;
+            }
             let mut set = EventSet::empty();
             let is_connection = matches!(self.muxer.owner_of(fd), Some(FdOwner::Connection(_)));
             // Reading a connection is pointless while the guest has no

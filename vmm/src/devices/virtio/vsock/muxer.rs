@@ -359,6 +359,15 @@ impl Muxer {
         None
     }
 
+    /// Nothing a snapshot would lose: no connection, no host client
+    /// half-way through its CONNECT line, no packet owed to the guest.
+    pub fn is_idle(&self) -> bool {
+        self.connections.is_empty()
+            && self.handshakes.is_empty()
+            && self.loose.is_empty()
+            && !self.has_work_for_guest()
+    }
+
     pub fn connection_count(&self) -> usize {
         self.connections.len()
     }

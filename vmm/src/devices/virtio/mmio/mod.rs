@@ -11,6 +11,10 @@ use super::{ActiveQueue, Interrupt, VirtioDevice};
 use crate::devices::bus::{BusDevice, GuestRequest};
 use crate::memory::GuestMemory;
 
+mod snapshot;
+
+pub use snapshot::{QueueSnapshot, TransportState};
+
 /// Each device's register window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 
@@ -64,6 +68,9 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_select: u32,
     active: bool,
+    /// Restored from a snapshot as live: `queues` go to the device when
+    /// the restored VM is about to run (see [`MmioTransport::resume`]).
+    resume_pending: bool,
 }
 
 impl MmioTransport {
@@ -94,6 +101,7 @@ impl MmioTransport {
             driver_features: 0,
             queue_select: 0,
             active: false,
+            resume_pending: false,
         })
     }
 

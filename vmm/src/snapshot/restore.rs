@@ -1,0 +1,118 @@
+//! Building a VM from a snapshot: its memory mapped from the memory file,
+//! its devices rebuilt around the new host ends, its vCPUs, interrupt
+//! controllers and clock set as recorded.
+
+use std::sync::Arc;
+
+use kvm_ioctls::{Kvm, VmFd};
+
+use super::cpu_state::restore_vcpu;
+use super::memory_file::{checksum, map_memory};
+use super::vm_state::restore_vm as restore_vm_state;
+use super::LoadedSnapshot;
+use crate::config::VmConfig;
+use crate::cpu;
+use crate::devices::Serial;
+use crate::error::Error;
+use crate::machine::{
+    build_mmio_bus, build_pio_bus, new_vcpu, register_guest_memory, BuiltVm, DeviceHosts,
+};
+
+/// Builds the VM `snapshot` recorded into `vm`, with the host ends of
+/// `config` (root disk, vsock socket and CID, serial output). Everything
+/// the snapshot says is checked against what is being built.
+pub(crate) fn restore_vm(
+    kvm: &Kvm,
+    vm: &VmFd,
+    config: &VmConfig,
+    snapshot: LoadedSnapshot,
+    hosts: DeviceHosts,
+) -> Result<BuiltVm, Error> {
+    let LoadedSnapshot {
+        dir,
+        state,
+        memory,
+        memory_crc,
+    } = snapshot;
+    let refused = |reason: String| Error::Snapshot {
+        reason: format!("{} cannot be restored: {reason}", dir.display()),
+    };
+    if config.memory_mib != state.memory_mib || config.vcpus != state.vcpu_count() {
+        return Err(refused(format!(
+            "it holds a VM of {} MiB and {} vCPUs, not {} MiB and {}",
+            state.memory_mib,
+            state.vcpus.len(),
+            config.memory_mib,
+            config.vcpus
+        )));
+    }
+    if !config.fs.is_empty() || !config.net.is_empty() {
+        return Err(refused(
+            "virtio-fs and virtio-net devices cannot be given to a restored VM".into(),
+        ));
+    }
+    let disk_sectors = hosts.root_disk.as_ref().map(|disk| disk.sectors());
+    if disk_sectors != state.root_disk_sectors() {
+        return Err(refused(match state.root_disk_sectors() {
+            Some(sectors) => format!(
+                "it needs a root disk of {sectors} sectors (--root-disk), not {disk_sectors:?}"
+            ),
+            None => "it has no root disk".into(),
+        }));
+    }
+    if state.has_vsock() != config.vsock.is_some() {
+        return Err(refused(if state.has_vsock() {
+            "it has a vsock device: give it a socket and CID".into()
+        } else {
+            "it has no vsock device".into()
+        }));
+    }
+
+    let mem = map_memory(&memory, config.memory_bytes()).map_err(&refused)?;
+    if checksum(&mem).map_err(&refused)? != memory_crc {
+        return Err(refused(
+            "the memory file is damaged (checksum mismatch)".into(),
+        ));
+    }
+    register_guest_memory(vm, &mem, config.memory_mib)?;
+    let (pio, serial) = build_pio_bus(vm, |irq| {
+        Serial::restore(irq, hosts.serial, &state.serial).map_err(&refused)
+    })?;
+    let (mmio, slots) = build_mmio_bus(
+        vm,
+        &mem,
+        config,
+        hosts.root_disk,
+        hosts.taps,
+        hosts.failures,
+        Some(&state.devices),
+    )?;
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+
+    let base_cpuid = cpu::guest_cpuid(kvm, state.hidden_kvm_features)?;
+    let mut vcpus = Vec::with_capacity(state.vcpus.len());
+    for (id, saved) in (0..config.vcpus).zip(&state.vcpus) {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        cpu::configure_vcpu(&fd, id, &base_cpuid)?;
+        restore_vcpu(kvm, &fd, saved)?;
+        vcpus.push(new_vcpu(id, fd, &pio, &mmio, &mem));
+    }
+    // kvmclock last, just before the guest runs again.
+    restore_vm_state(vm, &state.vm)?;
+    for slot in &slots {
+        slot.transport
+            .lock()
+            .map_err(|_| refused("a device's lock is poisoned".into()))?
+            .resume()
+            .map_err(|reason| refused(format!("a device cannot resume: {reason}")))?;
+    }
+    Ok(BuiltVm {
+        vcpus,
+        mem,
+        serial,
+        slots,
+        hidden_kvm_features: state.hidden_kvm_features,
+    })
+}
