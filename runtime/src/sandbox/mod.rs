@@ -56,7 +56,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-pub use role::{classify, Role};
+pub use role::{classify, from_annotations, Role};
 pub use serve::Sandbox;
 pub use size::VmSize;
 

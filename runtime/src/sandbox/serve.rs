@@ -87,6 +87,23 @@ impl Sandbox {
         prepare(vm, &self.agent, id, bundle).await
     }
 
+    /// Container `id`, prepared with [`Self::prepare`], leaves the VM:
+    /// deleted in the guest (which lets go of its rootfs first), then its
+    /// rootfs and volumes are unbound from the share.
+    pub async fn release(&self, id: &str) -> Result<(), SandboxError> {
+        let mut inner = self.inner.lock().await;
+        inner.members.remove(id);
+        let containers = ContainerClient::new(&self.agent);
+        let deleted = containers.delete(id, true);
+        let _ = deadlines::within("delete", deadlines::KILL, deleted).await;
+        match inner.vm.as_mut() {
+            Some(vm) => vm
+                .unshare_rootfs(id)
+                .map_err(|e| SandboxError::Prepare(format!("container {id}: {e}"))),
+            None => Ok(()),
+        }
+    }
+
     /// Starts answering on the control socket.
     pub fn serve(&mut self) -> Result<(), SandboxError> {
         let socket = self.home.control_socket();
