@@ -164,22 +164,19 @@ impl Pod {
 
 /// After the owner of pod `id` under `root` is gone: ends the VMM and
 /// virtiofsd it recorded (if they still run) and removes the pod's
-/// directory. A pod whose owner still runs is left alone; one that does
-/// not exist is no error.
-pub fn clean_up(root: &Path, id: &str) -> Result<(), PodError> {
+/// directory. A pod whose owner still runs is left alone (`false`); one
+/// that does not exist is no error.
+pub fn clean_up(root: &Path, id: &str) -> Result<bool, PodError> {
     let home = home(root, id)?;
     if !home.dir().exists() {
-        return Ok(());
+        return Ok(true);
     }
     let owner: Owner = fs::read(home.dir().join(OWNER_FILE))
         .ok()
         .and_then(|text| serde_json::from_slice(&text).ok())
         .unwrap_or_default();
     if owner.owner.is_some_and(|owner| owner.is_alive()) {
-        return Err(PodError::Cleanup {
-            id: id.to_owned(),
-            problem: "its owner still runs".into(),
-        });
+        return Ok(false);
     }
     let alive: Vec<HostProcess> = owner
         .helpers
@@ -208,7 +205,7 @@ pub fn clean_up(root: &Path, id: &str) -> Result<(), PodError> {
         });
     }
     remove_home(&home);
-    Ok(())
+    Ok(true)
 }
 
 fn remove_home(home: &Home) {
@@ -226,7 +223,7 @@ mod tests {
     #[test]
     fn a_pod_that_does_not_exist_is_cleaned_up_without_error() {
         let root = std::env::temp_dir().join(format!("runvm-pod-test-{}", std::process::id()));
-        assert!(clean_up(&root, "nothing-here").is_ok());
+        assert!(clean_up(&root, "nothing-here").expect("nothing to do"));
         assert!(matches!(
             clean_up(&root, "../escape"),
             Err(PodError::BadId { .. })
@@ -247,10 +244,7 @@ mod tests {
             serde_json::to_vec(&live).expect("json"),
         )
         .expect("write");
-        assert!(matches!(
-            clean_up(&root, "pod1"),
-            Err(PodError::Cleanup { .. })
-        ));
+        assert!(!clean_up(&root, "pod1").expect("left alone"));
         assert!(dir.exists());
         let dead = Owner {
             owner: Some(HostProcess {
@@ -264,7 +258,7 @@ mod tests {
             serde_json::to_vec(&dead).expect("json"),
         )
         .expect("write");
-        clean_up(&root, "pod1").expect("cleaned up");
+        assert!(clean_up(&root, "pod1").expect("cleaned up"));
         assert!(!dir.exists());
         let _ = fs::remove_dir_all(&root);
     }

@@ -82,11 +82,10 @@ impl containerd_shim::Shim for RunvmShim {
         let bundle = std::env::current_dir().map_err(|e| other(e.to_string()))?;
         crate::service::unmount_rootfs(&bundle.join("rootfs"));
         let pod = pod_of(&bundle, &self.id);
-        match runvm::pod::clean_up(&state_root(&self.namespace), &pod) {
-            Ok(()) | Err(runvm::pod::PodError::Cleanup { .. }) if pod != self.id => {}
-            Ok(()) => {}
-            Err(e) => return Err(other(e.to_string())),
-        }
+        // A pod whose shim still runs (a failed Create of one of its
+        // containers) is that shim's to clean.
+        runvm::pod::clean_up(&state_root(&self.namespace), &pod)
+            .map_err(|e| other(e.to_string()))?;
         let mut response = DeleteResponse::new();
         response.exit_status = KILLED_STATUS;
         response.exited_at = Some(crate::process::now()).into();

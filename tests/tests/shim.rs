@@ -1,0 +1,349 @@
+//! runvm's own containerd shim, `containerd-shim-runvm-v2` (runtime
+//! `io.containerd.runvm.v2`), under Debian's containerd (1.6), unchanged,
+//! started by the test on a private socket, root and state directory with
+//! the runvm build installed in the scratch dir first on its PATH (where
+//! containerd finds shims). No runc shim and no `runvm` process take part:
+//! the shim owns the VM.
+//!
+//! - `ctr run --rm`: output, exit status, nothing left;
+//! - a detached task: `ctr task exec` (output, exit status), `ctr task
+//!   ps`, `ctr task kill` (a trapped SIGTERM), `ctr task delete` with the
+//!   exit status, then nothing left (no shim, VMM or virtiofsd, no state);
+//! - the shim SIGKILLed: containerd's clean-up (`shim delete`) removes
+//!   the VMM, virtiofsd, the rootfs mount and the pod's state.
+//!
+//! Each test is one microVM; they run one at a time.
+
+mod common;
+#[path = "common/containerd_config.rs"]
+mod containerd_config;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/podman_env.rs"]
+mod podman_env;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+
+use harness::{
+    assert_no_mounts_below, assert_no_process_references, read_text, run, wait_for, Output,
+    Scratch,
+};
+use podman_env::{PodmanEnv, IMAGE};
+
+const RUNTIME: &str = "io.containerd.runvm.v2";
+const SHIM: &str = "containerd-shim-runvm-v2";
+/// Where the shim keeps its pods' state, per containerd namespace.
+const SHIM_STATE: &str = "/run/runvm-shim";
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The runvm build laid out as `make install` does, with the shim.
+fn install_with_shim(prefix: &Path) -> PathBuf {
+    harness::install_runvm(prefix);
+    let built = harness::workspace_root().join("target/release").join(SHIM);
+    assert!(
+        built.is_file(),
+        "{} is missing: run `make build` first",
+        built.display()
+    );
+    let bin = prefix.join("bin");
+    std::fs::copy(&built, bin.join(SHIM)).expect("install the shim");
+    bin
+}
+
+/// A containerd of this test and `ctr` in a namespace of its own. The
+/// daemon is stopped before the scratch dir goes (field order).
+struct Containerd {
+    daemon: Option<Child>,
+    namespace: String,
+    scratch: Scratch,
+}
+
+impl Containerd {
+    fn start(name: &str) -> Containerd {
+        harness::require_root();
+        harness::require_programs(&[("containerd", "containerd"), ("ctr", "containerd")]);
+        common::require_kvm();
+        let scratch = Scratch::new(&format!("shim-{name}"));
+        let bin = install_with_shim(&scratch.join("prefix"));
+        let config = scratch.join("config.toml");
+        std::fs::write(&config, containerd_config::base(&scratch.display(), false))
+            .expect("config.toml");
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(scratch.join("containerd.log")).expect("log");
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("cannot start containerd");
+        let mut containerd = Containerd {
+            daemon: Some(daemon),
+            namespace: format!("runvm-shim-e2e-{}", std::process::id()),
+            scratch,
+        };
+        wait_for("containerd answers", || {
+            if let Some(status) = containerd.daemon.as_mut().and_then(|d| d.try_wait().ok()?) {
+                panic!("containerd exited ({status}):\n{}", containerd.log());
+            }
+            let version = run(&mut containerd.command(&["version"]));
+            version
+                .status
+                .success()
+                .then_some(())
+                .ok_or(version.to_string())
+        });
+        containerd.import_image();
+        containerd
+    }
+
+    fn log(&self) -> String {
+        read_text(&self.scratch.join("containerd.log"))
+    }
+
+    /// podman saves the busybox image as an OCI archive; ctr imports it.
+    fn import_image(&self) {
+        let archive = self.scratch.join("busybox-oci.tar");
+        let podman = PodmanEnv::new(&self.scratch.join("pm"), None);
+        podman.import_busybox();
+        let path = archive.display().to_string();
+        podman
+            .run(&["save", "--format", "oci-archive", "-o", &path, IMAGE])
+            .ok();
+        drop(podman);
+        self.ctr(&["images", "import", &path]).ok();
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ctr");
+        command
+            .arg("--address")
+            .arg(self.scratch.join("containerd.sock"))
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args);
+        command
+    }
+
+    #[track_caller]
+    fn ctr(&self, args: &[&str]) -> Output {
+        run(&mut self.command(args))
+    }
+
+    /// `ctr run --runtime io.containerd.runvm.v2 OPTIONS IMAGE ID COMMAND`.
+    #[track_caller]
+    fn run_container(&self, options: &[&str], id: &str, command: &[&str]) -> Output {
+        let fifos = self.scratch.join("fifo").display().to_string();
+        let mut args = vec!["run", "--runtime", RUNTIME, "--fifo-dir", &fifos];
+        args.extend(options);
+        args.push(IMAGE);
+        args.push(id);
+        args.extend(command);
+        self.ctr(&args)
+    }
+
+    /// The tasks `ctr task ls` shows: (id, pid, status).
+    #[track_caller]
+    fn tasks(&self) -> Vec<(String, u32, String)> {
+        let listed = self.ctr(&["tasks", "ls"]).ok();
+        listed
+            .stdout
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let pid = fields.get(1)?.parse().ok()?;
+                Some((fields[0].to_string(), pid, fields.get(2)?.to_string()))
+            })
+            .collect()
+    }
+
+    fn shim_state(&self) -> PathBuf {
+        Path::new(SHIM_STATE).join(&self.namespace)
+    }
+
+    /// No container, task, shim, VMM, virtiofsd, mount or shim state left.
+    #[track_caller]
+    fn assert_nothing_left(&self) {
+        let containers = self.ctr(&["containers", "ls", "--quiet"]).ok();
+        assert!(containers.stdout.trim().is_empty(), "{containers}");
+        assert!(self.tasks().is_empty(), "tasks left");
+        wait_for("no shim, VMM or virtiofsd of the test is left", || {
+            let left = harness::processes_referencing(&[self.namespace.clone()]);
+            left.is_empty().then_some(()).ok_or(format!("{left:?}"))
+        });
+        let state = self.shim_state();
+        let left: Vec<String> = std::fs::read_dir(&state)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.path().display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "the shim's state is left: {left:?}");
+        assert_no_mounts_below(self.scratch.path());
+        assert_no_mounts_below(&state);
+    }
+
+    #[track_caller]
+    fn stop_and_assert_clean(mut self) {
+        self.ctr(&["images", "rm", IMAGE]).ok();
+        if let Some(daemon) = self.daemon.take() {
+            harness::terminate(daemon);
+        }
+        assert_no_process_references(&[self.scratch.display(), self.namespace.clone()]);
+        assert_no_mounts_below(self.scratch.path());
+        let _ = std::fs::remove_dir(self.shim_state());
+    }
+}
+
+impl Drop for Containerd {
+    /// Best effort, also after a failure: tasks and containers removed,
+    /// containerd stopped, then what refers to the namespace killed.
+    fn drop(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            for kind in ["tasks", "containers"] {
+                let listed = harness::try_run(&mut self.command(&[kind, "ls", "--quiet"]));
+                for id in listed
+                    .map(|o| o.stdout)
+                    .unwrap_or_default()
+                    .split_whitespace()
+                {
+                    harness::try_run(&mut self.command(&[kind, "delete", "--force", id]));
+                }
+            }
+            harness::terminate(daemon);
+        }
+        harness::clean_up(&self.shim_state(), &[self.namespace.clone()]);
+    }
+}
+
+/// `ctr run --rm` with the runvm shim: the container's stdout, stderr and
+/// exit status are ctr's, and nothing of it stays.
+#[test]
+fn ctr_run_rm_gives_output_and_exit_status() {
+    let _one = one_at_a_time();
+    let containerd = Containerd::start("rm");
+    let output = containerd
+        .run_container(
+            &["--rm"],
+            "s1",
+            &["sh", "-c", "echo hi; echo oops >&2; exit 3"],
+        )
+        .exits(3);
+    assert_eq!(output.stdout, "hi\n", "{output}\n{}", containerd.log());
+    assert_eq!(output.stderr, "oops\n", "{output}");
+    containerd.assert_nothing_left();
+    containerd.stop_and_assert_clean();
+}
+
+/// A detached task: `ctr task exec` gives its output and exit status,
+/// `ctr task ps` lists the task's processes, `ctr task kill` sends SIGTERM
+/// (trapped: exit 7), `ctr task delete` reports it, and then the shim,
+/// its VM and its state are gone.
+#[test]
+fn detached_task_exec_kill_and_delete_leave_nothing() {
+    let _one = one_at_a_time();
+    let containerd = Containerd::start("d");
+    let script = "trap 'exit 7' TERM; sleep 1000000 & wait";
+    containerd
+        .run_container(&["--detach"], "s2", &["sh", "-c", script])
+        .ok();
+    let tasks = containerd.tasks();
+    assert!(
+        matches!(tasks.as_slice(), [(id, pid, status)] if id == "s2" && *pid > 0 && status == "RUNNING"),
+        "{tasks:?}"
+    );
+    let fifos = containerd.scratch.join("fifo").display().to_string();
+    let exec = containerd
+        .ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e1",
+            "--fifo-dir",
+            &fifos,
+            "--cwd",
+            "/etc",
+            "s2",
+            "sh",
+            "-c",
+            "echo from exec; pwd; echo exec err >&2; exit 4",
+        ])
+        .exits(4);
+    assert_eq!(exec.stdout, "from exec\n/etc\n", "{exec}");
+    assert_eq!(exec.stderr, "exec err\n", "{exec}");
+    let ps = containerd.ctr(&["tasks", "ps", "s2"]).ok();
+    assert!(
+        ps.stdout.lines().skip(1).count() >= 2,
+        "`ctr task ps` lists the shell and its sleep: {ps}"
+    );
+    containerd.ctr(&["tasks", "kill", "s2"]).ok();
+    wait_for("`ctr task ls` shows s2 stopped", || {
+        let tasks = containerd.tasks();
+        match tasks.first() {
+            Some((_, _, status)) if status == "STOPPED" => Ok(()),
+            _ => Err(format!("{tasks:?}")),
+        }
+    });
+    let deleted = containerd.ctr(&["tasks", "delete", "s2"]).ok();
+    assert!(
+        deleted.stdout.contains("exit code 7") || deleted.stderr.contains("exit code 7"),
+        "`ctr task delete` reports the exit status: {deleted}"
+    );
+    containerd.ctr(&["containers", "rm", "s2"]).ok();
+    containerd.assert_nothing_left();
+    containerd.stop_and_assert_clean();
+}
+
+/// The shim SIGKILLed while its task runs: containerd sees the task end
+/// and runs `containerd-shim-runvm-v2 delete`, after which no VMM,
+/// virtiofsd, rootfs mount or pod state is left.
+#[test]
+fn a_killed_shim_is_cleaned_up_by_shim_delete() {
+    let _one = one_at_a_time();
+    let containerd = Containerd::start("k");
+    containerd
+        .run_container(&["--detach"], "s3", &["sleep", "1000000"])
+        .ok();
+    let shims: Vec<(u32, String)> = harness::processes_referencing(&[containerd.namespace.clone()])
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains(SHIM))
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim for the task: {shims:?}");
+    let pod_dir = containerd.shim_state().join("s3");
+    assert!(pod_dir.is_dir(), "the pod's state {}", pod_dir.display());
+    // SAFETY: kill(2) on the shim this test's containerd started.
+    unsafe { libc::kill(shims[0].0 as libc::pid_t, libc::SIGKILL) };
+    wait_for("`ctr task ls` shows s3 stopped", || {
+        let tasks = containerd.tasks();
+        match tasks.first() {
+            Some((_, _, status)) if status == "STOPPED" => Ok(()),
+            None => Ok(()),
+            _ => Err(format!("{tasks:?}")),
+        }
+    });
+    wait_for("the pod's state is removed", || {
+        (!pod_dir.exists())
+            .then_some(())
+            .ok_or(format!("{} is left", pod_dir.display()))
+    });
+    let _ = containerd.command(&["tasks", "delete", "s3"]).output();
+    containerd.ctr(&["containers", "rm", "s3"]).ok();
+    containerd.assert_nothing_left();
+    containerd.stop_and_assert_clean();
+}
