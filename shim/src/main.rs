@@ -30,6 +30,7 @@
 //! (PR_SET_PDEATHSIG), and the ttrpc server's threads come and go.
 
 mod process;
+mod rootfs;
 mod service;
 mod shim;
 mod stdio;

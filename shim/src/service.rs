@@ -42,6 +42,7 @@ use runvm_agent_api::RequestBody;
 use tokio::sync::watch;
 
 use crate::process::{now, Exit, Process};
+use crate::rootfs;
 use crate::stdio::{self, StdioPaths};
 
 /// How long output may keep flowing after a process ended.
@@ -125,34 +126,12 @@ fn not_implemented(what: &str) -> ttrpc::Error {
     )
 }
 
-/// Unmounts a rootfs this shim mounted (nothing if it is not a mount).
-pub fn unmount_rootfs(path: &Path) {
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return;
-    };
-    // SAFETY: umount2(2) on a NUL-terminated path.
-    let rc = unsafe { libc::umount2(c_path.as_ptr(), 0) };
-    if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {
-        // SAFETY: as above; lazily, since something still holds it.
-        unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
 /// Mounts containerd's rootfs mounts on `<bundle>/rootfs`; whether any were.
 fn mount_rootfs(request: &CreateTaskRequest, target: &Path) -> TtrpcResult<bool> {
     for mount in &request.rootfs {
-        let mounted = containerd_shim::mount::mount_rootfs(
-            Some(mount.type_.as_str()),
-            Some(mount.source.as_str()),
-            &mount.options,
-            target,
-        );
-        if let Err(e) = mounted {
-            unmount_rootfs(target);
-            return Err(internal(format!(
-                "cannot mount the rootfs on {}: {e}",
-                target.display()
-            )));
+        if let Err(e) = rootfs::mount(&mount.type_, &mount.source, &mount.options, target) {
+            rootfs::unmount(target);
+            return Err(internal(e));
         }
     }
     Ok(!request.rootfs.is_empty())
@@ -402,7 +381,7 @@ impl containerd_shim::Task for Service {
             Ok(created) => created,
             Err(e) => {
                 if mounted {
-                    unmount_rootfs(&rootfs);
+                    rootfs::unmount(&rootfs);
                 }
                 self.release_pod_if_empty();
                 return Err(e);
@@ -576,7 +555,7 @@ impl containerd_shim::Task for Service {
             log::warn!("container {}: {e}", req.id);
         }
         if let Some(rootfs) = &container.mounted_rootfs {
-            unmount_rootfs(rootfs);
+            rootfs::unmount(rootfs);
         }
         let exit = container.init.exited().unwrap_or(Exit {
             status: 0,

@@ -80,7 +80,7 @@ impl containerd_shim::Shim for RunvmShim {
     /// state go too.
     fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
         let bundle = std::env::current_dir().map_err(|e| other(e.to_string()))?;
-        crate::service::unmount_rootfs(&bundle.join("rootfs"));
+        crate::rootfs::unmount(&bundle.join("rootfs"));
         let pod = pod_of(&bundle, &self.id);
         // A pod whose shim still runs (a failed Create of one of its
         // containers) is that shim's to clean.

@@ -27,8 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
 use harness::{
-    assert_no_mounts_below, assert_no_process_references, read_text, run, wait_for, Output,
-    Scratch,
+    assert_no_mounts_below, assert_no_process_references, read_text, run, wait_for, Output, Scratch,
 };
 use podman_env::{PodmanEnv, IMAGE};
 
