@@ -181,7 +181,7 @@ impl Containerd {
         assert!(containers.stdout.trim().is_empty(), "{containers}");
         assert!(self.tasks().is_empty(), "tasks left");
         wait_for("no shim, VMM or virtiofsd of the test is left", || {
-            let left = harness::processes_referencing(&[self.namespace.clone()]);
+            let left = harness::processes_referencing(std::slice::from_ref(&self.namespace));
             left.is_empty().then_some(()).ok_or(format!("{left:?}"))
         });
         let state = self.shim_state();
@@ -227,7 +227,7 @@ impl Drop for Containerd {
             }
             harness::terminate(daemon);
         }
-        harness::clean_up(&self.shim_state(), &[self.namespace.clone()]);
+        harness::clean_up(&self.shim_state(), std::slice::from_ref(&self.namespace));
     }
 }
 
@@ -319,10 +319,11 @@ fn a_killed_shim_is_cleaned_up_by_shim_delete() {
     containerd
         .run_container(&["--detach"], "s3", &["sleep", "1000000"])
         .ok();
-    let shims: Vec<(u32, String)> = harness::processes_referencing(&[containerd.namespace.clone()])
-        .into_iter()
-        .filter(|(_, cmdline)| cmdline.contains(SHIM))
-        .collect();
+    let shims: Vec<(u32, String)> =
+        harness::processes_referencing(std::slice::from_ref(&containerd.namespace))
+            .into_iter()
+            .filter(|(_, cmdline)| cmdline.contains(SHIM))
+            .collect();
     assert_eq!(shims.len(), 1, "one shim for the task: {shims:?}");
     let pod_dir = containerd.shim_state().join("s3");
     assert!(pod_dir.is_dir(), "the pod's state {}", pod_dir.display());
