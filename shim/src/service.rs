@@ -253,7 +253,7 @@ async fn pod_for(shared: &Shared, id: &str, bundle: &Bundle) -> TtrpcResult<Arc<
     );
     let size = sandbox::size::for_owner(&bundle.spec, is_sandbox).map_err(internal)?;
     let root = StateRoot::open(&shared.root).map_err(internal)?;
-    let pod_id = crate::shim::pod_of(&bundle.dir, id);
+    let pod_id = crate::shim::short_name(&crate::shim::pod_of(&bundle.dir, id));
     let booted = Arc::new(
         Pod::boot(&root, &pod_id, size)
             .await

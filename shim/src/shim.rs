@@ -25,9 +25,27 @@ pub struct RunvmShim {
     exit: Arc<ExitSignal>,
 }
 
+/// Longer names are hashed (see [`short_name`]).
+const MAX_NAME: usize = 32;
+
 /// The state directory of `namespace`'s pods.
 pub fn state_root(namespace: &str) -> PathBuf {
-    Path::new(STATE_ROOT).join(namespace)
+    Path::new(STATE_ROOT).join(short_name(namespace))
+}
+
+/// `name` as a directory name short enough for the VM's sockets: they
+/// live in `<root>/<namespace>/<pod>/vm/jail/`, and a Unix socket's path
+/// must fit in 108 bytes, which CRI's 64-character ids alone would
+/// nearly fill. Names up to 32 bytes stay as they are; longer ones become
+/// the first 32 hex digits of their SHA-256.
+pub fn short_name(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    if name.len() <= MAX_NAME {
+        return name.to_owned();
+    }
+    let digest = Sha256::digest(name.as_bytes());
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    hex[..MAX_NAME].to_owned()
 }
 
 /// The pod container `id` of `bundle` belongs to: its CRI sandbox's id,
@@ -84,7 +102,7 @@ impl containerd_shim::Shim for RunvmShim {
         let pod = pod_of(&bundle, &self.id);
         // A pod whose shim still runs (a failed Create of one of its
         // containers) is that shim's to clean.
-        runvm::pod::clean_up(&state_root(&self.namespace), &pod)
+        runvm::pod::clean_up(&state_root(&self.namespace), &short_name(&pod))
             .map_err(|e| other(e.to_string()))?;
         let mut response = DeleteResponse::new();
         response.exit_status = KILLED_STATUS;
@@ -103,5 +121,23 @@ impl containerd_shim::Shim for RunvmShim {
             publisher,
             self.exit.clone(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_hashed_to_fit_socket_paths() {
+        assert_eq!(short_name("k8s.io"), "k8s.io");
+        let id = "a".repeat(64);
+        let short = short_name(&id);
+        assert_eq!(short.len(), MAX_NAME);
+        assert_ne!(short, short_name(&"b".repeat(64)));
+        let deepest = state_root(&"n".repeat(64))
+            .join(&short)
+            .join("vm/jail/vsock.sock_1023");
+        assert!(deepest.as_os_str().len() < 108, "{}", deepest.display());
     }
 }

@@ -27,7 +27,7 @@ mod netns;
 #[path = "common/podman_env.rs"]
 mod podman_env;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -46,6 +46,12 @@ const PAUSE_IMAGE: &str = "localhost/runvm-e2e/pause:latest";
 const K8S_NAMESPACE: &str = "k8s.io";
 /// The runtime handler the pods ask for.
 const HANDLER: &str = "runvm";
+/// The handler of runvm's own shim (`containerd-shim-runvm-v2`), whatever
+/// the runtime under test: configured by [`CriEnv::start_with_shim`].
+const SHIM_HANDLER: &str = "runvm-shim";
+const SHIM: &str = "containerd-shim-runvm-v2";
+/// Where runvm's shim keeps the pods of CRI's namespace.
+const SHIM_STATE: &str = "/run/runvm-shim/k8s.io";
 const CNI_PLUGINS: &str = "/usr/lib/cni";
 /// A container's command: says it is up on stdout and stderr, then sleeps
 /// until SIGTERM, on which it exits 0.
@@ -83,6 +89,17 @@ struct CriEnv {
 
 impl CriEnv {
     fn start(name: &str) -> CriEnv {
+        CriEnv::start_with(name, false)
+    }
+
+    /// [`Self::start`], with the runvm build and its shim installed first
+    /// on containerd's PATH and configured as handler [`SHIM_HANDLER`].
+    fn start_with_shim(name: &str) -> CriEnv {
+        common::require_kvm();
+        CriEnv::start_with(name, true)
+    }
+
+    fn start_with(name: &str, shim: bool) -> CriEnv {
         harness::require_root();
         harness::require_programs(&[
             ("containerd", "containerd"),
@@ -94,7 +111,7 @@ impl CriEnv {
         harness::clean_up(&runtime_root_base(), &[]);
         let runtime = RuntimeUnderTest::resolve(&scratch);
         let netns = NetNs::new(&format!("rvcri-{name}"));
-        write_config(&scratch, &runtime);
+        write_config(&scratch, &runtime, shim);
         let log = std::fs::File::create(scratch.join("containerd.log")).expect("log");
         let mut command = Command::new("containerd");
         command
@@ -103,6 +120,11 @@ impl CriEnv {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log);
+        if shim {
+            let bin = install_shim(&scratch.join("shim-prefix"));
+            let path = std::env::var("PATH").unwrap_or_default();
+            command.env("PATH", format!("{}:{path}", bin.display()));
+        }
         netns.enter(&mut command);
         let mut daemon = command.spawn().expect("cannot start containerd");
         let socket = scratch.join("containerd.sock");
@@ -263,10 +285,11 @@ impl CriEnv {
     }
 
     /// What this test's processes (shims, runtime, VMMs) refer to.
-    fn needles(&self) -> [String; 2] {
+    fn needles(&self) -> [String; 3] {
         [
             self.scratch.display(),
             runtime_root_base().display().to_string(),
+            SHIM_STATE.to_string(),
         ]
     }
 
@@ -350,6 +373,7 @@ impl CriEnv {
         };
         wait_for("the pod's shim, VMM and virtiofsd end", shims_and_vms_gone);
         assert_empty_dir(&self.runtime_root());
+        assert_empty_dir(Path::new(SHIM_STATE));
         self.stop_daemon();
         assert_no_process_references(&needles);
         assert_no_mounts_below(self.scratch.path());
@@ -382,16 +406,36 @@ impl Drop for CriEnv {
     }
 }
 
+/// The runvm build as `make install` lays it out in `prefix`, with the
+/// shim; the `bin` directory.
+fn install_shim(prefix: &Path) -> PathBuf {
+    harness::install_runvm(prefix);
+    let built = harness::workspace_root().join("target/release").join(SHIM);
+    let bin = prefix.join("bin");
+    std::fs::copy(&built, bin.join(SHIM))
+        .unwrap_or_else(|e| panic!("cannot install {} (run `make build`): {e}", built.display()));
+    bin
+}
+
 /// containerd's config: only what the CRI plugin needs, everything under
 /// the scratch dir, the runtime under test as handler [`HANDLER`]. The
 /// sandbox's oom_score_adj (-998) is kept no lower than containerd's: a
 /// root without CAP_SYS_RESOURCE (as in CI's sandbox) cannot lower it.
-fn write_config(scratch: &Scratch, runtime: &RuntimeUnderTest) {
+fn write_config(scratch: &Scratch, runtime: &RuntimeUnderTest, shim: bool) {
     let s = scratch.display();
     let root = runtime_root_base();
     let root = root.display();
     let binary = runtime.path.display();
     let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
+    let shim_runtime = if shim {
+        format!(
+            r#"
+    [{cri}.containerd.runtimes.{SHIM_HANDLER}]
+      runtime_type = "io.containerd.runvm.v2""#
+        )
+    } else {
+        String::new()
+    };
     std::fs::create_dir_all(scratch.join("cni")).expect("cni conf dir");
     std::fs::write(
         scratch.join("cni/10-runvm-bridge.conflist"),
@@ -431,7 +475,7 @@ fn write_config(scratch: &Scratch, runtime: &RuntimeUnderTest) {
       runtime_type = "io.containerd.runc.v2"
       [{cri}.containerd.runtimes.{HANDLER}.options]
         BinaryName = "{binary}"
-        Root = "{root}"
+        Root = "{root}"{shim_runtime}
   [{cri}.cni]
     bin_dir = "{CNI_PLUGINS}"
     conf_dir = "{s}/cni"
@@ -448,12 +492,25 @@ fn write_config(scratch: &Scratch, runtime: &RuntimeUnderTest) {
 #[test]
 fn pod_with_two_containers_in_one_vm() {
     let _one = one_at_a_time();
-    let env = CriEnv::start("pod");
+    two_containers_in_one_vm(CriEnv::start("pod"), HANDLER);
+}
+
+/// [`pod_with_two_containers_in_one_vm`] with runvm's own shim as the
+/// handler: one shim process owns the pod's VM, no runc shim or `runvm`
+/// process takes part.
+#[test]
+fn pod_with_two_containers_under_the_runvm_shim() {
+    let _one = one_at_a_time();
+    two_containers_in_one_vm(CriEnv::start_with_shim("shim"), SHIM_HANDLER);
+}
+
+fn two_containers_in_one_vm(env: CriEnv, handler: &str) {
+    let is_runvm = env.runtime.is_runvm || handler == SHIM_HANDLER;
     let config = env.pod_config("runvm-pod");
     let started = Instant::now();
     let pod = env
         .client
-        .run_pod(&config, HANDLER)
+        .run_pod(&config, handler)
         .unwrap_or_else(|e| env.fail(&e.0));
     eprintln!("RunPodSandbox took {:?}", started.elapsed());
     let status = env
@@ -479,7 +536,7 @@ fn pod_with_two_containers_in_one_vm() {
     };
     let (boot1, boot2) = (boot_id(&app1), boot_id(&app2));
     assert_eq!(boot1.len(), 36, "a boot_id: {boot1:?}");
-    if env.runtime.is_runvm {
+    if is_runvm {
         assert_eq!(boot1, boot2, "both containers run on the pod VM's kernel");
         let (vmms, virtiofsds) = env.vmm_and_virtiofsd_count();
         assert_eq!(vmms, 1, "one VMM for the pod");
@@ -518,7 +575,7 @@ fn pod_with_two_containers_in_one_vm() {
     // The pod and its other container run on.
     let (code, out, _) = env.exec(&app2, &["echo", "still"]);
     assert_eq!((code, out.as_str()), (0, "still\n"));
-    if env.runtime.is_runvm {
+    if is_runvm {
         assert_eq!(boot_id(&app2), boot2, "app2 still runs in the pod's VM");
     }
     env.stop_and_remove(&app2);
