@@ -17,19 +17,20 @@
 mod common;
 #[path = "common/containerd_config.rs"]
 mod containerd_config;
+#[path = "common/containerd_daemon.rs"]
+mod containerd_daemon;
 #[path = "common/harness.rs"]
 mod harness;
 #[path = "common/podman_env.rs"]
 mod podman_env;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
-use harness::{
-    assert_no_mounts_below, assert_no_process_references, read_text, run, wait_for, Output, Scratch,
-};
-use podman_env::{PodmanEnv, IMAGE};
+use containerd_daemon::Daemon;
+use harness::{assert_no_mounts_below, assert_no_process_references, wait_for, Output, Scratch};
+use podman_env::IMAGE;
 
 const RUNTIME: &str = "io.containerd.runvm.v2";
 const SHIM: &str = "containerd-shim-runvm-v2";
@@ -59,7 +60,7 @@ fn install_with_shim(prefix: &Path) -> PathBuf {
 /// A containerd of this test and `ctr` in a namespace of its own. The
 /// daemon is stopped before the scratch dir goes (field order).
 struct Containerd {
-    daemon: Option<Child>,
+    daemon: Daemon,
     namespace: String,
     scratch: Scratch,
 }
@@ -71,75 +72,26 @@ impl Containerd {
         common::require_kvm();
         let scratch = Scratch::new(&format!("shim-{name}"));
         let bin = install_with_shim(&scratch.join("prefix"));
-        let config = scratch.join("config.toml");
-        std::fs::write(&config, containerd_config::base(&scratch.display(), false))
-            .expect("config.toml");
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let log = std::fs::File::create(scratch.join("containerd.log")).expect("log");
-        let daemon = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("cannot start containerd");
-        let mut containerd = Containerd {
-            daemon: Some(daemon),
-            namespace: format!("runvm-shim-e2e-{}", std::process::id()),
+        let namespace = format!("runvm-shim-e2e-{}", std::process::id());
+        let daemon = Daemon::start(&scratch, &namespace, Some(&bin));
+        Containerd {
+            daemon,
+            namespace,
             scratch,
-        };
-        wait_for("containerd answers", || {
-            if let Some(status) = containerd.daemon.as_mut().and_then(|d| d.try_wait().ok()?) {
-                panic!("containerd exited ({status}):\n{}", containerd.log());
-            }
-            let version = run(&mut containerd.command(&["version"]));
-            version
-                .status
-                .success()
-                .then_some(())
-                .ok_or(version.to_string())
-        });
-        containerd.import_image();
-        containerd
+        }
     }
 
     fn log(&self) -> String {
-        read_text(&self.scratch.join("containerd.log"))
-    }
-
-    /// podman saves the busybox image as an OCI archive; ctr imports it.
-    fn import_image(&self) {
-        let archive = self.scratch.join("busybox-oci.tar");
-        let podman = PodmanEnv::new(&self.scratch.join("pm"), None);
-        podman.import_busybox();
-        let path = archive.display().to_string();
-        podman
-            .run(&["save", "--format", "oci-archive", "-o", &path, IMAGE])
-            .ok();
-        drop(podman);
-        self.ctr(&["images", "import", &path]).ok();
+        self.daemon.log()
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("ctr");
-        command
-            .arg("--address")
-            .arg(self.scratch.join("containerd.sock"))
-            .arg("--namespace")
-            .arg(&self.namespace)
-            .args(args);
-        command
+        self.daemon.command(args)
     }
 
     #[track_caller]
     fn ctr(&self, args: &[&str]) -> Output {
-        run(&mut self.command(args))
+        self.daemon.ctr(args)
     }
 
     /// `ctr run --runtime io.containerd.runvm.v2 OPTIONS IMAGE ID COMMAND`.
@@ -154,20 +106,9 @@ impl Containerd {
         self.ctr(&args)
     }
 
-    /// The tasks `ctr task ls` shows: (id, pid, status).
     #[track_caller]
     fn tasks(&self) -> Vec<(String, u32, String)> {
-        let listed = self.ctr(&["tasks", "ls"]).ok();
-        listed
-            .stdout
-            .lines()
-            .skip(1)
-            .filter_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                let pid = fields.get(1)?.parse().ok()?;
-                Some((fields[0].to_string(), pid, fields.get(2)?.to_string()))
-            })
-            .collect()
+        self.daemon.tasks()
     }
 
     fn shim_state(&self) -> PathBuf {
@@ -201,9 +142,7 @@ impl Containerd {
     #[track_caller]
     fn stop_and_assert_clean(mut self) {
         self.ctr(&["images", "rm", IMAGE]).ok();
-        if let Some(daemon) = self.daemon.take() {
-            harness::terminate(daemon);
-        }
+        self.daemon.stop();
         assert_no_process_references(&[self.scratch.display(), self.namespace.clone()]);
         assert_no_mounts_below(self.scratch.path());
         let _ = std::fs::remove_dir(self.shim_state());
@@ -214,19 +153,7 @@ impl Drop for Containerd {
     /// Best effort, also after a failure: tasks and containers removed,
     /// containerd stopped, then what refers to the namespace killed.
     fn drop(&mut self) {
-        if let Some(daemon) = self.daemon.take() {
-            for kind in ["tasks", "containers"] {
-                let listed = harness::try_run(&mut self.command(&[kind, "ls", "--quiet"]));
-                for id in listed
-                    .map(|o| o.stdout)
-                    .unwrap_or_default()
-                    .split_whitespace()
-                {
-                    harness::try_run(&mut self.command(&[kind, "delete", "--force", id]));
-                }
-            }
-            harness::terminate(daemon);
-        }
+        self.daemon.remove_all_and_stop();
         harness::clean_up(&self.shim_state(), std::slice::from_ref(&self.namespace));
     }
 }
@@ -292,13 +219,7 @@ fn detached_task_exec_kill_and_delete_leave_nothing() {
         "`ctr task ps` lists the shell and its sleep: {ps}"
     );
     containerd.ctr(&["tasks", "kill", "s2"]).ok();
-    wait_for("`ctr task ls` shows s2 stopped", || {
-        let tasks = containerd.tasks();
-        match tasks.first() {
-            Some((_, _, status)) if status == "STOPPED" => Ok(()),
-            _ => Err(format!("{tasks:?}")),
-        }
-    });
+    containerd.daemon.wait_until_stopped("s2", false);
     let deleted = containerd.ctr(&["tasks", "delete", "s2"]).ok();
     assert!(
         deleted.stdout.contains("exit code 7") || deleted.stderr.contains("exit code 7"),
@@ -329,14 +250,7 @@ fn a_killed_shim_is_cleaned_up_by_shim_delete() {
     assert!(pod_dir.is_dir(), "the pod's state {}", pod_dir.display());
     // SAFETY: kill(2) on the shim this test's containerd started.
     unsafe { libc::kill(shims[0].0 as libc::pid_t, libc::SIGKILL) };
-    wait_for("`ctr task ls` shows s3 stopped", || {
-        let tasks = containerd.tasks();
-        match tasks.first() {
-            Some((_, _, status)) if status == "STOPPED" => Ok(()),
-            None => Ok(()),
-            _ => Err(format!("{tasks:?}")),
-        }
-    });
+    containerd.daemon.wait_until_stopped("s3", true);
     wait_for("the pod's state is removed", || {
         (!pod_dir.exists())
             .then_some(())
