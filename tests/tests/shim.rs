@@ -159,7 +159,8 @@ impl Drop for Containerd {
 }
 
 /// `ctr run --rm` with the runvm shim: the container's stdout, stderr and
-/// exit status are ctr's, and nothing of it stays.
+/// exit status are ctr's, and nothing of it stays, also after a program
+/// that does not exist.
 #[test]
 fn ctr_run_rm_gives_output_and_exit_status() {
     let _one = one_at_a_time();
@@ -173,6 +174,12 @@ fn ctr_run_rm_gives_output_and_exit_status() {
         .exits(3);
     assert_eq!(output.stdout, "hi\n", "{output}\n{}", containerd.log());
     assert_eq!(output.stderr, "oops\n", "{output}");
+    // A program that is not there: ctr fails naming it, and nothing of
+    // the container (its shim, VM or state) stays.
+    let missing = containerd
+        .run_container(&["--rm"], "s9", &["/no/such/binary"])
+        .fails();
+    assert!(missing.stderr.contains("/no/such/binary"), "{missing}");
     containerd.assert_nothing_left();
     containerd.stop_and_assert_clean();
 }
