@@ -16,6 +16,7 @@ pub mod codec;
 pub mod containers;
 pub mod features;
 pub mod messages;
+pub mod network;
 pub mod oci;
 
 pub use codec::{read_frame, read_frame_bytes, write_frame, FrameError, MAX_FRAME_SIZE};

@@ -132,6 +132,12 @@ pub struct CreateContainerRequest {
     pub stdin: Option<u64>,
     pub stdout: Option<u64>,
     pub stderr: Option<u64>,
+    /// The pod's network, for the container that owns the pod's network
+    /// namespace (a sandbox, or a container with a VM of its own): the
+    /// agent gives the guest's virtio-net devices the pod's interfaces
+    /// before the container's program runs. Added without a protocol bump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::GuestNetwork>,
 }
 
 /// `ExecInContainer`: an OCI process (args, env, cwd, user, terminal,

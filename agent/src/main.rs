@@ -33,6 +33,7 @@ mod container;
 mod exec;
 mod fdio;
 mod mounts;
+mod network;
 mod power;
 mod processes;
 mod reaper;

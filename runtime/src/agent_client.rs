@@ -91,7 +91,7 @@ pub async fn connect_guest_port(socket: &Path, port: u32) -> Result<UnixStream, 
         port,
         reason,
     };
-    let mut stream = UnixStream::connect(socket)
+    let mut stream = crate::unix_socket::connect_async(socket)
         .await
         .map_err(|e| fail(e.to_string()))?;
     stream

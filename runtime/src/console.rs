@@ -5,7 +5,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 /// A host pseudo-terminal pair.
@@ -54,7 +53,7 @@ impl Pty {
 /// message carries the terminal's name, the descriptor rides as
 /// SCM_RIGHTS).
 pub fn send_to_console_socket(socket: &Path, name: &str, fd: &OwnedFd) -> io::Result<()> {
-    let stream = UnixStream::connect(socket)?;
+    let stream = crate::unix_socket::connect(socket)?;
     let mut payload = name.as_bytes().to_vec();
     if payload.is_empty() {
         payload.push(0);

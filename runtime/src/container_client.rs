@@ -177,6 +177,20 @@ impl<'a> ContainerClient<'a> {
         rootfs: &str,
         io: ContainerIo,
     ) -> Result<ContainerProcess, ClientError> {
+        self.create_in_network(id, spec, rootfs, io, None).await
+    }
+
+    /// [`Self::create_with`] for the container that owns the pod's
+    /// network namespace: the guest gets `network` (see
+    /// [`runvm_agent_api::network`]).
+    pub async fn create_in_network(
+        &self,
+        id: &str,
+        spec: Spec,
+        rootfs: &str,
+        io: ContainerIo,
+        network: Option<runvm_agent_api::network::GuestNetwork>,
+    ) -> Result<ContainerProcess, ClientError> {
         let streams = io.open(self.agent).await?;
         let (stdin, stdout, stderr) = streams.tokens();
         let request = CreateContainerRequest {
@@ -186,6 +200,7 @@ impl<'a> ContainerClient<'a> {
             stdin,
             stdout,
             stderr,
+            network,
         };
         let body = self
             .agent

@@ -20,4 +20,5 @@ pub mod sandbox;
 pub mod share;
 pub mod state;
 pub mod terminal;
+pub mod unix_socket;
 pub mod vm;

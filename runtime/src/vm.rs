@@ -17,6 +17,11 @@
 //!   symlink planted in `jail/` is never followed by the runtime). Not
 //!   run as root, the VMM is not jailed and its sockets are in `<dir>`.
 //!
+//! `<dir>` may be long (below containerd's root with a 64-hex id), so
+//! its socket paths may not fit a socket address: the runtime reaches
+//! them through [`crate::unix_socket`], and so does the VMM (its own
+//! `devices::unix_socket`); jailed, the VMM names them below its root.
+//!
 //! Everything the VM started goes with it: when it is shut down or
 //! stopped, when the `MicroVm` is dropped, and when the thread that booted
 //! it dies (PR_SET_PDEATHSIG on the VMM and on virtiofsd). A virtiofsd
@@ -25,6 +30,7 @@
 //! virtiofsd's log.
 
 use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -58,6 +64,14 @@ pub const VMM_EXIT_BACKEND_FAILED: i32 = 6;
 /// forbids; its stderr then has a line after [`VMM_SECCOMP_REPORT`].
 pub const VMM_EXIT_SECCOMP: i32 = 7;
 pub const VMM_SECCOMP_REPORT: &str = "runvm-vmm: killed by seccomp: ";
+
+/// A tap for a virtio-net device: its descriptor (close-on-exec, as
+/// everything runvm opens), and the VMM's `--net` value, which names it by
+/// its number (`fd=N,mac=...`).
+pub struct VmTap {
+    pub fd: OwnedFd,
+    pub option: String,
+}
 
 /// What to boot.
 #[derive(Clone, Debug)]
@@ -205,6 +219,18 @@ impl MicroVm {
         dir: &Path,
         vmm_log: Option<&Path>,
     ) -> Result<MicroVm, VmError> {
+        MicroVm::boot_with_taps(spec, dir, vmm_log, Vec::new())
+    }
+
+    /// [`Self::boot_logged`] with a virtio-net device per tap: the VMM
+    /// inherits those descriptors and no others (everything else runvm
+    /// holds is close-on-exec).
+    pub fn boot_with_taps(
+        spec: &VmSpec,
+        dir: &Path,
+        vmm_log: Option<&Path>,
+        taps: Vec<VmTap>,
+    ) -> Result<MicroVm, VmError> {
         // A bad image is refused before anything is started for the VM.
         let image_flag = ImageKind::of(&spec.image)?.vmm_flag();
         // A jail is named by an absolute path.
@@ -242,7 +268,7 @@ impl MicroVm {
                 })?;
         }
         // Before the guest can connect to it.
-        let ready = std::os::unix::net::UnixListener::bind(vm.ready_socket())
+        let ready = crate::unix_socket::bind(&vm.ready_socket())
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|source| VmError::Readiness {
                 path: vm.ready_socket(),
@@ -283,12 +309,24 @@ impl MicroVm {
                 vm.virtiofs_socket().display()
             ));
         }
-        // SAFETY: prctl is async-signal-safe; nothing else runs in between.
+        for tap in &taps {
+            command.arg("--net").arg(&tap.option);
+        }
+        let inherited: Vec<i32> = taps.iter().map(|t| t.fd.as_raw_fd()).collect();
+        // SAFETY: prctl and fcntl are async-signal-safe; nothing else runs
+        // in between.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 // The VM must not outlive whoever started it.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // The child's copies of the taps, and only those, survive
+                // the exec.
+                for &fd in &inherited {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -310,6 +348,8 @@ impl MicroVm {
             path: spec.vmm.clone(),
             source,
         })?;
+        // The VMM has its own copies now.
+        drop(taps);
         let stderr = child
             .stderr
             .take()

@@ -20,6 +20,8 @@ mod containerd_config;
 mod containerd_daemon;
 #[path = "common/harness.rs"]
 mod harness;
+#[path = "common/netns.rs"]
+mod netns;
 #[path = "common/podman_env.rs"]
 mod podman_env;
 #[path = "common/pty.rs"]

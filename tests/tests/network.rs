@@ -1,9 +1,18 @@
 //! virtio-net end to end: a VM whose interface is a tap in a network
 //! namespace the test creates (never the host's interfaces) exchanges
 //! traffic with that namespace both ways: ping, and a TCP transfer in
-//! each direction through busybox `nc` in the guest.
+//! each direction through busybox `nc` in the guest. The runtime's
+//! network module carries a CNI-style pod namespace into a guest, and
+//! (`pod_namespace`) a container made through the runc command line
+//! wears that namespace's `eth0`.
 
 mod common;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "network/pod_namespace.rs"]
+mod pod_namespace;
+#[path = "common/runtime_cli.rs"]
+mod runtime_cli;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -218,6 +227,34 @@ fn serve(listener: TcpListener) -> Result<Transfer, String> {
     })
 }
 
+/// Accepts one TCP connection at `address` in `ns` (within the time a
+/// boot takes) and returns what it sent.
+fn receive_one(ns: &NetNs, address: SocketAddr) -> JoinHandle<Result<String, String>> {
+    ns.spawn(move || {
+        let listener = TcpListener::bind(address).map_err(|e| e.to_string())?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => return Err(format!("the guest never connected: {e}")),
+            }
+        };
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        stream
+            .read_to_string(&mut text)
+            .map_err(|e| e.to_string())?;
+        Ok(text)
+    })
+}
+
 fn require_root_and_kvm() {
     common::require_kvm();
     // SAFETY: geteuid cannot fail.
@@ -366,30 +403,7 @@ fn the_runtimes_tap_and_tc_carry_a_pod_namespace_into_the_guest() {
         &format!("tap={},mac={mac},mtu={}", interface.tap, interface.mtu),
     );
 
-    let address: SocketAddr = "10.88.0.1:7002".parse().unwrap();
-    let server = peer.spawn(move || -> Result<String, String> {
-        let listener = TcpListener::bind(address).map_err(|e| e.to_string())?;
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        let mut stream = loop {
-            match listener.accept() {
-                Ok((stream, _)) => break stream,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => return Err(format!("the guest never connected: {e}")),
-            }
-        };
-        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        stream
-            .read_to_string(&mut text)
-            .map_err(|e| e.to_string())?;
-        Ok(text)
-    });
+    let server = receive_one(&peer, "10.88.0.1:7002".parse().unwrap());
     let script =
         "ip link set eth0 up && ip addr add 10.88.0.2/24 dev eth0 && ip link show eth0 && \
                   ping -c 2 -W 10 10.88.0.1 && echo hello-from-the-pod | nc 10.88.0.1 7002";

@@ -1,7 +1,9 @@
 //! Debian's podman (4.3) and conmon, unchanged, on the runtime under test
 //! (`podman --runtime`): `run --rm --read-only` output, exit codes and
 //! copied-up tmpfs mounts, `run -d` with `exec`, `logs`, `stop` and `rm`,
-//! and `run -it` through a pseudo-terminal this test opens. The image is busybox-static imported with `podman
+//! and `run -it` through a pseudo-terminal this test opens; podman's
+//! bridge network (netavark, in a network namespace of the test's) with a
+//! published port. The image is busybox-static imported with `podman
 //! import` (there is no registry); storage, configuration and cgroups are
 //! private to each test, and nothing may be left behind.
 //!
@@ -12,6 +14,8 @@
 mod common;
 #[path = "common/harness.rs"]
 mod harness;
+#[path = "common/netns.rs"]
+mod netns;
 #[path = "common/podman_env.rs"]
 mod podman_env;
 #[path = "common/pty.rs"]
@@ -25,6 +29,7 @@ use harness::{
     assert_no_mounts_below, assert_no_process_references, read_text, wait_for, Output,
     RuntimeUnderTest, Scratch,
 };
+use netns::NetNs;
 use podman_env::PodmanEnv;
 use pty::InPty;
 
@@ -312,6 +317,99 @@ fn interactive_run_through_a_pty() {
     assert!(
         seen.contains("33 111"),
         "the tty's size; the terminal showed:\n{seen}"
+    );
+    podman.assert_clean();
+}
+
+/// podman's default bridge network (netavark), podman itself in a network
+/// namespace of the test's: the container has its IP on `eth0`, and its
+/// server answers at that IP and through the published port; for runvm
+/// the container's namespace holds runvm's tap while it runs.
+#[test]
+fn bridge_network_and_a_published_port() {
+    let _one = one_at_a_time();
+    let netns = NetNs::new("rvpm-net");
+    let mut podman = Podman::new("net");
+    podman.env.run_in_netns(&netns.path());
+    let cidfile = podman.scratch.join("cid-net");
+    podman.cidfiles.push(cidfile.clone());
+    let cidfile = cidfile.display().to_string();
+    let cgroup_parent = podman.env.cgroup_parent.clone();
+    let serve =
+        "mkdir /www && echo pod-says-hello > /www/index.html && exec httpd -f -p 80 -h /www";
+    podman
+        .podman(&[
+            "run",
+            "--detach",
+            "--pull",
+            "never",
+            "--cgroup-parent",
+            &cgroup_parent,
+            "--cidfile",
+            &cidfile,
+            "--name",
+            "web",
+            "--publish",
+            "127.0.0.1:18080:80",
+            podman.image,
+            "sh",
+            "-c",
+            serve,
+        ])
+        .ok();
+    let inspect = podman
+        .podman(&[
+            "inspect",
+            "--format",
+            "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.SandboxKey}}",
+            "web",
+        ])
+        .ok();
+    let fields: Vec<&str> = inspect.stdout.split_whitespace().collect();
+    let (ip, sandbox) = match fields[..] {
+        [ip, sandbox] => (ip.to_string(), PathBuf::from(sandbox)),
+        _ => panic!("the container's IP and namespace: {inspect}"),
+    };
+    let shown = podman
+        .podman(&["exec", "web", "ip", "-o", "-4", "addr", "show", "eth0"])
+        .ok();
+    assert!(
+        shown.stdout.contains(&format!("eth0    inet {ip}/16")),
+        "the container's IP on eth0: {shown}"
+    );
+    if podman.runtime.is_runvm {
+        let name = sandbox
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let links = harness::run(Command::new("ip").args(["-n", name, "-o", "link"])).ok();
+        assert!(links.stdout.contains("rvtap0"), "runvm's tap: {links}");
+    }
+    let ns = std::fs::File::open(netns.path()).expect("open the test's namespace");
+    let answers = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns(2) of this thread only.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        [format!("{ip}:80"), "127.0.0.1:18080".to_string()].map(|address| {
+            let address = address.parse().expect("an address");
+            wait_for(&format!("{address} answers"), || harness::http_get(address))
+        })
+    })
+    .join()
+    .expect("the client thread");
+    for answer in answers {
+        assert!(
+            answer.starts_with("HTTP/1.") && answer.ends_with("pod-says-hello\n"),
+            "the container's httpd answered: {answer}"
+        );
+    }
+    podman.podman(&["rm", "--force", "--time", "0", "web"]).ok();
+    assert!(
+        !sandbox.exists(),
+        "podman removed the container's namespace"
     );
     podman.assert_clean();
 }

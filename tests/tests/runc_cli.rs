@@ -570,11 +570,12 @@ fn run_in_the_foreground() {
     cli.assert_gone(id);
 }
 
-/// `run --detach` then `delete --force` of the running container.
+/// `run --detach` then `delete --force` of the running container, under
+/// a `--root` whose socket paths do not fit a socket address.
 #[test]
 fn delete_force_of_a_running_container() {
     let _one = one_at_a_time();
-    let cli = Cli::new("cli", "force");
+    let cli = Cli::new("cli", "force").with_deep_root();
     let id: &str = &unique("force");
     let bundle = cli.bundle(
         "bundle",

@@ -141,6 +141,7 @@ fn create_request(id: &str, rootfs: &Rootfs, spec: serde_json::Value) -> Request
         stdin: None,
         stdout: Some(100),
         stderr: Some(101),
+        network: None,
     }))
 }
 

@@ -53,6 +53,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
+use runvm_agent_api::network::validate as validate_network;
 use runvm_agent_api::{
     validate_container_id, AgentError, ContainerEvent, ContainerStatus, CreateContainerRequest,
     ErrorKind, ExecInContainerRequest, ExitStatus, ResponseBody,
@@ -64,6 +65,7 @@ pub use control::{delete, freeze, processes, signal, state, stats, update, wait,
 
 use crate::exec::{invalid, system};
 use crate::fdio::Fd;
+use crate::network;
 use crate::state::Agent;
 use cgroups::Cgroup;
 use init::Job;
@@ -308,6 +310,19 @@ pub async fn create(
             join.push((fd, ns.flag));
         }
     }
+    // The pod's network goes where the container's network namespace is:
+    // the agent's own (set up before the container, whose sysctls may name
+    // the pod's interfaces), or one the container makes (set up once it
+    // exists, before the program runs).
+    let own_netns = plan.clone_flags() & libc::CLONE_NEWNET != 0
+        || join.iter().any(|(_, flag)| *flag == libc::CLONE_NEWNET);
+    if let Some(network) = &request.network {
+        validate_network(network).map_err(|e| invalid(format!("the pod network: {e}")))?;
+        if !own_netns {
+            network::configure(network, None)
+                .map_err(|e| system(format!("the pod network: {e}")))?;
+        }
+    }
     let cgroup = make_cgroup(agent, &id, &plan)?;
     let launched = launch(
         agent,
@@ -333,6 +348,16 @@ pub async fn create(
             return Err(e);
         }
     };
+    if let Some(network) = request.network.as_ref().filter(|_| own_netns) {
+        let configured = open_ns(Path::new(&format!("/proc/{pid}/ns/net")))
+            .map_err(|e| format!("cannot open the container's network namespace: {e}"))
+            .and_then(|netns| network::configure(network, Some(&netns)));
+        if let Err(e) = configured {
+            let _ = kill(pid, libc::SIGKILL);
+            abandon(cgroup);
+            return Err(system(format!("the pod network: {e}")));
+        }
+    }
     let (exited, _) = watch::channel(None);
     let oom_watch = cgroup
         .as_ref()

@@ -10,6 +10,7 @@ use crate::deadlines;
 use crate::hooks::{self, HookPoint};
 use crate::host_cgroup::{self, HostCgroup, Layout, Limits};
 use crate::monitor::{self, MonitorArgs, Report};
+use crate::network::{self, NetworkNamespace};
 use crate::sandbox;
 use crate::state::{self, Container, HostProcess, Record, StateError, Status};
 
@@ -101,6 +102,7 @@ fn new_record(id: &str, bundle: &Bundle) -> CliResult<Record> {
         hooks: bundle.hooks(),
         sandbox: None,
         vm: None,
+        netns: None,
     })
 }
 
@@ -113,8 +115,18 @@ fn create_claimed(
     bundle: &Bundle,
     foreground_terminal: bool,
 ) -> CliResult<std::process::Child> {
+    let netns = match network::network_namespace(&bundle.spec) {
+        NetworkNamespace::Host => return Err(CliError::new(network::HOST_NETWORK_REFUSED)),
+        NetworkNamespace::New => None,
+        NetworkNamespace::Path(path) => Some(absolute(&path)),
+    };
     let mut record = new_record(&args.id, bundle)?;
     let guest_memory_mib = sandbox::place(&context.root()?, &mut record, &bundle.spec)?;
+    // The VM owner carries the namespace's interfaces into its VM (its
+    // monitor attaches them); members use the VM's.
+    if record.sandbox.is_none() {
+        record.netns = netns;
+    }
     container.save(&record)?;
     let terminal = bundle.terminal();
     if !terminal && args.console_socket.is_some() {
@@ -219,6 +231,7 @@ fn create_container(
             // it failed or was aborted; a monitor that was killed could not.
             if let Ok(record) = container.load() {
                 let _ = leave_sandbox(context, &record);
+                detach_network(context, &record);
                 if let Some(cgroup) = record.cgroup {
                     let _ = cgroup.remove();
                 }
@@ -513,6 +526,7 @@ fn remove(context: &Context, container: Container, record: &Record) -> CliResult
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    detach_network(context, record);
     // The share's mounts lived in virtiofsd's private mount namespace and
     // went with it; nothing under the directory can be a mount in ours,
     // which is checked before anything is removed.
@@ -537,6 +551,20 @@ fn remove(context: &Context, container: Container, record: &Record) -> CliResult
         context.logger.warn(&e.to_string());
     }
     Ok(())
+}
+
+/// Removes the taps and filters runvm added in the caller's network
+/// namespace (none, or a namespace that is gone, is no error). A failure
+/// is reported, not fatal: the namespace is the caller's, and what is left
+/// in it goes with it.
+fn detach_network(context: &Context, record: &Record) {
+    if let Some(netns) = &record.netns {
+        if let Err(e) = network::detach(netns) {
+            context
+                .logger
+                .warn(&format!("container {}: {e}", record.id));
+        }
+    }
 }
 
 /// A member leaves its sandbox's VM (see [`sandbox::leave`]).

@@ -19,6 +19,7 @@ use crate::assets::Assets;
 use crate::bundle::Bundle;
 use crate::container_client::{ContainerClient, ContainerProcess};
 use crate::deadlines;
+use crate::network;
 use crate::sandbox::{self, control, Home, Sandbox, VmSize};
 use crate::state::{HostProcess, Record, StateRoot, Status};
 use crate::terminal::RawMode;
@@ -104,19 +105,37 @@ async fn create_owner(
         virtiofsd: Some(assets.virtiofsd),
     };
     let home = Home::of(root.dir(), record);
-    let mut vm = MicroVm::boot_logged(&vm_spec, &home.vm_dir(), Some(&home.vmm_log()))?;
+    // Dropped last on failure: after the VM that uses its taps.
+    let attached = record
+        .netns
+        .as_deref()
+        .map(network::Attachment::attach)
+        .transpose()?;
+    let taps = match &attached {
+        Some(attached) => attached.vm_taps()?,
+        None => Vec::new(),
+    };
+    let mut vm = MicroVm::boot_with_taps(&vm_spec, &home.vm_dir(), Some(&home.vmm_log()), taps)?;
     let agent = vm.connect_agent(deadlines::BOOT).await?;
     let mut sandbox = Sandbox::new(root.clone(), home, vm, agent);
     let io = host.io.take().ok_or(MonitorError::NotRunning)?;
+    // A namespace with only `lo` gives the guest no device and nothing to do.
+    let guest_network = attached
+        .as_ref()
+        .map(|a| a.network.for_guest())
+        .filter(|n| !n.interfaces.is_empty());
     let init = deadlines::within("create", deadlines::CREATE, async {
         let (spec, rootfs) = sandbox.prepare(&args.id, &bundle).await?;
         let init = ContainerClient::new(sandbox.agent())
-            .create_with(&args.id, spec, &rootfs, io)
+            .create_in_network(&args.id, spec, &rootfs, io, guest_network)
             .await?;
         Ok::<_, MonitorError>(init)
     })
     .await?;
     sandbox.serve()?;
+    if let Some(attached) = attached {
+        attached.keep();
+    }
     Ok(CreatedInit {
         place: Place::Owner(sandbox),
         init,

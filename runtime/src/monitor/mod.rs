@@ -110,6 +110,8 @@ pub enum MonitorError {
     Agent(#[from] ClientError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error("the pod network: {0}")]
+    Network(#[from] crate::network::NetworkError),
     #[error("{0}")]
     Terminal(String),
     #[error("cannot read the process file {}: {reason}", path.display())]

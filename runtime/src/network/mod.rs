@@ -14,20 +14,24 @@
 //! - [`netns`]: running netlink work on a thread inside the namespace.
 //! - [`tap`]: creating, and opening for a VMM, the persistent taps.
 //! - [`links`]: the netlink work: collecting, TC, teardown.
+//! - [`pod`]: config.json's network namespace, and what the guest is told
+//!   of an attached network.
 
 mod links;
 mod netns;
+mod pod;
 mod tap;
 
 #[cfg(test)]
 mod tests;
 
 use std::net::IpAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use pod::{network_namespace, NetworkNamespace, HOST_NETWORK_REFUSED};
 pub use tap::TAP_PREFIX;
 
 /// The priority of runvm's redirect filters (on the caller's interfaces
@@ -36,12 +40,8 @@ pub const FILTER_PRIORITY: u16 = 0xc0de;
 /// The most interfaces carried into one VM (the VMM's limit).
 pub const MAX_INTERFACES: usize = 8;
 
-/// An address with its prefix length.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpNet {
-    pub address: IpAddr,
-    pub prefix: u8,
-}
+/// An address with its prefix length (as the agent API carries it).
+pub use runvm_agent_api::network::IpNet;
 
 /// One interface the caller configured, and the tap that carries it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,4 +136,52 @@ pub fn detach(netns: &Path) -> Result<(), NetworkError> {
 pub fn open_tap(netns: &Path, name: &str) -> Result<OwnedFd, NetworkError> {
     let name = name.to_string();
     netns::run_in(netns, move |_| async move { tap::open(&name) })
+}
+
+/// A pod network attached for a VM being made: detached again when
+/// dropped, unless [`Attachment::keep`] leaves it to `delete`.
+pub struct Attachment {
+    netns: PathBuf,
+    pub network: PodNetwork,
+    kept: bool,
+}
+
+impl Attachment {
+    /// [`attach`]es in the namespace at `netns`.
+    pub fn attach(netns: &Path) -> Result<Attachment, NetworkError> {
+        let network = attach(netns)?;
+        Ok(Attachment {
+            netns: netns.to_owned(),
+            network,
+            kept: false,
+        })
+    }
+
+    /// Each interface's tap opened for the VMM, with its `--net` value.
+    pub fn vm_taps(&self) -> Result<Vec<crate::vm::VmTap>, NetworkError> {
+        self.network
+            .interfaces
+            .iter()
+            .map(|interface| {
+                let fd = open_tap(&self.netns, &interface.tap)?;
+                Ok(crate::vm::VmTap {
+                    option: interface.vmm_net_option(fd.as_raw_fd()),
+                    fd,
+                })
+            })
+            .collect()
+    }
+
+    /// The VM is made: what was attached stays until `delete`.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = detach(&self.netns);
+        }
+    }
 }

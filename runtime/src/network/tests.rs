@@ -374,3 +374,91 @@ fn the_vmm_option_names_the_descriptor_mac_and_mtu() {
         "fd=5,mac=0a:58:0a:58:00:1f,mtu=1450"
     );
 }
+
+fn spec_with(namespaces: serde_json::Value) -> oci_spec::runtime::Spec {
+    serde_json::from_value(serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "linux": {"namespaces": namespaces}
+    }))
+    .expect("a spec")
+}
+
+#[test]
+fn the_network_namespace_of_config_json() {
+    let host = spec_with(serde_json::json!([{"type": "pid"}, {"type": "mount"}]));
+    assert_eq!(network_namespace(&host), NetworkNamespace::Host);
+    let new = spec_with(serde_json::json!([{"type": "network"}]));
+    assert_eq!(network_namespace(&new), NetworkNamespace::New);
+    let cni = spec_with(serde_json::json!([{"type": "network", "path": "/run/netns/cni-1"}]));
+    assert_eq!(
+        network_namespace(&cni),
+        NetworkNamespace::Path(PathBuf::from("/run/netns/cni-1"))
+    );
+    let no_linux: oci_spec::runtime::Spec =
+        serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2"})).unwrap();
+    assert_eq!(network_namespace(&no_linux), NetworkNamespace::Host);
+}
+
+#[test]
+fn the_guest_is_told_the_interfaces_routes_and_neighbours_but_no_link_local() {
+    let net = |text: &str, prefix| IpNet {
+        address: text.parse().unwrap(),
+        prefix,
+    };
+    let pod = PodNetwork {
+        interfaces: vec![Interface {
+            name: "eth0".into(),
+            mac: [2, 0, 0, 0, 0, 2],
+            mtu: 1450,
+            addresses: vec![net("10.88.0.2", 16), net("fe80::2", 64), net("fd00::2", 64)],
+            tap: "rvtap0".into(),
+        }],
+        routes: vec![
+            Route {
+                destination: None,
+                gateway: Some("10.88.0.1".parse().unwrap()),
+                device: Some("eth0".into()),
+                source: None,
+                scope: 0,
+            },
+            Route {
+                destination: Some(net("fe80::", 64)),
+                gateway: None,
+                device: Some("eth0".into()),
+                source: None,
+                scope: 253,
+            },
+            Route {
+                destination: Some(net("10.99.0.0", 16)),
+                gateway: None,
+                device: None,
+                source: None,
+                scope: 253,
+            },
+        ],
+        neighbours: vec![
+            Neighbour {
+                address: "10.88.0.9".parse().unwrap(),
+                mac: vec![2, 0, 0, 0, 0, 9],
+                device: "eth0".into(),
+            },
+            Neighbour {
+                address: "10.88.0.10".parse().unwrap(),
+                mac: vec![1, 2, 3],
+                device: "eth0".into(),
+            },
+        ],
+    };
+    let guest = pod.for_guest();
+    assert_eq!(runvm_agent_api::network::validate(&guest), Ok(()));
+    assert_eq!(guest.interfaces.len(), 1);
+    assert_eq!(
+        guest.interfaces[0].addresses,
+        vec![net("10.88.0.2", 16), net("fd00::2", 64)]
+    );
+    assert_eq!(guest.interfaces[0].mac, [2, 0, 0, 0, 0, 2]);
+    assert_eq!(guest.routes.len(), 1);
+    assert_eq!(guest.routes[0].gateway, Some("10.88.0.1".parse().unwrap()));
+    assert_eq!(guest.neighbours.len(), 1);
+}

@@ -2,12 +2,11 @@
 //! connection. Only runvm processes of the same `--root` reach it (the
 //! root is 0700), but each side still bounds what it reads.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 use super::{Home, SandboxError};
 
@@ -65,28 +64,6 @@ pub async fn write_message<T: Serialize>(
     stream.write_all(&line).await
 }
 
-/// A name for `socket` that fits a socket address (108 bytes): itself
-/// when short, else through a descriptor of its directory, which the
-/// returned file holds open while the name is used.
-pub fn socket_name(socket: &Path) -> std::io::Result<(Option<std::fs::File>, PathBuf)> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    if socket.as_os_str().len() < 100 {
-        return Ok((None, socket.to_owned()));
-    }
-    let (Some(dir), Some(name)) = (socket.parent(), socket.file_name()) else {
-        return Ok((None, socket.to_owned()));
-    };
-    let dir = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-        .open(dir)?;
-    let name = Path::new("/proc/self/fd")
-        .join(dir.as_raw_fd().to_string())
-        .join(name);
-    Ok((Some(dir), name))
-}
-
 /// Asks the sandbox at `home` `request`, waiting at most `patience`.
 pub async fn ask(
     home: &Home,
@@ -99,8 +76,7 @@ pub async fn ask(
     };
     let socket = home.control_socket();
     let exchange = async {
-        let (_dir, name) = socket_name(&socket).map_err(|e| unreachable(&socket, e))?;
-        let mut stream = UnixStream::connect(&name)
+        let mut stream = crate::unix_socket::connect_async(&socket)
             .await
             .map_err(|e| unreachable(&socket, e))?;
         write_message(&mut stream, request)

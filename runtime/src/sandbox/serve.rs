@@ -107,9 +107,8 @@ impl Sandbox {
     /// Starts answering on the control socket.
     pub fn serve(&mut self) -> Result<(), SandboxError> {
         let socket = self.home.control_socket();
-        let listener = control::socket_name(&socket)
-            .and_then(|(_dir, name)| UnixListener::bind(name))
-            .map_err(|e| SandboxError::Control {
+        let listener =
+            crate::unix_socket::bind_async(&socket).map_err(|e| SandboxError::Control {
                 sandbox: self.home.sandbox.clone(),
                 problem: format!("cannot listen on {}: {e}", socket.display()),
             })?;

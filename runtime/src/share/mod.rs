@@ -50,7 +50,6 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
@@ -170,7 +169,7 @@ impl Share {
         })?;
         share.bound = true;
 
-        let listener = UnixListener::bind(socket)
+        let listener = crate::unix_socket::bind(socket)
             .map_err(io_error("cannot listen on the virtio-fs socket", socket))?;
         let log_file =
             File::create(log).map_err(io_error("cannot create the virtiofsd log", log))?;

@@ -167,6 +167,11 @@ pub struct Record {
     /// The size of the VM it owns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<crate::sandbox::VmSize>,
+    /// The caller's network namespace whose interfaces its VM carries
+    /// (VM owners whose config.json names one): where `delete` removes
+    /// the taps and filters runvm added (see [`crate::network`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
 }
 
 impl Record {

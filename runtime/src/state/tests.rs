@@ -99,6 +99,7 @@ fn ids_are_claimed_once_and_locked() {
         hooks: None,
         sandbox: None,
         vm: None,
+        netns: None,
     };
     container.save(&record).expect("save");
     assert_eq!(root.ids().expect("ids"), ["a"]);

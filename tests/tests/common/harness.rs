@@ -673,3 +673,22 @@ pub fn descends_from(pid: u32, ancestor: u32) -> bool {
     }
     false
 }
+
+/// One HTTP/1.0 GET of `/` at `address`: the whole answer (status line,
+/// headers, body), from this thread's network namespace.
+pub fn http_get(address: std::net::SocketAddr) -> Result<String, String> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(20))
+        .map_err(|e| format!("connect to {address}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
+    Ok(answer)
+}

@@ -2,6 +2,8 @@
 //! so that what they set up (bridges, veths, listening ports) never
 //! touches the host's interfaces. Needs `crate::harness`.
 
+#![allow(dead_code)] // each test binary uses a different subset
+
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -31,17 +33,22 @@ impl NetNs {
     /// Makes `command` start in this namespace (its network only: the
     /// mounts stay the host's, so the test sees what containerd mounts).
     pub fn enter(&self, command: &mut Command) {
-        let ns = std::fs::File::open(self.path()).expect("open the network namespace");
-        // SAFETY: between fork and exec only setns(2) on a descriptor that
-        // `ns`, moved into the closure, keeps open.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        enter(&self.path(), command);
+    }
+}
+
+/// Makes `command` start in the network namespace at `path`.
+pub fn enter(path: &Path, command: &mut Command) {
+    let ns = std::fs::File::open(path).expect("open the network namespace");
+    // SAFETY: between fork and exec only setns(2) on a descriptor that
+    // `ns`, moved into the closure, keeps open.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

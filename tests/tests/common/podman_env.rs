@@ -1,7 +1,7 @@
 //! Debian's podman on private storage, configuration and cgroup parent in
 //! a test's scratch directory, with the busybox image imported: for the
 //! podman tests, and to make the image archive the containerd test
-//! imports. Needs `crate::harness`.
+//! imports. Needs `crate::harness` and `crate::netns`.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -19,6 +19,8 @@ pub struct PodmanEnv {
     runtime: Option<PathBuf>,
     /// The cgroupfs parent of this test's containers (and their conmons).
     pub cgroup_parent: String,
+    /// The network namespace podman runs in (see [`Self::run_in_netns`]).
+    netns: Option<PathBuf>,
 }
 
 /// The hard limit of `resource`, capped at `cap`.
@@ -91,11 +93,22 @@ impl PodmanEnv {
             dir: dir.to_path_buf(),
             runtime: runtime.map(Path::to_path_buf),
             cgroup_parent: format!("/runvm-e2e-podman-{}", std::process::id()),
+            netns: None,
         }
+    }
+
+    /// From now on podman runs in the network namespace at `path` (its
+    /// network only), so that what netavark sets up (bridge, firewall
+    /// rules, published ports) stays out of the host's network.
+    pub fn run_in_netns(&mut self, path: &Path) {
+        self.netns = Some(path.to_path_buf());
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("podman");
+        if let Some(path) = &self.netns {
+            crate::netns::enter(path, &mut command);
+        }
         command
             .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
             .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))

@@ -49,6 +49,19 @@ impl Cli {
         }
     }
 
+    /// This Cli with a `--root` laid out like containerd's and so deep
+    /// that every socket path below it is longer than a socket address
+    /// holds (108 bytes), as containerd's default root makes them with its
+    /// 64-hex container ids.
+    pub fn with_deep_root(mut self) -> Cli {
+        self.root = self
+            .scratch
+            .join("run/containerd/runc/k8s.io")
+            .join("0123456789abcdef".repeat(4));
+        assert!(self.root.as_os_str().len() > 108, "{}", self.root.display());
+        self
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.runtime.path);
         command.arg("--root").arg(&self.root).args(args);

@@ -181,11 +181,12 @@ fn runvm_kill_9_of_the_sandbox_monitor_stops_its_members() {
 
 /// `delete --force` of a running sandbox stops its members first: their
 /// pid-file processes end with the members' status (SIGKILL), and the
-/// members' own deletes leave nothing.
+/// members' own deletes leave nothing. Under a `--root` whose socket paths
+/// (the VM's, the sandbox's control socket) do not fit a socket address.
 #[test]
 fn delete_force_of_the_sandbox_stops_its_members() {
     let _one = one_at_a_time();
-    let cli = Cli::new("cli", "podrm");
+    let cli = Cli::new("cli", "podrm").with_deep_root();
     if !cli.runtime.is_runvm {
         return;
     }
@@ -195,6 +196,7 @@ fn delete_force_of_the_sandbox_stops_its_members() {
     let (pod_pid, _) = cli.start_printing(&sandbox, pod, "up");
     let member = cli.pod_bundle("app", &["sh", "-c", SLEEPER], "container", pod);
     let (app_pid, _) = cli.start_printing(&member, app, "up");
+    assert!(cli.root.join(pod).join("sandbox.sock").exists());
     cli.run(&["delete", "--force", pod]).ok();
     assert_eq!(reap(app_pid), Ended::Code(128 + libc::SIGKILL));
     reap(pod_pid);

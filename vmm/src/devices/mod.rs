@@ -6,6 +6,7 @@ mod exit_port;
 pub mod failure;
 mod i8042;
 mod serial;
+pub mod unix_socket;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, GuestRequest};

@@ -30,6 +30,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegio
 use vmm_sys_util::eventfd::EventFd;
 
 use super::watch::{ConnectionWatch, OnLoss};
+use crate::devices::unix_socket::SocketName;
 use crate::devices::virtio::{ActiveQueue, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
@@ -255,9 +256,10 @@ impl From<String> for StartError {
 /// Connects, giving a backend started just before the VMM a moment to
 /// create its socket.
 fn connect_socket(socket: &Path) -> Result<UnixStream, String> {
+    let socket = SocketName::of(socket, 0).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + CONNECT_GRACE;
     loop {
-        match UnixStream::connect(socket) {
+        match UnixStream::connect(socket.name()) {
             Ok(stream) => return Ok(stream),
             Err(e)
                 if matches!(
@@ -536,6 +538,17 @@ mod tests {
         assert!(!codes.contains(&SET_VRING_ENABLE), "{codes:?}");
         assert_eq!(codes.len(), 9, "{codes:?}");
         assert_eq!(codes.last(), Some(&SET_VRING_KICK));
+    }
+
+    #[test]
+    fn a_backend_below_a_path_longer_than_a_socket_address_is_reached() {
+        let mock = MockBackend::start(Behaviour::default());
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/runvm-fs-test").unwrap();
+        let deep = dir.as_path().join("d".repeat(100)).join("e".repeat(100));
+        std::fs::create_dir_all(&deep).unwrap();
+        // The same socket, by a name too long to connect to directly.
+        std::fs::hard_link(&mock.socket, deep.join("fs.sock")).unwrap();
+        connect(&deep.join("fs.sock")).unwrap();
     }
 
     #[test]

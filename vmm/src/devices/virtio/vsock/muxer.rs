@@ -20,6 +20,7 @@ use super::connection::{Connection, State, Verdict};
 use super::control::ControlQueue;
 use super::dial::dial;
 use super::packet::*;
+use crate::devices::unix_socket::SocketName;
 
 /// `CONNECT 4294967295\n` is 19 bytes; anything longer is not a handshake.
 const MAX_HANDSHAKE_LINE: usize = 32;
@@ -36,6 +37,9 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// cannot take the slots the runtime needs to reach its agent.
 pub const MAX_GUEST_CONNECTIONS: usize = 64;
 
+/// The longest `_<port>` a guest connection adds to the socket's name.
+const PORT_SUFFIX_ROOM: usize = "_4294967295".len();
+
 type Key = (u32, u32); // (host port, guest port)
 
 /// A host client that connected but has not finished its CONNECT line.
@@ -47,6 +51,8 @@ struct Handshake {
 pub struct Muxer {
     guest_cid: u64,
     path: PathBuf,
+    /// `path` as bind and connect take it, whatever its length.
+    name: SocketName,
     listener: UnixListener,
     connections: BTreeMap<Key, Connection>,
     handshakes: HashMap<RawFd, Handshake>,
@@ -68,15 +74,17 @@ pub enum FdOwner {
 impl Muxer {
     /// Binds the Unix socket at `path` (removing a stale one first).
     pub fn bind(guest_cid: u64, path: &Path) -> std::io::Result<Muxer> {
+        let name = SocketName::of(path, PORT_SUFFIX_ROOM)?;
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let listener = UnixListener::bind(path)?;
+        let listener = UnixListener::bind(name.name())?;
         listener.set_nonblocking(true)?;
         Ok(Muxer {
             guest_cid,
             path: path.to_path_buf(),
+            name,
             listener,
             connections: BTreeMap::new(),
             handshakes: HashMap::new(),
@@ -247,8 +255,7 @@ impl Muxer {
         {
             return self.reset_unknown(header);
         }
-        let mut target = self.path.clone().into_os_string();
-        target.push(format!("_{host_port}"));
+        let target = self.name.with_suffix(&format!("_{host_port}"));
         let Ok(stream) = dial(&target) else {
             return self.reset_unknown(header);
         };
@@ -511,6 +518,26 @@ pub(super) mod tests {
         host.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"abc");
         std::fs::remove_file(&port_path).unwrap();
+    }
+
+    #[test]
+    fn a_socket_path_longer_than_an_address_works_both_ways() {
+        let dir = TestDir::new("long-path");
+        let deep = dir.0.join("d".repeat(100)).join("e".repeat(100));
+        std::fs::create_dir_all(&deep).unwrap();
+        let path = deep.join("vsock.sock");
+        let mut muxer = Muxer::bind(CID, &path).unwrap();
+        assert!(path.exists());
+        let host_side = SocketName::of(&path, 0).unwrap();
+        UnixStream::connect(host_side.name()).unwrap();
+        muxer.accept();
+        assert_eq!(muxer.interest().len(), 2, "the host client was accepted");
+        let listener = UnixListener::bind(host_side.with_suffix("_1234")).unwrap();
+        muxer.on_guest_packet(&from_guest(OP_REQUEST, 5000, 1234), &[]);
+        assert_eq!({ next(&mut muxer).unwrap().op }, OP_RESPONSE);
+        listener.accept().unwrap();
+        drop(muxer);
+        assert!(!path.exists());
     }
 
     #[test]
