@@ -36,7 +36,7 @@ kernel:
 	guest-kernel/build.sh $(KERNEL)
 
 binaries:
-	$(CARGO) build --release --locked -p runvm-vmm -p runvm -p runvm-rootfs-builder
+	$(CARGO) build --release --locked -p runvm-vmm -p runvm -p runvm-shim -p runvm-rootfs-builder
 
 # PID 1 of the guest: a static binary, since the image holds nothing else;
 # not position-independent, so nothing is relocated when it starts.
@@ -63,6 +63,7 @@ run: build
 install: build
 	install -D -m 0755 $(RELEASE)/runvm $(DESTDIR)$(PREFIX)/bin/runvm
 	install -D -m 0755 $(VMM) $(DESTDIR)$(PREFIX)/bin/runvm-vmm
+	install -D -m 0755 $(RELEASE)/containerd-shim-runvm-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-runvm-v2
 	install -D -m 0644 $(KERNEL) $(DESTDIR)$(PREFIX)/share/runvm/vmlinux
 	install -D -m 0644 $(IMAGE) $(DESTDIR)$(PREFIX)/share/runvm/rootfs.ext4
 	install -D -m 0755 "$$(command -v virtiofsd || echo $${CARGO_HOME:-$$HOME/.cargo}/bin/virtiofsd)" \
@@ -70,6 +71,7 @@ install: build
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/runvm $(DESTDIR)$(PREFIX)/bin/runvm-vmm
+	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-runvm-v2
 	rm -rf $(DESTDIR)$(PREFIX)/share/runvm $(DESTDIR)$(PREFIX)/libexec/runvm
 
 lint:

@@ -15,6 +15,7 @@ pub mod host_cgroup;
 pub mod kvm_stats;
 pub mod monitor;
 pub mod network;
+pub mod pod;
 pub mod sandbox;
 pub mod share;
 pub mod state;

@@ -16,6 +16,8 @@ mod cgroup_view;
 mod common;
 #[path = "common/containerd_config.rs"]
 mod containerd_config;
+#[path = "common/containerd_daemon.rs"]
+mod containerd_daemon;
 #[path = "common/harness.rs"]
 mod harness;
 #[path = "common/netns.rs"]
@@ -26,15 +28,16 @@ mod podman_env;
 mod pty;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
 use cgroup_view::CgroupView;
+use containerd_daemon::Daemon;
 use harness::{
     assert_empty_dir, assert_no_mounts_below, assert_no_process_references, read_text, run,
     wait_for, Output, RuntimeUnderTest, Scratch,
 };
-use podman_env::{PodmanEnv, IMAGE};
+use podman_env::IMAGE;
 use pty::InPty;
 
 /// One container (one VM for runvm) at a time: the host has two cores.
@@ -48,7 +51,7 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 /// its own. Field order matters: the daemon is stopped before the scratch
 /// dir goes.
 struct Containerd {
-    daemon: Option<Child>,
+    daemon: Daemon,
     runtime: RuntimeUnderTest,
     /// Also names the cgroup parent of the containers (/<namespace>/<id>).
     namespace: String,
@@ -67,73 +70,23 @@ impl Containerd {
         ]);
         let scratch = Scratch::new(&format!("ctr-{name}"));
         let runtime = RuntimeUnderTest::resolve(&scratch);
-        let s = scratch.display();
-        let config = scratch.join("config.toml");
-        std::fs::write(&config, containerd_config::base(&s, false)).expect("config.toml");
-        let log = std::fs::File::create(scratch.join("containerd.log")).expect("log");
-        let daemon = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("cannot start containerd");
-        let mut containerd = Containerd {
-            daemon: Some(daemon),
+        let namespace = format!("runvm-e2e-{}", std::process::id());
+        let daemon = Daemon::start(&scratch, &namespace, None);
+        Containerd {
+            daemon,
             runtime,
-            namespace: format!("runvm-e2e-{}", std::process::id()),
+            namespace,
             scratch,
-        };
-        wait_for("containerd answers", || {
-            if let Some(status) = containerd.daemon.as_mut().and_then(|d| d.try_wait().ok()?) {
-                panic!(
-                    "containerd exited ({status}):\n{}",
-                    read_text(&containerd.scratch.join("containerd.log"))
-                );
-            }
-            let version = run(&mut containerd.command(&["version"]));
-            version
-                .status
-                .success()
-                .then_some(())
-                .ok_or(version.to_string())
-        });
-        containerd.import_image();
-        containerd
-    }
-
-    /// podman saves the busybox image as an OCI archive; ctr imports it.
-    fn import_image(&self) {
-        let archive = self.scratch.join("busybox-oci.tar");
-        {
-            let podman = PodmanEnv::new(&self.scratch.join("pm"), None);
-            podman.import_busybox();
-            let archive = archive.display().to_string();
-            podman
-                .run(&["save", "--format", "oci-archive", "-o", &archive, IMAGE])
-                .ok();
         }
-        self.ctr(&["images", "import", &archive.display().to_string()])
-            .ok();
-        let images = self.ctr(&["images", "ls", "--quiet"]).ok();
-        assert!(images.stdout.lines().any(|l| l == IMAGE), "{images}");
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("ctr");
-        command
-            .arg("--address")
-            .arg(self.scratch.join("containerd.sock"))
-            .arg("--namespace")
-            .arg(&self.namespace)
-            .args(args);
-        command
+        self.daemon.command(args)
     }
 
     #[track_caller]
     fn ctr(&self, args: &[&str]) -> Output {
-        run(&mut self.command(args))
+        self.daemon.ctr(args)
     }
 
     fn runc_root(&self) -> PathBuf {
@@ -168,23 +121,9 @@ impl Containerd {
         self.command(&args)
     }
 
-    /// The tasks `ctr task ls` shows: (id, pid, status).
     #[track_caller]
     fn tasks(&self) -> Vec<(String, u32, String)> {
-        let listed = self.ctr(&["tasks", "ls"]).ok();
-        listed
-            .stdout
-            .lines()
-            .skip(1)
-            .map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                assert_eq!(fields.len(), 3, "a task line: {line:?}");
-                let pid = fields[1]
-                    .parse()
-                    .unwrap_or_else(|_| panic!("a pid: {line:?}"));
-                (fields[0].to_string(), pid, fields[2].to_string())
-            })
-            .collect()
+        self.daemon.tasks()
     }
 
     /// No container, task or container snapshot left in containerd, and
@@ -216,9 +155,7 @@ impl Containerd {
     }
 
     fn stop_daemon(&mut self) {
-        if let Some(daemon) = self.daemon.take() {
-            harness::terminate(daemon);
-        }
+        self.daemon.stop();
     }
 }
 
@@ -226,25 +163,7 @@ impl Drop for Containerd {
     /// Best effort (also after a failure): tasks and containers removed,
     /// containerd stopped, cgroups removed; the scratch dir goes next.
     fn drop(&mut self) {
-        if self.daemon.is_some() {
-            let listed = harness::try_run(&mut self.command(&["tasks", "ls", "--quiet"]));
-            for id in listed
-                .map(|o| o.stdout)
-                .unwrap_or_default()
-                .split_whitespace()
-            {
-                harness::try_run(&mut self.command(&["tasks", "delete", "--force", id]));
-            }
-            let listed = harness::try_run(&mut self.command(&["containers", "ls", "--quiet"]));
-            for id in listed
-                .map(|o| o.stdout)
-                .unwrap_or_default()
-                .split_whitespace()
-            {
-                harness::try_run(&mut self.command(&["containers", "delete", id]));
-            }
-            self.stop_daemon();
-        }
+        self.daemon.remove_all_and_stop();
         harness::remove_cgroup(&self.namespace);
     }
 }
@@ -345,13 +264,7 @@ fn detached_task_exec_ps_kill_and_exit_status() {
     );
 
     containerd.ctr(&["tasks", "kill", "c2"]).ok();
-    wait_for("`ctr task ls` shows c2 stopped", || {
-        let tasks = containerd.tasks();
-        match tasks.first() {
-            Some((_, _, status)) if status == "STOPPED" => Ok(()),
-            _ => Err(format!("{tasks:?}")),
-        }
-    });
+    containerd.daemon.wait_until_stopped("c2", false);
     assert_eq!(read_text(&log), "ready\nbye\n", "the task's log");
     let deleted = containerd.ctr(&["tasks", "delete", "c2"]).ok();
     assert!(

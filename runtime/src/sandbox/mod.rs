@@ -48,7 +48,7 @@
 //!   outlives the processes that held its mount namespace.
 
 pub mod control;
-mod namespaces;
+pub mod namespaces;
 mod role;
 mod serve;
 pub mod size;
@@ -57,7 +57,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-pub use role::{classify, Role};
+pub use role::{classify, from_annotations, Role};
 pub use serve::{Prepared, Sandbox};
 pub use size::VmSize;
 

@@ -42,13 +42,37 @@ fn shareable(kind: LinuxNamespaceType) -> Option<(GuestType, &'static str)> {
     }
 }
 
+/// A container a host pid stands for: its id and the id of the VM's owner.
+pub struct PidOwner {
+    pub container: String,
+    pub vm: String,
+}
+
 /// The namespaces member `id` of the VM owned by `sandbox` shares with the
-/// containers of that VM, from the namespace paths of its `spec`.
+/// containers of that VM, from the namespace paths of its `spec`, where
+/// the pids are those of runvm's monitors under `root`.
 pub fn shared_namespaces(
     root: &StateRoot,
     spec: &Spec,
     sandbox: &str,
     id: &str,
+) -> Result<Vec<SharedNamespace>, SandboxError> {
+    shared_namespaces_by(spec, sandbox, id, |pid| {
+        monitored(root, pid).map(|owner| PidOwner {
+            vm: owner.sandbox.clone().unwrap_or_else(|| owner.id.clone()),
+            container: owner.id,
+        })
+    })
+}
+
+/// [`shared_namespaces`] for a front end with its own pids: `owner_of`
+/// names the container a host pid stands for (the shim gives every
+/// container of a pod the VMM's pid, which stands for the sandbox).
+pub fn shared_namespaces_by(
+    spec: &Spec,
+    sandbox: &str,
+    id: &str,
+    owner_of: impl Fn(i32) -> Option<PidOwner>,
 ) -> Result<Vec<SharedNamespace>, SandboxError> {
     let Some(namespaces) = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()) else {
         return Ok(Vec::new());
@@ -64,7 +88,7 @@ pub fn shared_namespaces(
         let Some((pid, named)) = proc_namespace(path) else {
             continue;
         };
-        let Some(owner) = monitored(root, pid) else {
+        let Some(owner) = owner_of(pid) else {
             continue;
         };
         let problem = |problem: String| SandboxError::Namespace {
@@ -77,17 +101,16 @@ pub fn shared_namespaces(
                 "it names a {named} namespace for the {proc_name} entry"
             )));
         }
-        let vm = owner.sandbox.as_deref().unwrap_or(&owner.id);
-        if vm != sandbox {
+        if owner.vm != sandbox {
             return Err(problem(format!(
-                "it names container {}, which runs in the VM of {vm}, not in that of its sandbox {sandbox}",
-                owner.id
+                "it names container {}, which runs in the VM of {}, not in that of its sandbox {sandbox}",
+                owner.container, owner.vm
             )));
         }
-        if owner.id != id {
+        if owner.container != id {
             shared.push(SharedNamespace {
                 typ,
-                container: owner.id,
+                container: owner.container,
             });
         }
     }

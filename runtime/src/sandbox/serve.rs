@@ -101,6 +101,43 @@ impl Sandbox {
         prepare(vm, &self.agent, id, bundle, pod).await
     }
 
+    /// [`Self::prepare`] for a member of the pod whose sandbox container
+    /// (the VM's first) is `sandbox`: it sits in the pod's cgroup and
+    /// takes `shared` namespaces from the pod's containers.
+    pub async fn prepare_member(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        sandbox: &str,
+        shared: Vec<runvm_agent_api::SharedNamespace>,
+    ) -> Result<Prepared, SandboxError> {
+        let mut inner = self.inner.lock().await;
+        let vm = inner.vm.as_mut().ok_or_else(|| stopping(&self.home))?;
+        let pod = PodPlacement {
+            id: sandbox.to_owned(),
+            resources: None,
+            shared_namespaces: shared,
+        };
+        prepare(vm, &self.agent, id, bundle, pod).await
+    }
+
+    /// Container `id`, prepared with [`Self::prepare`], leaves the VM:
+    /// deleted in the guest (which lets go of its rootfs first), then its
+    /// rootfs and volumes are unbound from the share.
+    pub async fn release(&self, id: &str) -> Result<(), SandboxError> {
+        let mut inner = self.inner.lock().await;
+        inner.members.remove(id);
+        let containers = ContainerClient::new(&self.agent);
+        let deleted = containers.delete(id, true);
+        let _ = deadlines::within("delete", deadlines::KILL, deleted).await;
+        match inner.vm.as_mut() {
+            Some(vm) => vm
+                .unshare_rootfs(id)
+                .map_err(|e| SandboxError::Prepare(format!("container {id}: {e}"))),
+            None => Ok(()),
+        }
+    }
+
     /// Starts answering on the control socket.
     pub fn serve(&mut self) -> Result<(), SandboxError> {
         let socket = self.home.control_socket();

@@ -1,0 +1,188 @@
+//! What the shim's requests share: the pod's VM, the containers and their
+//! processes, the event channel; booting the pod at the first container,
+//! creating a container in it, and watching a process end.
+
+use super::*;
+
+/// How long output may keep flowing after a process ended.
+pub(super) const DRAIN_PATIENCE: Duration = Duration::from_secs(10);
+/// After a SIGKILL ended the init (the guest still tears its processes
+/// down, and they may hold its output open).
+pub(super) const KILLED_DRAIN_PATIENCE: Duration = Duration::from_millis(500);
+/// How long the pod waits for the last tasks holding it to let go.
+pub(super) const POD_RELEASE_PATIENCE: Duration = Duration::from_secs(5);
+/// Exit status when the guest went away without telling.
+pub(super) const STATUS_LOST: u32 = 255;
+
+pub(super) type Event = (&'static str, Box<dyn MessageDyn>);
+
+pub(super) struct Container {
+    pub(super) bundle: PathBuf,
+    /// The rootfs mount this shim made from containerd's mounts.
+    pub(super) mounted_rootfs: Option<PathBuf>,
+    pub(super) init: Process,
+    pub(super) paused: bool,
+    pub(super) execs: HashMap<String, Process>,
+}
+
+/// What the tasks share.
+pub(super) struct Shared {
+    /// The pod's VM, once booted; the lock serialises the boot.
+    pub(super) pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
+    pub(super) containers: Mutex<HashMap<String, Container>>,
+    pub(super) events: Mutex<mpsc::Sender<Event>>,
+    pub(super) root: PathBuf,
+}
+
+impl Shared {
+    pub(super) fn containers(&self) -> MutexGuard<'_, HashMap<String, Container>> {
+        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = events.send((topic, event));
+    }
+
+    pub(super) async fn pod(&self) -> TtrpcResult<Arc<Pod>> {
+        self.pod
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| error(Code::FAILED_PRECONDITION, "the pod's VM is not running"))
+    }
+}
+
+pub(super) fn error(code: Code, message: impl ToString) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+}
+
+pub(super) fn internal(message: impl ToString) -> ttrpc::Error {
+    error(Code::INTERNAL, message)
+}
+
+pub(super) fn not_found(id: &str, exec_id: &str) -> ttrpc::Error {
+    if exec_id.is_empty() {
+        error(Code::NOT_FOUND, format!("container {id} not found"))
+    } else {
+        error(
+            Code::NOT_FOUND,
+            format!("process {exec_id} of container {id} not found"),
+        )
+    }
+}
+
+pub(super) fn not_implemented(what: &str) -> ttrpc::Error {
+    error(
+        Code::UNIMPLEMENTED,
+        format!("runvm shim: {what} is not implemented yet"),
+    )
+}
+
+/// Mounts containerd's rootfs mounts on `<bundle>/rootfs`; whether any were.
+pub(super) fn mount_rootfs(request: &CreateTaskRequest, target: &Path) -> TtrpcResult<bool> {
+    for mount in &request.rootfs {
+        if let Err(e) = rootfs::mount(&mount.type_, &mount.source, &mount.options, target) {
+            rootfs::unmount(target);
+            return Err(internal(e));
+        }
+    }
+    Ok(!request.rootfs.is_empty())
+}
+
+/// The pod's VM, booted for `bundle`'s container if it is the first.
+pub(super) async fn pod_for(shared: &Shared, id: &str, bundle: &Bundle) -> TtrpcResult<Arc<Pod>> {
+    let mut pod = shared.pod.lock().await;
+    if let Some(pod) = pod.as_ref() {
+        return Ok(pod.clone());
+    }
+    let annotations: HashMap<String, String> = bundle
+        .spec
+        .annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let is_sandbox = matches!(
+        sandbox::from_annotations(&annotations, id),
+        Ok(Some(Role::Sandbox))
+    );
+    let size = sandbox::size::for_owner(&bundle.spec, is_sandbox).map_err(internal)?;
+    let root = StateRoot::open(&shared.root).map_err(internal)?;
+    let pod_id = crate::shim::short_name(&crate::shim::pod_of(&bundle.dir, id));
+    let booted = Arc::new(
+        Pod::boot(&root, &pod_id, size)
+            .await
+            .map_err(|e| internal(format!("cannot boot the pod's VM: {e}")))?,
+    );
+    *pod = Some(booted.clone());
+    Ok(booted)
+}
+
+/// Creates container `id` in the pod's VM; its init is held.
+pub(super) async fn create_in_pod(
+    shared: Arc<Shared>,
+    id: String,
+    bundle_dir: PathBuf,
+    paths: StdioPaths,
+    closer: crate::stdio::StdinCloser,
+) -> TtrpcResult<(Arc<Pod>, ContainerProcess)> {
+    let bundle = Bundle::load(&bundle_dir).map_err(internal)?;
+    let pod = pod_for(&shared, &id, &bundle).await?;
+    let io = stdio::open(&paths, &closer).map_err(internal)?;
+    let prepared = pod.add(&id, &bundle).await.map_err(internal)?;
+    let containers = ContainerClient::new(pod.agent());
+    let created = deadlines::within(
+        "create",
+        deadlines::CREATE,
+        containers.create_in_pod(&id, prepared, io, None),
+    )
+    .await;
+    match created {
+        Ok(init) => Ok((pod, init)),
+        Err(e) => {
+            let _ = pod.remove(&id).await;
+            Err(internal(format!("cannot create container {id}: {e}")))
+        }
+    }
+}
+
+/// Waits for the end of a process (`exec`: an exec's agent id, else the
+/// init of `id`), passes its output on, then records and reports it.
+pub(super) async fn watch_exit(
+    shared: Arc<Shared>,
+    pod: Arc<Pod>,
+    id: String,
+    exec: Option<(String, u64)>,
+    relay: ContainerProcess,
+    exit: Arc<watch::Sender<Option<Exit>>>,
+    pid: u32,
+) {
+    let status = match &exec {
+        Some((_, process)) => runvm::guest_process::wait(pod.agent(), *process).await,
+        None => ContainerClient::new(pod.agent()).wait(&id).await,
+    };
+    let patience = match status {
+        Ok(runvm_agent_api::ExitStatus::Signal(libc::SIGKILL)) => KILLED_DRAIN_PATIENCE,
+        _ => DRAIN_PATIENCE,
+    };
+    drop(pod);
+    let _ = tokio::time::timeout(patience, relay.drain()).await;
+    let code = status.map_or(STATUS_LOST, |status| status.shell_code() as u32);
+    let at = now();
+    exit.send_replace(Some(Exit {
+        status: code,
+        at: at.clone(),
+    }));
+    let mut event = TaskExit::new();
+    event.container_id = id.clone();
+    event.id = exec.map_or(id, |(exec_id, _)| exec_id);
+    event.pid = pid;
+    event.exit_status = code;
+    event.exited_at = Some(at).into();
+    shared.publish("/tasks/exit", Box::new(event));
+}
+
+pub(super) fn guest_pid(pid: i32) -> u32 {
+    u32::try_from(pid).unwrap_or(0)
+}

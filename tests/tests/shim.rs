@@ -1,0 +1,272 @@
+//! runvm's own containerd shim, `containerd-shim-runvm-v2` (runtime
+//! `io.containerd.runvm.v2`), under Debian's containerd (1.6), unchanged,
+//! started by the test on a private socket, root and state directory with
+//! the runvm build installed in the scratch dir first on its PATH (where
+//! containerd finds shims). No runc shim and no `runvm` process take part:
+//! the shim owns the VM.
+//!
+//! - `ctr run --rm`: output, exit status, nothing left;
+//! - a detached task: `ctr task exec` (output, exit status), `ctr task
+//!   ps`, `ctr task kill` (a trapped SIGTERM), `ctr task delete` with the
+//!   exit status, then nothing left (no shim, VMM or virtiofsd, no state);
+//! - the shim SIGKILLed: containerd's clean-up (`shim delete`) removes
+//!   the VMM, virtiofsd, the rootfs mount and the pod's state.
+//!
+//! Each test is one microVM; they run one at a time.
+
+mod common;
+#[path = "common/containerd_config.rs"]
+mod containerd_config;
+#[path = "common/containerd_daemon.rs"]
+mod containerd_daemon;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/netns.rs"]
+mod netns;
+#[path = "common/podman_env.rs"]
+mod podman_env;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+use containerd_daemon::Daemon;
+use harness::{assert_no_mounts_below, assert_no_process_references, wait_for, Output, Scratch};
+use podman_env::IMAGE;
+
+const RUNTIME: &str = "io.containerd.runvm.v2";
+const SHIM: &str = "containerd-shim-runvm-v2";
+/// Where the shim keeps its pods' state, per containerd namespace.
+const SHIM_STATE: &str = "/run/runvm-shim";
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The runvm build laid out as `make install` does, with the shim.
+fn install_with_shim(prefix: &Path) -> PathBuf {
+    harness::install_runvm(prefix);
+    let built = harness::workspace_root().join("target/release").join(SHIM);
+    assert!(
+        built.is_file(),
+        "{} is missing: run `make build` first",
+        built.display()
+    );
+    let bin = prefix.join("bin");
+    std::fs::copy(&built, bin.join(SHIM)).expect("install the shim");
+    bin
+}
+
+/// A containerd of this test and `ctr` in a namespace of its own. The
+/// daemon is stopped before the scratch dir goes (field order).
+struct Containerd {
+    daemon: Daemon,
+    namespace: String,
+    scratch: Scratch,
+}
+
+impl Containerd {
+    fn start(name: &str) -> Containerd {
+        harness::require_root();
+        harness::require_programs(&[("containerd", "containerd"), ("ctr", "containerd")]);
+        common::require_kvm();
+        let scratch = Scratch::new(&format!("shim-{name}"));
+        let bin = install_with_shim(&scratch.join("prefix"));
+        let namespace = format!("runvm-shim-e2e-{}", std::process::id());
+        let daemon = Daemon::start(&scratch, &namespace, Some(&bin));
+        Containerd {
+            daemon,
+            namespace,
+            scratch,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.daemon.log()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        self.daemon.command(args)
+    }
+
+    #[track_caller]
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.daemon.ctr(args)
+    }
+
+    /// `ctr run --runtime io.containerd.runvm.v2 OPTIONS IMAGE ID COMMAND`.
+    #[track_caller]
+    fn run_container(&self, options: &[&str], id: &str, command: &[&str]) -> Output {
+        let fifos = self.scratch.join("fifo").display().to_string();
+        let mut args = vec!["run", "--runtime", RUNTIME, "--fifo-dir", &fifos];
+        args.extend(options);
+        args.push(IMAGE);
+        args.push(id);
+        args.extend(command);
+        self.ctr(&args)
+    }
+
+    #[track_caller]
+    fn tasks(&self) -> Vec<(String, u32, String)> {
+        self.daemon.tasks()
+    }
+
+    fn shim_state(&self) -> PathBuf {
+        Path::new(SHIM_STATE).join(&self.namespace)
+    }
+
+    /// No container, task, shim, VMM, virtiofsd, mount or shim state left.
+    #[track_caller]
+    fn assert_nothing_left(&self) {
+        let containers = self.ctr(&["containers", "ls", "--quiet"]).ok();
+        assert!(containers.stdout.trim().is_empty(), "{containers}");
+        assert!(self.tasks().is_empty(), "tasks left");
+        wait_for("no shim, VMM or virtiofsd of the test is left", || {
+            let left = harness::processes_referencing(std::slice::from_ref(&self.namespace));
+            left.is_empty().then_some(()).ok_or(format!("{left:?}"))
+        });
+        let state = self.shim_state();
+        let left: Vec<String> = std::fs::read_dir(&state)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.path().display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "the shim's state is left: {left:?}");
+        assert_no_mounts_below(self.scratch.path());
+        assert_no_mounts_below(&state);
+    }
+
+    #[track_caller]
+    fn stop_and_assert_clean(mut self) {
+        self.ctr(&["images", "rm", IMAGE]).ok();
+        self.daemon.stop();
+        assert_no_process_references(&[self.scratch.display(), self.namespace.clone()]);
+        assert_no_mounts_below(self.scratch.path());
+        let _ = std::fs::remove_dir(self.shim_state());
+    }
+}
+
+impl Drop for Containerd {
+    /// Best effort, also after a failure: tasks and containers removed,
+    /// containerd stopped, then what refers to the namespace killed.
+    fn drop(&mut self) {
+        self.daemon.remove_all_and_stop();
+        harness::clean_up(&self.shim_state(), std::slice::from_ref(&self.namespace));
+    }
+}
+
+/// `ctr run --rm` with the runvm shim: the container's stdout, stderr and
+/// exit status are ctr's, and nothing of it stays, also after a program
+/// that does not exist.
+#[test]
+fn ctr_run_rm_gives_output_and_exit_status() {
+    let _one = one_at_a_time();
+    let containerd = Containerd::start("rm");
+    let output = containerd
+        .run_container(
+            &["--rm"],
+            "s1",
+            &["sh", "-c", "echo hi; echo oops >&2; exit 3"],
+        )
+        .exits(3);
+    assert_eq!(output.stdout, "hi\n", "{output}\n{}", containerd.log());
+    assert_eq!(output.stderr, "oops\n", "{output}");
+    // A program that is not there: ctr fails naming it, and nothing of
+    // the container (its shim, VM or state) stays.
+    let missing = containerd
+        .run_container(&["--rm"], "s9", &["/no/such/binary"])
+        .fails();
+    assert!(missing.stderr.contains("/no/such/binary"), "{missing}");
+    containerd.assert_nothing_left();
+    containerd.stop_and_assert_clean();
+}
+
+/// A detached task: `ctr task exec` gives its output and exit status,
+/// `ctr task ps` lists the task's processes, `ctr task kill` sends SIGTERM
+/// (trapped: exit 7), `ctr task delete` reports it, and then the shim,
+/// its VM and its state are gone.
+#[test]
+fn detached_task_exec_kill_and_delete_leave_nothing() {
+    let _one = one_at_a_time();
+    let containerd = Containerd::start("d");
+    let script = "trap 'exit 7' TERM; sleep 1000000 & wait";
+    containerd
+        .run_container(&["--detach"], "s2", &["sh", "-c", script])
+        .ok();
+    let tasks = containerd.tasks();
+    assert!(
+        matches!(tasks.as_slice(), [(id, pid, status)] if id == "s2" && *pid > 0 && status == "RUNNING"),
+        "{tasks:?}"
+    );
+    let fifos = containerd.scratch.join("fifo").display().to_string();
+    let exec = containerd
+        .ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e1",
+            "--fifo-dir",
+            &fifos,
+            "--cwd",
+            "/etc",
+            "s2",
+            "sh",
+            "-c",
+            "echo from exec; pwd; echo exec err >&2; exit 4",
+        ])
+        .exits(4);
+    assert_eq!(exec.stdout, "from exec\n/etc\n", "{exec}");
+    assert_eq!(exec.stderr, "exec err\n", "{exec}");
+    let ps = containerd.ctr(&["tasks", "ps", "s2"]).ok();
+    assert!(
+        ps.stdout.lines().skip(1).count() >= 2,
+        "`ctr task ps` lists the shell and its sleep: {ps}"
+    );
+    containerd.ctr(&["tasks", "kill", "s2"]).ok();
+    containerd.daemon.wait_until_stopped("s2", false);
+    let deleted = containerd.ctr(&["tasks", "delete", "s2"]).ok();
+    assert!(
+        deleted.stdout.contains("exit code 7") || deleted.stderr.contains("exit code 7"),
+        "`ctr task delete` reports the exit status: {deleted}"
+    );
+    containerd.ctr(&["containers", "rm", "s2"]).ok();
+    containerd.assert_nothing_left();
+    containerd.stop_and_assert_clean();
+}
+
+/// The shim SIGKILLed while its task runs: containerd sees the task end
+/// and runs `containerd-shim-runvm-v2 delete`, after which no VMM,
+/// virtiofsd, rootfs mount or pod state is left.
+#[test]
+fn a_killed_shim_is_cleaned_up_by_shim_delete() {
+    let _one = one_at_a_time();
+    let containerd = Containerd::start("k");
+    containerd
+        .run_container(&["--detach"], "s3", &["sleep", "1000000"])
+        .ok();
+    let shims: Vec<(u32, String)> =
+        harness::processes_referencing(std::slice::from_ref(&containerd.namespace))
+            .into_iter()
+            .filter(|(_, cmdline)| cmdline.contains(SHIM))
+            .collect();
+    assert_eq!(shims.len(), 1, "one shim for the task: {shims:?}");
+    let pod_dir = containerd.shim_state().join("s3");
+    assert!(pod_dir.is_dir(), "the pod's state {}", pod_dir.display());
+    // SAFETY: kill(2) on the shim this test's containerd started.
+    unsafe { libc::kill(shims[0].0 as libc::pid_t, libc::SIGKILL) };
+    containerd.daemon.wait_until_stopped("s3", true);
+    wait_for("the pod's state is removed", || {
+        (!pod_dir.exists())
+            .then_some(())
+            .ok_or(format!("{} is left", pod_dir.display()))
+    });
+    let _ = containerd.command(&["tasks", "delete", "s3"]).output();
+    containerd.ctr(&["containers", "rm", "s3"]).ok();
+    containerd.assert_nothing_left();
+    containerd.stop_and_assert_clean();
+}
