@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 BUSYBOX_DIRS = ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "run"]
@@ -172,3 +173,24 @@ def vm_lock(path):
 
 def loadavg():
     return " ".join(read("/proc/loadavg").split()[:3]) or "? ? ?"
+
+
+def write_report(args, data, text, marker):
+    """Keeps the raw figures if asked, prints the report and puts it into
+    RESULTS.md as the section starting with `marker`."""
+    if args.raw:
+        with open(args.raw, "w") as f:
+            json.dump(data, f, indent=1)
+    print(text)
+    # Imported here: benchlib sits in bench/, which the drivers put on sys.path.
+    from benchlib import write_section
+    write_section(args.results, marker, text)
+
+
+def run_main(main, name):
+    """Runs a driver's `main`, a BenchError ending it with a message."""
+    try:
+        main()
+    except BenchError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        sys.exit(1)

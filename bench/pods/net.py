@@ -24,8 +24,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from benchlib import POD_NET as MARKER  # noqa: E402
-from benchlib import machine_facts, machine_lines, stat, write_section  # noqa: E402
-from cli import BenchError, Runtime, loadavg, read, vm_lock  # noqa: E402
+from benchlib import machine_facts, machine_lines, stat  # noqa: E402
+from cli import BenchError, Runtime, loadavg, read, run_main, vm_lock, write_report  # noqa: E402
 
 MIB = 1 << 20
 POD_IP = "10.99.0.2"
@@ -274,17 +274,8 @@ def main():
     data["loadavg_after"] = loadavg()
     data["lock_note"] = (f"the runvm container ran holding the host's VM lock `{args.vm_lock}` (waited "
                          f"{waited:.0f} s for it)") if args.vm_lock else ""
-    if args.raw:
-        with open(args.raw, "w") as f:
-            json.dump(data, f, indent=1)
-    text = report(args, data, facts)
-    print(text)
-    write_section(args.results, MARKER, text)
+    write_report(args, data, report(args, data, facts), MARKER)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchError as e:
-        print(f"podnet: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, "podnet")

@@ -32,6 +32,16 @@ def connect(args, port):
     return s
 
 
+def read_to_eof(s):
+    """Everything the peer sends until it closes its side."""
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def wait_ready(args):
     """Until every server accepts a connection (they start in the background)."""
     deadline = time.monotonic() + args.timeout
@@ -44,8 +54,7 @@ def wait_ready(args):
                         if port == 5002:
                             s.sendall(b"0\n")
                         s.shutdown(socket.SHUT_WR)
-                        while s.recv(4096):
-                            pass
+                        read_to_eof(s)
                 break
             except OSError as e:
                 if time.monotonic() > deadline:
@@ -64,12 +73,7 @@ def to_pod(args, nbytes):
             s.sendall(block[:n])
             left -= n
         s.shutdown(socket.SHUT_WR)
-        reply = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
+        reply = read_to_eof(s)
     took = time.perf_counter() - start
     if reply.strip() != str(nbytes).encode():
         raise ClientError(f"host → pod: sent {nbytes} bytes, the pod counted {reply!r}")
@@ -115,12 +119,7 @@ def http_get(args):
     start = time.perf_counter()
     with connect(args, 8080) as s:
         s.sendall(b"GET /index.html HTTP/1.0\r\nHost: pod\r\n\r\n")
-        answer = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
+        answer = read_to_eof(s)
     took = (time.perf_counter() - start) * 1000
     if not answer.startswith(b"HTTP/1.") or b" 200 " not in answer.split(b"\r\n", 1)[0] or \
             b"hello from the pod" not in answer:

@@ -22,8 +22,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from benchlib import POD_START as MARKER  # noqa: E402
-from benchlib import machine_facts, machine_lines, stat, write_section  # noqa: E402
-from cli import BenchError, Runtime, loadavg, vm_lock  # noqa: E402
+from benchlib import machine_facts, machine_lines, stat  # noqa: E402
+from cli import BenchError, Runtime, loadavg, run_main, vm_lock, write_report  # noqa: E402
 
 CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
@@ -239,17 +239,8 @@ def main():
     data["loadavg_after"] = loadavg()
     data["lock_note"] = (f"each runvm pod ran holding the host's VM lock `{args.vm_lock}` (other helpers' "
                          f"VM tests wait for it; waited {sum(waited):.0f} s in all)") if args.vm_lock else ""
-    if args.raw:
-        with open(args.raw, "w") as f:
-            json.dump(data, f, indent=1)
-    text = report(args, data, facts)
-    print(text)
-    write_section(args.results, MARKER, text)
+    write_report(args, data, report(args, data, facts), MARKER)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchError as e:
-        print(f"podstart: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, "podstart")
