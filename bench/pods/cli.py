@@ -194,3 +194,42 @@ def run_main(main, name):
     except BenchError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def add_common_args(ap):
+    """The options both drivers take (bench/pods/common.sh passes them)."""
+    for name in ("--runvm", "--runc", "--vmm", "--kernel", "--image", "--repo", "--results"):
+        ap.add_argument(name, required=True)
+    ap.add_argument("--busybox", default="/bin/busybox")
+    ap.add_argument("--step-timeout", type=int, default=600)
+    ap.add_argument("--vm-lock", default="")
+    ap.add_argument("--quiet-note", default="not checked")
+    ap.add_argument("--raw", default="")
+
+
+def runtimes(args, work):
+    """(runvm, runc) as Runtimes with their roots under `work`."""
+    env = {"RUNVM_VMM": args.vmm, "RUNVM_KERNEL": args.kernel, "RUNVM_IMAGE": args.image}
+    return (Runtime("runvm", args.runvm, work, env, args.step_timeout),
+            Runtime("runc", args.runc, work, None, args.step_timeout))
+
+
+def run_facts(args):
+    """What a report says about the run besides benchlib's machine facts;
+    the load average now, so call it before measuring."""
+    version = subprocess.run([args.runc, "--version"], capture_output=True, text=True).stdout
+    return {"loadavg_before": loadavg(), "quiet_note": args.quiet_note, "runvm_path": args.runvm,
+            "runc_path": args.runc, "vmm": args.vmm, "kernel": args.kernel, "image": args.image,
+            "runc_version": version.split("\n")[0]}
+
+
+def run_lines(data):
+    """The Markdown bullets about the run, after benchlib's machine lines."""
+    lines = [f"- before the run: {data['quiet_note']}; load average {data['loadavg_before']}",
+             f"- load average after the run: {data['loadavg_after']}"]
+    if data["lock_note"]:
+        lines.append(f"- {data['lock_note']}")
+    lines += [f"- runvm: `{data['runvm_path']}`, VMM `{data['vmm']}`, kernel `{data['kernel']}`, image "
+              f"`{data['image']}`",
+              f"- runc: `{data['runc_path']}`, {data['runc_version']}"]
+    return lines

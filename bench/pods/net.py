@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from benchlib import POD_NET as MARKER  # noqa: E402
 from benchlib import machine_facts, machine_lines, stat  # noqa: E402
-from cli import BenchError, Runtime, loadavg, read, run_main, vm_lock, write_report  # noqa: E402
+from cli import (BenchError, add_common_args, loadavg, read, run_facts, run_lines, run_main,  # noqa: E402
+                 runtimes, vm_lock, write_report)
 
 MIB = 1 << 20
 POD_IP = "10.99.0.2"
@@ -93,6 +94,8 @@ def measure(rt, args, busybox, tag, client_args):
         bundle = rt.bundle(busybox, tag, ["sh", "-c", SERVERS], edit)
         create_s, out, _ = rt.create(bundle, cid)
         taps = net.leftovers() if rt.is_runvm else []
+        if rt.is_runvm and not taps:
+            raise BenchError("runvm created the container but no tap (rvtap*) is in the pod's namespace")
         rt.run("start", cid)
         rt.wait_output(cid, out, "READY", time.perf_counter())
         print(f"podnet: {rt.name} container up (create {create_s:.1f} s), measuring", file=sys.stderr)
@@ -207,13 +210,8 @@ def report(args, data, facts):
     w("## Machine")
     w("")
     out.extend(machine_lines(facts))
-    w(f"- before the run: {data['quiet_note']}; load average {data['loadavg_before']}")
-    w(f"- load average after the run: {data['loadavg_after']}")
-    if data["lock_note"]:
-        w(f"- {data['lock_note']}")
-    w(f"- runvm: `{data['runvm_path']}`, VMM `{data['vmm']}`, kernel `{data['kernel']}`, image "
-      f"`{data['image']}`; the guest's `eth0`: `{vm['guest_link']}`")
-    w(f"- runc: `{data['runc_path']}`, {data['runc_version']}; the container's `eth0`: `{rc['guest_link']}`")
+    out.extend(run_lines(data))
+    w(f"- the guest's `eth0` (runvm): `{vm['guest_link']}`; the container's (runc): `{rc['guest_link']}`")
     w(f"- busybox (bundles, the servers): {facts.get('busybox', 'unknown')}")
     w("")
     w("How to read it: on this host the guest kernel's every instruction is emulated (see the boot report), "
@@ -230,47 +228,31 @@ def p90(values):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runvm", required=True)
-    ap.add_argument("--runc", required=True)
-    ap.add_argument("--vmm", required=True)
-    ap.add_argument("--kernel", required=True)
-    ap.add_argument("--image", required=True)
-    ap.add_argument("--busybox", default="/bin/busybox")
+    add_common_args(ap)
     ap.add_argument("--mib", type=float, default=2)
     ap.add_argument("--runc-large-mib", type=float, default=512)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--round-trips", type=int, default=100)
     ap.add_argument("--gets", type=int, default=20)
     ap.add_argument("--mtu", type=int, default=1500)
-    ap.add_argument("--step-timeout", type=int, default=600)
-    ap.add_argument("--vm-lock", default="")
-    ap.add_argument("--quiet-note", default="not checked")
-    ap.add_argument("--repo", required=True)
-    ap.add_argument("--results", required=True)
-    ap.add_argument("--raw", default="")
     args = ap.parse_args()
 
     facts = machine_facts(args.repo, busybox=args.busybox)
     work = tempfile.mkdtemp(prefix="runvm-podnet.")
-    env = {"RUNVM_VMM": args.vmm, "RUNVM_KERNEL": args.kernel, "RUNVM_IMAGE": args.image}
+    runvm, runc = runtimes(args, work)
     common = ["--mib", str(args.mib), "--rounds", str(args.rounds), "--round-trips", str(args.round_trips),
               "--gets", str(args.gets)]
-    data = {"loadavg_before": loadavg(), "quiet_note": args.quiet_note, "runvm_path": args.runvm,
-            "runc_path": args.runc, "vmm": args.vmm, "kernel": args.kernel, "image": args.image,
-            "runc_version": subprocess.run([args.runc, "--version"], capture_output=True,
-                                           text=True).stdout.split("\n")[0]}
+    data = run_facts(args)
     try:
-        runc = Runtime("runc", args.runc, work, None, args.step_timeout)
         data["runc"] = measure(runc, args, args.busybox, "runc",
                                common + ["--large-mib", str(args.runc_large_mib)])
-        runvm = Runtime("runvm", args.runvm, work, env, args.step_timeout)
         with vm_lock(args.vm_lock) as waited:
             data["runvm"] = measure(runvm, args, args.busybox, "runvm", common)
     finally:
         subprocess.run(["rm", "-rf", work])
     taps = data["runvm"]["taps_while_running"]
     data["runvm_taps"] = (f"runvm's tap in the pod's namespace while the container ran: {', '.join(taps)}; "
-                          "none after `delete`") if taps else "NO tap seen in the pod's namespace"
+                          "none after `delete`")
     data["loadavg_after"] = loadavg()
     data["lock_note"] = (f"the runvm container ran holding the host's VM lock `{args.vm_lock}` (waited "
                          f"{waited:.0f} s for it)") if args.vm_lock else ""

@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from benchlib import POD_START as MARKER  # noqa: E402
 from benchlib import machine_facts, machine_lines, stat  # noqa: E402
-from cli import BenchError, Runtime, loadavg, run_main, vm_lock, write_report  # noqa: E402
+from cli import (BenchError, add_common_args, loadavg, run_facts, run_lines, run_main, runtimes,  # noqa: E402
+                 vm_lock, write_report)
 
 CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
@@ -164,12 +165,7 @@ def report(args, data, facts):
     w("## Machine")
     w("")
     out.extend(machine_lines(facts))
-    w(f"- before the run: {data['quiet_note']}; load average {data['loadavg_before']}")
-    w(f"- load average after the run: {data['loadavg_after']}")
-    if data["lock_note"]:
-        w(f"- {data['lock_note']}")
-    w(f"- runvm: `{data['runvm']}`, VMM `{data['vmm']}`, kernel `{data['kernel']}`, image `{data['image']}`")
-    w(f"- runc: `{data['runc']}`, {data['runc_version']}")
+    out.extend(run_lines(data))
     w(f"- busybox (bundles): {facts.get('busybox', 'unknown')}")
     w("")
     w("## Per pod")
@@ -191,46 +187,26 @@ def report(args, data, facts):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runvm", required=True)
-    ap.add_argument("--runc", required=True)
-    ap.add_argument("--vmm", required=True)
-    ap.add_argument("--kernel", required=True)
-    ap.add_argument("--image", required=True)
-    ap.add_argument("--busybox", default="/bin/busybox")
+    add_common_args(ap)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--step-timeout", type=int, default=600)
-    ap.add_argument("--vm-lock", default="")
-    ap.add_argument("--quiet-note", default="not checked")
-    ap.add_argument("--repo", required=True)
-    ap.add_argument("--results", required=True)
-    ap.add_argument("--raw", default="")
     args = ap.parse_args()
 
     facts = machine_facts(args.repo, busybox=args.busybox)
     work = tempfile.mkdtemp(prefix="runvm-podstart.")
-    env = {"RUNVM_VMM": args.vmm, "RUNVM_KERNEL": args.kernel, "RUNVM_IMAGE": args.image}
-    runtimes = {"runvm": Runtime("runvm", args.runvm, work, env, args.step_timeout),
-                "runc": Runtime("runc", args.runc, work, None, args.step_timeout)}
-    data = {"runs": {"runvm": [], "runc": []}, "loadavg_before": loadavg(), "quiet_note": args.quiet_note,
-            "runvm": args.runvm, "runc": args.runc, "vmm": args.vmm, "kernel": args.kernel,
-            "image": args.image, "memory_note": "the pod VM's default size (no sizing annotations)"}
-    data["runc_version"] = subprocess.run([args.runc, "--version"], capture_output=True,
-                                          text=True).stdout.split("\n")[0]
+    runvm, runc = runtimes(args, work)
+    data = dict(run_facts(args), runs={"runvm": [], "runc": []},
+                memory_note="the pod VM's default size (no sizing annotations)")
     waited = []
     try:
-        bundles = {name: make_bundles(rt, args.busybox) for name, rt in runtimes.items()}
+        bundles = {rt.name: make_bundles(rt, args.busybox) for rt in (runvm, runc)}
         for r in range(args.runs):
-            order = ["runvm", "runc"] if r % 2 == 0 else ["runc", "runvm"]
-            for name in order:
-                rt = runtimes[name]
-                if rt.is_runvm:
-                    with vm_lock(args.vm_lock) as w:
-                        waited.append(w)
-                        data["runs"][name].append(pod_once(rt, args, bundles[name], r + 1))
-                else:
-                    data["runs"][name].append(pod_once(rt, args, bundles[name], r + 1))
+            for rt in ((runvm, runc) if r % 2 == 0 else (runc, runvm)):
+                # Only runvm boots VMs: runc's pods need no turn.
+                with vm_lock(args.vm_lock if rt.is_runvm else "") as w:
+                    waited.append(w)
+                    data["runs"][rt.name].append(pod_once(rt, args, bundles[rt.name], r + 1))
     finally:
-        for rt in runtimes.values():
+        for rt in (runvm, runc):
             try:
                 rt.remove_all()
             except BenchError as e:
