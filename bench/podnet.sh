@@ -30,6 +30,7 @@ done
 ((MIB >= 1 && ROUNDS >= 1 && ROUND_TRIPS >= 1 && GETS >= 1)) ||
   die "MIB, ROUNDS, ROUND_TRIPS and GETS must be at least 1"
 command -v ip >/dev/null || die "ip not found (apt-get install iproute2)"
+pod_wait_quiet
 python3 "$bench/pods/net.py" "${pod_args[@]}" --mib "$MIB" --runc-large-mib "$RUNC_LARGE_MIB" \
   --rounds "$ROUNDS" --round-trips "$ROUND_TRIPS" --gets "$GETS" --mtu "$MTU"
 echo "bench: report written to $RESULTS" >&2

@@ -19,5 +19,6 @@ source "$repo/bench/pods/common.sh"
 
 RUNS=${RUNS:-3}
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a whole number of at least 1, got '$RUNS'"
+pod_wait_quiet
 python3 "$bench/pods/start.py" "${pod_args[@]}" --runs "$RUNS"
 echo "bench: report written to $RESULTS" >&2

@@ -1,6 +1,6 @@
 # Sourced by bench/podstart.sh and bench/podnet.sh: the settings both pod
-# benchmarks share, their checks, and the wait for a quiet machine. Sets
-# pod_args, the arguments both Python drivers take. Needs $script (the
+# benchmarks share, their checks, and the wait for a quiet machine, which
+# sets pod_args, the arguments both Python drivers take. Needs $script (the
 # caller's name, for messages) and $repo.
 
 die() {
@@ -37,10 +37,14 @@ done
 [[ -r /dev/kvm && -w /dev/kvm ]] || die "/dev/kvm is missing or not usable by $(id -un)"
 command -v python3 >/dev/null || die "python3 not found"
 
-quiet_note=""
-bench_wait_quiet "$IDLE_WAIT_S" "$MAX_LOAD"
-pod_args=(
-  --runvm "$RUNVM" --runc "$RUNC" --vmm "$VMM" --kernel "$KERNEL" --image "$IMAGE"
-  --busybox "$BUSYBOX" --step-timeout "$STEP_TIMEOUT_S" --vm-lock "${VM_LOCK:-}"
-  --quiet-note "$quiet_note" --repo "$repo" --results "$RESULTS" --raw "${RAW:-}"
-)
+# pod_wait_quiet: after the caller's own checks, waits for a quiet machine
+# and sets pod_args.
+pod_wait_quiet() {
+  quiet_note=""
+  bench_wait_quiet "$IDLE_WAIT_S" "$MAX_LOAD"
+  pod_args=(
+    --runvm "$RUNVM" --runc "$RUNC" --vmm "$VMM" --kernel "$KERNEL" --image "$IMAGE"
+    --busybox "$BUSYBOX" --step-timeout "$STEP_TIMEOUT_S" --vm-lock "${VM_LOCK:-}"
+    --quiet-note "$quiet_note" --repo "$repo" --results "$RESULTS" --raw "${RAW:-}"
+  )
+}
