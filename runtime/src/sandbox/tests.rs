@@ -274,6 +274,15 @@ fn members_must_fit() {
     assert!(check_member(&spec(serde_json::json!({})), &vm).is_ok());
 }
 
+/// What member `m` of the VM of `pod` shares: (type, container) pairs.
+fn shared_of(
+    root: &StateRoot,
+    member: &oci_spec::runtime::Spec,
+) -> Vec<(runvm_agent_api::oci::LinuxNamespaceType, String)> {
+    let shared = namespaces::shared_namespaces(root, member, "pod", "m").expect("shared");
+    shared.into_iter().map(|s| (s.typ, s.container)).collect()
+}
+
 #[test]
 fn namespace_paths_become_shared_namespaces_of_containers() {
     use runvm_agent_api::oci::LinuxNamespaceType as Guest;
@@ -293,19 +302,14 @@ fn namespace_paths_become_shared_namespaces_of_containers() {
         {"type": "cgroup", "path": "/proc/1/ns/cgroup"},
         {"type": "user"}
     ]}}));
-    let shared = namespaces::shared_namespaces(&root, &member, "pod", "m").expect("shared");
-    let seen: Vec<_> = shared
-        .iter()
-        .map(|s| (s.typ, s.container.as_str()))
-        .collect();
     // Mount and cgroup stay the member's own.
     assert_eq!(
-        seen,
+        shared_of(&root, &member),
         [
-            (Guest::Network, "pod"),
-            (Guest::Ipc, "pod"),
-            (Guest::Uts, "pod"),
-            (Guest::Pid, "pod")
+            (Guest::Network, "pod".into()),
+            (Guest::Ipc, "pod".into()),
+            (Guest::Uts, "pod".into()),
+            (Guest::Pid, "pod".into())
         ]
     );
     // Paths that name no runvm container: new namespaces, as before pods.
@@ -419,12 +423,10 @@ fn crio_pinned_namespace_files_of_the_owner_are_shared() {
         {"type": "uts", "path": at("uts")},
         {"type": "mount"}
     ]}}));
-    let shared = namespaces::shared_namespaces(&root, &member, "pod", "m").expect("shared");
-    let seen: Vec<_> = shared
-        .iter()
-        .map(|s| (s.typ, s.container.as_str()))
-        .collect();
-    assert_eq!(seen, [(Guest::Ipc, "pod"), (Guest::Uts, "pod")]);
+    assert_eq!(
+        shared_of(&root, &member),
+        [(Guest::Ipc, "pod".into()), (Guest::Uts, "pod".into())]
+    );
 
     // The owner's file under another type's entry is not its namespace.
     let crossed = spec(serde_json::json!({"linux": {"namespaces": [
