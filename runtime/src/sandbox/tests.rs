@@ -274,6 +274,15 @@ fn members_must_fit() {
     assert!(check_member(&spec(serde_json::json!({})), &vm).is_ok());
 }
 
+/// What member `m` of the VM of `pod` shares: (type, container) pairs.
+fn shared_of(
+    root: &StateRoot,
+    member: &oci_spec::runtime::Spec,
+) -> Vec<(runvm_agent_api::oci::LinuxNamespaceType, String)> {
+    let shared = namespaces::shared_namespaces(root, member, "pod", "m").expect("shared");
+    shared.into_iter().map(|s| (s.typ, s.container)).collect()
+}
+
 #[test]
 fn namespace_paths_become_shared_namespaces_of_containers() {
     use runvm_agent_api::oci::LinuxNamespaceType as Guest;
@@ -293,19 +302,14 @@ fn namespace_paths_become_shared_namespaces_of_containers() {
         {"type": "cgroup", "path": "/proc/1/ns/cgroup"},
         {"type": "user"}
     ]}}));
-    let shared = namespaces::shared_namespaces(&root, &member, "pod", "m").expect("shared");
-    let seen: Vec<_> = shared
-        .iter()
-        .map(|s| (s.typ, s.container.as_str()))
-        .collect();
     // Mount and cgroup stay the member's own.
     assert_eq!(
-        seen,
+        shared_of(&root, &member),
         [
-            (Guest::Network, "pod"),
-            (Guest::Ipc, "pod"),
-            (Guest::Uts, "pod"),
-            (Guest::Pid, "pod")
+            (Guest::Network, "pod".into()),
+            (Guest::Ipc, "pod".into()),
+            (Guest::Uts, "pod".into()),
+            (Guest::Pid, "pod".into())
         ]
     );
     // Paths that name no runvm container: new namespaces, as before pods.
@@ -376,4 +380,63 @@ fn podmans_infra_container_is_sized_as_a_sandbox() {
         "other",
         serde_json::json!(["/catatonit", "-P"])
     )));
+}
+
+#[test]
+fn crio_pinned_namespace_files_of_the_owner_are_shared() {
+    use runvm_agent_api::oci::LinuxNamespaceType as Guest;
+    let dir = TestDir::new("pinned-ns");
+    let pinned = dir.path().join("ns");
+    std::fs::create_dir_all(&pinned).expect("ns dir");
+    for name in ["ipc", "uts", "net", "other"] {
+        std::fs::write(pinned.join(name), "").expect("pinned file");
+    }
+    // The same namespace file reached by another path.
+    std::fs::hard_link(pinned.join("ipc"), pinned.join("ipc-alias")).expect("link");
+    let at = |name: &str| pinned.join(name).display().to_string();
+    let process = serde_json::json!({"args": ["sleep"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+    let owner_spec = serde_json::json!({"ociVersion": "1.0.2", "process": process,
+    "linux": {"namespaces": [
+        {"type": "pid"},
+        {"type": "network", "path": at("net")},
+        {"type": "ipc", "path": at("ipc")},
+        {"type": "uts", "path": at("uts")},
+        {"type": "mount"}
+    ]}});
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir_all(&bundle).expect("bundle");
+    std::fs::write(bundle.join("config.json"), owner_spec.to_string()).expect("config.json");
+    let root = StateRoot::open(&dir.path().join("root")).expect("root");
+    let mut pod_record = record("pod", None);
+    pod_record.bundle = bundle.clone();
+    root.create("pod")
+        .expect("create")
+        .save(&pod_record)
+        .expect("save");
+
+    // As CRI-O writes a member: the pod's pinned files, a /proc path for
+    // PID; here the IPC file by another path and a network file that is
+    // not the owner's.
+    let member = spec(serde_json::json!({"linux": {"namespaces": [
+        {"type": "network", "path": at("other")},
+        {"type": "ipc", "path": at("ipc-alias")},
+        {"type": "uts", "path": at("uts")},
+        {"type": "mount"}
+    ]}}));
+    assert_eq!(
+        shared_of(&root, &member),
+        [(Guest::Ipc, "pod".into()), (Guest::Uts, "pod".into())]
+    );
+
+    // The owner's file under another type's entry is not its namespace.
+    let crossed = spec(serde_json::json!({"linux": {"namespaces": [
+        {"type": "uts", "path": at("ipc")}
+    ]}}));
+    let shared = namespaces::shared_namespaces(&root, &crossed, "pod", "m").expect("shared");
+    assert!(shared.is_empty(), "{shared:?}");
+
+    // Without the owner's config.json the files name nothing runvm knows.
+    std::fs::remove_file(bundle.join("config.json")).expect("rm");
+    let shared = namespaces::shared_namespaces(&root, &member, "pod", "m").expect("shared");
+    assert!(shared.is_empty(), "{shared:?}");
 }
