@@ -104,11 +104,8 @@ fn two_containers_in_one_vm(env: CriEnv, handler: &str) {
 
     // The pod's network: the IP CNI gave the pod is on eth0 in both
     // containers, and a server in the pod answers the node (the test's
-    // namespace, where the bridge is). Not yet with runvm's own shim,
-    // which gives the pod's VM no network.
-    if handler == HANDLER {
-        assert_pod_network(&env, &status, [&app1, &app2]);
-    }
+    // namespace, where the bridge is).
+    assert_pod_network(&env, &status, [&app1, &app2]);
     assert_shared_namespaces(&env, "runvm-pod", [&app1, &app2]);
 
     let (code, out, err) = env.exec(&app1, &["sh", "-c", "echo out; echo err >&2; exit 3"]);
