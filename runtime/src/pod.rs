@@ -264,7 +264,10 @@ impl Pod {
 
 fn write_owner(home: &Home, owner: &Owner) -> Result<(), PodError> {
     let text = serde_json::to_vec(owner).unwrap_or_default();
-    Ok(state::write_atomically(&home.dir().join(OWNER_FILE), &text)?)
+    Ok(state::write_atomically(
+        &home.dir().join(OWNER_FILE),
+        &text,
+    )?)
 }
 
 /// After the owner of pod `id` under `root` is gone: ends the VMM and

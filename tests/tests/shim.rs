@@ -60,7 +60,9 @@ fn pod_namespace(name: &str) -> (NetNs, NetNs) {
     let (ns, peer) = (NetNs::new(name), NetNs::new(&format!("{name}-peer")));
     let peer_name = peer.path().file_name().expect("a name").to_owned();
     let peer_name = peer_name.to_str().expect("UTF-8");
-    let veth = ["link", "add", "eth0", "type", "veth", "peer", "name", "vpeer"];
+    let veth = [
+        "link", "add", "eth0", "type", "veth", "peer", "name", "vpeer",
+    ];
     in_namespace(&ns, "ip", &[&veth[..], &["netns", peer_name]].concat());
     in_namespace(&ns, "ip", &["link", "set", "eth0", "up"]);
     in_namespace(&ns, "ip", &["addr", "add", POD_ADDRESS, "dev", "eth0"]);
@@ -287,8 +289,19 @@ fn detached_task_exec_kill_and_delete_leave_nothing() {
     assert_eq!(exec.stderr, "exec err\n", "{exec}");
     let address = containerd
         .ctr(&[
-            "tasks", "exec", "--exec-id", "e2", "--fifo-dir", &fifos, "s2", "ip", "-o", "-4",
-            "addr", "show", "eth0",
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e2",
+            "--fifo-dir",
+            &fifos,
+            "s2",
+            "ip",
+            "-o",
+            "-4",
+            "addr",
+            "show",
+            "eth0",
         ])
         .ok();
     assert!(

@@ -24,8 +24,8 @@ use containerd_shim::api::{
     WaitRequest, WaitResponse,
 };
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM,
-    TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::shim::shim::CheckpointTaskRequest;
@@ -529,9 +529,8 @@ impl containerd_shim::Task for Service {
             .as_ref()
             .ok_or_else(|| error(Code::INVALID_ARGUMENT, "no resources to update"))
             .and_then(|any| {
-                serde_json::from_slice(&any.value).map_err(|e| {
-                    error(Code::INVALID_ARGUMENT, format!("invalid resources: {e}"))
-                })
+                serde_json::from_slice(&any.value)
+                    .map_err(|e| error(Code::INVALID_ARGUMENT, format!("invalid resources: {e}")))
             })?;
         let shared = self.shared.clone();
         let id = req.id.clone();
