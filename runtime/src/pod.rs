@@ -332,6 +332,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_network_is_the_runc_paths() {
+        use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
+        let bundle = |path: Option<&str>| {
+            let mut namespace = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
+            if let Some(path) = path {
+                namespace = namespace.path(path);
+            }
+            let namespaces = path.map_or(Vec::new(), |_| vec![namespace.build().expect("ns")]);
+            let mut spec = Spec::default();
+            let linux = LinuxBuilder::default().namespaces(namespaces).build();
+            spec.set_linux(Some(linux.expect("linux")));
+            Bundle {
+                dir: PathBuf::from("/b"),
+                spec,
+            }
+        };
+        assert!(matches!(
+            network_of("c", &bundle(None)),
+            Err(PodError::HostNetwork { .. })
+        ));
+        let host = network_of("c", &bundle(None)).unwrap_err().to_string();
+        assert!(host.contains("host networking"), "{host}");
+        assert_eq!(
+            network_of("c", &bundle(Some("/run/netns/cni-1"))).ok(),
+            Some(Some(PathBuf::from("/run/netns/cni-1")))
+        );
+        assert_eq!(
+            network_of("c", &bundle(Some("ns"))).ok(),
+            Some(Some(PathBuf::from("/b/ns")))
+        );
+    }
+
+    #[test]
     fn a_pod_that_does_not_exist_is_cleaned_up_without_error() {
         let root = std::env::temp_dir().join(format!("runvm-pod-test-{}", std::process::id()));
         assert!(clean_up(&root, "nothing-here").expect("nothing to do"));
