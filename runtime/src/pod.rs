@@ -34,7 +34,7 @@ use crate::sandbox::namespaces::{shared_namespaces_by, PidOwner};
 use crate::sandbox::{Home, Role, Sandbox, SandboxError, VmSize};
 use crate::share;
 use crate::state::{self, HostProcess, StateError, StateRoot};
-use crate::vm::{MicroVm, VmError, VmSpec};
+use crate::vm::{MicroVm, VmError};
 use runvm_agent_api::network::GuestNetwork;
 
 pub use crate::sandbox::Prepared;
@@ -119,15 +119,7 @@ impl Pod {
         netns: Option<&Path>,
     ) -> Result<Pod, PodError> {
         let home = home(root.dir(), id)?;
-        let assets = Assets::locate()?;
-        let spec = VmSpec {
-            vmm: assets.vmm,
-            kernel: assets.kernel,
-            image: assets.image,
-            memory_mib: size.memory_mib,
-            vcpus: size.vcpus,
-            virtiofsd: Some(assets.virtiofsd),
-        };
+        let spec = Assets::locate()?.vm_spec(size);
         fs::DirBuilder::new()
             .mode(0o700)
             .create(home.dir())

@@ -102,13 +102,7 @@ pub(super) async fn pod_for(
         return Ok((pod.clone(), false));
     }
     let netns = runvm::pod::network_of(id, bundle).map_err(|e| error(Code::INVALID_ARGUMENT, e))?;
-    let annotations: HashMap<String, String> = bundle
-        .spec
-        .annotations()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let annotations = bundle.spec.annotations().clone().unwrap_or_default();
     let is_sandbox = matches!(
         sandbox::from_annotations(&annotations, id),
         Ok(Some(Role::Sandbox))
