@@ -312,10 +312,11 @@ fn assert_shim_task_service(
     );
 
     // A container that ignores SIGTERM: SIGKILL after the grace period.
-    let stubborn = env.create_and_start(
+    let stubborn = env.start_script(
         pod,
         pod_config,
-        container_config("stubborn", "trap '' TERM; while :; do sleep 1; done"),
+        "stubborn",
+        "trap '' TERM; echo started; while :; do sleep 1; done",
     );
     let started = Instant::now();
     env.client

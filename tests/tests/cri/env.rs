@@ -214,14 +214,25 @@ impl CriEnv {
     }
 
     /// Creates and starts a busybox container `name` in `pod` running
-    /// `script`; its id once it logged `started`.
+    /// [`SLEEPER`]; its id once it logged `started`.
     pub(super) fn start_container(
         &self,
         pod: &str,
         pod_config: &cri::PodSandboxConfig,
         name: &str,
     ) -> String {
-        let id = self.create_and_start(pod, pod_config, container_config(name, SLEEPER));
+        self.start_script(pod, pod_config, name, SLEEPER)
+    }
+
+    /// [`Self::start_container`] running `script`, which must log `started`.
+    pub(super) fn start_script(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        name: &str,
+        script: &str,
+    ) -> String {
+        let id = self.create_and_start(pod, pod_config, container_config(name, script));
         let log = self.log_path(name);
         wait_for(&format!("{name} logs `started`"), || {
             let text = read_text(&log);
