@@ -43,18 +43,6 @@ fn image_variable() -> &'static str {
 }
 
 impl Assets {
-    /// A VM of `size` from these parts, with virtiofsd for its share.
-    pub fn vm_spec(self, size: crate::sandbox::VmSize) -> crate::vm::VmSpec {
-        crate::vm::VmSpec {
-            vmm: self.vmm,
-            kernel: self.kernel,
-            image: self.image,
-            memory_mib: size.memory_mib,
-            vcpus: size.vcpus,
-            virtiofsd: Some(self.virtiofsd),
-        }
-    }
-
     /// Finds every part, or says which one is missing and where it was
     /// looked for.
     pub fn locate() -> Result<Assets, AssetError> {

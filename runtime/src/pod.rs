@@ -34,7 +34,7 @@ use crate::sandbox::namespaces::{shared_namespaces_by, PidOwner};
 use crate::sandbox::{Home, Role, Sandbox, SandboxError, VmSize};
 use crate::share;
 use crate::state::{self, HostProcess, StateError, StateRoot};
-use crate::vm::{MicroVm, VmError};
+use crate::vm::{MicroVm, VmError, VmSpec};
 use runvm_agent_api::network::GuestNetwork;
 
 pub use crate::sandbox::Prepared;
@@ -119,7 +119,7 @@ impl Pod {
         netns: Option<&Path>,
     ) -> Result<Pod, PodError> {
         let home = home(root.dir(), id)?;
-        let spec = Assets::locate()?.vm_spec(size);
+        let spec = VmSpec::with_share(Assets::locate()?, size);
         fs::DirBuilder::new()
             .mode(0o700)
             .create(home.dir())
@@ -213,8 +213,7 @@ impl Pod {
     /// pid the pod's containers are reported with, so the sandbox's.
     pub async fn add(&self, id: &str, bundle: &Bundle) -> Result<Prepared, PodError> {
         network_of(id, bundle)?;
-        let annotations = bundle.spec.annotations().clone().unwrap_or_default();
-        let sandbox = match crate::sandbox::from_annotations(&annotations, id)? {
+        let sandbox = match crate::sandbox::annotated_role(&bundle.spec, id)? {
             Some(Role::Member(sandbox)) => sandbox,
             _ => return Ok(self.sandbox.prepare(id, bundle).await?),
         };

@@ -23,7 +23,7 @@ use crate::network;
 use crate::sandbox::{self, control, Home, Sandbox, VmSize};
 use crate::state::{HostProcess, Record, StateRoot, Status};
 use crate::terminal::RawMode;
-use crate::vm::MicroVm;
+use crate::vm::{MicroVm, VmSpec};
 
 /// Where the init runs: in the VM this process owns, or in a sandbox's.
 enum Place {
@@ -96,7 +96,7 @@ async fn create_owner(
         memory_mib: sandbox::size::guest_memory_mib(&bundle.spec),
         vcpus: 1,
     });
-    let vm_spec = assets.vm_spec(size);
+    let vm_spec = VmSpec::with_share(assets, size);
     let home = Home::of(root.dir(), record);
     // Dropped last on failure: after the VM that uses its taps.
     let attached = record

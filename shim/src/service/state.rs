@@ -102,9 +102,8 @@ pub(super) async fn pod_for(
         return Ok((pod.clone(), false));
     }
     let netns = runvm::pod::network_of(id, bundle).map_err(|e| error(Code::INVALID_ARGUMENT, e))?;
-    let annotations = bundle.spec.annotations().clone().unwrap_or_default();
     let is_sandbox = matches!(
-        sandbox::from_annotations(&annotations, id),
+        sandbox::annotated_role(&bundle.spec, id),
         Ok(Some(Role::Sandbox))
     );
     let size = sandbox::size::for_owner(&bundle.spec, is_sandbox).map_err(internal)?;
