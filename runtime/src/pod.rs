@@ -11,23 +11,31 @@
 //! another process after the owner died, ends exactly those and removes
 //! the pod's directory. The VM's own directory is `<root>/<pod>/vm`
 //! ([`Home`]).
+//!
+//! The pod's network is the runc path's (see [`crate::network`]): the
+//! namespace the first container's config.json names (CNI's) is attached
+//! before the VM boots, its taps handed to the VMM, and detached when the
+//! pod ends; owner.json names it from before the attach, so [`clean_up`]
+//! detaches it after a killed owner too.
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent_client::AgentClient;
+use crate::agent_client::{AgentClient, ClientError};
 use crate::assets::{AssetError, Assets};
 use crate::bundle::Bundle;
 use crate::deadlines;
+use crate::network::{self, Attachment, NetworkError, NetworkNamespace};
 use crate::sandbox::namespaces::{shared_namespaces_by, PidOwner};
 use crate::sandbox::{Home, Role, Sandbox, SandboxError, VmSize};
 use crate::share;
 use crate::state::{self, HostProcess, StateError, StateRoot};
 use crate::vm::{MicroVm, VmError, VmSpec};
+use runvm_agent_api::network::GuestNetwork;
 
 pub use crate::sandbox::Prepared;
 
@@ -49,6 +57,10 @@ pub enum PodError {
     BadId { id: String, problem: String },
     #[error("pod {id}: {problem}")]
     Cleanup { id: String, problem: String },
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error("container {id}: {}", network::HOST_NETWORK_REFUSED)]
+    HostNetwork { id: String },
 }
 
 /// Who holds a pod's VM, for [`clean_up`].
@@ -56,6 +68,9 @@ pub enum PodError {
 struct Owner {
     owner: Option<HostProcess>,
     helpers: Vec<HostProcess>,
+    /// The network namespace attached for the VM.
+    #[serde(default)]
+    netns: Option<PathBuf>,
 }
 
 /// A running pod VM and the containers bound into it.
@@ -63,6 +78,22 @@ pub struct Pod {
     home: Home,
     sandbox: Sandbox,
     vmm: u32,
+    /// What the guest is told of the pod's network: for the container
+    /// that owns the pod's network namespace.
+    guest_network: Option<GuestNetwork>,
+    /// Dropped after the VM (field order): the taps outlive their VMM.
+    _network: Option<Attachment>,
+}
+
+/// The network namespace container `id` of `bundle` asks for, as the runc
+/// path has it: one the caller prepared (a relative path is the bundle's),
+/// or none for a new, empty one; the host's network is refused.
+pub fn network_of(id: &str, bundle: &Bundle) -> Result<Option<PathBuf>, PodError> {
+    match network::network_namespace(&bundle.spec) {
+        NetworkNamespace::Host => Err(PodError::HostNetwork { id: id.to_owned() }),
+        NetworkNamespace::New => Ok(None),
+        NetworkNamespace::Path(path) => Ok(Some(bundle.dir.join(path))),
+    }
 }
 
 /// The pod's directory under `root`, its id checked.
@@ -76,13 +107,19 @@ fn home(root: &Path, id: &str) -> Result<Home, PodError> {
 
 impl Pod {
     /// Boots pod `id`'s VM of `size` with its share, its directory
-    /// `<root>/<id>` (which must not exist yet), and waits for the agent.
-    /// The VMM and virtiofsd die with the calling thread (see
-    /// [`MicroVm`]): call it from a thread that lives as long as the pod.
-    pub async fn boot(root: &StateRoot, id: &str, size: VmSize) -> Result<Pod, PodError> {
+    /// `<root>/<id>` (which must not exist yet), and waits for the agent;
+    /// the interfaces of the network namespace at `netns` (see
+    /// [`network_of`]) become the VM's. The VMM and virtiofsd die with the
+    /// calling thread (see [`MicroVm`]): call it from a thread that lives
+    /// as long as the pod.
+    pub async fn boot(
+        root: &StateRoot,
+        id: &str,
+        size: VmSize,
+        netns: Option<&Path>,
+    ) -> Result<Pod, PodError> {
         let home = home(root.dir(), id)?;
-        let assets = Assets::locate()?;
-        let spec = VmSpec::with_share(assets, size);
+        let spec = VmSpec::with_share(Assets::locate()?, size);
         fs::DirBuilder::new()
             .mode(0o700)
             .create(home.dir())
@@ -90,31 +127,50 @@ impl Pod {
                 path: home.dir().to_owned(),
                 source,
             })?;
+        let mut owner = Owner {
+            owner: HostProcess::current(),
+            helpers: Vec::new(),
+            netns: netns.map(Path::to_owned),
+        };
         let booted = async {
-            let mut vm = MicroVm::boot_logged(&spec, &home.vm_dir(), Some(&home.vmm_log()))?;
+            // Named before it is attached: a killed owner's clean-up finds it.
+            write_owner(&home, &owner)?;
+            // On failure dropped after the VM that uses its taps.
+            let attachment = netns.map(Attachment::attach).transpose()?;
+            let taps = match &attachment {
+                Some(attachment) => attachment.vm_taps()?,
+                None => Vec::new(),
+            };
+            let mut vm =
+                MicroVm::boot_with_taps(&spec, &home.vm_dir(), Some(&home.vmm_log()), taps)?;
             let agent = vm.connect_agent(deadlines::BOOT).await?;
-            Ok::<_, PodError>(Sandbox::new(root.clone(), home.clone(), vm, agent))
+            let sandbox = Sandbox::new(root.clone(), home.clone(), vm, agent);
+            Ok::<_, PodError>((sandbox, attachment))
         }
         .await;
-        let mut pod = match booted {
-            Ok(sandbox) => Pod {
-                home,
-                sandbox,
-                vmm: 0,
-            },
+        let (sandbox, attachment) = match booted {
+            Ok(booted) => booted,
             Err(e) => {
-                // The VM went with its value; its log and the directory go too.
+                // The VM and the attachment went with their values; the
+                // VM's log and the directory go too.
                 let _ = fs::remove_dir_all(home.dir());
                 return Err(e);
             }
         };
-        let owner = Owner {
-            owner: HostProcess::current(),
-            helpers: pod.sandbox.helpers().await,
+        // A namespace with only `lo` gives the guest no device and nothing to do.
+        let guest_network = attachment
+            .as_ref()
+            .map(|a| a.network.for_guest())
+            .filter(|n| !n.interfaces.is_empty());
+        owner.helpers = sandbox.helpers().await;
+        let pod = Pod {
+            home,
+            vmm: owner.helpers.first().map_or(0, |vmm| vmm.pid as u32),
+            sandbox,
+            guest_network,
+            _network: attachment,
         };
-        pod.vmm = owner.helpers.first().map_or(0, |vmm| vmm.pid as u32);
-        let text = serde_json::to_vec(&owner).unwrap_or_default();
-        state::write_atomically(&pod.home.dir().join(OWNER_FILE), &text)?;
+        write_owner(&pod.home, &owner)?;
         Ok(pod)
     }
 
@@ -131,6 +187,20 @@ impl Pod {
         self.sandbox.agent()
     }
 
+    /// A connection of its own to the VM's agent, for a long poll such as
+    /// `WaitEvent` that must not keep the pod alive: it fails once the VM
+    /// has stopped.
+    pub async fn connect_agent(&self) -> Result<AgentClient, ClientError> {
+        AgentClient::connect(&self.home.vsock_socket()).await
+    }
+
+    /// The pod's network as the guest is to set it up: passed on the
+    /// create of the container that booted the pod, which owns the pod's
+    /// network namespace in the guest. None without interfaces.
+    pub fn guest_network(&self) -> Option<GuestNetwork> {
+        self.guest_network.clone()
+    }
+
     /// The VMM and virtiofsd.
     pub async fn helpers(&self) -> Vec<HostProcess> {
         self.sandbox.helpers().await
@@ -142,6 +212,7 @@ impl Pod {
     /// namespaces its config.json names by the VMM's pid, which is the
     /// pid the pod's containers are reported with, so the sandbox's.
     pub async fn add(&self, id: &str, bundle: &Bundle) -> Result<Prepared, PodError> {
+        network_of(id, bundle)?;
         let sandbox = match crate::sandbox::annotated_role(&bundle.spec, id)? {
             Some(Role::Member(sandbox)) => sandbox,
             _ => return Ok(self.sandbox.prepare(id, bundle).await?),
@@ -164,12 +235,30 @@ impl Pod {
         Ok(self.sandbox.release(id).await?)
     }
 
-    /// Stops the VM and removes the pod's directory.
-    pub async fn shut_down(self) {
-        let Pod { home, sandbox, .. } = self;
+    /// Stops the VM, detaches the pod's network and removes the pod's
+    /// directory.
+    pub async fn shut_down(self) -> Result<(), PodError> {
+        let Pod {
+            home,
+            sandbox,
+            _network: attachment,
+            ..
+        } = self;
         sandbox.shut_down().await;
+        if let Some(attachment) = attachment {
+            attachment.detach()?;
+        }
         remove_home(&home);
+        Ok(())
     }
+}
+
+fn write_owner(home: &Home, owner: &Owner) -> Result<(), PodError> {
+    let text = serde_json::to_vec(owner).unwrap_or_default();
+    Ok(state::write_atomically(
+        &home.dir().join(OWNER_FILE),
+        &text,
+    )?)
 }
 
 /// After the owner of pod `id` under `root` is gone: ends the VMM and
@@ -207,6 +296,9 @@ pub fn clean_up(root: &Path, id: &str) -> Result<bool, PodError> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    if let Some(netns) = &owner.netns {
+        network::detach(netns)?;
+    }
     let mounted = share::mounts_below(home.dir());
     if !mounted.is_empty() {
         return Err(PodError::Cleanup {
@@ -231,6 +323,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_network_is_the_runc_paths() {
+        use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
+        let bundle = |path: Option<&str>| {
+            let mut namespace = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
+            if let Some(path) = path {
+                namespace = namespace.path(path);
+            }
+            let namespaces = path.map_or(Vec::new(), |_| vec![namespace.build().expect("ns")]);
+            let mut spec = Spec::default();
+            let linux = LinuxBuilder::default().namespaces(namespaces).build();
+            spec.set_linux(Some(linux.expect("linux")));
+            Bundle {
+                dir: PathBuf::from("/b"),
+                spec,
+            }
+        };
+        assert!(matches!(
+            network_of("c", &bundle(None)),
+            Err(PodError::HostNetwork { .. })
+        ));
+        let host = network_of("c", &bundle(None)).unwrap_err().to_string();
+        assert!(host.contains("host networking"), "{host}");
+        assert_eq!(
+            network_of("c", &bundle(Some("/run/netns/cni-1"))).ok(),
+            Some(Some(PathBuf::from("/run/netns/cni-1")))
+        );
+        assert_eq!(
+            network_of("c", &bundle(Some("ns"))).ok(),
+            Some(Some(PathBuf::from("/b/ns")))
+        );
+    }
+
+    #[test]
     fn a_pod_that_does_not_exist_is_cleaned_up_without_error() {
         let root = std::env::temp_dir().join(format!("runvm-pod-test-{}", std::process::id()));
         assert!(clean_up(&root, "nothing-here").expect("nothing to do"));
@@ -248,6 +373,7 @@ mod tests {
         let live = Owner {
             owner: HostProcess::current(),
             helpers: Vec::new(),
+            netns: None,
         };
         fs::write(
             dir.join(OWNER_FILE),
@@ -262,6 +388,7 @@ mod tests {
                 start_time: 1,
             }),
             helpers: Vec::new(),
+            netns: None,
         };
         fs::write(
             dir.join(OWNER_FILE),

@@ -16,6 +16,13 @@
 //! runvm the pod's `eth0` is carried into its VM by a tap). The
 //! sandbox ("pause") image is the busybox test image with a sleeping
 //! command: there is no registry to pull from.
+//!
+//! Under runvm's shim the same pod also shows the task service's Stats
+//! (ContainerStats' memory and CPU figures), Update (a new memory limit
+//! in the container's guest cgroup), an ExecSync past its timeout, a
+//! container that ignores SIGTERM stopped by SIGKILL after its grace
+//! period, and one killed by the guest's OOM killer reported with reason
+//! `OOMKilled`: more containers of the one VM.
 
 mod common;
 #[path = "common/containerd_config.rs"]
@@ -31,10 +38,10 @@ mod netns;
 #[path = "common/podman_env.rs"]
 mod podman_env;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cri_client::cri;
-use env::{one_at_a_time, CriEnv, HANDLER, SHIM_HANDLER};
+use env::{container_config, one_at_a_time, CriEnv, HANDLER, SHIM_HANDLER};
 use harness::{read_text, wait_for};
 
 /// A pod with two busybox containers: one VM (one guest kernel) for both,
@@ -104,12 +111,12 @@ fn two_containers_in_one_vm(env: CriEnv, handler: &str) {
 
     // The pod's network: the IP CNI gave the pod is on eth0 in both
     // containers, and a server in the pod answers the node (the test's
-    // namespace, where the bridge is). Not yet with runvm's own shim,
-    // which gives the pod's VM no network.
-    if handler == HANDLER {
-        assert_pod_network(&env, &status, [&app1, &app2]);
-    }
+    // namespace, where the bridge is).
+    assert_pod_network(&env, &status, [&app1, &app2]);
     assert_shared_namespaces(&env, "runvm-pod", [&app1, &app2]);
+    if handler == SHIM_HANDLER {
+        assert_shim_task_service(&env, &pod, &config, [&app1, &app2]);
+    }
 
     let (code, out, err) = env.exec(&app1, &["sh", "-c", "echo out; echo err >&2; exit 3"]);
     assert_eq!(
@@ -243,4 +250,118 @@ fn assert_shared_namespaces(env: &CriEnv, hostname: &str, [app1, app2]: [&String
         (0, "shared\n"),
         "app2 sees app1's /dev/shm: {err}"
     );
+}
+
+/// Stats, Update, ExecSync's timeout, StopContainer's SIGKILL after the
+/// grace period and OOM kills through runvm's shim, in `pod`'s VM.
+#[track_caller]
+fn assert_shim_task_service(
+    env: &CriEnv,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    [app1, app2]: [&String; 2],
+) {
+    // Stats: the figures of app1's guest cgroup.
+    let stats = env
+        .client
+        .container_stats(app1)
+        .unwrap_or_else(|e| env.fail(&e.0));
+    let figure = |value: Option<&cri::UInt64Value>| value.map_or(0, |v| v.value);
+    let memory = stats.memory.as_ref();
+    let working_set = figure(memory.and_then(|m| m.working_set_bytes.as_ref()));
+    let cpu = figure(
+        stats
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref()),
+    );
+    assert!(
+        working_set > 0 && cpu > 0,
+        "app1's memory and CPU figures: {stats:?}"
+    );
+
+    // Update: a memory limit lands in app2's guest cgroup.
+    let limit: i64 = 96 << 20;
+    let resources = cri::LinuxContainerResources {
+        memory_limit_in_bytes: limit,
+        ..Default::default()
+    };
+    env.client
+        .update_resources(app2, resources)
+        .unwrap_or_else(|e| env.fail(&e.0));
+    let (code, out, err) = env.exec(app2, &["cat", "/sys/fs/cgroup/memory.max"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, limit.to_string().as_str()),
+        "app2's memory.max after UpdateContainerResources: {err}"
+    );
+
+    // ExecSync past its timeout: an error, well before the command ends.
+    let started = Instant::now();
+    let timed_out = env
+        .client
+        .exec_sync_within(app2, &["sleep", "60"], Duration::from_secs(2));
+    assert!(
+        matches!(&timed_out, Err(e) if e.0.contains("timeout")),
+        "ExecSync past its timeout: {timed_out:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A container that ignores SIGTERM: SIGKILL after the grace period.
+    let stubborn = env.start_script(
+        pod,
+        pod_config,
+        "stubborn",
+        "trap '' TERM; echo started; while :; do sleep 1; done",
+    );
+    let started = Instant::now();
+    env.client
+        .stop_container(&stubborn, 2)
+        .unwrap_or_else(|e| env.fail(&e.0));
+    let status = env
+        .client
+        .container_status(&stubborn)
+        .unwrap_or_else(|e| env.fail(&e.0));
+    assert_eq!(
+        (status.state, status.exit_code),
+        (cri::ContainerState::ContainerExited as i32, 128 + 9),
+        "the stubborn container after StopContainer: {status:?}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(30),
+        "killed after its 2 s grace period: {took:?}"
+    );
+    env.client
+        .remove_container(&stubborn)
+        .unwrap_or_else(|e| env.fail(&e.0));
+
+    // A container over its memory limit: killed in the guest, OOMKilled.
+    let mut hungry = container_config("hungry", "dd if=/dev/zero of=/dev/null bs=64M count=1");
+    hungry.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hungry = env.create_and_start(pod, pod_config, hungry);
+    wait_for("the hungry container is OOMKilled", || {
+        let status = env
+            .client
+            .container_status(&hungry)
+            .unwrap_or_else(|e| env.fail(&e.0));
+        (status.state == cri::ContainerState::ContainerExited as i32
+            && status.reason == "OOMKilled"
+            && status.exit_code != 0)
+            .then_some(())
+            .ok_or(format!("{status:?}"))
+    });
+    env.client
+        .remove_container(&hungry)
+        .unwrap_or_else(|e| env.fail(&e.0));
 }

@@ -5,12 +5,17 @@
 //! containerd finds shims). No runc shim and no `runvm` process take part:
 //! the shim owns the VM.
 //!
-//! - `ctr run --rm`: output, exit status, nothing left;
-//! - a detached task: `ctr task exec` (output, exit status), `ctr task
-//!   ps`, `ctr task kill` (a trapped SIGTERM), `ctr task delete` with the
-//!   exit status, then nothing left (no shim, VMM or virtiofsd, no state);
+//! - `ctr run --rm`: output, exit status, nothing left; `--net-host`
+//!   refused, naming host networking;
+//! - a detached task in a network namespace of the test (`--with-ns`,
+//!   an `eth0` with an address, as CNI leaves it): the guest wears that
+//!   `eth0`, `ctr task exec` (output, exit status), `ctr task ps`, `ctr
+//!   task kill` (a trapped SIGTERM), `ctr task delete` with the exit
+//!   status, then nothing left (no shim, VMM or virtiofsd, no state, no
+//!   tap or TC filter in the namespace);
 //! - the shim SIGKILLed: containerd's clean-up (`shim delete`) removes
-//!   the VMM, virtiofsd, the rootfs mount and the pod's state.
+//!   the VMM, virtiofsd, the rootfs mount, the pod's state and its taps
+//!   and TC filters.
 //!
 //! Each test is one microVM; they run one at a time.
 
@@ -31,7 +36,10 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
 use containerd_daemon::Daemon;
-use harness::{assert_no_mounts_below, assert_no_process_references, wait_for, Output, Scratch};
+use harness::{
+    assert_no_mounts_below, assert_no_process_references, run, wait_for, Output, Scratch,
+};
+use netns::NetNs;
 use podman_env::IMAGE;
 
 const RUNTIME: &str = "io.containerd.runvm.v2";
@@ -39,7 +47,50 @@ const SHIM: &str = "containerd-shim-runvm-v2";
 /// Where the shim keeps its pods' state, per containerd namespace.
 const SHIM_STATE: &str = "/run/runvm-shim";
 
+/// The address of the test namespace's `eth0`.
+const POD_ADDRESS: &str = "10.91.0.2/24";
+/// runvm's TC filter priority (0xc0de), as `tc` prints it.
+const RUNVM_FILTER_PREF: &str = "pref 49374";
+
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A network namespace as CNI leaves a pod's: an `eth0` with an address,
+/// up, a veth whose peer is in a second namespace (the second of the two).
+fn pod_namespace(name: &str) -> (NetNs, NetNs) {
+    let (ns, peer) = (NetNs::new(name), NetNs::new(&format!("{name}-peer")));
+    let peer_name = peer.path().file_name().expect("a name").to_owned();
+    let peer_name = peer_name.to_str().expect("UTF-8");
+    let veth = [
+        "link", "add", "eth0", "type", "veth", "peer", "name", "vpeer",
+    ];
+    in_namespace(&ns, "ip", &[&veth[..], &["netns", peer_name]].concat());
+    in_namespace(&ns, "ip", &["link", "set", "eth0", "up"]);
+    in_namespace(&ns, "ip", &["addr", "add", POD_ADDRESS, "dev", "eth0"]);
+    in_namespace(&peer, "ip", &["link", "set", "vpeer", "up"]);
+    (ns, peer)
+}
+
+/// `ip` or `tc` in `ns`: its stdout.
+fn in_namespace(ns: &NetNs, program: &str, args: &[&str]) -> String {
+    let mut command = Command::new(program);
+    command.args(args);
+    netns::enter(&ns.path(), &mut command);
+    run(&mut command).ok().stdout
+}
+
+/// What runvm could have left in `ns`: its taps and its filters on `eth0`.
+fn runvm_leftovers(ns: &NetNs) -> String {
+    let links = in_namespace(ns, "ip", &["-o", "link"]);
+    let filters = in_namespace(ns, "tc", &["filter", "show", "dev", "eth0", "ingress"]);
+    let taps = links.lines().filter(|l| l.contains("rvtap"));
+    let ours = filters.lines().filter(|l| l.contains(RUNVM_FILTER_PREF));
+    taps.chain(ours).collect::<Vec<_>>().join("\n")
+}
+
+/// `--with-ns` for `ctr run`: the container's network namespace is `ns`.
+fn with_netns(ns: &NetNs) -> String {
+    format!("network:{}", ns.path().display())
+}
 
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
@@ -182,6 +233,11 @@ fn ctr_run_rm_gives_output_and_exit_status() {
         .run_container(&["--rm"], "s9", &["/no/such/binary"])
         .fails();
     assert!(missing.stderr.contains("/no/such/binary"), "{missing}");
+    // The host's network cannot be a guest's: refused before any VM boots.
+    let host = containerd
+        .run_container(&["--rm", "--net-host"], "s8", &["true"])
+        .fails();
+    assert!(host.stderr.contains("host networking"), "{host}");
     containerd.assert_nothing_left();
     containerd.stop_and_assert_clean();
 }
@@ -194,10 +250,19 @@ fn ctr_run_rm_gives_output_and_exit_status() {
 fn detached_task_exec_kill_and_delete_leave_nothing() {
     let _one = one_at_a_time();
     let containerd = Containerd::start("d");
+    let (ns, _peer) = pod_namespace("shim-d");
     let script = "trap 'exit 7' TERM; sleep 1000000 & wait";
     containerd
-        .run_container(&["--detach"], "s2", &["sh", "-c", script])
+        .run_container(
+            &["--detach", "--with-ns", &with_netns(&ns)],
+            "s2",
+            &["sh", "-c", script],
+        )
         .ok();
+    assert!(
+        in_namespace(&ns, "ip", &["-o", "link"]).contains("rvtap0"),
+        "runvm's tap for eth0"
+    );
     let tasks = containerd.tasks();
     assert!(
         matches!(tasks.as_slice(), [(id, pid, status)] if id == "s2" && *pid > 0 && status == "RUNNING"),
@@ -222,6 +287,27 @@ fn detached_task_exec_kill_and_delete_leave_nothing() {
         .exits(4);
     assert_eq!(exec.stdout, "from exec\n/etc\n", "{exec}");
     assert_eq!(exec.stderr, "exec err\n", "{exec}");
+    let address = containerd
+        .ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e2",
+            "--fifo-dir",
+            &fifos,
+            "s2",
+            "ip",
+            "-o",
+            "-4",
+            "addr",
+            "show",
+            "eth0",
+        ])
+        .ok();
+    assert!(
+        address.stdout.contains(&format!("inet {POD_ADDRESS}")),
+        "the namespace's eth0 and address in the guest: {address}"
+    );
     let ps = containerd.ctr(&["tasks", "ps", "s2"]).ok();
     assert!(
         ps.stdout.lines().skip(1).count() >= 2,
@@ -236,19 +322,30 @@ fn detached_task_exec_kill_and_delete_leave_nothing() {
     );
     containerd.ctr(&["containers", "rm", "s2"]).ok();
     containerd.assert_nothing_left();
+    let left = runvm_leftovers(&ns);
+    assert!(left.is_empty(), "runvm's taps or filters are left: {left}");
     containerd.stop_and_assert_clean();
 }
 
 /// The shim SIGKILLed while its task runs: containerd sees the task end
 /// and runs `containerd-shim-runvm-v2 delete`, after which no VMM,
-/// virtiofsd, rootfs mount or pod state is left.
+/// virtiofsd, rootfs mount, pod state, tap or TC filter is left.
 #[test]
 fn a_killed_shim_is_cleaned_up_by_shim_delete() {
     let _one = one_at_a_time();
     let containerd = Containerd::start("k");
+    let (ns, _peer) = pod_namespace("shim-k");
     containerd
-        .run_container(&["--detach"], "s3", &["sleep", "1000000"])
+        .run_container(
+            &["--detach", "--with-ns", &with_netns(&ns)],
+            "s3",
+            &["sleep", "1000000"],
+        )
         .ok();
+    assert!(
+        !runvm_leftovers(&ns).is_empty(),
+        "runvm's tap and filters while the task runs"
+    );
     let shims: Vec<(u32, String)> =
         harness::processes_referencing(std::slice::from_ref(&containerd.namespace))
             .into_iter()
@@ -268,5 +365,7 @@ fn a_killed_shim_is_cleaned_up_by_shim_delete() {
     let _ = containerd.command(&["tasks", "delete", "s3"]).output();
     containerd.ctr(&["containers", "rm", "s3"]).ok();
     containerd.assert_nothing_left();
+    let left = runvm_leftovers(&ns);
+    assert!(left.is_empty(), "runvm's taps or filters are left: {left}");
     containerd.stop_and_assert_clean();
 }

@@ -176,6 +176,12 @@ impl Attachment {
     pub fn keep(mut self) {
         self.kept = true;
     }
+
+    /// [`detach`]es now, saying whether it worked (a drop cannot).
+    pub fn detach(mut self) -> Result<(), NetworkError> {
+        self.kept = true;
+        detach(&self.netns)
+    }
 }
 
 impl Drop for Attachment {

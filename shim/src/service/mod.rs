@@ -6,7 +6,8 @@
 //! comment) and blocks on it. A process's end is watched by a task of its
 //! own, which passes its output on before it records the exit, publishes
 //! `TaskExit` and wakes `Wait`: containerd reads nothing after the exit
-//! is reported.
+//! is reported. Another task follows the guest's events for the pod's
+//! life and publishes `TaskOOM` for each OOM kill in a container.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,7 +24,7 @@ use containerd_shim::api::{
     WaitRequest, WaitResponse,
 };
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageDyn;
@@ -38,7 +39,7 @@ use runvm::deadlines;
 use runvm::pod::Pod;
 use runvm::sandbox::{self, Role};
 use runvm::state::StateRoot;
-use runvm_agent_api::RequestBody;
+use runvm_agent_api::{ContainerEvent, RequestBody};
 use tokio::sync::watch;
 
 use crate::process::{now, Exit, Process};
@@ -138,7 +139,10 @@ impl Service {
             loop {
                 match Arc::try_unwrap(pod) {
                     Ok(pod) => {
-                        pod.shut_down().await;
+                        let id = pod.id().to_owned();
+                        if let Err(e) = pod.shut_down().await {
+                            log::warn!("pod {id}: {e}");
+                        }
                         return Ok(());
                     }
                     Err(shared) if tokio::time::Instant::now() < deadline => {
@@ -517,12 +521,47 @@ impl containerd_shim::Task for Service {
         Ok(Empty::new())
     }
 
-    fn update(&self, _ctx: &TtrpcContext, _req: UpdateTaskRequest) -> TtrpcResult<Empty> {
-        Err(not_implemented("Update"))
+    fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        self.with_process(&req.id, "", |_, _| Ok(()))?;
+        // containerd sends the OCI LinuxResources as JSON.
+        let resources: runvm_agent_api::oci::LinuxResources = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| error(Code::INVALID_ARGUMENT, "no resources to update"))
+            .and_then(|any| {
+                serde_json::from_slice(&any.value)
+                    .map_err(|e| error(Code::INVALID_ARGUMENT, format!("invalid resources: {e}")))
+            })?;
+        let shared = self.shared.clone();
+        let id = req.id.clone();
+        self.run(async move {
+            let pod = shared.pod().await?;
+            let containers = ContainerClient::new(pod.agent());
+            deadlines::within(
+                "update",
+                deadlines::UPDATE,
+                containers.update(&id, resources),
+            )
+            .await
+            .map_err(internal)
+        })?;
+        Ok(Empty::new())
     }
 
-    fn stats(&self, _ctx: &TtrpcContext, _req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        Err(not_implemented("Stats"))
+    fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        self.with_process(&req.id, "", |_, _| Ok(()))?;
+        let shared = self.shared.clone();
+        let id = req.id.clone();
+        let stats = self.run(async move {
+            let pod = shared.pod().await?;
+            let containers = ContainerClient::new(pod.agent());
+            deadlines::within("stats", deadlines::QUERY, containers.stats(&id))
+                .await
+                .map_err(internal)
+        })?;
+        let mut response = StatsResponse::new();
+        response.stats = Some(crate::metrics::packed(&stats).map_err(internal)?).into();
+        Ok(response)
     }
 
     fn checkpoint(&self, _ctx: &TtrpcContext, _req: CheckpointTaskRequest) -> TtrpcResult<Empty> {

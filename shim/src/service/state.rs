@@ -90,12 +90,18 @@ pub(super) fn mount_rootfs(request: &CreateTaskRequest, target: &Path) -> TtrpcR
     Ok(!request.rootfs.is_empty())
 }
 
-/// The pod's VM, booted for `bundle`'s container if it is the first.
-pub(super) async fn pod_for(shared: &Shared, id: &str, bundle: &Bundle) -> TtrpcResult<Arc<Pod>> {
+/// The pod's VM, booted for `bundle`'s container if it is the first
+/// (then `true`: that container owns the pod's network).
+pub(super) async fn pod_for(
+    shared: &Arc<Shared>,
+    id: &str,
+    bundle: &Bundle,
+) -> TtrpcResult<(Arc<Pod>, bool)> {
     let mut pod = shared.pod.lock().await;
     if let Some(pod) = pod.as_ref() {
-        return Ok(pod.clone());
+        return Ok((pod.clone(), false));
     }
+    let netns = runvm::pod::network_of(id, bundle).map_err(|e| error(Code::INVALID_ARGUMENT, e))?;
     let is_sandbox = matches!(
         sandbox::annotated_role(&bundle.spec, id),
         Ok(Some(Role::Sandbox))
@@ -104,12 +110,34 @@ pub(super) async fn pod_for(shared: &Shared, id: &str, bundle: &Bundle) -> Ttrpc
     let root = StateRoot::open(&shared.root).map_err(internal)?;
     let pod_id = crate::shim::short_name(&crate::shim::pod_of(&bundle.dir, id));
     let booted = Arc::new(
-        Pod::boot(&root, &pod_id, size)
+        Pod::boot(&root, &pod_id, size, netns.as_deref())
             .await
             .map_err(|e| internal(format!("cannot boot the pod's VM: {e}")))?,
     );
+    match booted.connect_agent().await {
+        Ok(agent) => drop(tokio::spawn(publish_ooms(shared.clone(), agent))),
+        Err(e) => log::warn!("pod {pod_id}: no OOM events: {e}"),
+    }
     *pod = Some(booted.clone());
-    Ok(booted)
+    Ok((booted, true))
+}
+
+/// Publishes `TaskOOM` for every OOM kill the guest reports in a
+/// container of this shim, until the VM stops (which ends `agent`'s
+/// connection).
+async fn publish_ooms(shared: Arc<Shared>, agent: runvm::agent_client::AgentClient) {
+    let containers = ContainerClient::new(&agent);
+    let mut after = 0;
+    while let Ok((seq, event)) = containers.next_event(after).await {
+        after = seq;
+        if let ContainerEvent::Oom { id, .. } = event {
+            if shared.containers().contains_key(&id) {
+                let mut oom = TaskOOM::new();
+                oom.container_id = id;
+                shared.publish("/tasks/oom", Box::new(oom));
+            }
+        }
+    }
 }
 
 /// Creates container `id` in the pod's VM; its init is held.
@@ -121,14 +149,15 @@ pub(super) async fn create_in_pod(
     closer: crate::stdio::StdinCloser,
 ) -> TtrpcResult<(Arc<Pod>, ContainerProcess)> {
     let bundle = Bundle::load(&bundle_dir).map_err(internal)?;
-    let pod = pod_for(&shared, &id, &bundle).await?;
+    let (pod, booted) = pod_for(&shared, &id, &bundle).await?;
     let io = stdio::open(&paths, &closer).map_err(internal)?;
     let prepared = pod.add(&id, &bundle).await.map_err(internal)?;
+    let network = if booted { pod.guest_network() } else { None };
     let containers = ContainerClient::new(pod.agent());
     let created = deadlines::within(
         "create",
         deadlines::CREATE,
-        containers.create_in_pod(&id, prepared, io, None),
+        containers.create_in_pod(&id, prepared, io, network),
     )
     .await;
     match created {

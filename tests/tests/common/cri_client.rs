@@ -240,6 +240,35 @@ impl CriClient {
         .ok_or_else(|| CallError("ContainerStatus: no status".into()))
     }
 
+    pub fn container_stats(&self, id: &str) -> Result<cri::ContainerStats, CallError> {
+        let mut client = self.runtime.clone();
+        let request = cri::ContainerStatsRequest {
+            container_id: id.to_string(),
+        };
+        self.block("ContainerStats", async move {
+            client.container_stats(request).await
+        })?
+        .stats
+        .ok_or_else(|| CallError("ContainerStats: no stats".into()))
+    }
+
+    pub fn update_resources(
+        &self,
+        id: &str,
+        resources: cri::LinuxContainerResources,
+    ) -> Result<(), CallError> {
+        let mut client = self.runtime.clone();
+        let request = cri::UpdateContainerResourcesRequest {
+            container_id: id.to_string(),
+            linux: Some(resources),
+            ..Default::default()
+        };
+        self.block("UpdateContainerResources", async move {
+            client.update_container_resources(request).await
+        })
+        .map(drop)
+    }
+
     pub fn list_containers(&self) -> Result<Vec<cri::Container>, CallError> {
         let mut client = self.runtime.clone();
         self.block("ListContainers", async move {
@@ -256,11 +285,21 @@ impl CriClient {
         id: &str,
         command: &[&str],
     ) -> Result<(i32, String, String), CallError> {
+        self.exec_sync_within(id, command, CALL_PATIENCE)
+    }
+
+    /// [`Self::exec_sync`] with ExecSync's `timeout` (whole seconds).
+    pub fn exec_sync_within(
+        &self,
+        id: &str,
+        command: &[&str],
+        timeout: Duration,
+    ) -> Result<(i32, String, String), CallError> {
         let mut client = self.runtime.clone();
         let request = cri::ExecSyncRequest {
             container_id: id.to_string(),
             cmd: command.iter().map(|s| s.to_string()).collect(),
-            timeout: CALL_PATIENCE.as_secs() as i64,
+            timeout: timeout.as_secs() as i64,
         };
         self.block("ExecSync", async move { client.exec_sync(request).await })
             .map(|response| {

@@ -214,29 +214,41 @@ impl CriEnv {
     }
 
     /// Creates and starts a busybox container `name` in `pod` running
-    /// `script`; its id once it logged `started`.
+    /// [`SLEEPER`]; its id once it logged `started`.
     pub(super) fn start_container(
         &self,
         pod: &str,
         pod_config: &cri::PodSandboxConfig,
         name: &str,
     ) -> String {
-        let config = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.to_string(),
-                attempt: 0,
-            }),
-            image: Some(image_spec(IMAGE)),
-            command: vec!["sh".into(), "-c".into(), SLEEPER.into()],
-            // The imported image sets no PATH; ExecSync inherits this one.
-            envs: vec![cri::KeyValue {
-                key: "PATH".into(),
-                value: "/bin".into(),
-            }],
-            log_path: format!("{name}.log"),
-            linux: Some(cri::LinuxContainerConfig::default()),
-            ..Default::default()
-        };
+        self.start_script(pod, pod_config, name, SLEEPER)
+    }
+
+    /// [`Self::start_container`] running `script`, which must log `started`.
+    pub(super) fn start_script(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        name: &str,
+        script: &str,
+    ) -> String {
+        let id = self.create_and_start(pod, pod_config, container_config(name, script));
+        let log = self.log_path(name);
+        wait_for(&format!("{name} logs `started`"), || {
+            let text = read_text(&log);
+            text.contains(" stdout F started").then_some(()).ok_or(text)
+        });
+        id
+    }
+
+    /// Creates container `config` in `pod` and starts it: its id.
+    #[track_caller]
+    pub(super) fn create_and_start(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> String {
         let id = self
             .client
             .create_container(pod, &config, pod_config)
@@ -244,11 +256,6 @@ impl CriEnv {
         self.client
             .start_container(&id)
             .unwrap_or_else(|e| self.fail(&e.0));
-        let log = self.log_path(name);
-        wait_for(&format!("{name} logs `started`"), || {
-            let text = read_text(&log);
-            text.contains(" stdout F started").then_some(()).ok_or(text)
-        });
         id
     }
 
@@ -417,6 +424,26 @@ impl Drop for CriEnv {
         }
         harness::remove_cgroup(&self.cgroup_parent);
         harness::clean_up(&runtime_root_base(), &[]);
+    }
+}
+
+/// A busybox container `name` running `script`, logging to `<name>.log`.
+pub(super) fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.to_string(),
+            attempt: 0,
+        }),
+        image: Some(image_spec(IMAGE)),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        // The imported image sets no PATH; ExecSync inherits this one.
+        envs: vec![cri::KeyValue {
+            key: "PATH".into(),
+            value: "/bin".into(),
+        }],
+        log_path: format!("{name}.log"),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
     }
 }
 
