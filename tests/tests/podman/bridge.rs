@@ -83,7 +83,7 @@ impl Podman {
 
     /// The answer (status line, headers, body) to an HTTP/1.0 GET of `/`
     /// at `host port` from container `name`, once it answers. (Through
-    /// `nc`: the static busybox's `wget` crashes in glibc's resolver.)
+    /// `nc`: the static busybox's `wget` segfaults.)
     #[track_caller]
     fn fetch_in(&self, name: &str, host: &str, port: u16) -> String {
         let get = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {host} {port}");
