@@ -13,7 +13,9 @@
 //! CNI is Debian's `bridge` plugin with `host-local` addresses, in the
 //! test's namespace; the pod's IP (PodSandboxStatus) must be on `eth0` in
 //! its containers, and a server in the pod must answer the test (for
-//! runvm the pod's `eth0` is carried into its VM by a tap). The
+//! runvm the pod's `eth0` is carried into its VM by a tap); a second pod
+//! and the first reach each other by IP, and once removed its namespace,
+//! and runvm's tap and filters with it, are gone. The
 //! sandbox ("pause") image is the busybox test image with a sleeping
 //! command: there is no registry to pull from.
 
@@ -42,8 +44,9 @@ use harness::{read_text, wait_for};
 use pod_netns::PodNetns;
 
 /// A pod with two busybox containers: one VM (one guest kernel) for both,
-/// ExecSync's output and exit code, the CRI logs, then stop and remove
-/// each container and the pod; nothing is left.
+/// ExecSync's output and exit code, the CRI logs, a second pod (a second
+/// VM) that the first reaches by IP and back, then stop and remove each
+/// container and the pods; nothing is left.
 #[test]
 fn pod_with_two_containers_in_one_vm() {
     let _one = one_at_a_time();
@@ -260,6 +263,7 @@ fn assert_shared_namespaces(env: &CriEnv, hostname: &str, [app1, app2]: [&String
 /// filters; the first pod runs on.
 #[track_caller]
 fn a_second_pod_reaches_the_first(env: &CriEnv, first: &cri::PodSandboxStatus, app1: &str) {
+    let started = Instant::now();
     let config = env.pod_config("runvm-peer");
     let peer_pod = env
         .client
@@ -310,6 +314,10 @@ fn a_second_pod_reaches_the_first(env: &CriEnv, first: &cri::PodSandboxStatus, a
             (vmms == 1).then_some(()).ok_or(format!("{vmms} VMMs"))
         });
     }
+    eprintln!(
+        "the second pod came, was reached and went in {:?}",
+        started.elapsed()
+    );
 }
 
 /// The network namespace CNI made for `pod`, as its sandbox's config.json
