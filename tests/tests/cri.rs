@@ -13,7 +13,9 @@
 //! CNI is Debian's `bridge` plugin with `host-local` addresses, in the
 //! test's namespace; the pod's IP (PodSandboxStatus) must be on `eth0` in
 //! its containers, and a server in the pod must answer the test (for
-//! runvm the pod's `eth0` is carried into its VM by a tap). The
+//! runvm the pod's `eth0` is carried into its VM by a tap); a second pod
+//! and the first reach each other by IP, and once removed its namespace,
+//! and runvm's tap and filters with it, are gone. The
 //! sandbox ("pause") image is the busybox test image with a sleeping
 //! command: there is no registry to pull from.
 //!
@@ -35,18 +37,23 @@ mod env;
 mod harness;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/pod_netns.rs"]
+mod pod_netns;
 #[path = "common/podman_env.rs"]
 mod podman_env;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cri_client::cri;
 use env::{container_config, one_at_a_time, CriEnv, HANDLER, SHIM_HANDLER};
 use harness::{read_text, wait_for};
+use pod_netns::PodNetns;
 
 /// A pod with two busybox containers: one VM (one guest kernel) for both,
-/// ExecSync's output and exit code, the CRI logs, then stop and remove
-/// each container and the pod; nothing is left.
+/// ExecSync's output and exit code, the CRI logs, a second pod (a second
+/// VM) that the first reaches by IP and back, then stop and remove each
+/// container and the pods; nothing is left.
 #[test]
 fn pod_with_two_containers_in_one_vm() {
     let _one = one_at_a_time();
@@ -124,6 +131,10 @@ fn two_containers_in_one_vm(env: CriEnv, handler: &str) {
         (3, "out\n", "err\n"),
         "ExecSync's exit code, stdout and stderr"
     );
+
+    if handler == HANDLER {
+        a_second_pod_reaches_the_first(&env, &status, &app1);
+    }
 
     // The kubelet's log format: "<RFC 3339 time> <stream> <F|P> <text>".
     let log = read_text(&env.log_path("app1"));
@@ -364,4 +375,88 @@ fn assert_shim_task_service(
     env.client
         .remove_container(&hungry)
         .unwrap_or_else(|e| env.fail(&e.0));
+}
+
+/// A second pod (a second VM for runvm) on the same CNI bridge: its
+/// container and `app1` of the first pod (whose httpd
+/// [`assert_pod_network`] started) reach each other's servers by pod IP.
+/// Once it is removed its namespace is gone, and with it runvm's tap and
+/// filters; the first pod runs on.
+#[track_caller]
+fn a_second_pod_reaches_the_first(env: &CriEnv, first: &cri::PodSandboxStatus, app1: &str) {
+    let started = Instant::now();
+    let config = env.pod_config("runvm-peer");
+    let peer_pod = env
+        .client
+        .run_pod(&config, HANDLER)
+        .unwrap_or_else(|e| env.fail(&e.0));
+    let peer_status = env
+        .client
+        .pod_status(&peer_pod)
+        .unwrap_or_else(|e| env.fail(&e.0));
+    let peer = env.start_container(&peer_pod, &config, "peer");
+    if env.runtime.is_runvm {
+        assert_eq!(env.vmm_and_virtiofsd_count().0, 2, "a VMM per pod");
+    }
+    let netns = PodNetns::inspect(&pod_netns_path(env, &peer_pod), env.runtime.is_runvm);
+    let ip_of = |status: &cri::PodSandboxStatus| status.network.as_ref().map(|n| n.ip.clone());
+    let (first_ip, peer_ip) = (ip_of(first).unwrap_or_default(), ip_of(&peer_status));
+    let peer_ip = peer_ip.unwrap_or_else(|| panic!("the second pod's IP: {peer_status:?}"));
+    assert_ne!(first_ip, peer_ip, "each pod has its own IP");
+
+    let serve = "mkdir -p /www && echo peer-says-hello > /www/index.html && httpd -p 8080 -h /www";
+    let (code, _, err) = env.exec(&peer, &["sh", "-c", serve]);
+    assert_eq!(code, 0, "httpd in the second pod: {err}");
+    for (from, to, text) in [(app1, &peer_ip, "peer"), (&peer, &first_ip, "pod")] {
+        let get = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {to} 8080");
+        let answer = wait_for(&format!("{from} reaches {to}:8080"), || {
+            let (code, out, err) = env.exec(from, &["sh", "-c", &get]);
+            (code == 0 && out.starts_with("HTTP/1."))
+                .then_some(out.clone())
+                .ok_or(format!("exit {code}: {out} {err}"))
+        });
+        assert!(
+            answer.ends_with(&format!("\r\n\r\n{text}-says-hello\n")),
+            "{to}:8080 answered {from}: {answer}"
+        );
+    }
+
+    env.stop_and_remove(&peer);
+    env.client
+        .stop_pod(&peer_pod)
+        .unwrap_or_else(|e| env.fail(&e.0));
+    env.client
+        .remove_pod(&peer_pod)
+        .unwrap_or_else(|e| env.fail(&e.0));
+    netns.assert_gone(&env.netns.path());
+    if env.runtime.is_runvm {
+        wait_for("the second pod's VMM ends", || {
+            let (vmms, _) = env.vmm_and_virtiofsd_count();
+            (vmms == 1).then_some(()).ok_or(format!("{vmms} VMMs"))
+        });
+    }
+    eprintln!(
+        "the second pod came, was reached and went in {:?}",
+        started.elapsed()
+    );
+}
+
+/// The network namespace CNI made for `pod`, as its sandbox's config.json
+/// (in containerd's state) names it.
+fn pod_netns_path(env: &CriEnv, pod: &str) -> PathBuf {
+    let bundle = env
+        .scratch
+        .join("state/io.containerd.runtime.v2.task")
+        .join(env::K8S_NAMESPACE)
+        .join(pod);
+    let spec: serde_json::Value = serde_json::from_str(&read_text(&bundle.join("config.json")))
+        .unwrap_or_else(|e| panic!("the sandbox's config.json in {}: {e}", bundle.display()));
+    let namespaces = spec["linux"]["namespaces"].as_array().cloned();
+    namespaces
+        .unwrap_or_default()
+        .iter()
+        .find(|ns| ns["type"] == "network")
+        .and_then(|ns| ns["path"].as_str())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no network namespace path in {}", bundle.display()))
 }

@@ -3,20 +3,26 @@
 //! copied-up tmpfs mounts, `run -d` with `exec`, `logs`, `stop` and `rm`,
 //! and `run -it` through a pseudo-terminal this test opens; podman's
 //! bridge network (netavark, in a network namespace of the test's) with a
-//! published port; a pod (its infra container and two members) in one VM.
+//! container and a pod (its infra container and two members, in one VM)
+//! on it, published ports, and nothing of runvm's left in any namespace.
 //! The image is busybox-static imported with `podman import` (there is no
 //! registry); storage, configuration and cgroups are private to each test,
 //! and nothing may be left behind.
 //!
 //! The runtime under test is `$RUNVM_TEST_RUNTIME` or the runvm build (see
 //! `common/harness.rs`). Each test is one container or pod (for runvm, one
-//! microVM); they run one at a time.
+//! microVM; the bridge scenario in `podman/bridge.rs` has one of each, two
+//! VMs at once); they run one at a time.
 
+#[path = "podman/bridge.rs"]
+mod bridge;
 mod common;
 #[path = "common/harness.rs"]
 mod harness;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/pod_netns.rs"]
+mod pod_netns;
 #[path = "common/podman_env.rs"]
 mod podman_env;
 #[path = "common/pty.rs"]
@@ -30,7 +36,6 @@ use harness::{
     assert_no_mounts_below, assert_no_process_references, read_text, wait_for, Output,
     RuntimeUnderTest, Scratch,
 };
-use netns::NetNs;
 use podman_env::PodmanEnv;
 use pty::InPty;
 
@@ -356,168 +361,5 @@ fn interactive_run_through_a_pty() {
         seen.contains("33 111"),
         "the tty's size; the terminal showed:\n{seen}"
     );
-    podman.assert_clean();
-}
-
-/// podman's default bridge network (netavark), podman itself in a network
-/// namespace of the test's: the container has its IP on `eth0`, and its
-/// server answers at that IP and through the published port; for runvm
-/// the container's namespace holds runvm's tap while it runs.
-#[test]
-fn bridge_network_and_a_published_port() {
-    let _one = one_at_a_time();
-    let netns = NetNs::new("rvpm-net");
-    let mut podman = Podman::new("net");
-    podman.env.run_in_netns(&netns.path());
-    let cidfile = podman.scratch.join("cid-net");
-    podman.cidfiles.push(cidfile.clone());
-    let cidfile = cidfile.display().to_string();
-    let cgroup_parent = podman.env.cgroup_parent.clone();
-    let serve =
-        "mkdir /www && echo pod-says-hello > /www/index.html && exec httpd -f -p 80 -h /www";
-    podman
-        .podman(&[
-            "run",
-            "--detach",
-            "--pull",
-            "never",
-            "--cgroup-parent",
-            &cgroup_parent,
-            "--cidfile",
-            &cidfile,
-            "--name",
-            "web",
-            "--publish",
-            "127.0.0.1:18080:80",
-            podman.image,
-            "sh",
-            "-c",
-            serve,
-        ])
-        .ok();
-    let inspect = podman
-        .podman(&[
-            "inspect",
-            "--format",
-            "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.SandboxKey}}",
-            "web",
-        ])
-        .ok();
-    let fields: Vec<&str> = inspect.stdout.split_whitespace().collect();
-    let (ip, sandbox) = match fields[..] {
-        [ip, sandbox] => (ip.to_string(), PathBuf::from(sandbox)),
-        _ => panic!("the container's IP and namespace: {inspect}"),
-    };
-    let shown = podman
-        .podman(&["exec", "web", "ip", "-o", "-4", "addr", "show", "eth0"])
-        .ok();
-    assert!(
-        shown.stdout.contains(&format!("eth0    inet {ip}/16")),
-        "the container's IP on eth0: {shown}"
-    );
-    if podman.runtime.is_runvm {
-        let name = sandbox
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let links = harness::run(Command::new("ip").args(["-n", name, "-o", "link"])).ok();
-        assert!(links.stdout.contains("rvtap0"), "runvm's tap: {links}");
-    }
-    let ns = std::fs::File::open(netns.path()).expect("open the test's namespace");
-    let answers = std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns(2) of this thread only.
-        assert_eq!(
-            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        [format!("{ip}:80"), "127.0.0.1:18080".to_string()].map(|address| {
-            let address = address.parse().expect("an address");
-            wait_for(&format!("{address} answers"), || harness::http_get(address))
-        })
-    })
-    .join()
-    .expect("the client thread");
-    for answer in answers {
-        assert!(
-            answer.starts_with("HTTP/1.") && answer.ends_with("pod-says-hello\n"),
-            "the container's httpd answered: {answer}"
-        );
-    }
-    podman.podman(&["rm", "--force", "--time", "0", "web"]).ok();
-    assert!(
-        !sandbox.exists(),
-        "podman removed the container's namespace"
-    );
-    podman.assert_clean();
-}
-
-/// A pod: `podman pod create` (its infra container runs catatonit) and two
-/// `podman run --pod` containers, which run in one VM (the same boot_id)
-/// and share localhost (one reaches the other's server on 127.0.0.1) and
-/// /dev/shm; `podman pod rm --force` leaves nothing.
-#[test]
-fn pod_with_two_containers_in_one_vm() {
-    let _one = one_at_a_time();
-    let mut podman = Podman::new("pod");
-    harness::require_programs(&[("/usr/bin/catatonit", "catatonit")]);
-    let cgroup_parent = podman.env.cgroup_parent.clone();
-    podman
-        .podman(&[
-            "pod",
-            "create",
-            "--name",
-            "p1",
-            "--network",
-            "none",
-            "--cgroup-parent",
-            &cgroup_parent,
-        ])
-        .ok();
-    let infra = podman
-        .podman(&["pod", "inspect", "--format", "{{.InfraContainerID}}", "p1"])
-        .ok();
-    // The infra container's id, for the final check.
-    let infra_file = podman.scratch.join("cid-infra");
-    std::fs::write(&infra_file, infra.stdout.trim()).expect("infra id");
-    podman.cidfiles.push(infra_file);
-    let server = "cat /proc/sys/kernel/random/boot_id; echo listening; \
-                  nc -l -p 7777; echo served; exec sleep 1000000";
-    podman.run_in_pod("p1", "a1", server).ok();
-    podman.wait_for_log("a1", "listening");
-    podman
-        .run_in_pod(
-            "p1",
-            "a2",
-            "cat /proc/sys/kernel/random/boot_id; \
-             for i in $(seq 100); do echo over-localhost | nc 127.0.0.1 7777 && break; \
-             sleep 0.2; done; echo sent; exec sleep 1000000",
-        )
-        .ok();
-    podman.wait_for_log("a2", "sent");
-    podman.wait_for_log("a1", "served");
-    let boot_id = |name: &str| {
-        let logs = podman.podman(&["logs", name]).ok();
-        logs.stdout.lines().next().unwrap_or("").to_string()
-    };
-    let (boot1, boot2) = (boot_id("a1"), boot_id("a2"));
-    assert_eq!(boot1.len(), 36, "a boot_id: {boot1:?}");
-    assert_eq!(boot1, boot2, "both containers run on the pod's kernel");
-    let a1_logs = podman.podman(&["logs", "a1"]).ok();
-    assert!(
-        a1_logs.stdout.contains("over-localhost\nserved"),
-        "a1's server got a2's line over 127.0.0.1: {a1_logs}"
-    );
-    podman
-        .podman(&["exec", "a1", "sh", "-c", "echo shared > /dev/shm/from-a1"])
-        .ok();
-    let shm = podman
-        .podman(&["exec", "a2", "cat", "/dev/shm/from-a1"])
-        .ok();
-    assert_eq!(shm.stdout, "shared\n", "a2 sees a1's /dev/shm: {shm}");
-
-    podman.podman(&["pod", "rm", "--force", "p1"]).ok();
-    let pods = podman.podman(&["pod", "ps", "--quiet"]).ok();
-    assert!(pods.stdout.trim().is_empty(), "pods left: {pods}");
     podman.assert_clean();
 }

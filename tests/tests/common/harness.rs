@@ -28,7 +28,8 @@ pub const COMMAND_PATIENCE: Duration = Duration::from_secs(300);
 /// stopping, processes going away) may take.
 pub const WAIT_PATIENCE: Duration = Duration::from_secs(180);
 
-const BUSYBOX: &str = "/bin/busybox";
+/// Debian's static busybox: the test image's, and a server on the host.
+pub const BUSYBOX: &str = "/bin/busybox";
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
