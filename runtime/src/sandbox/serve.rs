@@ -91,14 +91,12 @@ impl Sandbox {
     /// share (for the VM owner's own container, the pod's first: the pod
     /// is named after it and has the limits of its sizing).
     pub async fn prepare(&self, id: &str, bundle: &Bundle) -> Result<Prepared, SandboxError> {
-        let mut inner = self.inner.lock().await;
-        let vm = inner.vm.as_mut().ok_or_else(|| stopping(&self.home))?;
         let pod = PodPlacement {
             id: id.to_owned(),
             resources: size::pod_limits(&bundle.spec).map(Box::new),
             shared_namespaces: Vec::new(),
         };
-        prepare(vm, &self.agent, id, bundle, pod).await
+        self.prepare_placed(id, bundle, pod).await
     }
 
     /// [`Self::prepare`] for a member of the pod whose sandbox container
@@ -111,13 +109,22 @@ impl Sandbox {
         sandbox: &str,
         shared: Vec<runvm_agent_api::SharedNamespace>,
     ) -> Result<Prepared, SandboxError> {
-        let mut inner = self.inner.lock().await;
-        let vm = inner.vm.as_mut().ok_or_else(|| stopping(&self.home))?;
         let pod = PodPlacement {
             id: sandbox.to_owned(),
             resources: None,
             shared_namespaces: shared,
         };
+        self.prepare_placed(id, bundle, pod).await
+    }
+
+    async fn prepare_placed(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        pod: PodPlacement,
+    ) -> Result<Prepared, SandboxError> {
+        let mut inner = self.inner.lock().await;
+        let vm = inner.vm.as_mut().ok_or_else(|| stopping(&self.home))?;
         prepare(vm, &self.agent, id, bundle, pod).await
     }
 
