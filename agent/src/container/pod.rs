@@ -285,6 +285,8 @@ mod tests {
 
         // A child that has ended and been reaped: its pidfd says so even
         // if the pid were someone else's by now.
+        // The server tests reap with waitpid(-1): not while our child runs.
+        let _serial = crate::server::tests::one_at_a_time();
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id() as i32;
         let child_fd = pidfd_open(pid).unwrap();

@@ -287,6 +287,8 @@ mod tests {
             "execCPUAffinity": {"final": "0"}
         })))
         .unwrap();
+        // The server tests reap with waitpid(-1): not while our child runs.
+        let _serial = crate::server::tests::one_at_a_time();
         // SAFETY: fork(2); the child only makes syscalls and _exits.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);

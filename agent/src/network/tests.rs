@@ -8,13 +8,17 @@ use runvm_agent_api::network::GuestNetwork;
 
 use super::configure;
 
-fn require_root() {
+/// Checks for root and holds the agent tests' serial lock: these tests
+/// run `ip` and wait for it, and the server tests reap with waitpid(-1),
+/// which would take its status.
+fn require_root() -> std::sync::MutexGuard<'static, ()> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     assert!(
         root,
         "the network tests make network namespaces: run them as root"
     );
+    crate::server::tests::one_at_a_time()
 }
 
 /// `ip` in the calling thread's network namespace: `line`'s words.
@@ -90,7 +94,7 @@ fn mac(text: &str) -> Vec<u8> {
 
 #[test]
 fn devices_found_by_mac_are_renamed_addressed_and_routed_in_place() {
-    require_root();
+    let _serial = require_root();
     let shown = in_new_netns(|| {
         two_devices();
         configure(&pod(["02:00:00:00:00:01", "02:00:00:00:01:01"]), None).expect("configure");
@@ -130,7 +134,7 @@ fn devices_found_by_mac_are_renamed_addressed_and_routed_in_place() {
 
 #[test]
 fn devices_move_into_the_containers_namespace() {
-    require_root();
+    let _serial = require_root();
     let (moved, left) = in_new_netns(|| {
         two_devices();
         let container = in_new_netns(open_own_netns);
@@ -169,7 +173,7 @@ fn devices_move_into_the_containers_namespace() {
 
 #[test]
 fn a_missing_device_is_named_with_what_the_vm_has_and_nothing_is_touched() {
-    require_root();
+    let _serial = require_root();
     let (error, links) = in_new_netns(|| {
         two_devices();
         let error = configure(&pod(["02:00:00:00:00:01", "02:00:00:00:02:02"]), None).unwrap_err();
