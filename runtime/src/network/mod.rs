@@ -75,6 +75,9 @@ pub struct Route {
     pub source: Option<IpAddr>,
     /// `RT_SCOPE_*`: link routes (253) need no gateway.
     pub scope: u8,
+    /// Its priority (`metric`), when the caller's route has one.
+    #[serde(default)]
+    pub metric: Option<u32>,
 }
 
 /// A neighbour entry the caller made permanent (a static ARP/NDP entry).
