@@ -83,6 +83,32 @@ pub struct GuestNetwork {
     pub neighbours: Vec<GuestNeighbour>,
 }
 
+impl GuestNetwork {
+    /// Whether the guest needs IPv6 for it: an IPv6 address, route or
+    /// neighbour on any interface.
+    pub fn has_ipv6(&self) -> bool {
+        let addresses = self
+            .interfaces
+            .iter()
+            .flat_map(|i| &i.addresses)
+            .map(|a| a.address);
+        let routes = self.routes.iter().flat_map(|r| {
+            [
+                r.destination.as_ref().map(|d| d.address),
+                r.gateway,
+                r.source,
+            ]
+            .into_iter()
+            .flatten()
+        });
+        let neighbours = self.neighbours.iter().map(|n| n.address);
+        addresses
+            .chain(routes)
+            .chain(neighbours)
+            .any(|a| a.is_ipv6())
+    }
+}
+
 /// An interface name as Linux takes it (`dev_valid_name`): 1 to 15 bytes,
 /// no `/`, `:` or whitespace, not `.` or `..`; and not `lo`, which every
 /// namespace has.
@@ -252,6 +278,11 @@ mod tests {
         assert_eq!(dual_stack_pod().routes[2].metric, Some(1024));
         assert_eq!(pod().routes[1].metric, None);
         assert_eq!(validate(&GuestNetwork::default()), Ok(()));
+        assert!(!pod().has_ipv6());
+        assert!(dual_stack_pod().has_ipv6());
+        let mut only_a_route = pod();
+        only_a_route.routes.push(dual_stack_pod().routes[2].clone());
+        assert!(only_a_route.has_ipv6());
     }
 
     #[test]

@@ -162,6 +162,7 @@ impl Attachment {
 
     /// Each interface's tap opened for the VMM, with its `--net` value.
     pub fn vm_taps(&self) -> Result<Vec<crate::vm::VmTap>, NetworkError> {
+        let ipv6 = self.network.for_guest().has_ipv6();
         self.network
             .interfaces
             .iter()
@@ -170,6 +171,7 @@ impl Attachment {
                 Ok(crate::vm::VmTap {
                     option: interface.vmm_net_option(fd.as_raw_fd()),
                     fd,
+                    ipv6,
                 })
             })
             .collect()
