@@ -231,15 +231,18 @@ fn each_interface_gets_a_tap_joined_both_ways_and_detach_removes_only_that() {
         prefix: 24,
     };
     assert!(interface.addresses.contains(&own), "{network:?}");
-    let via = network
-        .routes
-        .iter()
-        .find(|r| {
-            r.destination
-                .as_ref()
-                .is_some_and(|d| d.address.to_string() == "10.99.0.0")
-        })
-        .unwrap_or_else(|| panic!("no route to 10.99.0.0/16: {network:?}"));
+    let route_to = |destination: &str| {
+        network
+            .routes
+            .iter()
+            .find(|r| {
+                r.destination
+                    .as_ref()
+                    .is_some_and(|d| d.address.to_string() == destination)
+            })
+            .unwrap_or_else(|| panic!("no route to {destination}: {network:?}"))
+    };
+    let via = route_to("10.99.0.0");
     assert_eq!(via.gateway, Some("10.88.0.1".parse().unwrap()));
     assert_eq!(via.device.as_deref(), Some("va"));
     let own6 = IpNet {
@@ -247,15 +250,7 @@ fn each_interface_gets_a_tap_joined_both_ways_and_detach_removes_only_that() {
         prefix: 64,
     };
     assert!(interface.addresses.contains(&own6), "{network:?}");
-    let via6 = network
-        .routes
-        .iter()
-        .find(|r| {
-            r.destination
-                .as_ref()
-                .is_some_and(|d| d.address.to_string() == "fd99::")
-        })
-        .unwrap_or_else(|| panic!("no route to fd99::/64: {network:?}"));
+    let via6 = route_to("fd99::");
     assert_eq!(
         (via6.gateway, via6.device.as_deref(), via6.metric),
         (Some("fd88::1".parse().unwrap()), Some("va"), Some(300))

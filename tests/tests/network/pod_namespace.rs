@@ -77,17 +77,20 @@ fn cni_like_pod(pod: &NetNs, peer: &NetNs) {
     pod.ip(&["link", "set", "eth0", "mtu", "1420", "up"]);
     pod.ip(&["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"]);
     pod.ip(&["route", "add", "default", "via", PEER_IP]);
-    pod.ip(&[
-        "neigh",
-        "add",
-        NEIGHBOUR,
-        "lladdr",
-        NEIGHBOUR_MAC,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
+    let permanent_neighbour = |address: &str| {
+        pod.ip(&[
+            "neigh",
+            "add",
+            address,
+            "lladdr",
+            NEIGHBOUR_MAC,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])
+    };
+    permanent_neighbour(NEIGHBOUR);
     // IPv6 as CNI leaves it once duplicate address detection settled
     // (`nodad` here: the addresses are usable at once).
     pod.ip(&[
@@ -102,18 +105,7 @@ fn cni_like_pod(pod: &NetNs, peer: &NetNs) {
     pod.ip(&[
         "-6", "route", "add", "default", "via", PEER_IP6, "dev", "eth0",
     ]);
-    pod.ip(&[
-        "-6",
-        "neigh",
-        "add",
-        NEIGHBOUR6,
-        "lladdr",
-        NEIGHBOUR_MAC,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
+    permanent_neighbour(NEIGHBOUR6);
     peer.ip(&["link", "set", "vpeer", "mtu", "1420", "up"]);
     peer.ip(&["addr", "add", &format!("{PEER_IP}/24"), "dev", "vpeer"]);
     for address in [format!("{PEER_IP6}/64"), format!("{ROUTED_IP6}/128")] {

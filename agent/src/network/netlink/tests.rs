@@ -174,6 +174,27 @@ fn ipv6_requests_carry_their_family_sixteen_byte_addresses_nodad_and_metric() {
     );
 }
 
+/// `body` on a thread in a network namespace of its own (needs root).
+fn in_a_new_namespace<T: Send + 'static>(
+    body: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "the netlink tests make network namespaces: run them as root"
+    );
+    std::thread::spawn(|| {
+        // SAFETY: unshare(2) of this thread's network namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        body()
+    })
+    .join()
+    .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+}
+
 /// `ip ARGS` in the calling thread's network namespace (a child process
 /// inherits the namespace of the thread that forks it).
 fn ip(args: &[&str]) -> io::Result<String> {
@@ -192,17 +213,7 @@ fn ip(args: &[&str]) -> io::Result<String> {
 /// routes and neighbours are added as asked.
 #[test]
 fn ipv6_on_a_veth_in_a_new_namespace_is_usable_at_once() {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    assert!(
-        root,
-        "the netlink tests make network namespaces: run them as root"
-    );
-    let shown = std::thread::spawn(|| -> io::Result<String> {
-        // SAFETY: unshare(2) of this thread's network namespace.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    let shown = in_a_new_namespace(|| {
         ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"])?;
         ip(&["link", "set", "vb", "up"])?;
         let mut netlink = Netlink::open()?;
@@ -267,38 +278,24 @@ fn ipv6_on_a_veth_in_a_new_namespace_is_usable_at_once() {
         ]
         .join(""))
     })
-    .join()
-    .unwrap()
     .expect("IPv6 netlink in a new namespace");
     // Not "tentative" (the kernel's own link-local address is, for now).
     let address = shown.lines().find(|l| l.contains("inet6 fd89::2/64"));
     assert!(address.is_some_and(|l| !l.contains("tentative")), "{shown}");
-    assert!(shown.contains("default via fd89::1 metric 300"), "{shown}");
-    assert!(
-        shown.contains("fd89::/64 proto kernel metric 256"),
-        "{shown}"
-    );
-    assert!(
-        shown.contains("fd89::77 lladdr 02:00:00:00:00:77 PERMANENT"),
-        "{shown}"
-    );
+    for wanted in [
+        "default via fd89::1 metric 300",
+        "fd89::/64 proto kernel metric 256",
+        "fd89::77 lladdr 02:00:00:00:00:77 PERMANENT",
+    ] {
+        assert!(shown.contains(wanted), "{wanted}: {shown}");
+    }
 }
 
 /// In a network namespace of its own (needs root): the requests work
 /// on the loopback link.
 #[test]
 fn loopback_in_a_new_namespace_comes_up_with_an_address() {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    assert!(
-        root,
-        "the netlink tests make network namespaces: run them as root"
-    );
-    let result = std::thread::spawn(|| -> io::Result<Vec<String>> {
-        // SAFETY: unshare(2) of this thread's network namespace.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    let result: Vec<String> = in_a_new_namespace(|| {
         let mut netlink = Netlink::open()?;
         let lo = netlink
             .links()?
@@ -338,8 +335,6 @@ fn loopback_in_a_new_namespace_comes_up_with_an_address() {
         let routes = std::fs::read_to_string("/proc/thread-self/net/route")?;
         Ok(routes.lines().map(str::to_string).collect())
     })
-    .join()
-    .unwrap()
     .expect("netlink in a new namespace");
     // 10.200.0.0 via 10.9.8.1, little-endian hex as /proc shows it.
     assert!(
