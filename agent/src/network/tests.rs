@@ -91,6 +91,8 @@ fn mac(text: &str) -> Vec<u8> {
 #[test]
 fn devices_found_by_mac_are_renamed_addressed_and_routed_in_place() {
     require_root();
+    // The server tests reap with waitpid(-1): not while `ip` runs.
+    let _serial = crate::server::tests::one_at_a_time();
     let shown = in_new_netns(|| {
         two_devices();
         configure(&pod(["02:00:00:00:00:01", "02:00:00:00:01:01"]), None).expect("configure");
@@ -131,6 +133,8 @@ fn devices_found_by_mac_are_renamed_addressed_and_routed_in_place() {
 #[test]
 fn devices_move_into_the_containers_namespace() {
     require_root();
+    // The server tests reap with waitpid(-1): not while `ip` runs.
+    let _serial = crate::server::tests::one_at_a_time();
     let (moved, left) = in_new_netns(|| {
         two_devices();
         let container = in_new_netns(open_own_netns);
@@ -170,6 +174,8 @@ fn devices_move_into_the_containers_namespace() {
 #[test]
 fn a_missing_device_is_named_with_what_the_vm_has_and_nothing_is_touched() {
     require_root();
+    // The server tests reap with waitpid(-1): not while `ip` runs.
+    let _serial = crate::server::tests::one_at_a_time();
     let (error, links) = in_new_netns(|| {
         two_devices();
         let error = configure(&pod(["02:00:00:00:00:01", "02:00:00:00:02:02"]), None).unwrap_err();

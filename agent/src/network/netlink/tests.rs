@@ -184,6 +184,8 @@ fn in_a_new_namespace<T: Send + 'static>(
         root,
         "the netlink tests make network namespaces: run them as root"
     );
+    // The server tests reap with waitpid(-1): not while `ip` runs.
+    let _serial = crate::server::tests::one_at_a_time();
     std::thread::spawn(|| {
         // SAFETY: unshare(2) of this thread's network namespace.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
