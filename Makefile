@@ -94,6 +94,8 @@ bench: build
 	bench/exec.sh
 	bench/containers.sh
 	bench/coldstart.sh
+	bench/podstart.sh
+	bench/podnet.sh
 
 clean:
 	rm -rf $(BUILD)

@@ -21,7 +21,9 @@ from datetime import datetime, timezone
 AGENT_CHANNEL = "<!-- agent-channel section: written by bench/exec.sh, kept by bench/boot.sh -->"
 CONTAINERS = "<!-- containers section: written by bench/containers.sh, kept by the other benchmarks -->"
 COLDSTART = "<!-- coldstart section: written by bench/coldstart.sh, kept by the other benchmarks -->"
-SECTIONS = [AGENT_CHANNEL, CONTAINERS, COLDSTART]
+POD_START = "<!-- pod-start section: written by bench/podstart.sh, kept by the other benchmarks -->"
+POD_NET = "<!-- pod-network section: written by bench/podnet.sh, kept by the other benchmarks -->"
+SECTIONS = [AGENT_CHANNEL, CONTAINERS, COLDSTART, POD_START, POD_NET]
 
 
 def sh(cmd):

@@ -82,14 +82,7 @@ impl Pod {
     pub async fn boot(root: &StateRoot, id: &str, size: VmSize) -> Result<Pod, PodError> {
         let home = home(root.dir(), id)?;
         let assets = Assets::locate()?;
-        let spec = VmSpec {
-            vmm: assets.vmm,
-            kernel: assets.kernel,
-            image: assets.image,
-            memory_mib: size.memory_mib,
-            vcpus: size.vcpus,
-            virtiofsd: Some(assets.virtiofsd),
-        };
+        let spec = VmSpec::with_share(assets, size);
         fs::DirBuilder::new()
             .mode(0o700)
             .create(home.dir())
@@ -149,8 +142,7 @@ impl Pod {
     /// namespaces its config.json names by the VMM's pid, which is the
     /// pid the pod's containers are reported with, so the sandbox's.
     pub async fn add(&self, id: &str, bundle: &Bundle) -> Result<Prepared, PodError> {
-        let annotations = bundle.spec.annotations().clone().unwrap_or_default();
-        let sandbox = match crate::sandbox::from_annotations(&annotations, id)? {
+        let sandbox = match crate::sandbox::annotated_role(&bundle.spec, id)? {
             Some(Role::Member(sandbox)) => sandbox,
             _ => return Ok(self.sandbox.prepare(id, bundle).await?),
         };

@@ -99,6 +99,20 @@ pub struct VmSpec {
     pub virtiofsd: Option<PathBuf>,
 }
 
+impl VmSpec {
+    /// A VM of `size` from the located `assets`, with a share.
+    pub fn with_share(assets: crate::assets::Assets, size: crate::sandbox::VmSize) -> VmSpec {
+        VmSpec {
+            vmm: assets.vmm,
+            kernel: assets.kernel,
+            image: assets.image,
+            memory_mib: size.memory_mib,
+            vcpus: size.vcpus,
+            virtiofsd: Some(assets.virtiofsd),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("cannot use {} as the guest image: {reason}", path.display())]

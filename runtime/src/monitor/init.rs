@@ -96,14 +96,7 @@ async fn create_owner(
         memory_mib: sandbox::size::guest_memory_mib(&bundle.spec),
         vcpus: 1,
     });
-    let vm_spec = VmSpec {
-        vmm: assets.vmm,
-        kernel: assets.kernel,
-        image: assets.image,
-        memory_mib: size.memory_mib,
-        vcpus: size.vcpus,
-        virtiofsd: Some(assets.virtiofsd),
-    };
+    let vm_spec = VmSpec::with_share(assets, size);
     let home = Home::of(root.dir(), record);
     // Dropped last on failure: after the VM that uses its taps.
     let attached = record

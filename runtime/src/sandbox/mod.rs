@@ -57,7 +57,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-pub use role::{classify, from_annotations, Role};
+pub use role::{annotated_role, classify, from_annotations, Role};
 pub use serve::{Prepared, Sandbox};
 pub use size::VmSize;
 

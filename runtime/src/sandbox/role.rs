@@ -33,12 +33,16 @@ impl Role {
     }
 }
 
+/// [`from_annotations`] of `spec`'s annotations.
+pub fn annotated_role(spec: &Spec, id: &str) -> Result<Option<Role>, SandboxError> {
+    let empty = HashMap::new();
+    from_annotations(spec.annotations().as_ref().unwrap_or(&empty), id)
+}
+
 /// The role of container `id` from its annotations, else from namespace
 /// paths that name the monitor of another runvm container under `root`.
 pub fn classify(spec: &Spec, id: &str, root: &StateRoot) -> Result<Role, SandboxError> {
-    let empty = HashMap::new();
-    let annotations = spec.annotations().as_ref().unwrap_or(&empty);
-    if let Some(role) = from_annotations(annotations, id)? {
+    if let Some(role) = annotated_role(spec, id)? {
         return Ok(role);
     }
     for pid in namespace_pids(spec) {

@@ -96,15 +96,8 @@ pub(super) async fn pod_for(shared: &Shared, id: &str, bundle: &Bundle) -> Ttrpc
     if let Some(pod) = pod.as_ref() {
         return Ok(pod.clone());
     }
-    let annotations: HashMap<String, String> = bundle
-        .spec
-        .annotations()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
     let is_sandbox = matches!(
-        sandbox::from_annotations(&annotations, id),
+        sandbox::annotated_role(&bundle.spec, id),
         Ok(Some(Role::Sandbox))
     );
     let size = sandbox::size::for_owner(&bundle.spec, is_sandbox).map_err(internal)?;

@@ -412,14 +412,19 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
 /// Polls `check` until it returns `Ok`, failing after [`WAIT_PATIENCE`]
 /// with `what` and the last `Err` (what was seen instead).
 #[track_caller]
-pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+pub fn wait_for<T>(what: &str, check: impl FnMut() -> Result<T, String>) -> T {
+    try_wait_for(check)
+        .unwrap_or_else(|last| panic!("{what}: not within {WAIT_PATIENCE:?}; last seen: {last}"))
+}
+
+/// [`wait_for`] that gives the last thing seen instead of panicking, for
+/// a caller with more to say about a failure.
+pub fn try_wait_for<T>(mut check: impl FnMut() -> Result<T, String>) -> Result<T, String> {
     let deadline = Instant::now() + WAIT_PATIENCE;
     loop {
         match check() {
-            Ok(value) => return value,
-            Err(last) if Instant::now() > deadline => {
-                panic!("{what}: not within {WAIT_PATIENCE:?}; last seen: {last}")
-            }
+            Ok(value) => return Ok(value),
+            Err(last) if Instant::now() > deadline => return Err(last),
             Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
     }
@@ -691,4 +696,30 @@ pub fn http_get(address: std::net::SocketAddr) -> Result<String, String> {
         .read_to_string(&mut answer)
         .map_err(|e| e.to_string())?;
     Ok(answer)
+}
+
+/// For each "pid N:" in `listing` (as [`processes_referencing`] words
+/// it), its threads' names and where each waits (wchan, and the kernel
+/// stack when readable): what a process that will not end is stuck on.
+pub fn thread_states(listing: &str) -> String {
+    let mut out = String::new();
+    for pid in listing
+        .split("pid ")
+        .skip(1)
+        .filter_map(|rest| rest.split(':').next()?.trim().parse::<u32>().ok())
+    {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+        for task in tasks.into_iter().flatten().flatten() {
+            let dir = task.path();
+            let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            out.push_str(&format!(
+                "pid {pid} thread {}: {} waits in {}\n{}",
+                task.file_name().to_string_lossy(),
+                read("comm").trim(),
+                read("wchan").trim(),
+                read("stack")
+            ));
+        }
+    }
+    out
 }

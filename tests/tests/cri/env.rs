@@ -380,7 +380,12 @@ impl CriEnv {
                 .collect();
             left.is_empty().then_some(()).ok_or(left.join("\n"))
         };
-        wait_for("the pod's shim, VMM and virtiofsd end", shims_and_vms_gone);
+        if let Err(left) = harness::try_wait_for(shims_and_vms_gone) {
+            self.fail(&format!(
+                "the pod's shim, VMM and virtiofsd did not end: {left}\n{}",
+                harness::thread_states(&left)
+            ));
+        }
         assert_empty_dir(&self.runtime_root());
         assert_empty_dir(Path::new(SHIM_STATE));
         self.stop_daemon();
