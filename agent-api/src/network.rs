@@ -58,6 +58,12 @@ pub struct GuestRoute {
     /// for on-link ones.
     #[serde(default)]
     pub scope: u8,
+    /// Its priority (`metric`), as the caller set it; None: the kernel's
+    /// default. IPv6 needs it: a prefix route the kernel made from an
+    /// address (metric 256) is only recognised as already there when the
+    /// metric matches.
+    #[serde(default)]
+    pub metric: Option<u32>,
 }
 
 /// A permanent neighbour entry (static ARP).
@@ -75,6 +81,32 @@ pub struct GuestNetwork {
     pub routes: Vec<GuestRoute>,
     #[serde(default)]
     pub neighbours: Vec<GuestNeighbour>,
+}
+
+impl GuestNetwork {
+    /// Whether the guest needs IPv6 for it: an IPv6 address, route or
+    /// neighbour on any interface.
+    pub fn has_ipv6(&self) -> bool {
+        let addresses = self
+            .interfaces
+            .iter()
+            .flat_map(|i| &i.addresses)
+            .map(|a| a.address);
+        let routes = self.routes.iter().flat_map(|r| {
+            [
+                r.destination.as_ref().map(|d| d.address),
+                r.gateway,
+                r.source,
+            ]
+            .into_iter()
+            .flatten()
+        });
+        let neighbours = self.neighbours.iter().map(|n| n.address);
+        addresses
+            .chain(routes)
+            .chain(neighbours)
+            .any(|a| a.is_ipv6())
+    }
 }
 
 /// An interface name as Linux takes it (`dev_valid_name`): 1 to 15 bytes,
@@ -218,10 +250,39 @@ mod tests {
         .expect("a pod network")
     }
 
+    /// [`pod`] dual-stack: an IPv6 address, a default route through a
+    /// link-local gateway with a metric, and an IPv6 neighbour.
+    fn dual_stack_pod() -> GuestNetwork {
+        let mut network = pod();
+        let extra: GuestNetwork = serde_json::from_value(serde_json::json!({
+            "interfaces": [{"name": "eth0", "mac": [2, 0, 10, 88, 0, 2], "mtu": 1500,
+                            "addresses": [{"address": "fd00:88::2", "prefix": 64}]}],
+            "routes": [{"destination": null, "gateway": "fe80::1", "device": "eth0",
+                        "metric": 1024}],
+            "neighbours": [{"address": "fd00:88::9", "mac": [2, 0, 0, 0, 0, 9],
+                            "device": "eth0"}]
+        }))
+        .expect("an IPv6 pod network");
+        network.interfaces[0]
+            .addresses
+            .extend(extra.interfaces[0].addresses.clone());
+        network.routes.extend(extra.routes);
+        network.neighbours.extend(extra.neighbours);
+        network
+    }
+
     #[test]
     fn a_cni_pod_network_is_accepted() {
         assert_eq!(validate(&pod()), Ok(()));
+        assert_eq!(validate(&dual_stack_pod()), Ok(()));
+        assert_eq!(dual_stack_pod().routes[2].metric, Some(1024));
+        assert_eq!(pod().routes[1].metric, None);
         assert_eq!(validate(&GuestNetwork::default()), Ok(()));
+        assert!(!pod().has_ipv6());
+        assert!(dual_stack_pod().has_ipv6());
+        let mut only_a_route = pod();
+        only_a_route.routes.push(dual_stack_pod().routes[2].clone());
+        assert!(only_a_route.has_ipv6());
     }
 
     #[test]
@@ -246,11 +307,16 @@ mod tests {
 
     #[test]
     fn counts_and_values_are_bounded() {
-        let refused = |edit: &dyn Fn(&mut GuestNetwork), needle: &str| {
-            let mut network = pod();
-            edit(&mut network);
-            let e = validate(&network).expect_err(needle);
-            assert!(e.contains(needle), "{e} (wanted {needle})");
+        let refused_from =
+            |mut network: GuestNetwork, edit: &dyn Fn(&mut GuestNetwork), needle: &str| {
+                edit(&mut network);
+                let e = validate(&network).expect_err(needle);
+                assert!(e.contains(needle), "{e} (wanted {needle})");
+            };
+        let refused =
+            |edit: &dyn Fn(&mut GuestNetwork), needle: &str| refused_from(pod(), edit, needle);
+        let refused_v6 = |edit: &dyn Fn(&mut GuestNetwork), needle: &str| {
+            refused_from(dual_stack_pod(), edit, needle)
         };
         refused(
             &|n| {
@@ -281,6 +347,14 @@ mod tests {
         refused(&|n| n.interfaces[0].mtu = 67, "MTU 67");
         refused(&|n| n.interfaces[0].mtu = 65536, "MTU 65536");
         refused(&|n| n.interfaces[0].addresses[0].prefix = 33, "prefix");
+        refused_v6(
+            &|n| n.interfaces[0].addresses[1].prefix = 129,
+            "fd00:88::2/129: the prefix is longer than 128",
+        );
+        refused_v6(
+            &|n| n.routes[2].source = Some("10.88.0.2".parse().unwrap()),
+            "mixes",
+        );
         refused(
             &|n| {
                 let a = n.interfaces[0].addresses[0].clone();

@@ -9,8 +9,11 @@
 //!
 //! - [`netlink`]: the raw rtnetlink requests this takes.
 //!
+//! IPv6 addresses are added without duplicate address detection (the
+//! caller's side did it on the same link), so they are usable as soon as
+//! the container starts; `lo` gets `::1` from the kernel when it comes up.
 //! IPv6 items are skipped, with one logged line, when the guest kernel
-//! has no IPv6 (it answers EAFNOSUPPORT).
+//! has no IPv6 (it answers EAFNOSUPPORT: a kernel of the user's own).
 
 mod netlink;
 
@@ -183,6 +186,7 @@ pub fn configure(network: &GuestNetwork, target: Option<&OwnedFd>) -> Result<(),
                 gateway: route.gateway,
                 source: route.source,
                 scope: route.scope,
+                metric: route.metric,
                 family_of,
             },
         );

@@ -39,6 +39,7 @@ const IFA_BROADCAST: u16 = 4;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
 const RTA_PREFSRC: u16 = 7;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
@@ -48,6 +49,10 @@ const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_BOOT: u8 = 3;
 const RTN_UNICAST: u8 = 1;
 const NUD_PERMANENT: u16 = 0x80;
+/// No duplicate address detection: the address is usable at once instead
+/// of "tentative" for a second or more. The caller's side already checked
+/// it on the same link, where the pod interface got it first.
+const IFA_F_NODAD: u8 = 0x02;
 
 /// Receive buffer: a dump part holds a few links; larger parts are cut
 /// (MSG_TRUNC) and refused.
@@ -365,59 +370,78 @@ impl Netlink {
         self.call(message)
     }
 
-    /// `ip addr add ADDRESS/PREFIX brd + dev INDEX`.
+    /// `ip addr add ADDRESS/PREFIX brd + dev INDEX` (IPv4), `ip addr add
+    /// ADDRESS/PREFIX dev INDEX nodad` (IPv6).
     pub fn add_address(&mut self, index: i32, net: &IpNet) -> io::Result<()> {
-        let mut fixed = [0u8; 8];
-        fixed[0] = family(&net.address);
-        fixed[1] = net.prefix;
-        fixed[4..8].copy_from_slice(&index.to_ne_bytes());
-        let mut message = Message::new(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &fixed);
-        message
-            .ip(IFA_LOCAL, &net.address)
-            .ip(IFA_ADDRESS, &net.address);
-        if let Some(broadcast) = broadcast_of(net) {
-            message.ip(IFA_BROADCAST, &IpAddr::V4(broadcast));
-        }
-        self.call(message)
+        self.call(address_message(index, net))
     }
 
     /// A route of the main table through link `index`.
     pub fn add_route(&mut self, index: i32, route: &Route) -> io::Result<()> {
-        let mut fixed = [0u8; 12];
-        fixed[0] = family(&route.family_of);
-        fixed[1] = route.destination.map_or(0, |d| d.prefix);
-        fixed[4] = RT_TABLE_MAIN;
-        fixed[5] = RTPROT_BOOT;
-        fixed[6] = route.scope;
-        fixed[7] = RTN_UNICAST;
-        let mut message = Message::new(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &fixed);
-        if let Some(destination) = route.destination {
-            message.ip(RTA_DST, &destination.address);
-        }
-        if let Some(gateway) = &route.gateway {
-            message.ip(RTA_GATEWAY, gateway);
-        }
-        if let Some(source) = &route.source {
-            message.ip(RTA_PREFSRC, source);
-        }
-        message.attr(RTA_OIF, &(index as u32).to_ne_bytes());
-        self.call(message)
+        self.call(route_message(index, route))
     }
 
     /// A permanent neighbour entry on link `index`.
     pub fn add_neighbour(&mut self, index: i32, address: &IpAddr, mac: &[u8; 6]) -> io::Result<()> {
-        let mut fixed = [0u8; 12];
-        fixed[0] = family(address);
-        fixed[4..8].copy_from_slice(&index.to_ne_bytes());
-        fixed[8..10].copy_from_slice(&NUD_PERMANENT.to_ne_bytes());
-        let mut message = Message::new(
-            RTM_NEWNEIGH,
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-            &fixed,
-        );
-        message.ip(NDA_DST, address).attr(NDA_LLADDR, mac);
-        self.call(message)
+        self.call(neighbour_message(index, address, mac))
     }
+}
+
+fn address_message(index: i32, net: &IpNet) -> Message {
+    let mut fixed = [0u8; 8];
+    fixed[0] = family(&net.address);
+    fixed[1] = net.prefix;
+    if net.address.is_ipv6() {
+        fixed[2] = IFA_F_NODAD;
+    }
+    fixed[4..8].copy_from_slice(&index.to_ne_bytes());
+    let mut message = Message::new(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &fixed);
+    message
+        .ip(IFA_LOCAL, &net.address)
+        .ip(IFA_ADDRESS, &net.address);
+    if let Some(broadcast) = broadcast_of(net) {
+        message.ip(IFA_BROADCAST, &IpAddr::V4(broadcast));
+    }
+    message
+}
+
+fn route_message(index: i32, route: &Route) -> Message {
+    let mut fixed = [0u8; 12];
+    fixed[0] = family(&route.family_of);
+    fixed[1] = route.destination.map_or(0, |d| d.prefix);
+    fixed[4] = RT_TABLE_MAIN;
+    fixed[5] = RTPROT_BOOT;
+    fixed[6] = route.scope;
+    fixed[7] = RTN_UNICAST;
+    let mut message = Message::new(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &fixed);
+    if let Some(destination) = route.destination {
+        message.ip(RTA_DST, &destination.address);
+    }
+    if let Some(gateway) = &route.gateway {
+        message.ip(RTA_GATEWAY, gateway);
+    }
+    if let Some(source) = &route.source {
+        message.ip(RTA_PREFSRC, source);
+    }
+    if let Some(metric) = route.metric {
+        message.attr(RTA_PRIORITY, &metric.to_ne_bytes());
+    }
+    message.attr(RTA_OIF, &(index as u32).to_ne_bytes());
+    message
+}
+
+fn neighbour_message(index: i32, address: &IpAddr, mac: &[u8; 6]) -> Message {
+    let mut fixed = [0u8; 12];
+    fixed[0] = family(address);
+    fixed[4..8].copy_from_slice(&index.to_ne_bytes());
+    fixed[8..10].copy_from_slice(&NUD_PERMANENT.to_ne_bytes());
+    let mut message = Message::new(
+        RTM_NEWNEIGH,
+        NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        &fixed,
+    );
+    message.ip(NDA_DST, address).attr(NDA_LLADDR, mac);
+    message
 }
 
 /// An IPv4 subnet's broadcast address (`brd +`), as CNI and netavark set
@@ -438,138 +462,11 @@ pub struct Route<'a> {
     pub gateway: Option<IpAddr>,
     pub source: Option<IpAddr>,
     pub scope: u8,
+    /// The route's priority (`metric`); None: the kernel's default.
+    pub metric: Option<u32>,
     /// An address of the route's family.
     pub family_of: IpAddr,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_are_laid_out_as_the_kernel_reads_them() {
-        let mut message = Message::new(RTM_NEWLINK, NLM_F_ACK, &[0u8; 16]);
-        message.attr(IFLA_IFNAME, b"eth0\0");
-        message.attr(IFLA_MTU, &1500u32.to_ne_bytes());
-        let bytes = message.finish(7);
-        // 16 header + 16 ifinfomsg + 12 (8 padded) name + 8 MTU.
-        assert_eq!(bytes.len(), 52);
-        assert_eq!(u32::from_ne_bytes(bytes[0..4].try_into().unwrap()), 52);
-        assert_eq!(u16::from_ne_bytes([bytes[4], bytes[5]]), RTM_NEWLINK);
-        assert_eq!(
-            u16::from_ne_bytes([bytes[6], bytes[7]]),
-            NLM_F_REQUEST | NLM_F_ACK
-        );
-        assert_eq!(u32::from_ne_bytes(bytes[8..12].try_into().unwrap()), 7);
-        assert_eq!(&bytes[32..34], &9u16.to_ne_bytes());
-        assert_eq!(&bytes[36..41], b"eth0\0");
-        assert_eq!(&bytes[44..46], &8u16.to_ne_bytes());
-    }
-
-    #[test]
-    fn ipv4_subnets_get_their_broadcast_address() {
-        let net = |text: &str, prefix| IpNet {
-            address: text.parse().unwrap(),
-            prefix,
-        };
-        assert_eq!(
-            broadcast_of(&net("10.88.0.14", 16)),
-            Some("10.88.255.255".parse().unwrap())
-        );
-        assert_eq!(
-            broadcast_of(&net("10.1.2.3", 0)),
-            Some("255.255.255.255".parse().unwrap())
-        );
-        assert_eq!(broadcast_of(&net("10.1.2.3", 31)), None);
-        assert_eq!(broadcast_of(&net("fd00::1", 64)), None);
-    }
-
-    #[test]
-    fn answers_that_overrun_are_refused_and_attributes_are_bounded() {
-        let mut message = Message::new(RTM_NEWLINK, 0, &[0u8; 16]);
-        message.attr(IFLA_IFNAME, b"eth1\0");
-        message.attr(IFLA_ADDRESS, &[2, 0, 0, 0, 0, 5]);
-        let mut bytes = message.finish(1);
-        bytes[4..8].copy_from_slice(&3i32.to_ne_bytes());
-        let messages = split(&bytes).unwrap();
-        assert_eq!(messages.len(), 1);
-        let link = parse_link(messages[0].payload).unwrap();
-        assert_eq!(link.name, "eth1");
-        assert_eq!(link.mac, Some([2, 0, 0, 0, 0, 5]));
-
-        let mut long = bytes.clone();
-        long[0..4].copy_from_slice(&1000u32.to_ne_bytes());
-        assert!(split(&long).is_err());
-        // An attribute claiming more than there is ends the walk.
-        let mut cut = bytes[NLMSG_HDRLEN..].to_vec();
-        cut[16..18].copy_from_slice(&200u16.to_ne_bytes());
-        let link = parse_link(&cut).unwrap();
-        assert_eq!((link.name.as_str(), link.mac), ("", None));
-        assert!(parse_link(&[0u8; 3]).is_none());
-    }
-
-    /// In a network namespace of its own (needs root): the requests work
-    /// on the loopback link.
-    #[test]
-    fn loopback_in_a_new_namespace_comes_up_with_an_address() {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        assert!(
-            root,
-            "the netlink tests make network namespaces: run them as root"
-        );
-        let result = std::thread::spawn(|| -> io::Result<Vec<String>> {
-            // SAFETY: unshare(2) of this thread's network namespace.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut netlink = Netlink::open()?;
-            let lo = netlink
-                .links()?
-                .into_iter()
-                .find(|l| l.name == "lo")
-                .ok_or_else(|| bad("no lo"))?;
-            netlink.set_link(
-                lo.index,
-                &LinkChange {
-                    up: true,
-                    mtu: Some(1500),
-                    ..LinkChange::default()
-                },
-            )?;
-            let net = IpNet {
-                address: "10.9.8.7".parse().unwrap(),
-                prefix: 8,
-            };
-            netlink.add_address(lo.index, &net)?;
-            let again = netlink.add_address(lo.index, &net).unwrap_err();
-            assert_eq!(again.raw_os_error(), Some(libc::EEXIST));
-            let destination = IpNet {
-                address: "10.200.0.0".parse().unwrap(),
-                prefix: 16,
-            };
-            netlink.add_route(
-                lo.index,
-                &Route {
-                    destination: Some(&destination),
-                    gateway: Some("10.9.8.1".parse().unwrap()),
-                    source: None,
-                    scope: 0,
-                    family_of: destination.address,
-                },
-            )?;
-            let routes = std::fs::read_to_string("/proc/thread-self/net/route")?;
-            Ok(routes.lines().map(str::to_string).collect())
-        })
-        .join()
-        .unwrap()
-        .expect("netlink in a new namespace");
-        // 10.200.0.0 via 10.9.8.1, little-endian hex as /proc shows it.
-        assert!(
-            result
-                .iter()
-                .any(|l| l.contains("0000C80A") && l.contains("0108090A")),
-            "{result:?}"
-        );
-    }
-}
+mod tests;

@@ -355,6 +355,7 @@ async fn routes(
             device: None,
             source: None,
             scope: message.header.scope.into(),
+            metric: None,
         };
         for attribute in &message.attributes {
             match attribute {
@@ -367,6 +368,7 @@ async fn routes(
                 RouteAttribute::Gateway(address) => route.gateway = ip_of(address),
                 RouteAttribute::PrefSource(address) => route.source = ip_of(address),
                 RouteAttribute::Oif(index) => route.device = name_of(*index),
+                RouteAttribute::Priority(metric) => route.metric = Some(*metric),
                 RouteAttribute::Table(id) => table = *id,
                 _ => {}
             }

@@ -75,6 +75,9 @@ pub struct Route {
     pub source: Option<IpAddr>,
     /// `RT_SCOPE_*`: link routes (253) need no gateway.
     pub scope: u8,
+    /// Its priority (`metric`), when the caller's route has one.
+    #[serde(default)]
+    pub metric: Option<u32>,
 }
 
 /// A neighbour entry the caller made permanent (a static ARP/NDP entry).
@@ -159,6 +162,7 @@ impl Attachment {
 
     /// Each interface's tap opened for the VMM, with its `--net` value.
     pub fn vm_taps(&self) -> Result<Vec<crate::vm::VmTap>, NetworkError> {
+        let ipv6 = self.network.for_guest().has_ipv6();
         self.network
             .interfaces
             .iter()
@@ -167,6 +171,7 @@ impl Attachment {
                 Ok(crate::vm::VmTap {
                     option: interface.vmm_net_option(fd.as_raw_fd()),
                     fd,
+                    ipv6,
                 })
             })
             .collect()

@@ -88,6 +88,7 @@ impl PodNetwork {
                         device: r.device.clone()?,
                         source: r.source.filter(|s| !is_link_local(s)),
                         scope: r.scope,
+                        metric: r.metric,
                     })
                 })
                 .collect(),

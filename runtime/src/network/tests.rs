@@ -121,6 +121,17 @@ fn pod_and_peer() -> (Ns, Ns) {
     pod.ip(&["link", "set", "va", "mtu", "1450", "up"]);
     pod.ip(&["addr", "add", "10.88.0.2/24", "dev", "va"]);
     pod.ip(&["route", "add", "10.99.0.0/16", "via", "10.88.0.1"]);
+    pod.ip(&["-6", "addr", "add", "fd88::2/64", "dev", "va", "nodad"]);
+    pod.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd99::/64",
+        "via",
+        "fd88::1",
+        "metric",
+        "300",
+    ]);
     pod.ip(&[
         "neigh",
         "add",
@@ -220,17 +231,30 @@ fn each_interface_gets_a_tap_joined_both_ways_and_detach_removes_only_that() {
         prefix: 24,
     };
     assert!(interface.addresses.contains(&own), "{network:?}");
-    let via = network
-        .routes
-        .iter()
-        .find(|r| {
-            r.destination
-                .as_ref()
-                .is_some_and(|d| d.address.to_string() == "10.99.0.0")
-        })
-        .unwrap_or_else(|| panic!("no route to 10.99.0.0/16: {network:?}"));
+    let route_to = |destination: &str| {
+        network
+            .routes
+            .iter()
+            .find(|r| {
+                r.destination
+                    .as_ref()
+                    .is_some_and(|d| d.address.to_string() == destination)
+            })
+            .unwrap_or_else(|| panic!("no route to {destination}: {network:?}"))
+    };
+    let via = route_to("10.99.0.0");
     assert_eq!(via.gateway, Some("10.88.0.1".parse().unwrap()));
     assert_eq!(via.device.as_deref(), Some("va"));
+    let own6 = IpNet {
+        address: "fd88::2".parse().unwrap(),
+        prefix: 64,
+    };
+    assert!(interface.addresses.contains(&own6), "{network:?}");
+    let via6 = route_to("fd99::");
+    assert_eq!(
+        (via6.gateway, via6.device.as_deref(), via6.metric),
+        (Some("fd88::1".parse().unwrap()), Some("va"), Some(300))
+    );
     assert!(
         network.routes.iter().any(|r| r.scope == 253),
         "no link route: {network:?}"
@@ -421,6 +445,7 @@ fn the_guest_is_told_the_interfaces_routes_and_neighbours_but_no_link_local() {
                 device: Some("eth0".into()),
                 source: None,
                 scope: 0,
+                metric: None,
             },
             Route {
                 destination: Some(net("fe80::", 64)),
@@ -428,6 +453,15 @@ fn the_guest_is_told_the_interfaces_routes_and_neighbours_but_no_link_local() {
                 device: Some("eth0".into()),
                 source: None,
                 scope: 253,
+                metric: None,
+            },
+            Route {
+                destination: Some(net("fd00::", 64)),
+                gateway: None,
+                device: Some("eth0".into()),
+                source: None,
+                scope: 0,
+                metric: Some(256),
             },
             Route {
                 destination: Some(net("10.99.0.0", 16)),
@@ -435,6 +469,7 @@ fn the_guest_is_told_the_interfaces_routes_and_neighbours_but_no_link_local() {
                 device: None,
                 source: None,
                 scope: 253,
+                metric: None,
             },
         ],
         neighbours: vec![
@@ -458,7 +493,11 @@ fn the_guest_is_told_the_interfaces_routes_and_neighbours_but_no_link_local() {
         vec![net("10.88.0.2", 16), net("fd00::2", 64)]
     );
     assert_eq!(guest.interfaces[0].mac, [2, 0, 0, 0, 0, 2]);
-    assert_eq!(guest.routes.len(), 1);
+    assert_eq!(guest.routes.len(), 2);
     assert_eq!(guest.routes[0].gateway, Some("10.88.0.1".parse().unwrap()));
+    // The IPv6 prefix route keeps its metric, so the guest recognises the
+    // one its kernel made from the address.
+    assert_eq!(guest.routes[1].destination, Some(net("fd00::", 64)));
+    assert_eq!(guest.routes[1].metric, Some(256));
     assert_eq!(guest.neighbours.len(), 1);
 }

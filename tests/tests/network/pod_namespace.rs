@@ -1,8 +1,8 @@
 //! The pod's network through the runc command line: a container created
 //! with a network namespace the test prepared as CNI does (an `eth0` veth
 //! with an address, a default route and a static neighbour; its peer in
-//! a second namespace) has that `eth0` inside, reaches the peer and is
-//! reached by it; after a kill -9 of its pid-file process `delete` leaves
+//! a second namespace; IPv4 and IPv6) has that `eth0` inside, reaches
+//! the peer over both and is reached by it; after a kill -9 of its pid-file process `delete` leaves
 //! no tap and no TC filter. A namespace that is gone, and a config.json
 //! without a network namespace (the host's network), fail `create` with
 //! an error saying so and leave nothing.
@@ -24,6 +24,12 @@ const POD_IP: &str = "10.89.0.2";
 const PEER_IP: &str = "10.89.0.1";
 const NEIGHBOUR: &str = "10.89.0.77";
 const NEIGHBOUR_MAC: &str = "02:00:0a:59:00:4d";
+const POD_IP6: &str = "fd89::2";
+const PEER_IP6: &str = "fd89::1";
+/// An address of the peer's outside the pod's IPv6 subnet: reached
+/// through the IPv6 default route.
+const ROUTED_IP6: &str = "fd90::1";
+const NEIGHBOUR6: &str = "fd89::77";
 /// runvm's TC filter priority (0xc0de), as `tc` prints it.
 const RUNVM_FILTER_PREF: &str = "pref 49374";
 
@@ -71,19 +77,40 @@ fn cni_like_pod(pod: &NetNs, peer: &NetNs) {
     pod.ip(&["link", "set", "eth0", "mtu", "1420", "up"]);
     pod.ip(&["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"]);
     pod.ip(&["route", "add", "default", "via", PEER_IP]);
+    let permanent_neighbour = |address: &str| {
+        pod.ip(&[
+            "neigh",
+            "add",
+            address,
+            "lladdr",
+            NEIGHBOUR_MAC,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])
+    };
+    permanent_neighbour(NEIGHBOUR);
+    // IPv6 as CNI leaves it once duplicate address detection settled
+    // (`nodad` here: the addresses are usable at once).
     pod.ip(&[
-        "neigh",
+        "-6",
+        "addr",
         "add",
-        NEIGHBOUR,
-        "lladdr",
-        NEIGHBOUR_MAC,
+        &format!("{POD_IP6}/64"),
         "dev",
         "eth0",
-        "nud",
-        "permanent",
+        "nodad",
     ]);
+    pod.ip(&[
+        "-6", "route", "add", "default", "via", PEER_IP6, "dev", "eth0",
+    ]);
+    permanent_neighbour(NEIGHBOUR6);
     peer.ip(&["link", "set", "vpeer", "mtu", "1420", "up"]);
     peer.ip(&["addr", "add", &format!("{PEER_IP}/24"), "dev", "vpeer"]);
+    for address in [format!("{PEER_IP6}/64"), format!("{ROUTED_IP6}/128")] {
+        peer.ip(&["-6", "addr", "add", &address, "dev", "vpeer", "nodad"]);
+    }
 }
 
 fn in_namespace(ns: &NetNs, program: &str, args: &[&str]) -> String {
@@ -126,8 +153,10 @@ fn a_container_wears_its_pod_namespaces_eth0_and_delete_after_kill_9_leaves_no_t
     let received = receive_one(&peer, format!("{PEER_IP}:7003").parse().expect("address"));
     let script = format!(
         "mkdir /tmp/www && echo pod-says-hello > /tmp/www/index.html; \
-         ip -o addr; ip -o link; ip route; ip neigh; \
+         ip -o addr; ip -o link; ip route; ip -6 route; ip neigh; ip -6 neigh; \
          ping -c 1 -W 30 {PEER_IP} > /dev/null && echo PING-OK; \
+         ping -6 -c 1 -W 30 {PEER_IP6} > /dev/null && echo PING6-OK; \
+         ping -6 -c 1 -W 30 {ROUTED_IP6} > /dev/null && echo PING6-ROUTED-OK; \
          echo from-the-container | nc {PEER_IP} 7003 && echo SENT; \
          echo READY; exec httpd -f -p 8080 -h /tmp/www"
     );
@@ -159,8 +188,17 @@ fn a_container_wears_its_pod_namespaces_eth0_and_delete_after_kill_9_leaves_no_t
     let pod_address = format!("inet {POD_IP}/24");
     let default_route = format!("default via {PEER_IP} dev eth0");
     let neighbour = format!("{NEIGHBOUR} dev eth0 lladdr {NEIGHBOUR_MAC}");
+    let pod_address6 = format!("inet6 {POD_IP6}/64 scope global");
+    let default_route6 = format!("default via {PEER_IP6} dev eth0");
+    let neighbour6 = format!("{NEIGHBOUR6} dev eth0 lladdr {NEIGHBOUR_MAC}");
     for wanted in [
         &["eth0", &pod_address][..],
+        &["eth0", &pod_address6],
+        &[&default_route6],
+        &[&neighbour6, "PERMANENT"],
+        &["lo", "inet6 ::1/128"],
+        &["PING6-OK"],
+        &["PING6-ROUTED-OK"],
         &["eth0", "UP,LOWER_UP", "mtu 1420"],
         &[&default_route],
         &[&neighbour, "PERMANENT"],
