@@ -1,0 +1,137 @@
+use super::*;
+
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn new(name: &str) -> Files {
+        let dir = std::env::temp_dir().join(format!("runvm-template-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        for file in ["vmm", "kernel", "image"] {
+            fs::write(dir.join(file), file).unwrap();
+        }
+        Files { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn key(files: &Files, memory_mib: u32, cmdline: &[String]) -> TemplateKey {
+    TemplateKey::of(&TemplateInputs {
+        vmm: &files.path("vmm"),
+        kernel: &files.path("kernel"),
+        image: &files.path("image"),
+        memory_mib,
+        vcpus: 1,
+        cmdline,
+        share_tag: Some("runvm"),
+    })
+    .unwrap()
+}
+
+#[test]
+fn every_input_changes_the_name() {
+    let files = Files::new("key");
+    let base = key(&files, 128, &[]);
+    assert_eq!(base, key(&files, 128, &[]));
+    assert_eq!(base.name.len(), 32);
+    assert_ne!(base.name, key(&files, 256, &[]).name);
+    assert_ne!(base.name, key(&files, 128, &["ipv6.disable=1".into()]).name);
+    fs::write(files.path("image"), "a new image").unwrap();
+    assert_ne!(base.name, key(&files, 128, &[]).name);
+    assert!(base.described.contains("memory 128 MiB"), "{}", base.described);
+}
+
+#[test]
+fn a_missing_input_is_named() {
+    let files = Files::new("missing");
+    fs::remove_file(files.path("kernel")).unwrap();
+    let err = TemplateKey::of(&TemplateInputs {
+        vmm: &files.path("vmm"),
+        kernel: &files.path("kernel"),
+        image: &files.path("image"),
+        memory_mib: 128,
+        vcpus: 1,
+        cmdline: &[],
+        share_tag: None,
+    })
+    .unwrap_err();
+    assert!(err.contains("kernel"), "{err}");
+}
+
+#[test]
+fn the_first_vm_makes_the_template_others_boot_cold_then_restore() {
+    let files = Files::new("plan");
+    let store = files.path("store");
+    let inputs = TemplateInputs {
+        vmm: &files.path("vmm"),
+        kernel: &files.path("kernel"),
+        image: &files.path("image"),
+        memory_mib: 128,
+        vcpus: 1,
+        cmdline: &[],
+        share_tag: Some("runvm"),
+    };
+    let Plan::Make(maker) = plan_in(&store, &inputs) else {
+        panic!("the first VM should make the template");
+    };
+    // While it is being made, another VM does not wait for it.
+    assert!(matches!(plan_in(&store, &inputs), Plan::Cold(reason) if reason.contains("another VM")));
+    fs::write(maker.snapshot_dir().join("state"), "saved").unwrap();
+    let partial = maker.snapshot_dir().to_owned();
+    let console = files.path("console.log");
+    fs::write(&console, "booted\n").unwrap();
+    let dir = maker.publish(&console).unwrap();
+    assert!(!partial.exists());
+    assert_eq!(fs::read_to_string(dir.join(CONSOLE_FILE)).unwrap(), "booted\n");
+    let Plan::Restore(found) = plan_in(&store, &inputs) else {
+        panic!("the next VM should restore");
+    };
+    assert_eq!(found, dir);
+
+    let listed = list(&store).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].inputs.contains("share Some(\"runvm\")"), "{}", listed[0].inputs);
+    assert!(remove(&store, "../x").is_err());
+    assert!(remove(&store, "nothing").unwrap_err().contains("no template"));
+    remove(&store, &listed[0].name).unwrap();
+    assert!(list(&store).unwrap().is_empty());
+}
+
+#[test]
+fn an_unpublished_save_is_removed_and_a_dead_makers_too() {
+    let files = Files::new("partial");
+    let store = files.path("store");
+    let inputs = TemplateInputs {
+        vmm: &files.path("vmm"),
+        kernel: &files.path("kernel"),
+        image: &files.path("image"),
+        memory_mib: 64,
+        vcpus: 1,
+        cmdline: &[],
+        share_tag: None,
+    };
+    let name = TemplateKey::of(&inputs).unwrap().name;
+    // What a maker killed with SIGKILL left.
+    let dead = store.join(format!(".{name}.999999"));
+    fs::create_dir_all(&dead).unwrap();
+    let Plan::Make(maker) = plan_in(&store, &inputs) else {
+        panic!("expected to make it");
+    };
+    assert!(!dead.exists());
+    let partial = maker.snapshot_dir().to_owned();
+    assert!(partial.is_dir());
+    drop(maker);
+    assert!(!partial.exists());
+    assert!(matches!(plan_in(&store, &inputs), Plan::Make(_)));
+}
