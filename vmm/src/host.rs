@@ -98,8 +98,14 @@ fn open_serial(serial: &SerialOutput) -> Result<Box<dyn Write + Send>, Error> {
     Ok(match serial {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::File(path) => {
-            // Bounded: the guest must not fill the host's disk.
-            Box::new(CappedLog::new(File::create(path).map_err(|source| {
+            // Bounded: the guest must not fill the host's disk. Appended
+            // to: a VM restored from a template continues the console the
+            // runtime copied from the template.
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path);
+            Box::new(CappedLog::new(file.map_err(|source| {
                 Error::SerialOutput {
                     path: path.clone(),
                     source,
