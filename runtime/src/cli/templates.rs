@@ -34,7 +34,12 @@ pub fn template(args: TemplateArgs) -> Result<u8, CliError> {
     match args.command {
         TemplateCommand::List { verbose } => {
             for found in template::list(&store).map_err(CliError::new)? {
-                println!("{}\t{} KiB\t{}", found.name, found.bytes / 1024, found.dir.display());
+                println!(
+                    "{}\t{} KiB\t{}",
+                    found.name,
+                    found.bytes / 1024,
+                    found.dir.display()
+                );
                 if verbose {
                     for line in found.inputs.lines() {
                         println!("\t{line}");

@@ -49,8 +49,13 @@ use std::path::{Path, PathBuf};
 const TEMPLATE_FORMAT: u32 = 1;
 /// The default store.
 const DEFAULT_STORE: &str = "/run/runvm/templates";
-/// Written last into a complete template, with its inputs.
+/// Written last into a complete template, with its inputs; its
+/// modification time is the template's last use.
 const INPUTS_FILE: &str = "inputs.txt";
+/// Templates kept; publishing one more removes the least recently used
+/// (the store is usually on tmpfs: each holds the guest memory the VM had
+/// touched at its ready point, tens of MiB).
+pub const MAX_TEMPLATES: usize = 6;
 
 /// Where templates live: `$RUNVM_TEMPLATE_DIR` or `/run/runvm/templates`.
 pub fn store_dir() -> PathBuf {
@@ -150,6 +155,7 @@ fn plan_in(store: &Path, inputs: &TemplateInputs) -> Plan {
     };
     let dir = store.join(&key.name);
     if is_complete(&dir) {
+        mark_used(&dir);
         return Plan::Restore(dir);
     }
     match Maker::lock(store, &key) {
@@ -240,6 +246,7 @@ impl Maker {
         fs::rename(&self.partial, &dir)
             .map_err(|e| format!("cannot publish the template {}: {e}", dir.display()))?;
         self.published = true;
+        evict_beyond(&self.store, MAX_TEMPLATES);
         Ok(dir)
     }
 }
@@ -313,6 +320,30 @@ pub fn remove(store: &Path, name: &str) -> Result<(), String> {
         return Err(format!("no template {name} in {}", store.display()));
     }
     fs::remove_dir_all(&dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))
+}
+
+/// Records a use of the template in `dir` (for [`evict_beyond`]).
+fn mark_used(dir: &Path) {
+    if let Ok(file) = File::options().append(true).open(dir.join(INPUTS_FILE)) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
+fn last_used(dir: &Path) -> std::time::SystemTime {
+    fs::metadata(dir.join(INPUTS_FILE))
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH)
+}
+
+/// Removes the least recently used templates until `keep` are left.
+fn evict_beyond(store: &Path, keep: usize) {
+    let Ok(mut found) = list(store) else {
+        return;
+    };
+    found.sort_by_key(|t| std::cmp::Reverse(last_used(&t.dir)));
+    for old in found.iter().skip(keep) {
+        let _ = fs::remove_dir_all(&old.dir);
+    }
 }
 
 /// Removes a template found damaged, so the next VM makes a new one.

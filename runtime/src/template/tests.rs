@@ -6,7 +6,8 @@ struct Files {
 
 impl Files {
     fn new(name: &str) -> Files {
-        let dir = std::env::temp_dir().join(format!("runvm-template-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("runvm-template-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         for file in ["vmm", "kernel", "image"] {
@@ -49,7 +50,11 @@ fn every_input_changes_the_name() {
     assert_ne!(base.name, key(&files, 128, &["ipv6.disable=1".into()]).name);
     fs::write(files.path("image"), "a new image").unwrap();
     assert_ne!(base.name, key(&files, 128, &[]).name);
-    assert!(base.described.contains("memory 128 MiB"), "{}", base.described);
+    assert!(
+        base.described.contains("memory 128 MiB"),
+        "{}",
+        base.described
+    );
 }
 
 #[test]
@@ -86,14 +91,19 @@ fn the_first_vm_makes_the_template_others_boot_cold_then_restore() {
         panic!("the first VM should make the template");
     };
     // While it is being made, another VM does not wait for it.
-    assert!(matches!(plan_in(&store, &inputs), Plan::Cold(reason) if reason.contains("another VM")));
+    assert!(
+        matches!(plan_in(&store, &inputs), Plan::Cold(reason) if reason.contains("another VM"))
+    );
     fs::write(maker.snapshot_dir().join("state"), "saved").unwrap();
     let partial = maker.snapshot_dir().to_owned();
     let console = files.path("console.log");
     fs::write(&console, "booted\n").unwrap();
     let dir = maker.publish(&console).unwrap();
     assert!(!partial.exists());
-    assert_eq!(fs::read_to_string(dir.join(CONSOLE_FILE)).unwrap(), "booted\n");
+    assert_eq!(
+        fs::read_to_string(dir.join(CONSOLE_FILE)).unwrap(),
+        "booted\n"
+    );
     let Plan::Restore(found) = plan_in(&store, &inputs) else {
         panic!("the next VM should restore");
     };
@@ -101,9 +111,15 @@ fn the_first_vm_makes_the_template_others_boot_cold_then_restore() {
 
     let listed = list(&store).unwrap();
     assert_eq!(listed.len(), 1);
-    assert!(listed[0].inputs.contains("share Some(\"runvm\")"), "{}", listed[0].inputs);
+    assert!(
+        listed[0].inputs.contains("share Some(\"runvm\")"),
+        "{}",
+        listed[0].inputs
+    );
     assert!(remove(&store, "../x").is_err());
-    assert!(remove(&store, "nothing").unwrap_err().contains("no template"));
+    assert!(remove(&store, "nothing")
+        .unwrap_err()
+        .contains("no template"));
     remove(&store, &listed[0].name).unwrap();
     assert!(list(&store).unwrap().is_empty());
 }
@@ -134,4 +150,47 @@ fn an_unpublished_save_is_removed_and_a_dead_makers_too() {
     drop(maker);
     assert!(!partial.exists());
     assert!(matches!(plan_in(&store, &inputs), Plan::Make(_)));
+}
+
+#[test]
+fn the_least_recently_used_templates_go_beyond_the_limit() {
+    let files = Files::new("evict");
+    let store = files.path("store");
+    let mut names = Vec::new();
+    for memory_mib in 1..=(MAX_TEMPLATES as u32 + 1) {
+        let inputs = TemplateInputs {
+            vmm: &files.path("vmm"),
+            kernel: &files.path("kernel"),
+            image: &files.path("image"),
+            memory_mib,
+            vcpus: 1,
+            cmdline: &[],
+            share_tag: None,
+        };
+        let Plan::Make(maker) = plan_in(&store, &inputs) else {
+            panic!("expected to make {memory_mib}");
+        };
+        let dir = maker.publish(&files.path("no-console")).unwrap();
+        // Distinct, ordered use times; the first is used again last.
+        let when =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000 + u64::from(memory_mib));
+        File::options()
+            .append(true)
+            .open(dir.join(INPUTS_FILE))
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        names.push(dir.file_name().unwrap().to_string_lossy().into_owned());
+        if memory_mib == 1 {
+            mark_used(&dir);
+        }
+    }
+    let left: Vec<String> = list(&store).unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(left.len(), MAX_TEMPLATES, "{left:?}");
+    // The second made is the least recently used.
+    assert!(!left.contains(&names[1]), "{left:?}");
+    assert!(
+        left.contains(&names[0]) || left.contains(&names[MAX_TEMPLATES]),
+        "{left:?}"
+    );
 }

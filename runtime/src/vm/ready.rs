@@ -36,11 +36,11 @@ impl MicroVm {
             FromTemplate::Making(maker) => {
                 self.wait_ready(deadline, timeout).await?;
                 match self.save_as_template(maker, deadline).await {
-                    Ok(dir) => {
-                        return self.restored_or_cold(dir, false, deadline, timeout).await
-                    }
+                    Ok(dir) => return self.restored_or_cold(dir, false, deadline, timeout).await,
                     Err(reason) => {
-                        self.note(&format!("the template was not saved ({reason}); booting cold"));
+                        self.note(&format!(
+                            "the template was not saved ({reason}); booting cold"
+                        ));
                         self.relaunch_cold()?;
                     }
                 }
@@ -151,7 +151,10 @@ impl MicroVm {
             .await
             .map_err(|e| e.to_string())?;
         if !status.success() {
-            return Err(format!("the VMM ended with {status}: {}", self.vmm_stderr()));
+            return Err(format!(
+                "the VMM ended with {status}: {}",
+                self.vmm_stderr()
+            ));
         }
         maker.publish(&self.console_log())
     }
