@@ -8,7 +8,6 @@
 //! the devices bind or connect to (and the vsock device keeps connecting
 //! to) while the VM runs; a jail gives them their own paths.
 
-use std::fs::File;
 use std::io::Write;
 
 use kvm_ioctls::{Cap, Kvm};

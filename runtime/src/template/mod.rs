@@ -8,8 +8,8 @@
 //!
 //! **Where.** One directory per template under [`store_dir`]
 //! (`/run/runvm/templates`, or `$RUNVM_TEMPLATE_DIR`), named by the hash
-//! of its inputs ([`TemplateKey`]): the VMM, kernel and image files (path,
-//! size, modification time, inode), memory, vCPUs, the kernel command
+//! of its inputs ([`TemplateKey`]): the VMM, kernel and image files (by
+//! content: size and CRC-32), memory, vCPUs, the kernel command
 //! line added and whether the VM has a share. A change to any input
 //! gives a new name, so a stale template is never used; `runvm template
 //! rm` removes them. The store is machine-wide rather than under
@@ -71,6 +71,28 @@ pub fn enabled() -> bool {
     !matches!(std::env::var("RUNVM_COLD_BOOT"), Ok(v) if !v.is_empty() && v != "0")
 }
 
+/// A file's size and CRC-32, read in full: installs copy the VMM, kernel
+/// and image to new paths (a test's prefix, a package upgrade), and the
+/// same bytes must find the same template. A few milliseconds for the
+/// tens of MiB involved, from the page cache.
+fn content_digest(path: &Path, what: &str) -> Result<String, String> {
+    use std::io::Read;
+    let fail = |e: std::io::Error| format!("cannot read the {what} {}: {e}", path.display());
+    let mut file = File::open(path).map_err(fail)?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(fail)?;
+        if n == 0 {
+            break;
+        }
+        crc.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(format!("size {size} crc32 {:08x}", crc.finalize()))
+}
+
 /// What a VM is made of, as far as its state at the ready point goes.
 pub struct TemplateInputs<'a> {
     pub vmm: &'a Path,
@@ -100,17 +122,7 @@ impl TemplateKey {
             ("kernel", inputs.kernel),
             ("image", inputs.image),
         ] {
-            let meta = fs::metadata(path)
-                .map_err(|e| format!("cannot look at the {what} {}: {e}", path.display()))?;
-            described.push_str(&format!(
-                "{what} {} size {} mtime {}.{} ino {}:{}\n",
-                path.display(),
-                meta.len(),
-                meta.mtime(),
-                meta.mtime_nsec(),
-                meta.dev(),
-                meta.ino()
-            ));
+            described.push_str(&format!("{what} {}\n", content_digest(path, what)?));
         }
         described.push_str(&format!(
             "memory {} MiB\nvcpus {}\ncmdline {:?}\nshare {:?}\n",
@@ -319,7 +331,9 @@ pub fn remove(store: &Path, name: &str) -> Result<(), String> {
     if !is_complete(&dir) {
         return Err(format!("no template {name} in {}", store.display()));
     }
-    fs::remove_dir_all(&dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))
+    fs::remove_dir_all(&dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+    let _ = fs::remove_file(store.join(format!(".{name}.lock")));
+    Ok(())
 }
 
 /// Records a use of the template in `dir` (for [`evict_beyond`]).

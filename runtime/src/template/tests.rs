@@ -50,6 +50,11 @@ fn every_input_changes_the_name() {
     assert_ne!(base.name, key(&files, 128, &["ipv6.disable=1".into()]).name);
     fs::write(files.path("image"), "a new image").unwrap();
     assert_ne!(base.name, key(&files, 128, &[]).name);
+    // The same bytes elsewhere, written later: the same template.
+    fs::write(files.path("image"), "image").unwrap();
+    fs::rename(files.path("kernel"), files.path("moved")).unwrap();
+    fs::copy(files.path("moved"), files.path("kernel")).unwrap();
+    assert_eq!(base.name, key(&files, 128, &[]).name);
     assert!(
         base.described.contains("memory 128 MiB"),
         "{}",
