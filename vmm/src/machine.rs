@@ -13,10 +13,11 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::{
     self, regs::setup_boot_vcpu, virtio_mmio_param, BootFiles, EXIT_PORT, ROOT_DISK_PARAMS,
 };
-use crate::config::VmConfig;
+use crate::config::{FsConfig, VmConfig};
 use crate::cpu;
 use crate::devices::virtio::block::{Block, DiskImage};
-use crate::devices::virtio::fs::VhostUserFs;
+use crate::devices::virtio::fs::pending::check_backend_takes_over;
+use crate::devices::virtio::fs::{PendingFs, VhostUserFs};
 use crate::devices::virtio::mmio::{MmioTransport, TransportState, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::vsock::device::Vsock;
@@ -173,7 +174,7 @@ pub(crate) struct BuiltVm {
 }
 
 /// A virtio-mmio slot's transport, and how a snapshot records its device
-/// (or the name of a device that cannot be saved).
+/// (or what a device that cannot be saved is).
 pub(crate) struct VirtioSlot {
     pub saved_as: Result<DeviceKind, &'static str>,
     pub transport: Arc<Mutex<MmioTransport>>,
@@ -333,14 +334,16 @@ pub(crate) fn build_mmio_bus(
             device: "virtio",
             reason: format!("more than {MAX_VIRTIO_DEVICES} devices"),
         })?;
-        let (device, saved_as): (Box<dyn VirtioDevice>, _) = match (kind, &config.vsock) {
+        let saved_here = saved.and_then(|saved| saved.get(index));
+        let SlotDevice {
+            device,
+            kind,
+            unsaveable,
+        } = match (kind, &config.vsock) {
             (VirtioKind::RootDisk, _) => match root_disk.take() {
                 Some(disk) => {
                     let sectors = disk.sectors();
-                    (
-                        Box::new(Block::new(disk)),
-                        Ok(DeviceKind::RootDisk { sectors }),
-                    )
+                    SlotDevice::saveable(Block::new(disk), DeviceKind::RootDisk { sectors })
                 }
                 None => continue,
             },
@@ -351,34 +354,31 @@ pub(crate) fn build_mmio_bus(
                         source,
                     }
                 })?;
-                (
-                    Box::new(Vsock::new(vsock.guest_cid, muxer)),
-                    Ok(DeviceKind::Vsock),
-                )
+                SlotDevice::saveable(Vsock::new(vsock.guest_cid, muxer), DeviceKind::Vsock)
             }
             (VirtioKind::Vsock, None) => continue,
-            (VirtioKind::Fs(n), _) => {
-                let Some(fs) = config.fs.get(n) else {
-                    continue;
-                };
-                let device =
-                    VhostUserFs::connect(&fs.tag, &fs.socket, fs.queue_size, failures.clone())
-                        .map_err(|reason| Error::FsBackend {
-                            socket: fs.socket.clone(),
-                            reason,
-                        })?;
-                (Box::new(device), Err("virtio-fs"))
-            }
+            (VirtioKind::Fs(n), _) => match config.fs.get(n) {
+                Some(fs) => fs_device(fs, failures, saved_here)?,
+                None => continue,
+            },
             (VirtioKind::Net(n), _) => {
                 let (Some(net), Some(tap)) = (config.net.get(n), taps.next()) else {
                     continue;
                 };
-                (Box::new(Net::new(tap, net.options)), Err("virtio-net"))
+                SlotDevice {
+                    device: Box::new(Net::new(tap, net.options)),
+                    kind: Err("virtio-net"),
+                    unsaveable: Some("virtio-net device"),
+                }
             }
         };
         let record = match saved {
-            Some(saved) => Some(matching_record(saved, index, saved_as)?),
+            Some(saved) => Some(matching_record(saved, index, kind.clone())?),
             None => None,
+        };
+        let saved_as = match unsaveable {
+            Some(what) => Err(what),
+            None => kind,
         };
         let transport = Arc::new(Mutex::new(attach_virtio_device(
             vm, mem, device, base, irq, record,
@@ -404,6 +404,60 @@ pub(crate) fn build_mmio_bus(
     Ok((bus, slots))
 }
 
+/// A device for a virtio-mmio slot: what a snapshot records it as (or the
+/// name of a kind no snapshot holds), and what it is if it cannot be saved.
+struct SlotDevice {
+    device: Box<dyn VirtioDevice>,
+    kind: Result<DeviceKind, &'static str>,
+    unsaveable: Option<&'static str>,
+}
+
+impl SlotDevice {
+    fn saveable(device: impl VirtioDevice + 'static, kind: DeviceKind) -> SlotDevice {
+        SlotDevice {
+            device: Box::new(device),
+            kind: Ok(kind),
+            unsaveable: None,
+        }
+    }
+}
+
+/// A virtio-fs device: a template's, with no backend yet, or one
+/// connected to its backend. Restored from `saved`, the backend must be
+/// able to take over the recorded rings.
+fn fs_device(
+    fs: &FsConfig,
+    failures: &Arc<FailureReporter>,
+    saved: Option<&DeviceState>,
+) -> Result<SlotDevice, Error> {
+    let kind = DeviceKind::Fs {
+        tag: fs.tag.clone(),
+    };
+    let Some(socket) = fs.socket() else {
+        return Ok(SlotDevice::saveable(
+            PendingFs::new(&fs.tag, fs.queue_size),
+            kind,
+        ));
+    };
+    let backend_error = |reason| Error::FsBackend {
+        socket: socket.to_path_buf(),
+        reason,
+    };
+    let device = VhostUserFs::connect(&fs.tag, socket, fs.queue_size, failures.clone())
+        .map_err(backend_error)?;
+    if let Some(record) = saved.filter(|record| record.kind == kind) {
+        check_backend_takes_over(&device, &record.transport).map_err(backend_error)?;
+    }
+    Ok(SlotDevice {
+        device: Box::new(device),
+        kind: Ok(kind),
+        unsaveable: Some(
+            "virtio-fs device served by a backend (a template's has none yet: \
+             --fs tag=TAG,pending)",
+        ),
+    })
+}
+
 /// The record of the device in slot `index`, if it is for `kind`.
 fn matching_record<'a>(
     saved: &'a [DeviceState],
@@ -416,7 +470,7 @@ fn matching_record<'a>(
         (record, kind) => Err(Error::Snapshot {
             reason: format!(
                 "virtio slot {index} holds {:?} in the snapshot but {:?} in this VM",
-                record.map(|r| r.kind),
+                record.map(|r| &r.kind),
                 kind.map_err(|name| name.to_string())
             ),
         }),
