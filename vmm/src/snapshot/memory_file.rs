@@ -149,7 +149,7 @@ fn copy_data(
 }
 
 fn add_zeros(crc: &mut crc32fast::Hasher, mut count: u64) {
-    const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     while count > 0 {
         let chunk = count.min(ZEROS.len() as u64);
         crc.update(&ZEROS[..chunk as usize]);

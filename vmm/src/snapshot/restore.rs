@@ -19,8 +19,9 @@ use crate::machine::{
 };
 
 /// Builds the VM `snapshot` recorded into `vm`, with the host ends of
-/// `config` (root disk, vsock socket and CID, serial output). Everything
-/// the snapshot says is checked against what is being built.
+/// `config` (root disk, vsock socket and CID, virtio-fs backends, serial
+/// output). Everything the snapshot says is checked against what is being
+/// built.
 pub(crate) fn restore_vm(
     kvm: &Kvm,
     vm: &VmFd,
@@ -51,11 +52,6 @@ pub(crate) fn restore_vm(
             "virtio-net devices cannot be given to a restored VM".into(),
         ));
     }
-    let fs = fs_in_slot_order(&config.fs, &state.fs_tags()).map_err(&refused)?;
-    let config = &VmConfig {
-        fs,
-        ..config.clone()
-    };
     let disk_sectors = hosts.root_disk.as_ref().map(|disk| disk.sectors());
     if disk_sectors != state.root_disk_sectors() {
         return Err(refused(match state.root_disk_sectors() {
@@ -72,6 +68,11 @@ pub(crate) fn restore_vm(
             "it has no vsock device".into()
         }));
     }
+    let fs = fs_in_slot_order(&config.fs, &state.fs_tags()).map_err(&refused)?;
+    let config = &VmConfig {
+        fs,
+        ..config.clone()
+    };
 
     // A backend maps guest RAM too: it gets a copy of its own.
     let (mem, crc) = if config.needs_shared_memory() {
@@ -191,7 +192,7 @@ mod tests {
     #[test]
     fn fs_devices_other_than_the_snapshot_s_are_refused_by_tag() {
         let share = FsConfig::new("share", "/s.sock");
-        let error = fs_in_slot_order(&[share.clone()], &[]).unwrap_err();
+        let error = fs_in_slot_order(std::slice::from_ref(&share), &[]).unwrap_err();
         assert!(
             error.contains("no virtio-fs device tagged \"share\""),
             "{error}"
