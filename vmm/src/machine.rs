@@ -451,10 +451,8 @@ fn fs_device(
     Ok(SlotDevice {
         device: Box::new(device),
         kind: Ok(kind),
-        unsaveable: Some(
-            "virtio-fs device served by a backend (a template's has none yet: \
-             --fs tag=TAG,pending)",
-        ),
+        // A template's is pending instead: `--fs tag=TAG,pending`.
+        unsaveable: Some("virtio-fs device served by a backend"),
     })
 }
 
