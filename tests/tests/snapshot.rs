@@ -377,9 +377,8 @@ fn a_vm_saved_at_agent_ready_is_restored_in_new_processes_and_answers() {
     // The guest's driver had set the pending device up (status 15:
     // DRIVER_OK), so the restores below hand a backend live rings.
     let state = std::fs::read(snapshot.join("state")).expect("the state file");
-    let pending = format!(
-        r#"{{"kind":{{"Fs":{{"tag":"{SHARE_TAG}"}}}},"transport":{{"status":15,"#
-    );
+    let pending =
+        format!(r#"{{"kind":{{"Fs":{{"tag":"{SHARE_TAG}"}}}},"transport":{{"status":15,"#);
     assert!(
         String::from_utf8_lossy(&state).contains(&pending),
         "no live pending virtio-fs device in the template's state"

@@ -170,19 +170,7 @@ impl MachineState {
         if disks > 1 || vsocks > 1 {
             return Err("more than one root disk or vsock device".into());
         }
-        let tags = self.fs_tags();
-        for (index, tag) in tags.iter().enumerate() {
-            if !is_valid_fs_tag(tag) {
-                return Err(format!(
-                    "a virtio-fs tag of {} bytes: 1 to {MAX_FS_TAG_BYTES} without NUL are allowed",
-                    tag.len()
-                ));
-            }
-            if tags[..index].contains(tag) {
-                return Err(format!("the virtio-fs tag {tag:?} is used twice"));
-            }
-        }
-        Ok(())
+        check_fs_tags(&self.fs_tags())
     }
 
     /// The tags of the virtio-fs devices, in slot order.
@@ -210,5 +198,49 @@ impl MachineState {
 
     pub fn has_vsock(&self) -> bool {
         self.devices.iter().any(|d| d.kind == DeviceKind::Vsock)
+    }
+}
+
+/// Recorded virtio-fs tags are ones `--fs` accepts, each used once.
+fn check_fs_tags(tags: &[&str]) -> Result<(), String> {
+    for (index, tag) in tags.iter().enumerate() {
+        if !is_valid_fs_tag(tag) {
+            return Err(format!(
+                "a virtio-fs tag of {} bytes: 1 to {MAX_FS_TAG_BYTES} without NUL are allowed",
+                tag.len()
+            ));
+        }
+        if tags[..index].contains(tag) {
+            return Err(format!("the virtio-fs tag {tag:?} is used twice"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_fs_tags_are_valid_and_distinct() {
+        assert!(check_fs_tags(&[]).is_ok());
+        assert!(check_fs_tags(&["share", "logs"]).is_ok());
+        let long = "x".repeat(MAX_FS_TAG_BYTES + 1);
+        for bad in ["", "a\0b", long.as_str()] {
+            let error = check_fs_tags(&["share", bad]).unwrap_err();
+            assert!(error.contains("without NUL"), "{error}");
+        }
+        let error = check_fs_tags(&["share", "share"]).unwrap_err();
+        assert!(error.contains("\"share\" is used twice"), "{error}");
+    }
+
+    #[test]
+    fn an_fs_device_is_recorded_by_tag() {
+        let kind = DeviceKind::Fs {
+            tag: "share".into(),
+        };
+        let json = serde_json::to_string(&kind).unwrap();
+        assert_eq!(json, r#"{"Fs":{"tag":"share"}}"#);
+        assert_eq!(serde_json::from_str::<DeviceKind>(&json).unwrap(), kind);
     }
 }
