@@ -189,13 +189,9 @@ mod tests {
     use crate::memory::create_guest_memory;
     use vm_memory::Bytes;
 
-    #[test]
-    fn memory_round_trips_through_a_sparse_file_and_stays_private() {
-        let mem = create_guest_memory(64 << 20).unwrap();
-        mem.write_obj(0x1122_3344_5566_7788u64, GuestAddress(0x10_0000))
-            .unwrap();
-        mem.write_obj(0xabu8, GuestAddress((64 << 20) - 1)).unwrap();
-        let path = std::env::temp_dir().join(format!("runvm-memfile-{}", std::process::id()));
+    /// A new file in the temporary directory, for one test.
+    fn scratch_file(prefix: &str) -> (std::path::PathBuf, File) {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -203,6 +199,16 @@ mod tests {
             .truncate(true)
             .open(&path)
             .unwrap();
+        (path, file)
+    }
+
+    #[test]
+    fn memory_round_trips_through_a_sparse_file_and_stays_private() {
+        let mem = create_guest_memory(64 << 20).unwrap();
+        mem.write_obj(0x1122_3344_5566_7788u64, GuestAddress(0x10_0000))
+            .unwrap();
+        mem.write_obj(0xabu8, GuestAddress((64 << 20) - 1)).unwrap();
+        let (path, file) = scratch_file("runvm-memfile");
         let (len, crc) = write_memory(&mem, &file).unwrap();
         assert_eq!(len, 64 << 20);
         // Two pages of data, the rest holes.
@@ -235,14 +241,7 @@ mod tests {
         for (address, value) in marks {
             mem.write_obj(value, address).unwrap();
         }
-        let path = std::env::temp_dir().join(format!("runvm-memcopy-{}", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let (path, file) = scratch_file("runvm-memcopy");
         let (_, crc) = write_memory(&mem, &file).unwrap();
 
         let (copy, copied_crc) = copy_memory(&file, size).unwrap();
