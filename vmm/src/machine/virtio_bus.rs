@@ -135,7 +135,7 @@ pub(crate) fn build_mmio_bus(
             return Err(Error::Snapshot {
                 reason: format!(
                     "the snapshot has {} virtio devices, this VM {}: give the restored VM \
-                     the same devices (a root disk, a vsock socket)",
+                     the same devices (a root disk, a vsock socket, an --fs per share tag)",
                     saved.len(),
                     slots.len()
                 ),
