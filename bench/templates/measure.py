@@ -326,8 +326,8 @@ def memory_lines(args, memory, template_files):
         "a share does not map the template's memory file copy-on-write: virtiofsd must map guest "
         "RAM, so the VMM copies the file's data into a memfd of its own (shared memory, counted in "
         "Pss_Shmem between the VMM and virtiofsd), and only the VMs restored without a share share "
-        "the template's pages. A restored VM's memory is what the guest had touched at the ready "
-        "point; a cold VM's is what its boot touched, so the two are of the same order here.",
+        "the template's pages. A cold VM's guest RAM is a memfd shared with virtiofsd too, "
+        "holding what its boot touched; a restored VM's holds the template's non-zero pages.",
     ]
     return lines
 
