@@ -318,8 +318,9 @@ def memory_lines(args, memory, template_files):
         cells += [f"{-host_delta(m, 'MemAvailable') / MIB:.1f}", f"{host_delta(m, 'Shmem') / MIB:.1f}"]
         lines.append(f"| {n} {label} | " + " | ".join(cells) + " |")
     ratio = sum_pss(memory["restore"]) / sum_pss(memory["cold"])
-    files = ", ".join(f"`{name}` {size / 2**20:.1f} MiB ({blocks / 2**20:.1f} MiB allocated)"
-                      for name, (size, blocks) in template_files.items())
+    size = lambda n: f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+    files = ", ".join(f"`{name}` {size(length)} ({size(blocks)} allocated)"
+                      for name, (length, blocks) in template_files.items())
     lines += [
         "",
         f"PSS, restored / cold: **{ratio:.3f}**. The template on disk: {files}. A VM restored with "
