@@ -97,6 +97,7 @@ bench: build
 	bench/coldstart.sh
 	bench/podstart.sh
 	bench/podnet.sh
+	bench/templates.sh
 
 clean:
 	rm -rf $(BUILD)
