@@ -2,6 +2,8 @@ use super::*;
 
 struct Files {
     dir: PathBuf,
+    /// The VMM, kernel and image.
+    inputs: [PathBuf; 3],
 }
 
 impl Files {
@@ -13,7 +15,21 @@ impl Files {
         for file in ["vmm", "kernel", "image"] {
             fs::write(dir.join(file), file).unwrap();
         }
-        Files { dir }
+        let inputs = ["vmm", "kernel", "image"].map(|f| dir.join(f));
+        Files { dir, inputs }
+    }
+
+    /// Inputs of a VM of `memory_mib` from these files.
+    fn inputs<'a>(&'a self, memory_mib: u32, share_tag: Option<&'a str>) -> TemplateInputs<'a> {
+        TemplateInputs {
+            vmm: &self.inputs[0],
+            kernel: &self.inputs[1],
+            image: &self.inputs[2],
+            memory_mib,
+            vcpus: 1,
+            cmdline: &[],
+            share_tag,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -66,16 +82,7 @@ fn every_input_changes_the_name() {
 fn a_missing_input_is_named() {
     let files = Files::new("missing");
     fs::remove_file(files.path("kernel")).unwrap();
-    let err = TemplateKey::of(&TemplateInputs {
-        vmm: &files.path("vmm"),
-        kernel: &files.path("kernel"),
-        image: &files.path("image"),
-        memory_mib: 128,
-        vcpus: 1,
-        cmdline: &[],
-        share_tag: None,
-    })
-    .unwrap_err();
+    let err = TemplateKey::of(&files.inputs(128, None)).unwrap_err();
     assert!(err.contains("kernel"), "{err}");
 }
 
@@ -83,15 +90,7 @@ fn a_missing_input_is_named() {
 fn the_first_vm_makes_the_template_others_boot_cold_then_restore() {
     let files = Files::new("plan");
     let store = files.path("store");
-    let inputs = TemplateInputs {
-        vmm: &files.path("vmm"),
-        kernel: &files.path("kernel"),
-        image: &files.path("image"),
-        memory_mib: 128,
-        vcpus: 1,
-        cmdline: &[],
-        share_tag: Some("runvm"),
-    };
+    let inputs = files.inputs(128, Some("runvm"));
     let Plan::Make(maker) = plan_in(&store, &inputs) else {
         panic!("the first VM should make the template");
     };
@@ -133,15 +132,7 @@ fn the_first_vm_makes_the_template_others_boot_cold_then_restore() {
 fn an_unpublished_save_is_removed_and_a_dead_makers_too() {
     let files = Files::new("partial");
     let store = files.path("store");
-    let inputs = TemplateInputs {
-        vmm: &files.path("vmm"),
-        kernel: &files.path("kernel"),
-        image: &files.path("image"),
-        memory_mib: 64,
-        vcpus: 1,
-        cmdline: &[],
-        share_tag: None,
-    };
+    let inputs = files.inputs(64, None);
     let name = TemplateKey::of(&inputs).unwrap().name;
     // What a maker killed with SIGKILL left.
     let dead = store.join(format!(".{name}.999999"));
@@ -163,15 +154,7 @@ fn the_least_recently_used_templates_go_beyond_the_limit() {
     let store = files.path("store");
     let mut names = Vec::new();
     for memory_mib in 1..=(MAX_TEMPLATES as u32 + 1) {
-        let inputs = TemplateInputs {
-            vmm: &files.path("vmm"),
-            kernel: &files.path("kernel"),
-            image: &files.path("image"),
-            memory_mib,
-            vcpus: 1,
-            cmdline: &[],
-            share_tag: None,
-        };
+        let inputs = files.inputs(memory_mib, None);
         let Plan::Make(maker) = plan_in(&store, &inputs) else {
             panic!("expected to make {memory_mib}");
         };
