@@ -29,14 +29,17 @@ if [[ "${all[*]}" != "${laned[*]}" ]]; then
   exit 2
 fi
 
-# Build once; the lanes run the test executables cargo reports.
+# Build once (a compile error stops here, shown as cargo shows it); the
+# lanes run the test executables cargo reports.
+messages=$(mktemp)
+trap 'rm -f "$messages"' EXIT
+cargo test -p runvm-e2e --locked --no-run --message-format=json-render-diagnostics >"$messages"
 declare -A executable
 while IFS=$'\t' read -r name path; do
   executable[$name]=$path
-done < <(cargo test -p runvm-e2e --locked --no-run --message-format=json 2>/dev/null |
-  python3 -c '
+done < <(python3 -c '
 import json, sys
-for line in sys.stdin:
+for line in open(sys.argv[1]):
     try:
         msg = json.loads(line)
     except ValueError:
@@ -44,7 +47,7 @@ for line in sys.stdin:
     exe = msg.get("executable")
     if msg.get("reason") == "compiler-artifact" and exe and "test" in msg["target"]["kind"]:
         print(msg["target"]["name"] + "\t" + exe)
-')
+' "$messages")
 
 run_lane() {
   local lane=$1 failed=0 suite
