@@ -79,8 +79,9 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 test: build lint
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --exclude runvm-e2e
 	scripts/fuzz.sh
+	scripts/e2e.sh
 
 # Every fuzz target in fuzz/ for a bounded time (6-12 s each, seeds in
 # fuzz/corpus/); installs nightly and cargo-fuzz if missing. A longer run:
@@ -96,6 +97,7 @@ bench: build
 	bench/coldstart.sh
 	bench/podstart.sh
 	bench/podnet.sh
+	bench/templates.sh
 
 clean:
 	rm -rf $(BUILD)

@@ -1,7 +1,7 @@
 """What every benchmark report shares: the machine's facts, min / median /
 max cells, and the sections of bench/RESULTS.md. Imported by measure.py
 (boot), exec_report.py (agent channel) and containers_report.py
-(containers and virtio-fs); Python 3 stdlib only.
+(containers and virtio-fs) and the others; Python 3 stdlib only.
 
 bench/RESULTS.md holds the boot report first, then one section per other
 benchmark, each starting with its marker line (below) and running to the
@@ -23,7 +23,8 @@ CONTAINERS = "<!-- containers section: written by bench/containers.sh, kept by t
 COLDSTART = "<!-- coldstart section: written by bench/coldstart.sh, kept by the other benchmarks -->"
 POD_START = "<!-- pod-start section: written by bench/podstart.sh, kept by the other benchmarks -->"
 POD_NET = "<!-- pod-network section: written by bench/podnet.sh, kept by the other benchmarks -->"
-SECTIONS = [AGENT_CHANNEL, CONTAINERS, COLDSTART, POD_START, POD_NET]
+TEMPLATES = "<!-- templates section: written by bench/templates.sh, kept by the other benchmarks -->"
+SECTIONS = [AGENT_CHANNEL, CONTAINERS, COLDSTART, POD_START, POD_NET, TEMPLATES]
 
 
 def sh(cmd):

@@ -12,6 +12,9 @@
 #   QEMU_CPU  (default: host; host,-arch-capabilities on kvm_pvm hosts)
 #   RESULTS=bench/RESULTS.md  LOG_DIR=(a new directory under /tmp)
 set -euo pipefail
+# Cold boots: these figures are of booting (VM templates, which the
+# runtime uses by default, are measured apart).
+export RUNVM_COLD_BOOT="${RUNVM_COLD_BOOT:-1}"
 
 die() {
   echo "bench/boot.sh: error: $*" >&2

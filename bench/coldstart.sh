@@ -11,6 +11,9 @@
 #   BEFORE=DIR: another built checkout of runvm (say, a worktree of an older
 #     commit, built with `make build`) measured in the same run as "before"
 set -Eeuo pipefail
+# Cold boots: these figures are of booting (VM templates, which the
+# runtime uses by default, are measured apart).
+export RUNVM_COLD_BOOT="${RUNVM_COLD_BOOT:-1}"
 
 die() {
   echo "bench/coldstart.sh: error: $*" >&2

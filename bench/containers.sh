@@ -14,6 +14,9 @@
 #   VMM=target/release/runvm-vmm  VIRTIOFSD=(the runtime's search)
 #   BUSYBOX=/bin/busybox  CARGO=cargo  RESULTS=bench/RESULTS.md
 set -Eeuo pipefail
+# Cold boots: these figures are of booting (VM templates, which the
+# runtime uses by default, are measured apart).
+export RUNVM_COLD_BOOT="${RUNVM_COLD_BOOT:-1}"
 
 die() {
   echo "bench/containers.sh: error: $*" >&2

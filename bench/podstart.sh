@@ -12,6 +12,9 @@
 #   IMAGE=build/rootfs.ext4  RUNC=runc  BUSYBOX=/bin/busybox  RESULTS=bench/RESULTS.md
 #   RAW=  (also write the raw figures there, as JSON)
 set -Eeuo pipefail
+# Cold boots: these figures are of booting (VM templates, which the
+# runtime uses by default, are measured apart).
+export RUNVM_COLD_BOOT="${RUNVM_COLD_BOOT:-1}"
 script=bench/podstart.sh
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/pods/common.sh

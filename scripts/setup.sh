@@ -34,6 +34,8 @@ packages=(
   # network tests (tests/tests/network.rs, runtime's network module): ip
   # and tc set up and inspect the namespaces, veths and taps they make
   iproute2
+  # scripts/e2e.sh reads cargo's JSON messages to find the test executables
+  python3
 )
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(qemu-system-x86)

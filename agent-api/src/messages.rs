@@ -116,7 +116,25 @@ pub enum RequestBody {
         id: String,
         resources: Box<crate::oci::LinuxResources>,
     },
+    /// Make a VM restored from a template its own machine, before anything
+    /// else runs in it: mix the host's random `entropy` into the kernel's
+    /// pool and reseed its generator (so no two VMs of one template share
+    /// random output), and set the wall clock to `realtime_ns` (nanoseconds
+    /// since the Unix epoch; the template's clock stopped when it was
+    /// saved). Answered with `Done`. `entropy` must hold between
+    /// [`MIN_RESEED_BYTES`] and [`MAX_RESEED_BYTES`] bytes.
+    Reseed {
+        entropy: Vec<u8>,
+        realtime_ns: u64,
+    },
 }
+
+/// Fewest bytes of host entropy a [`RequestBody::Reseed`] carries: the
+/// kernel's generator wants 256 bits to count as seeded.
+pub const MIN_RESEED_BYTES: usize = 32;
+/// Most bytes a [`RequestBody::Reseed`] may carry (the kernel's pool takes
+/// no more at once).
+pub const MAX_RESEED_BYTES: usize = 512;
 
 /// `CreateContainer`: an OCI runtime spec (`config.json`) and where the
 /// container's root filesystem is in the guest. `spec.root.path` is

@@ -38,6 +38,7 @@ mod network;
 mod power;
 mod processes;
 mod reaper;
+mod reseed;
 mod server;
 mod share;
 mod state;

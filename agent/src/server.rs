@@ -431,6 +431,10 @@ async fn dispatch(agent: &Rc<Agent>, body: RequestBody) -> Result<ResponseBody, 
         RequestBody::MountShare { tag } => crate::share::mount_share(&tag),
         RequestBody::FreezeContainer { id, frozen } => container::freeze(agent, &id, frozen).await,
         RequestBody::UpdateContainer { id, resources } => container::update(agent, &id, &resources),
+        RequestBody::Reseed {
+            entropy,
+            realtime_ns,
+        } => crate::reseed::reseed(&entropy, realtime_ns),
     }
 }
 

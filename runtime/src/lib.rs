@@ -19,6 +19,7 @@ pub mod pod;
 pub mod sandbox;
 pub mod share;
 pub mod state;
+pub mod template;
 pub mod terminal;
 pub mod unix_socket;
 pub mod vm;

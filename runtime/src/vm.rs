@@ -30,17 +30,18 @@
 //! virtiofsd's log.
 
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use runvm_agent_api::{RequestBody, READY_LINE, READY_PORT, SHARE_TAG};
 
 mod image;
 mod jail_link;
+mod launch;
+mod ready;
 mod shared;
 mod stderr_tee;
 
@@ -49,6 +50,8 @@ use stderr_tee::StderrTee;
 
 use crate::agent_client::{AgentClient, ClientError};
 use crate::share::{self, Share, ShareError};
+use crate::template::{self, Maker, Plan, TemplateInputs};
+use launch::Launch;
 
 /// How often the host checks, while it waits for the agent's readiness
 /// connection, whether the VMM is still there (the guest is not asked).
@@ -162,6 +165,8 @@ pub enum VmError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot read the host's random generator: {0}")]
+    HostEntropy(std::io::Error),
     #[error("cannot wait for the VMM: {0}")]
     Wait(std::io::Error),
     #[error("cannot link the jailed VMM's vsock socket {}: {source}", path.display())]
@@ -227,6 +232,20 @@ pub struct MicroVm {
     ready: Option<std::os::unix::net::UnixListener>,
     /// The VMM runs jailed in [`Self::jail_dir`].
     jailed: bool,
+    spec: VmSpec,
+    vmm_log: Option<PathBuf>,
+    /// Whether the VM is being saved as a template or was restored from
+    /// one, until the agent has answered.
+    template: FromTemplate,
+}
+
+/// A VM's relation to its template until its agent answers.
+enum FromTemplate {
+    No,
+    /// Booting cold, to be saved at the ready point.
+    Making(Maker),
+    /// Restored from this template.
+    Restored(PathBuf),
 }
 
 impl MicroVm {
@@ -256,7 +275,7 @@ impl MicroVm {
         taps: Vec<VmTap>,
     ) -> Result<MicroVm, VmError> {
         // A bad image is refused before anything is started for the VM.
-        let image_flag = ImageKind::of(&spec.image)?.vmm_flag();
+        ImageKind::of(&spec.image)?;
         // A jail is named by an absolute path.
         let dir = &std::path::absolute(dir).map_err(|source| VmError::Directory {
             path: dir.to_owned(),
@@ -281,6 +300,9 @@ impl MicroVm {
             // Only root can jail it.
             // SAFETY: geteuid has no preconditions.
             jailed: unsafe { libc::geteuid() } == 0,
+            spec: spec.clone(),
+            vmm_log: vmm_log.map(Path::to_owned),
+            template: FromTemplate::No,
         };
         if vm.jailed {
             fs::DirBuilder::new()
@@ -291,103 +313,80 @@ impl MicroVm {
                     source,
                 })?;
         }
-        // Before the guest can connect to it.
-        let ready = crate::unix_socket::bind(&vm.ready_socket())
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|source| VmError::Readiness {
-                path: vm.ready_socket(),
-                source,
-            })?;
-        vm.ready = Some(ready);
+        vm.listen_for_readiness()?;
         // virtiofsd first: the VMM connects to it as it starts.
-        if let Some(virtiofsd) = &spec.virtiofsd {
-            vm.share = Some(Share::start(
+        vm.start_share()?;
+        let launch = if taps.is_empty() {
+            vm.plan_launch()
+        } else {
+            Launch::Cold
+        };
+        vm.launch(spec, &launch, taps)?;
+        Ok(vm)
+    }
+
+    /// Starts the share's virtiofsd, if the VM has a share.
+    fn start_share(&mut self) -> Result<(), VmError> {
+        if let Some(virtiofsd) = &self.spec.virtiofsd {
+            self.share = Some(Share::start(
                 virtiofsd,
-                &vm.share_dir(),
-                &vm.virtiofs_socket(),
-                &vm.virtiofsd_log(),
+                &self.share_dir(),
+                &self.virtiofs_socket(),
+                &self.virtiofsd_log(),
             )?);
         }
-        let mut command = Command::new(&spec.vmm);
-        command
-            .arg("--kernel")
-            .arg(&spec.kernel)
-            .arg(image_flag)
-            .arg(&spec.image)
-            .arg("--memory")
-            .arg(spec.memory_mib.to_string())
-            .arg("--vcpus")
-            .arg(spec.vcpus.to_string())
-            .arg("--vsock-socket")
-            .arg(vm.vmm_vsock_socket())
-            .arg(format!("--serial=file:{}", vm.console_log().display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if vm.jailed {
-            command.arg("--jail").arg(vm.jail_dir());
-        }
-        if vm.share.is_some() {
-            command.arg("--fs").arg(format!(
-                "tag={SHARE_TAG},socket={}",
-                vm.virtiofs_socket().display()
-            ));
-        }
-        for tap in &taps {
-            command.arg("--net").arg(&tap.option);
-        }
-        if !taps.iter().any(|tap| tap.ipv6) {
-            command.arg("--cmdline").arg(IPV6_OFF);
-        }
-        let inherited: Vec<i32> = taps.iter().map(|t| t.fd.as_raw_fd()).collect();
-        // SAFETY: prctl and fcntl are async-signal-safe; nothing else runs
-        // in between.
-        unsafe {
-            command.pre_exec(move || {
-                // The VM must not outlive whoever started it.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The child's copies of the taps, and only those, survive
-                // the exec.
-                for &fd in &inherited {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let sink = match vmm_log {
-            Some(path) => Some(
-                fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| VmError::Directory {
-                        path: path.to_owned(),
-                        source,
-                    })?,
-            ),
-            None => None,
+        Ok(())
+    }
+
+    /// Cold, from a template, or cold to make one: see [`crate::template`].
+    fn plan_launch(&mut self) -> Launch {
+        let cmdline = launch::cmdline(&[]);
+        let inputs = TemplateInputs {
+            vmm: &self.spec.vmm,
+            kernel: &self.spec.kernel,
+            image: &self.spec.image,
+            memory_mib: self.spec.memory_mib,
+            vcpus: self.spec.vcpus,
+            cmdline: &cmdline,
+            share_tag: self.spec.virtiofsd.as_ref().map(|_| SHARE_TAG),
         };
-        let mut child = command.spawn().map_err(|source| VmError::Spawn {
-            path: spec.vmm.clone(),
-            source,
-        })?;
-        // The VMM has its own copies now.
-        drop(taps);
-        let stderr = child
-            .stderr
-            .take()
-            .map(|pipe| StderrTee::start(pipe, sink))
-            .transpose();
-        vm.child = Some(child);
-        vm.stderr = stderr.map_err(|source| VmError::Spawn {
-            path: spec.vmm.clone(),
-            source,
-        })?;
-        Ok(vm)
+        match template::plan(&inputs) {
+            Plan::Restore(dir) => {
+                launch::seed_console(&dir, &self.console_log());
+                self.template = FromTemplate::Restored(dir.clone());
+                Launch::Restore {
+                    dir,
+                    cid: launch::fresh_cid(),
+                }
+            }
+            Plan::Make(maker) => {
+                let launch = Launch::SaveTo(maker.snapshot_dir().to_owned());
+                self.template = FromTemplate::Making(maker);
+                launch
+            }
+            Plan::Cold(reason) => {
+                if !reason.is_empty() {
+                    self.note(&format!("booting cold: {reason}"));
+                }
+                Launch::Cold
+            }
+        }
+    }
+
+    /// A line for the VM's log (the VMM's log file, else our stderr).
+    fn note(&self, message: &str) {
+        let line = format!("runvm: {message}\n");
+        let written = self.vmm_log.as_ref().is_some_and(|path| {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
+                .is_ok()
+        });
+        if !written {
+            eprint!("{line}");
+        }
     }
 
     /// The host directory shared with the guest (with a share).
@@ -508,72 +507,7 @@ impl MicroVm {
         })
     }
 
-    /// Waits until the agent says it is ready (it connects to the host's
-    /// readiness port once its own ports listen), for at most `timeout`,
-    /// then opens the control connection; fails at once if the VM exits
-    /// meanwhile.
-    pub async fn connect_agent(&mut self, timeout: Duration) -> Result<AgentClient, VmError> {
-        let deadline = Instant::now() + timeout;
-        let listener = match self.ready.take() {
-            Some(listener) => {
-                tokio::net::UnixListener::from_std(listener).map_err(|e| VmError::Readiness {
-                    path: self.ready_socket(),
-                    source: e,
-                })?
-            }
-            None => return Ok(self.control_connection().await?),
-        };
-        loop {
-            match tokio::time::timeout(VMM_POLL_INTERVAL, listener.accept()).await {
-                Ok(Ok((stream, _))) => {
-                    let said = read_ready_line(stream).await;
-                    if said.as_deref() == Some(READY_LINE) {
-                        break;
-                    }
-                    // Not the agent's words: keep waiting for them.
-                }
-                Ok(Err(source)) => {
-                    return Err(VmError::Readiness {
-                        path: self.ready_socket(),
-                        source,
-                    })
-                }
-                Err(_elapsed) => {}
-            }
-            if let Some(status) = self.try_wait()? {
-                self.judge(status)?;
-                return Err(VmError::ExitedEarly {
-                    status,
-                    vmm: self.vmm_stderr(),
-                    console: self.console_tail(),
-                });
-            }
-            if Instant::now() >= deadline {
-                return Err(VmError::AgentTimeout {
-                    timeout,
-                    last_error: "no readiness connection from the agent".to_owned(),
-                    console: self.console_tail(),
-                });
-            }
-        }
-        // Later connections to the port get a reset from the VMM.
-        drop(listener);
-        let _ = fs::remove_file(self.ready_socket());
-        if self.jailed {
-            jail_link::link_socket(&self.vmm_vsock_socket(), &self.vsock_socket()).map_err(
-                |source| VmError::VsockLink {
-                    path: self.vmm_vsock_socket(),
-                    source,
-                },
-            )?;
-        }
-        // The readiness line named the agent's version, and it is ours
-        // (READY_LINE): no Version round trip on top, each costs the guest
-        // emulated vsock work.
-        Ok(AgentClient::connect(&self.vsock_socket()).await?)
-    }
-
-    async fn control_connection(&self) -> Result<AgentClient, ClientError> {
+    pub(super) async fn control_connection(&self) -> Result<AgentClient, ClientError> {
         let client = AgentClient::connect(&self.vsock_socket()).await?;
         client.call(RequestBody::Version).await?;
         Ok(client)

@@ -27,6 +27,8 @@ mod jail_view;
 mod pods;
 #[path = "common/runtime_cli.rs"]
 mod runtime_cli;
+#[path = "runc_cli/templates.rs"]
+mod templates;
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,9 @@
-//! `runvm-vmm` snapshots: a VM booted to the agent's ready point is saved
-//! (`--snapshot-to`, SIGUSR1) and restored in new VMM processes
-//! (`--restore`) with new vsock sockets and CIDs, where the agent answers;
-//! damaged snapshots are refused with a clear error. Prints the time to
+//! `runvm-vmm` snapshots: a VM booted to the agent's ready point with a
+//! virtio-fs device that has no backend yet (`--fs tag=share,pending`) is
+//! saved (`--snapshot-to`, SIGUSR1) and restored in new VMM processes
+//! (`--restore`) with new vsock sockets and CIDs and a virtiofsd each,
+//! where the agent answers and mounts and reads the share; damaged
+//! snapshots are refused with a clear error. Prints the time to
 //! agent-ready, cold and restored, of the same run.
 
 mod common;
@@ -13,9 +15,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{image, require_kvm, vmm_binary, vmm_command, wait_with_timeout, BOOT_TIMEOUT};
+use common::{
+    image, require_kvm, vmm_binary, vmm_command, wait_with_timeout, Captured, BOOT_TIMEOUT,
+};
 use runvm::agent_client::AgentClient;
-use runvm_agent_api::{RequestBody, ResponseBody, READY_LINE, READY_PORT};
+use runvm::guest_process::{self, HostStdio, ProcessSpec};
+use runvm::share::find_virtiofsd;
+use runvm_agent_api::{
+    ExitStatus, RequestBody, ResponseBody, GUEST_SHARE_DIR, READY_LINE, READY_PORT,
+};
 
 /// A restore maps a file and sets registers: it must not take a boot's time.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,6 +84,100 @@ impl Vmm {
         }
         (status, stderr)
     }
+}
+
+/// The template's virtio-fs tag.
+const SHARE_TAG: &str = "share";
+/// What the shared directory holds, read back in the guest.
+const SHARED_TEXT: &str = "served by a virtiofsd bound at restore\n";
+
+/// A virtiofsd serving `dir` on `socket`, killed (if it has not ended with
+/// its VMM's connection) when dropped.
+struct Virtiofsd(Child);
+
+impl Virtiofsd {
+    fn start(socket: &Path, dir: &Path) -> Virtiofsd {
+        let binary = find_virtiofsd()
+            .expect("virtiofsd not found (RUNVM_VIRTIOFSD, PATH, ~/.cargo/bin, /usr/libexec)");
+        let child = Command::new(binary)
+            .arg(format!("--socket-path={}", socket.display()))
+            .arg(format!("--shared-dir={}", dir.display()))
+            .arg("--sandbox=none")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start virtiofsd");
+        // A jailed VMM gets the sockets present when it starts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "virtiofsd made no socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Virtiofsd(child)
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The directory the restored VMs share: a file to read, and busybox to
+/// read it with (the image has the agent only).
+fn shared_dir(scratch: &Scratch) -> PathBuf {
+    let dir = scratch.join("shared");
+    std::fs::create_dir(&dir).expect("shared dir");
+    std::fs::write(dir.join("hello.txt"), SHARED_TEXT).expect("shared file");
+    std::fs::copy("/bin/busybox", dir.join("busybox")).expect("a static /bin/busybox");
+    dir
+}
+
+/// Through the agent behind `socket`: mounts the share, and reads the file
+/// in it with the busybox from it.
+fn read_through_share(socket: &Path) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let run = async {
+            let agent = AgentClient::connect(socket).await.expect("the agent");
+            let mounted = agent
+                .call(RequestBody::MountShare {
+                    tag: SHARE_TAG.into(),
+                })
+                .await
+                .expect("MountShare");
+            assert_eq!(mounted, ResponseBody::Done);
+            let spec = ProcessSpec {
+                argv: vec![
+                    format!("{GUEST_SHARE_DIR}/busybox"),
+                    "cat".into(),
+                    format!("{GUEST_SHARE_DIR}/hello.txt"),
+                ],
+                env: vec!["PATH=/bin".into()],
+                ..ProcessSpec::default()
+            };
+            let (stdout, stderr) = (Captured::default(), Captured::default());
+            let stdio = HostStdio {
+                stdin: None,
+                stdout: stdout.writer(),
+                stderr: stderr.writer(),
+            };
+            let relay = guest_process::spawn(&agent, &spec, stdio)
+                .await
+                .expect("exec");
+            let status = relay.finish(&agent).await.expect("wait");
+            assert_eq!(status, ExitStatus::Code(0), "cat: {}", stderr.text());
+            stdout.text()
+        };
+        tokio::time::timeout(RESTORE_TIMEOUT, run)
+            .await
+            .expect("mounting and reading the share timed out")
+    })
 }
 
 /// The host end of the agent's readiness port: what the agent says there,
@@ -143,7 +245,8 @@ fn agent_version(socket: &Path, console: &Path, timeout: Duration) -> String {
     })
 }
 
-fn restore_command(snapshot: &Path, socket: &Path, cid: u32) -> Command {
+/// A restore of `snapshot`, its share served by the backend at `fs`.
+fn restore_command(snapshot: &Path, socket: &Path, cid: u32, fs: &Path) -> Command {
     require_kvm();
     let mut command = Command::new(vmm_binary());
     command
@@ -154,6 +257,7 @@ fn restore_command(snapshot: &Path, socket: &Path, cid: u32) -> Command {
         .arg("--vsock-socket")
         .arg(socket)
         .arg(format!("--vsock-cid={cid}"))
+        .arg(format!("--fs=tag={SHARE_TAG},socket={}", fs.display()))
         .arg(format!("--serial=file:{}", console(socket).display()));
     command
 }
@@ -167,8 +271,10 @@ fn console(socket: &Path) -> PathBuf {
 /// message containing `expected`.
 fn assert_refused(scratch: &Scratch, snapshot: &Path, expected: &str) {
     let socket = scratch.join("refused.sock");
+    // Refused before any backend is reached: there is none.
+    let fs = scratch.join("no-virtiofsd.sock");
     let (status, stderr) =
-        Vmm::start(restore_command(snapshot, &socket, 5)).finish(RESTORE_TIMEOUT);
+        Vmm::start(restore_command(snapshot, &socket, 5, &fs)).finish(RESTORE_TIMEOUT);
     assert_eq!(status.code(), Some(1), "{}: {stderr}", snapshot.display());
     assert!(
         stderr.contains(expected) && stderr.contains("cannot be restored"),
@@ -213,7 +319,8 @@ fn damaged_copy(
 }
 
 /// Every thread of `pid` runs under a seccomp filter: the device threads a
-/// restored VM starts before its vCPUs as much as the others.
+/// restored VM starts before its vCPUs (the vhost-user connection's watch
+/// among them) as much as the others.
 fn assert_every_thread_confined(pid: u32) {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the VMM's threads");
     let mut seen = Vec::new();
@@ -230,7 +337,8 @@ fn assert_every_thread_confined(pid: u32) {
         seen.push((name.trim().to_string(), mode));
     }
     let names: Vec<&str> = seen.iter().map(|(name, _)| name.as_str()).collect();
-    for wanted in ["vcpu0", "virtio-blk", "vsock"] {
+    // Thread names are cut to 15 bytes.
+    for wanted in ["vcpu0", "virtio-blk", "vsock", "vhost-user-watc"] {
         assert!(names.contains(&wanted), "no {wanted} thread: {seen:?}");
     }
     assert!(
@@ -254,6 +362,7 @@ fn a_vm_saved_at_agent_ready_is_restored_in_new_processes_and_answers() {
         socket.to_str().expect("utf-8"),
         "--snapshot-to",
         snapshot.to_str().expect("utf-8"),
+        &format!("--fs=tag={SHARE_TAG},pending"),
         &format!("--serial=file:{}", console(&socket).display()),
     ]));
     assert_eq!(wait_for_ready_port(&ready, BOOT_TIMEOUT), READY_LINE);
@@ -265,37 +374,68 @@ fn a_vm_saved_at_agent_ready_is_restored_in_new_processes_and_answers() {
     assert!(status.success(), "saving failed ({status}): {stderr}");
     assert!(stderr.contains("the VM was saved to"), "{stderr}");
     assert!(!socket.exists(), "the saved VM's socket was left behind");
+    // The guest's driver had set the pending device up (status 15:
+    // DRIVER_OK), so the restores below hand a backend live rings.
+    let state = std::fs::read(snapshot.join("state")).expect("the state file");
+    let pending =
+        format!(r#"{{"kind":{{"Fs":{{"tag":"{SHARE_TAG}"}}}},"transport":{{"status":15,"#);
+    assert!(
+        String::from_utf8_lossy(&state).contains(&pending),
+        "no live pending virtio-fs device in the template's state"
+    );
 
     // Two VMs restored from it at once, each with its own socket and CID;
     // the second in a jail, its socket inside, the snapshot outside.
     let jail = scratch.join("jail");
     std::fs::create_dir(&jail).expect("jail dir");
     let sockets = [scratch.join("warm1.sock"), jail.join("warm2.sock")];
+    // Each with a virtiofsd of its own for the template's share.
+    let shared = shared_dir(&scratch);
+    let fs_sockets = [scratch.join("fs1.sock"), jail.join("fs2.sock")];
+    let _servers: Vec<Virtiofsd> = fs_sockets
+        .iter()
+        .map(|fs| Virtiofsd::start(fs, &shared))
+        .collect();
+    let resaved = scratch.join("resaved");
+    std::fs::create_dir(&resaved).expect("second snapshot dir");
     let started = Instant::now();
-    let first = Vmm::start(restore_command(&snapshot, &sockets[0], 7));
+    let mut first = restore_command(&snapshot, &sockets[0], 7, &fs_sockets[0]);
+    // Tried at the end: a VM whose share has a backend cannot be saved.
+    first.arg("--snapshot-to").arg(&resaved);
+    let first = Vmm::start(first);
     assert_eq!(
         agent_version(&sockets[0], &console(&sockets[0]), RESTORE_TIMEOUT),
         version
     );
     let warm_ready = started.elapsed();
     assert_every_thread_confined(first.0.id());
-    let mut jailed = restore_command(&snapshot, &sockets[1], 8);
+    let mut jailed = restore_command(&snapshot, &sockets[1], 8, &fs_sockets[1]);
     jailed.arg("--jail").arg(&jail);
     let second = Vmm::start(jailed);
     assert_eq!(
         agent_version(&sockets[1], &console(&sockets[1]), RESTORE_TIMEOUT),
         version
     );
+    // The guest's driver set the device up in the template; the backend
+    // bound at restore serves it.
+    for socket in &sockets {
+        assert_eq!(read_through_share(socket), SHARED_TEXT);
+    }
     // The first still answers once the second runs beside it.
     assert_eq!(
         agent_version(&sockets[0], &console(&sockets[0]), RESTORE_TIMEOUT),
         version
     );
-    for vmm in [first, second] {
-        vmm.signal(libc::SIGTERM);
-        let (status, stderr) = vmm.finish(RESTORE_TIMEOUT);
-        assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
-    }
+    first.signal(libc::SIGUSR1);
+    let (status, stderr) = first.finish(RESTORE_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("virtio-fs device served by a backend, which cannot be saved"),
+        "{stderr}"
+    );
+    second.signal(libc::SIGTERM);
+    let (status, stderr) = second.finish(RESTORE_TIMEOUT);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
     eprintln!(
         "agent ready: cold boot {:.2} s, restored {:.3} s ({:.3}x)",
         cold_ready.as_secs_f64(),
@@ -328,6 +468,16 @@ fn a_vm_saved_at_agent_ready_is_restored_in_new_processes_and_answers() {
         let damaged = damaged_copy(&scratch, &snapshot, name, file, at);
         assert_refused(&scratch, &damaged, expected);
     }
+    // A share the template has no device for.
+    let socket = scratch.join("othertag.sock");
+    let mut command = restore_command(&snapshot, &socket, 9, &fs_sockets[0]);
+    command.arg(format!("--fs=tag=other,socket={}", fs_sockets[1].display()));
+    let (status, stderr) = Vmm::start(command).finish(RESTORE_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("it has no virtio-fs device tagged \"other\""),
+        "{stderr}"
+    );
     // A snapshot restored with devices other than its own.
     let socket = scratch.join("nodisk.sock");
     let mut command = Command::new(vmm_binary());

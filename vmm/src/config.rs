@@ -1,7 +1,7 @@
 //! What the caller asks of a VM, and the checks that can be made before
 //! anything is created.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 use crate::host_profile::HostProfileChoice;
@@ -59,40 +59,75 @@ pub struct VsockConfig {
 pub struct FsConfig {
     /// What the guest mounts: `mount -t virtiofs <tag> <dir>`.
     pub tag: String,
-    /// The backend's listening vhost-user socket.
-    pub socket: PathBuf,
+    /// Who serves the queues.
+    pub backend: FsBackend,
     /// Size of each queue (power of two).
     pub queue_size: u16,
+}
+
+/// Who serves a virtio-fs device's queues.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FsBackend {
+    /// The backend's listening vhost-user socket.
+    Socket(PathBuf),
+    /// Nobody yet: a VM template's device, which the driver sets up but
+    /// which serves nothing until the VMs restored from the template bind
+    /// it to a backend (see [`crate::devices::virtio::fs::pending`]).
+    Pending,
 }
 
 impl FsConfig {
     pub fn new(tag: impl Into<String>, socket: impl Into<PathBuf>) -> FsConfig {
         FsConfig {
             tag: tag.into(),
-            socket: socket.into(),
+            backend: FsBackend::Socket(socket.into()),
             queue_size: DEFAULT_FS_QUEUE_SIZE,
         }
     }
 
-    /// Parses `tag=<tag>,socket=<path>[,queue-size=<n>]` (the `--fs`
-    /// option) and validates the result. Values cannot contain commas.
+    /// A template's device, whose backend comes when it is restored.
+    pub fn pending(tag: impl Into<String>) -> FsConfig {
+        FsConfig {
+            tag: tag.into(),
+            backend: FsBackend::Pending,
+            queue_size: DEFAULT_FS_QUEUE_SIZE,
+        }
+    }
+
+    /// The backend's socket, unless the backend is still to come.
+    pub fn socket(&self) -> Option<&Path> {
+        match &self.backend {
+            FsBackend::Socket(socket) => Some(socket),
+            FsBackend::Pending => None,
+        }
+    }
+
+    /// Parses `tag=<tag>,socket=<path>[,queue-size=<n>]` or
+    /// `tag=<tag>,pending[,queue-size=<n>]` (the `--fs` option) and
+    /// validates the result. Values cannot contain commas.
     pub fn parse(spec: &str) -> Result<FsConfig, Error> {
         let invalid = |reason: String| Error::InvalidFsSpec {
             spec: spec.to_string(),
             reason,
         };
-        let (mut tag, mut socket, mut queue_size) = (None, None, None);
+        let (mut tag, mut socket, mut queue_size, mut pending) = (None, None, None, false);
         for item in spec.split(',') {
+            if item == "pending" {
+                if std::mem::replace(&mut pending, true) {
+                    return Err(invalid("pending is given twice".into()));
+                }
+                continue;
+            }
             let (key, value) = item
                 .split_once('=')
-                .ok_or_else(|| invalid(format!("{item:?} is not key=value")))?;
+                .ok_or_else(|| invalid(format!("{item:?} is not key=value or pending")))?;
             let slot = match key {
                 "tag" => &mut tag,
                 "socket" => &mut socket,
                 "queue-size" => &mut queue_size,
                 _ => {
                     return Err(invalid(format!(
-                        "unknown key {key:?} (expected tag, socket, queue-size)"
+                        "unknown key {key:?} (expected tag, socket, queue-size, pending)"
                     )))
                 }
             };
@@ -101,9 +136,22 @@ impl FsConfig {
             }
         }
         let tag = tag.ok_or_else(|| invalid("tag=<tag> is missing".into()))?;
-        let socket = socket
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| invalid("socket=<path> is missing".into()))?;
+        let backend = match (socket, pending) {
+            (Some(_), true) => {
+                return Err(invalid(
+                    "socket= and pending exclude each other: a device has a backend now, \
+                     or (in a template) later"
+                        .into(),
+                ))
+            }
+            (None, true) => FsBackend::Pending,
+            (socket, false) => FsBackend::Socket(
+                socket
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| invalid("socket=<path> (or pending) is missing".into()))?
+                    .into(),
+            ),
+        };
         let queue_size = match queue_size {
             None => DEFAULT_FS_QUEUE_SIZE,
             Some(text) => {
@@ -115,7 +163,7 @@ impl FsConfig {
         };
         let config = FsConfig {
             tag: tag.to_string(),
-            socket: socket.into(),
+            backend,
             queue_size,
         };
         config.validate()?;
@@ -123,15 +171,14 @@ impl FsConfig {
     }
 
     pub fn validate(&self) -> Result<(), Error> {
-        // A NUL would end the tag early in the guest's eyes.
-        if self.tag.is_empty() || self.tag.len() > MAX_FS_TAG_BYTES || self.tag.contains('\0') {
+        if !is_valid_fs_tag(&self.tag) {
             return Err(Error::InvalidFsTag(self.tag.clone()));
         }
         let size = self.queue_size;
         if !size.is_power_of_two() || !(MIN_FS_QUEUE_SIZE..=MAX_FS_QUEUE_SIZE).contains(&size) {
             return Err(Error::InvalidFsQueueSize(u64::from(size)));
         }
-        if self.socket.as_os_str().is_empty() {
+        if self.socket().is_some_and(|s| s.as_os_str().is_empty()) {
             return Err(Error::InvalidFsSpec {
                 spec: format!("tag={}", self.tag),
                 reason: "the socket path is empty".into(),
@@ -139,6 +186,12 @@ impl FsConfig {
         }
         Ok(())
     }
+}
+
+/// A virtio-fs tag the guest reads whole: 1 to [`MAX_FS_TAG_BYTES`]
+/// bytes, no NUL (which would end it early in the guest's eyes).
+pub fn is_valid_fs_tag(tag: &str) -> bool {
+    !tag.is_empty() && tag.len() <= MAX_FS_TAG_BYTES && !tag.contains('\0')
 }
 
 #[derive(Clone, Debug)]
@@ -241,6 +294,17 @@ impl VmConfig {
         }
         for (index, fs) in self.fs.iter().enumerate() {
             fs.validate()?;
+            if fs.backend == FsBackend::Pending
+                && (self.snapshot_to.is_none() || self.restore_from.is_some())
+            {
+                return Err(Error::InvalidFsSpec {
+                    spec: format!("tag={},pending", fs.tag),
+                    reason: "a device without a backend is only for a VM template, booted \
+                             with --snapshot-to; a restored VM binds it with \
+                             --fs tag=TAG,socket=PATH"
+                        .into(),
+                });
+            }
             // The guest refuses a second device with the same tag.
             if self.fs[..index].iter().any(|other| other.tag == fs.tag) {
                 return Err(Error::DuplicateFsTag(fs.tag.clone()));
@@ -249,9 +313,10 @@ impl VmConfig {
         crate::devices::virtio::net::spec::validate_all(&self.net)
     }
 
-    /// Whether a device needs guest RAM shared with a backend process.
+    /// Whether a device needs guest RAM shared with a backend process: a
+    /// template's pending virtio-fs device has none.
     pub fn needs_shared_memory(&self) -> bool {
-        !self.fs.is_empty()
+        self.fs.iter().any(|fs| fs.socket().is_some())
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -311,7 +376,7 @@ mod tests {
     fn fs_option_in_any_order_with_a_queue_size() {
         let fs = FsConfig::parse("queue-size=256,socket=/tmp/a b.sock,tag=root fs").unwrap();
         assert_eq!(fs.tag, "root fs");
-        assert_eq!(fs.socket, PathBuf::from("/tmp/a b.sock"));
+        assert_eq!(fs.socket(), Some(Path::new("/tmp/a b.sock")));
         assert_eq!(fs.queue_size, 256);
     }
 
@@ -319,9 +384,12 @@ mod tests {
     fn fs_option_syntax_errors_say_what_is_wrong() {
         for (spec, expected) in [
             ("", "not key=value"),
-            ("tag=a", "socket=<path> is missing"),
+            ("tag=a", "socket=<path> (or pending) is missing"),
             ("socket=/s", "tag=<tag> is missing"),
-            ("tag=a,socket=", "socket=<path> is missing"),
+            ("tag=a,socket=", "socket=<path> (or pending) is missing"),
+            ("tag=a,socket=/s,pending", "exclude each other"),
+            ("pending,tag=a,pending", "pending is given twice"),
+            ("tag=a,pending=yes", "unknown key \"pending\""),
             ("tag=a,socket=/s,size=4", "unknown key \"size\""),
             ("tag=a,tag=b,socket=/s", "tag is given twice"),
             ("tag=a,socket=/s,queue-size=lots", "not a number"),
@@ -330,6 +398,45 @@ mod tests {
             let message = FsConfig::parse(spec).unwrap_err().to_string();
             assert!(message.contains(expected), "{spec:?}: {message}");
         }
+    }
+
+    #[test]
+    fn fs_option_for_a_device_whose_backend_comes_at_restore() {
+        let fs = FsConfig::parse("tag=share,pending").unwrap();
+        assert_eq!(fs, FsConfig::pending("share"));
+        assert_eq!(fs.socket(), None);
+        let fs = FsConfig::parse("queue-size=256,pending,tag=share").unwrap();
+        assert_eq!((fs.backend, fs.queue_size), (FsBackend::Pending, 256));
+        assert!(FsConfig::parse("pending").is_err());
+        assert!(FsConfig::parse(&format!("tag={},pending", "x".repeat(37))).is_err());
+    }
+
+    #[test]
+    fn a_pending_fs_device_is_only_for_a_template() {
+        let mut config = VmConfig::new("/vmlinux");
+        config.fs = vec![FsConfig::pending("share")];
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("--snapshot-to"), "{message}");
+        assert!(message.contains("tag=share,pending"), "{message}");
+        config.snapshot_to = Some("/templates/t".into());
+        assert!(config.validate().is_ok());
+        // Its guest RAM need not be shared: nobody maps it.
+        assert!(!config.needs_shared_memory());
+        config.fs.push(FsConfig::new("other", "/s"));
+        assert!(config.needs_shared_memory());
+        // A restored VM gives its devices their backends.
+        config.fs.pop();
+        config.restore_from = Some("/templates/t".into());
+        config.kernel = PathBuf::new();
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("socket=PATH"), "{message}");
+        config.fs = vec![FsConfig::new("share", "/s")];
+        assert!(config.validate().is_ok());
+        // A pending and a served device may not share a tag either.
+        let mut template = VmConfig::new("/vmlinux");
+        template.snapshot_to = Some("/templates/t".into());
+        template.fs = vec![FsConfig::pending("a"), FsConfig::new("a", "/s")];
+        assert!(matches!(template.validate(), Err(Error::DuplicateFsTag(_))));
     }
 
     #[test]

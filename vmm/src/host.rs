@@ -8,7 +8,6 @@
 //! the devices bind or connect to (and the vsock device keeps connecting
 //! to) while the VM runs; a jail gives them their own paths.
 
-use std::fs::File;
 use std::io::Write;
 
 use kvm_ioctls::{Cap, Kvm};
@@ -98,8 +97,14 @@ fn open_serial(serial: &SerialOutput) -> Result<Box<dyn Write + Send>, Error> {
     Ok(match serial {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::File(path) => {
-            // Bounded: the guest must not fill the host's disk.
-            Box::new(CappedLog::new(File::create(path).map_err(|source| {
+            // Bounded: the guest must not fill the host's disk. Appended
+            // to: a VM restored from a template continues the console the
+            // runtime copied from the template.
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path);
+            Box::new(CappedLog::new(file.map_err(|source| {
                 Error::SerialOutput {
                     path: path.clone(),
                     source,

@@ -44,7 +44,7 @@ pub mod vcpu;
 
 mod error;
 
-pub use config::{BootProtocol, FsConfig, SerialOutput, VmConfig, VsockConfig};
+pub use config::{BootProtocol, FsBackend, FsConfig, SerialOutput, VmConfig, VsockConfig};
 pub use error::Error;
 pub use host::HostResources;
 pub use host_profile::HostProfile;

@@ -314,7 +314,10 @@ fn exec_joins_the_running_container() {
         let mut out = guest.stream(200).await;
         let process: Process = serde_json::from_value(json!({
             "user": {"uid": 0, "gid": 0},
-            "args": ["sh", "-c", "echo $(hostname) $(cat /proc/1/cmdline | tr '\\0' ' ') $(id -u) $MINE"],
+            // The container's init may still be the shell that execs
+            // sleep: wait for the exec (a loaded host is slow).
+            "args": ["sh", "-c", "for i in $(seq 200); do c=$(tr '\\0' ' ' < /proc/1/cmdline); \
+                [ \"${c%% *}\" = sh ] || break; sleep 0.05; done; echo $(hostname) $c $(id -u) $MINE"],
             "env": ["PATH=/bin", "MINE=exec"],
             "cwd": "/"
         }))

@@ -8,6 +8,7 @@ pub mod lifecycle;
 pub mod query;
 pub mod resources;
 pub mod spec;
+pub mod templates;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -100,6 +101,9 @@ pub enum Command {
     Features,
     /// Boot a microVM and run one command in it (no container).
     VmRun(VmRunArgs),
+    /// List or remove VM templates (warm starts; RUNVM_COLD_BOOT=1 boots
+    /// every VM cold).
+    Template(templates::TemplateArgs),
     /// The host process that stands for a container process (internal).
     #[command(hide = true)]
     Monitor(MonitorArgs),
@@ -279,6 +283,7 @@ pub fn main() -> ExitCode {
         Command::Spec(args) => spec::spec(args),
         Command::Features => spec::features(),
         Command::VmRun(args) => return vm_run::main(args),
+        Command::Template(args) => templates::template(args),
         Command::Monitor(args) => return monitor::main(&context.root_dir, args),
     };
     match result {

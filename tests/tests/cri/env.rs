@@ -315,7 +315,7 @@ impl CriEnv {
         let ours = processes_referencing(&self.needles());
         let vmms: Vec<u32> = ours
             .iter()
-            .filter(|(_, line)| line.contains("runvm-vmm") && line.contains("--kernel"))
+            .filter(|(_, line)| line.contains("runvm-vmm") && line.contains("--vsock-socket"))
             .map(|(pid, _)| *pid)
             .collect();
         let top_vmms = vmms

@@ -57,7 +57,8 @@ impl Cli {
         let root = self.root.display().to_string();
         let vmms: Vec<u32> = processes_referencing(std::slice::from_ref(&root))
             .into_iter()
-            .filter(|(_, line)| line.contains("runvm-vmm") && line.contains("--kernel"))
+            // Booted (--kernel) or restored from a template (--restore).
+            .filter(|(_, line)| line.contains("runvm-vmm") && line.contains("--vsock-socket"))
             .map(|(pid, _)| pid)
             .collect();
         vmms.iter()

@@ -83,10 +83,14 @@ struct Args {
     /// (virtiofsd --socket-path=PATH ...) listening at PATH; the guest
     /// mounts it with `mount -t virtiofs TAG DIR`. TAG is 1 to 36 bytes;
     /// queue-size (default 1024) a power of two from 16 to 32768. Values
-    /// cannot contain commas. Repeatable, one backend per tag.
+    /// cannot contain commas. Repeatable, one backend per tag. `pending`
+    /// instead of socket= (only with --snapshot-to): a template's device
+    /// with no backend yet, which the driver sets up and which serves
+    /// nothing; each VM restored from the template binds it with
+    /// --fs tag=TAG,socket=PATH.
     #[arg(
         long = "fs",
-        value_name = "tag=TAG,socket=PATH[,queue-size=N]",
+        value_name = "tag=TAG,socket=PATH|pending[,queue-size=N]",
         value_parser = parse_fs
     )]
     fs: Vec<FsConfig>,
@@ -125,16 +129,19 @@ struct Args {
     jail: Option<PathBuf>,
     /// Create DIR/state and DIR/memory now; on SIGUSR1, pause the VM,
     /// save it there and exit 0. Fails (status 1, files incomplete) with
-    /// live vsock connections, or with --fs or --net devices.
+    /// live vsock connections, --fs devices that have a backend (socket=),
+    /// or --net devices.
     #[arg(long, value_name = "DIR")]
     snapshot_to: Option<PathBuf>,
     /// Resume the VM saved in DIR instead of booting a kernel: its memory
-    /// and vCPUs are the snapshot's; --root-disk (the same image) and
-    /// --vsock-socket/--vsock-cid (new ones) must match its devices.
+    /// and vCPUs are the snapshot's; --root-disk (the same image),
+    /// --vsock-socket/--vsock-cid (new ones) and one --fs tag=TAG,socket=PATH
+    /// per virtio-fs device of the template (its tags, new backends) must
+    /// match its devices.
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with_all = ["kernel", "memory", "vcpus", "cmdline", "init_args", "fs", "net", "boot_protocol", "print_cmdline"]
+        conflicts_with_all = ["kernel", "memory", "vcpus", "cmdline", "init_args", "net", "boot_protocol", "print_cmdline"]
     )]
     restore: Option<PathBuf>,
     /// Print the guest kernel command line this VM would get, and exit.

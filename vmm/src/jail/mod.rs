@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 
 pub use privileges::Limits;
 
-use crate::config::VmConfig;
+use crate::config::{FsBackend, VmConfig};
 use crate::error::Error;
 use crate::host::HostResources;
 use crate::machine::{run_vm_with, VmExit};
@@ -137,7 +137,9 @@ impl Jail {
             vsock.socket = self.inside(&vsock.socket)?;
         }
         for fs in &mut inside.fs {
-            fs.socket = self.inside(&fs.socket)?;
+            if let FsBackend::Socket(socket) = &mut fs.backend {
+                *socket = self.inside(socket)?;
+            }
         }
         Ok(inside)
     }
@@ -229,11 +231,16 @@ mod tests {
         config.fs = vec![FsConfig::new("share", "/run/runvm/c1/vm/jail/fs.sock")];
         let inside = jail().config_inside(&config).unwrap();
         assert_eq!(inside.vsock.unwrap().socket, PathBuf::from("/vsock.sock"));
-        assert_eq!(inside.fs[0].socket, PathBuf::from("/fs.sock"));
+        assert_eq!(inside.fs[0].socket(), Some(Path::new("/fs.sock")));
         assert_eq!(inside.kernel, config.kernel);
         assert_eq!(inside.root_disk, config.root_disk);
 
-        config.fs[0].socket = "/run/virtiofsd.sock".into();
+        // A template's pending device has no socket to move.
+        config.fs.push(FsConfig::pending("later"));
+        let inside = jail().config_inside(&config).unwrap();
+        assert_eq!(inside.fs[1], FsConfig::pending("later"));
+
+        config.fs[0].backend = FsBackend::Socket("/run/virtiofsd.sock".into());
         assert!(jail().config_inside(&config).is_err());
     }
 }

@@ -14,7 +14,7 @@ use vm_memory::{
     GuestRegionMmap, MemoryRegionAddress,
 };
 
-use crate::memory::{ram_ranges, GuestMemory};
+use crate::memory::{create_shared_guest_memory, ram_ranges, GuestMemory};
 
 const PAGE: usize = 4096;
 
@@ -96,6 +96,84 @@ pub fn map_memory(file: &File, size: u64) -> Result<GuestMemory, String> {
     GuestMemoryMmap::from_regions(regions).map_err(|e| e.to_string())
 }
 
+/// Guest RAM of `size` bytes that a vhost-user backend can map (a memfd,
+/// [`create_shared_guest_memory`]) holding a copy of `file`, and the
+/// copy's CRC-32: a private mapping of the file would show the backend
+/// the template's pages, not the guest's. Only the file's data is read and
+/// only its pages are touched (the memfd's holes read as zeros), so the
+/// guest's RAM is not all allocated as a checksum of it would.
+pub fn copy_memory(file: &File, size: u64) -> Result<(GuestMemory, u32), String> {
+    let mem = create_shared_guest_memory(size).map_err(|e| e.to_string())?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut offset = 0u64;
+    for region in mem.iter() {
+        let address = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| e.to_string())?;
+        let length = usize::try_from(region.len()).map_err(|e| e.to_string())?;
+        // SAFETY: the region's whole mapping, alive while `mem` is; nothing
+        // else uses the memory yet (no vCPU, no device runs).
+        let bytes = unsafe { std::slice::from_raw_parts_mut(address, length) };
+        copy_data(file, offset, bytes, &mut crc)
+            .map_err(|e| format!("cannot read the memory file: {e}"))?;
+        offset += region.len();
+    }
+    Ok((mem, crc.finalize()))
+}
+
+/// Fills `into` from `file` at `start`, reading only the extents that hold
+/// data (SEEK_DATA/SEEK_HOLE; a file system without them reports one
+/// extent up to the end of the file), and adds what it holds to `crc`.
+fn copy_data(
+    file: &File,
+    start: u64,
+    into: &mut [u8],
+    crc: &mut crc32fast::Hasher,
+) -> std::io::Result<()> {
+    let end = start + into.len() as u64;
+    let mut at = start;
+    while at < end {
+        // None: only a hole up to the end of the file.
+        let data = seek(file, at, libc::SEEK_DATA)?.unwrap_or(end).min(end);
+        add_zeros(crc, data - at);
+        if data == end {
+            break;
+        }
+        let hole = seek(file, data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        let extent = &mut into[(data - start) as usize..(hole - start) as usize];
+        file.read_exact_at(extent, data)?;
+        crc.update(extent);
+        at = hole;
+    }
+    Ok(())
+}
+
+fn add_zeros(crc: &mut crc32fast::Hasher, mut count: u64) {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    while count > 0 {
+        let chunk = count.min(ZEROS.len() as u64);
+        crc.update(&ZEROS[..chunk as usize]);
+        count -= chunk;
+    }
+}
+
+/// lseek(2) with `whence`; None where no data follows `offset` (ENXIO).
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    let offset = libc::off_t::try_from(offset)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+    // SAFETY: lseek on a descriptor `file` owns; no memory is passed.
+    let found = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if found < 0 {
+        let error = std::io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(error),
+        };
+    }
+    Ok(Some(found as u64))
+}
+
 /// The CRC-32 of `mem` as [`write_memory`] computes it.
 pub fn checksum(mem: &GuestMemory) -> Result<u32, String> {
     let mut crc = crc32fast::Hasher::new();
@@ -111,13 +189,9 @@ mod tests {
     use crate::memory::create_guest_memory;
     use vm_memory::Bytes;
 
-    #[test]
-    fn memory_round_trips_through_a_sparse_file_and_stays_private() {
-        let mem = create_guest_memory(64 << 20).unwrap();
-        mem.write_obj(0x1122_3344_5566_7788u64, GuestAddress(0x10_0000))
-            .unwrap();
-        mem.write_obj(0xabu8, GuestAddress((64 << 20) - 1)).unwrap();
-        let path = std::env::temp_dir().join(format!("runvm-memfile-{}", std::process::id()));
+    /// A new file in the temporary directory, for one test.
+    fn scratch_file(prefix: &str) -> (std::path::PathBuf, File) {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -125,6 +199,16 @@ mod tests {
             .truncate(true)
             .open(&path)
             .unwrap();
+        (path, file)
+    }
+
+    #[test]
+    fn memory_round_trips_through_a_sparse_file_and_stays_private() {
+        let mem = create_guest_memory(64 << 20).unwrap();
+        mem.write_obj(0x1122_3344_5566_7788u64, GuestAddress(0x10_0000))
+            .unwrap();
+        mem.write_obj(0xabu8, GuestAddress((64 << 20) - 1)).unwrap();
+        let (path, file) = scratch_file("runvm-memfile");
         let (len, crc) = write_memory(&mem, &file).unwrap();
         assert_eq!(len, 64 << 20);
         // Two pages of data, the rest holes.
@@ -141,6 +225,40 @@ mod tests {
         let mut word = [0u8; 8];
         file.read_exact_at(&mut word, 0x10_0000).unwrap();
         assert_eq!(u64::from_le_bytes(word), 0x1122_3344_5566_7788);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_copy_for_a_backend_is_shared_memory_with_the_file_s_contents() {
+        let size = 64 << 20;
+        let mem = create_guest_memory(size).unwrap();
+        // Data at the start, in the middle and at the very end.
+        let marks = [
+            (GuestAddress(0), 0x11u8),
+            (GuestAddress(0x123_4567), 0x22),
+            (GuestAddress(size - 1), 0x33),
+        ];
+        for (address, value) in marks {
+            mem.write_obj(value, address).unwrap();
+        }
+        let (path, file) = scratch_file("runvm-memcopy");
+        let (_, crc) = write_memory(&mem, &file).unwrap();
+
+        let (copy, copied_crc) = copy_memory(&file, size).unwrap();
+        assert_eq!(copied_crc, crc);
+        assert!(copy.iter().all(|region| region.file_offset().is_some()));
+        assert_eq!(checksum(&copy).unwrap(), crc);
+        for (address, value) in marks {
+            assert_eq!(copy.read_obj::<u8>(address).unwrap(), value);
+        }
+        // Writes stay in the copy.
+        copy.write_obj(0u8, GuestAddress(0)).unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, 0).unwrap();
+        assert_eq!(byte, [0x11]);
+        // A damaged file gives another checksum.
+        file.write_all_at(&[0x77], 0x200_0000).unwrap();
+        assert_ne!(copy_memory(&file, size).unwrap().1, crc);
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -14,10 +14,11 @@
 //! and hands its queues back.
 //!
 //! **Restoring.** `runvm-vmm --restore DIR [--root-disk IMG]
-//! [--vsock-socket PATH --vsock-cid N] [--serial ...] [--jail ...]` takes
-//! the memory size and vCPU count from the snapshot and the devices'
-//! host ends from the command line: the root disk must be an image of the
-//! recorded size, and a vsock device needs its (new) socket and CID. The
+//! [--vsock-socket PATH --vsock-cid N] [--fs tag=T,socket=S ...]
+//! [--serial ...] [--jail ...]` takes the memory size and vCPU count from
+//! the snapshot and the devices' host ends from the command line: the root
+//! disk must be an image of the recorded size, a vsock device needs its
+//! (new) socket and CID, and each virtio-fs device its (new) backend. The
 //! memory file is mapped MAP_PRIVATE, so the VMs restored from one
 //! snapshot share its pages until they write them; the snapshot's files
 //! must therefore never be changed in place (write a new directory and
@@ -49,15 +50,31 @@
 //! memory mapped privately from a file runs the guest. A restore to
 //! agent-ready takes 0.2–0.4 s against 13–14 s for a cold boot.
 //!
-//! **Devices that cannot be saved**: virtio-fs (its queues and FUSE state
-//! live in virtiofsd) and virtio-net (a host tap, and frames in flight)
-//! make the snapshot fail by name. virtio-mmio has no hotplug, so a
-//! template that restored pods can give shares and interfaces to would be
-//! booted with those devices present but unconfigured — a virtio-fs
-//! device with no backend yet, a net device with no tap — which the
-//! restored VMM binds to a new backend and tap before activating; the
-//! guest agent then mounts or configures them. Not built yet: today a
-//! template carries only the root disk and vsock.
+//! **virtio-fs in templates.** virtio-mmio has no hotplug, so a template
+//! whose restored VMs get a share is booted with the device present but no
+//! backend: `--fs tag=T,pending` (only with `--snapshot-to`; see
+//! [`crate::devices::virtio::fs::pending`]). It offers a fixed feature set
+//! (VERSION_1, INDIRECT_DESC, EVENT_IDX: what virtiofsd 1.14 offers of what
+//! the device passes on), serves the tag and queue count, accepts the
+//! driver's queue set-up and DRIVER_OK, and processes nothing; the snapshot
+//! records it by tag with the driver's acked features and its queues. The
+//! restore's `--fs` devices must be the recorded ones (the same tags, each
+//! with `socket=`; any order); each connects to its backend, which must
+//! offer every acked feature and have the recorded queue sizes, and is
+//! started on the recorded rings (SET_VRING_BASE from the recorded next
+//! available index, each kick fd signalled so a request queued before the
+//! snapshot is found). The backend maps guest RAM, which a private mapping
+//! of the memory file would hide from it: a VM restored with virtio-fs
+//! gets a memfd holding a copy of the memory file's data (holes skipped,
+//! ~0.3 s to agent-ready for 128 MiB here) instead of sharing its pages.
+//!
+//! **Devices that cannot be saved**: a virtio-fs device served by a
+//! backend (its queues and FUSE state live in virtiofsd: a restored VM
+//! with a share cannot be saved again) and virtio-net (a host tap, and
+//! frames in flight) make the snapshot fail by name, and virtio-net
+//! devices cannot be given to a restored VM. A template's net device would
+//! be booted present but unconfigured (no tap), which the restored VMM
+//! binds to a new tap before activating; not built yet.
 
 pub mod cpu_state;
 pub mod format;

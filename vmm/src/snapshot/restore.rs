@@ -7,10 +7,10 @@ use std::sync::Arc;
 use kvm_ioctls::{Kvm, VmFd};
 
 use super::cpu_state::restore_vcpu;
-use super::memory_file::{checksum, map_memory};
+use super::memory_file::{checksum, copy_memory, map_memory};
 use super::vm_state::restore_vm as restore_vm_state;
 use super::LoadedSnapshot;
-use crate::config::VmConfig;
+use crate::config::{FsConfig, VmConfig};
 use crate::cpu;
 use crate::devices::Serial;
 use crate::error::Error;
@@ -19,8 +19,9 @@ use crate::machine::{
 };
 
 /// Builds the VM `snapshot` recorded into `vm`, with the host ends of
-/// `config` (root disk, vsock socket and CID, serial output). Everything
-/// the snapshot says is checked against what is being built.
+/// `config` (root disk, vsock socket and CID, virtio-fs backends, serial
+/// output). Everything the snapshot says is checked against what is being
+/// built.
 pub(crate) fn restore_vm(
     kvm: &Kvm,
     vm: &VmFd,
@@ -46,9 +47,9 @@ pub(crate) fn restore_vm(
             config.vcpus
         )));
     }
-    if !config.fs.is_empty() || !config.net.is_empty() {
+    if !config.net.is_empty() {
         return Err(refused(
-            "virtio-fs and virtio-net devices cannot be given to a restored VM".into(),
+            "virtio-net devices cannot be given to a restored VM".into(),
         ));
     }
     let disk_sectors = hosts.root_disk.as_ref().map(|disk| disk.sectors());
@@ -67,9 +68,21 @@ pub(crate) fn restore_vm(
             "it has no vsock device".into()
         }));
     }
+    let fs = fs_in_slot_order(&config.fs, &state.fs_tags()).map_err(&refused)?;
+    let config = &VmConfig {
+        fs,
+        ..config.clone()
+    };
 
-    let mem = map_memory(&memory, config.memory_bytes()).map_err(&refused)?;
-    if checksum(&mem).map_err(&refused)? != memory_crc {
+    // A backend maps guest RAM too: it gets a copy of its own.
+    let (mem, crc) = if config.needs_shared_memory() {
+        copy_memory(&memory, config.memory_bytes()).map_err(&refused)?
+    } else {
+        let mem = map_memory(&memory, config.memory_bytes()).map_err(&refused)?;
+        let crc = checksum(&mem).map_err(&refused)?;
+        (mem, crc)
+    };
+    if crc != memory_crc {
         return Err(refused(
             "the memory file is damaged (checksum mismatch)".into(),
         ));
@@ -115,4 +128,89 @@ pub(crate) fn restore_vm(
         slots,
         hidden_kvm_features: state.hidden_kvm_features,
     })
+}
+
+/// The `--fs` devices `given` to the restored VM, in the order of the
+/// snapshot's virtio-fs devices (`recorded`, by tag in slot order): each
+/// recorded device needs a backend, and there are no others.
+fn fs_in_slot_order(given: &[FsConfig], recorded: &[&str]) -> Result<Vec<FsConfig>, String> {
+    let names = |tags: &[&str]| {
+        if tags.is_empty() {
+            "none".to_string()
+        } else {
+            tags.iter()
+                .map(|tag| format!("{tag:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    if let Some(extra) = given.iter().find(|fs| !recorded.contains(&fs.tag.as_str())) {
+        return Err(format!(
+            "it has no virtio-fs device tagged {:?} (its virtio-fs tags: {}); a restored VM \
+             can only bind the devices its template was booted with",
+            extra.tag,
+            names(recorded)
+        ));
+    }
+    recorded
+        .iter()
+        .map(|tag| {
+            let fs = given.iter().find(|fs| fs.tag == *tag).ok_or_else(|| {
+                format!(
+                    "its virtio-fs device tagged {tag:?} needs a backend: \
+                     --fs tag={tag},socket=PATH"
+                )
+            })?;
+            match fs.socket() {
+                Some(_) => Ok(fs.clone()),
+                None => Err(format!(
+                    "its virtio-fs device tagged {tag:?} needs a backend (socket=PATH), \
+                     not pending"
+                )),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(fs: &[FsConfig]) -> Vec<&str> {
+        fs.iter().map(|fs| fs.tag.as_str()).collect()
+    }
+
+    #[test]
+    fn fs_devices_are_bound_in_the_snapshot_s_order() {
+        let given = [FsConfig::new("b", "/b.sock"), FsConfig::new("a", "/a.sock")];
+        let bound = fs_in_slot_order(&given, &["a", "b"]).unwrap();
+        assert_eq!(tags(&bound), ["a", "b"]);
+        assert_eq!(bound[0], given[1]);
+        assert!(fs_in_slot_order(&[], &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn fs_devices_other_than_the_snapshot_s_are_refused_by_tag() {
+        let share = FsConfig::new("share", "/s.sock");
+        let error = fs_in_slot_order(std::slice::from_ref(&share), &[]).unwrap_err();
+        assert!(
+            error.contains("no virtio-fs device tagged \"share\""),
+            "{error}"
+        );
+        assert!(error.contains("tags: none"), "{error}");
+        let other = FsConfig::new("other", "/o.sock");
+        let error = fs_in_slot_order(&[other], &["share"]).unwrap_err();
+        assert!(error.contains("\"other\""), "{error}");
+        assert!(error.contains("tags: \"share\""), "{error}");
+        let error = fs_in_slot_order(&[], &["share"]).unwrap_err();
+        assert!(
+            error.contains("tagged \"share\" needs a backend"),
+            "{error}"
+        );
+        assert!(error.contains("--fs tag=share,socket=PATH"), "{error}");
+        let error = fs_in_slot_order(&[share], &["share", "logs"]).unwrap_err();
+        assert!(error.contains("\"logs\""), "{error}");
+        let error = fs_in_slot_order(&[FsConfig::pending("share")], &["share"]).unwrap_err();
+        assert!(error.contains("not pending"), "{error}");
+    }
 }

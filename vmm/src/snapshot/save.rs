@@ -61,15 +61,21 @@ impl Saver {
     /// Its devices are stopped here, and stay so. Returns the directory.
     pub fn save(self, vm: &VmFd, vcpus: &[Vcpu]) -> Result<PathBuf, Error> {
         // Refused before anything is stopped.
-        if let Some(slot) = self.devices.iter().find(|slot| slot.saved_as.is_err()) {
-            let name = slot.saved_as.err().unwrap_or("virtio");
+        if let Some(Err(what)) = self
+            .devices
+            .iter()
+            .map(|slot| &slot.saved_as)
+            .find(|s| s.is_err())
+        {
             return Err(failed(format!(
-                "the VM has a {name} device, which cannot be saved in a snapshot"
+                "the VM has a {what}, which cannot be saved in a snapshot"
             )));
         }
         let mut devices = Vec::with_capacity(self.devices.len());
         for slot in &self.devices {
-            let Ok(kind) = slot.saved_as else { continue };
+            let Ok(kind) = slot.saved_as.clone() else {
+                continue;
+            };
             let mut transport = slot
                 .transport
                 .lock()

@@ -9,7 +9,7 @@ use kvm_bindings::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+use crate::config::{is_valid_fs_tag, MAX_FS_TAG_BYTES, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 use crate::devices::virtio::mmio::TransportState;
 use crate::devices::SerialState;
 use crate::memory::MAX_VIRTIO_DEVICES;
@@ -103,15 +103,19 @@ impl From<&FpuState> for kvm_fpu {
 }
 
 /// Which device sits in a virtio-mmio slot. Only devices whose whole state
-/// the VMM holds can be saved: virtio-fs (whose queues virtiofsd serves)
-/// and virtio-net (a host tap) cannot, and a snapshot of a VM with them is
-/// refused (see the module comment of [`crate::snapshot`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// the VMM holds can be saved: a virtio-fs device served by a backend
+/// (virtiofsd holds its queues) and virtio-net (a host tap) cannot, and a
+/// snapshot of a VM with them is refused (see the module comment of
+/// [`crate::snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceKind {
     /// The read-only root disk; restored onto an image of this size.
     RootDisk { sectors: u64 },
     /// The vsock device; restored with the new VM's CID and socket.
     Vsock,
+    /// A template's virtio-fs device, saved before any backend served it;
+    /// restored bound to the backend given for its tag.
+    Fs { tag: String },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -166,7 +170,18 @@ impl MachineState {
         if disks > 1 || vsocks > 1 {
             return Err("more than one root disk or vsock device".into());
         }
-        Ok(())
+        check_fs_tags(&self.fs_tags())
+    }
+
+    /// The tags of the virtio-fs devices, in slot order.
+    pub fn fs_tags(&self) -> Vec<&str> {
+        self.devices
+            .iter()
+            .filter_map(|d| match &d.kind {
+                DeviceKind::Fs { tag } => Some(tag.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn vcpu_count(&self) -> u8 {
@@ -177,11 +192,55 @@ impl MachineState {
     pub fn root_disk_sectors(&self) -> Option<u64> {
         self.devices.iter().find_map(|d| match d.kind {
             DeviceKind::RootDisk { sectors } => Some(sectors),
-            DeviceKind::Vsock => None,
+            DeviceKind::Vsock | DeviceKind::Fs { .. } => None,
         })
     }
 
     pub fn has_vsock(&self) -> bool {
         self.devices.iter().any(|d| d.kind == DeviceKind::Vsock)
+    }
+}
+
+/// Recorded virtio-fs tags are ones `--fs` accepts, each used once.
+fn check_fs_tags(tags: &[&str]) -> Result<(), String> {
+    for (index, tag) in tags.iter().enumerate() {
+        if !is_valid_fs_tag(tag) {
+            return Err(format!(
+                "a virtio-fs tag of {} bytes: 1 to {MAX_FS_TAG_BYTES} without NUL are allowed",
+                tag.len()
+            ));
+        }
+        if tags[..index].contains(tag) {
+            return Err(format!("the virtio-fs tag {tag:?} is used twice"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_fs_tags_are_valid_and_distinct() {
+        assert!(check_fs_tags(&[]).is_ok());
+        assert!(check_fs_tags(&["share", "logs"]).is_ok());
+        let long = "x".repeat(MAX_FS_TAG_BYTES + 1);
+        for bad in ["", "a\0b", long.as_str()] {
+            let error = check_fs_tags(&["share", bad]).unwrap_err();
+            assert!(error.contains("without NUL"), "{error}");
+        }
+        let error = check_fs_tags(&["share", "share"]).unwrap_err();
+        assert!(error.contains("\"share\" is used twice"), "{error}");
+    }
+
+    #[test]
+    fn an_fs_device_is_recorded_by_tag() {
+        let kind = DeviceKind::Fs {
+            tag: "share".into(),
+        };
+        let json = serde_json::to_string(&kind).unwrap();
+        assert_eq!(json, r#"{"Fs":{"tag":"share"}}"#);
+        assert_eq!(serde_json::from_str::<DeviceKind>(&json).unwrap(), kind);
     }
 }

@@ -38,7 +38,8 @@ use crate::memory::GuestMemory;
 /// concern the rings, which the backend processes.
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-const GUEST_VISIBLE_FEATURES: u64 =
+/// Every feature the device may offer the guest, whoever serves it.
+pub const GUEST_VISIBLE_FEATURES: u64 =
     VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_RING_F_EVENT_IDX;
 /// vhost-user's own feature bit: the backend speaks protocol features.
 const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();

@@ -27,6 +27,36 @@ pub fn config_space(tag: &str) -> [u8; CONFIG_SIZE] {
     config
 }
 
+/// What the guest sees of a virtio-fs device whoever serves it: its tag,
+/// configuration space and queue sizes.
+pub struct FsIdentity {
+    tag: String,
+    config: [u8; CONFIG_SIZE],
+    queue_sizes: [u16; QUEUE_COUNT],
+}
+
+impl FsIdentity {
+    pub fn new(tag: &str, queue_size: u16) -> FsIdentity {
+        FsIdentity {
+            tag: tag.to_string(),
+            config: config_space(tag),
+            queue_sizes: [queue_size; QUEUE_COUNT],
+        }
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    pub fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
+        crate::devices::virtio::read_config_bytes(&self.config, offset, data);
+    }
+}
+
 /// What the device holds while the backend serves the queues.
 struct Running {
     /// Kept so the kick eventfds outlive the rings.
@@ -35,10 +65,8 @@ struct Running {
 }
 
 pub struct VhostUserFs {
-    tag: String,
+    identity: FsIdentity,
     socket: PathBuf,
-    config: [u8; CONFIG_SIZE],
-    queue_sizes: [u16; QUEUE_COUNT],
     backend: Backend,
     failures: Arc<FailureReporter>,
     running: Option<Running>,
@@ -59,10 +87,8 @@ impl VhostUserFs {
             Box::new(move |loss| reporter.report(loss_message(loss, &owned_tag, &owned_socket)));
         let backend = Backend::connect(socket, QUEUE_COUNT, on_loss)?;
         Ok(VhostUserFs {
-            tag: tag.to_string(),
+            identity: FsIdentity::new(tag, queue_size),
             socket: socket.to_path_buf(),
-            config: config_space(tag),
-            queue_sizes: [queue_size; QUEUE_COUNT],
             backend,
             failures,
             running: None,
@@ -70,7 +96,7 @@ impl VhostUserFs {
     }
 
     pub fn tag(&self) -> &str {
-        &self.tag
+        self.identity.tag()
     }
 
     /// A backend failure ends the VM: the guest cannot use the file system
@@ -79,7 +105,7 @@ impl VhostUserFs {
         let message = format!(
             "the virtio-fs backend at {} failed: {reason} (tag {:?})",
             self.socket.display(),
-            self.tag
+            self.identity.tag()
         );
         self.failures.report(message.clone());
         message
@@ -107,7 +133,7 @@ impl VirtioDevice for VhostUserFs {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
+        self.identity.queue_max_sizes()
     }
 
     fn features(&self) -> u64 {
@@ -115,7 +141,7 @@ impl VirtioDevice for VhostUserFs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::devices::virtio::read_config_bytes(&self.config, offset, data);
+        self.identity.read_config(offset, data);
     }
 
     fn activate(

@@ -18,15 +18,19 @@
 //!   line makes the driver look at its used rings, which are the
 //!   authoritative record of what completed.
 //!
-//! [`backend`] speaks vhost-user; [`device`] is the virtio device.
+//! [`backend`] speaks vhost-user; [`device`] is the virtio device;
+//! [`pending`] is the device of a VM template, whose backend comes when
+//! the template is restored.
 
 pub mod backend;
 pub mod device;
 #[cfg(test)]
 mod mock_backend;
+pub mod pending;
 pub mod watch;
 
 pub use device::VhostUserFs;
+pub use pending::PendingFs;
 
 /// virtio device id of a file system device.
 pub const VIRTIO_ID_FS: u32 = 26;

@@ -12,6 +12,8 @@ use crate::devices::bus::{BusDevice, GuestRequest};
 use crate::memory::GuestMemory;
 
 mod snapshot;
+#[cfg(test)]
+pub(crate) mod test_driver;
 
 pub use snapshot::{QueueSnapshot, TransportState};
 
@@ -317,6 +319,7 @@ impl BusDevice for MmioTransport {
 
 #[cfg(test)]
 mod tests {
+    use super::test_driver::{negotiate, read, set_up_queue, write};
     use super::*;
     use crate::memory::create_guest_memory;
     use std::sync::Mutex;
@@ -368,42 +371,6 @@ mod tests {
         let transport =
             MmioTransport::new(Box::new(Dummy(record.clone())), mem, interrupt, notify).unwrap();
         (transport, record)
-    }
-
-    fn read(t: &mut MmioTransport, offset: u64) -> u32 {
-        let mut data = [0u8; 4];
-        t.read(offset, &mut data);
-        u32::from_le_bytes(data)
-    }
-
-    fn write(t: &mut MmioTransport, offset: u64, value: u32) {
-        t.write(offset, &value.to_le_bytes());
-    }
-
-    fn negotiate(t: &mut MmioTransport, features: u64) {
-        write(t, REG_STATUS, STATUS_ACKNOWLEDGE);
-        write(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        write(t, REG_DRIVER_FEATURES_SEL, 0);
-        write(t, REG_DRIVER_FEATURES, features as u32);
-        write(t, REG_DRIVER_FEATURES_SEL, 1);
-        write(t, REG_DRIVER_FEATURES, (features >> 32) as u32);
-        write(
-            t,
-            REG_STATUS,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
-        );
-    }
-
-    fn set_up_queue(t: &mut MmioTransport, index: u32, base: u64) {
-        write(t, REG_QUEUE_SEL, index);
-        write(t, REG_QUEUE_NUM, 16);
-        write(t, REG_QUEUE_DESC_LOW, base as u32);
-        write(t, REG_QUEUE_DESC_HIGH, 0);
-        write(t, REG_QUEUE_DRIVER_LOW, (base + 0x1000) as u32);
-        write(t, REG_QUEUE_DRIVER_HIGH, 0);
-        write(t, REG_QUEUE_DEVICE_LOW, (base + 0x2000) as u32);
-        write(t, REG_QUEUE_DEVICE_HIGH, 0);
-        write(t, REG_QUEUE_READY, 1);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -15,13 +15,8 @@ use crate::boot::{
 };
 use crate::config::VmConfig;
 use crate::cpu;
-use crate::devices::virtio::block::{Block, DiskImage};
-use crate::devices::virtio::fs::VhostUserFs;
-use crate::devices::virtio::mmio::{MmioTransport, TransportState, REG_QUEUE_NOTIFY};
-use crate::devices::virtio::net::{Net, Tap};
-use crate::devices::virtio::vsock::device::Vsock;
-use crate::devices::virtio::vsock::muxer::Muxer;
-use crate::devices::virtio::{Interrupt, VirtioDevice};
+use crate::devices::virtio::block::DiskImage;
+use crate::devices::virtio::net::Tap;
 use crate::devices::{
     Bus, ExitPort, FailureReporter, Serial, COM1_IRQ, COM1_PORT, I8042, I8042_BASE, I8042_LEN,
 };
@@ -30,13 +25,16 @@ use crate::host::HostResources;
 use crate::host_profile::HostProfile;
 use crate::memory::{
     create_guest_memory, create_shared_guest_memory, virtio_mmio_slot, GuestMemory,
-    MAX_VIRTIO_DEVICES, VIRTIO_MMIO_WINDOW,
 };
 use crate::runner::{run_vcpus, TerminationSignals};
 use crate::snapshot::cpu_state::saved_msr_indices;
-use crate::snapshot::state::{DeviceKind, DeviceState};
 use crate::snapshot::Saver;
 use crate::vcpu::{Vcpu, VcpuStop};
+
+mod virtio_bus;
+
+use virtio_bus::virtio_devices;
+pub(crate) use virtio_bus::{build_mmio_bus, VirtioSlot};
 
 /// KVM on Intel needs three pages for a real-mode TSS; they sit in the
 /// device hole, where there is no RAM.
@@ -172,13 +170,6 @@ pub(crate) struct BuiltVm {
     pub hidden_kvm_features: u32,
 }
 
-/// A virtio-mmio slot's transport, and how a snapshot records its device
-/// (or the name of a device that cannot be saved).
-pub(crate) struct VirtioSlot {
-    pub saved_as: Result<DeviceKind, &'static str>,
-    pub transport: Arc<Mutex<MmioTransport>>,
-}
-
 /// A VM with the in-kernel irqchip and PIT, and no memory yet.
 pub(crate) fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
     let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
@@ -286,183 +277,6 @@ fn cmdline_for(config: &VmConfig, profile: HostProfile) -> Result<String, Error>
     )
 }
 
-/// The virtio devices `config` asks for, in slot order. The order fixes
-/// each device's MMIO window and IRQ, and so the guest's device names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum VirtioKind {
-    /// The root disk: the only virtio-blk device, so the guest's /dev/vda.
-    RootDisk,
-    Vsock,
-    /// The nth entry of `config.fs`.
-    Fs(usize),
-    /// The nth entry of `config.net`: after the others, so adding an
-    /// interface moves no other device.
-    Net(usize),
-}
-
-fn virtio_devices(config: &VmConfig) -> Vec<(usize, VirtioKind)> {
-    let mut kinds = Vec::new();
-    if config.root_disk.is_some() {
-        kinds.push(VirtioKind::RootDisk);
-    }
-    if config.vsock.is_some() {
-        kinds.push(VirtioKind::Vsock);
-    }
-    kinds.extend((0..config.fs.len()).map(VirtioKind::Fs));
-    kinds.extend((0..config.net.len()).map(VirtioKind::Net));
-    kinds.into_iter().enumerate().collect()
-}
-
-/// The virtio devices `config` asks for, on their MMIO windows. With
-/// `saved` (a snapshot's devices, in slot order) each transport is
-/// restored from its record, which must be for the same kind of device.
-pub(crate) fn build_mmio_bus(
-    vm: &VmFd,
-    mem: &GuestMemory,
-    config: &VmConfig,
-    mut root_disk: Option<DiskImage>,
-    taps: Vec<Tap>,
-    failures: &Arc<FailureReporter>,
-    saved: Option<&[DeviceState]>,
-) -> Result<(Bus, Vec<VirtioSlot>), Error> {
-    let mut bus = Bus::default();
-    let mut slots = Vec::new();
-    let mut taps = taps.into_iter();
-    for (index, kind) in virtio_devices(config) {
-        let (base, irq) = virtio_mmio_slot(index).ok_or(Error::Device {
-            device: "virtio",
-            reason: format!("more than {MAX_VIRTIO_DEVICES} devices"),
-        })?;
-        let (device, saved_as): (Box<dyn VirtioDevice>, _) = match (kind, &config.vsock) {
-            (VirtioKind::RootDisk, _) => match root_disk.take() {
-                Some(disk) => {
-                    let sectors = disk.sectors();
-                    (
-                        Box::new(Block::new(disk)),
-                        Ok(DeviceKind::RootDisk { sectors }),
-                    )
-                }
-                None => continue,
-            },
-            (VirtioKind::Vsock, Some(vsock)) => {
-                let muxer = Muxer::bind(vsock.guest_cid, &vsock.socket).map_err(|source| {
-                    Error::VsockSocket {
-                        path: vsock.socket.clone(),
-                        source,
-                    }
-                })?;
-                (
-                    Box::new(Vsock::new(vsock.guest_cid, muxer)),
-                    Ok(DeviceKind::Vsock),
-                )
-            }
-            (VirtioKind::Vsock, None) => continue,
-            (VirtioKind::Fs(n), _) => {
-                let Some(fs) = config.fs.get(n) else {
-                    continue;
-                };
-                let device =
-                    VhostUserFs::connect(&fs.tag, &fs.socket, fs.queue_size, failures.clone())
-                        .map_err(|reason| Error::FsBackend {
-                            socket: fs.socket.clone(),
-                            reason,
-                        })?;
-                (Box::new(device), Err("virtio-fs"))
-            }
-            (VirtioKind::Net(n), _) => {
-                let (Some(net), Some(tap)) = (config.net.get(n), taps.next()) else {
-                    continue;
-                };
-                (Box::new(Net::new(tap, net.options)), Err("virtio-net"))
-            }
-        };
-        let record = match saved {
-            Some(saved) => Some(matching_record(saved, index, saved_as)?),
-            None => None,
-        };
-        let transport = Arc::new(Mutex::new(attach_virtio_device(
-            vm, mem, device, base, irq, record,
-        )?));
-        bus.insert(base, VIRTIO_MMIO_WINDOW, transport.clone());
-        slots.push(VirtioSlot {
-            saved_as,
-            transport,
-        });
-    }
-    if let Some(saved) = saved {
-        if saved.len() != slots.len() {
-            return Err(Error::Snapshot {
-                reason: format!(
-                    "the snapshot has {} virtio devices, this VM {}: give the restored VM \
-                     the same devices (a root disk, a vsock socket)",
-                    saved.len(),
-                    slots.len()
-                ),
-            });
-        }
-    }
-    Ok((bus, slots))
-}
-
-/// The record of the device in slot `index`, if it is for `kind`.
-fn matching_record<'a>(
-    saved: &'a [DeviceState],
-    index: usize,
-    kind: Result<DeviceKind, &'static str>,
-) -> Result<&'a TransportState, Error> {
-    let record = saved.get(index);
-    match (record, kind) {
-        (Some(record), Ok(kind)) if record.kind == kind => Ok(&record.transport),
-        (record, kind) => Err(Error::Snapshot {
-            reason: format!(
-                "virtio slot {index} holds {:?} in the snapshot but {:?} in this VM",
-                record.map(|r| r.kind),
-                kind.map_err(|name| name.to_string())
-            ),
-        }),
-    }
-}
-
-/// Wires a device's interrupt (irqfd) and queue notifications (one
-/// ioeventfd per queue on QueueNotify) into KVM.
-fn attach_virtio_device(
-    vm: &VmFd,
-    mem: &GuestMemory,
-    device: Box<dyn VirtioDevice>,
-    base: u64,
-    irq: u32,
-    saved: Option<&TransportState>,
-) -> Result<MmioTransport, Error> {
-    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("cannot create an irqfd"))?;
-    vm.register_irqfd(&irqfd, irq)
-        .map_err(Error::kvm("KVM_IRQFD"))?;
-    let mut notify = Vec::new();
-    for index in 0..device.queue_max_sizes().len() as u32 {
-        let event =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("cannot create an ioeventfd"))?;
-        vm.register_ioevent(
-            &event,
-            &IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY),
-            index,
-        )
-        .map_err(Error::kvm("KVM_IOEVENTFD"))?;
-        notify.push(event);
-    }
-    let interrupt = Arc::new(Interrupt::new(irqfd));
-    match saved {
-        None => MmioTransport::new(device, mem.clone(), interrupt, notify).map_err(|reason| {
-            Error::Device {
-                device: "virtio-mmio",
-                reason,
-            }
-        }),
-        Some(state) => MmioTransport::restore(device, mem.clone(), interrupt, notify, state)
-            .map_err(|reason| Error::Snapshot {
-                reason: format!("virtio-mmio device at {base:#x}: {reason}"),
-            }),
-    }
-}
-
 pub(crate) fn register_guest_memory(
     vm: &VmFd,
     mem: &GuestMemory,
@@ -512,6 +326,7 @@ pub(crate) fn build_pio_bus(
 mod tests {
     use super::*;
     use crate::config::VsockConfig;
+    use virtio_bus::VirtioKind;
 
     #[test]
     fn the_root_disk_comes_first_and_its_parameters_before_init_args() {
