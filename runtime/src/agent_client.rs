@@ -176,11 +176,7 @@ impl AgentClient {
 /// tokens at a random point of the 64-bit space.
 fn random_token_base() -> u64 {
     let mut bytes = [0u8; 8];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| {
-        use std::io::Read;
-        f.read_exact(&mut bytes)
-    });
-    match read {
+    match crate::host_random::fill(&mut bytes) {
         // Keep clear of the top so that adding never wraps in practice.
         Ok(()) => u64::from_ne_bytes(bytes) >> 1,
         // Still unique against other processes' clients in practice.

@@ -12,6 +12,7 @@ pub mod deadlines;
 pub mod guest_process;
 pub mod hooks;
 pub mod host_cgroup;
+pub mod host_random;
 pub mod kvm_stats;
 pub mod monitor;
 pub mod network;

@@ -181,14 +181,8 @@ impl MicroVm {
 /// to 2^32 - 2), so two VMs of one template differ.
 pub(super) fn fresh_cid() -> u32 {
     let mut bytes = [0u8; 4];
-    let _ = host_random(&mut bytes);
+    let _ = crate::host_random::fill(&mut bytes);
     3 + u32::from_ne_bytes(bytes) % (u32::MAX - 4)
-}
-
-/// Fills `buf` from the host's generator.
-pub(super) fn host_random(buf: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Read;
-    fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
 /// Keeps the console a template recorded up to its ready point as the

@@ -228,7 +228,7 @@ impl MicroVm {
             .await
             .map_err(|_| too_late(self, "agent did not answer"))??;
         let mut entropy = vec![0u8; 2 * MIN_RESEED_BYTES];
-        launch::host_random(&mut entropy).map_err(VmError::HostEntropy)?;
+        crate::host_random::fill(&mut entropy).map_err(VmError::HostEntropy)?;
         let realtime_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
