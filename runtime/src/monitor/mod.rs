@@ -268,7 +268,11 @@ where
     // listening (conmon does so as soon as it has the pty): what it set
     // then is read once, now; later changes arrive as SIGWINCH.
     if let Some((rows, columns)) = size_from.and_then(|fd| terminal::window_size(fd.as_fd())) {
-        let resize = runvm_agent_api::RequestBody::ResizeTerminal { process, rows, columns };
+        let resize = runvm_agent_api::RequestBody::ResizeTerminal {
+            process,
+            rows,
+            columns,
+        };
         let _ = deadlines::within("resize", deadlines::RESIZE, agent.call(resize)).await;
     }
     tokio::pin!(wait);
