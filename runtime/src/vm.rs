@@ -355,14 +355,20 @@ impl MicroVm {
             net_cards: self.taps.len(),
         };
         match template::plan(&inputs) {
-            Plan::Restore(dir) => {
-                launch::seed_console(&dir, &self.console_log());
-                self.template = FromTemplate::Restored(dir.clone());
-                Launch::Restore {
-                    dir,
-                    cid: launch::fresh_cid(),
+            Plan::Restore(dir) => match launch::fresh_cid() {
+                Ok(cid) => {
+                    launch::seed_console(&dir, &self.console_log());
+                    self.template = FromTemplate::Restored(dir.clone());
+                    Launch::Restore { dir, cid }
                 }
-            }
+                Err(e) => {
+                    self.note(&format!(
+                        "booting cold: no random CID for a restored VM \
+                         (cannot read the host's random generator: {e})"
+                    ));
+                    Launch::Cold
+                }
+            },
             Plan::Make(maker) => {
                 let launch = Launch::SaveTo(maker.snapshot_dir().to_owned());
                 self.template = FromTemplate::Making(maker);

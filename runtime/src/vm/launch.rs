@@ -184,10 +184,10 @@ impl MicroVm {
 
 /// A CID for a restored VM: random, in the range a guest may have (3 up
 /// to 2^32 - 2), so two VMs of one template differ.
-pub(super) fn fresh_cid() -> u32 {
+pub(super) fn fresh_cid() -> std::io::Result<u32> {
     let mut bytes = [0u8; 4];
-    let _ = crate::host_random::fill(&mut bytes);
-    3 + u32::from_ne_bytes(bytes) % (u32::MAX - 4)
+    crate::host_random::fill(&mut bytes)?;
+    Ok(3 + u32::from_ne_bytes(bytes) % (u32::MAX - 4))
 }
 
 /// Keeps the console a template recorded up to its ready point as the

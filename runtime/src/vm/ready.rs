@@ -184,7 +184,7 @@ impl MicroVm {
                 let spec = self.spec.clone();
                 let restore = Launch::Restore {
                     dir: dir.clone(),
-                    cid: launch::fresh_cid(),
+                    cid: launch::fresh_cid().map_err(VmError::HostEntropy)?,
                 };
                 self.launch(&spec, &restore)?;
             }
