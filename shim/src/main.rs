@@ -29,6 +29,7 @@
 //! the VMM and virtiofsd die with the thread that started them
 //! (PR_SET_PDEATHSIG), and the ttrpc server's threads come and go.
 
+mod log_uri;
 mod metrics;
 mod process;
 mod rootfs;

@@ -1,6 +1,7 @@
 //! A process's stdio as containerd hands it over: paths of FIFOs (or
-//! empty for none), opened here and given to the runtime crate's relays
-//! (see `runvm::container_client::ContainerIo`).
+//! empty for none), or for the output a log URI (see [`crate::log_uri`]),
+//! opened here and given to the runtime crate's relays (see
+//! `runvm::container_client::ContainerIo`).
 //!
 //! - Output FIFOs are opened read-write: the open never waits for a
 //!   reader, and writes never fail with EPIPE if the reader (`ctr`) goes
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use crate::log_uri::{self, Destination, LogOwner};
 use runvm::container_client::ContainerIo;
 use runvm::guest_process::{HostReader, HostStdio, HostWriter};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -83,6 +85,11 @@ impl AsyncRead for ClosableStdin {
     }
 }
 
+/// stderr's FIFO when stdout's is one (containerd names both alike).
+fn fifo_path(path: &str) -> &str {
+    path.strip_prefix("fifo://").unwrap_or(path)
+}
+
 fn fifo_error(path: &str, e: io::Error) -> String {
     format!("cannot open {path}: {e}")
 }
@@ -90,11 +97,6 @@ fn fifo_error(path: &str, e: io::Error) -> String {
 fn open_output(path: &str) -> Result<Option<HostWriter>, String> {
     if path.is_empty() {
         return Ok(None);
-    }
-    if path.contains("://") {
-        return Err(format!(
-            "{path}: only FIFOs are supported for stdio (no logging binaries or files yet)"
-        ));
     }
     let fifo = pipe::OpenOptions::new()
         .read_write(true)
@@ -117,18 +119,38 @@ fn open_input(path: &str, closer: &StdinCloser) -> Result<Option<HostReader>, St
 }
 
 /// Opens the FIFOs of `paths` as the process's stdio (a terminal: one
-/// stream each way, the output on stdout's FIFO). Call it within the
-/// shim's tokio runtime.
-pub fn open(paths: &StdioPaths, closer: &StdinCloser) -> Result<ContainerIo, String> {
+/// stream each way, the output on stdout's FIFO), or the output's log
+/// file or program, which takes `owner`'s name. Call it within the shim's
+/// tokio runtime.
+pub fn open(
+    paths: &StdioPaths,
+    closer: &StdinCloser,
+    owner: &LogOwner,
+) -> Result<ContainerIo, String> {
+    let (stdout, stderr) = match Destination::parse(&paths.stdout)? {
+        Destination::Fifo(stdout) => {
+            let stderr = match paths.terminal {
+                true => None,
+                false => open_output(fifo_path(&paths.stderr))?,
+            };
+            (open_output(&stdout)?, stderr)
+        }
+        Destination::File(path) => {
+            let outputs = log_uri::open_file(&path)?;
+            (Some(outputs.stdout), Some(outputs.stderr))
+        }
+        Destination::Binary { program, args } => {
+            let outputs = log_uri::start_binary(&program, &args, owner)?;
+            (Some(outputs.stdout), Some(outputs.stderr))
+        }
+    };
     let stdin = open_input(&paths.stdin, closer)?;
-    let stdout = open_output(&paths.stdout)?;
     if paths.terminal {
         return Ok(ContainerIo::Terminal {
             input: stdin.unwrap_or_else(|| Box::new(tokio::io::empty())),
             output: stdout.unwrap_or_else(|| Box::new(tokio::io::sink())),
         });
     }
-    let stderr = open_output(&paths.stderr)?;
     Ok(ContainerIo::Pipes(HostStdio {
         stdin,
         stdout,

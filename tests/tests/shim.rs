@@ -227,6 +227,41 @@ fn ctr_run_rm_gives_output_and_exit_status() {
         .exits(3);
     assert_eq!(output.stdout, "hi\n", "{output}\n{}", containerd.log());
     assert_eq!(output.stderr, "oops\n", "{output}");
+    // A logging binary (`--log-uri binary://`, as nerdctl uses): started
+    // with the URI's query as arguments, the container's id and
+    // namespace, and its output on descriptors 3 and 4.
+    let logger = containerd.scratch.join("logger");
+    let logged = containerd.scratch.join("logged");
+    std::fs::write(
+        &logger,
+        format!(
+            "#!/bin/sh\nexec 5>&-\n{{ echo \"args: $*\"; echo \"id: $CONTAINER_ID\"; \
+             echo \"ns: $CONTAINER_NAMESPACE\"; cat <&3; cat <&4; }} > {0}.part\n\
+             mv {0}.part {0}\n",
+            logged.display()
+        ),
+    )
+    .expect("write the logger");
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("make the logger executable");
+    let uri = format!("binary://{}?--tag=t1&-v", logger.display());
+    containerd
+        .run_container(
+            &["--rm", "--log-uri", &uri],
+            "s3",
+            &["sh", "-c", "echo to-stdout; echo to-stderr >&2"],
+        )
+        .ok();
+    let text = wait_for("the logger's output", || {
+        std::fs::read_to_string(&logged).map_err(|e| e.to_string())
+    });
+    assert_eq!(
+        text,
+        format!(
+            "args: --tag t1 -v\nid: s3\nns: {}\nto-stdout\nto-stderr\n",
+            containerd.namespace
+        )
+    );
     // A program that is not there: ctr fails naming it, and nothing of
     // the container (its shim, VM or state) stays.
     let missing = containerd

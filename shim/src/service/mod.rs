@@ -42,6 +42,7 @@ use runvm::state::StateRoot;
 use runvm_agent_api::{ContainerEvent, RequestBody};
 use tokio::sync::watch;
 
+use crate::log_uri::LogOwner;
 use crate::process::{now, Exit, Process};
 use crate::rootfs;
 use crate::stdio::{self, StdioPaths};
@@ -71,11 +72,12 @@ impl Service {
             .expect("the shim cannot start its async runtime");
         let (events, published) = mpsc::channel::<Event>();
         let namespace = namespace.to_owned();
+        let publishing = namespace.clone();
         // One thread publishes, in order, so that a request never waits on
         // containerd's event service.
         std::thread::spawn(move || {
             for (topic, event) in published {
-                if let Err(e) = publisher.publish(Context::default(), topic, &namespace, event) {
+                if let Err(e) = publisher.publish(Context::default(), topic, &publishing, event) {
                     log::warn!("cannot publish {topic}: {e}");
                 }
             }
@@ -87,6 +89,7 @@ impl Service {
                 containers: Mutex::new(HashMap::new()),
                 events: Mutex::new(events),
                 root,
+                namespace: namespace.clone(),
             }),
             exit,
         }

@@ -32,6 +32,8 @@ pub(super) struct Shared {
     pub(super) containers: Mutex<HashMap<String, Container>>,
     pub(super) events: Mutex<mpsc::Sender<Event>>,
     pub(super) root: PathBuf,
+    /// containerd's namespace of the pod (a logging program is told it).
+    pub(super) namespace: String,
 }
 
 impl Shared {
@@ -150,7 +152,11 @@ pub(super) async fn create_in_pod(
 ) -> TtrpcResult<(Arc<Pod>, ContainerProcess)> {
     let bundle = Bundle::load(&bundle_dir).map_err(internal)?;
     let (pod, booted) = pod_for(&shared, &id, &bundle).await?;
-    let io = stdio::open(&paths, &closer).map_err(internal)?;
+    let owner = LogOwner {
+        container_id: &id,
+        namespace: &shared.namespace,
+    };
+    let io = stdio::open(&paths, &closer, &owner).map_err(internal)?;
     let prepared = pod.add(&id, &bundle).await.map_err(internal)?;
     let network = if booted { pod.guest_network() } else { None };
     let containers = ContainerClient::new(pod.agent());

@@ -56,7 +56,11 @@ impl Service {
         let (owned_id, owned_exec) = (id.to_owned(), exec_id.to_owned());
         let started = self.run(async move {
             let pod = shared.pod().await?;
-            let io = stdio::open(&paths, &closer).map_err(internal)?;
+            let owner = LogOwner {
+                container_id: &owned_id,
+                namespace: &shared.namespace,
+            };
+            let io = stdio::open(&paths, &closer, &owner).map_err(internal)?;
             let containers = ContainerClient::new(pod.agent());
             let relay = deadlines::within(
                 "exec",
