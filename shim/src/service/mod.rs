@@ -128,6 +128,23 @@ impl Service {
     }
 
     /// Stops the pod's VM once no container is left.
+    /// Exits after [`IDLE_EXIT`] if no container and no pod came meanwhile
+    /// (a Create that is booting the pod's VM holds the pod's lock).
+    fn exit_if_still_idle(&self) {
+        if !self.shared.containers().is_empty() {
+            return;
+        }
+        let (shared, exit) = (self.shared.clone(), self.exit.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(IDLE_EXIT);
+            let no_pod = shared.pod.try_lock().is_ok_and(|pod| pod.is_none());
+            if no_pod && shared.containers().is_empty() {
+                log::info!("no container for {IDLE_EXIT:?} after the last delete: exiting");
+                exit.signal();
+            }
+        });
+    }
+
     fn release_pod_if_empty(&self) {
         if !self.shared.containers().is_empty() {
             return;
@@ -398,6 +415,7 @@ impl containerd_shim::Task for Service {
         event.exited_at = Some(exit.at.clone()).into();
         self.shared.publish("/tasks/delete", Box::new(event));
         self.release_pod_if_empty();
+        self.exit_if_still_idle();
         let mut response = DeleteResponse::new();
         response.pid = container.init.pid;
         response.exit_status = exit.status;

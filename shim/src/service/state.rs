@@ -11,6 +11,11 @@ pub(super) const DRAIN_PATIENCE: Duration = Duration::from_secs(10);
 pub(super) const KILLED_DRAIN_PATIENCE: Duration = Duration::from_millis(500);
 /// How long the pod waits for the last tasks holding it to let go.
 pub(super) const POD_RELEASE_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a shim whose last container was deleted waits for
+/// containerd's Shutdown before it leaves by itself: containerd sends none
+/// after a Delete that outlasted its own timeout (a loaded host, a slow
+/// guest), and the shim would otherwise stay forever.
+pub(super) const IDLE_EXIT: Duration = Duration::from_secs(30);
 /// Exit status when the guest went away without telling.
 pub(super) const STATUS_LOST: u32 = 255;
 
