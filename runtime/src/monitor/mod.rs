@@ -122,6 +122,15 @@ pub enum MonitorError {
     Aborted,
 }
 
+impl From<crate::sandbox::BootError> for MonitorError {
+    fn from(e: crate::sandbox::BootError) -> MonitorError {
+        match e {
+            crate::sandbox::BootError::Network(e) => MonitorError::Network(e),
+            crate::sandbox::BootError::Vm(e) => MonitorError::Vm(e),
+        }
+    }
+}
+
 /// Entry point of `runvm monitor` (a hidden subcommand).
 pub fn main(root: &Path, args: MonitorArgs) -> ExitCode {
     ExitCode::from(u8::try_from(run(root, args)).unwrap_or(STATUS_LOST as u8))
@@ -268,7 +277,11 @@ where
     // listening (conmon does so as soon as it has the pty): what it set
     // then is read once, now; later changes arrive as SIGWINCH.
     if let Some((rows, columns)) = size_from.and_then(|fd| terminal::window_size(fd.as_fd())) {
-        let resize = runvm_agent_api::RequestBody::ResizeTerminal { process, rows, columns };
+        let resize = runvm_agent_api::RequestBody::ResizeTerminal {
+            process,
+            rows,
+            columns,
+        };
         let _ = deadlines::within("resize", deadlines::RESIZE, agent.call(resize)).await;
     }
     tokio::pin!(wait);
