@@ -121,11 +121,16 @@ pub enum RequestBody {
     /// pool and reseed its generator (so no two VMs of one template share
     /// random output), and set the wall clock to `realtime_ns` (nanoseconds
     /// since the Unix epoch; the template's clock stopped when it was
-    /// saved). Answered with `Done`. `entropy` must hold between
+    /// saved), and give each network card in `cards` its own MAC (the
+    /// template's cards all had placeholders; see
+    /// [`crate::network::CardMac`]), before any interface is configured.
+    /// Answered with `Done`. `entropy` must hold between
     /// [`MIN_RESEED_BYTES`] and [`MAX_RESEED_BYTES`] bytes.
     Reseed {
         entropy: Vec<u8>,
         realtime_ns: u64,
+        #[serde(default)]
+        cards: Vec<crate::network::CardMac>,
     },
 }
 

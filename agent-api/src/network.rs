@@ -25,6 +25,37 @@ pub const MAX_INTERFACE_NAME_LEN: usize = 15;
 pub const MIN_MTU: u32 = 68;
 pub const MAX_MTU: u32 = 65535;
 
+/// A restored VM's network card that still wears its template's MAC
+/// (`from`, which the guest's driver read when the template booted) and is
+/// to get its own (`to`): see [`crate::RequestBody::Reseed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardMac {
+    pub from: [u8; 6],
+    pub to: [u8; 6],
+}
+
+/// Checks a `Reseed`'s cards: at most [`MAX_INTERFACES`], unicast MACs,
+/// each placeholder and each new MAC once.
+pub fn validate_card_macs(cards: &[CardMac]) -> Result<(), String> {
+    if cards.len() > MAX_INTERFACES {
+        return Err(format!(
+            "{} network cards; at most {MAX_INTERFACES} are allowed",
+            cards.len()
+        ));
+    }
+    let unicast = |mac: &[u8; 6]| mac[0] & 1 == 0 && *mac != [0; 6];
+    let (mut from, mut to) = (HashSet::new(), HashSet::new());
+    for card in cards {
+        if !unicast(&card.from) || !unicast(&card.to) {
+            return Err("a network card's MAC is not a unicast address".into());
+        }
+        if !from.insert(card.from) || !to.insert(card.to) {
+            return Err("two network cards are given the same MAC".into());
+        }
+    }
+    Ok(())
+}
+
 /// An address with its prefix length.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpNet {
@@ -303,6 +334,26 @@ mod tests {
         ] {
             assert!(validate_interface_name(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn card_macs_are_bounded_unicast_and_distinct() {
+        let card = |from: u8, to: u8| CardMac {
+            from: [2, 0, 0, 0, 0, from],
+            to: [2, 0, 0, 0, 1, to],
+        };
+        assert!(validate_card_macs(&[card(1, 1), card(2, 2)]).is_ok());
+        assert!(validate_card_macs(&[card(1, 1), card(1, 2)]).is_err());
+        assert!(validate_card_macs(&[card(1, 1), card(2, 1)]).is_err());
+        let multicast = CardMac {
+            to: [1, 0, 0, 0, 0, 1],
+            ..card(1, 1)
+        };
+        assert!(validate_card_macs(&[multicast]).is_err());
+        let many: Vec<CardMac> = (0..=MAX_INTERFACES as u8)
+            .map(|n| card(n + 1, n + 1))
+            .collect();
+        assert!(validate_card_macs(&many).unwrap_err().contains("at most"));
     }
 
     #[test]

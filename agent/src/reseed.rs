@@ -8,10 +8,15 @@
 //! generator draw a new key from the pool at once instead of at its next
 //! scheduled reseed: from the answer on, `/dev/urandom` and getrandom(2)
 //! differ between any two VMs of one template.
+//!
+//! A restored VM's network cards still have the template's placeholder
+//! MACs: each gets its own here, before any interface is configured (the
+//! pod's network finds its devices by their MACs).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
+use runvm_agent_api::network::{validate_card_macs, CardMac};
 use runvm_agent_api::{AgentError, ResponseBody, MAX_RESEED_BYTES, MIN_RESEED_BYTES};
 
 use crate::exec::{invalid, system};
@@ -22,8 +27,13 @@ const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
 /// Handles `Reseed`.
-pub fn reseed(entropy: &[u8], realtime_ns: u64) -> Result<ResponseBody, AgentError> {
+pub fn reseed(
+    entropy: &[u8],
+    realtime_ns: u64,
+    cards: &[CardMac],
+) -> Result<ResponseBody, AgentError> {
     check_entropy_len(entropy.len())?;
+    validate_card_macs(cards).map_err(invalid)?;
     let random =
         File::open("/dev/urandom").map_err(|e| system(format!("cannot open /dev/urandom: {e}")))?;
     let request = rand_pool_info(entropy);
@@ -45,6 +55,9 @@ pub fn reseed(entropy: &[u8], realtime_ns: u64) -> Result<ResponseBody, AgentErr
         )));
     }
     set_realtime(realtime_ns)?;
+    if !cards.is_empty() {
+        crate::network::assign_card_macs(cards).map_err(system)?;
+    }
     Ok(ResponseBody::Done)
 }
 
@@ -109,7 +122,7 @@ mod tests {
         assert!(check_entropy_len(MIN_RESEED_BYTES - 1).is_err());
         assert!(check_entropy_len(MAX_RESEED_BYTES + 1).is_err());
         assert!(check_entropy_len(MIN_RESEED_BYTES).is_ok());
-        let err = reseed(&[0; 8], 0).unwrap_err();
+        let err = reseed(&[0; 8], 0, &[]).unwrap_err();
         assert!(err.message.contains("8 bytes"), "{}", err.message);
     }
 }

@@ -434,7 +434,8 @@ async fn dispatch(agent: &Rc<Agent>, body: RequestBody) -> Result<ResponseBody, 
         RequestBody::Reseed {
             entropy,
             realtime_ns,
-        } => crate::reseed::reseed(&entropy, realtime_ns),
+            cards,
+        } => crate::reseed::reseed(&entropy, realtime_ns, &cards),
     }
 }
 

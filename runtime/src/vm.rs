@@ -74,6 +74,8 @@ pub const VMM_SECCOMP_REPORT: &str = "runvm-vmm: killed by seccomp: ";
 pub struct VmTap {
     pub fd: OwnedFd,
     pub option: String,
+    /// The MAC in `option`: the guest's card gets it.
+    pub mac: [u8; 6],
     /// The pod network it belongs to has IPv6 (addresses, routes or
     /// neighbours): see [`IPV6_OFF`].
     pub ipv6: bool,
@@ -237,6 +239,10 @@ pub struct MicroVm {
     /// Whether the VM is being saved as a template or was restored from
     /// one, until the agent has answered.
     template: FromTemplate,
+    /// The VM's taps, kept until the agent has answered: a VM saved as a
+    /// template gets them when restored, a failed restore when booted
+    /// cold.
+    taps: Vec<VmTap>,
 }
 
 /// A VM's relation to its template until its agent answers.
@@ -303,6 +309,7 @@ impl MicroVm {
             spec: spec.clone(),
             vmm_log: vmm_log.map(Path::to_owned),
             template: FromTemplate::No,
+            taps,
         };
         if vm.jailed {
             fs::DirBuilder::new()
@@ -316,12 +323,8 @@ impl MicroVm {
         vm.listen_for_readiness()?;
         // virtiofsd first: the VMM connects to it as it starts.
         vm.start_share()?;
-        let launch = if taps.is_empty() {
-            vm.plan_launch()
-        } else {
-            Launch::Cold
-        };
-        vm.launch(spec, &launch, taps)?;
+        let launch = vm.plan_launch();
+        vm.launch(spec, &launch)?;
         Ok(vm)
     }
 
@@ -340,7 +343,7 @@ impl MicroVm {
 
     /// Cold, from a template, or cold to make one: see [`crate::template`].
     fn plan_launch(&mut self) -> Launch {
-        let cmdline = launch::cmdline(&[]);
+        let cmdline = launch::cmdline(&self.taps);
         let inputs = TemplateInputs {
             vmm: &self.spec.vmm,
             kernel: &self.spec.kernel,
@@ -349,16 +352,23 @@ impl MicroVm {
             vcpus: self.spec.vcpus,
             cmdline: &cmdline,
             share_tag: self.spec.virtiofsd.as_ref().map(|_| SHARE_TAG),
+            net_cards: self.taps.len(),
         };
         match template::plan(&inputs) {
-            Plan::Restore(dir) => {
-                launch::seed_console(&dir, &self.console_log());
-                self.template = FromTemplate::Restored(dir.clone());
-                Launch::Restore {
-                    dir,
-                    cid: launch::fresh_cid(),
+            Plan::Restore(dir) => match launch::fresh_cid() {
+                Ok(cid) => {
+                    launch::seed_console(&dir, &self.console_log());
+                    self.template = FromTemplate::Restored(dir.clone());
+                    Launch::Restore { dir, cid }
                 }
-            }
+                Err(e) => {
+                    self.note(&format!(
+                        "booting cold: no random CID for a restored VM \
+                         (cannot read the host's random generator: {e})"
+                    ));
+                    Launch::Cold
+                }
+            },
             Plan::Make(maker) => {
                 let launch = Launch::SaveTo(maker.snapshot_dir().to_owned());
                 self.template = FromTemplate::Making(maker);

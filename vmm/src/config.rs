@@ -310,6 +310,20 @@ impl VmConfig {
                 return Err(Error::DuplicateFsTag(fs.tag.clone()));
             }
         }
+        let template = self.snapshot_to.is_some() && self.restore_from.is_none();
+        if !template
+            && self
+                .net
+                .iter()
+                .any(|net| net.tap == crate::devices::virtio::net::TapSource::Pending)
+        {
+            return Err(Error::InvalidNetSpec {
+                spec: "pending".into(),
+                reason: "a card without a tap is only for a VM template, booted with \
+                         --snapshot-to; a restored VM binds it with --net fd=N or tap=NAME"
+                    .into(),
+            });
+        }
         crate::devices::virtio::net::spec::validate_all(&self.net)
     }
 
@@ -409,6 +423,21 @@ mod tests {
         assert_eq!((fs.backend, fs.queue_size), (FsBackend::Pending, 256));
         assert!(FsConfig::parse("pending").is_err());
         assert!(FsConfig::parse(&format!("tag={},pending", "x".repeat(37))).is_err());
+    }
+
+    #[test]
+    fn a_pending_network_card_is_only_for_a_template() {
+        use crate::devices::virtio::net::NetConfig;
+        let mut config = VmConfig::new("/vmlinux");
+        config.net = vec![NetConfig::parse("pending,mac=02:00:00:00:00:01").unwrap()];
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("--snapshot-to"), "{message}");
+        config.snapshot_to = Some("/templates/t".into());
+        assert!(config.validate().is_ok());
+        config.restore_from = Some("/templates/t".into());
+        config.kernel = PathBuf::new();
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("fd=N"), "{message}");
     }
 
     #[test]

@@ -29,8 +29,8 @@ pub struct HostResources {
     pub(crate) root_disk: Option<DiskImage>,
     pub(crate) serial: Box<dyn Write + Send>,
     pub(crate) profile: HostProfile,
-    /// One per `config.net` entry, in order.
-    pub(crate) taps: Vec<Tap>,
+    /// One per `config.net` entry, in order (none for a pending card).
+    pub(crate) taps: Vec<Option<Tap>>,
     /// Where the VM is saved on the snapshot signal.
     pub(crate) snapshot_to: Option<SnapshotOutput>,
     /// The snapshot the VM is restored from, checked.
@@ -79,15 +79,17 @@ impl HostResources {
     }
 }
 
-fn open_tap(net: &NetConfig) -> Result<Tap, Error> {
+/// The tap behind `net`; none for a template's pending card.
+fn open_tap(net: &NetConfig) -> Result<Option<Tap>, Error> {
     let (spec, opened) = match &net.tap {
+        TapSource::Pending => return Ok(None),
         TapSource::Name(name) => (format!("tap={name}"), Tap::open(name)),
         // SAFETY: an inherited descriptor that nothing in this process
         // owns: `VmConfig::validate` refused the standard streams and
         // the same descriptor twice, and this runs once per VM.
         TapSource::Fd(fd) => (format!("fd={fd}"), unsafe { Tap::from_raw_fd(*fd) }),
     };
-    opened.map_err(|e| Error::NetBackend {
+    opened.map(Some).map_err(|e| Error::NetBackend {
         spec,
         reason: e.to_string(),
     })

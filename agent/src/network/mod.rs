@@ -22,7 +22,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::OwnedFd;
 
-use runvm_agent_api::network::{validate, GuestNetwork, GuestRoute};
+use runvm_agent_api::network::{validate, CardMac, GuestNetwork, GuestRoute};
 
 use netlink::{LinkChange, Netlink, Route};
 
@@ -61,6 +61,50 @@ fn index_by_name(netlink: &mut Netlink, name: &str) -> Result<i32, String> {
         .find(|l| l.name == name)
         .map(|l| l.index)
         .ok_or_else(|| format!("network device {name} is gone"))
+}
+
+/// Gives each card that has `from` the MAC `to` (a VM restored from a
+/// template: see `RequestBody::Reseed`). Every card is found before any
+/// is changed, so a new MAC that is another card's placeholder cannot be
+/// mistaken for it.
+pub fn assign_card_macs(cards: &[CardMac]) -> Result<(), String> {
+    let mut netlink = Netlink::open().map_err(|e| format!("cannot open a netlink socket: {e}"))?;
+    let devices = netlink
+        .links()
+        .map_err(|e| format!("cannot list the network devices: {e}"))?;
+    let mut found = Vec::with_capacity(cards.len());
+    for card in cards {
+        let mut wearing = devices.iter().filter(|d| d.mac == Some(card.from));
+        match (wearing.next(), wearing.next()) {
+            (Some(device), None) => found.push((device, card.to)),
+            (None, _) => {
+                return Err(format!(
+                    "no network device has the template's MAC {}",
+                    mac_text(&card.from)
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "more than one network device has MAC {}",
+                    mac_text(&card.from)
+                ))
+            }
+        }
+    }
+    for (device, mac) in found {
+        let change = LinkChange {
+            mac: Some(mac),
+            ..LinkChange::default()
+        };
+        netlink.set_link(device.index, &change).map_err(|e| {
+            format!(
+                "cannot give network device {} the MAC {}: {e}",
+                device.name,
+                mac_text(&mac)
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Gives the guest the pod's `network`, in the network namespace `target`

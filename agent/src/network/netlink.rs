@@ -72,6 +72,8 @@ pub struct Link {
 #[derive(Default)]
 pub struct LinkChange<'a> {
     pub name: Option<&'a str>,
+    /// Its hardware address.
+    pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
     pub up: bool,
     /// Move it into the network namespace of this descriptor.
@@ -363,6 +365,9 @@ impl Netlink {
         }
         if let Some(mtu) = change.mtu {
             message.attr(IFLA_MTU, &mtu.to_ne_bytes());
+        }
+        if let Some(mac) = change.mac {
+            message.attr(IFLA_ADDRESS, &mac);
         }
         if let Some(netns) = change.netns {
             message.attr(IFLA_NET_NS_FD, &(netns.as_raw_fd() as u32).to_ne_bytes());

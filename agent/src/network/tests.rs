@@ -189,3 +189,33 @@ fn a_missing_device_is_named_with_what_the_vm_has_and_nothing_is_touched() {
         "{error}"
     );
 }
+
+#[test]
+fn a_restored_vms_cards_get_their_own_macs_before_the_pod_network_finds_them() {
+    use runvm_agent_api::network::CardMac;
+    let _serial = require_root();
+    let card = |from: &str, to: &str| CardMac {
+        from: mac(from).try_into().unwrap(),
+        to: mac(to).try_into().unwrap(),
+    };
+    let links = in_new_netns(move || {
+        two_devices();
+        // eth1's new MAC is eth0's placeholder: every card is found first.
+        let cards = [
+            card("02:00:00:00:00:01", "02:00:00:00:01:01"),
+            card("02:00:00:00:01:01", "02:0a:0b:0c:0d:0e"),
+        ];
+        super::assign_card_macs(&cards).expect("assign");
+        configure(&pod(["02:0a:0b:0c:0d:0e", "02:00:00:00:01:01"]), None).expect("configure");
+        let missing =
+            super::assign_card_macs(&[card("02:00:00:00:09:09", "02:00:00:00:09:0a")]).unwrap_err();
+        (ip(&["-o", "link"]), missing)
+    });
+    let (links, missing) = links;
+    assert!(
+        links.contains("eth0@net1: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1420")
+            && links.contains("link/ether 02:0a:0b:0c:0d:0e"),
+        "{links}"
+    );
+    assert!(missing.contains("02:00:00:00:09:09"), "{missing}");
+}

@@ -171,6 +171,7 @@ impl Attachment {
                 Ok(crate::vm::VmTap {
                     option: interface.vmm_net_option(fd.as_raw_fd()),
                     fd,
+                    mac: interface.mac,
                     ipv6,
                 })
             })

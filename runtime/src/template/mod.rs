@@ -17,24 +17,27 @@
 //! tenant code has run in it.
 //!
 //! **Making one.** The first VM that finds no template for its inputs
-//! boots cold with `--snapshot-to` and its share's virtio-fs device
-//! pending (no backend yet); at the agent's ready point the runtime has
+//! boots cold with `--snapshot-to`, its share's virtio-fs device pending
+//! (no backend yet) and its network cards pending (no tap yet, each with
+//! a placeholder MAC: [`placeholder_mac`]); at the agent's ready point the runtime has
 //! the VMM save the VM, publishes the directory by renaming it, and
 //! restores the VM it was booting from it, now with the share's
-//! virtiofsd. So the first VM pays a save and a restore, not a second
+//! virtiofsd and its taps. So the first VM pays a save and a restore, not a second
 //! boot. A lock per template makes concurrent first VMs boot cold
 //! instead of waiting.
 //!
 //! **Restoring.** Each restored VM gets a new vsock CID and socket, its
-//! own virtiofsd, and — before anything runs in it — host entropy and the
-//! host's time (`Reseed`), so no two VMs of one template share random
-//! output or a stale clock. A restore that fails (a damaged or refused
+//! own virtiofsd and taps, and — before anything runs in it — host
+//! entropy, the host's time and its cards' own MACs (`Reseed`), so no two
+//! VMs of one template share random output, a stale clock or a MAC. The
+//! number of cards is part of a template's inputs (a pod with one
+//! interface and a VM without any have templates of their own); their
+//! MTUs and addresses are not: the pod's network is configured after. A restore that fails (a damaged or refused
 //! snapshot) is logged with its reason, the template is removed and the VM
 //! boots cold.
 //!
 //! **Off switch.** `RUNVM_COLD_BOOT=1` in runvm's environment boots every
-//! VM cold (the benchmarks use it to measure cold starts). VMs with
-//! network devices boot cold: a tap cannot be given to a restored VM yet.
+//! VM cold (the benchmarks use it to measure cold starts).
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs::{self, File};
@@ -104,6 +107,15 @@ pub struct TemplateInputs<'a> {
     pub cmdline: &'a [String],
     /// The share's virtio-fs tag, if the VM has one.
     pub share_tag: Option<&'a str>,
+    /// How many network cards it has (a template's have no tap yet).
+    pub net_cards: usize,
+}
+
+/// The MAC a template's network card `index` has until the VM restored
+/// from it gives the card its own: locally administered, unicast.
+pub fn placeholder_mac(index: usize) -> [u8; 6] {
+    // "rvm": runvm's, easy to tell in a guest's `ip link`.
+    [0x02, 0x72, 0x76, 0x6d, 0x00, (index as u8).wrapping_add(1)]
 }
 
 /// A template's name: a hash of its inputs, with the text they were
@@ -125,8 +137,8 @@ impl TemplateKey {
             described.push_str(&format!("{what} {}\n", content_digest(path, what)?));
         }
         described.push_str(&format!(
-            "memory {} MiB\nvcpus {}\ncmdline {:?}\nshare {:?}\n",
-            inputs.memory_mib, inputs.vcpus, inputs.cmdline, inputs.share_tag
+            "memory {} MiB\nvcpus {}\ncmdline {:?}\nshare {:?}\nnetwork cards {}\n",
+            inputs.memory_mib, inputs.vcpus, inputs.cmdline, inputs.share_tag, inputs.net_cards
         ));
         // Two independent 64-bit hashes: a name, not a security boundary
         // (only root writes the store).

@@ -29,6 +29,7 @@ impl Files {
             vcpus: 1,
             cmdline: &[],
             share_tag,
+            net_cards: 0,
         }
     }
 
@@ -44,6 +45,15 @@ impl Drop for Files {
 }
 
 fn key(files: &Files, memory_mib: u32, cmdline: &[String]) -> TemplateKey {
+    key_with_cards(files, memory_mib, cmdline, 0)
+}
+
+fn key_with_cards(
+    files: &Files,
+    memory_mib: u32,
+    cmdline: &[String],
+    net_cards: usize,
+) -> TemplateKey {
     TemplateKey::of(&TemplateInputs {
         vmm: &files.path("vmm"),
         kernel: &files.path("kernel"),
@@ -52,6 +62,7 @@ fn key(files: &Files, memory_mib: u32, cmdline: &[String]) -> TemplateKey {
         vcpus: 1,
         cmdline,
         share_tag: Some("runvm"),
+        net_cards,
     })
     .unwrap()
 }
@@ -64,6 +75,7 @@ fn every_input_changes_the_name() {
     assert_eq!(base.name.len(), 32);
     assert_ne!(base.name, key(&files, 256, &[]).name);
     assert_ne!(base.name, key(&files, 128, &["ipv6.disable=1".into()]).name);
+    assert_ne!(base.name, key_with_cards(&files, 128, &[], 1).name);
     fs::write(files.path("image"), "a new image").unwrap();
     assert_ne!(base.name, key(&files, 128, &[]).name);
     // The same bytes elsewhere, written later: the same template.
@@ -181,4 +193,15 @@ fn the_least_recently_used_templates_go_beyond_the_limit() {
         left.contains(&names[0]) || left.contains(&names[MAX_TEMPLATES]),
         "{left:?}"
     );
+}
+
+#[test]
+fn placeholder_macs_are_distinct_local_unicast_addresses() {
+    let macs: Vec<[u8; 6]> = (0..crate::network::MAX_INTERFACES)
+        .map(placeholder_mac)
+        .collect();
+    for (index, mac) in macs.iter().enumerate() {
+        assert_eq!(mac[0] & 0b11, 0b10, "locally administered unicast: {mac:?}");
+        assert!(!macs[..index].contains(mac), "{mac:?} twice");
+    }
 }

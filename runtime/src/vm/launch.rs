@@ -16,8 +16,9 @@ use super::{ImageKind, MicroVm, VmError, VmSpec, VmTap, IPV6_OFF};
 pub(super) enum Launch {
     /// Boot the kernel.
     Cold,
-    /// Boot the kernel with the share's device pending (no backend), to
-    /// be saved to this directory at the ready point.
+    /// Boot the kernel with the share's device and the network cards
+    /// pending (no backend, no taps), to be saved to this directory at the
+    /// ready point.
     SaveTo(PathBuf),
     /// Resume the template in this directory, with a new CID.
     Restore { dir: PathBuf, cid: u32 },
@@ -34,14 +35,14 @@ pub(super) fn cmdline(taps: &[VmTap]) -> Vec<String> {
 
 impl MicroVm {
     /// Starts the VMM for `spec` as `launch` says; the VM's directory,
-    /// readiness socket and share exist already. The taps' descriptors are
-    /// inherited by the VMM and closed here.
-    pub(super) fn launch(
-        &mut self,
-        spec: &VmSpec,
-        launch: &Launch,
-        taps: Vec<VmTap>,
-    ) -> Result<(), VmError> {
+    /// readiness socket and share exist already. The VMM inherits the
+    /// taps' descriptors (unless it makes a template); ours stay open
+    /// until the agent has answered.
+    pub(super) fn launch(&mut self, spec: &VmSpec, launch: &Launch) -> Result<(), VmError> {
+        let taps: &[VmTap] = match launch {
+            Launch::SaveTo(_) => &[],
+            Launch::Cold | Launch::Restore { .. } => &self.taps,
+        };
         let image_kind = ImageKind::of(&spec.image)?;
         let mut command = Command::new(&spec.vmm);
         match launch {
@@ -55,7 +56,7 @@ impl MicroVm {
                     .arg(spec.memory_mib.to_string())
                     .arg("--vcpus")
                     .arg(spec.vcpus.to_string());
-                for word in cmdline(&taps) {
+                for word in cmdline(&self.taps) {
                     command.arg("--cmdline").arg(word);
                 }
             }
@@ -90,8 +91,14 @@ impl MicroVm {
         }
         if let Launch::SaveTo(dir) = launch {
             command.arg("--snapshot-to").arg(dir);
+            for index in 0..self.taps.len() {
+                let mac = crate::template::placeholder_mac(index).map(|b| format!("{b:02x}"));
+                command
+                    .arg("--net")
+                    .arg(format!("pending,mac={}", mac.join(":")));
+            }
         }
-        for tap in &taps {
+        for tap in taps {
             command.arg("--net").arg(&tap.option);
         }
         let inherited: Vec<i32> = taps.iter().map(|t| t.fd.as_raw_fd()).collect();
@@ -130,8 +137,6 @@ impl MicroVm {
             path: spec.vmm.clone(),
             source,
         })?;
-        // The VMM has its own copies now.
-        drop(taps);
         let stderr = child
             .stderr
             .take()
@@ -179,10 +184,10 @@ impl MicroVm {
 
 /// A CID for a restored VM: random, in the range a guest may have (3 up
 /// to 2^32 - 2), so two VMs of one template differ.
-pub(super) fn fresh_cid() -> u32 {
+pub(super) fn fresh_cid() -> std::io::Result<u32> {
     let mut bytes = [0u8; 4];
-    let _ = crate::host_random::fill(&mut bytes);
-    3 + u32::from_ne_bytes(bytes) % (u32::MAX - 4)
+    crate::host_random::fill(&mut bytes)?;
+    Ok(3 + u32::from_ne_bytes(bytes) % (u32::MAX - 4))
 }
 
 /// Keeps the console a template recorded up to its ready point as the

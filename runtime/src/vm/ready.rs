@@ -6,6 +6,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use runvm_agent_api::network::CardMac;
 use runvm_agent_api::{RequestBody, MIN_RESEED_BYTES, READY_LINE};
 
 use super::launch::{self, Launch};
@@ -26,6 +27,13 @@ impl MicroVm {
     /// on the way; a restored one is reseeded. A failed save or restore is
     /// logged and the VM boots cold.
     pub async fn connect_agent(&mut self, timeout: Duration) -> Result<AgentClient, VmError> {
+        let agent = self.reach_agent(timeout).await?;
+        // The VMM has its own copies of the taps; no launch needs ours now.
+        self.taps.clear();
+        Ok(agent)
+    }
+
+    async fn reach_agent(&mut self, timeout: Duration) -> Result<AgentClient, VmError> {
         let deadline = Instant::now() + timeout;
         match std::mem::replace(&mut self.template, FromTemplate::No) {
             // Connected before: a new control connection.
@@ -176,9 +184,9 @@ impl MicroVm {
                 let spec = self.spec.clone();
                 let restore = Launch::Restore {
                     dir: dir.clone(),
-                    cid: launch::fresh_cid(),
+                    cid: launch::fresh_cid().map_err(VmError::HostEntropy)?,
                 };
-                self.launch(&spec, &restore, Vec::new())?;
+                self.launch(&spec, &restore)?;
             }
             self.connect_restored(deadline, timeout).await
         };
@@ -233,16 +241,27 @@ impl MicroVm {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        // The template's cards had placeholder MACs: each gets its tap's.
+        let cards = self
+            .taps
+            .iter()
+            .enumerate()
+            .map(|(index, tap)| CardMac {
+                from: template::placeholder_mac(index),
+                to: tap.mac,
+            })
+            .collect();
         let remaining = deadline.saturating_duration_since(Instant::now());
         tokio::time::timeout(
             remaining,
             agent.call(RequestBody::Reseed {
                 entropy,
                 realtime_ns,
+                cards,
             }),
         )
         .await
-        .map_err(|_| too_late(self, "agent did not take the host's entropy"))??;
+        .map_err(|_| too_late(self, "agent did not take the host's entropy and MACs"))??;
         // The restored agent announces nothing: the readiness port goes.
         self.ready = None;
         let _ = fs::remove_file(self.ready_socket());
@@ -278,6 +297,6 @@ impl MicroVm {
         self.start_share()?;
         self.clear_sockets()?;
         let spec = self.spec.clone();
-        self.launch(&spec, &Launch::Cold, Vec::new())
+        self.launch(&spec, &Launch::Cold)
     }
 }

@@ -99,10 +99,12 @@ struct Args {
     /// tap created or attached to by name in the VMM's network namespace
     /// before any jail (tap=NAME). mac and mtu are what the guest is told;
     /// offload (default on) passes checksum and TSO offloads through.
-    /// Repeatable: eth0, eth1... in order.
+    /// `pending` (only with --snapshot-to): a VM template's card, with no
+    /// tap; a VM restored from the template gets one --net fd=N|tap=NAME
+    /// per card, in order. Repeatable: eth0, eth1... in order.
     #[arg(
         long = "net",
-        value_name = "fd=N|tap=NAME[,mac=MAC][,mtu=N][,offload=on|off]",
+        value_name = "fd=N|tap=NAME|pending[,mac=MAC][,mtu=N][,offload=on|off]",
         value_parser = parse_net
     )]
     net: Vec<NetConfig>,
@@ -141,7 +143,7 @@ struct Args {
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with_all = ["kernel", "memory", "vcpus", "cmdline", "init_args", "net", "boot_protocol", "print_cmdline"]
+        conflicts_with_all = ["kernel", "memory", "vcpus", "cmdline", "init_args", "boot_protocol", "print_cmdline"]
     )]
     restore: Option<PathBuf>,
     /// Print the guest kernel command line this VM would get, and exit.

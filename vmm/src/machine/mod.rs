@@ -156,7 +156,7 @@ pub fn run_vm_with(config: &VmConfig, host: HostResources) -> Result<VmExit, Err
 /// The host ends of a VM's devices, opened before it is built.
 pub(crate) struct DeviceHosts<'a> {
     pub root_disk: Option<DiskImage>,
-    pub taps: Vec<Tap>,
+    pub taps: Vec<Option<Tap>>,
     pub serial: Box<dyn Write + Send>,
     pub failures: &'a Arc<FailureReporter>,
 }

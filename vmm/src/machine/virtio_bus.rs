@@ -12,7 +12,7 @@ use crate::devices::virtio::block::{Block, DiskImage};
 use crate::devices::virtio::fs::pending::check_backend_takes_over;
 use crate::devices::virtio::fs::{PendingFs, VhostUserFs};
 use crate::devices::virtio::mmio::{MmioTransport, TransportState, REG_QUEUE_NOTIFY};
-use crate::devices::virtio::net::{Net, Tap};
+use crate::devices::virtio::net::{Net, PendingNet, Tap};
 use crate::devices::virtio::vsock::device::Vsock;
 use crate::devices::virtio::vsock::muxer::Muxer;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -63,7 +63,7 @@ pub(crate) fn build_mmio_bus(
     mem: &GuestMemory,
     config: &VmConfig,
     mut root_disk: Option<DiskImage>,
-    taps: Vec<Tap>,
+    taps: Vec<Option<Tap>>,
     failures: &Arc<FailureReporter>,
     saved: Option<&[DeviceState]>,
 ) -> Result<(Bus, Vec<VirtioSlot>), Error> {
@@ -106,10 +106,14 @@ pub(crate) fn build_mmio_bus(
                 let (Some(net), Some(tap)) = (config.net.get(n), taps.next()) else {
                     continue;
                 };
-                SlotDevice {
-                    device: Box::new(Net::new(tap, net.options)),
-                    kind: Err("virtio-net"),
-                    unsaveable: Some("virtio-net device"),
+                match tap {
+                    // A template's: see `net::pending`.
+                    None => SlotDevice::saveable(PendingNet::new(net.options), DeviceKind::Net),
+                    Some(tap) => SlotDevice {
+                        device: Box::new(Net::new(tap, net.options)),
+                        kind: Ok(DeviceKind::Net),
+                        unsaveable: Some("virtio-net device with a tap"),
+                    },
                 }
             }
         };
@@ -135,7 +139,8 @@ pub(crate) fn build_mmio_bus(
             return Err(Error::Snapshot {
                 reason: format!(
                     "the snapshot has {} virtio devices, this VM {}: give the restored VM \
-                     the same devices (a root disk, a vsock socket, an --fs per share tag)",
+                     the same devices (a root disk, a vsock socket, an --fs per share tag, \
+                     a --net per card)",
                     saved.len(),
                     slots.len()
                 ),

@@ -68,13 +68,20 @@
 //! gets a memfd holding a copy of the memory file's data (holes skipped,
 //! ~0.3 s to agent-ready for 128 MiB here) instead of sharing its pages.
 //!
+//! **Network cards in templates.** Likewise a template's card is booted
+//! without a tap: `--net pending[,mac=M]` (only with `--snapshot-to`; see
+//! [`crate::devices::virtio::net::pending`]). It offers what a card with
+//! the same options and a tap would, and moves no frame; the snapshot
+//! records it with its queues. The restore gives one `--net fd=N` (or
+//! `tap=NAME`) per recorded card, in order, whose options must offer
+//! every feature the driver acked (offloads on if they were); the card
+//! starts on the recorded rings. The guest still has the MAC it read in
+//! the template: the runtime has the agent set the card's own.
+//!
 //! **Devices that cannot be saved**: a virtio-fs device served by a
 //! backend (its queues and FUSE state live in virtiofsd: a restored VM
-//! with a share cannot be saved again) and virtio-net (a host tap, and
-//! frames in flight) make the snapshot fail by name, and virtio-net
-//! devices cannot be given to a restored VM. A template's net device would
-//! be booted present but unconfigured (no tap), which the restored VMM
-//! binds to a new tap before activating; not built yet.
+//! with a share cannot be saved again) and a network card with a tap (a
+//! host tap, and frames in flight) make the snapshot fail by name.
 
 pub mod cpu_state;
 pub mod format;

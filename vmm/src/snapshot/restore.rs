@@ -47,10 +47,12 @@ pub(crate) fn restore_vm(
             config.vcpus
         )));
     }
-    if !config.net.is_empty() {
-        return Err(refused(
-            "virtio-net devices cannot be given to a restored VM".into(),
-        ));
+    if config.net.len() != state.net_count() {
+        return Err(refused(format!(
+            "it has {} network cards, and {} --net were given: give each a tap, in order",
+            state.net_count(),
+            config.net.len()
+        )));
     }
     let disk_sectors = hosts.root_disk.as_ref().map(|disk| disk.sectors());
     if disk_sectors != state.root_disk_sectors() {

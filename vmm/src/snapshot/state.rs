@@ -104,9 +104,9 @@ impl From<&FpuState> for kvm_fpu {
 
 /// Which device sits in a virtio-mmio slot. Only devices whose whole state
 /// the VMM holds can be saved: a virtio-fs device served by a backend
-/// (virtiofsd holds its queues) and virtio-net (a host tap) cannot, and a
-/// snapshot of a VM with them is refused (see the module comment of
-/// [`crate::snapshot`]).
+/// (virtiofsd holds its queues) and a network card with a tap (frames in
+/// flight) cannot, and a snapshot of a VM with them is refused (see the
+/// module comment of [`crate::snapshot`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceKind {
     /// The read-only root disk; restored onto an image of this size.
@@ -116,6 +116,9 @@ pub enum DeviceKind {
     /// A template's virtio-fs device, saved before any backend served it;
     /// restored bound to the backend given for its tag.
     Fs { tag: String },
+    /// A template's network card, saved before it had a tap; restored
+    /// bound to the tap of the `--net` given in its place (in order).
+    Net,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -192,12 +195,20 @@ impl MachineState {
     pub fn root_disk_sectors(&self) -> Option<u64> {
         self.devices.iter().find_map(|d| match d.kind {
             DeviceKind::RootDisk { sectors } => Some(sectors),
-            DeviceKind::Vsock | DeviceKind::Fs { .. } => None,
+            DeviceKind::Vsock | DeviceKind::Fs { .. } | DeviceKind::Net => None,
         })
     }
 
     pub fn has_vsock(&self) -> bool {
         self.devices.iter().any(|d| d.kind == DeviceKind::Vsock)
+    }
+
+    /// How many network cards the VM has.
+    pub fn net_count(&self) -> usize {
+        self.devices
+            .iter()
+            .filter(|d| d.kind == DeviceKind::Net)
+            .count()
     }
 }
 

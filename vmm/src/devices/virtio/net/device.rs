@@ -46,21 +46,33 @@ pub struct Net<B: Backend + 'static> {
     running: Option<DeviceThread<Frames<B>>>,
 }
 
-impl<B: Backend + 'static> Net<B> {
-    pub fn new(backend: B, options: NetOptions) -> Net<B> {
+impl NetOptions {
+    /// The features a card with these options offers.
+    pub fn features(&self) -> u64 {
         let mut features = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
-        if options.mac.is_some() {
+        if self.mac.is_some() {
             features |= VIRTIO_NET_F_MAC;
         }
-        if options.mtu.is_some() {
+        if self.mtu.is_some() {
             features |= VIRTIO_NET_F_MTU;
         }
-        if options.offloads {
+        if self.offloads {
             features |= OFFLOADS;
         }
+        features
+    }
+
+    /// Its configuration space.
+    pub fn config_space(&self) -> [u8; CONFIG_SIZE] {
+        config_space(self.mac, self.mtu)
+    }
+}
+
+impl<B: Backend + 'static> Net<B> {
+    pub fn new(backend: B, options: NetOptions) -> Net<B> {
         Net {
-            config: config_space(options.mac, options.mtu),
-            features,
+            config: options.config_space(),
+            features: options.features(),
             frames: Some(Frames::new(backend)),
             running: None,
         }

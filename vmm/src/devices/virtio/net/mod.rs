@@ -9,11 +9,13 @@
 //! - [`header`]: the vnet header the guest and the tap share, checked
 //!   against what was negotiated.
 //! - [`device`]: the virtio device, its configuration space and its thread.
+//! - [`pending`]: a VM template's card, which gets its tap when restored.
 
 pub mod backend;
 pub mod device;
 pub mod frames;
 pub mod header;
+pub mod pending;
 pub mod spec;
 
 #[cfg(test)]
@@ -21,6 +23,7 @@ mod hostile_guest_tests;
 
 pub use backend::{Backend, Tap};
 pub use device::{Net, NetOptions};
+pub use pending::PendingNet;
 pub use spec::{NetConfig, TapSource};
 
 /// virtio device id of a network card.

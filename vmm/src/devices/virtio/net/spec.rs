@@ -17,6 +17,10 @@ pub enum TapSource {
     /// A tap the VMM creates, or attaches to, by name in its own network
     /// namespace, before it enters its jail.
     Name(String),
+    /// None yet: a VM template's card, which the guest's driver sets up
+    /// but which moves no frame; the VMs restored from the template bind
+    /// it to a tap (see [`super::pending`]).
+    Pending,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +30,7 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
-    /// Parses `fd=N|tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,mtu=N][,offload=on|off]`
+    /// Parses `fd=N|tap=NAME|pending[,mac=XX:XX:XX:XX:XX:XX][,mtu=N][,offload=on|off]`
     /// and validates the result. Offloads are on unless turned off.
     pub fn parse(spec: &str) -> Result<NetConfig, Error> {
         let invalid = |reason: String| Error::InvalidNetSpec {
@@ -40,6 +44,14 @@ impl NetConfig {
         };
         let mut seen: Vec<&str> = Vec::new();
         for item in spec.split(',') {
+            if item == "pending" {
+                if seen.contains(&"pending") {
+                    return Err(invalid("pending is given twice".into()));
+                }
+                seen.push("pending");
+                tap = Some(TapSource::Pending);
+                continue;
+            }
             let (key, value) = item
                 .split_once('=')
                 .ok_or_else(|| invalid(format!("{item:?} is not key=value")))?;
@@ -74,15 +86,21 @@ impl NetConfig {
                 }
                 _ => {
                     return Err(invalid(format!(
-                        "unknown key {key:?} (expected fd, tap, mac, mtu, offload)"
+                        "unknown key {key:?} (expected fd, tap, pending, mac, mtu, offload)"
                     )))
                 }
             }
         }
-        if seen.contains(&"fd") && seen.contains(&"tap") {
-            return Err(invalid("fd= and tap= exclude each other".into()));
+        if ["fd", "tap", "pending"]
+            .iter()
+            .filter(|source| seen.contains(source))
+            .count()
+            > 1
+        {
+            return Err(invalid("fd=, tap= and pending exclude each other".into()));
         }
-        let tap = tap.ok_or_else(|| invalid("fd=<descriptor> or tap=<name> is missing".into()))?;
+        let tap =
+            tap.ok_or_else(|| invalid("fd=<descriptor>, tap=<name> or pending is missing".into()))?;
         let config = NetConfig { tap, options };
         config.validate().map_err(invalid)?;
         Ok(config)
@@ -129,7 +147,8 @@ pub fn validate_all(nets: &[NetConfig]) -> Result<(), Error> {
             spec: format!("{:?}", net.tap),
             reason,
         })?;
-        if nets[..index].iter().any(|other| other.tap == net.tap) {
+        let pending = net.tap == TapSource::Pending;
+        if !pending && nets[..index].iter().any(|other| other.tap == net.tap) {
             return Err(Error::InvalidNetSpec {
                 spec: format!("{:?}", net.tap),
                 reason: "the same tap is given twice".into(),
@@ -164,6 +183,8 @@ mod tests {
             ("", "not key=value"),
             ("mac=02:00:00:00:00:01", "is missing"),
             ("fd=3,tap=t", "exclude each other"),
+            ("pending,fd=3", "exclude each other"),
+            ("pending,pending", "given twice"),
             ("fd=3,fd=4", "given twice"),
             ("fd=x", "not a number"),
             ("fd=1", "not a tap descriptor"),
@@ -190,5 +211,9 @@ mod tests {
         let many: Vec<NetConfig> = (3..3 + MAX_NET_DEVICES as i32 + 1).map(net).collect();
         assert!(validate_all(&many).is_err());
         assert!(validate_all(&many[..MAX_NET_DEVICES]).is_ok());
+        // A template's cards have no tap to share.
+        let pending = NetConfig::parse("pending,mac=02:00:00:00:00:01").unwrap();
+        assert_eq!(pending.tap, TapSource::Pending);
+        assert!(validate_all(&[pending.clone(), pending]).is_ok());
     }
 }
