@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod cli;
 pub mod commands;
 pub mod console;
+pub mod container;
 pub mod container_client;
 pub mod deadlines;
 pub mod guest_process;

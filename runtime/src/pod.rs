@@ -3,7 +3,7 @@
 //! than leaving a monitor process behind per container as the runc
 //! command line does (see [`crate::monitor`]).
 //!
-//! The pieces are the runc CLI's: [`MicroVm`] with its share, and
+//! The pieces are the runc CLI's: [`crate::vm::MicroVm`] with its share, and
 //! [`Sandbox`] for binding each container into the share and letting it
 //! go. What this adds is the bookkeeping an owner needs when it can be
 //! SIGKILLed: `<root>/<pod>/owner.json` names the owning process, the VMM
@@ -21,20 +21,19 @@
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::agent_client::{AgentClient, ClientError};
 use crate::assets::{AssetError, Assets};
 use crate::bundle::Bundle;
-use crate::deadlines;
 use crate::network::{self, Attachment, NetworkError, NetworkNamespace};
 use crate::sandbox::namespaces::{shared_namespaces_by, PidOwner};
-use crate::sandbox::{Home, Role, Sandbox, SandboxError, VmSize};
+use crate::sandbox::{BootError, Booted, Home, Role, Sandbox, SandboxError, VmSize};
 use crate::share;
 use crate::state::{self, HostProcess, StateError, StateRoot};
-use crate::vm::{MicroVm, VmError, VmSpec};
+use crate::vm::{VmError, VmSpec};
 use runvm_agent_api::network::GuestNetwork;
 
 pub use crate::sandbox::Prepared;
@@ -61,6 +60,15 @@ pub enum PodError {
     Network(#[from] NetworkError),
     #[error("container {id}: {}", network::HOST_NETWORK_REFUSED)]
     HostNetwork { id: String },
+}
+
+impl From<BootError> for PodError {
+    fn from(e: BootError) -> PodError {
+        match e {
+            BootError::Network(e) => PodError::Network(e),
+            BootError::Vm(e) => PodError::Vm(e),
+        }
+    }
 }
 
 /// Who holds a pod's VM, for [`clean_up`].
@@ -110,8 +118,8 @@ impl Pod {
     /// `<root>/<id>` (which must not exist yet), and waits for the agent;
     /// the interfaces of the network namespace at `netns` (see
     /// [`network_of`]) become the VM's. The VMM and virtiofsd die with the
-    /// calling thread (see [`MicroVm`]): call it from a thread that lives
-    /// as long as the pod.
+    /// calling thread (see [`crate::vm::MicroVm`]): call it from a thread
+    /// that lives as long as the pod.
     pub async fn boot(
         root: &StateRoot,
         id: &str,
@@ -135,20 +143,10 @@ impl Pod {
         let booted = async {
             // Named before it is attached: a killed owner's clean-up finds it.
             write_owner(&home, &owner)?;
-            // On failure dropped after the VM that uses its taps.
-            let attachment = netns.map(Attachment::attach).transpose()?;
-            let taps = match &attachment {
-                Some(attachment) => attachment.vm_taps()?,
-                None => Vec::new(),
-            };
-            let mut vm =
-                MicroVm::boot_with_taps(&spec, &home.vm_dir(), Some(&home.vmm_log()), taps)?;
-            let agent = vm.connect_agent(deadlines::BOOT).await?;
-            let sandbox = Sandbox::new(root.clone(), home.clone(), vm, agent);
-            Ok::<_, PodError>((sandbox, attachment))
+            Ok::<_, PodError>(crate::sandbox::boot(root, home.clone(), &spec, netns).await?)
         }
         .await;
-        let (sandbox, attachment) = match booted {
+        let booted = match booted {
             Ok(booted) => booted,
             Err(e) => {
                 // The VM and the attachment went with their values; the
@@ -157,11 +155,11 @@ impl Pod {
                 return Err(e);
             }
         };
-        // A namespace with only `lo` gives the guest no device and nothing to do.
-        let guest_network = attachment
-            .as_ref()
-            .map(|a| a.network.for_guest())
-            .filter(|n| !n.interfaces.is_empty());
+        let guest_network = booted.guest_network();
+        let Booted {
+            sandbox,
+            network: attachment,
+        } = booted;
         owner.helpers = sandbox.helpers().await;
         let pod = Pod {
             home,
@@ -277,24 +275,11 @@ pub fn clean_up(root: &Path, id: &str) -> Result<bool, PodError> {
     if owner.owner.is_some_and(|owner| owner.is_alive()) {
         return Ok(false);
     }
-    let alive: Vec<HostProcess> = owner
-        .helpers
-        .into_iter()
-        .filter(HostProcess::is_alive)
-        .collect();
-    for process in &alive {
-        // SAFETY: kill(2) on a process matched with its start time.
-        unsafe { libc::kill(process.pid, libc::SIGKILL) };
-    }
-    let deadline = Instant::now() + KILL_PATIENCE;
-    while alive.iter().any(HostProcess::is_alive) {
-        if Instant::now() >= deadline {
-            return Err(PodError::Cleanup {
-                id: id.to_owned(),
-                problem: "its VMM or virtiofsd did not end after SIGKILL".into(),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if !HostProcess::kill_all(&owner.helpers, KILL_PATIENCE) {
+        return Err(PodError::Cleanup {
+            id: id.to_owned(),
+            problem: "its VMM or virtiofsd did not end after SIGKILL".into(),
+        });
     }
     if let Some(netns) = &owner.netns {
         network::detach(netns)?;

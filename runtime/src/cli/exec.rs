@@ -1,19 +1,12 @@
-//! exec: another process in a running container. Like runc, the process
-//! is `--process FILE` or the container's own process with the command
-//! line's args, env, cwd, user and tty applied. Each exec'd process has a
-//! monitor of its own (see [`crate::monitor`]): with `--detach` a new
-//! process whose pid goes to `--pid-file`; otherwise this very process.
+//! exec's arguments: like runc's, the process is `--process FILE` or the
+//! container's own process with the command line's args, env, cwd, user
+//! and tty applied (see [`crate::container::exec`]).
 
 use std::path::PathBuf;
 
-use oci_spec::runtime::{Process, User};
+use crate::container::{self, Context, ExecOptions, ExecProcess, ProcessChanges};
 
-use crate::bundle::Bundle;
-use crate::deadlines;
-use crate::monitor::{self, MonitorArgs, Report};
-use crate::state::{self, Status};
-
-use super::{hand_over, read_input, write_pid_file, CliError, CliResult, Context};
+use super::CliResult;
 
 #[derive(clap::Args, Debug)]
 pub struct ExecArgs {
@@ -57,131 +50,101 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-fn read_process(path: &std::path::Path) -> CliResult<Process> {
-    let text = read_input(path)?;
-    serde_json::from_slice(&text)
-        .map_err(|e| CliError::new(format!("{} is not an OCI process: {e}", path.display())))
-}
-
-/// The process from the command line, based on the container's own.
-fn process_from_args(args: &ExecArgs, base: Process) -> CliResult<Process> {
-    if args.command.is_empty() {
-        return Err(CliError::new("exec: no command given (args or --process)"));
-    }
-    let mut process = base;
-    process.set_args(Some(args.command.clone()));
-    process.set_terminal(Some(args.tty));
-    if let Some(cwd) = &args.cwd {
-        process.set_cwd(cwd.into());
-    }
-    let mut env = process.env().clone().unwrap_or_default();
-    for entry in &args.env {
-        let Some((name, _)) = entry.split_once('=') else {
-            return Err(CliError::new(format!("--env {entry:?} is not NAME=value")));
+impl From<ExecArgs> for ExecOptions {
+    /// `--process` wins over the other process flags; the flags a VM has
+    /// no use for are dropped.
+    fn from(args: ExecArgs) -> ExecOptions {
+        let process = match args.process {
+            Some(path) => ExecProcess::File(path),
+            None => ExecProcess::Changed(ProcessChanges {
+                args: args.command,
+                terminal: args.tty,
+                cwd: args.cwd,
+                env: args.env,
+                user: args.user,
+                additional_gids: args.additional_gids,
+                no_new_privileges: args.no_new_privs,
+            }),
         };
-        env.retain(|e| e.split_once('=').map(|(n, _)| n) != Some(name));
-        env.push(entry.clone());
+        ExecOptions {
+            process,
+            detach: args.detach,
+            pid_file: args.pid_file,
+            console_socket: args.console_socket,
+            ignore_paused: args.ignore_paused,
+        }
     }
-    process.set_env(Some(env));
-    if let Some(user) = &args.user {
-        let bad = || CliError::new(format!("--user {user:?} is not UID[:GID] (numbers)"));
-        let (uid, gid) = match user.split_once(':') {
-            Some((uid, gid)) => (uid, Some(gid)),
-            None => (user.as_str(), None),
-        };
-        let mut new_user = User::default();
-        new_user.set_uid(uid.parse().map_err(|_| bad())?);
-        new_user.set_gid(match gid {
-            Some(gid) => gid.parse().map_err(|_| bad())?,
-            None => 0,
-        });
-        process.set_user(new_user);
-    }
-    if !args.additional_gids.is_empty() {
-        let mut user = process.user().clone();
-        user.set_additional_gids(Some(args.additional_gids.clone()));
-        process.set_user(user);
-    }
-    if args.no_new_privs {
-        process.set_no_new_privileges(Some(true));
-    }
-    Ok(process)
 }
 
 pub fn exec(context: &Context, args: ExecArgs) -> CliResult<u8> {
-    let root = context.root()?;
-    let record = state::peek(&root, &args.id)?;
-    match record.status() {
-        Status::Running | Status::Created => {}
-        Status::Paused if args.ignore_paused => {}
-        Status::Paused => return Err(CliError::new("cannot exec in a paused container")),
-        _ => return Err(CliError::new("cannot exec in a stopped container")),
+    let id = args.id.clone();
+    Ok(container::exec(context, &id, &args.into())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Harness {
+        #[command(flatten)]
+        args: ExecArgs,
     }
-    let process = match &args.process {
-        Some(path) => read_process(path)?,
-        None => {
-            let bundle = Bundle::load(&record.bundle)?;
-            let base = bundle.spec.process().clone().unwrap_or_default();
-            process_from_args(&args, base)?
-        }
-    };
-    let terminal = process.terminal().unwrap_or(false);
-    if !terminal && args.console_socket.is_some() {
-        return Err(CliError::new(
-            "cannot use console socket if runc will not allocate tty",
-        ));
+
+    fn options(argv: &[&str]) -> ExecOptions {
+        Harness::parse_from(argv).args.into()
     }
-    if terminal && args.detach && args.console_socket.is_none() {
-        return Err(CliError::new(
-            "cannot allocate tty if runc will detach without setting console socket",
-        ));
+
+    #[test]
+    fn exec_flags_become_process_changes() {
+        let options = options(&[
+            "exec",
+            "-t",
+            "-d",
+            "--pid-file",
+            "p",
+            "--cwd",
+            "/w",
+            "-e",
+            "A=1",
+            "-e",
+            "B=2",
+            "--user",
+            "1:2",
+            "-g",
+            "3",
+            "--no-new-privs",
+            "--ignore-paused",
+            "c1",
+            "sh",
+            "-c",
+            "echo -n hi",
+        ]);
+        assert_eq!(
+            options,
+            ExecOptions {
+                process: ExecProcess::Changed(ProcessChanges {
+                    args: vec!["sh".into(), "-c".into(), "echo -n hi".into()],
+                    terminal: true,
+                    cwd: Some("/w".into()),
+                    env: vec!["A=1".into(), "B=2".into()],
+                    user: Some("1:2".into()),
+                    additional_gids: vec![3],
+                    no_new_privileges: true,
+                }),
+                detach: true,
+                pid_file: Some("p".into()),
+                console_socket: None,
+                ignore_paused: true,
+            }
+        );
     }
-    // The monitor reads the process from a file in the container's
-    // directory (private to root) and removes it.
-    let file = root.dir().join(&args.id).join(format!(
-        "exec-{}-{}.json",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-    ));
-    let text = serde_json::to_vec(&process).map_err(|e| CliError::new(e.to_string()))?;
-    state::write_atomically(&file, &text)?;
-    let monitor_args = MonitorArgs {
-        id: args.id.clone(),
-        exec_process: Some(file.clone()),
-        console_socket: args
-            .console_socket
-            .as_deref()
-            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_owned())),
-        own_terminal: terminal && args.console_socket.is_none(),
-        sync_fd: None,
-    };
-    if !args.detach {
-        if let Some(pid_file) = &args.pid_file {
-            write_pid_file(pid_file, std::process::id() as i32)?;
-        }
-        let code = monitor::run(root.dir(), monitor_args);
-        return Ok(u8::try_from(code).unwrap_or(255));
+
+    #[test]
+    fn a_process_file_wins_over_the_process_flags() {
+        let options = options(&["exec", "--process", "-", "-t", "c1", "ignored"]);
+        assert_eq!(options.process, ExecProcess::File(PathBuf::from("-")));
+        assert!(!options.detach);
     }
-    let spawned = monitor::spawn(
-        &context.global_args,
-        &monitor_args,
-        true,
-        ("exec", deadlines::EXEC_REPORT),
-    );
-    let (launched, report) = match spawned {
-        Ok(spawned) => spawned,
-        Err(e) => {
-            let _ = std::fs::remove_file(&file);
-            return Err(e.into());
-        }
-    };
-    if let Report::Error(message) = report {
-        launched.abort();
-        let _ = std::fs::remove_file(&file);
-        return Err(CliError::new(message));
-    }
-    hand_over(launched, args.pid_file.as_deref(), || Ok(()))?;
-    Ok(0)
 }

@@ -1,7 +1,9 @@
-//! The runc command line. Each subcommand lives in a module of its own;
-//! this one holds the global options, error reporting and logging the way
-//! runc does them (errors on stderr and, with `--log`, in the log file as
-//! text or JSON; exit status 1).
+//! The runc command line, a front end of [`crate::container`]. Each
+//! subcommand's arguments live in a module of their own, which parses
+//! them into the library's options and prints what it returns; this one
+//! holds the global options and reports errors the way runc does (on
+//! stderr and, with `--log`, in the log file as text or JSON; exit
+//! status 1).
 
 pub mod exec;
 pub mod lifecycle;
@@ -10,19 +12,15 @@ pub mod resources;
 pub mod spec;
 pub mod templates;
 
-use std::ffi::OsString;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::agent_client::ClientError;
-use crate::bundle::BundleError;
 use crate::commands::vm_run::{self, VmRunArgs};
-use crate::hooks::HookError;
+use crate::container::{self, ContainerError, Context, Logger};
 use crate::monitor::{self, MonitorArgs};
-use crate::state::{StateError, StateRoot, DEFAULT_ROOT};
+use crate::state::DEFAULT_ROOT;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -125,89 +123,20 @@ impl CliError {
     }
 }
 
-macro_rules! cli_error_from {
-    ($($source:ty),*) => {
-        $(impl From<$source> for CliError {
-            fn from(e: $source) -> CliError {
-                CliError::new(e.to_string())
-            }
-        })*
-    };
+impl From<ContainerError> for CliError {
+    fn from(e: ContainerError) -> CliError {
+        CliError::new(e.to_string())
+    }
 }
-cli_error_from!(
-    StateError,
-    BundleError,
-    HookError,
-    ClientError,
-    std::io::Error,
-    crate::vm::VmError,
-    crate::monitor::MonitorError,
-    crate::host_cgroup::CgroupError,
-    crate::sandbox::SandboxError
-);
 
 pub type CliResult<T = ()> = Result<T, CliError>;
 
-/// Logging as runc's `--log` and `--log-format` ask.
-#[derive(Clone, Debug)]
-pub struct Logger {
-    file: Option<PathBuf>,
-    format: LogFormat,
-    debug: bool,
-}
-
-impl Logger {
-    fn write(&self, level: &str, message: &str) {
-        let Some(path) = &self.file else {
-            return;
-        };
-        let time = crate::state::rfc3339_now();
-        let line = match self.format {
-            LogFormat::Json => {
-                serde_json::json!({"level": level, "msg": message, "time": time}).to_string()
-            }
-            LogFormat::Text => format!("time={time:?} level={level} msg={message:?}"),
-        };
-        if let Ok(mut file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(file, "{line}");
+impl From<LogFormat> for container::LogFormat {
+    fn from(format: LogFormat) -> container::LogFormat {
+        match format {
+            LogFormat::Text => container::LogFormat::Text,
+            LogFormat::Json => container::LogFormat::Json,
         }
-    }
-
-    pub fn error(&self, message: &str) {
-        self.write("error", message);
-    }
-
-    pub fn warn(&self, message: &str) {
-        self.write("warning", message);
-        if self.file.is_none() {
-            eprintln!("runvm: warning: {message}");
-        }
-    }
-
-    pub fn debug(&self, message: &str) {
-        if self.debug {
-            self.write("debug", message);
-        }
-    }
-}
-
-/// What every subcommand gets: the state root, the logger, and the
-/// global options to pass on to a monitor.
-pub struct Context {
-    pub root_dir: PathBuf,
-    pub logger: Logger,
-    /// `--systemd-cgroup`.
-    pub systemd_cgroup: bool,
-    pub global_args: Vec<OsString>,
-}
-
-impl Context {
-    pub fn root(&self) -> CliResult<StateRoot> {
-        Ok(StateRoot::open(&self.root_dir)?)
     }
 }
 
@@ -223,33 +152,8 @@ pub fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     };
-    let logger = Logger {
-        file: cli.log.clone(),
-        format: cli.log_format,
-        debug: cli.debug,
-    };
-    let mut global_args: Vec<OsString> = vec!["--root".into(), cli.root.clone().into()];
-    if let Some(log) = &cli.log {
-        global_args.push("--log".into());
-        global_args.push(absolute(log).into());
-        global_args.push("--log-format".into());
-        global_args.push(
-            match cli.log_format {
-                LogFormat::Text => "text",
-                LogFormat::Json => "json",
-            }
-            .into(),
-        );
-    }
-    if cli.debug {
-        global_args.push("--debug".into());
-    }
-    let context = Context {
-        root_dir: absolute(&cli.root),
-        logger,
-        systemd_cgroup: cli.systemd_cgroup,
-        global_args,
-    };
+    let logger = Logger::new(cli.log.clone(), cli.log_format.into(), cli.debug);
+    let context = Context::new(&cli.root, logger, cli.systemd_cgroup);
     if matches!(
         command,
         Command::State(_)
@@ -331,59 +235,4 @@ fn close_inherited_on_exec() {
             }
         }
     }
-}
-
-fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
-}
-
-/// A single-threaded async runtime for a command that talks to an agent.
-pub fn block_on<F: std::future::Future>(future: F) -> CliResult<F::Output> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
-    let output = runtime.block_on(future);
-    runtime.shutdown_background();
-    Ok(output)
-}
-
-/// After a monitor reported it is set up: `prepare` (hooks, say), then the
-/// pid file, then the monitor goes on; if any of it fails the monitor is
-/// told to undo everything.
-pub fn hand_over(
-    launched: monitor::Launched,
-    pid_file: Option<&Path>,
-    prepare: impl FnOnce() -> CliResult,
-) -> CliResult<std::process::Child> {
-    let pid = launched.pid() as i32;
-    let ready = prepare().and_then(|()| match pid_file {
-        Some(path) => write_pid_file(path, pid),
-        None => Ok(()),
-    });
-    match ready {
-        Ok(()) => Ok(launched.go()?),
-        Err(e) => {
-            launched.abort();
-            Err(e)
-        }
-    }
-}
-
-/// A file's content, or stdin's for `-`.
-pub fn read_input(path: &Path) -> CliResult<Vec<u8>> {
-    if path.as_os_str() == "-" {
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut text)?;
-        return Ok(text);
-    }
-    std::fs::read(path).map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))
-}
-
-/// Writes `pid` to `path` the way runc does (no newline; written aside
-/// and renamed, so a reader never sees a partial file).
-pub fn write_pid_file(path: &Path, pid: i32) -> CliResult {
-    let path = absolute(path);
-    crate::state::write_atomically(&path, pid.to_string().as_bytes())?;
-    Ok(())
 }

@@ -1,16 +1,14 @@
-//! list, ps, events: looking at containers without changing them.
+//! list, ps, events: their arguments, and their output in runc's formats
+//! (see [`crate::container::list`]).
 
 use std::time::Duration;
 
 use clap::ValueEnum;
-use runvm_agent_api::{ContainerEvent, ContainerStats, GuestProcess};
+use runvm_agent_api::{ContainerStats, GuestProcess};
 
-use crate::agent_client::{AgentClient, ClientError};
-use crate::container_client::ContainerClient;
-use crate::deadlines;
-use crate::state::{self, Status};
+use crate::container::{self, Context, Event, EventsOptions};
 
-use super::{block_on, CliError, CliResult, Context};
+use super::CliResult;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -75,12 +73,7 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 }
 
 pub fn list(context: &Context, args: ListArgs) -> CliResult<u8> {
-    let root = context.root()?;
-    let records: Vec<state::Record> = root
-        .ids()?
-        .iter()
-        .filter_map(|id| state::peek(&root, id).ok())
-        .collect();
+    let records = container::list(context)?;
     if args.quiet {
         for record in &records {
             println!("{}", record.id);
@@ -143,24 +136,10 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
     }
 }
 
-fn running_agent_socket(context: &Context, id: &str) -> CliResult<std::path::PathBuf> {
-    let root = context.root()?;
-    let record = state::peek(&root, id)?;
-    if record.status() == Status::Stopped {
-        return Err(CliError::new("container not running"));
-    }
-    Ok(crate::sandbox::Home::of(root.dir(), &record).vsock_socket())
-}
-
 /// The container's processes as guest pids (the agent's view: its init
 /// and the processes exec'd into it).
 pub fn ps(context: &Context, args: PsArgs) -> CliResult<u8> {
-    let socket = running_agent_socket(context, &args.id)?;
-    let id = args.id.clone();
-    let processes = block_on(deadlines::within("ps", deadlines::QUERY, async {
-        let agent = AgentClient::connect(&socket).await?;
-        ContainerClient::new(&agent).processes(&id).await
-    }))??;
+    let processes = container::processes(context, &args.id)?;
     match args.format {
         Format::Json => {
             let pids: Vec<i32> = processes.iter().map(|p| p.pid).collect();
@@ -234,48 +213,15 @@ fn stats_event(id: &str, stats: &ContainerStats) -> serde_json::Value {
 /// `events --stats`: one stats event. `events`: stats every interval and
 /// OOM events as they come, until the container stops.
 pub fn events(context: &Context, args: EventsArgs) -> CliResult<u8> {
-    let socket = running_agent_socket(context, &args.id)?;
-    let id = args.id.clone();
-    block_on(async move {
-        let agent =
-            deadlines::within("events", deadlines::QUERY, AgentClient::connect(&socket)).await?;
-        let containers = ContainerClient::new(&agent);
-        let stats = |id| deadlines::within("events", deadlines::QUERY, containers.stats(id));
-        if args.stats {
-            let stats = stats(&id).await?;
-            println!("{}", stats_event(&id, &stats));
-            return Ok::<_, ClientError>(());
-        }
-        let mut ticker = tokio::time::interval(args.interval);
-        let mut after = 0;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {
-                    match stats(&id).await {
-                        Ok(stats) => println!("{}", stats_event(&id, &stats)),
-                        // A guest that stopped answering is an error; a
-                        // closed connection is a container that ended.
-                        Err(e @ ClientError::Deadline { .. }) => return Err(e),
-                        Err(_) => return Ok(()),
-                    }
-                }
-                event = containers.next_event(after) => {
-                    let (seq, event) = match event {
-                        Ok(event) => event,
-                        Err(_) => return Ok(()),
-                    };
-                    after = seq;
-                    match event {
-                        ContainerEvent::Oom { id: of, .. } if of == id => {
-                            println!("{}", serde_json::json!({"type": "oom", "id": id}));
-                        }
-                        ContainerEvent::Exited { id: of, .. } if of == id => return Ok(()),
-                        _ => {}
-                    }
-                }
-            }
-        }
-    })??;
+    let options = EventsOptions {
+        once: args.stats,
+        interval: args.interval,
+    };
+    let id = &args.id;
+    container::events(context, id, options, |event| match event {
+        Event::Stats(stats) => println!("{}", stats_event(id, &stats)),
+        Event::Oom => println!("{}", serde_json::json!({"type": "oom", "id": id})),
+    })?;
     Ok(0)
 }
 

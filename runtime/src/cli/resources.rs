@@ -1,16 +1,13 @@
-//! pause, resume and update: a running container's cgroup in the guest
-//! (and, for update, the CPU limits of its VM's cgroup on the host).
+//! pause, resume and update: their arguments (see
+//! [`crate::container::update`]); update's flags become OCI
+//! linux.resources.
 
 use std::path::PathBuf;
 
-use crate::agent_client::AgentClient;
-use crate::container_client::ContainerClient;
-use crate::deadlines;
-use crate::host_cgroup::limits::CpuLimits;
-use crate::state::Status;
+use crate::container::{self, read_input, Context};
 
 use super::lifecycle::IdArgs;
-use super::{block_on, read_input, CliError, CliResult, Context};
+use super::{CliError, CliResult};
 
 #[derive(clap::Args, Debug)]
 pub struct UpdateArgs {
@@ -118,47 +115,12 @@ fn requested(args: &UpdateArgs) -> CliResult<serde_json::Value> {
     Ok(resources)
 }
 
-/// The container's agent socket, if its status is one of `allowed`.
-fn agent_socket(
-    context: &Context,
-    id: &str,
-    allowed: &[Status],
-    refusal: &str,
-) -> CliResult<(crate::state::Container, PathBuf)> {
-    let container = context.root()?.open_container(id)?;
-    let record = container.load()?;
-    let status = record.status();
-    if !allowed.contains(&status) {
-        return Err(CliError::new(refusal.replace("{status}", status.as_str())));
-    }
-    let socket = container.home(&record).vsock_socket();
-    Ok((container, socket))
-}
-
 pub fn pause(context: &Context, args: IdArgs, freeze: bool) -> CliResult<u8> {
-    let (container, socket) = if freeze {
-        agent_socket(
-            context,
-            &args.id,
-            &[Status::Running],
-            "container not running",
-        )?
+    if freeze {
+        container::pause(context, &args.id)?;
     } else {
-        agent_socket(context, &args.id, &[Status::Paused], "container not paused")?
-    };
-    let id = args.id.clone();
-    let operation = if freeze { "pause" } else { "resume" };
-    block_on(deadlines::within(operation, deadlines::FREEZE, async {
-        let agent = AgentClient::connect(&socket).await?;
-        ContainerClient::new(&agent).freeze(&id, freeze).await
-    }))??;
-    let mut record = container.load()?;
-    record.status = if freeze {
-        Status::Paused
-    } else {
-        Status::Running
-    };
-    container.save(&record)?;
+        container::resume(context, &args.id)?;
+    }
     Ok(0)
 }
 
@@ -166,27 +128,7 @@ pub fn update(context: &Context, args: UpdateArgs) -> CliResult<u8> {
     let resources = requested(&args)?;
     let resources: runvm_agent_api::oci::LinuxResources = serde_json::from_value(resources)
         .map_err(|e| CliError::new(format!("invalid resources: {e}")))?;
-    let (container, socket) = agent_socket(
-        context,
-        &args.id,
-        &[Status::Created, Status::Running, Status::Paused],
-        "cannot update a container that is {status}",
-    )?;
-    // The host's side: the VM as a whole gets the new CPU limits. Its
-    // memory limit stays: the VM's RAM was fixed when it booted.
-    let host_cpu = resources.cpu.as_ref().map(|cpu| CpuLimits {
-        shares: cpu.shares.filter(|s| *s > 0),
-        quota: cpu.quota.filter(|q| *q != 0),
-        period: cpu.period.filter(|p| *p > 0),
-    });
-    let id = args.id.clone();
-    block_on(deadlines::within("update", deadlines::UPDATE, async {
-        let agent = AgentClient::connect(&socket).await?;
-        ContainerClient::new(&agent).update(&id, resources).await
-    }))??;
-    if let (Some(cgroup), Some(cpu)) = (container.load()?.cgroup, host_cpu) {
-        cgroup.set_cpu(&cpu)?;
-    }
+    container::update(context, &args.id, resources)?;
     Ok(0)
 }
 

@@ -19,11 +19,10 @@ use crate::assets::Assets;
 use crate::bundle::Bundle;
 use crate::container_client::{ContainerClient, ContainerProcess};
 use crate::deadlines;
-use crate::network;
 use crate::sandbox::{self, control, Home, Sandbox, VmSize};
 use crate::state::{HostProcess, Record, StateRoot, Status};
 use crate::terminal::RawMode;
-use crate::vm::{MicroVm, VmSpec};
+use crate::vm::VmSpec;
 
 /// Where the init runs: in the VM this process owns, or in a sandbox's.
 enum Place {
@@ -98,25 +97,12 @@ async fn create_owner(
     });
     let vm_spec = VmSpec::with_share(assets, size);
     let home = Home::of(root.dir(), record);
+    let booted = sandbox::boot(root, home, &vm_spec, record.netns.as_deref()).await?;
+    let guest_network = booted.guest_network();
     // Dropped last on failure: after the VM that uses its taps.
-    let attached = record
-        .netns
-        .as_deref()
-        .map(network::Attachment::attach)
-        .transpose()?;
-    let taps = match &attached {
-        Some(attached) => attached.vm_taps()?,
-        None => Vec::new(),
-    };
-    let mut vm = MicroVm::boot_with_taps(&vm_spec, &home.vm_dir(), Some(&home.vmm_log()), taps)?;
-    let agent = vm.connect_agent(deadlines::BOOT).await?;
-    let mut sandbox = Sandbox::new(root.clone(), home, vm, agent);
+    let attached = booted.network;
+    let mut sandbox = booted.sandbox;
     let io = host.io.take().ok_or(MonitorError::NotRunning)?;
-    // A namespace with only `lo` gives the guest no device and nothing to do.
-    let guest_network = attached
-        .as_ref()
-        .map(|a| a.network.for_guest())
-        .filter(|n| !n.interfaces.is_empty());
     let init = deadlines::within("create", deadlines::CREATE, async {
         let prepared = sandbox.prepare(&args.id, &bundle).await?;
         let init = ContainerClient::new(sandbox.agent())

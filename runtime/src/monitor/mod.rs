@@ -122,6 +122,15 @@ pub enum MonitorError {
     Aborted,
 }
 
+impl From<crate::sandbox::BootError> for MonitorError {
+    fn from(e: crate::sandbox::BootError) -> MonitorError {
+        match e {
+            crate::sandbox::BootError::Network(e) => MonitorError::Network(e),
+            crate::sandbox::BootError::Vm(e) => MonitorError::Vm(e),
+        }
+    }
+}
+
 /// Entry point of `runvm monitor` (a hidden subcommand).
 pub fn main(root: &Path, args: MonitorArgs) -> ExitCode {
     ExitCode::from(u8::try_from(run(root, args)).unwrap_or(STATUS_LOST as u8))

@@ -47,6 +47,7 @@
 //!   their monitors exit, and they are stopped; nothing of the share
 //!   outlives the processes that held its mount namespace.
 
+mod boot;
 pub mod control;
 pub mod namespaces;
 mod role;
@@ -57,6 +58,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
+pub use boot::{boot, BootError, Booted};
 pub use role::{annotated_role, classify, from_annotations, Role};
 pub use serve::{Prepared, Sandbox};
 pub use size::VmSize;

@@ -125,6 +125,28 @@ impl HostProcess {
     pub fn is_alive(&self) -> bool {
         HostProcess::of(self.pid).is_some_and(|now| now.start_time == self.start_time)
     }
+
+    /// SIGKILLs those of `processes` that still run and waits up to
+    /// `patience` for them to be gone; whether they are.
+    pub fn kill_all(processes: &[HostProcess], patience: Duration) -> bool {
+        let alive: Vec<HostProcess> = processes
+            .iter()
+            .copied()
+            .filter(HostProcess::is_alive)
+            .collect();
+        for process in &alive {
+            // SAFETY: kill(2) on a process matched with its start time.
+            unsafe { libc::kill(process.pid, libc::SIGKILL) };
+        }
+        let deadline = Instant::now() + patience;
+        while alive.iter().any(HostProcess::is_alive) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
 }
 
 /// A hook from config.json, kept in the state so `delete` can run
