@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod fs;
+pub mod held_queues;
 pub mod mmio;
 pub mod net;
 pub mod vsock;

@@ -24,6 +24,7 @@ use super::backend::{
 use super::device::FsIdentity;
 use super::{VhostUserFs, VIRTIO_ID_FS};
 use crate::devices::virtio::mmio::TransportState;
+use crate::devices::virtio::held_queues::HeldQueues;
 use crate::devices::virtio::{ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
@@ -37,14 +38,14 @@ pub const PENDING_FEATURES: u64 = GUEST_VISIBLE_FEATURES;
 pub struct PendingFs {
     identity: FsIdentity,
     /// The driver's queues once it set DRIVER_OK, kept for the snapshot.
-    queues: Option<Vec<ActiveQueue>>,
+    queues: HeldQueues,
 }
 
 impl PendingFs {
     pub fn new(tag: &str, queue_size: u16) -> PendingFs {
         PendingFs {
             identity: FsIdentity::new(tag, queue_size),
-            queues: None,
+            queues: HeldQueues::default(),
         }
     }
 
@@ -77,29 +78,21 @@ impl VirtioDevice for PendingFs {
         queues: Vec<ActiveQueue>,
         _interrupt: Arc<Interrupt>,
     ) -> Result<(), String> {
-        if self.queues.is_some() {
-            return Err("the virtio-fs device is already active".into());
-        }
         // What a backend would refuse at restore is refused now, while
         // the template's driver can still see it.
         if !queues.iter().any(|active| active.queue.ready()) {
             return Err("the driver made no queue ready".into());
         }
-        self.queues = Some(queues);
-        Ok(())
+        self.queues.hold(queues, "virtio-fs device")
     }
 
     fn reset(&mut self) -> bool {
-        self.queues = None;
+        self.queues.drop_all();
         true
     }
 
     fn pause(&mut self) -> Result<Vec<Queue>, String> {
-        let queues = self
-            .queues
-            .take()
-            .ok_or("the virtio-fs device was not set up")?;
-        Ok(queues.into_iter().map(|active| active.queue).collect())
+        self.queues.take("virtio-fs device")
     }
 }
 

@@ -22,6 +22,7 @@ use virtio_queue::Queue;
 
 use super::device::NetOptions;
 use super::{CONFIG_SIZE, VIRTIO_ID_NET};
+use crate::devices::virtio::held_queues::HeldQueues;
 use crate::devices::virtio::{ActiveQueue, Interrupt, VirtioDevice};
 use crate::memory::GuestMemory;
 
@@ -32,7 +33,7 @@ pub struct PendingNet {
     config: [u8; CONFIG_SIZE],
     features: u64,
     /// The driver's queues once it set DRIVER_OK, kept for the snapshot.
-    queues: Option<Vec<ActiveQueue>>,
+    queues: HeldQueues,
 }
 
 impl PendingNet {
@@ -40,7 +41,7 @@ impl PendingNet {
         PendingNet {
             config: options.config_space(),
             features: options.features(),
-            queues: None,
+            queues: HeldQueues::default(),
         }
     }
 }
@@ -69,27 +70,19 @@ impl VirtioDevice for PendingNet {
         queues: Vec<ActiveQueue>,
         _interrupt: Arc<Interrupt>,
     ) -> Result<(), String> {
-        if self.queues.is_some() {
-            return Err("the net device is already active".into());
-        }
         if queues.len() != QUEUE_SIZES.len() {
             return Err("the net device needs its RX and TX queues".into());
         }
-        self.queues = Some(queues);
-        Ok(())
+        self.queues.hold(queues, "net device")
     }
 
     fn reset(&mut self) -> bool {
-        self.queues = None;
+        self.queues.drop_all();
         true
     }
 
     fn pause(&mut self) -> Result<Vec<Queue>, String> {
-        let queues = self
-            .queues
-            .take()
-            .ok_or("the net device was not set up by the guest's driver")?;
-        Ok(queues.into_iter().map(|active| active.queue).collect())
+        self.queues.take("net device")
     }
 }
 
