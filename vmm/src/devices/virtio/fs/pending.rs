@@ -23,8 +23,8 @@ use super::backend::{
 };
 use super::device::FsIdentity;
 use super::{VhostUserFs, VIRTIO_ID_FS};
-use crate::devices::virtio::mmio::TransportState;
 use crate::devices::virtio::held_queues::HeldQueues;
+use crate::devices::virtio::mmio::TransportState;
 use crate::devices::virtio::{ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
