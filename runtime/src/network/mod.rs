@@ -59,9 +59,14 @@ impl Interface {
     /// The VMM's `--net` value for this interface, its tap open as `fd`
     /// in the VMM (see [`open_tap`]): the guest gets the same MAC and MTU.
     pub fn vmm_net_option(&self, fd: i32) -> String {
-        let mac: Vec<String> = self.mac.iter().map(|b| format!("{b:02x}")).collect();
-        format!("fd={fd},mac={},mtu={}", mac.join(":"), self.mtu)
+        format!("fd={fd},mac={},mtu={}", mac_text(&self.mac), self.mtu)
     }
+}
+
+/// `aa:bb:cc:dd:ee:ff`, as the VMM's `--net` takes a MAC.
+pub fn mac_text(mac: &[u8; 6]) -> String {
+    let bytes: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    bytes.join(":")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -92,10 +92,8 @@ impl MicroVm {
         if let Launch::SaveTo(dir) = launch {
             command.arg("--snapshot-to").arg(dir);
             for index in 0..self.taps.len() {
-                let mac = crate::template::placeholder_mac(index).map(|b| format!("{b:02x}"));
-                command
-                    .arg("--net")
-                    .arg(format!("pending,mac={}", mac.join(":")));
+                let mac = crate::network::mac_text(&crate::template::placeholder_mac(index));
+                command.arg("--net").arg(format!("pending,mac={mac}"));
             }
         }
         for tap in taps {
