@@ -268,19 +268,36 @@ impl MicroVm {
         Ok(agent)
     }
 
-    /// Whether the restored VMM's vsock socket is there for the host:
-    /// jailed, once it is linked out of the jail.
+    /// Whether the restored VMM's vsock socket is there for the host
+    /// (jailed, once it is linked out of the jail) and listening: the
+    /// file appears at bind(2), a moment before listen(2), and a connect
+    /// in between is refused.
     fn restored_socket_ready(&self) -> Result<bool, VmError> {
         if !self.jailed {
-            return Ok(self.vsock_socket().exists());
+            if !self.vsock_socket().exists() {
+                return Ok(false);
+            }
+        } else {
+            match jail_link::link_socket(&self.vmm_vsock_socket(), &self.vsock_socket()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(source) => {
+                    return Err(VmError::VsockLink {
+                        path: self.vmm_vsock_socket(),
+                        source,
+                    })
+                }
+            }
         }
-        match jail_link::link_socket(&self.vmm_vsock_socket(), &self.vsock_socket()) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(VmError::VsockLink {
-                path: self.vmm_vsock_socket(),
-                source,
-            }),
+        // A probe the VMM drops unanswered: it never sends a CONNECT line.
+        match crate::unix_socket::connect(&self.vsock_socket()) {
+            Ok(_probe) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(false),
+            Err(e) => Err(VmError::from(crate::agent_client::ClientError::Connect {
+                path: self.vsock_socket(),
+                port: runvm_agent_api::CONTROL_PORT,
+                reason: e.to_string(),
+            })),
         }
     }
 
