@@ -17,8 +17,15 @@
 //!   the VMM, virtiofsd, the rootfs mount, the pod's state and its taps
 //!   and TC filters.
 //!
+//! While a task runs, its VMM and virtiofsd (every process of theirs) are
+//! in the host cgroup its cgroupsPath names (ctr's `/<namespace>/<id>`),
+//! and the shim is not; once the task is gone, by delete or by the
+//! clean-up after a killed shim, no cgroup of the namespace is left.
+//!
 //! Each test is one microVM; they run one at a time.
 
+#[path = "common/cgroup_view.rs"]
+mod cgroup_view;
 mod common;
 #[path = "common/containerd_config.rs"]
 mod containerd_config;
@@ -35,6 +42,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
+use cgroup_view::CgroupView;
 use containerd_daemon::Daemon;
 use harness::{
     assert_no_mounts_below, assert_no_process_references, run, wait_for, Output, Scratch,
@@ -168,6 +176,47 @@ impl Containerd {
         Path::new(SHIM_STATE).join(&self.namespace)
     }
 
+    /// ctr's cgroupsPath for container `id`: `/<namespace>/<id>`.
+    fn cgroup_path(&self, id: &str) -> String {
+        format!("/{}/{id}", self.namespace)
+    }
+
+    /// The VMM and virtiofsd of the test's only pod (with their children:
+    /// the jailed VMM, virtiofsd's sandbox) are in the host cgroup of
+    /// container `id` in every hierarchy; the shim is not.
+    #[track_caller]
+    fn assert_vm_in_cgroup(&self, id: &str) {
+        let wanted = self.cgroup_path(id);
+        let view = CgroupView::of(&wanted);
+        let processes = harness::processes_referencing(std::slice::from_ref(&self.namespace));
+        let (shims, vm): (Vec<_>, Vec<_>) = processes
+            .into_iter()
+            .partition(|(_, cmdline)| cmdline.contains(SHIM));
+        for program in ["runvm-vmm", "virtiofsd"] {
+            assert!(
+                vm.iter().any(|(_, cmdline)| cmdline.contains(program)),
+                "no {program} among {vm:?}"
+            );
+        }
+        for (pid, cmdline) in &vm {
+            let placed = placed_cgroups(*pid);
+            assert!(!placed.is_empty(), "{cmdline}: no cgroup read");
+            for (hierarchy, path) in placed {
+                assert_eq!(path, wanted, "{cmdline} (pid {pid}) in {hierarchy}");
+            }
+            view.assert_holds(*pid, cmdline);
+        }
+        for (pid, _) in &shims {
+            let memory = placed_cgroups(*pid)
+                .into_iter()
+                .find(|(hierarchy, _)| hierarchy == "memory" || hierarchy.is_empty());
+            assert!(
+                memory.is_some_and(|(_, path)| path != wanted),
+                "the shim (pid {pid}) stays out of the pod's cgroup"
+            );
+        }
+    }
+
     /// No container, task, shim, VMM, virtiofsd, mount or shim state left.
     #[track_caller]
     fn assert_nothing_left(&self) {
@@ -190,6 +239,14 @@ impl Containerd {
         assert!(left.is_empty(), "the shim's state is left: {left:?}");
         assert_no_mounts_below(self.scratch.path());
         assert_no_mounts_below(&state);
+        wait_for("no cgroup of the namespace is left", || {
+            let left: Vec<PathBuf> = harness::cgroup_roots()
+                .into_iter()
+                .map(|root| root.join(&self.namespace))
+                .filter(|dir| dir.exists())
+                .collect();
+            left.is_empty().then_some(()).ok_or(format!("{left:?}"))
+        });
     }
 
     #[track_caller]
@@ -208,7 +265,33 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.daemon.remove_all_and_stop();
         harness::clean_up(&self.shim_state(), std::slice::from_ref(&self.namespace));
+        harness::remove_cgroup(&self.namespace);
     }
+}
+
+/// The cgroups runvm places a process in, from /proc/PID/cgroup: each
+/// v1 hierarchy of a controller (and systemd's), by its controllers, and
+/// cgroup2 (named ""), when mounted below /sys/fs/cgroup; with the path.
+fn placed_cgroups(pid: u32) -> Vec<(String, String)> {
+    let unified = [
+        "/sys/fs/cgroup/cgroup.controllers",
+        "/sys/fs/cgroup/unified/cgroup.procs",
+    ]
+    .iter()
+    .any(|file| Path::new(file).exists());
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let placed = if controllers.is_empty() {
+                id == "0" && unified
+            } else {
+                controllers == "name=systemd" || !controllers.starts_with("name=")
+            };
+            placed.then(|| (controllers.to_owned(), path.to_owned()))
+        })
+        .collect()
 }
 
 /// `ctr run --rm` with the runvm shim: the container's stdout, stderr and
@@ -303,6 +386,7 @@ fn detached_task_exec_kill_and_delete_leave_nothing() {
         matches!(tasks.as_slice(), [(id, pid, status)] if id == "s2" && *pid > 0 && status == "RUNNING"),
         "{tasks:?}"
     );
+    containerd.assert_vm_in_cgroup("s2");
     let fifos = containerd.scratch.join("fifo").display().to_string();
     let exec = containerd
         .ctr(&[
@@ -389,6 +473,7 @@ fn a_killed_shim_is_cleaned_up_by_shim_delete() {
     assert_eq!(shims.len(), 1, "one shim for the task: {shims:?}");
     let pod_dir = containerd.shim_state().join("s3");
     assert!(pod_dir.is_dir(), "the pod's state {}", pod_dir.display());
+    containerd.assert_vm_in_cgroup("s3");
     // SAFETY: kill(2) on the shim this test's containerd started.
     unsafe { libc::kill(shims[0].0 as libc::pid_t, libc::SIGKILL) };
     containerd.daemon.wait_until_stopped("s3", true);
