@@ -42,7 +42,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
-use cgroup_view::CgroupView;
 use containerd_daemon::Daemon;
 use harness::{
     assert_no_mounts_below, assert_no_process_references, run, wait_for, Output, Scratch,
@@ -186,35 +185,8 @@ impl Containerd {
     /// container `id` in every hierarchy; the shim is not.
     #[track_caller]
     fn assert_vm_in_cgroup(&self, id: &str) {
-        let wanted = self.cgroup_path(id);
-        let view = CgroupView::of(&wanted);
         let processes = harness::processes_referencing(std::slice::from_ref(&self.namespace));
-        let (shims, vm): (Vec<_>, Vec<_>) = processes
-            .into_iter()
-            .partition(|(_, cmdline)| cmdline.contains(SHIM));
-        for program in ["runvm-vmm", "virtiofsd"] {
-            assert!(
-                vm.iter().any(|(_, cmdline)| cmdline.contains(program)),
-                "no {program} among {vm:?}"
-            );
-        }
-        for (pid, cmdline) in &vm {
-            let placed = placed_cgroups(*pid);
-            assert!(!placed.is_empty(), "{cmdline}: no cgroup read");
-            for (hierarchy, path) in placed {
-                assert_eq!(path, wanted, "{cmdline} (pid {pid}) in {hierarchy}");
-            }
-            view.assert_holds(*pid, cmdline);
-        }
-        for (pid, _) in &shims {
-            let memory = placed_cgroups(*pid)
-                .into_iter()
-                .find(|(hierarchy, _)| hierarchy == "memory" || hierarchy.is_empty());
-            assert!(
-                memory.is_some_and(|(_, path)| path != wanted),
-                "the shim (pid {pid}) stays out of the pod's cgroup"
-            );
-        }
+        cgroup_view::assert_vm_in(&self.cgroup_path(id), &processes);
     }
 
     /// No container, task, shim, VMM, virtiofsd, mount or shim state left.
@@ -267,31 +239,6 @@ impl Drop for Containerd {
         harness::clean_up(&self.shim_state(), std::slice::from_ref(&self.namespace));
         harness::remove_cgroup(&self.namespace);
     }
-}
-
-/// The cgroups runvm places a process in, from /proc/PID/cgroup: each
-/// v1 hierarchy of a controller (and systemd's), by its controllers, and
-/// cgroup2 (named ""), when mounted below /sys/fs/cgroup; with the path.
-fn placed_cgroups(pid: u32) -> Vec<(String, String)> {
-    let unified = [
-        "/sys/fs/cgroup/cgroup.controllers",
-        "/sys/fs/cgroup/unified/cgroup.procs",
-    ]
-    .iter()
-    .any(|file| Path::new(file).exists());
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.splitn(3, ':');
-            let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-            let placed = if controllers.is_empty() {
-                id == "0" && unified
-            } else {
-                controllers == "name=systemd" || !controllers.starts_with("name=")
-            };
-            placed.then(|| (controllers.to_owned(), path.to_owned()))
-        })
-        .collect()
 }
 
 /// `ctr run --rm` with the runvm shim: the container's stdout, stderr and
