@@ -17,17 +17,29 @@
 //! before the VM boots, its taps handed to the VMM, and detached when the
 //! pod ends; owner.json names it from before the attach, so [`clean_up`]
 //! detaches it after a killed owner too.
+//!
+//! The pod's host cgroup is the runc path's too (see [`crate::host_cgroup`]):
+//! the one the config.json of the container that boots the pod names
+//! (its `linux.cgroupsPath`, in systemd's form when it looks like it,
+//! [`host_cgroup::path::is_systemd_form`]), made before the VM boots with
+//! that container's memory limit, the CPU limits set once the VM is up.
+//! The owner stays outside; the VMM and virtiofsd are spawned into it
+//! (see [`host_cgroup::entry`]). It is removed when the pod ends, and
+//! owner.json names it, so [`clean_up`] removes it after a killed owner.
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
 use crate::agent_client::{AgentClient, ClientError};
 use crate::assets::{AssetError, Assets};
 use crate::bundle::Bundle;
+use crate::host_cgroup::limits::CpuLimits;
+use crate::host_cgroup::{self, CgroupError, HostCgroup, Limits};
 use crate::network::{self, Attachment, NetworkError, NetworkNamespace};
 use crate::sandbox::namespaces::{shared_namespaces_by, PidOwner};
 use crate::sandbox::{BootError, Booted, Home, Role, Sandbox, SandboxError, VmSize};
@@ -60,6 +72,8 @@ pub enum PodError {
     Network(#[from] NetworkError),
     #[error("container {id}: {}", network::HOST_NETWORK_REFUSED)]
     HostNetwork { id: String },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
 }
 
 impl From<BootError> for PodError {
@@ -79,6 +93,9 @@ struct Owner {
     /// The network namespace attached for the VM.
     #[serde(default)]
     netns: Option<PathBuf>,
+    /// The pod's host cgroup.
+    #[serde(default)]
+    cgroup: Option<HostCgroup>,
 }
 
 /// A running pod VM and the containers bound into it.
@@ -91,6 +108,58 @@ pub struct Pod {
     guest_network: Option<GuestNetwork>,
     /// Dropped after the VM (field order): the taps outlive their VMM.
     _network: Option<Attachment>,
+    /// Removed after the VM is gone (field order, or [`Pod::shut_down`]).
+    cgroup: CgroupGuard,
+    /// The container whose config.json named the cgroup.
+    cgroup_owner: String,
+}
+
+/// Where the pod's host processes go: the host cgroup that the config.json
+/// (`spec`) of the pod's first container (`container`) names.
+pub struct HostCgroupOf<'a> {
+    pub container: &'a str,
+    pub spec: &'a Spec,
+}
+
+impl HostCgroupOf<'_> {
+    /// The cgroup, made with the memory limit of a VM of `size`; the CPU
+    /// limits to set once it has booted.
+    fn make(&self, size: VmSize) -> Result<(HostCgroup, Limits), CgroupError> {
+        let systemd = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|linux| linux.cgroups_path().as_deref())
+            .is_some_and(|path| host_cgroup::path::is_systemd_form(&path.to_string_lossy()));
+        let limits = Limits::for_vm(self.spec, size.memory_mib);
+        let cgroup = HostCgroup::for_container(self.spec, self.container, systemd, limits.memory)?;
+        Ok((cgroup, limits))
+    }
+}
+
+/// The pod's host cgroup, removed when dropped: a pod dropped without
+/// [`Pod::shut_down`] (its VM stopped by its own drop) leaves none.
+struct CgroupGuard(Option<HostCgroup>);
+
+impl CgroupGuard {
+    /// Removes it now (waiting for what is left in it to leave, see
+    /// [`HostCgroup::remove`]).
+    async fn remove(mut self) -> Result<(), CgroupError> {
+        let Some(cgroup) = self.0.take() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || cgroup.remove())
+            .await
+            .unwrap_or(Ok(()))
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.0.take() {
+            let _ = cgroup.remove();
+        }
+    }
 }
 
 /// The network namespace container `id` of `bundle` asks for, as the runc
@@ -117,7 +186,8 @@ impl Pod {
     /// Boots pod `id`'s VM of `size` with its share, its directory
     /// `<root>/<id>` (which must not exist yet), and waits for the agent;
     /// the interfaces of the network namespace at `netns` (see
-    /// [`network_of`]) become the VM's. The VMM and virtiofsd die with the
+    /// [`network_of`]) become the VM's; its host processes go into the
+    /// host cgroup `cgroup` names. The VMM and virtiofsd die with the
     /// calling thread (see [`crate::vm::MicroVm`]): call it from a thread
     /// that lives as long as the pod.
     pub async fn boot(
@@ -125,6 +195,7 @@ impl Pod {
         id: &str,
         size: VmSize,
         netns: Option<&Path>,
+        cgroup: Option<HostCgroupOf<'_>>,
     ) -> Result<Pod, PodError> {
         let home = home(root.dir(), id)?;
         let spec = VmSpec::with_share(Assets::locate()?, size);
@@ -135,22 +206,36 @@ impl Pod {
                 path: home.dir().to_owned(),
                 source,
             })?;
+        let made = match cgroup.as_ref().map(|of| of.make(size)).transpose() {
+            Ok(made) => made,
+            Err(e) => {
+                let _ = fs::remove_dir_all(home.dir());
+                return Err(e.into());
+            }
+        };
+        let cgroup_owner = cgroup.as_ref().map_or("", |of| of.container).to_owned();
+        let (cgroup, limits) = made.unzip();
+        let cgroup = CgroupGuard(cgroup);
         let mut owner = Owner {
             owner: HostProcess::current(),
             helpers: Vec::new(),
             netns: netns.map(Path::to_owned),
+            cgroup: cgroup.0.clone(),
         };
+        let entry = cgroup.0.as_ref().map(HostCgroup::entry);
         let booted = async {
-            // Named before it is attached: a killed owner's clean-up finds it.
+            // Named before they are made or attached: a killed owner's
+            // clean-up finds them.
             write_owner(&home, &owner)?;
-            Ok::<_, PodError>(crate::sandbox::boot(root, home.clone(), &spec, netns).await?)
+            Ok::<_, PodError>(crate::sandbox::boot(root, home.clone(), &spec, netns, entry).await?)
         }
         .await;
         let booted = match booted {
             Ok(booted) => booted,
             Err(e) => {
                 // The VM and the attachment went with their values; the
-                // VM's log and the directory go too.
+                // cgroup, the VM's log and the directory go too.
+                let _ = cgroup.remove().await;
                 let _ = fs::remove_dir_all(home.dir());
                 return Err(e);
             }
@@ -167,8 +252,18 @@ impl Pod {
             sandbox,
             guest_network,
             _network: attachment,
+            cgroup,
+            cgroup_owner,
         };
-        write_owner(&pod.home, &owner)?;
+        // Once the VM is up: a CPU quota need not slow its boot down.
+        let limited = match (&pod.cgroup.0, limits) {
+            (Some(cgroup), Some(limits)) => cgroup.set_cpu(&limits.cpu),
+            _ => Ok(()),
+        };
+        if let Err(e) = write_owner(&pod.home, &owner).and(limited.map_err(PodError::from)) {
+            let _ = pod.shut_down().await;
+            return Err(e);
+        }
         Ok(pod)
     }
 
@@ -228,26 +323,43 @@ impl Pod {
             .await?)
     }
 
+    /// After an update of container `id`'s resources in the guest: if its
+    /// config.json named the pod's host cgroup, the VM as a whole gets the
+    /// new CPU limits there, as on the runc path (the memory stays: the
+    /// VM's RAM was fixed when it booted).
+    pub fn update_host_cpu(
+        &self,
+        id: &str,
+        resources: &runvm_agent_api::oci::LinuxResources,
+    ) -> Result<(), PodError> {
+        let cpu = CpuLimits::of_update(resources);
+        match (&self.cgroup.0, cpu) {
+            (Some(cgroup), Some(cpu)) if id == self.cgroup_owner => Ok(cgroup.set_cpu(&cpu)?),
+            _ => Ok(()),
+        }
+    }
+
     /// Container `id` leaves the VM: deleted in the guest, unbound.
     pub async fn remove(&self, id: &str) -> Result<(), PodError> {
         Ok(self.sandbox.release(id).await?)
     }
 
     /// Stops the VM, detaches the pod's network and removes the pod's
-    /// directory.
+    /// host cgroup and directory.
     pub async fn shut_down(self) -> Result<(), PodError> {
         let Pod {
             home,
             sandbox,
             _network: attachment,
+            cgroup,
             ..
         } = self;
         sandbox.shut_down().await;
-        if let Some(attachment) = attachment {
-            attachment.detach()?;
-        }
+        let detached = attachment.map_or(Ok(()), Attachment::detach);
+        let removed = cgroup.remove().await;
         remove_home(&home);
-        Ok(())
+        detached?;
+        Ok(removed?)
     }
 }
 
@@ -283,6 +395,12 @@ pub fn clean_up(root: &Path, id: &str) -> Result<bool, PodError> {
     }
     if let Some(netns) = &owner.netns {
         network::detach(netns)?;
+    }
+    // What is left in it (the VMM's jailed child, virtiofsd's sandboxed
+    // one, or all of them when the owner died before it named them) is
+    // the pod's and goes with it.
+    if let Some(cgroup) = &owner.cgroup {
+        cgroup.remove()?;
     }
     let mounted = share::mounts_below(home.dir());
     if !mounted.is_empty() {
@@ -350,6 +468,19 @@ mod tests {
         ));
     }
 
+    /// An owner that is no longer there, with `cgroup`.
+    fn dead_owner(cgroup: Option<HostCgroup>) -> Owner {
+        Owner {
+            owner: Some(HostProcess {
+                pid: i32::MAX,
+                start_time: 1,
+            }),
+            helpers: Vec::new(),
+            netns: None,
+            cgroup,
+        }
+    }
+
     #[test]
     fn a_dead_owners_directory_is_removed_and_a_live_ones_kept() {
         let root = std::env::temp_dir().join(format!("runvm-pod-owner-{}", std::process::id()));
@@ -359,6 +490,7 @@ mod tests {
             owner: HostProcess::current(),
             helpers: Vec::new(),
             netns: None,
+            cgroup: None,
         };
         fs::write(
             dir.join(OWNER_FILE),
@@ -367,20 +499,67 @@ mod tests {
         .expect("write");
         assert!(!clean_up(&root, "pod1").expect("left alone"));
         assert!(dir.exists());
-        let dead = Owner {
-            owner: Some(HostProcess {
-                pid: i32::MAX,
-                start_time: 1,
-            }),
-            helpers: Vec::new(),
-            netns: None,
-        };
+        let dead = dead_owner(None);
         fs::write(
             dir.join(OWNER_FILE),
             serde_json::to_vec(&dead).expect("json"),
         )
         .expect("write");
         assert!(clean_up(&root, "pod1").expect("cleaned up"));
+        assert!(!dir.exists());
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_dead_owners_cgroup_goes_with_what_is_left_in_it() {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: geteuid(2) has no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to make cgroups");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("runvm-pod-cgroup-{}", std::process::id()));
+        let dir = root.join("pod2");
+        fs::create_dir_all(&dir).expect("dir");
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"cgroupsPath": format!("runvm-unit-pod-{}/pod2", std::process::id())}
+        }))
+        .expect("spec");
+        let of = HostCgroupOf {
+            container: "pod2",
+            spec: &spec,
+        };
+        let (cgroup, _) = of
+            .make(VmSize {
+                memory_mib: 128,
+                vcpus: 1,
+            })
+            .expect("made");
+        // A helper the dead owner never named, as after a kill mid-boot.
+        let entry = cgroup.entry();
+        let mut command = std::process::Command::new("sleep");
+        command.arg("60");
+        // SAFETY: join_self only opens, writes and closes.
+        unsafe { command.pre_exec(move || entry.join_self()) };
+        let mut left = command.spawn().expect("sleep");
+        let dead = dead_owner(Some(cgroup.clone()));
+        fs::write(
+            dir.join(OWNER_FILE),
+            serde_json::to_vec(&dead).expect("json"),
+        )
+        .expect("write");
+        assert!(clean_up(&root, "pod2").expect("cleaned up"));
+        let status = left.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "killed with its cgroup: {status}"
+        );
+        for made in &cgroup.dirs {
+            let parent = made.path.parent().expect("a parent");
+            assert!(!parent.exists(), "{} is left", parent.display());
+        }
         assert!(!dir.exists());
         let _ = fs::remove_dir_all(&root);
     }

@@ -49,6 +49,7 @@ pub use image::ImageKind;
 use stderr_tee::StderrTee;
 
 use crate::agent_client::{AgentClient, ClientError};
+use crate::host_cgroup::Entry;
 use crate::share::{self, Share, ShareError};
 use crate::template::{self, Maker, Plan, TemplateInputs};
 use launch::Launch;
@@ -243,6 +244,9 @@ pub struct MicroVm {
     /// template gets them when restored, a failed restore when booted
     /// cold.
     taps: Vec<VmTap>,
+    /// The host cgroup the VMM and virtiofsd are spawned into, when
+    /// the caller is not in it itself (see [`crate::host_cgroup::entry`]).
+    cgroup: Option<Entry>,
 }
 
 /// A VM's relation to its template until its agent answers.
@@ -268,17 +272,19 @@ impl MicroVm {
         dir: &Path,
         vmm_log: Option<&Path>,
     ) -> Result<MicroVm, VmError> {
-        MicroVm::boot_with_taps(spec, dir, vmm_log, Vec::new())
+        MicroVm::boot_with_taps(spec, dir, vmm_log, Vec::new(), None)
     }
 
     /// [`Self::boot_logged`] with a virtio-net device per tap: the VMM
     /// inherits those descriptors and no others (everything else runvm
-    /// holds is close-on-exec).
+    /// holds is close-on-exec). With `cgroup`, the VMM and virtiofsd
+    /// (every one started for the VM) are spawned into that host cgroup.
     pub fn boot_with_taps(
         spec: &VmSpec,
         dir: &Path,
         vmm_log: Option<&Path>,
         taps: Vec<VmTap>,
+        cgroup: Option<Entry>,
     ) -> Result<MicroVm, VmError> {
         // A bad image is refused before anything is started for the VM.
         ImageKind::of(&spec.image)?;
@@ -310,6 +316,7 @@ impl MicroVm {
             vmm_log: vmm_log.map(Path::to_owned),
             template: FromTemplate::No,
             taps,
+            cgroup,
         };
         if vm.jailed {
             fs::DirBuilder::new()
@@ -336,6 +343,7 @@ impl MicroVm {
                 &self.share_dir(),
                 &self.virtiofs_socket(),
                 &self.virtiofsd_log(),
+                self.cgroup.as_ref(),
             )?);
         }
         Ok(())

@@ -24,8 +24,13 @@
 //! in the container's guest cgroup), an ExecSync past its timeout, a
 //! container that ignores SIGTERM stopped by SIGKILL after its grace
 //! period, and one killed by the guest's OOM killer reported with reason
-//! `OOMKilled`: more containers of the one VM.
+//! `OOMKilled`: more containers of the one VM. Its VMM and virtiofsd
+//! run in the sandbox's host cgroup (and the shim does not), the app
+//! containers have none, and the pod's goes with the pod (checked for
+//! both handlers).
 
+#[path = "common/cgroup_view.rs"]
+mod cgroup_view;
 mod common;
 #[path = "common/containerd_config.rs"]
 mod containerd_config;
@@ -272,6 +277,27 @@ fn assert_shim_task_service(
     pod_config: &cri::PodSandboxConfig,
     [app1, app2]: [&String; 2],
 ) {
+    // The pod's host cgroup is its sandbox's cgroupsPath (<cgroup parent>/
+    // <pod id>): the VMM and virtiofsd run there, the shim does not. The
+    // app containers get none: their processes are all in the guest.
+    let processes: Vec<(u32, String)> = harness::processes_referencing(&env.needles())
+        .into_iter()
+        .filter(|(_, line)| {
+            ["runvm-vmm", "virtiofsd", "containerd-shim"]
+                .iter()
+                .any(|program| line.contains(program))
+        })
+        .collect();
+    cgroup_view::assert_vm_in(&format!("{}/{pod}", env.cgroup_parent), &processes);
+    for app in [app1, app2] {
+        let view = cgroup_view::CgroupView::of(&format!("{}/{app}", env.cgroup_parent));
+        assert!(
+            !view.exists(),
+            "a host cgroup for {app}: {}",
+            view.dir.display()
+        );
+    }
+
     // Stats: the figures of app1's guest cgroup.
     let stats = env
         .client

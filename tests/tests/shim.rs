@@ -17,8 +17,15 @@
 //!   the VMM, virtiofsd, the rootfs mount, the pod's state and its taps
 //!   and TC filters.
 //!
+//! While a task runs, its VMM and virtiofsd (every process of theirs) are
+//! in the host cgroup its cgroupsPath names (ctr's `/<namespace>/<id>`),
+//! and the shim is not; once the task is gone, by delete or by the
+//! clean-up after a killed shim, no cgroup of the namespace is left.
+//!
 //! Each test is one microVM; they run one at a time.
 
+#[path = "common/cgroup_view.rs"]
+mod cgroup_view;
 mod common;
 #[path = "common/containerd_config.rs"]
 mod containerd_config;
@@ -168,6 +175,20 @@ impl Containerd {
         Path::new(SHIM_STATE).join(&self.namespace)
     }
 
+    /// ctr's cgroupsPath for container `id`: `/<namespace>/<id>`.
+    fn cgroup_path(&self, id: &str) -> String {
+        format!("/{}/{id}", self.namespace)
+    }
+
+    /// The VMM and virtiofsd of the test's only pod (with their children:
+    /// the jailed VMM, virtiofsd's sandbox) are in the host cgroup of
+    /// container `id` in every hierarchy; the shim is not.
+    #[track_caller]
+    fn assert_vm_in_cgroup(&self, id: &str) {
+        let processes = harness::processes_referencing(std::slice::from_ref(&self.namespace));
+        cgroup_view::assert_vm_in(&self.cgroup_path(id), &processes);
+    }
+
     /// No container, task, shim, VMM, virtiofsd, mount or shim state left.
     #[track_caller]
     fn assert_nothing_left(&self) {
@@ -190,6 +211,14 @@ impl Containerd {
         assert!(left.is_empty(), "the shim's state is left: {left:?}");
         assert_no_mounts_below(self.scratch.path());
         assert_no_mounts_below(&state);
+        wait_for("no cgroup of the namespace is left", || {
+            let left: Vec<PathBuf> = harness::cgroup_roots()
+                .into_iter()
+                .map(|root| root.join(&self.namespace))
+                .filter(|dir| dir.exists())
+                .collect();
+            left.is_empty().then_some(()).ok_or(format!("{left:?}"))
+        });
     }
 
     #[track_caller]
@@ -208,6 +237,7 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.daemon.remove_all_and_stop();
         harness::clean_up(&self.shim_state(), std::slice::from_ref(&self.namespace));
+        harness::remove_cgroup(&self.namespace);
     }
 }
 
@@ -303,6 +333,7 @@ fn detached_task_exec_kill_and_delete_leave_nothing() {
         matches!(tasks.as_slice(), [(id, pid, status)] if id == "s2" && *pid > 0 && status == "RUNNING"),
         "{tasks:?}"
     );
+    containerd.assert_vm_in_cgroup("s2");
     let fifos = containerd.scratch.join("fifo").display().to_string();
     let exec = containerd
         .ctr(&[
@@ -389,6 +420,7 @@ fn a_killed_shim_is_cleaned_up_by_shim_delete() {
     assert_eq!(shims.len(), 1, "one shim for the task: {shims:?}");
     let pod_dir = containerd.shim_state().join("s3");
     assert!(pod_dir.is_dir(), "the pod's state {}", pod_dir.display());
+    containerd.assert_vm_in_cgroup("s3");
     // SAFETY: kill(2) on the shim this test's containerd started.
     unsafe { libc::kill(shims[0].0 as libc::pid_t, libc::SIGKILL) };
     containerd.daemon.wait_until_stopped("s3", true);

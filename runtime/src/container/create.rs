@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use crate::bundle::Bundle;
 use crate::deadlines;
 use crate::hooks::{self, HookPoint};
-use crate::host_cgroup::{self, HostCgroup, Layout, Limits};
+use crate::host_cgroup::{HostCgroup, Limits};
 use crate::monitor::{self, MonitorArgs, Report};
 use crate::network::{self, NetworkNamespace};
 use crate::sandbox;
@@ -125,7 +125,12 @@ fn create_claimed(
         return Err(ContainerError::TerminalWithoutConsoleSocket);
     }
     let limits = Limits::for_vm(&bundle.spec, guest_memory_mib);
-    let cgroup = make_cgroup(context, &options.id, bundle, &limits)?;
+    let cgroup = HostCgroup::for_container(
+        &bundle.spec,
+        &options.id,
+        context.systemd_cgroup,
+        limits.memory,
+    )?;
     record.cgroup = Some(cgroup.clone());
     container.save(&record)?;
     let monitor_args = MonitorArgs {
@@ -170,26 +175,4 @@ fn create_claimed(
         }
         Ok(())
     })
-}
-
-/// The container's host cgroup, made with its memory limit (see
-/// [`crate::host_cgroup`]); undone if the limit cannot be set.
-fn make_cgroup(
-    context: &Context,
-    id: &str,
-    bundle: &Bundle,
-    limits: &Limits,
-) -> Result<HostCgroup> {
-    let cgroups_path = bundle
-        .spec
-        .linux()
-        .as_ref()
-        .and_then(|linux| linux.cgroups_path().as_deref());
-    let inner = host_cgroup::path::resolve(cgroups_path, id, context.systemd_cgroup)?;
-    let cgroup = HostCgroup::create(&Layout::current()?, &inner)?;
-    if let Err(e) = cgroup.set_memory(limits.memory) {
-        let _ = cgroup.remove();
-        return Err(e.into());
-    }
-    Ok(cgroup)
 }

@@ -75,11 +75,7 @@ pub fn update(context: &Context, id: &str, resources: LinuxResources) -> Result 
     )?;
     // The host's side: the VM as a whole gets the new CPU limits. Its
     // memory limit stays: the VM's RAM was fixed when it booted.
-    let host_cpu = resources.cpu.as_ref().map(|cpu| CpuLimits {
-        shares: cpu.shares.filter(|s| *s > 0),
-        quota: cpu.quota.filter(|q| *q != 0),
-        period: cpu.period.filter(|p| *p > 0),
-    });
+    let host_cpu = CpuLimits::of_update(&resources);
     block_on(deadlines::within("update", deadlines::UPDATE, async {
         let agent = AgentClient::connect(&socket).await?;
         ContainerClient::new(&agent).update(id, resources).await

@@ -1,8 +1,9 @@
 //! The host limits of a container's cgroup: they bound the VM as a whole,
 //! while the guest enforces the container's own limits inside.
 //!
-//! - memory: only when the container has a limit, the guest's RAM (the
-//!   limit plus the guest's own overhead, see `sandbox::size`)
+//! - memory: only when the container (or the pod a sandbox sizes its VM
+//!   for) has a limit, the guest's RAM (the limit plus the guest's own
+//!   overhead, see `sandbox::size`)
 //!   plus what the host processes around it need ([`HOST_OVERHEAD_MIB`]);
 //! - CPU: `linux.resources.cpu` quota, period and shares as they are (on
 //!   cgroup2: `cpu.max`, and `cpu.weight` converted from the shares);
@@ -77,6 +78,16 @@ impl CpuLimits {
         }
     }
 
+    /// The CPU limits an update gives (an `update` of the container that
+    /// owns the VM: the VM as a whole gets them); `None` without any.
+    pub fn of_update(resources: &runvm_agent_api::oci::LinuxResources) -> Option<CpuLimits> {
+        resources.cpu.as_ref().map(|cpu| CpuLimits {
+            shares: cpu.shares.filter(|s| *s > 0),
+            quota: cpu.quota.filter(|q| *q != 0),
+            period: cpu.period.filter(|p| *p > 0),
+        })
+    }
+
     fn is_empty(&self) -> bool {
         *self == CpuLimits::default()
     }
@@ -84,8 +95,16 @@ impl CpuLimits {
 
 impl Limits {
     /// The limits for a container whose VM gets `guest_memory_mib` of RAM.
+    /// The memory is limited when the container is, or, for a pod's
+    /// sandbox, when the pod is (the CRI sizing annotations of its
+    /// config.json: see [`crate::sandbox::size`]).
     pub fn for_vm(spec: &Spec, guest_memory_mib: u32) -> Limits {
-        let limited = crate::bundle::memory_limit(spec).is_some_and(|limit| limit > 0);
+        let own = crate::bundle::memory_limit(spec).is_some_and(|limit| limit > 0);
+        let pod = crate::sandbox::size::pod_limits(spec)
+            .and_then(|limits| limits.memory)
+            .and_then(|memory| memory.limit)
+            .is_some_and(|limit| limit > 0);
+        let limited = own || pod;
         Limits {
             memory: limited.then(|| {
                 let guest = u64::from(guest_memory_mib);
@@ -231,6 +250,27 @@ mod tests {
             Limits::for_vm(&spec(serde_json::json!({})), 128),
             Limits::default()
         );
+    }
+
+    #[test]
+    fn a_sized_pods_sandbox_is_limited_too() {
+        // containerd's sandbox: no limit of its own, the pod's in the
+        // sizing annotations (the VM was sized for it).
+        let sandbox: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.kubernetes.cri.sandbox-memory": "134217728"},
+            "linux": {"resources": {"cpu": {"shares": 2}}}
+        }))
+        .expect("spec");
+        let limits = Limits::for_vm(&sandbox, 256);
+        assert_eq!(limits.memory, Some((256 + 64 + 8) << 20));
+        assert_eq!(limits.cpu.shares, Some(2));
+        let unsized_pod: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.kubernetes.cri.sandbox-memory": "0"}
+        }))
+        .expect("spec");
+        assert_eq!(Limits::for_vm(&unsized_pod, 256).memory, None);
     }
 
     #[test]

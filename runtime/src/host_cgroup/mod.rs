@@ -17,6 +17,7 @@
 //! The guest goes on enforcing the container's own limits inside; these
 //! host limits bound the VM as a whole.
 
+pub mod entry;
 pub mod layout;
 pub mod limits;
 pub mod path;
@@ -25,8 +26,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
+pub use entry::Entry;
 pub use layout::Layout;
 pub use limits::Limits;
 
@@ -105,6 +108,29 @@ pub struct HostCgroup {
 }
 
 impl HostCgroup {
+    /// The cgroup container `id`'s config.json names (`linux.cgroupsPath`,
+    /// see [`path::resolve`]; `systemd`: in systemd's form), made on this
+    /// host with the memory limit `memory` (bytes). On error nothing made
+    /// is left.
+    pub fn for_container(
+        spec: &Spec,
+        id: &str,
+        systemd: bool,
+        memory: Option<u64>,
+    ) -> Result<HostCgroup, CgroupError> {
+        let cgroups_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|linux| linux.cgroups_path().as_deref());
+        let inner = path::resolve(cgroups_path, id, systemd)?;
+        let cgroup = HostCgroup::create(&Layout::current()?, &inner)?;
+        if let Err(e) = cgroup.set_memory(memory) {
+            let _ = cgroup.remove();
+            return Err(e);
+        }
+        Ok(cgroup)
+    }
+
     /// Makes the directories of `inner` in every hierarchy of `layout`
     /// (those that exist are joined, as runc does). On error nothing made
     /// is left.

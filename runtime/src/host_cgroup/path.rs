@@ -57,6 +57,21 @@ pub fn resolve(cgroups_path: Option<&Path>, id: &str, systemd: bool) -> Result<I
     Ok(inner)
 }
 
+/// Whether `cgroups_path` is in systemd's form, for a caller that is not
+/// told which driver is in use (a containerd shim gets no `--systemd-cgroup`;
+/// containerd and kubelet write `slice:prefix:name` under the systemd
+/// driver): three fields split by `:`, the first a slice or empty, and
+/// not a path. Kata Containers tells them apart the same way.
+pub fn is_systemd_form(cgroups_path: &str) -> bool {
+    let parts: Vec<&str> = cgroups_path.split(':').collect();
+    match parts[..] {
+        [slice, _, _] => {
+            !cgroups_path.starts_with('/') && (slice.is_empty() || slice.ends_with(".slice"))
+        }
+        _ => false,
+    }
+}
+
 /// A path cleaned lexically: `..` never goes above the start.
 fn clean(text: &str) -> Inner {
     let mut components: Vec<String> = Vec::new();
@@ -185,6 +200,28 @@ mod tests {
     fn no_path_is_the_id_below_our_own_cgroup() {
         assert_eq!(cgroupfs(None).ok(), Some(inner(false, &["c1"])));
         assert_eq!(cgroupfs(Some("")).ok(), Some(inner(false, &["c1"])));
+    }
+
+    #[test]
+    fn the_systemd_form_is_told_from_a_path() {
+        for systemd in [
+            "kubepods-besteffort-pod12.slice:cri-containerd:abc",
+            "system.slice:docker:abc",
+            ":runc:abc",
+        ] {
+            assert!(is_systemd_form(systemd), "{systemd}");
+        }
+        for cgroupfs in [
+            "/kubepods/besteffort/pod12/abc",
+            "default/abc",
+            "",
+            "a:b",
+            "/x.slice:p:n",
+            "notaslice:p:n",
+            "a.slice:p:n:extra",
+        ] {
+            assert!(!is_systemd_form(cgroupfs), "{cgroupfs}");
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use oci_spec::runtime::Spec;
+
 use super::limits::CpuLimits;
 use super::*;
 
@@ -123,4 +125,83 @@ fn removing_what_is_gone_is_no_error() {
         }],
     };
     gone.remove().expect("nothing to do");
+}
+
+/// The pids in `dir`'s cgroup.procs.
+fn members(dir: &Path) -> Vec<u32> {
+    read(&dir.join("cgroup.procs"))
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_child_is_spawned_into_the_cgroup_a_config_names_with_what_it_forks() {
+    use std::os::unix::process::CommandExt;
+    let Some(_) = layout_if_root() else {
+        return;
+    };
+    let scratch = format!("runvm-unit-entry-{}", std::process::id());
+    let spec: Spec = serde_json::from_value(serde_json::json!({
+        "ociVersion": "1.0.2",
+        "linux": {"cgroupsPath": format!("{scratch}/pod")}
+    }))
+    .expect("spec");
+    let cgroup = HostCgroup::for_container(&spec, "pod", false, Some(128 << 20)).expect("made");
+    if let Some(memory) = cgroup.dir_for("memory").filter(|d| !d.unified) {
+        assert!(memory.path.ends_with(format!("{scratch}/pod")));
+        assert_eq!(
+            read(&memory.path.join("memory.limit_in_bytes")),
+            (128u64 << 20).to_string()
+        );
+    }
+    let entry = cgroup.entry();
+    let mut command = Command::new("sh");
+    command.args(["-c", "sleep 60 & wait"]);
+    // SAFETY: join_self only opens, writes and closes.
+    unsafe { command.pre_exec(move || entry.join_self()) };
+    let mut child = command.spawn().expect("sh");
+    // The shell and the sleep it forked, and not this process.
+    for dir in &cgroup.dirs {
+        let mut inside = Vec::new();
+        for _ in 0..250 {
+            inside = members(&dir.path);
+            if inside.len() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            inside.contains(&child.id()),
+            "{}: {inside:?}",
+            dir.path.display()
+        );
+        assert_eq!(inside.len(), 2, "{}: {inside:?}", dir.path.display());
+        assert!(!inside.contains(&std::process::id()));
+    }
+    cgroup.remove().expect("removed, its processes killed");
+    let _ = child.wait();
+    for dir in &cgroup.dirs {
+        let parent = dir.path.parent().expect("a parent");
+        assert!(!parent.exists(), "{} is left", parent.display());
+    }
+}
+
+#[test]
+fn a_cgroup_that_cannot_be_entered_fails_the_spawn() {
+    use std::os::unix::process::CommandExt;
+    let gone = HostCgroup {
+        dirs: vec![CgroupDir {
+            path: "/sys/fs/cgroup/runvm-no-such-cgroup".into(),
+            unified: false,
+            controllers: vec!["memory".into()],
+            made: Vec::new(),
+        }],
+    };
+    let entry = gone.entry();
+    let mut command = Command::new("true");
+    // SAFETY: join_self only opens, writes and closes.
+    unsafe { command.pre_exec(move || entry.join_self()) };
+    let error = command.spawn().expect_err("no such cgroup");
+    assert_eq!(error.kind(), io::ErrorKind::NotFound, "{error}");
 }

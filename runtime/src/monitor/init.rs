@@ -97,7 +97,8 @@ async fn create_owner(
     });
     let vm_spec = VmSpec::with_share(assets, size);
     let home = Home::of(root.dir(), record);
-    let booted = sandbox::boot(root, home, &vm_spec, record.netns.as_deref()).await?;
+    // This monitor joined the container's cgroup: the VM is born in it.
+    let booted = sandbox::boot(root, home, &vm_spec, record.netns.as_deref(), None).await?;
     let guest_network = booted.guest_network();
     // Dropped last on failure: after the VM that uses its taps.
     let attached = booted.network;

@@ -7,6 +7,7 @@ use runvm_agent_api::network::GuestNetwork;
 
 use super::{Home, Sandbox};
 use crate::deadlines;
+use crate::host_cgroup::Entry;
 use crate::network::{Attachment, NetworkError};
 use crate::state::StateRoot;
 use crate::vm::{MicroVm, VmError, VmSpec};
@@ -41,12 +42,15 @@ impl Booted {
 
 /// Boots a VM of `spec` in `home` (its directory exists) and waits for
 /// its agent. The network namespace at `netns` is attached first and the
-/// VM gets its interfaces' taps. On failure what was made is undone.
+/// VM gets its interfaces' taps. With `cgroup`, the VM's host processes
+/// are spawned into that host cgroup (for a caller that is not in it
+/// itself). On failure what was made is undone.
 pub async fn boot(
     root: &StateRoot,
     home: Home,
     spec: &VmSpec,
     netns: Option<&Path>,
+    cgroup: Option<Entry>,
 ) -> Result<Booted, BootError> {
     // On failure dropped after the VM that uses its taps.
     let network = netns.map(Attachment::attach).transpose()?;
@@ -54,7 +58,8 @@ pub async fn boot(
         Some(network) => network.vm_taps()?,
         None => Vec::new(),
     };
-    let mut vm = MicroVm::boot_with_taps(spec, &home.vm_dir(), Some(&home.vmm_log()), taps)?;
+    let vm_dir = home.vm_dir();
+    let mut vm = MicroVm::boot_with_taps(spec, &vm_dir, Some(&home.vmm_log()), taps, cgroup)?;
     let agent = vm.connect_agent(deadlines::BOOT).await?;
     Ok(Booted {
         sandbox: Sandbox::new(root.clone(), home, vm, agent),

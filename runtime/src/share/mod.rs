@@ -125,12 +125,14 @@ impl Share {
     /// root) the share and starts `virtiofsd` for it, listening on
     /// `socket`, logging to `log`. virtiofsd is killed when this thread
     /// ends (PR_SET_PDEATHSIG), so is the VMM, and it leaves by itself
-    /// when the VMM disconnects.
+    /// when the VMM disconnects. With `cgroup`, virtiofsd is spawned into
+    /// that host cgroup.
     pub fn start(
         virtiofsd: &Path,
         dir: &Path,
         socket: &Path,
         log: &Path,
+        cgroup: Option<&crate::host_cgroup::Entry>,
     ) -> Result<Share, ShareError> {
         fs::DirBuilder::new()
             .mode(0o700)
@@ -173,7 +175,7 @@ impl Share {
             .map_err(io_error("cannot listen on the virtio-fs socket", socket))?;
         let log_file =
             File::create(log).map_err(io_error("cannot create the virtiofsd log", log))?;
-        let child = virtiofsd::spawn(virtiofsd, dir, &listener, log_file, ns)?;
+        let child = virtiofsd::spawn(virtiofsd, dir, &listener, log_file, ns, cgroup)?;
         share.virtiofsd = Some(child);
         // Only virtiofsd holds the listener now: should it die, the VMM's
         // connect fails at once instead of waiting.

@@ -57,6 +57,7 @@ fn binds_are_made_flagged_and_undone() {
         &vm.join("share"),
         &vm.join("fs.sock"),
         &vm.join("fs.log"),
+        None,
     )
     .expect("start");
     let guest = share
@@ -165,6 +166,7 @@ fn binds_follow_bind_or_rbind_and_the_object_opened() {
             &vm.join("share"),
             &vm.join("fs.sock"),
             &vm.join("fs.log"),
+            None,
         )?;
         share.add_rootfs("c", &base.join("rootfs"), true)?;
         let flat = BindFlags {

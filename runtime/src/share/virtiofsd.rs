@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use super::ShareError;
+use crate::host_cgroup::Entry;
 
 /// The virtiofsd to use: `RUNVM_VIRTIOFSD`, else the first of `PATH`,
 /// cargo's bin directory (where `scripts/setup.sh` installs it) and
@@ -37,14 +38,17 @@ pub fn find_virtiofsd() -> Option<PathBuf> {
 }
 
 /// Starts `virtiofsd` for the share `dir`, in the mount namespace `ns`,
-/// serving on `listener`, logging to `log_file`.
+/// serving on `listener`, logging to `log_file`; spawned into `cgroup`
+/// if given.
 pub(super) fn spawn(
     virtiofsd: &Path,
     dir: &Path,
     listener: &UnixListener,
     log_file: File,
     ns: libc::c_int,
+    cgroup: Option<&Entry>,
 ) -> Result<Child, ShareError> {
+    let cgroup = cgroup.cloned();
     let fd = listener.as_raw_fd();
     let mut command = Command::new(virtiofsd);
     command
@@ -74,10 +78,14 @@ pub(super) fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log_file));
-    // SAFETY: setns, close_range, fcntl and prctl are async-signal-safe; nothing
-    // else runs between fork and exec.
+    // SAFETY: setns, close_range, fcntl, prctl and Entry::join_self are
+    // async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         command.pre_exec(move || {
+            // Born in the VM's host cgroup, with its sandboxed child.
+            if let Some(cgroup) = &cgroup {
+                cgroup.join_self()?;
+            }
             // Into the share's namespace (the forked child has an
             // fs_struct of its own, as setns needs).
             if libc::setns(ns, libc::CLONE_NEWNS) != 0 {

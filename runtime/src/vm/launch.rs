@@ -100,10 +100,15 @@ impl MicroVm {
             command.arg("--net").arg(&tap.option);
         }
         let inherited: Vec<i32> = taps.iter().map(|t| t.fd.as_raw_fd()).collect();
-        // SAFETY: prctl and fcntl are async-signal-safe; nothing else runs
-        // in between.
+        let cgroup = self.cgroup.clone();
+        // SAFETY: prctl, fcntl and Entry::join_self are async-signal-safe;
+        // nothing else runs in between.
         unsafe {
             command.pre_exec(move || {
+                // Born in the VM's host cgroup, with all it forks.
+                if let Some(cgroup) = &cgroup {
+                    cgroup.join_self()?;
+                }
                 // The VM must not outlive whoever started it.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());

@@ -561,10 +561,11 @@ impl containerd_shim::Task for Service {
             deadlines::within(
                 "update",
                 deadlines::UPDATE,
-                containers.update(&id, resources),
+                containers.update(&id, resources.clone()),
             )
             .await
-            .map_err(internal)
+            .map_err(internal)?;
+            pod.update_host_cpu(&id, &resources).map_err(internal)
         })?;
         Ok(Empty::new())
     }

@@ -3,6 +3,7 @@
 //! creating a container in it, and watching a process end.
 
 use super::*;
+use runvm::pod::HostCgroupOf;
 
 /// How long output may keep flowing after a process ended.
 pub(super) const DRAIN_PATIENCE: Duration = Duration::from_secs(10);
@@ -116,8 +117,14 @@ pub(super) async fn pod_for(
     let size = sandbox::size::for_owner(&bundle.spec, is_sandbox).map_err(internal)?;
     let root = StateRoot::open(&shared.root).map_err(internal)?;
     let pod_id = crate::shim::short_name(&crate::shim::pod_of(&bundle.dir, id));
+    // The pod's host processes go where this container's config.json
+    // says (the sandbox's cgroup for a CRI pod), as with runc.
+    let cgroup = HostCgroupOf {
+        container: id,
+        spec: &bundle.spec,
+    };
     let booted = Arc::new(
-        Pod::boot(&root, &pod_id, size, netns.as_deref())
+        Pod::boot(&root, &pod_id, size, netns.as_deref(), Some(cgroup))
             .await
             .map_err(|e| internal(format!("cannot boot the pod's VM: {e}")))?,
     );

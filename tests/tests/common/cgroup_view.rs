@@ -104,3 +104,64 @@ impl CgroupView {
         self.dir.exists()
     }
 }
+
+/// The cgroups runvm places a process in, from /proc/PID/cgroup: each
+/// v1 hierarchy of a controller (and systemd's), named by its
+/// controllers, and cgroup2 (named ""), when mounted below
+/// /sys/fs/cgroup; each with the process's path there.
+pub fn placed_cgroups(pid: u32) -> Vec<(String, String)> {
+    let unified = [
+        "/sys/fs/cgroup/cgroup.controllers",
+        "/sys/fs/cgroup/unified/cgroup.procs",
+    ]
+    .iter()
+    .any(|file| Path::new(file).exists());
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let placed = if controllers.is_empty() {
+                id == "0" && unified
+            } else {
+                controllers == "name=systemd" || !controllers.starts_with("name=")
+            };
+            placed.then(|| (controllers.to_owned(), path.to_owned()))
+        })
+        .collect()
+}
+
+/// Asserts that a pod's VM runs in the cgroup of the absolute cgroupfs
+/// path `path`: `processes` (pid, command line) hold a VMM and a
+/// virtiofsd, and each is there in every hierarchy, with all its
+/// threads; a containerd shim among them must not be.
+#[track_caller]
+pub fn assert_vm_in(path: &str, processes: &[(u32, String)]) {
+    let view = CgroupView::of(path);
+    let (shims, vm): (Vec<_>, Vec<_>) = processes
+        .iter()
+        .partition(|(_, cmdline)| cmdline.contains("containerd-shim"));
+    for program in ["runvm-vmm", "virtiofsd"] {
+        assert!(
+            vm.iter().any(|(_, cmdline)| cmdline.contains(program)),
+            "no {program} among {vm:?}"
+        );
+    }
+    for (pid, cmdline) in &vm {
+        let placed = placed_cgroups(*pid);
+        assert!(!placed.is_empty(), "{cmdline}: no cgroup read");
+        for (hierarchy, there) in placed {
+            assert_eq!(there, path, "{cmdline} (pid {pid}) in {hierarchy}");
+        }
+        view.assert_holds(*pid, cmdline);
+    }
+    for (pid, _) in &shims {
+        let memory = placed_cgroups(*pid)
+            .into_iter()
+            .find(|(hierarchy, _)| hierarchy == "memory" || hierarchy.is_empty());
+        assert!(
+            memory.is_some_and(|(_, there)| there != path),
+            "the shim (pid {pid}) stays out of the pod's cgroup"
+        );
+    }
+}

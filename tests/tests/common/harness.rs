@@ -601,7 +601,7 @@ pub fn assert_empty_dir(dir: &Path) {
 
 /// The cgroup hierarchies' roots: /sys/fs/cgroup itself (cgroup v2) or
 /// each hierarchy mounted below it (v1 and hybrid).
-fn cgroup_roots() -> Vec<PathBuf> {
+pub fn cgroup_roots() -> Vec<PathBuf> {
     let base = Path::new("/sys/fs/cgroup");
     let mut roots = vec![base.to_path_buf()];
     if let Ok(entries) = std::fs::read_dir(base) {

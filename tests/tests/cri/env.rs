@@ -395,6 +395,14 @@ impl CriEnv {
         }
         assert_empty_dir(&self.runtime_root());
         assert_empty_dir(Path::new(SHIM_STATE));
+        // The pod's host cgroup (its sandbox's cgroupsPath) went with it.
+        let pod_cgroup = format!("{}/{pod}", self.cgroup_parent.trim_start_matches('/'));
+        let left: Vec<PathBuf> = harness::cgroup_roots()
+            .into_iter()
+            .map(|root| root.join(&pod_cgroup))
+            .filter(|dir| dir.exists())
+            .collect();
+        assert!(left.is_empty(), "the pod's host cgroup is left: {left:?}");
         self.stop_daemon();
         assert_no_process_references(&needles);
         assert_no_mounts_below(self.scratch.path());
