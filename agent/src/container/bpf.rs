@@ -125,6 +125,35 @@ pub fn load_cgroup_device(program: &[u64]) -> io::Result<OwnedFd> {
     }
 }
 
+/// How many instructions the running kernel's verifier walked to accept
+/// `program` (its `processed N insns` statistic): what loading costs.
+#[cfg(test)]
+pub fn verifier_walk(program: &[u64]) -> io::Result<u64> {
+    const BPF_LOG_STATS: u32 = 4;
+    let license = c"Apache-2.0";
+    let mut log = vec![0u8; 4096];
+    let mut attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: program.len() as u32,
+        insns: program.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: BPF_LOG_STATS,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        ..ProgLoad::default()
+    };
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: close(2) of a descriptor we were just given.
+    unsafe { libc::close(fd as i32) };
+    let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+    let text = String::from_utf8_lossy(&log[..end]);
+    text.split("processed ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no statistics in the verifier's log: {text}")))
+}
+
 /// Attaches a loaded device program to the cgroup directory `cgroup`.
 pub fn attach_cgroup_device(program: &OwnedFd, cgroup: &Path) -> io::Result<()> {
     let dir = std::fs::File::open(cgroup)?;

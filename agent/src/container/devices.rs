@@ -265,12 +265,8 @@ pub fn program(rules: &[Rule]) -> Result<Option<Vec<u64>>, String> {
     }
     let mut a = Asm::default();
     // access_type is (ACC << 16) | DEV.
-    a.from(bpf::LDX_W, TYPE, CTX, 0);
-    a.op(bpf::AND32_K, TYPE, 0xffff);
     a.from(bpf::LDX_W, ACCESS, CTX, 0);
     a.op(bpf::RSH32_K, ACCESS, 16);
-    a.from(bpf::LDX_W, MAJOR, CTX, 4);
-    a.from(bpf::LDX_W, MINOR, CTX, 8);
     for bit in [ACC_MKNOD, ACC_READ, ACC_WRITE] {
         let chain: Vec<&Rule> = rules.iter().rev().filter(|r| r.access & bit != 0).collect();
         if default_allow && chain.iter().all(|r| r.allow) {
@@ -280,6 +276,16 @@ pub fn program(rules: &[Rule]) -> Result<Option<Vec<u64>>, String> {
         a.from(bpf::MOV32_X, SCRATCH, ACCESS, 0);
         a.op(bpf::AND32_K, SCRATCH, i32::from(bit));
         a.jump(bpf::JEQ32_K, SCRATCH, 0, next_bit);
+        // Loaded afresh for each access bit: a rule's tests leave the
+        // verifier knowing the device's numbers, so states reaching the
+        // next bit through different rules would differ and it would
+        // walk every combination of rules across the three bits (2M
+        // emulated instructions for the default list). Reloaded, the
+        // registers are dead at `next_bit` and those states merge.
+        a.from(bpf::LDX_W, TYPE, CTX, 0);
+        a.op(bpf::AND32_K, TYPE, 0xffff);
+        a.from(bpf::LDX_W, MAJOR, CTX, 4);
+        a.from(bpf::LDX_W, MINOR, CTX, 8);
         for rule in chain {
             let next_rule = a.label();
             let kind = match rule.kind {

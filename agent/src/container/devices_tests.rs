@@ -206,6 +206,24 @@ fn the_host_kernel_verifier_takes_the_program() {
     }
 }
 
+/// The verifier's walk grows with the rules, not with their combinations
+/// across the three accesses (each step is emulated in the guest).
+#[test]
+fn the_verifier_walks_the_program_about_once() {
+    let p = compiled(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).expect("a program");
+    match bpf::verifier_walk(&p) {
+        Ok(walked) => assert!(
+            walked <= 4 * p.len() as u64,
+            "the verifier walked {walked} instructions of a {}-instruction program",
+            p.len()
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            eprintln!("the host kernel has no bpf(2): {e}")
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// The same rules load once: the second container's cgroup gets the very
 /// program the first one's got.
 #[test]
