@@ -5,7 +5,7 @@
 #                           config (containerd-config.sh), containerd
 #   containerd-env.sh down  containerd and the registry stopped, then
 #                           what they may leave checked and removed
-# DIR: work dir; PREFIX: runvm's `make install` prefix (its bin dir goes
+# DIR: work dir; CRICTL: crictl (default: on PATH); PREFIX: runvm's `make install` prefix (its bin dir goes
 # first on containerd's PATH, for containerd-shim-runvm-v2). VM templates
 # go to a store of their own, removed by `down`.
 set -eu
@@ -40,6 +40,12 @@ stop_pid() { # pid file
 }
 
 down() {
+    # Pods a failed spec left: stopped and removed through CRI, so that
+    # their shims end and clean up.
+    crictl="${CRICTL:-crictl} -r unix://$DIR/containerd.sock"
+    if [ -f "$DIR/containerd.pid" ] && [ -n "$($crictl pods -q)" ]; then
+        $crictl rmp --force --all || true
+    fi
     stop_pid "$DIR/containerd.pid"
     stop_pid "$DIR/registry.pid"
     left=$(ps -eo pid=,args= | grep -E 'runvm-vmm|virtiofsd|containerd-shim' | grep -E "$DIR|/run/cnf-" | grep -v grep || true)
@@ -49,6 +55,8 @@ down() {
     grep -E " ($DIR|/run/cnf-)" /proc/self/mountinfo | awk '{print $5}' | sort -r |
         while read -r mount; do umount "$mount" && echo "unmounted $mount"; done
     rm -rf /run/cnf-runc /run/cnf-runvm "$TEMPLATES" /run/conformance-podman
+    # containerd's cgroups of pods without a cgroup parent (critest's).
+    rmdir /sys/fs/cgroup/*/k8s.io/* /sys/fs/cgroup/*/k8s.io 2> /dev/null || true
     ip netns del $NAME 2> /dev/null || true
 }
 

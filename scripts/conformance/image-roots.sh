@@ -5,17 +5,19 @@
 # program a spec checks: nginx is nginx, httpd is Apache, ipcs and pgrep
 # are util-linux's and procps'.
 
-# busybox_root DIR [PASSWD GROUP]: busybox-static with every applet as a
-# hard link (as in the busybox image: masking one path, e.g. /bin/ls,
-# must not mask /bin/sh), util-linux's ipcs and procps' pgrep (applets
-# the busybox image has and Debian's busybox-static lacks).
+# busybox_root DIR [PASSWD GROUP]: Debian's (dynamic) busybox with every
+# applet as a hard link, as in the busybox image: masking one path (e.g.
+# /bin/ls) must not mask /bin/sh, and its sh runs commands from PATH
+# (busybox-static's runs its own applets first, so a masked /bin/ls would
+# still run); util-linux's ipcs and procps' pgrep (applets the busybox
+# image has and Debian's lacks). PASSWD and GROUP: lines added.
 busybox_root() {
     root=$1
     rm -rf "$root"
     mkdir -p "$root/bin" "$root/etc" "$root/proc" "$root/sys" "$root/dev" "$root/tmp" \
         "$root/root" "$root/run" "$root/var/run"
-    cp /bin/busybox "$root/bin/busybox"
-    for applet in $(/bin/busybox --list); do
+    with_libs "$root" "$DEBS/bin/busybox" /bin/busybox
+    for applet in $("$DEBS/bin/busybox" --list); do
         [ "$applet" = busybox ] || ln "$root/bin/busybox" "$root/bin/$applet"
     done
     with_libs "$root" /usr/bin/ipcs /bin/ipcs
@@ -122,4 +124,28 @@ nonewprivs_root() {
     cc -static -O2 -o "$root/usr/local/bin/nnp" "$root/nnp.c"
     rm "$root/nnp.c"
     chmod 4755 "$root/usr/local/bin/nnp"
+}
+
+# pause_root DIR: a pause program (sleeps until SIGINT or SIGTERM, reaps
+# children) as /pause, like the pause image's; on busybox.
+pause_root() {
+    root=$1
+    busybox_root "$root"
+    cat > "$root/pause.c" <<'EOC'
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static void quit(int sig) { _exit(128 + sig); }
+static void reap(int sig) { (void)sig; while (waitpid(-1, NULL, WNOHANG) > 0) {} }
+int main(void) {
+    struct sigaction stop = { .sa_handler = quit }, child = { .sa_handler = reap, .sa_flags = SA_NOCLDSTOP };
+    sigaction(SIGINT, &stop, NULL);
+    sigaction(SIGTERM, &stop, NULL);
+    sigaction(SIGCHLD, &child, NULL);
+    for (;;) pause();
+}
+EOC
+    cc -static -O2 -o "$root/pause" "$root/pause.c"
+    rm "$root/pause.c"
 }

@@ -21,8 +21,8 @@ nsenter --net="$NETNS" docker-registry serve registry.yml > registry.log 2>&1 &
 echo $! > registry.pid
 # Debian packages unpacked (not installed: nothing starts on the host).
 DEBS=$DIR/debs/root
-if [ ! -x "$DEBS/usr/sbin/apache2" ]; then
-    mkdir -p "$DIR/debs" && (cd "$DIR/debs" && apt-get download nginx nginx-common apache2-bin libapr1 libaprutil1)
+if [ ! -x "$DEBS/bin/busybox" ]; then
+    mkdir -p "$DIR/debs" && (cd "$DIR/debs" && apt-get download busybox nginx nginx-common apache2-bin libapr1 libaprutil1)
     for deb in "$DIR"/debs/*.deb; do dpkg -x "$deb" "$DEBS"; done
 fi
 . "$(dirname "$(readlink -f "$0")")/image-roots.sh"
@@ -31,6 +31,7 @@ tarball() { # name, root
     rm -rf "$2"
 }
 busybox_root rootfs && tarball busybox rootfs
+pause_root rootfs && tarball pause rootfs
 busybox_root rootfs 'default-user:x:1000:1000:default-user:/home/default-user:/bin/sh' \
     'default-user:x:1000: group-defined-in-image:x:50000:default-user' && tarball predefined-group rootfs
 nginx_root rootfs 80 && tarball nginx rootfs
@@ -42,12 +43,12 @@ podman="podman --root $DIR/podman --runroot /run/conformance-podman --storage-dr
 push() { # name, tarball, then --change options
     name=$1 tarball=$2
     shift 2
-    $podman import --quiet --change 'ENV PATH=$PATH_IN_IMAGES' "$@" "$tarball.tar" "local/$name" > /dev/null
+    $podman import --quiet --change "ENV PATH=$PATH_IN_IMAGES" "$@" "$tarball.tar" "local/$name" > /dev/null
     nsenter --net="$NETNS" $podman push --quiet --tls-verify=false "local/$name" "127.0.0.1:5000/$name"
 }
 sleep 1
 push e2e-test-images/busybox:1.29-2 busybox --change 'CMD ["sh"]'
-push pause:3.6 busybox --change 'CMD ["/bin/sleep", "1000000000"]'
+push pause:3.6 pause --change 'ENTRYPOINT ["/pause"]'
 for name in test-image-latest:latest test-image-tag:test test-image-tag:all \
     test-image-1:latest test-image-2:latest test-image-3:latest; do
     push "k8s-staging-cri-tools/$name" busybox --change "LABEL name=$name"
