@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
 use runvm_agent_api::{
-    read_frame, write_frame, AgentError, FrameError, Request, RequestBody, Response, ResponseBody,
-    StreamHello, CONTROL_PORT, STREAM_PORT,
+    read_frame, write_frame, AgentError, ErrorKind, FrameError, Request, RequestBody, Response,
+    ResponseBody, StreamHello, CONTROL_PORT, STREAM_PORT,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -39,6 +39,21 @@ pub enum ClientError {
         operation: &'static str,
         limit: Duration,
     },
+}
+
+impl ClientError {
+    /// The agent refused the request as not fitting the container's state
+    /// (for a signal: its init has ended, which the caller may not have
+    /// seen yet).
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Agent(AgentError {
+                kind: ErrorKind::Conflict,
+                ..
+            })
+        )
+    }
 }
 
 /// `10` for ten seconds, `0.05` for fifty milliseconds.

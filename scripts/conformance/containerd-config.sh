@@ -2,6 +2,7 @@
 # containerd 1.6's config for critest, as tests/tests/cri/env.rs writes it:
 # state under DIR, a private socket, CNI bridge + host-local, and three
 # handlers: runvm (runc shim, BinaryName), runc, and runvm's own shim.
+# CNI: bridge + host-local, and portmap for the pods' host ports.
 # registry.k8s.io and gcr.io come from registry-images.sh's local registry.
 # RUNVM is the installed runvm (its shim beside it, on containerd's PATH).
 set -eu
@@ -15,6 +16,8 @@ cat > "$DIR/cni/10-bridge.conflist" <<EOC
     "type": "bridge", "bridge": "cnf0", "isGateway": true,
     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.81.0/24"}]],
              "dataDir": "$DIR/cni-ipam"}
+  }, {
+    "type": "portmap", "capabilities": {"portMappings": true}
   }]
 }
 EOC

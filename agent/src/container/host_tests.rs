@@ -516,6 +516,40 @@ fn a_created_container_can_be_deleted_unstarted() {
     });
 }
 
+/// containerd asks for `rootfsPropagation: rshared` when a mount is
+/// Bidirectional: the tree is made shared, and the mount holding the
+/// rootfs must be made private again or pivot_root refuses (EINVAL).
+#[test]
+fn a_shared_rootfs_propagation_still_pivots() {
+    let rootfs = Rootfs::new("rshared");
+    run(async {
+        let guest = Guest::start(limits());
+        let mut client = guest.control().await;
+        let mut out = guest.stream(100).await;
+        let mut err = guest.stream(101).await;
+        let mut spec = spec("echo pivoted");
+        spec["linux"]["rootfsPropagation"] = json!("rshared");
+        created(&mut client, create_request("rsh", &rootfs, spec)).await;
+        done(
+            client
+                .call(RequestBody::StartContainer { id: "rsh".into() })
+                .await,
+        );
+        let out = String::from_utf8(read_all(&mut out).await).unwrap();
+        let err = String::from_utf8(read_all(&mut err).await).unwrap();
+        assert_eq!(wait(&mut client, "rsh").await, ExitStatus::Code(0), "{err}");
+        assert_eq!(out, "pivoted\n", "{err}");
+        done(
+            client
+                .call(RequestBody::DeleteContainer {
+                    id: "rsh".into(),
+                    force: false,
+                })
+                .await,
+        );
+    });
+}
+
 /// Opens /proc/<pid>/mem from a thread without CAP_SYS_PTRACE in its
 /// effective set (capabilities are per thread): whether a process of the
 /// same uid could reach into `pid`.

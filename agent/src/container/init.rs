@@ -423,6 +423,7 @@ fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
     let rootfs = plan.rootfs.to_str().ok_or("the rootfs path is not UTF-8")?;
     mount(None, "/", None, plan.root_propagation, None)
         .map_err(|e| format!("cannot make the mount tree private: {e}"))?;
+    super::propagation::unshare_holder(rootfs)?;
     phase("b:private");
     mount(
         Some(rootfs),

@@ -45,6 +45,7 @@ pub mod phases;
 mod pod;
 pub mod procattrs;
 mod procs;
+mod propagation;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;

@@ -35,6 +35,12 @@ pub fn kill(context: &Context, id: &str, options: KillOptions) -> Result {
         ContainerClient::new(&agent).signal(id, signal, all).await
     }))?;
     if let Err(e) = sent {
+        // The init ended after the record was read (its monitor has not
+        // recorded it yet): as runc, "not running", which containerd's
+        // shim takes for a process already finished.
+        if e.is_conflict() {
+            return Err(ContainerError::NotRunning);
+        }
         // The monitor, and its VMM and virtiofsd, which may be stopped or
         // wedged where their parent's death cannot end them.
         if signal == libc::SIGKILL {

@@ -33,6 +33,7 @@ use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, TtrpcContext, TtrpcResult};
+use runvm::agent_client::ClientError;
 use runvm::bundle::{self, Bundle};
 use runvm::container_client::{ContainerClient, ContainerProcess};
 use runvm::deadlines;
@@ -359,7 +360,7 @@ impl containerd_shim::Task for Service {
                 let call = pod.agent().call(RequestBody::Signal { process, signal });
                 deadlines::within("kill", deadlines::KILL, async { call.await.map(drop) }).await
             };
-            sent.map_err(internal)
+            sent.map_err(kill_error)
         })?;
         Ok(Empty::new())
     }

@@ -69,6 +69,18 @@ pub(super) fn internal(message: impl ToString) -> ttrpc::Error {
     error(Code::INTERNAL, message)
 }
 
+/// A kill's error for containerd. A process the agent found ended whose
+/// exit this shim has not seen yet is NOT_FOUND "process already
+/// finished", as runc's shim answers: containerd takes that for stopped
+/// (otherwise StopPodSandbox fails and the pod is left).
+pub(super) fn kill_error(e: ClientError) -> ttrpc::Error {
+    if e.is_conflict() {
+        error(Code::NOT_FOUND, format!("process already finished: {e}"))
+    } else {
+        internal(e)
+    }
+}
+
 pub(super) fn not_found(id: &str, exec_id: &str) -> ttrpc::Error {
     if exec_id.is_empty() {
         error(Code::NOT_FOUND, format!("container {id} not found"))
@@ -225,4 +237,34 @@ pub(super) async fn watch_exit(
 
 pub(super) fn guest_pid(pid: i32) -> u32 {
     u32::try_from(pid).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use runvm_agent_api::{AgentError, ErrorKind};
+
+    use super::*;
+
+    fn code(e: ttrpc::Error) -> Code {
+        match e {
+            ttrpc::Error::RpcStatus(status) => status.code(),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_kill_that_finds_the_process_ended_is_not_found() {
+        let refused = |kind| {
+            ClientError::Agent(AgentError {
+                kind,
+                message: "container \"c1\" is not running".into(),
+            })
+        };
+        assert_eq!(
+            code(kill_error(refused(ErrorKind::Conflict))),
+            Code::NOT_FOUND
+        );
+        assert_eq!(code(kill_error(refused(ErrorKind::System))), Code::INTERNAL);
+        assert_eq!(code(kill_error(ClientError::Closed)), Code::INTERNAL);
+    }
 }
