@@ -279,9 +279,10 @@ pub fn program(rules: &[Rule]) -> Result<Option<Vec<u64>>, String> {
         // Loaded afresh for each access bit: a rule's tests leave the
         // verifier knowing the device's numbers, so states reaching the
         // next bit through different rules would differ and it would
-        // walk every combination of rules across the three bits (2M
-        // emulated instructions for the default list). Reloaded, the
-        // registers are dead at `next_bit` and those states merge.
+        // walk them again for every way through the earlier bits (the
+        // verifier was ~2M emulated instructions of a container's first
+        // create in a VM). Reloaded, the registers are dead at `next_bit`
+        // and those states merge (a 6.18 host's walk: 1174 -> 701 steps).
         a.from(bpf::LDX_W, TYPE, CTX, 0);
         a.op(bpf::AND32_K, TYPE, 0xffff);
         a.from(bpf::LDX_W, MAJOR, CTX, 4);

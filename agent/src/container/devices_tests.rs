@@ -207,13 +207,15 @@ fn the_host_kernel_verifier_takes_the_program() {
 }
 
 /// The verifier's walk grows with the rules, not with their combinations
-/// across the three accesses (each step is emulated in the guest).
+/// across the three accesses (each step is emulated in the guest). On a
+/// 6.18 host, runc's default list: 701 steps for 140 instructions; 1174
+/// for 132 when the numbers were loaded once for all three accesses.
 #[test]
 fn the_verifier_walks_the_program_about_once() {
     let p = compiled(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).expect("a program");
     match bpf::verifier_walk(&p) {
         Ok(walked) => assert!(
-            walked <= 4 * p.len() as u64,
+            walked <= 6 * p.len() as u64,
             "the verifier walked {walked} instructions of a {}-instruction program",
             p.len()
         ),
