@@ -89,18 +89,23 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     Ok(ret)
 }
 
-/// Loads a device program; the verifier's complaint, if any, is in the
-/// error.
-pub fn load_cgroup_device(program: &[u64]) -> io::Result<OwnedFd> {
+/// BPF_PROG_LOAD's attribute for a device program (no log).
+fn device_program_attr(program: &[u64]) -> io::Result<ProgLoad> {
     let license = c"Apache-2.0";
-    let mut attr = ProgLoad {
+    Ok(ProgLoad {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: u32::try_from(program.len())
             .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
         insns: program.as_ptr() as u64,
         license: license.as_ptr() as u64,
         ..ProgLoad::default()
-    };
+    })
+}
+
+/// Loads a device program; the verifier's complaint, if any, is in the
+/// error.
+pub fn load_cgroup_device(program: &[u64]) -> io::Result<OwnedFd> {
+    let mut attr = device_program_attr(program)?;
     match bpf(BPF_PROG_LOAD, &mut attr) {
         // SAFETY: a new descriptor that we own.
         Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
@@ -130,17 +135,12 @@ pub fn load_cgroup_device(program: &[u64]) -> io::Result<OwnedFd> {
 #[cfg(test)]
 pub fn verifier_walk(program: &[u64]) -> io::Result<u64> {
     const BPF_LOG_STATS: u32 = 4;
-    let license = c"Apache-2.0";
     let mut log = vec![0u8; 4096];
     let mut attr = ProgLoad {
-        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
-        insn_cnt: program.len() as u32,
-        insns: program.as_ptr() as u64,
-        license: license.as_ptr() as u64,
         log_level: BPF_LOG_STATS,
         log_size: log.len() as u32,
         log_buf: log.as_mut_ptr() as u64,
-        ..ProgLoad::default()
+        ..device_program_attr(program)?
     };
     let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
     // SAFETY: close(2) of a descriptor we were just given.
