@@ -30,6 +30,10 @@ pub struct Config {
     pub kernel_leftovers: usize,
     /// Set when more than one action switch was given (the last one wins).
     pub conflict: Option<String>,
+    /// `--template`: the VM is saved at its ready point and restored for
+    /// many pods, so do before the ready line the work every VM's first
+    /// container would otherwise repeat (see `container::warm_up`).
+    pub template: bool,
 }
 
 /// Parse the arguments after argv[0].
@@ -42,12 +46,17 @@ where
         unknown: Vec::new(),
         kernel_leftovers: 0,
         conflict: None,
+        template: false,
     };
     let mut seen: Option<&'static str> = None;
     for arg in args {
         let (action, name) = match arg.to_str() {
             Some("--poweroff") => (Action::PowerOff, "--poweroff"),
             Some("--reboot") => (Action::Reboot, "--reboot"),
+            Some("--template") => {
+                config.template = true;
+                continue;
+            }
             _ if arg.as_encoded_bytes().starts_with(b"-") => {
                 config.unknown.push(arg.to_string_lossy().into_owned());
                 continue;
@@ -90,6 +99,15 @@ mod tests {
     fn poweroff_and_reboot() {
         assert_eq!(parse_strs(&["--poweroff"]).action, Action::PowerOff);
         assert_eq!(parse_strs(&["--reboot"]).action, Action::Reboot);
+    }
+
+    #[test]
+    fn template_is_a_flag_beside_the_action() {
+        let c = parse_strs(&["--template"]);
+        assert!(c.template);
+        assert_eq!(c.action, Action::Serve);
+        assert!(c.unknown.is_empty());
+        assert!(!parse_strs(&["--poweroff"]).template);
     }
 
     #[test]

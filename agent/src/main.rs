@@ -109,7 +109,7 @@ fn boot(config: &args::Config) -> ! {
             announce_ready();
             power::reboot()
         }
-        Action::Serve => serve(root),
+        Action::Serve => serve(root, config.template),
     }
 }
 
@@ -117,18 +117,31 @@ fn boot(config: &args::Config) -> ! {
 /// the server cannot start (no vsock device, say), say why and stay up as a
 /// plain reaping init, without the ready line: the guest is of no use to a
 /// host that waits for the API.
-fn serve(root: switch_root::Root) -> ! {
+///
+/// A VM booted to become a template (`template`) mounts and warms up
+/// before its ready line, since the host saves it at that point and every
+/// restored VM starts from there; any other VM says it is ready first and
+/// mounts while the host's first request travels.
+fn serve(root: switch_root::Root, template: bool) -> ! {
     // Before the runtime exists, so every thread it might create inherits
     // the mask: SIGCHLD then stays pending for the signalfd.
     if let Err(e) = reaper::block_sigchld() {
         agent_log!("cannot block SIGCHLD: {e}");
     }
-    let error = server::run_in_guest(|| {
+    let ready = || {
         announce_ready();
         tell_the_host();
-        // Before the server reads a request: every request may need them.
+    };
+    // Before the server reads a request: every request may need them.
+    let mount = || {
         mounts::mount_all(root);
-    });
+    };
+    let start = if template {
+        server::Start::Template
+    } else {
+        server::Start::Plain
+    };
+    let error = server::run_in_guest(start, ready, mount);
     agent_log!("the API server is not available: {error}");
     reaper::reap_forever()
 }

@@ -464,7 +464,17 @@ async fn exec_process(agent: &Rc<Agent>, request: ExecRequest) -> Result<Respons
 /// The server as PID 1 runs it: vsock listeners on the API ports, SIGCHLD
 /// through a signalfd. Calls `ready` once both listeners are bound. Returns
 /// only if the server cannot start (or, which should not happen, stops).
-pub fn run_in_guest(ready: impl FnOnce()) -> io::Error {
+/// What the agent does between binding its ports and serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Ready line first, then the kernel filesystems.
+    Plain,
+    /// Kernel filesystems and [`container::warm_up`] first, then the ready
+    /// line (at which the host saves the VM as a template).
+    Template,
+}
+
+pub fn run_in_guest(start: Start, ready: impl FnOnce(), mount: impl FnOnce()) -> io::Error {
     use runvm_agent_api::{CONTROL_PORT, STREAM_PORT};
     use std::os::fd::OwnedFd;
 
@@ -498,7 +508,13 @@ pub fn run_in_guest(ready: impl FnOnce()) -> io::Error {
             Ok(fd) => fd,
             Err(e) => return io::Error::new(e.kind(), format!("signalfd: {e}")),
         };
-        ready();
+        let mut ready = Some(ready);
+        if start == Start::Plain {
+            if let Some(announce) = ready.take() {
+                announce();
+            }
+        }
+        mount();
         let limits = Limits {
             cgroup_root: crate::mounts::cgroup2_root(),
             loopback: true,
@@ -508,6 +524,12 @@ pub fn run_in_guest(ready: impl FnOnce()) -> io::Error {
         // agent keeps one thread, so containers launch without a copy.
         container::init::agent_has_one_thread();
         let agent = Agent::new(limits, OnShutdown::PowerOff);
+        if start == Start::Template {
+            container::warm_up(&agent);
+        }
+        if let Some(announce) = ready.take() {
+            announce();
+        }
         serve(agent, control, streams, events).await;
         io::Error::other("the API server stopped")
     })

@@ -36,7 +36,7 @@ const ALL_ACCESS: u8 = ACC_MKNOD | ACC_READ | ACC_WRITE;
 const DEV_BLOCK: u32 = 1;
 const DEV_CHAR: u32 = 2;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     /// `a`: resets the rules.
     All,
@@ -44,7 +44,7 @@ pub enum Kind {
     Char,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Rule {
     pub allow: bool,
     pub kind: Kind,
@@ -164,6 +164,29 @@ fn settle(rules: &[Rule]) -> (bool, &[Rule]) {
     }
 }
 
+/// `rules` sorted and without repeats when every one of them says the same
+/// (all allow after a deny-all, as callers write them): whether any rule
+/// covers an access is then all that counts, not their order. Callers that
+/// list runc's defaults again, or in another order, then get the same
+/// program, and one loaded program serves them all. `None` when the order
+/// matters.
+fn canonical_order(rules: &[Rule]) -> Option<Vec<Rule>> {
+    if !rules.windows(2).all(|w| w[0].allow == w[1].allow) {
+        return None;
+    }
+    let mut sorted = rules.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    Some(sorted)
+}
+
+/// The program for the rules nearly every container has: deny all, then
+/// runc's defaults (`runc spec`, podman, CRI), loaded ahead of time in a
+/// template VM.
+pub fn default_program() -> Result<Option<Vec<u64>>, String> {
+    program(&rules(None, &[])?)
+}
+
 /// An instruction whose offset may be a jump to a label.
 struct Op {
     code: u8,
@@ -263,6 +286,14 @@ pub fn program(rules: &[Rule]) -> Result<Option<Vec<u64>>, String> {
     if default_allow && rules.iter().all(|r| r.allow) {
         return Ok(None);
     }
+    let canonical;
+    let rules = match canonical_order(rules) {
+        Some(sorted) => {
+            canonical = sorted;
+            &canonical[..]
+        }
+        None => rules,
+    };
     let mut a = Asm::default();
     // access_type is (ACC << 16) | DEV.
     a.from(bpf::LDX_W, ACCESS, CTX, 0);
@@ -343,6 +374,12 @@ impl ProgramCache {
         }
         self.kept.push((program.to_vec(), loaded.clone()));
         Ok(loaded)
+    }
+
+    /// Loads `program` now, if it is not kept yet, so that a container
+    /// that needs it later finds it.
+    pub fn preload(&mut self, program: &[u64]) -> Result<(), String> {
+        self.load(program).map(drop)
     }
 
     #[cfg(test)]

@@ -77,6 +77,31 @@ fn runc_spec_denies_all_but_the_default_list() {
 }
 
 #[test]
+fn the_same_allowed_devices_in_any_order_make_one_program() {
+    let runc = compiled("{}");
+    assert_eq!(default_program().unwrap(), runc);
+    // runc's list again, reversed and repeated, as some callers send it.
+    let spelled_out = r#"{"devices":[{"allow":false,"access":"rwm"},
+        {"allow":true,"type":"c","major":1,"minor":9,"access":"rwm"},
+        {"allow":true,"type":"c","major":1,"minor":3,"access":"rwm"},
+        {"allow":true,"type":"c","major":1,"minor":3,"access":"rwm"}]}"#;
+    assert_eq!(compiled(spelled_out), runc);
+    // Mixed allow and deny: order decides, so it is kept.
+    let mixed = spec_rules(
+        r#"{"devices":[{"allow":false,"access":"rwm"},
+        {"allow":true,"type":"c","access":"r"},
+        {"allow":false,"type":"c","major":1,"minor":1,"access":"r"}]}"#,
+    );
+    let p = program(&mixed).unwrap().expect("a program");
+    assert_eq!(run(&p, C, R, 1, 1), 0, "/dev/mem stays denied");
+    assert_eq!(run(&p, C, R, 1, 3), 1);
+    let mut swapped = mixed.clone();
+    let n = swapped.len();
+    swapped.swap(1, n - 1);
+    assert_ne!(program(&swapped).unwrap(), Some(p));
+}
+
+#[test]
 fn allowing_everything_needs_no_program() {
     assert_eq!(
         compiled(r#"{"devices":[{"allow":true,"access":"rwm"}]}"#),

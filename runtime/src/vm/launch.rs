@@ -91,6 +91,9 @@ impl MicroVm {
         }
         if let Launch::SaveTo(dir) = launch {
             command.arg("--snapshot-to").arg(dir);
+            // The agent warms up before its ready line, where the VM is
+            // saved: every restore starts past that work.
+            command.arg("--init-arg=--template");
             for index in 0..self.taps.len() {
                 let mac = crate::network::mac_text(&crate::template::placeholder_mac(index));
                 command.arg("--net").arg(format!("pending,mac={mac}"));
