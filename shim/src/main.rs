@@ -32,6 +32,7 @@
 mod log_uri;
 mod metrics;
 mod process;
+mod publisher;
 mod rootfs;
 mod service;
 mod shim;
