@@ -18,9 +18,6 @@ pub const RUNTIME_ID: &str = "io.containerd.runvm.v2";
 const STATE_ROOT: &str = "/run/runvm-shim";
 /// The exit status `delete` reports for a container whose shim died.
 const KILLED_STATUS: u32 = 128 + libc::SIGKILL as u32;
-/// containerd's ttrpc address in a shim's environment (containerd-shim
-/// requires it), where events go.
-const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
 
 pub struct RunvmShim {
     namespace: String,
@@ -118,9 +115,7 @@ impl containerd_shim::Shim for RunvmShim {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {
-        // Where containerd-shim connected `publisher`; it is in the
-        // environment, or the shim would not have got this far.
-        let events_address = std::env::var(TTRPC_ADDRESS).unwrap_or_default();
+        let events_address = crate::no_event_service::forget_address();
         Service::new(
             &self.namespace,
             state_root(&self.namespace),

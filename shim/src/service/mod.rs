@@ -63,7 +63,7 @@ impl Service {
         namespace: &str,
         root: PathBuf,
         publisher: RemotePublisher,
-        events_address: String,
+        events_address: Option<String>,
         exit: Arc<ExitSignal>,
     ) -> Service {
         let runtime = tokio::runtime::Builder::new_multi_thread()
