@@ -213,6 +213,19 @@ pub(super) async fn watch_exit(
         Some((_, process)) => runvm::guest_process::wait(pod.agent(), *process).await,
         None => ContainerClient::new(pod.agent()).wait(&id).await,
     };
+    if exec.is_none() && status.is_ok() {
+        // What the init left running goes with it, as containerd's runc
+        // shim kills it for a container without a PID namespace of its
+        // own (CRI-O puts a pod's containers in the sandbox's): otherwise
+        // a background child holds the output open for DRAIN_PATIENCE and
+        // the exit comes after the caller's stop timeout. With a PID
+        // namespace of its own, the kernel has killed them already.
+        let containers = ContainerClient::new(pod.agent());
+        let killed = containers.signal(&id, libc::SIGKILL, true);
+        if let Err(e) = deadlines::within("kill", deadlines::KILL, killed).await {
+            log::warn!("container {id}: cannot kill what its init left: {e}");
+        }
+    }
     let patience = match status {
         Ok(runvm_agent_api::ExitStatus::Signal(libc::SIGKILL)) => KILLED_DRAIN_PATIENCE,
         _ => DRAIN_PATIENCE,
