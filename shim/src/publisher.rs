@@ -105,3 +105,87 @@ impl Connection {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::net::UnixListener;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex};
+
+    use containerd_shim::protos::api::{Empty, ForwardRequest};
+    use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
+    use containerd_shim::protos::ttrpc::{self, Server, TtrpcContext};
+    use containerd_shim::protos::{create_events, Events};
+
+    use super::*;
+
+    /// containerd's event service as far as a shim sees it: a ttrpc
+    /// server taking `Forward`, passing on each envelope's topic.
+    struct EventService(Mutex<mpsc::Sender<String>>);
+
+    impl Events for EventService {
+        fn forward(&self, _ctx: &TtrpcContext, req: ForwardRequest) -> ttrpc::Result<Empty> {
+            let topic = req.envelope.topic.clone();
+            let _ = self.0.lock().expect("the sender").send(topic);
+            Ok(Empty::new())
+        }
+    }
+
+    fn serve(path: &Path, topics: &mpsc::Sender<String>) -> Server {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).expect("bind the event service");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let service: Arc<dyn Events + Send + Sync> =
+            Arc::new(EventService(Mutex::new(topics.clone())));
+        let mut server = Server::new()
+            .add_listener(listener.into_raw_fd())
+            .expect("listen")
+            .register_service(create_events(service));
+        server.start().expect("start the event service");
+        server
+    }
+
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// An event published while containerd is away (stopped, its socket
+    /// gone) reaches it once it listens again on the same address, as
+    /// after a restart; events before and after arrive in order.
+    #[test]
+    fn events_reach_containerd_after_it_restarts() {
+        let dir =
+            Dir(std::env::temp_dir().join(format!("runvm-shim-publisher-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).expect("a scratch dir");
+        let path = dir.0.join("containerd.sock.ttrpc");
+        let address = path.display().to_string();
+        let (topics, received) = mpsc::channel();
+        let containerd = serve(&path, &topics);
+        let first = RemotePublisher::new(&address).expect("connect");
+        let events = start(first, Some(address), "ns".to_owned());
+        let next = || received.recv_timeout(PATIENCE).expect("an event");
+
+        events
+            .send(("/tasks/oom", Box::new(TaskOOM::new())))
+            .expect("queued");
+        assert_eq!(next(), "/tasks/oom");
+
+        containerd.shutdown();
+        let _ = std::fs::remove_file(&path);
+        events
+            .send(("/tasks/exit", Box::new(TaskExit::new())))
+            .expect("queued");
+        std::thread::sleep(Duration::from_millis(500));
+        let _containerd = serve(&path, &topics);
+        assert_eq!(next(), "/tasks/exit");
+        events
+            .send(("/tasks/delete", Box::new(TaskOOM::new())))
+            .expect("queued");
+        assert_eq!(next(), "/tasks/delete");
+    }
+}
