@@ -41,7 +41,7 @@ use crate::bundle::Bundle;
 use crate::host_cgroup::limits::CpuLimits;
 use crate::host_cgroup::{self, CgroupError, HostCgroup, Limits};
 use crate::network::{self, Attachment, NetworkError, NetworkNamespace};
-use crate::sandbox::namespaces::{shared_namespaces_by, PidOwner};
+use crate::sandbox::namespaces::{pinned_by_owner, shared_namespaces_by, PidOwner};
 use crate::sandbox::{BootError, Booted, Home, Role, Sandbox, SandboxError, VmSize};
 use crate::share;
 use crate::state::{self, HostProcess, StateError, StateRoot};
@@ -112,6 +112,9 @@ pub struct Pod {
     cgroup: CgroupGuard,
     /// The container whose config.json named the cgroup.
     cgroup_owner: String,
+    /// The config.json of the pod's sandbox container, once added: the
+    /// namespace files it names (CRI-O's pinned ones) are the pod's.
+    sandbox_spec: std::sync::OnceLock<Spec>,
 }
 
 /// Where the pod's host processes go: the host cgroup that the config.json
@@ -254,6 +257,7 @@ impl Pod {
             _network: attachment,
             cgroup,
             cgroup_owner,
+            sandbox_spec: std::sync::OnceLock::new(),
         };
         // Once the VM is up: a CPU quota need not slow its boot down.
         let limited = match (&pod.cgroup.0, limits) {
@@ -303,20 +307,30 @@ impl Pod {
     /// VM's share; what to create it with. A member of a CRI pod (by its
     /// annotations) goes under its sandbox's pod cgroup and shares the
     /// namespaces its config.json names by the VMM's pid, which is the
-    /// pid the pod's containers are reported with, so the sandbox's.
+    /// pid the pod's containers are reported with, so the sandbox's, or
+    /// by the same file as the sandbox's config.json (CRI-O's pinned
+    /// namespaces).
     pub async fn add(&self, id: &str, bundle: &Bundle) -> Result<Prepared, PodError> {
         network_of(id, bundle)?;
         let sandbox = match crate::sandbox::annotated_role(&bundle.spec, id)? {
             Some(Role::Member(sandbox)) => sandbox,
-            _ => return Ok(self.sandbox.prepare(id, bundle).await?),
+            role => {
+                if role == Some(Role::Sandbox) {
+                    let _ = self.sandbox_spec.set(bundle.spec.clone());
+                }
+                return Ok(self.sandbox.prepare(id, bundle).await?);
+            }
         };
         let vmm = i32::try_from(self.vmm).unwrap_or(0);
-        let shared = shared_namespaces_by(&bundle.spec, &sandbox, id, |pid| {
+        let mut shared = shared_namespaces_by(&bundle.spec, &sandbox, id, |pid| {
             (vmm != 0 && pid == vmm).then(|| PidOwner {
                 container: sandbox.clone(),
                 vm: sandbox.clone(),
             })
         })?;
+        if let Some(sandbox_spec) = self.sandbox_spec.get() {
+            shared.extend(pinned_by_owner(&bundle.spec, sandbox_spec, &sandbox));
+        }
         Ok(self
             .sandbox
             .prepare_member(id, bundle, &sandbox, shared)

@@ -31,13 +31,19 @@
 
 mod log_uri;
 mod metrics;
+mod no_event_service;
 mod process;
+mod publisher;
 mod rootfs;
 mod service;
 mod shim;
 mod stdio;
 
 fn main() {
+    // The serving shim has no action (containerd-shim reports bad flags).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let serving = containerd_shim::parse(&args).is_ok_and(|flags| flags.action.is_empty());
+    no_event_service::stand_in(serving);
     let config = containerd_shim::Config {
         // The shim's children are the VMMs and virtiofsds, which the
         // runtime crate waits for itself; containerd-shim's reaper would

@@ -115,10 +115,12 @@ impl containerd_shim::Shim for RunvmShim {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        let events_address = crate::no_event_service::forget_address();
         Service::new(
             &self.namespace,
             state_root(&self.namespace),
             publisher,
+            events_address,
             self.exit.clone(),
         )
     }

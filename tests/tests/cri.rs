@@ -24,7 +24,10 @@
 //! in the container's guest cgroup), an ExecSync past its timeout, a
 //! container that ignores SIGTERM stopped by SIGKILL after its grace
 //! period, and one killed by the guest's OOM killer reported with reason
-//! `OOMKilled`: more containers of the one VM. Its VMM and virtiofsd
+//! `OOMKilled`: more containers of the one VM; then containerd restarts
+//! (SIGTERM, started again on the same root and state) and finds the pod
+//! and its shim again, and the rest of the scenario (ExecSync, logs,
+//! stop, removal) runs on the restarted containerd. Its VMM and virtiofsd
 //! run in the sandbox's host cgroup (and the shim does not), the app
 //! containers have none, and the pod's goes with the pod (checked for
 //! both handlers).
@@ -74,7 +77,7 @@ fn pod_with_two_containers_under_the_runvm_shim() {
     two_containers_in_one_vm(CriEnv::start_with_shim("shim"), SHIM_HANDLER);
 }
 
-fn two_containers_in_one_vm(env: CriEnv, handler: &str) {
+fn two_containers_in_one_vm(mut env: CriEnv, handler: &str) {
     let is_runvm = env.runtime.is_runvm || handler == SHIM_HANDLER;
     let config = env.pod_config("runvm-pod");
     let started = Instant::now();
@@ -99,12 +102,12 @@ fn two_containers_in_one_vm(env: CriEnv, handler: &str) {
     let app2 = env.start_container(&pod, &config, "app2");
     eprintln!("app2 created and started in {:?}", started.elapsed());
 
-    let boot_id = |id: &str| {
+    let boot_id = |env: &CriEnv, id: &str| {
         let (code, out, err) = env.exec(id, &["cat", "/proc/sys/kernel/random/boot_id"]);
         assert_eq!(code, 0, "boot_id in {id}: {out} {err}");
         out.trim().to_string()
     };
-    let (boot1, boot2) = (boot_id(&app1), boot_id(&app2));
+    let (boot1, boot2) = (boot_id(&env, &app1), boot_id(&env, &app2));
     assert_eq!(boot1.len(), 36, "a boot_id: {boot1:?}");
     if is_runvm {
         assert_eq!(boot1, boot2, "both containers run on the pod VM's kernel");
@@ -128,6 +131,7 @@ fn two_containers_in_one_vm(env: CriEnv, handler: &str) {
     assert_shared_namespaces(&env, "runvm-pod", [&app1, &app2]);
     if handler == SHIM_HANDLER {
         assert_shim_task_service(&env, &pod, &config, [&app1, &app2]);
+        restart_containerd_under_the_pod(&mut env, &pod, [&app1, &app2]);
     }
 
     let (code, out, err) = env.exec(&app1, &["sh", "-c", "echo out; echo err >&2; exit 3"]);
@@ -166,7 +170,11 @@ fn two_containers_in_one_vm(env: CriEnv, handler: &str) {
     let (code, out, _) = env.exec(&app2, &["echo", "still"]);
     assert_eq!((code, out.as_str()), (0, "still\n"));
     if is_runvm {
-        assert_eq!(boot_id(&app2), boot2, "app2 still runs in the pod's VM");
+        assert_eq!(
+            boot_id(&env, &app2),
+            boot2,
+            "app2 still runs in the pod's VM"
+        );
     }
     env.stop_and_remove(&app2);
     env.remove_pod_and_assert_clean(&pod);
@@ -401,6 +409,49 @@ fn assert_shim_task_service(
     env.client
         .remove_container(&hungry)
         .unwrap_or_else(|e| env.fail(&e.0));
+}
+
+/// containerd restarted (SIGTERM, started again on the same root and
+/// state) while the pod runs under runvm's shim: its CRI plugin finds the
+/// pod ready and both containers running again, served by the same shim
+/// and VM (Connect). What follows in the scenario runs on the restarted
+/// containerd: ExecSync, the CRI log of a container's last words (its
+/// stdio re-attached), StopContainer (which waits for the shim's TaskExit
+/// event) and the pod's removal with nothing left.
+#[track_caller]
+fn restart_containerd_under_the_pod(env: &mut CriEnv, pod: &str, apps: [&String; 2]) {
+    let shims = |env: &CriEnv| -> Vec<u32> {
+        harness::processes_referencing(&env.needles())
+            .into_iter()
+            .filter(|(_, line)| line.contains(env::SHIM))
+            .map(|(pid, _)| pid)
+            .collect()
+    };
+    let before = shims(env);
+    assert_eq!(before.len(), 1, "one shim for the pod: {before:?}");
+    let started = Instant::now();
+    env.restart_containerd();
+    wait_for("the pod is ready after containerd's restart", || {
+        let status = env.client.pod_status(pod).map_err(|e| e.0)?;
+        (status.state == cri::PodSandboxState::SandboxReady as i32)
+            .then_some(())
+            .ok_or(format!("{status:?}"))
+    });
+    for app in apps {
+        let status = env
+            .client
+            .container_status(app)
+            .unwrap_or_else(|e| env.fail(&e.0));
+        assert_eq!(
+            status.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "{app} after containerd's restart: {status:?}"
+        );
+    }
+    eprintln!("containerd restarted, pod found in {:?}", started.elapsed());
+    let after = shims(env);
+    assert_eq!(after, before, "the same shim serves the pod");
+    assert_eq!(env.vmm_and_virtiofsd_count().0, 1, "the pod's one VMM");
 }
 
 /// A second pod (a second VM for runvm) on the same CNI bridge: its

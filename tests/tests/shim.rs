@@ -9,10 +9,14 @@
 //!   refused, naming host networking;
 //! - a detached task in a network namespace of the test (`--with-ns`,
 //!   an `eth0` with an address, as CNI leaves it): the guest wears that
-//!   `eth0`, `ctr task exec` (output, exit status), `ctr task ps`, `ctr
-//!   task kill` (a trapped SIGTERM), `ctr task delete` with the exit
-//!   status, then nothing left (no shim, VMM or virtiofsd, no state, no
-//!   tap or TC filter in the namespace);
+//!   `eth0`, `ctr task exec` (output, exit status), `ctr task ps`; then
+//!   containerd restarts (SIGTERM, started again on the same root and
+//!   state) and finds the running shim again (Connect): the task listed
+//!   running, `ctr task exec` works, and the shim's events (the exec's,
+//!   the task's exit) reach the new containerd; `ctr task kill` (a
+//!   trapped SIGTERM), `ctr task delete` with the exit status, then
+//!   nothing left (no shim, VMM or virtiofsd, no state, no tap or TC
+//!   filter in the namespace);
 //! - the shim SIGKILLed: containerd's clean-up (`shim delete`) removes
 //!   the VMM, virtiofsd, the rootfs mount, the pod's state and its taps
 //!   and TC filters.
@@ -166,9 +170,29 @@ impl Containerd {
         self.ctr(&args)
     }
 
+    /// `ctr task exec --exec-id EXEC_ID OPTIONS ID COMMAND`, stdio through
+    /// FIFOs in the scratch dir.
+    #[track_caller]
+    fn exec(&self, options: &[&str], exec_id: &str, id: &str, command: &[&str]) -> Output {
+        let fifos = self.scratch.join("fifo").display().to_string();
+        let mut args = vec!["tasks", "exec", "--exec-id", exec_id, "--fifo-dir", &fifos];
+        args.extend(options);
+        args.push(id);
+        args.extend(command);
+        self.ctr(&args)
+    }
+
     #[track_caller]
     fn tasks(&self) -> Vec<(String, u32, String)> {
         self.daemon.tasks()
+    }
+
+    /// The test's shim processes: (pid, command line).
+    fn shims(&self) -> Vec<(u32, String)> {
+        harness::processes_referencing(std::slice::from_ref(&self.namespace))
+            .into_iter()
+            .filter(|(_, cmdline)| cmdline.contains(SHIM))
+            .collect()
     }
 
     fn shim_state(&self) -> PathBuf {
@@ -308,13 +332,14 @@ fn ctr_run_rm_gives_output_and_exit_status() {
 }
 
 /// A detached task: `ctr task exec` gives its output and exit status,
-/// `ctr task ps` lists the task's processes, `ctr task kill` sends SIGTERM
-/// (trapped: exit 7), `ctr task delete` reports it, and then the shim,
-/// its VM and its state are gone.
+/// `ctr task ps` lists the task's processes, containerd restarts and
+/// finds the task again (see [`restart_containerd_while_running`]), `ctr
+/// task kill` sends SIGTERM (trapped: exit 7), `ctr task delete` reports
+/// it, and then the shim, its VM and its state are gone.
 #[test]
 fn detached_task_exec_kill_and_delete_leave_nothing() {
     let _one = one_at_a_time();
-    let containerd = Containerd::start("d");
+    let mut containerd = Containerd::start("d");
     let (ns, _peer) = pod_namespace("shim-d");
     let script = "trap 'exit 7' TERM; sleep 1000000 & wait";
     containerd
@@ -334,41 +359,18 @@ fn detached_task_exec_kill_and_delete_leave_nothing() {
         "{tasks:?}"
     );
     containerd.assert_vm_in_cgroup("s2");
-    let fifos = containerd.scratch.join("fifo").display().to_string();
     let exec = containerd
-        .ctr(&[
-            "tasks",
-            "exec",
-            "--exec-id",
+        .exec(
+            &["--cwd", "/etc"],
             "e1",
-            "--fifo-dir",
-            &fifos,
-            "--cwd",
-            "/etc",
             "s2",
-            "sh",
-            "-c",
-            "echo from exec; pwd; echo exec err >&2; exit 4",
-        ])
+            &["sh", "-c", "echo from exec; pwd; echo exec err >&2; exit 4"],
+        )
         .exits(4);
     assert_eq!(exec.stdout, "from exec\n/etc\n", "{exec}");
     assert_eq!(exec.stderr, "exec err\n", "{exec}");
     let address = containerd
-        .ctr(&[
-            "tasks",
-            "exec",
-            "--exec-id",
-            "e2",
-            "--fifo-dir",
-            &fifos,
-            "s2",
-            "ip",
-            "-o",
-            "-4",
-            "addr",
-            "show",
-            "eth0",
-        ])
+        .exec(&[], "e2", "s2", &["ip", "-o", "-4", "addr", "show", "eth0"])
         .ok();
     assert!(
         address.stdout.contains(&format!("inet {POD_ADDRESS}")),
@@ -379,6 +381,7 @@ fn detached_task_exec_kill_and_delete_leave_nothing() {
         ps.stdout.lines().skip(1).count() >= 2,
         "`ctr task ps` lists the shell and its sleep: {ps}"
     );
+    let events = restart_containerd_while_running(&mut containerd, "s2");
     containerd.ctr(&["tasks", "kill", "s2"]).ok();
     containerd.daemon.wait_until_stopped("s2", false);
     let deleted = containerd.ctr(&["tasks", "delete", "s2"]).ok();
@@ -386,6 +389,16 @@ fn detached_task_exec_kill_and_delete_leave_nothing() {
         deleted.stdout.contains("exit code 7") || deleted.stderr.contains("exit code 7"),
         "`ctr task delete` reports the exit status: {deleted}"
     );
+    // The shim's events reach the restarted containerd.
+    events.wait_for_line("the exec's start after the restart", |line| {
+        line.contains("/tasks/exec-started") && line.contains(r#""exec_id":"after-restart""#)
+    });
+    events.wait_for_line("the task's exit status after the restart", |line| {
+        line.contains("/tasks/exit")
+            && line.contains(r#""id":"s2""#)
+            && line.contains(r#""exit_status":7"#)
+    });
+    drop(events);
     containerd.ctr(&["containers", "rm", "s2"]).ok();
     containerd.assert_nothing_left();
     let left = runvm_leftovers(&ns);
@@ -412,11 +425,7 @@ fn a_killed_shim_is_cleaned_up_by_shim_delete() {
         !runvm_leftovers(&ns).is_empty(),
         "runvm's tap and filters while the task runs"
     );
-    let shims: Vec<(u32, String)> =
-        harness::processes_referencing(std::slice::from_ref(&containerd.namespace))
-            .into_iter()
-            .filter(|(_, cmdline)| cmdline.contains(SHIM))
-            .collect();
+    let shims = containerd.shims();
     assert_eq!(shims.len(), 1, "one shim for the task: {shims:?}");
     let pod_dir = containerd.shim_state().join("s3");
     assert!(pod_dir.is_dir(), "the pod's state {}", pod_dir.display());
@@ -435,4 +444,89 @@ fn a_killed_shim_is_cleaned_up_by_shim_delete() {
     let left = runvm_leftovers(&ns);
     assert!(left.is_empty(), "runvm's taps or filters are left: {left}");
     containerd.stop_and_assert_clean();
+}
+
+/// containerd stopped (SIGTERM) and started again while task `id` runs,
+/// as a node's containerd upgrade does: it reconnects to the running shim
+/// (Connect; the same shim, no new one), lists the task running with its
+/// pid, and `ctr task exec` works. Returns a watch on containerd's event
+/// stream (subscribed before the exec) for the caller's checks that the
+/// shim's events reach the new containerd.
+fn restart_containerd_while_running(containerd: &mut Containerd, id: &str) -> EventWatch {
+    let shims = containerd.shims();
+    assert_eq!(shims.len(), 1, "one shim for the task: {shims:?}");
+    let before = containerd.tasks();
+    containerd.daemon.restart();
+    let after = containerd.tasks();
+    assert!(
+        matches!(after.as_slice(), [(task, _, status)] if task == id && status == "RUNNING"),
+        "after the restart: {after:?}\n{}",
+        containerd.log()
+    );
+    assert_eq!(
+        after, before,
+        "the task's pid and status across the restart"
+    );
+    assert_eq!(containerd.shims(), shims, "the same shim serves the task");
+    let events = EventWatch::start(containerd);
+    let exec = containerd
+        .exec(
+            &[],
+            "after-restart",
+            id,
+            &["sh", "-c", "echo after restart; exit 5"],
+        )
+        .exits(5);
+    assert_eq!(exec.stdout, "after restart\n", "{exec}");
+    events
+}
+
+/// `ctr events` running, its lines in a file; killed when dropped.
+struct EventWatch {
+    child: std::process::Child,
+    output: PathBuf,
+}
+
+impl EventWatch {
+    /// Subscribed once an event the test makes (a namespace label) shows.
+    fn start(containerd: &Containerd) -> EventWatch {
+        let output = containerd.scratch.join("events.txt");
+        let file = std::fs::File::create(&output).expect("the events file");
+        let child = containerd
+            .command(&["events"])
+            .stdout(file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot start `ctr events`");
+        let watch = EventWatch { child, output };
+        let mut probe = 0;
+        wait_for("`ctr events` is subscribed", || {
+            probe += 1;
+            let label = format!("runvm-e2e-probe={probe}");
+            containerd
+                .ctr(&["namespaces", "label", &containerd.namespace, &label])
+                .ok();
+            let text = harness::read_text(&watch.output);
+            text.contains("/namespaces/update")
+                .then_some(())
+                .ok_or(text)
+        });
+        watch
+    }
+
+    /// Waits until a line of the stream satisfies `wanted`.
+    #[track_caller]
+    fn wait_for_line(&self, what: &str, wanted: impl Fn(&str) -> bool) {
+        wait_for(what, || {
+            let text = harness::read_text(&self.output);
+            text.lines().any(&wanted).then_some(()).ok_or(text)
+        });
+    }
+}
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

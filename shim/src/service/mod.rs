@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ use containerd_shim::protos::shim::shim::CheckpointTaskRequest;
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{Context, ExitSignal, TtrpcContext, TtrpcResult};
+use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use runvm::agent_client::ClientError;
 use runvm::bundle::{self, Bundle};
 use runvm::container_client::{ContainerClient, ContainerProcess};
@@ -64,6 +63,7 @@ impl Service {
         namespace: &str,
         root: PathBuf,
         publisher: RemotePublisher,
+        events_address: Option<String>,
         exit: Arc<ExitSignal>,
     ) -> Service {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -71,18 +71,8 @@ impl Service {
             .enable_all()
             .build()
             .expect("the shim cannot start its async runtime");
-        let (events, published) = mpsc::channel::<Event>();
         let namespace = namespace.to_owned();
-        let publishing = namespace.clone();
-        // One thread publishes, in order, so that a request never waits on
-        // containerd's event service.
-        std::thread::spawn(move || {
-            for (topic, event) in published {
-                if let Err(e) = publisher.publish(Context::default(), topic, &publishing, event) {
-                    log::warn!("cannot publish {topic}: {e}");
-                }
-            }
-        });
+        let events = crate::publisher::start(publisher, events_address, namespace.clone());
         Service {
             runtime,
             shared: Arc::new(Shared {

@@ -3,6 +3,7 @@
 //! creating a container in it, and watching a process end.
 
 use super::*;
+use crate::publisher::Event;
 use runvm::pod::HostCgroupOf;
 
 /// How long output may keep flowing after a process ended.
@@ -20,8 +21,6 @@ pub(super) const IDLE_EXIT: Duration = Duration::from_secs(30);
 /// Exit status when the guest went away without telling.
 pub(super) const STATUS_LOST: u32 = 255;
 
-pub(super) type Event = (&'static str, Box<dyn MessageDyn>);
-
 pub(super) struct Container {
     pub(super) bundle: PathBuf,
     /// The rootfs mount this shim made from containerd's mounts.
@@ -36,7 +35,7 @@ pub(super) struct Shared {
     /// The pod's VM, once booted; the lock serialises the boot.
     pub(super) pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
     pub(super) containers: Mutex<HashMap<String, Container>>,
-    pub(super) events: Mutex<mpsc::Sender<Event>>,
+    pub(super) events: Mutex<std::sync::mpsc::Sender<Event>>,
     pub(super) root: PathBuf,
     /// containerd's namespace of the pod (a logging program is told it).
     pub(super) namespace: String,
@@ -214,6 +213,19 @@ pub(super) async fn watch_exit(
         Some((_, process)) => runvm::guest_process::wait(pod.agent(), *process).await,
         None => ContainerClient::new(pod.agent()).wait(&id).await,
     };
+    if exec.is_none() && status.is_ok() {
+        // What the init left running goes with it, as containerd's runc
+        // shim kills it for a container without a PID namespace of its
+        // own (CRI-O puts a pod's containers in the sandbox's): otherwise
+        // a background child holds the output open for DRAIN_PATIENCE and
+        // the exit comes after the caller's stop timeout. With a PID
+        // namespace of its own, the kernel has killed them already.
+        let containers = ContainerClient::new(pod.agent());
+        let killed = containers.signal(&id, libc::SIGKILL, true);
+        if let Err(e) = deadlines::within("kill", deadlines::KILL, killed).await {
+            log::warn!("container {id}: cannot kill what its init left: {e}");
+        }
+    }
     let patience = match status {
         Ok(runvm_agent_api::ExitStatus::Signal(libc::SIGKILL)) => KILLED_DRAIN_PATIENCE,
         _ => DRAIN_PATIENCE,

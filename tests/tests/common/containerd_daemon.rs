@@ -17,7 +17,10 @@ use crate::podman_env::{PodmanEnv, IMAGE};
 pub struct Daemon {
     child: Option<Child>,
     socket: PathBuf,
+    config: PathBuf,
     log: PathBuf,
+    /// The PATH containerd runs with (where it finds shims).
+    path: Option<String>,
     pub namespace: String,
 }
 
@@ -29,39 +32,61 @@ impl Daemon {
         let config = scratch.join("config.toml");
         std::fs::write(&config, containerd_config::base(&scratch.display(), false))
             .expect("config.toml");
-        let log = scratch.join("containerd.log");
-        let file = std::fs::File::create(&log).expect("log");
+        let path = path_first.map(|dir| {
+            let path = std::env::var("PATH").unwrap_or_default();
+            format!("{}:{path}", dir.display())
+        });
+        let mut daemon = Daemon {
+            child: None,
+            socket: scratch.join("containerd.sock"),
+            config,
+            log: scratch.join("containerd.log"),
+            path,
+            namespace: namespace.to_owned(),
+        };
+        daemon.spawn();
+        daemon.import_image(scratch);
+        daemon
+    }
+
+    /// Starts containerd on the config, appending to its log, and waits
+    /// until it answers.
+    fn spawn(&mut self) {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
         let mut command = Command::new("containerd");
         command
             .arg("--config")
-            .arg(&config)
+            .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("dup"))
             .stderr(file);
-        if let Some(dir) = path_first {
-            let path = std::env::var("PATH").unwrap_or_default();
-            command.env("PATH", format!("{}:{path}", dir.display()));
+        if let Some(path) = &self.path {
+            command.env("PATH", path);
         }
-        let child = command.spawn().expect("cannot start containerd");
-        let mut daemon = Daemon {
-            child: Some(child),
-            socket: scratch.join("containerd.sock"),
-            log,
-            namespace: namespace.to_owned(),
-        };
+        self.child = Some(command.spawn().expect("cannot start containerd"));
         wait_for("containerd answers", || {
-            if let Some(status) = daemon.child.as_mut().and_then(|d| d.try_wait().ok()?) {
-                panic!("containerd exited ({status}):\n{}", daemon.log());
+            if let Some(status) = self.child.as_mut().and_then(|d| d.try_wait().ok()?) {
+                panic!("containerd exited ({status}):\n{}", self.log());
             }
-            let version = run(&mut daemon.command(&["version"]));
+            let version = run(&mut self.command(&["version"]));
             version
                 .status
                 .success()
                 .then_some(())
                 .ok_or(version.to_string())
         });
-        daemon.import_image(scratch);
-        daemon
+    }
+
+    /// containerd stopped (SIGTERM, waited for) and started again on the
+    /// same root, state and config, as after a node's containerd
+    /// upgrade: the shims it started run on, and it finds them again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
     }
 
     pub fn log(&self) -> String {

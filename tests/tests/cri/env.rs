@@ -62,6 +62,8 @@ pub(super) fn one_at_a_time() -> MutexGuard<'static, ()> {
 pub(super) struct CriEnv {
     pub(super) client: CriClient,
     pub(super) daemon: Option<Child>,
+    /// The PATH containerd runs with, when the shim is first on it.
+    path: Option<String>,
     pub(super) runtime: RuntimeUnderTest,
     /// The pods' cgroup parent, removed afterwards.
     pub(super) cgroup_parent: String,
@@ -96,36 +98,16 @@ impl CriEnv {
         let runtime = RuntimeUnderTest::resolve(&scratch);
         let netns = NetNs::new(&format!("rvcri-{name}"));
         write_config(&scratch, &runtime, shim);
-        let log = std::fs::File::create(scratch.join("containerd.log")).expect("log");
-        let mut command = Command::new("containerd");
-        command
-            .arg("--config")
-            .arg(scratch.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log);
-        if shim {
+        let path = shim.then(|| {
             let bin = install_shim(&scratch.join("shim-prefix"));
             let path = std::env::var("PATH").unwrap_or_default();
-            command.env("PATH", format!("{}:{path}", bin.display()));
-        }
-        netns.enter(&mut command);
-        let mut daemon = command.spawn().expect("cannot start containerd");
-        let socket = scratch.join("containerd.sock");
-        let client = wait_for("containerd's CRI answers", || {
-            if let Ok(Some(status)) = daemon.try_wait() {
-                panic!(
-                    "containerd exited ({status}):\n{}",
-                    read_text(&scratch.join("containerd.log"))
-                );
-            }
-            let client = CriClient::connect(&socket).map_err(|e| e.0)?;
-            client.version().map_err(|e| e.0)?;
-            Ok(client)
+            format!("{}:{path}", bin.display())
         });
+        let (daemon, client) = spawn_daemon(&scratch, &netns, path.as_deref());
         let env = CriEnv {
             client,
             daemon: Some(daemon),
+            path,
             runtime,
             cgroup_parent: format!("/runvm-e2e-cri-{}", std::process::id()),
             netns,
@@ -139,6 +121,16 @@ impl CriEnv {
             ready.then_some(()).ok_or(format!("{conditions:?}"))
         });
         env
+    }
+
+    /// containerd stopped (SIGTERM, waited for) and started again on the
+    /// same config, root and state, as a node's containerd upgrade does;
+    /// the shims and pods it started run on.
+    pub(super) fn restart_containerd(&mut self) {
+        self.stop_daemon();
+        let (daemon, client) = spawn_daemon(&self.scratch, &self.netns, self.path.as_deref());
+        self.daemon = Some(daemon);
+        self.client = client;
     }
 
     pub(super) fn ctr(&self, args: &[&str]) -> harness::Output {
@@ -433,6 +425,42 @@ impl Drop for CriEnv {
         harness::remove_cgroup(&self.cgroup_parent);
         harness::clean_up(&runtime_root_base(), &[]);
     }
+}
+
+/// Starts containerd on the scratch dir's config in `netns` (with `path`
+/// as its PATH if given), appending to its log; it and a client once its
+/// CRI answers.
+fn spawn_daemon(scratch: &Scratch, netns: &NetNs, path: Option<&str>) -> (Child, CriClient) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(scratch.join("containerd.log"))
+        .expect("log");
+    let mut command = Command::new("containerd");
+    command
+        .arg("--config")
+        .arg(scratch.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log);
+    if let Some(path) = path {
+        command.env("PATH", path);
+    }
+    netns.enter(&mut command);
+    let mut daemon = command.spawn().expect("cannot start containerd");
+    let socket = scratch.join("containerd.sock");
+    let client = wait_for("containerd's CRI answers", || {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!(
+                "containerd exited ({status}):\n{}",
+                read_text(&scratch.join("containerd.log"))
+            );
+        }
+        let client = CriClient::connect(&socket).map_err(|e| e.0)?;
+        client.version().map_err(|e| e.0)?;
+        Ok(client)
+    });
+    (daemon, client)
 }
 
 /// A busybox container `name` running `script`, logging to `<name>.log`.
