@@ -3,7 +3,7 @@
 //! virtiofsd, run as containers by the agent. One VM runs every scenario
 //! (hostname and env, read-only rootfs, writes that reach the host, uid
 //! and gid, masked paths, exec in the pid namespace, escapes through
-//! symlinks and `..`, no vsock path from a container to the agent, the
+//! symlinks and `..`, host changes to a file seen at its next open, no vsock path from a container to the agent, the
 //! guest's defaults (nosuid,nodev roots, device rules, sysctls), a pids
 //! limit, an OOM kill with its event), then shuts down with a rootfs still bound: nothing
 //! may be left (mounts, virtiofsd, directories). A second VM loses its
@@ -551,12 +551,49 @@ async fn scenario_escapes_stay_inside(vm: &mut MicroVm, agent: &AgentClient, bas
     unshare(vm, "esc1");
 }
 
+/// Runs `script` with `sh -c` in the running container `id` as root:
+/// its status and output.
+async fn exec_sh(
+    containers: &ContainerClient<'_>,
+    agent: &AgentClient,
+    id: &str,
+    script: &str,
+) -> (ExitStatus, String) {
+    let out = Captured::default();
+    let process: Process = serde_json::from_value(json!({
+        "user": {"uid": 0, "gid": 0},
+        "args": ["sh", "-c", script],
+        "env": ["PATH=/bin"],
+        "cwd": "/"
+    }))
+    .expect("process");
+    let exec = containers
+        .exec(
+            id,
+            process,
+            HostStdio {
+                stdout: out.writer(),
+                stderr: out.writer(),
+                ..HostStdio::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec in {id}: {e}"));
+    let status = guest_process::wait(agent, exec.started.process)
+        .await
+        .expect("wait exec");
+    exec.drain().await;
+    (status, out.text())
+}
+
 async fn scenario_exec_in_pid_namespace(vm: &mut MicroVm, agent: &AgentClient, base: &Path) {
     let bundle = Bundle::new(
         base,
         "ex",
         runc_spec("exec sleep 600", "bundle-ex", true, 0, &[]),
     );
+    let note = bundle.rootfs().join("etc/note");
+    std::fs::write(&note, "one\n").expect("note");
     let spec = bundle.spec();
     let rootfs = vm
         .share_rootfs(agent, "ex1", &bundle.rootfs(), true)
@@ -568,33 +605,15 @@ async fn scenario_exec_in_pid_namespace(vm: &mut MicroVm, agent: &AgentClient, b
         .await
         .expect("create ex1");
     containers.start("ex1").await.expect("start ex1");
-    let out = Captured::default();
-    let process: Process = serde_json::from_value(json!({
-        "user": {"uid": 0, "gid": 0},
-        "args": ["sh", "-c", "echo self=$$ host=$(hostname); \
-                 for p in /proc/[0-9]*; do echo ${p#/proc/}: $(tr '\\0' ' ' < $p/cmdline); done"],
-        "env": ["PATH=/bin"],
-        "cwd": "/"
-    }))
-    .expect("process");
-    let exec = containers
-        .exec(
-            "ex1",
-            process,
-            HostStdio {
-                stdout: out.writer(),
-                stderr: out.writer(),
-                ..HostStdio::default()
-            },
-        )
-        .await
-        .expect("exec in ex1");
-    let status = guest_process::wait(agent, exec.started.process)
-        .await
-        .expect("wait exec");
-    exec.drain().await;
-    assert_eq!(status, ExitStatus::Code(0), "{}", out.text());
-    let text = out.text();
+    let (status, text) = exec_sh(
+        &containers,
+        agent,
+        "ex1",
+        "echo self=$$ host=$(hostname); \
+         for p in /proc/[0-9]*; do echo ${p#/proc/}: $(tr '\\0' ' ' < $p/cmdline); done",
+    )
+    .await;
+    assert_eq!(status, ExitStatus::Code(0), "{text}");
     let mut lines = text.lines();
     let first = lines.next().expect("a first line");
     assert!(
@@ -609,6 +628,21 @@ async fn scenario_exec_in_pid_namespace(vm: &mut MicroVm, agent: &AgentClient, b
             .iter()
             .all(|p| !p.contains("init") && !p.contains("runvm")),
         "the guest's processes are visible: {text}"
+    );
+    // The guest keeps an unchanged file's pages across opens (execs of
+    // busybox), but a file the host changes is read afresh at its next
+    // open: same size (only the mtime differs), then a new size.
+    let read_note = "cat /etc/note; cat /etc/note";
+    let (status, text) = exec_sh(&containers, agent, "ex1", read_note).await;
+    assert_eq!((status, text.as_str()), (ExitStatus::Code(0), "one\none\n"));
+    std::fs::write(&note, "two\n").expect("note, same size");
+    let (status, text) = exec_sh(&containers, agent, "ex1", read_note).await;
+    assert_eq!((status, text.as_str()), (ExitStatus::Code(0), "two\ntwo\n"));
+    std::fs::write(&note, "three, longer\n").expect("note, longer");
+    let (status, text) = exec_sh(&containers, agent, "ex1", read_note).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (ExitStatus::Code(0), "three, longer\nthree, longer\n")
     );
     containers.signal("ex1", 9, true).await.expect("kill");
     assert_eq!(

@@ -154,16 +154,11 @@ impl Events {
 /// is logged and left to the first container, which tries again.
 pub fn warm_up(agent: &Agent) {
     let mut c = agent.containers.borrow_mut();
-    if let Some(root) = c.cgroup_root.clone() {
-        match cgroups::enable_controllers(&root) {
-            Ok(()) => c.controllers_ready = true,
-            Err(e) => agent_log!("warming up: cannot enable the cgroup controllers: {e}"),
-        }
+    if let Err(e) = c.ensure_controllers() {
+        agent_log!("warming up: cannot enable the cgroup controllers: {e}");
     }
-    if !std::mem::replace(&mut c.loopback_up, true) {
-        if let Err(e) = crate::loopback::bring_up() {
-            agent_log!("warming up: cannot bring up lo: {e}");
-        }
+    if let Err(e) = c.ensure_loopback() {
+        agent_log!("warming up: cannot bring up lo: {e}");
     }
     match devices::default_program() {
         Ok(Some(program)) => {
@@ -206,6 +201,25 @@ impl Containers {
             inotify: None,
             device_programs: devices::ProgramCache::default(),
         }
+    }
+
+    /// Enables the cgroup controllers at the containers' cgroup root once
+    /// (nothing to do without cgroup v2).
+    pub fn ensure_controllers(&mut self) -> std::io::Result<()> {
+        if let (Some(root), false) = (&self.cgroup_root, self.controllers_ready) {
+            cgroups::enable_controllers(root)?;
+            self.controllers_ready = true;
+        }
+        Ok(())
+    }
+
+    /// Brings `lo` up once when it is the agent's to bring up. Tried only
+    /// once: a failure is reported to the first caller, not retried.
+    pub fn ensure_loopback(&mut self) -> std::io::Result<()> {
+        if std::mem::replace(&mut self.loopback_up, true) {
+            return Ok(());
+        }
+        crate::loopback::bring_up()
     }
 
     /// The reaper saw `pid` end.
@@ -341,10 +355,8 @@ pub async fn create(
             request.rootfs
         )));
     }
-    if !std::mem::replace(&mut agent.containers.borrow_mut().loopback_up, true) {
-        if let Err(e) = crate::loopback::bring_up() {
-            agent_log!("cannot bring up lo: {e}");
-        }
+    if let Err(e) = agent.containers.borrow_mut().ensure_loopback() {
+        agent_log!("cannot bring up lo: {e}");
     }
     let join = namespaces_to_join(agent, &plan)?;
     // The pod's network goes where the container's network namespace is:

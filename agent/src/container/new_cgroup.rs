@@ -28,10 +28,7 @@ pub fn make_cgroup(
     plan: &ContainerPlan,
     pod: Option<&PodPlacement>,
 ) -> Result<Cgroups, AgentError> {
-    let (root, ready) = {
-        let c = agent.containers.borrow();
-        (c.cgroup_root.clone(), c.controllers_ready)
-    };
+    let root = agent.containers.borrow().cgroup_root.clone();
     let pod_limits = match pod.and_then(|p| p.resources.as_deref()) {
         Some(resources) => {
             cgroups::render(resources).map_err(|e| invalid(format!("the pod's resources: {e}")))?
@@ -54,11 +51,11 @@ pub fn make_cgroup(
             pod: None,
         });
     };
-    if !ready {
-        cgroups::enable_controllers(&root)
-            .map_err(|e| system(format!("cannot enable the cgroup controllers: {e}")))?;
-        agent.containers.borrow_mut().controllers_ready = true;
-    }
+    agent
+        .containers
+        .borrow_mut()
+        .ensure_controllers()
+        .map_err(|e| system(format!("cannot enable the cgroup controllers: {e}")))?;
     phase("cg:enable");
     let pod_dir = match pod {
         Some(pod) => {
