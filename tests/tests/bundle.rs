@@ -2,10 +2,11 @@
 //! in temporary directories, bound into the VM's share and served by its
 //! virtiofsd, run as containers by the agent. One VM runs every scenario
 //! (hostname and env, read-only rootfs, writes that reach the host, uid
-//! and gid, masked paths, exec in the pid namespace, escapes through
-//! symlinks and `..`, host changes to a file seen at its next open, no vsock path from a container to the agent, the
-//! guest's defaults (nosuid,nodev roots, device rules, sysctls), a pids
-//! limit, an OOM kill with its event), then shuts down with a rootfs still bound: nothing
+//! and gid, masked paths, exec in the pid namespace, host changes to a
+//! file seen at its next open, escapes through symlinks and `..`, no
+//! vsock path from a container to the agent, the guest's defaults
+//! (nosuid,nodev roots, device rules, sysctls), a pids limit, an OOM kill
+//! with its event), then shuts down with a rootfs still bound: nothing
 //! may be left (mounts, virtiofsd, directories). A second VM loses its
 //! virtiofsd and must say so.
 
