@@ -241,6 +241,20 @@ pub fn update(
 ) -> Result<ResponseBody, AgentError> {
     let cgroup = cgroup_of(agent, id)?;
     let writes = cgroups::render(resources).map_err(invalid)?;
+    // A limit of a kind the container was created without needs its
+    // controller turned on first: at the root, then in the pod's cgroup.
+    let wanted = cgroups::controllers_for(&writes);
+    let enabled = {
+        let mut containers = agent.containers.borrow_mut();
+        let pod_dir = containers.get(id)?.pod_cgroup.clone();
+        containers
+            .ensure_controllers(&wanted)
+            .and_then(|()| match &pod_dir {
+                Some(dir) => cgroups::enable_controllers(dir, &wanted),
+                None => Ok(()),
+            })
+    };
+    enabled.map_err(|e| system(format!("cannot enable the cgroup controllers: {e}")))?;
     cgroup.apply(&writes).map_err(|e| system(e.to_string()))?;
     Ok(ResponseBody::Done)
 }

@@ -154,7 +154,7 @@ impl Events {
 /// is logged and left to the first container, which tries again.
 pub fn warm_up(agent: &Agent) {
     let mut c = agent.containers.borrow_mut();
-    if let Err(e) = c.ensure_controllers() {
+    if let Err(e) = c.ensure_controllers(cgroups::ALWAYS) {
         agent_log!("warming up: cannot enable the cgroup controllers: {e}");
     }
     if let Err(e) = c.ensure_loopback() {
@@ -177,7 +177,9 @@ pub struct Containers {
     /// Ids being created.
     reserved: HashSet<String>,
     cgroup_root: Option<PathBuf>,
-    controllers_ready: bool,
+    /// Controllers already asked for at the root (enabled, or not offered
+    /// by this kernel).
+    controllers_on: Vec<&'static str>,
     /// `lo` is up, or not the agent's to bring up (see `crate::loopback`).
     loopback_up: bool,
     events: Events,
@@ -195,7 +197,7 @@ impl Containers {
             by_id: HashMap::new(),
             reserved: HashSet::new(),
             cgroup_root,
-            controllers_ready: false,
+            controllers_on: Vec::new(),
             loopback_up: !loopback,
             events: Events::default(),
             inotify: None,
@@ -203,12 +205,20 @@ impl Containers {
         }
     }
 
-    /// Enables the cgroup controllers at the containers' cgroup root once
-    /// (nothing to do without cgroup v2).
-    pub fn ensure_controllers(&mut self) -> std::io::Result<()> {
-        if let (Some(root), false) = (&self.cgroup_root, self.controllers_ready) {
-            cgroups::enable_controllers(root)?;
-            self.controllers_ready = true;
+    /// Enables the `wanted` cgroup controllers at the containers' cgroup
+    /// root, each once (nothing to do without cgroup v2).
+    pub fn ensure_controllers(&mut self, wanted: &[&'static str]) -> std::io::Result<()> {
+        let Some(root) = &self.cgroup_root else {
+            return Ok(());
+        };
+        if wanted.iter().all(|c| self.controllers_on.contains(c)) {
+            return Ok(());
+        }
+        cgroups::enable_controllers(root, wanted)?;
+        for c in wanted {
+            if !self.controllers_on.contains(c) {
+                self.controllers_on.push(c);
+            }
         }
         Ok(())
     }

@@ -51,10 +51,11 @@ pub fn make_cgroup(
             pod: None,
         });
     };
+    let wanted = cgroups::controllers_for(plan.resources.iter().chain(&pod_limits));
     agent
         .containers
         .borrow_mut()
-        .ensure_controllers()
+        .ensure_controllers(&wanted)
         .map_err(|e| system(format!("cannot enable the cgroup controllers: {e}")))?;
     phase("cg:enable");
     let pod_dir = match pod {
@@ -72,7 +73,7 @@ pub fn make_cgroup(
                 )));
             }
             let dir = pod::cgroup_dir(&root, &pod.id).map_err(invalid)?;
-            if let Err(e) = pod::make_cgroup(&dir, &pod_limits) {
+            if let Err(e) = pod::make_cgroup(&dir, &pod_limits, &wanted) {
                 pod::remove_cgroup_if_empty(&dir);
                 return Err(invalid(format!("the pod's cgroup: {e}")));
             }

@@ -150,7 +150,7 @@ pub fn cgroup_dir(root: &Path, pod: &str) -> Result<PathBuf, String> {
 
 /// Makes the pod's cgroup at `dir` if it is not there, with the container
 /// controllers handed down to its containers; writes `limits` on it.
-pub fn make_cgroup(dir: &Path, limits: &[CgroupWrite]) -> io::Result<()> {
+pub fn make_cgroup(dir: &Path, limits: &[CgroupWrite], wanted: &[&str]) -> io::Result<()> {
     match std::fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -161,7 +161,7 @@ pub fn make_cgroup(dir: &Path, limits: &[CgroupWrite]) -> io::Result<()> {
             ))
         }
     }
-    cgroups::enable_controllers(dir)?;
+    cgroups::enable_controllers(dir, wanted)?;
     cgroups::Cgroup {
         path: dir.to_owned(),
     }
