@@ -18,6 +18,7 @@ pub mod features;
 pub mod messages;
 pub mod network;
 pub mod oci;
+pub mod passwd;
 
 pub use codec::{read_frame, read_frame_bytes, write_frame, FrameError, MAX_FRAME_SIZE};
 pub use containers::{

@@ -11,6 +11,7 @@ pub mod container;
 pub mod container_client;
 pub mod deadlines;
 pub mod guest_process;
+pub mod home_dir;
 pub mod hooks;
 pub mod host_cgroup;
 pub mod host_random;

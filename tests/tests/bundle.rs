@@ -286,7 +286,7 @@ async fn scenario_readonly_identity_masks(vm: &mut MicroVm, agent: &AgentClient,
                   touch /new 2>/dev/null && echo root-writable || echo root-readonly; \
                   touch /home/user/new 2>/dev/null && echo home-writable || echo home-readonly; \
                   echo secret=$(cat /etc/secret 2>&1 | wc -c) dir=$(ls /secret-dir | wc -l); \
-                  echo etc-hostname=$(cat /etc/hostname)";
+                  echo etc-hostname=$(cat /etc/hostname) home=$HOME";
     let bundle = Bundle::new(base, "ro", runc_spec(script, "bundle-ro", true, 1000, &[]));
     let pids = vm.virtiofsd_pids();
     assert_eq!(pids.len(), 2, "virtiofsd and its sandboxed child: {pids:?}");
@@ -300,7 +300,8 @@ async fn scenario_readonly_identity_masks(vm: &mut MicroVm, agent: &AgentClient,
             "root-readonly",
             "home-readonly",
             "secret=0 dir=0",
-            "etc-hostname=from-the-bundle",
+            // The agent's own lookup (this test sends the spec as is).
+            "etc-hostname=from-the-bundle home=/home/user",
         ],
         "{out}"
     );

@@ -543,7 +543,8 @@ fn run_in_the_foreground() {
     let data = cli.scratch.join("data");
     std::fs::create_dir_all(data.join("sub")).expect("data dir");
     let hugepages = cli.runtime.is_runvm || host_has_hugetlb_cgroup();
-    let script = "echo out; cat /run/link; \
+    // HOME comes from the rootfs's /etc/passwd (runvm reads it on the host).
+    let script = "echo out home=$HOME; cat /run/link; \
         touch /run/new /data/new /data/sub/new 2>&1 | wc -l; echo err >&2; exit 3";
     let bundle = cli.bundle("bundle", &["sh", "-c", script], |config| {
         let resources = &mut config["linux"]["resources"];
@@ -566,7 +567,10 @@ fn run_in_the_foreground() {
         .run(&["run", "--bundle", &bundle.display().to_string(), id])
         .exits(3);
     // /run is writable; /data and /data/sub are not.
-    assert_eq!(output.stdout, "out\nrun from the image\n2\n", "{output}");
+    assert_eq!(
+        output.stdout, "out home=/root\nrun from the image\n2\n",
+        "{output}"
+    );
     assert_eq!(output.stderr, "err\n", "{output}");
     assert!(!data.join("new").exists() && !data.join("sub/new").exists());
     cli.assert_gone(id);

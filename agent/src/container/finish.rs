@@ -8,6 +8,8 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::path::PathBuf;
 
+use runvm_agent_api::passwd::{self, home_of};
+
 use super::init::check;
 use super::phases::phase;
 use super::rootfs::c;
@@ -228,8 +230,13 @@ pub fn finish(
 fn finish_env(env: &[String], uid: u32) -> Vec<String> {
     let mut env = env.to_vec();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
+        // The host fills HOME in when it can read the rootfs's passwd file
+        // as the container will see it (see the runtime's `home_dir`).
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        env.push(format!("HOME={}", home_of(&passwd, uid).unwrap_or("/")));
+        env.push(format!(
+            "HOME={}",
+            home_of(&passwd, uid).unwrap_or(passwd::DEFAULT_HOME)
+        ));
     }
     env
 }
@@ -240,14 +247,6 @@ fn top_of(dir: &str) -> Option<&str> {
     let rest = dir.strip_prefix('/')?;
     let (top, below) = rest.split_once('/')?;
     (!top.is_empty() && !below.trim_matches('/').is_empty()).then(|| &dir[..top.len() + 1])
-}
-
-/// The home directory of `uid` in a passwd file.
-pub fn home_of(passwd: &str, uid: u32) -> Option<&str> {
-    passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        (fields.len() >= 7 && fields[2].parse() == Ok(uid)).then(|| fields[5])
-    })
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -312,12 +311,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn home_comes_from_passwd() {
-        let passwd =
-            "root:x:0:0:root:/root:/bin/sh\nbad line\nuser:x:1000:1000::/home/user:/bin/sh\n";
-        assert_eq!(home_of(passwd, 0), Some("/root"));
-        assert_eq!(home_of(passwd, 1000), Some("/home/user"));
-        assert_eq!(home_of(passwd, 5), None);
+    fn a_given_home_is_kept() {
         let env = finish_env(&["HOME=/x".into()], 0);
         assert_eq!(env, vec!["HOME=/x".to_string()]);
     }

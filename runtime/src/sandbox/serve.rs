@@ -17,6 +17,7 @@ use crate::agent_client::AgentClient;
 use crate::bundle::{self, Bundle};
 use crate::container_client::ContainerClient;
 use crate::deadlines;
+use crate::home_dir;
 use crate::state::{self, HostProcess, StateRoot};
 use crate::vm::MicroVm;
 
@@ -262,7 +263,9 @@ async fn prepare(
         .map_err(|e| failed(e.to_string()))
         .and_then(|sources| {
             let spec = bundle::guest_spec(&bundle.spec, &binds, &sources);
-            bundle::to_wire(&spec).map_err(|e| failed(e.to_string()))
+            let mut wire = bundle::to_wire(&spec).map_err(|e| failed(e.to_string()))?;
+            home_dir::fill_in(&mut wire, &rootfs);
+            Ok(wire)
         });
     match wire {
         Ok(spec) => Ok(Prepared {
