@@ -59,7 +59,10 @@ pub fn make_cgroup(
         .map_err(|e| system(format!("cannot enable the cgroup controllers: {e}")))?;
     phase("cg:enable");
     let pod_dir = match pod {
-        Some(pod) => {
+        // A pod's directory only serves its limits: a pod without limits
+        // of its own (the pod of one `runvm run`, say) leaves its
+        // containers at the root, one cgroup each instead of two levels.
+        Some(pod) if !pod_limits.is_empty() || has_pod_dir(agent, &root, &pod.id) => {
             let outside = agent
                 .containers
                 .borrow()
@@ -79,7 +82,7 @@ pub fn make_cgroup(
             }
             Some(dir)
         }
-        None => None,
+        Some(_) | None => None,
     };
     let parent = pod_dir.as_deref().unwrap_or(&root);
     let undo = |cgroup: Option<&Cgroup>| {
@@ -127,4 +130,18 @@ pub fn abandon(cgroups: Cgroups) {
             }
         });
     }
+}
+
+/// Whether a container of pod `pod` already sits in the pod's own
+/// directory (made by the pod's first container, which brought limits).
+fn has_pod_dir(agent: &Agent, root: &std::path::Path, pod: &str) -> bool {
+    let Ok(dir) = pod::cgroup_dir(root, pod) else {
+        return false;
+    };
+    agent
+        .containers
+        .borrow()
+        .by_id
+        .values()
+        .any(|c| c.pod_cgroup.as_deref() == Some(dir.as_path()))
 }

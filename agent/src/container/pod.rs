@@ -15,14 +15,17 @@
 //! namespaces are always the container's own, user namespaces as its spec
 //! says.
 //!
-//! **The pod's cgroup.** Containers of a pod get `<root>/<pod>/<id>`: the
-//! pod's directory holds no process itself, only its containers'
-//! directories (cgroup v2 allows no process in a cgroup that hands
-//! controllers down), with the controllers enabled for them and the pod's
-//! own limits on it, so the containers together stay within the pod's
-//! limits and each within its own. The first container of the pod makes
-//! it; it is removed when the last one is deleted. Pure parts are tested on
-//! the host.
+//! **The pod's cgroup.** Containers of a pod with limits of its own get
+//! `<root>/<pod>/<id>`: the pod's directory holds no process itself, only
+//! its containers' directories (cgroup v2 allows no process in a cgroup
+//! that hands controllers down), with the controllers enabled for them and
+//! the pod's own limits on it, so the containers together stay within the
+//! pod's limits and each within its own. The first container of the pod
+//! brings the limits and makes it; it is removed when the last one is
+//! deleted. A pod without limits has no directory: its containers get
+//! `<root>/<id>`, one level fewer to create and to charge (the VM, sized
+//! and limited on the host, bounds the pod anyway). Pure parts are tested
+//! on the host.
 
 use std::ffi::CString;
 use std::io;
