@@ -48,6 +48,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--kernel", required=True)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--calls",
+        nargs="*",
+        default=["do_syscall_64", "exc_page_fault", "handle_mm_fault", "copy_process",
+                 "do_exit", "fuse_simple_request", "sysvec_apic_timer_interrupt",
+                 "clear_page_orig", "clear_page_rep", "copy_page", "bprm_execve",
+                 "schedule", "__schedule"],
+        help="functions whose calls to count")
     args = parser.parse_args()
     symbols = text_symbols(args.kernel)
     addresses = [address for address, _ in symbols]
@@ -77,9 +85,19 @@ def main():
     print(f"\n{'instructions':>14} {'share':>6}  group (by function name, rough)")
     for group, count in grouped.most_common():
         print(f"{count:>14,} {100 * count / max(total, 1):>5.1f}%  {group}")
-    print(f"\n{'instructions':>14} {'share':>6}  function")
+    # Emulations of a function's first instruction: how often it was
+    # entered at the top (calls; loops back to the entry count again).
+    entries = {
+        name: by_rip.get(f"{address:x}", 0) for address, name in symbols
+    }
+    print(f"\n{'instructions':>14} {'share':>6} {'entries':>9} {'per entry':>9}  function")
     for name, count in by_function.most_common(args.top):
-        print(f"{count:>14,} {100 * count / max(total, 1):>5.1f}%  {name}")
+        calls = entries.get(name, 0)
+        per = f"{count / calls:,.0f}" if calls else "-"
+        print(f"{count:>14,} {100 * count / max(total, 1):>5.1f}% {calls:>9,} {per:>9}  {name}")
+    print("\nentries of chosen functions (calls):")
+    for name in args.calls:
+        print(f"  {name}: {entries.get(name, 0):,}")
 
 
 if __name__ == "__main__":

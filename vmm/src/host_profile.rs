@@ -120,6 +120,10 @@ impl HostProfile {
                     // emulated work than the faults it spares (guest kernel
                     // patch 0012; 64 KiB elsewhere).
                     "fault_around_bytes=8192".into(),
+                    // A fork copies the parent's file mappings' page-table
+                    // entries instead of leaving the child to fault them
+                    // in again (guest kernel patch 0013).
+                    "fork_copies_file_ptes".into(),
                     format!("clearcpuid={}", cleared.join(",")),
                     // Not a kernel parameter: the kernel hands it to init's
                     // environment and the agent passes it to every process.
@@ -194,6 +198,7 @@ mod tests {
     fn emulated_profile_clears_the_documented_features() {
         let params = HostProfile::EmulatedKernel.kernel_params();
         assert!(params.contains(&"noxsave".to_string()));
+        assert!(params.contains(&"fork_copies_file_ptes".to_string()));
         assert!(params.contains(&"clearcpuid=308,295,288,141,298,145,151,297,580".to_string()));
         let tunables = params
             .iter()
