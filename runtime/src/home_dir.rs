@@ -9,11 +9,12 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Component, Path};
 
 use runvm_agent_api::oci::Spec;
 use runvm_agent_api::passwd::{home_of, DEFAULT_HOME};
+
+use crate::share::sys;
 
 /// Larger passwd files are left to the agent.
 const MAX_PASSWD_BYTES: u64 = 1 << 20;
@@ -70,10 +71,10 @@ fn covers_passwd(destination: &Path) -> bool {
 /// of a sane size. No symlink is followed and the walk stays on the
 /// rootfs's own filesystem; the open does not block (a FIFO planted there).
 fn read_passwd(rootfs: &Path) -> io::Result<Option<String>> {
-    let root = open(libc::AT_FDCWD, rootfs, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    let root = sys::open_path(rootfs)?;
     let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV;
-    let fd = open(
-        std::os::fd::AsRawFd::as_raw_fd(&root),
+    let fd = sys::openat2(
+        &root,
         Path::new("etc/passwd"),
         libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
         resolve,
@@ -91,32 +92,6 @@ fn read_passwd(rootfs: &Path) -> io::Result<Option<String>> {
         return Ok(None);
     }
     Ok(String::from_utf8(bytes).ok())
-}
-
-/// openat2(2) of `path` relative to `dir` with `flags` and `resolve`.
-fn open(dir: libc::c_int, path: &Path, flags: libc::c_int, resolve: u64) -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_how is plain data; zero is "no flag" for each field.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.resolve = resolve;
-    // SAFETY: openat2(2) reads `size` bytes of `how` and a C string.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir,
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@
 
 mod namespace;
 mod source;
-mod sys;
+pub(crate) mod sys;
 mod virtiofsd;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,4 +1,5 @@
-//! Thin wrappers over the mount system calls the share uses.
+//! Thin wrappers over the mount and open system calls the share uses
+//! (`openat2` also serves `home_dir`, reading a rootfs file safely).
 
 use std::ffi::CString;
 use std::io;
@@ -113,11 +114,27 @@ pub fn open_path(path: &Path) -> io::Result<OwnedFd> {
 /// RESOLVE_NO_SYMLINKS and RESOLVE_BENEATH): for places runvm made
 /// itself, where a symlink can only have been planted.
 pub fn open_beneath(dir: &OwnedFd, path: &Path) -> io::Result<OwnedFd> {
+    openat2(
+        dir,
+        path,
+        libc::O_PATH,
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH,
+    )
+}
+
+/// openat2(2) of `path` relative to `dir`, with `flags` (close-on-exec
+/// added) and the `resolve` restrictions.
+pub fn openat2(
+    dir: &OwnedFd,
+    path: &Path,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     let c = cstr(path)?;
     // SAFETY: open_how is plain data; zero is "no flag" for each field.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
     // SAFETY: openat2(2) relative to our descriptor; it reads `size`
     // bytes of `how` and a C string.
     let fd = check(unsafe {
