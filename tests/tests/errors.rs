@@ -524,6 +524,9 @@ fn a_symlink_planted_at_the_pid_file_is_not_followed() {
 /// root). runc accepts both; with RUNVM_TEST_RUNTIME=runc this checks that.
 #[test]
 fn an_unsafe_root_is_refused() {
+    // Its Cli reaps orphaned zombies when dropped, which is safe only while
+    // no other test has a command of its own running.
+    let _one = one_at_a_time();
     let cli = Cli::new("errors", "unsafe-root");
     let root = cli.scratch.join("shared-root");
     std::fs::create_dir_all(&root).expect("root");
