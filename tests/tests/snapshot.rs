@@ -27,6 +27,8 @@ use runvm_agent_api::{
 
 /// A restore maps a file and sets registers: it must not take a boot's time.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the template waits before it is restored.
+const TEMPLATE_AGE: Duration = Duration::from_secs(20);
 
 /// A directory of its own, removed afterwards.
 struct Scratch(PathBuf);
@@ -138,6 +140,26 @@ fn shared_dir(scratch: &Scratch) -> PathBuf {
 /// Through the agent behind `socket`: mounts the share, and reads the file
 /// in it with the busybox from it.
 fn read_through_share(socket: &Path) -> String {
+    run_shared_busybox(
+        socket,
+        true,
+        &["cat", &format!("{GUEST_SHARE_DIR}/hello.txt")],
+    )
+}
+
+/// The guest's uptime in seconds (/proc/uptime, from its monotonic boot
+/// clock), read with the share's busybox (the share already mounted).
+fn guest_uptime(socket: &Path) -> f64 {
+    let text = run_shared_busybox(socket, false, &["cat", "/proc/uptime"]);
+    text.split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the guest's uptime from {text:?}"))
+}
+
+/// Runs the share's busybox with `args` in the guest behind `socket`
+/// (mounting the share first when `mount`), and returns its output.
+fn run_shared_busybox(socket: &Path, mount: bool, args: &[&str]) -> String {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -145,19 +167,19 @@ fn read_through_share(socket: &Path) -> String {
     runtime.block_on(async {
         let run = async {
             let agent = AgentClient::connect(socket).await.expect("the agent");
-            let mounted = agent
-                .call(RequestBody::MountShare {
-                    tag: SHARE_TAG.into(),
-                })
-                .await
-                .expect("MountShare");
-            assert_eq!(mounted, ResponseBody::Done);
+            if mount {
+                let mounted = agent
+                    .call(RequestBody::MountShare {
+                        tag: SHARE_TAG.into(),
+                    })
+                    .await
+                    .expect("MountShare");
+                assert_eq!(mounted, ResponseBody::Done);
+            }
+            let mut argv = vec![format!("{GUEST_SHARE_DIR}/busybox")];
+            argv.extend(args.iter().map(|a| a.to_string()));
             let spec = ProcessSpec {
-                argv: vec![
-                    format!("{GUEST_SHARE_DIR}/busybox"),
-                    "cat".into(),
-                    format!("{GUEST_SHARE_DIR}/hello.txt"),
-                ],
+                argv,
                 env: vec!["PATH=/bin".into()],
                 ..ProcessSpec::default()
             };
@@ -171,12 +193,12 @@ fn read_through_share(socket: &Path) -> String {
                 .await
                 .expect("exec");
             let status = relay.finish(&agent).await.expect("wait");
-            assert_eq!(status, ExitStatus::Code(0), "cat: {}", stderr.text());
+            assert_eq!(status, ExitStatus::Code(0), "{args:?}: {}", stderr.text());
             stdout.text()
         };
         tokio::time::timeout(RESTORE_TIMEOUT, run)
             .await
-            .expect("mounting and reading the share timed out")
+            .expect("running busybox from the share timed out")
     })
 }
 
@@ -373,6 +395,8 @@ fn a_vm_saved_at_agent_ready_is_restored_in_new_processes_and_answers() {
     let (status, stderr) = cold.finish(RESTORE_TIMEOUT);
     assert!(status.success(), "saving failed ({status}): {stderr}");
     assert!(stderr.contains("the VM was saved to"), "{stderr}");
+    // The guest's clock stopped here, at most this long after it started.
+    let guest_time_at_save = started.elapsed();
     assert!(!socket.exists(), "the saved VM's socket was left behind");
     // The guest's driver had set the pending device up (status 15:
     // DRIVER_OK), so the restores below hand a backend live rings.
@@ -398,6 +422,9 @@ fn a_vm_saved_at_agent_ready_is_restored_in_new_processes_and_answers() {
         .collect();
     let resaved = scratch.join("resaved");
     std::fs::create_dir(&resaved).expect("second snapshot dir");
+    // A template is restored long after it was saved: the guest's clocks
+    // must resume where they stopped, not jump by the template's age.
+    std::thread::sleep(TEMPLATE_AGE);
     let started = Instant::now();
     let mut first = restore_command(&snapshot, &sockets[0], 7, &fs_sockets[0]);
     // Tried at the end: a VM whose share has a backend cannot be saved.
@@ -421,6 +448,14 @@ fn a_vm_saved_at_agent_ready_is_restored_in_new_processes_and_answers() {
     for socket in &sockets {
         assert_eq!(read_through_share(socket), SHARED_TEXT);
     }
+    let uptime = guest_uptime(&sockets[0]);
+    let expected = guest_time_at_save + started.elapsed();
+    assert!(
+        uptime < expected.as_secs_f64() + 5.0,
+        "the restored guest's uptime is {uptime:.1} s, more than the {:.1} s it ran: its \
+         clock jumped by the template's age ({TEMPLATE_AGE:?})",
+        expected.as_secs_f64()
+    );
     // The first still answers once the second runs beside it.
     assert_eq!(
         agent_version(&sockets[0], &console(&sockets[0]), RESTORE_TIMEOUT),
