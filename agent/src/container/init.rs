@@ -4,7 +4,9 @@
 //! Stage 1 joins the container's cgroup and any namespace it must join, then
 //! clones stage 2 with the namespaces to create and CLONE_PARENT, so the
 //! agent is stage 2's parent and reaps it, reports stage 2's pid and
-//! exits. Stage 2 waits for the agent's go (after the agent has recorded
+//! exits. With no namespace to join (a container of its own) the agent
+//! clones stage 2 itself, straight into the cgroup: see [`launch_direct`].
+//! Stage 2 waits for the agent's go (after the agent has recorded
 //! its pid and, for a new user namespace, written its id maps), then sets
 //! itself up and execs.
 //!
@@ -25,12 +27,9 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use nix::mount::MsFlags;
-
 use super::finish::{finish, Never};
-use super::paths::{self, fd_path, mkdir_all};
+use super::paths;
 use super::phases::phase;
-use super::rootfs::{bind_remount, make_dev, make_readonly, mount, mount_one, Masker};
 use super::seccomp::SeccompProgram;
 use super::spec::{ContainerPlan, ProcessPlan};
 use super::terminal;
@@ -239,6 +238,13 @@ pub fn launch(l: &Launch<'_>) -> io::Result<i32> {
         unsafe { libc::_exit(code) }
     }
     let arg = l as *const Launch<'_> as *mut libc::c_void;
+    if ONE_THREAD.load(Ordering::Relaxed) && l.join.is_empty() {
+        match launch_direct(l) {
+            // A kernel without clone3: stage 1 joins the cgroup instead.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+            launched => return launched,
+        }
+    }
     let pid = if ONE_THREAD.load(Ordering::Relaxed) {
         let stack = Stack::new()?;
         // SAFETY: glibc's clone(3) runs `entry` on `stack`, which outlives
@@ -271,8 +277,71 @@ pub fn launch(l: &Launch<'_>) -> io::Result<i32> {
     Ok(pid)
 }
 
-fn stage1(l: &Launch<'_>) -> libc::c_int {
-    phase("s1:start");
+/// Without namespaces to join, the agent clones stage 2 itself (there is
+/// no stage 1): straight into the container's cgroup (clone3's
+/// CLONE_INTO_CGROUP, which spares a migration) and its new namespaces,
+/// as fork would, in the agent's one thread. The agent then tells itself
+/// stage 2's pid on the sync socket, as stage 1 would have.
+fn launch_direct(l: &Launch<'_>) -> io::Result<i32> {
+    let cgroup = match l.cgroup_procs.and_then(Path::parent) {
+        Some(dir) => Some(paths::open_dir(dir)?),
+        None => None,
+    };
+    let mut flags = l.clone_flags as u64;
+    if cgroup.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
+    let args = CloneArgs {
+        flags,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_ref().map_or(0, |fd| fd.as_raw_fd() as u64),
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3(2) without CLONE_VM: like fork, the child runs on a
+    // copy of the agent's memory and only `child_setup` and stage 2 then;
+    // the agent has one thread, so no lock is held in the copy.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        child_setup(l);
+        run_stage2(l);
+    }
+    let pid = pid as i32;
+    send(l.sync, MSG_PID, &pid.to_ne_bytes());
+    Ok(pid)
+}
+
+/// clone3(2)'s argument (the fields this file uses come first; the rest
+/// stay zero).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// What a container process does first, as stage 1 or (see
+/// [`launch_direct`]) as stage 2 straight from the agent.
+fn child_setup(l: &Launch<'_>) {
     // SAFETY: close(2) of the agent's end, which this process must not keep.
     unsafe { libc::close(l.agent_end) };
     // Through the agent's /proc while this process may still write its
@@ -290,6 +359,11 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } < 0 {
         fail(l.sync, &errno("cannot make the process non-dumpable"));
     }
+}
+
+fn stage1(l: &Launch<'_>) -> libc::c_int {
+    phase("s1:start");
+    child_setup(l);
     phase("s1:oom+dumpable");
     if let Some(procs) = l.cgroup_procs {
         if let Err(e) = std::fs::write(procs, "0") {
@@ -332,18 +406,23 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
         );
     }
     if pid == 0 {
-        phase("s2:start");
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage2(l)));
-        let message = match result {
-            Ok(Err(message)) => message,
-            Ok(Ok(never)) => match never {},
-            Err(_) => "the container set-up panicked".to_string(),
-        };
-        fail(l.sync, &message);
+        run_stage2(l);
     }
     phase("s1:clone");
     send(l.sync, MSG_PID, &(pid as i32).to_ne_bytes());
     0
+}
+
+/// Stage 2, to its exec or its end.
+fn run_stage2(l: &Launch<'_>) -> ! {
+    phase("s2:start");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage2(l)));
+    let message = match result {
+        Ok(Err(message)) => message,
+        Ok(Ok(never)) => match never {},
+        Err(_) => "the container set-up panicked".to_string(),
+    };
+    fail(l.sync, &message);
 }
 
 fn stage2(l: &Launch<'_>) -> Result<Never, String> {
@@ -357,7 +436,7 @@ fn stage2(l: &Launch<'_>) -> Result<Never, String> {
     phase("s2:stdio");
     match l.job {
         Job::Create(plan) => {
-            build_container(plan, l)?;
+            super::mount_tree::build_container(plan, l)?;
             let sync = l.sync;
             finish(
                 &plan.process,
@@ -412,126 +491,6 @@ fn start_process(l: &Launch<'_>) -> Result<(), String> {
                 "cannot set up stdio (dup2)",
             )?;
         }
-    }
-    Ok(())
-}
-
-fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), String> {
-    // Device nodes get exactly the modes asked for.
-    // SAFETY: umask(2) only changes our own mask.
-    unsafe { libc::umask(0) };
-    let rootfs = plan.rootfs.to_str().ok_or("the rootfs path is not UTF-8")?;
-    mount(None, "/", None, plan.root_propagation, None)
-        .map_err(|e| format!("cannot make the mount tree private: {e}"))?;
-    // After a recursive change to slave, private or unbindable nothing in
-    // the tree is shared, so the holder's state need not be read (reading
-    // mountinfo formats every mount: ~0.1 s when emulated).
-    let recursive = plan.root_propagation.contains(MsFlags::MS_REC);
-    if !recursive || plan.root_propagation.contains(MsFlags::MS_SHARED) {
-        super::propagation::unshare_holder(rootfs)?;
-    }
-    phase("b:private");
-    mount(
-        Some(rootfs),
-        rootfs,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )
-    .map_err(|e| format!("cannot bind the rootfs {rootfs}: {e}"))?;
-    phase("b:bind-rootfs");
-    let root = paths::open_dir(&plan.rootfs)
-        .map_err(|e| format!("cannot open the rootfs {rootfs}: {e}"))?;
-    let root_fd = unsafe { BorrowedFd::borrow_raw(root.as_raw_fd()) };
-    let new_userns = plan.clone_flags() & libc::CLONE_NEWUSER != 0;
-    for m in &plan.mounts {
-        mount_one(root_fd, m, plan, l.cgroup_dir)
-            .map_err(|e| format!("mount on {}: {e}", m.destination.display()))?;
-        phase("b:mount");
-    }
-    if plan.setup_dev {
-        make_dev(root_fd, plan, new_userns)?;
-        phase("b:dev");
-    }
-    if l.terminal {
-        terminal::open_in_container(root_fd, true, l.sync)?;
-    }
-    phase("b:terminal");
-    let mut masker = Masker::default();
-    for path in &plan.masked_paths {
-        masker
-            .mask(root_fd, path)
-            .map_err(|e| format!("masking {}: {e}", path.display()))?;
-    }
-    phase("b:masked");
-    for path in &plan.readonly_paths {
-        make_readonly(root_fd, path)
-            .map_err(|e| format!("making {} read-only: {e}", path.display()))?;
-    }
-    phase("b:readonly");
-    for (path, value) in &plan.sysctl {
-        std::fs::write(path, value)
-            .map_err(|e| format!("cannot set sysctl {}: {e}", path.display()))?;
-    }
-    if let Some(name) = &plan.hostname {
-        nix::unistd::sethostname(name).map_err(|e| format!("cannot set the hostname: {e}"))?;
-    }
-    if let Some(name) = &plan.domainname {
-        // SAFETY: setdomainname(2) reads `len` bytes.
-        check(
-            unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) },
-            "cannot set the domain name",
-        )?;
-    }
-    phase("b:sysctl+names");
-    // The working directory must exist; make it while the root is writable.
-    let _ = mkdir_all(root_fd, &plan.process.cwd, 0o755);
-    phase("b:cwd");
-    if plan.readonly_root {
-        bind_remount(&fd_path(&root), MsFlags::MS_RDONLY, MsFlags::empty())?;
-    }
-    phase("b:ro-root");
-    let pivoted = pivot_root(&root);
-    phase("b:pivot");
-    pivoted
-}
-
-/// Makes `root` the root: pivot_root(".", ".") stacks the old root on the
-/// new one, then the old one is detached with everything mounted below it,
-/// so the container's mount namespace keeps nothing of the guest's; no
-/// directory for it is needed. In the guest this needs the agent to have
-/// left the initramfs at boot (see `crate::switch_root`): the initramfs
-/// itself has no parent mount, which pivot_root refuses.
-fn pivot_root(root: &OwnedFd) -> Result<(), String> {
-    // SAFETY: plain syscalls; the descriptors are ours.
-    unsafe {
-        let old = libc::open(
-            c"/".as_ptr(),
-            libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC,
-        );
-        check(old, "open /")?;
-        let old = OwnedFd::from_raw_fd(old);
-        check(libc::fchdir(root.as_raw_fd()), "chdir to the rootfs")?;
-        if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0 {
-            let e = io::Error::last_os_error();
-            return Err(if e.raw_os_error() == Some(libc::EINVAL) {
-                format!(
-                    "pivot_root: {e} (is the agent's root still the initramfs, \
-                     or is a mount involved shared?)"
-                )
-            } else {
-                format!("pivot_root: {e}")
-            });
-        }
-        check(libc::fchdir(old.as_raw_fd()), "chdir to the old root")?;
-        // Keep the unmount from reaching the agent's mounts.
-        mount(None, ".", None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)
-            .map_err(|e| format!("cannot make the old root a slave: {e}"))?;
-        check(
-            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
-            "unmount the old root",
-        )?;
-        check(libc::chdir(c"/".as_ptr()), "chdir /")?;
     }
     Ok(())
 }

@@ -37,7 +37,9 @@ pub mod devices;
 mod finish;
 pub mod hugetlb_io;
 pub mod init;
+mod kernel_names;
 mod launch;
+mod mount_tree;
 pub mod mountopts;
 mod new_cgroup;
 pub mod paths;
@@ -52,6 +54,7 @@ pub mod spec;
 pub mod sysctl;
 mod terminal;
 pub mod tmpfs;
+mod warm_up;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -74,11 +77,13 @@ use crate::network;
 use crate::state::Agent;
 use cgroups::Cgroup;
 use init::Job;
+use kernel_names::KernelNames;
 use launch::{error_text, launch, open_ns, recv, Launched, Process};
 use new_cgroup::{abandon, make_cgroup};
 use phases::phase;
 use seccomp::SeccompProgram;
 use spec::ContainerPlan;
+pub use warm_up::warm_up;
 
 /// Events kept for `WaitEvent`.
 pub const EVENTS_KEPT: usize = 256;
@@ -146,31 +151,6 @@ impl Events {
     }
 }
 
-/// Does, once, what the first container of a VM would otherwise do: turn
-/// on the cgroup controllers, bring up `lo`, and load the device program
-/// for runc's default rules (loading runs the guest kernel's verifier,
-/// about 40% of a container's set-up when emulated). For a VM saved as a
-/// template: every VM restored from it starts with this done. A failure
-/// is logged and left to the first container, which tries again.
-pub fn warm_up(agent: &Agent) {
-    let mut c = agent.containers.borrow_mut();
-    if let Err(e) = c.ensure_controllers(cgroups::ALWAYS) {
-        agent_log!("warming up: cannot enable the cgroup controllers: {e}");
-    }
-    if let Err(e) = c.ensure_loopback() {
-        agent_log!("warming up: cannot bring up lo: {e}");
-    }
-    match devices::default_program() {
-        Ok(Some(program)) => {
-            if let Err(e) = c.device_programs.preload(&program) {
-                agent_log!("warming up: {e}");
-            }
-        }
-        Ok(None) => {}
-        Err(e) => agent_log!("warming up: the default device program: {e}"),
-    }
-}
-
 /// Every container of the agent.
 pub struct Containers {
     by_id: HashMap<String, Container>,
@@ -188,6 +168,8 @@ pub struct Containers {
     /// Device programs loaded once, attached to every cgroup that has
     /// the same rules.
     device_programs: devices::ProgramCache,
+    /// The kernel's /proc and /sys names, once listed.
+    kernel_names: Option<Rc<KernelNames>>,
 }
 
 impl Containers {
@@ -202,6 +184,7 @@ impl Containers {
             events: Events::default(),
             inotify: None,
             device_programs: devices::ProgramCache::default(),
+            kernel_names: None,
         }
     }
 
@@ -221,6 +204,19 @@ impl Containers {
             }
         }
         Ok(())
+    }
+
+    /// The kernel's /proc and /sys names (see [`kernel_names`]), listed
+    /// on first use; `None` (logged) when they cannot be listed, and then
+    /// every masked and read-only path is set up as given.
+    pub fn kernel_names(&mut self) -> Option<Rc<KernelNames>> {
+        if self.kernel_names.is_none() {
+            match KernelNames::list() {
+                Ok(names) => self.kernel_names = Some(Rc::new(names)),
+                Err(e) => agent_log!("cannot list /proc and /sys: {e}"),
+            }
+        }
+        self.kernel_names.clone()
     }
 
     /// Brings `lo` up once when it is the agent's to bring up. Tried only
@@ -357,6 +353,10 @@ pub async fn create(
     if let Some(pod) = &request.pod {
         pod::share_namespaces(&mut plan, &request.spec, &id, &pod.shared_namespaces)
             .map_err(invalid)?;
+    }
+    let names = agent.containers.borrow_mut().kernel_names();
+    if let Some(names) = names {
+        kernel_names::drop_absent(&mut plan, &names);
     }
     phase("c:plan");
     if !Path::new(&request.rootfs).is_dir() {
