@@ -2,6 +2,7 @@
  * agent's vsock ports (and the host's readiness port) through every CID a
  * guest process could name, and prints one line per attempt:
  *   <cid> <port> connected | refused: <error> | no-socket: <error>
+ * and last its seccomp mode ("seccomp <mode>", from /proc/self/status).
  * Exit status 0 always; the test reads the lines. Built static with gcc. */
 #include <errno.h>
 #include <stdio.h>
@@ -32,6 +33,12 @@ int main(void)
                 printf("%u %u refused: %s\n", cids[c], ports[p], strerror(errno));
             close(fd);
         }
+    }
+    char line[256];
+    FILE *status = fopen("/proc/self/status", "r");
+    while (status && fgets(line, sizeof line, status)) {
+        if (strncmp(line, "Seccomp:", 8) == 0)
+            printf("seccomp %s", line + 8 + strspn(line + 8, " \t"));
     }
     return 0;
 }

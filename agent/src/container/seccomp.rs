@@ -22,8 +22,10 @@
 //! cannot be honoured (notify, a listener, other architectures only)
 //! is refused with a message naming it.
 //!
-//! Below whatever the spec asks, the agent stacks a filter of its own
-//! ([`vsock_guard`]) on every container process.
+//! Below whatever the spec asks, the agent takes vsock away from every
+//! container process: with runvm's guest kernel by a prctl (see
+//! `finish::deny_vsock`), elsewhere with a filter of its own
+//! ([`vsock_guard`]).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -248,7 +250,8 @@ pub fn translate(profile: &LinuxSeccomp) -> Result<SeccompProgram, String> {
 pub const VSOCK_ANNOTATION: &str = "io.runvm.vsock";
 
 /// The agent's own filter, for every container process unless the spec
-/// opts in with [`VSOCK_ANNOTATION`]: `socket` and `socketpair` of the
+/// opts in with [`VSOCK_ANNOTATION`], where the kernel has no
+/// PR_SET_VSOCK_DENIED (see `finish::deny_vsock`): `socket` and `socketpair` of the
 /// AF_VSOCK family fail with EAFNOSUPPORT, as on a kernel without vsock.
 /// The guest's vsock is the agent's channel to the host: the agent
 /// refuses peers other than the host, and without a socket a container
