@@ -286,7 +286,9 @@ async fn scenario_readonly_identity_masks(vm: &mut MicroVm, agent: &AgentClient,
                   touch /new 2>/dev/null && echo root-writable || echo root-readonly; \
                   touch /home/user/new 2>/dev/null && echo home-writable || echo home-readonly; \
                   echo secret=$(cat /etc/secret 2>&1 | wc -c) dir=$(ls /secret-dir | wc -l); \
-                  echo etc-hostname=$(cat /etc/hostname) home=$HOME";
+                  echo etc-hostname=$(cat /etc/hostname) home=$HOME; \
+                  echo timer_list=$(wc -c < /proc/timer_list) acpi=$(test -e /proc/acpi && echo there || echo absent) \
+                  proc-sys=$(awk '$5 == \"/proc/sys\" {split($6, o, \",\"); print o[1]}' /proc/self/mountinfo)";
     let bundle = Bundle::new(base, "ro", runc_spec(script, "bundle-ro", true, 1000, &[]));
     let pids = vm.virtiofsd_pids();
     assert_eq!(pids.len(), 2, "virtiofsd and its sandboxed child: {pids:?}");
@@ -302,6 +304,9 @@ async fn scenario_readonly_identity_masks(vm: &mut MicroVm, agent: &AgentClient,
             "secret=0 dir=0",
             // The agent's own lookup (this test sends the spec as is).
             "etc-hostname=from-the-bundle home=/home/user",
+            // Masked (/dev/null over it), absent in this kernel (so never
+            // looked for, but not there either), read-only.
+            "timer_list=0 acpi=absent proc-sys=ro",
         ],
         "{out}"
     );

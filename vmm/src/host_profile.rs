@@ -124,13 +124,6 @@ impl HostProfile {
                     // entries instead of leaving the child to fault them
                     // in again (guest kernel patch 0013).
                     "fork_copies_file_ptes".into(),
-                    // This host cannot offset the guest's TSC (guest user
-                    // code reads the host's own), so a VM restored from a
-                    // template would find a TSC clocksource jumped by the
-                    // template's age: its monotonic clock leaps, and RCU
-                    // reports a stall with stack dumps on the console.
-                    // kvmclock resumes where the snapshot left it.
-                    "clocksource=kvm-clock".into(),
                     format!("clearcpuid={}", cleared.join(",")),
                     // Not a kernel parameter: the kernel hands it to init's
                     // environment and the agent passes it to every process.
@@ -140,6 +133,22 @@ impl HostProfile {
                     ),
                 ]
             }
+        }
+    }
+
+    /// Kernel command-line parameters this host needs in a VM booted to be
+    /// saved (`--snapshot-to`).
+    pub fn snapshot_params(self) -> Vec<String> {
+        match self {
+            HostProfile::Hardware => Vec::new(),
+            // This host cannot offset the guest's TSC (guest user code
+            // reads the host's own), so a VM restored from a template would
+            // find a TSC clocksource jumped by the template's age: its
+            // monotonic clock leaps, and RCU reports a stall with stack
+            // dumps on the console. kvmclock resumes where the snapshot
+            // left it. Other boots keep the TSC, which costs the guest
+            // ~1.5% less to boot here.
+            HostProfile::EmulatedKernel => vec!["clocksource=kvm-clock".into()],
         }
     }
 
@@ -206,7 +215,12 @@ mod tests {
         let params = HostProfile::EmulatedKernel.kernel_params();
         assert!(params.contains(&"noxsave".to_string()));
         assert!(params.contains(&"fork_copies_file_ptes".to_string()));
-        assert!(params.contains(&"clocksource=kvm-clock".to_string()));
+        assert!(!params.iter().any(|p| p.starts_with("clocksource=")));
+        assert_eq!(
+            HostProfile::EmulatedKernel.snapshot_params(),
+            ["clocksource=kvm-clock"]
+        );
+        assert!(HostProfile::Hardware.snapshot_params().is_empty());
         assert!(params.contains(&"clearcpuid=308,295,288,141,298,145,151,297,580".to_string()));
         let tunables = params
             .iter()

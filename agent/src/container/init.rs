@@ -4,8 +4,8 @@
 //! Stage 1 joins the container's cgroup and any namespace it must join, then
 //! clones stage 2 with the namespaces to create and CLONE_PARENT, so the
 //! agent is stage 2's parent and reaps it, reports stage 2's pid and
-//! exits. With no namespace to join (a container of its own) the agent
-//! clones stage 2 itself, straight into the cgroup: see [`launch_direct`].
+//! exits. With no PID or user namespace to join the agent clones stage 2
+//! itself, straight into the cgroup: see [`launch_direct`].
 //! Stage 2 waits for the agent's go (after the agent has recorded
 //! its pid and, for a new user namespace, written its id maps), then sets
 //! itself up and execs.
@@ -238,7 +238,16 @@ pub fn launch(l: &Launch<'_>) -> io::Result<i32> {
         unsafe { libc::_exit(code) }
     }
     let arg = l as *const Launch<'_> as *mut libc::c_void;
-    if ONE_THREAD.load(Ordering::Relaxed) && l.join.is_empty() {
+    // Joined after the clone by stage 2 itself: any namespace but a PID
+    // namespace (which only a clone enters) and a user namespace (which
+    // takes capabilities away), and nothing once stage 2 is in a new user
+    // namespace (it has no capabilities over the others' owners).
+    let joined_after_clone = l.join.is_empty()
+        || (l.clone_flags & libc::CLONE_NEWUSER == 0
+            && l.join
+                .iter()
+                .all(|(_, flag)| *flag != libc::CLONE_NEWPID && *flag != libc::CLONE_NEWUSER));
+    if ONE_THREAD.load(Ordering::Relaxed) && joined_after_clone {
         match launch_direct(l) {
             // A kernel without clone3: stage 1 joins the cgroup instead.
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
@@ -277,11 +286,12 @@ pub fn launch(l: &Launch<'_>) -> io::Result<i32> {
     Ok(pid)
 }
 
-/// Without namespaces to join, the agent clones stage 2 itself (there is
-/// no stage 1): straight into the container's cgroup (clone3's
-/// CLONE_INTO_CGROUP, which spares a migration) and its new namespaces,
-/// as fork would, in the agent's one thread. The agent then tells itself
-/// stage 2's pid on the sync socket, as stage 1 would have.
+/// Without a PID or user namespace to join, the agent clones stage 2
+/// itself (there is no stage 1): straight into the container's cgroup
+/// (clone3's CLONE_INTO_CGROUP, which spares a migration) and its new
+/// namespaces, as fork would, in the agent's one thread; stage 2 joins the
+/// other namespaces itself. The agent then tells itself stage 2's pid on
+/// the sync socket, as stage 1 would have.
 fn launch_direct(l: &Launch<'_>) -> io::Result<i32> {
     let cgroup = match l.cgroup_procs.and_then(Path::parent) {
         Some(dir) => Some(paths::open_dir(dir)?),
@@ -312,6 +322,7 @@ fn launch_direct(l: &Launch<'_>) -> io::Result<i32> {
     }
     if pid == 0 {
         child_setup(l);
+        join_namespaces(l);
         run_stage2(l);
     }
     let pid = pid as i32;
@@ -361,21 +372,9 @@ fn child_setup(l: &Launch<'_>) {
     }
 }
 
-fn stage1(l: &Launch<'_>) -> libc::c_int {
-    phase("s1:start");
-    child_setup(l);
-    phase("s1:oom+dumpable");
-    if let Some(procs) = l.cgroup_procs {
-        if let Err(e) = std::fs::write(procs, "0") {
-            fail(
-                l.sync,
-                &format!("cannot join the cgroup ({}): {e}", procs.display()),
-            );
-        }
-    }
-    phase("s1:cgroup-join");
-    // The user namespace last: joining it first would take away the
-    // capabilities needed to join the others.
+/// Joins `l.join`, the user namespace last: joining it first would take
+/// away the capabilities needed to join the others.
+fn join_namespaces(l: &Launch<'_>) {
     let ordered = l
         .join
         .iter()
@@ -394,6 +393,24 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
             );
         }
     }
+}
+
+fn stage1(l: &Launch<'_>) -> libc::c_int {
+    phase("s1:start");
+    child_setup(l);
+    phase("s1:oom+dumpable");
+    if let Some(procs) = l.cgroup_procs {
+        if let Err(e) = std::fs::write(procs, "0") {
+            fail(
+                l.sync,
+                &format!("cannot join the cgroup ({}): {e}", procs.display()),
+            );
+        }
+    }
+    phase("s1:cgroup-join");
+    // The user namespace last: joining it first would take away the
+    // capabilities needed to join the others.
+    join_namespaces(l);
     phase("s1:setns");
     let flags = (l.clone_flags | libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: clone(2) without CLONE_VM: like fork, the child runs on a copy

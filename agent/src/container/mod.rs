@@ -170,6 +170,9 @@ pub struct Containers {
     device_programs: devices::ProgramCache,
     /// The kernel's /proc and /sys names, once listed.
     kernel_names: Option<Rc<KernelNames>>,
+    /// A new IPC namespace nobody has used (see `warm_up`), for the next
+    /// container that asks for a new one.
+    spare_ipc: Option<OwnedFd>,
 }
 
 impl Containers {
@@ -185,6 +188,7 @@ impl Containers {
             inotify: None,
             device_programs: devices::ProgramCache::default(),
             kernel_names: None,
+            spare_ipc: None,
         }
     }
 
@@ -368,7 +372,19 @@ pub async fn create(
     if let Err(e) = agent.containers.borrow_mut().ensure_loopback() {
         agent_log!("cannot bring up lo: {e}");
     }
-    let join = namespaces_to_join(agent, &plan)?;
+    let mut join = namespaces_to_join(agent, &plan)?;
+    // A new IPC namespace made ahead (see `warm_up`) is joined instead,
+    // unless the container has a user namespace, which would own one it
+    // makes (the spare belongs to the agent's).
+    let mut clone_flags = plan.clone_flags();
+    let user_ns = clone_flags & libc::CLONE_NEWUSER != 0
+        || join.iter().any(|(_, flag)| *flag == libc::CLONE_NEWUSER);
+    if clone_flags & libc::CLONE_NEWIPC != 0 && !user_ns {
+        if let Some(spare) = agent.containers.borrow_mut().spare_ipc.take() {
+            join.push((spare, libc::CLONE_NEWIPC));
+            clone_flags &= !libc::CLONE_NEWIPC;
+        }
+    }
     // The pod's network goes where the container's network namespace is:
     // the agent's own (set up before the container, whose sysctls may name
     // the pod's interfaces), or one the container makes (set up once it
@@ -393,7 +409,7 @@ pub async fn create(
             console_size: plan.process.console_size,
             stdio: [request.stdin, request.stdout, request.stderr],
             join,
-            clone_flags: plan.clone_flags(),
+            clone_flags,
             cgroup: cgroup.as_deref(),
             cgroup_dir: cgroup.as_ref().map(|c| c.path.as_path()),
             maps: plan.uid_map.as_deref().zip(plan.gid_map.as_deref()),

@@ -9,9 +9,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use nix::mount::MsFlags;
 
 use super::init::{check, Launch};
-use super::paths::{self, fd_path, mkdir_all};
+use super::mountopts::{MountAttr, MOUNT_ATTR_RDONLY};
+use super::paths::{self, mkdir_all};
 use super::phases::phase;
-use super::rootfs::{bind_remount, make_dev, make_readonly, mount, mount_one, Masker};
+use super::rootfs::{make_dev, make_readonly, mount, mount_one, Masker};
 use super::spec::ContainerPlan;
 use super::terminal;
 
@@ -87,7 +88,16 @@ pub fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), Strin
     let _ = mkdir_all(root_fd, &plan.process.cwd, 0o755);
     phase("b:cwd");
     if plan.readonly_root {
-        bind_remount(&fd_path(&root), MsFlags::MS_RDONLY, MsFlags::empty())?;
+        // mount_setattr changes only this attribute: a remount would have
+        // to learn the others first (statfs: a round trip to the host for
+        // a root on the share).
+        let readonly = MountAttr {
+            set: MOUNT_ATTR_RDONLY,
+            clear: 0,
+        };
+        readonly
+            .apply_top(&root)
+            .map_err(|e| format!("cannot make the rootfs read-only: {e}"))?;
     }
     phase("b:ro-root");
     let pivoted = pivot_root(&root);

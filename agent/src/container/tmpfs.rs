@@ -41,7 +41,15 @@ pub fn mount(
     copyup: bool,
 ) -> Result<(), String> {
     let dir_flags = libc::O_RDONLY | libc::O_DIRECTORY;
-    let covered = match open_in_root(root, dest, dir_flags, 0) {
+    // Only a copy-up lists the covered directory; for its mode a path
+    // descriptor does (opening a directory of a virtio-fs root for reading
+    // is two round trips to the host: OPENDIR and RELEASEDIR).
+    let covered_flags = if copyup {
+        dir_flags
+    } else {
+        libc::O_PATH | libc::O_DIRECTORY
+    };
+    let covered = match open_in_root(root, dest, covered_flags, 0) {
         Ok(fd) => Some(fd),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
         Err(e) => return Err(format!("mount point: {e}")),

@@ -269,6 +269,9 @@ fn cmdline_for(config: &VmConfig, profile: HostProfile) -> Result<String, Error>
     if config.root_disk.is_some() {
         device_params.extend(ROOT_DISK_PARAMS.iter().map(|p| p.to_string()));
     }
+    if config.snapshot_to.is_some() {
+        device_params.extend(profile.snapshot_params());
+    }
     boot::build_cmdline(
         profile,
         &device_params,
