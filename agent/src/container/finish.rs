@@ -225,6 +225,8 @@ pub fn finish(
 /// runvm's guest kernel: takes AF_VSOCK sockets away from this process
 /// and everything it runs, for good (guest kernel patch 0015).
 const PR_SET_VSOCK_DENIED: libc::c_int = 0x5256_4d01;
+const DENIED: libc::c_ulong = 1;
+const NONE: libc::c_ulong = 0;
 
 /// Takes vsock away from the process: with the guest kernel's prctl,
 /// which costs one call, or, on a kernel without it, with the agent's
@@ -233,7 +235,7 @@ const PR_SET_VSOCK_DENIED: libc::c_int = 0x5256_4d01;
 /// left makes no vsock socket.
 fn deny_vsock(guard: &SeccompProgram) -> Result<(), String> {
     // SAFETY: prctl(2) on this process.
-    if unsafe { libc::prctl(PR_SET_VSOCK_DENIED, 1, 0, 0, 0) } == 0 {
+    if unsafe { libc::prctl(PR_SET_VSOCK_DENIED, DENIED, NONE, NONE, NONE) } == 0 {
         return Ok(());
     }
     let e = io::Error::last_os_error();

@@ -238,16 +238,16 @@ pub fn launch(l: &Launch<'_>) -> io::Result<i32> {
         unsafe { libc::_exit(code) }
     }
     let arg = l as *const Launch<'_> as *mut libc::c_void;
-    // Joined after the clone by stage 2 itself: any namespace but a PID
-    // namespace (which only a clone enters) and a user namespace (which
-    // takes capabilities away), and nothing once stage 2 is in a new user
-    // namespace (it has no capabilities over the others' owners).
-    let joined_after_clone = l.join.is_empty()
-        || (l.clone_flags & libc::CLONE_NEWUSER == 0
-            && l.join
-                .iter()
-                .all(|(_, flag)| *flag != libc::CLONE_NEWPID && *flag != libc::CLONE_NEWUSER));
-    if ONE_THREAD.load(Ordering::Relaxed) && joined_after_clone {
+    // Stage 2 straight from the agent joins namespaces after the clone:
+    // any but a PID namespace (which only a clone enters) and a user
+    // namespace (which takes capabilities away). Not with a new user
+    // namespace either: in it, stage 2 has no capabilities over the other
+    // namespaces' owners, nor the one a negative oom_score_adj needs.
+    let direct = l.clone_flags & libc::CLONE_NEWUSER == 0
+        && l.join
+            .iter()
+            .all(|(_, flag)| *flag != libc::CLONE_NEWPID && *flag != libc::CLONE_NEWUSER);
+    if ONE_THREAD.load(Ordering::Relaxed) && direct {
         match launch_direct(l) {
             // A kernel without clone3: stage 1 joins the cgroup instead.
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
@@ -297,7 +297,7 @@ fn launch_direct(l: &Launch<'_>) -> io::Result<i32> {
         Some(dir) => Some(paths::open_dir(dir)?),
         None => None,
     };
-    let mut flags = l.clone_flags as u64;
+    let mut flags = u64::from(l.clone_flags as u32);
     if cgroup.is_some() {
         flags |= CLONE_INTO_CGROUP;
     }
@@ -321,8 +321,14 @@ fn launch_direct(l: &Launch<'_>) -> io::Result<i32> {
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
-        child_setup(l);
-        join_namespaces(l);
+        // Never back into the agent's code: a panic ends this process.
+        let set_up = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            child_setup(l);
+            join_namespaces(l);
+        }));
+        if set_up.is_err() {
+            fail(l.sync, "the container set-up panicked");
+        }
         run_stage2(l);
     }
     let pid = pid as i32;

@@ -4,10 +4,11 @@
 //! container either (same kernel, same entries), so the container's set-up
 //! drops it instead of walking to it: when the guest kernel is emulated a
 //! failed lookup in /proc costs ~13 ms, and of runc's ten default masked
-//! paths this kernel has two.
+//! paths this kernel has two. A kernel that loads modules can grow
+//! entries later: there nothing is dropped.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Component, Path};
 
@@ -43,9 +44,13 @@ impl KernelNames {
 
     /// Whether `path` (absolute, in the container) surely does not exist:
     /// the last of `mounts` covering it is a proc at /proc (or a sysfs at
-    /// /sys) and the kernel has no entry of its first name there. Names
-    /// of processes are never ruled out: the container has pids of its own.
+    /// /sys) and the kernel has no entry of its first name in either
+    /// (whichever an image's symlinks put where). Names of processes are
+    /// never ruled out: the container has pids of its own.
     pub fn surely_absent(&self, path: &Path, mounts: &[MountPlan]) -> bool {
+        if self.proc.contains(OsStr::new("modules")) {
+            return false;
+        }
         let mut parts = path.components();
         if parts.next() != Some(Component::RootDir) {
             return false;
@@ -55,9 +60,9 @@ impl KernelNames {
         else {
             return false;
         };
-        let (fstype, known) = match top.to_str() {
-            Some("proc") => ("proc", &self.proc),
-            Some("sys") => ("sysfs", &self.sys),
+        let fstype = match top.to_str() {
+            Some("proc") => "proc",
+            Some("sys") => "sysfs",
             _ => return false,
         };
         if name
@@ -75,7 +80,7 @@ impl KernelNames {
             kind: MountKind::Fs { fstype: t, .. },
             ..
         }) if *destination == Path::new("/").join(top) && t == fstype);
-        fresh && !known.contains(name)
+        fresh && !self.proc.contains(name) && !self.sys.contains(name)
     }
 }
 
@@ -132,6 +137,22 @@ mod tests {
         assert!(!absent("/etc/acpi"));
         assert!(!absent("/proc"));
         assert!(!absent("proc/acpi"));
+    }
+
+    #[test]
+    fn a_kernel_with_modules_rules_nothing_out() {
+        let names = KernelNames::of(&["modules", "self"], &["fs"]);
+        let mounts = vec![fs("/proc", "proc")];
+        assert!(!names.surely_absent(Path::new("/proc/acpi"), &mounts));
+    }
+
+    #[test]
+    fn a_name_either_file_system_has_is_kept() {
+        let names = KernelNames::of(&["sys"], &["firmware"]);
+        let mounts = vec![fs("/proc", "proc"), fs("/sys", "sysfs")];
+        assert!(!names.surely_absent(Path::new("/proc/firmware"), &mounts));
+        assert!(!names.surely_absent(Path::new("/sys/sys"), &mounts));
+        assert!(names.surely_absent(Path::new("/sys/acpi"), &mounts));
     }
 
     #[test]

@@ -243,12 +243,22 @@ async fn adopt(
             .and_then(|()| std::fs::write(format!("/proc/{pid}/gid_map"), gid_map));
         if let Err(e) = written {
             let _ = kill(pid, libc::SIGKILL);
-            return Err(system(format!("cannot write the id mappings: {e}")));
+            return Err(reported_or(sync, format!("cannot write the id mappings: {e}")).await);
         }
     }
     if let Err(e) = sync.write_all(&[init::MSG_GO]).await {
         let _ = kill(pid, libc::SIGKILL);
-        return Err(system(format!("the container process went away: {e}")));
+        return Err(reported_or(sync, format!("the container process went away: {e}")).await);
     }
     Ok((process, pid))
+}
+
+/// What the process said failed, if it said so before it went away (the
+/// agent may have queued its pid ahead of that: see `init::launch_direct`),
+/// else `fallback`.
+async fn reported_or(sync: &Fd, fallback: String) -> AgentError {
+    match recv(sync, Duration::from_millis(100)).await {
+        Ok(Some(m)) if m.first() == Some(&init::MSG_ERROR) => system(error_text(&m)),
+        _ => system(fallback),
+    }
 }
