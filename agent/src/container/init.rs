@@ -414,8 +414,6 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
         }
     }
     phase("s1:cgroup-join");
-    // The user namespace last: joining it first would take away the
-    // capabilities needed to join the others.
     join_namespaces(l);
     phase("s1:setns");
     let flags = (l.clone_flags | libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
