@@ -37,6 +37,8 @@ int main(void)
     char line[256];
     FILE *status = fopen("/proc/self/status", "r");
     while (status && fgets(line, sizeof line, status)) {
+        if (strncmp(line, "CapBnd:", 7) == 0)
+            printf("capbnd %s", line + 7 + strspn(line + 7, " \t"));
         if (strncmp(line, "Seccomp:", 8) == 0)
             printf("seccomp %s", line + 8 + strspn(line + 8, " \t"));
     }

@@ -41,6 +41,28 @@ fn mask64(list: &[caps::Capability]) -> u64 {
     list.iter().fold(0, |m, c| m | c.bitmask())
 }
 
+/// The guest kernel's `PR_CAPBSET_KEEP_ONLY` (runvm's patch 0016): the
+/// bounding set becomes its intersection with a mask, in one call.
+const PR_CAPBSET_KEEP_ONLY: libc::c_int = 0x52564d03;
+
+/// Narrows the bounding set to `keep` in one prctl (one new set of
+/// credentials: dropping capabilities one by one makes some thirty, ~0.15 s
+/// of emulated kernel work); false when the kernel lacks the prctl, and
+/// the caller then drops them one by one.
+fn keep_only_bounding(keep: u64) -> bool {
+    let (low, high) = (keep & 0xffff_ffff, keep >> 32);
+    // SAFETY: prctl(2) with plain integers.
+    unsafe {
+        libc::prctl(
+            PR_CAPBSET_KEEP_ONLY,
+            low as libc::c_ulong,
+            high as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        ) == 0
+    }
+}
+
 /// Sets the effective, permitted and inheritable sets in one capset(2).
 fn capset(plan: &super::spec::CapsPlan) -> Result<(), String> {
     let (e, p, i) = (
@@ -114,11 +136,13 @@ pub fn finish(
     }
     phase("f:rlimits+nnp");
     if let Some(caps) = &process.caps {
-        for cap in caps::all() {
-            if !caps.bounding.contains(&cap) {
-                // Capabilities this kernel does not know are EINVAL: gone
-                // already.
-                let _ = caps::drop(None, caps::CapSet::Bounding, cap);
+        if !keep_only_bounding(mask64(&caps.bounding)) {
+            for cap in caps::all() {
+                if !caps.bounding.contains(&cap) {
+                    // Capabilities this kernel does not know are EINVAL:
+                    // gone already.
+                    let _ = caps::drop(None, caps::CapSet::Bounding, cap);
+                }
             }
         }
         // Keep the permitted set across the change of uid.

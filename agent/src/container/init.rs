@@ -88,6 +88,8 @@ pub struct Launch<'a> {
     pub sync: RawFd,
     /// The agent's end, which the children close.
     pub agent_end: RawFd,
+    /// Staged mounts for the plan's mounts, by index (see `staged`).
+    pub premade: &'a [(usize, OwnedFd)],
 }
 
 /// A SOCK_SEQPACKET pair, close-on-exec: (the agent's end, the children's).

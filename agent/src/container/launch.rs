@@ -48,6 +48,9 @@ pub struct Process<'a> {
     pub cgroup_dir: Option<&'a Path>,
     /// uid_map and gid_map for a new user namespace.
     pub maps: Option<(&'a str, &'a str)>,
+    /// Staged mounts a new container's init moves into place, by the
+    /// index of the plan's mount they stand in for.
+    pub premade: Vec<(usize, OwnedFd)>,
     /// What the error messages call the launch ("cannot create
     /// container \"c\"").
     pub what: String,
@@ -96,10 +99,11 @@ pub async fn launch(agent: &Rc<Agent>, p: Process<'_>) -> Result<Launched, Agent
         terminal: p.terminal,
         sync: child_end.as_raw_fd(),
         agent_end: agent_end.as_raw_fd(),
+        premade: &p.premade,
     });
     phase("c:fork");
     // The children's ends live on in the children only.
-    drop((child_end, fds, p.join));
+    drop((child_end, fds, p.join, p.premade));
     launched.map_err(|e| system(format!("{}: fork: {e}", p.what)))?;
     let sync = Rc::new(
         Fd::new_nonblocking(agent_end)

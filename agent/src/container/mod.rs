@@ -51,6 +51,7 @@ mod propagation;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
+mod staged;
 pub mod sysctl;
 mod terminal;
 pub mod tmpfs;
@@ -126,6 +127,11 @@ struct Container {
     execs: Vec<i32>,
     oom_kills: u64,
     oom_watch: Option<i32>,
+    /// The init's own mount namespace, held so that its end (unmounting
+    /// every filesystem the container mounted: tens of milliseconds each
+    /// when emulated) comes after `delete` has answered, not before the
+    /// init's exit can be seen (see `control::delete`).
+    mount_ns: Option<OwnedFd>,
 }
 
 /// The event log for `WaitEvent`.
@@ -173,6 +179,9 @@ pub struct Containers {
     /// A new IPC namespace nobody has used (see `warm_up`), for the next
     /// container that asks for a new one.
     spare_ipc: Option<OwnedFd>,
+    /// Mounts made ahead (see `warm_up`), for the next container that
+    /// asks for the same.
+    staged: staged::Staged,
 }
 
 impl Containers {
@@ -189,6 +198,7 @@ impl Containers {
             device_programs: devices::ProgramCache::default(),
             kernel_names: None,
             spare_ipc: None,
+            staged: staged::Staged::default(),
         }
     }
 
@@ -379,10 +389,12 @@ pub async fn create(
     let mut clone_flags = plan.clone_flags();
     let user_ns = clone_flags & libc::CLONE_NEWUSER != 0
         || join.iter().any(|(_, flag)| *flag == libc::CLONE_NEWUSER);
+    let mut spare_ipc = false;
     if clone_flags & libc::CLONE_NEWIPC != 0 && !user_ns {
         if let Some(spare) = agent.containers.borrow_mut().spare_ipc.take() {
             join.push((spare, libc::CLONE_NEWIPC));
             clone_flags &= !libc::CLONE_NEWIPC;
+            spare_ipc = true;
         }
     }
     // The pod's network goes where the container's network namespace is:
@@ -391,6 +403,14 @@ pub async fn create(
     // exists, before the program runs).
     let own_netns = plan.clone_flags() & libc::CLONE_NEWNET != 0
         || join.iter().any(|(_, flag)| *flag == libc::CLONE_NEWNET);
+    let premade = agent.containers.borrow_mut().staged.take_for(
+        &plan.mounts,
+        &staged::Fit {
+            spare_ipc,
+            own_netns,
+            user_ns,
+        },
+    );
     if let Some(network) = &request.network {
         validate_network(network).map_err(|e| invalid(format!("the pod network: {e}")))?;
         if !own_netns {
@@ -413,6 +433,7 @@ pub async fn create(
             cgroup: cgroup.as_deref(),
             cgroup_dir: cgroup.as_ref().map(|c| c.path.as_path()),
             maps: plan.uid_map.as_deref().zip(plan.gid_map.as_deref()),
+            premade,
             what: format!("cannot create container {id:?}"),
         },
     )
@@ -443,6 +464,9 @@ pub async fn create(
     let oom_watch = cgroup
         .as_ref()
         .and_then(|c| control::watch_oom(agent, &c.events_file()));
+    let mount_ns = (plan.clone_flags() & libc::CLONE_NEWNS != 0)
+        .then(|| open_ns(Path::new(&format!("/proc/{pid}/ns/mnt"))).ok())
+        .flatten();
     let container = Container {
         rootfs: request.rootfs,
         process,
@@ -460,6 +484,7 @@ pub async fn create(
         execs: Vec::new(),
         oom_kills: 0,
         oom_watch,
+        mount_ns,
     };
     agent.containers.borrow_mut().by_id.insert(id, container);
     phase("c:recorded");
@@ -549,6 +574,7 @@ pub async fn exec_in(
             cgroup: cgroup.as_deref(),
             cgroup_dir: None,
             maps: None,
+            premade: Vec::new(),
             what: format!("cannot exec in container {id:?}"),
         },
     )

@@ -44,8 +44,13 @@ pub fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), Strin
         .map_err(|e| format!("cannot open the rootfs {rootfs}: {e}"))?;
     let root_fd = unsafe { BorrowedFd::borrow_raw(root.as_raw_fd()) };
     let new_userns = plan.clone_flags() & libc::CLONE_NEWUSER != 0;
-    for m in &plan.mounts {
-        mount_one(root_fd, m, plan, l.cgroup_dir)
+    for (index, m) in plan.mounts.iter().enumerate() {
+        let premade = l
+            .premade
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, fd)| fd);
+        mount_one(root_fd, m, plan, l.cgroup_dir, premade)
             .map_err(|e| format!("mount on {}: {e}", m.destination.display()))?;
         phase("b:mount");
     }

@@ -70,11 +70,20 @@ pub fn mount_one(
     m: &MountPlan,
     plan: &ContainerPlan,
     cgroup_dir: Option<&Path>,
+    premade: Option<&OwnedFd>,
 ) -> Result<(), String> {
     let o = &m.options;
     let dest = &m.destination;
     let io_err = |what: &str, e: io::Error| format!("{what}: {e}");
     match &m.kind {
+        // Made ahead with this mount's very type, source, flags and
+        // options (see `staged`): only moved into place.
+        MountKind::Fs { fstype, .. } if premade.is_some() => {
+            let target = mkdir_all(root, dest, 0o755).map_err(|e| io_err("mount point", e))?;
+            if let Some(tree) = premade {
+                attach(tree, &target).map_err(|e| io_err(&format!("staged {fstype}"), e))?;
+            }
+        }
         MountKind::Bind { source } => {
             let is_dir = std::fs::metadata(source)
                 .map_err(|e| io_err(&format!("bind source {}", source.display()), e))?

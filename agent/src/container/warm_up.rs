@@ -5,14 +5,16 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use super::launch::open_ns;
+use super::staged::Staged;
 use super::{cgroups, devices};
 use crate::state::Agent;
 
 /// Does, once, what the first container of a VM would otherwise do: turn
 /// on the cgroup controllers, bring up `lo`, list the kernel's /proc and
 /// /sys names, make the IPC namespace it asks for (making one registers its
-/// own sysctl tables and mqueue instance: ~40 ms when emulated), map the
-/// agent's own pages, and load the device program
+/// own sysctl tables and mqueue instance: ~40 ms when emulated), mount the
+/// filesystems of runc's default /dev and /sys ahead (see `staged`), map
+/// the agent's own pages, and load the device program
 /// for runc's default rules (loading runs the guest kernel's verifier,
 /// about 40% of a container's set-up when emulated). For a VM saved as a
 /// template: every VM restored from it starts with this done. A failure
@@ -30,6 +32,7 @@ pub fn warm_up(agent: &Agent) {
         Ok(spare) => c.spare_ipc = Some(spare),
         Err(e) => agent_log!("warming up: cannot make an IPC namespace: {e}"),
     }
+    c.staged = Staged::make(c.spare_ipc.as_ref());
     if let Err(e) = map_own_file_pages() {
         agent_log!("warming up: cannot map the agent's pages: {e}");
     }

@@ -12,8 +12,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::*;
 
-/// What each container prints: 16 random bytes as hex, then the time.
-const SCRIPT: &str = "od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'; echo; date +%s";
+/// What each container prints: 16 random bytes as hex, the time, then
+/// its mounts (mount point, options, type, source, superblock options).
+const SCRIPT: &str = "od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'; echo; date +%s; \
+    awk '{ for (i = 7; $i != \"-\"; i++) {}; print $5, $6, $(i+1), $(i+2), $(i+3) }' \
+    /proc/self/mountinfo | sort";
 
 struct Store {
     dir: PathBuf,
@@ -74,14 +77,14 @@ fn cid_of(command_line: &str) -> String {
 
 /// Creates and starts container `id` of `bundle` with the test's store,
 /// checks the VMM's command line with `check_vmm` while it runs, and
-/// returns what the container printed (random hex, its time).
+/// returns what the container printed (random hex, its time, its mounts).
 fn run_one(
     cli: &Cli,
     store: &Store,
     bundle: &Path,
     id: &str,
     check_vmm: impl FnOnce(&str),
-) -> (String, u64) {
+) -> (String, u64, Vec<String>) {
     let (out, err) = (
         cli.scratch.join(format!("{id}.out")),
         cli.scratch.join(format!("{id}.err")),
@@ -110,7 +113,9 @@ fn run_one(
         "{id} printed {printed:?}; stderr {:?}",
         read_text(&err)
     );
-    (random, time.unwrap_or_default())
+    let mounts: Vec<String> = lines.map(String::from).collect();
+    assert!(mounts.len() > 5, "{id} listed no mounts: {printed:?}");
+    (random, time.unwrap_or_default(), mounts)
 }
 
 fn now() -> u64 {
@@ -136,16 +141,17 @@ fn runvm_vms_from_a_template() {
     // The first VM is booted, saved as the template, and restored.
     let first_id = unique("tpl1");
     let mut first_cid = String::new();
-    let (first_random, first_time) = run_one(&cli, &store, &bundle, &first_id, |vmm| {
-        assert!(vmm.contains("--restore"), "not restored: {vmm}");
-        first_cid = cid_of(vmm);
-    });
+    let (first_random, first_time, first_mounts) =
+        run_one(&cli, &store, &bundle, &first_id, |vmm| {
+            assert!(vmm.contains("--restore"), "not restored: {vmm}");
+            first_cid = cid_of(vmm);
+        });
     let templates = store.listed(&cli);
     assert_eq!(templates.len(), 1, "{templates:?}");
 
     // The next is restored from it, as a machine of its own.
     let second_id = unique("tpl2");
-    let (second_random, second_time) = run_one(&cli, &store, &bundle, &second_id, |vmm| {
+    let (second_random, second_time, _) = run_one(&cli, &store, &bundle, &second_id, |vmm| {
         assert!(vmm.contains("--restore"), "not restored: {vmm}");
         assert_ne!(cid_of(vmm), first_cid, "two restored VMs share a CID");
     });
@@ -185,7 +191,7 @@ fn runvm_vms_from_a_template() {
     std::os::unix::fs::FileExt::write_all_at(&memory, &[0xa5; 4096], 1 << 20).expect("damage it");
     drop(memory);
     let third_id = unique("tpl3");
-    let (third_random, _) = run_one(&cli, &store, &bundle, &third_id, |vmm| {
+    let (third_random, _, third_mounts) = run_one(&cli, &store, &bundle, &third_id, |vmm| {
         assert!(
             !vmm.contains("--restore"),
             "booted from a damaged template: {vmm}"
@@ -197,6 +203,13 @@ fn runvm_vms_from_a_template() {
         );
     });
     assert_ne!(third_random, first_random);
+    // The first container of a restored VM moves mounts made ahead into
+    // place (the agent's `staged`): it sees the mounts a cold VM's
+    // container makes itself, with the same options.
+    assert_eq!(
+        first_mounts, third_mounts,
+        "a restored VM's container has other mounts than a cold one's"
+    );
     assert!(
         store.listed(&cli).is_empty(),
         "the damaged template is still there"
