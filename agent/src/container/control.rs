@@ -127,9 +127,6 @@ pub async fn wait(agent: &Agent, id: &str) -> Result<ResponseBody, AgentError> {
     }
 }
 
-/// How long a deleted container's mount namespace outlives the answer.
-const MOUNT_NS_KEPT: Duration = Duration::from_millis(500);
-
 pub async fn delete(agent: &Agent, id: &str, force: bool) -> Result<ResponseBody, AgentError> {
     phase("d:request");
     let (pid, alive, cgroup, execs, mut exited) = {
@@ -185,14 +182,9 @@ pub async fn delete(agent: &Agent, id: &str, force: bool) -> Result<ResponseBody
             unsafe { libc::inotify_rm_watch(inotify.raw(), wd) };
         }
         crate::share::release_rootfs(&c.rootfs);
-        if let Some(mount_ns) = c.mount_ns {
-            // Unmounting the container's filesystems takes a while: after
-            // the answer (a `runvm run` then powers the VM off instead).
-            spawn_local(async move {
-                tokio::time::sleep(MOUNT_NS_KEPT).await;
-                drop(mount_ns);
-            });
-        }
+        // The last hold on the container's mount namespace: its
+        // filesystems are unmounted here, before the answer.
+        drop(c.mount_ns);
         if let Some(dir) = &c.pod_cgroup {
             // The last container of its pod takes the pod's cgroup along.
             super::pod::remove_cgroup_if_empty(dir);

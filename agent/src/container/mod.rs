@@ -129,8 +129,8 @@ struct Container {
     oom_watch: Option<i32>,
     /// The init's own mount namespace, held so that its end (unmounting
     /// every filesystem the container mounted: tens of milliseconds each
-    /// when emulated) comes after `delete` has answered, not before the
-    /// init's exit can be seen (see `control::delete`).
+    /// when emulated) comes with `delete`, not between the init's exit and
+    /// its parent seeing it (a `runvm run` powers the VM off instead).
     mount_ns: Option<OwnedFd>,
 }
 
