@@ -2,11 +2,14 @@
  * agent's vsock ports (and the host's readiness port) through every CID a
  * guest process could name, and prints one line per attempt:
  *   <cid> <port> connected | refused: <error> | no-socket: <error>
- * and last its seccomp mode ("seccomp <mode>", from /proc/self/status).
+ * then what PR_CAPBSET_KEEP_ONLY says ("keep-only <error>"), its bounding
+ * set ("capbnd <hex>") and last its seccomp mode ("seccomp <mode>", both
+ * from /proc/self/status).
  * Exit status 0 always; the test reads the lines. Built static with gcc. */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -34,6 +37,10 @@ int main(void)
             close(fd);
         }
     }
+    /* The guest kernel's PR_CAPBSET_KEEP_ONLY (patch 0016) exists: without
+     * CAP_SETPCAP it refuses (EPERM); a kernel without it says EINVAL. */
+    int kept = prctl(0x52564d03, 0xffffffffUL, 0xffffffffUL, 0UL, 0UL);
+    printf("keep-only %s\n", kept == 0 ? "done" : strerror(errno));
     char line[256];
     FILE *status = fopen("/proc/self/status", "r");
     while (status && fgets(line, sizeof line, status)) {

@@ -393,9 +393,20 @@ async fn scenario_no_path_to_the_agent(vm: &mut MicroVm, agent: &AgentClient, ba
             out.lines().any(|l| l == "capbnd 0000000020000420"),
             "the container's bounding set is not the spec's:\n{out}"
         );
+        // ... in one prctl, which a process without CAP_SETPCAP is
+        // refused (a kernel without the patch would not know it: EINVAL).
+        assert!(
+            out.lines()
+                .any(|l| l == "keep-only Operation not permitted"),
+            "the guest kernel has no PR_CAPBSET_KEEP_ONLY:\n{out}"
+        );
         let out: String = out
             .lines()
-            .filter(|l| !l.starts_with("seccomp ") && !l.starts_with("capbnd "))
+            .filter(|l| {
+                !l.starts_with("seccomp ")
+                    && !l.starts_with("capbnd ")
+                    && !l.starts_with("keep-only ")
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         assert_eq!(out.lines().count(), 18, "one line per CID and port:\n{out}");

@@ -327,6 +327,7 @@ fn launch_direct(l: &Launch<'_>) -> io::Result<i32> {
         let set_up = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             child_setup(l);
             join_namespaces(l);
+            close_the_agents(l);
         }));
         if set_up.is_err() {
             fail(l.sync, "the container set-up panicked");
@@ -380,6 +381,37 @@ fn child_setup(l: &Launch<'_>) {
     }
 }
 
+/// Closes every descriptor but stdio and those `l` names (the process's
+/// stdio to be, the sync socket, staged mounts): the rest are the agent's
+/// (its connections, other containers' streams and namespaces), which a
+/// container process must not hold, not even until its exec.
+fn close_the_agents(l: &Launch<'_>) {
+    let mut keep: Vec<RawFd> = vec![0, 1, 2, l.sync];
+    keep.extend(l.stdio);
+    keep.extend(l.premade.iter().map(|(_, fd)| fd.as_raw_fd()));
+    keep.retain(|fd| *fd >= 0);
+    keep.sort_unstable();
+    keep.dedup();
+    let mut next: libc::c_uint = 0;
+    for fd in keep {
+        let fd = fd as libc::c_uint;
+        if fd > next {
+            // SAFETY: close_range(2) of descriptors nobody here uses.
+            unsafe { libc::syscall(libc::SYS_close_range, next, fd - 1, 0 as libc::c_uint) };
+        }
+        next = fd + 1;
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            next,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
+}
+
 /// Joins `l.join`, the user namespace last: joining it first would take
 /// away the capabilities needed to join the others.
 fn join_namespaces(l: &Launch<'_>) {
@@ -417,6 +449,7 @@ fn stage1(l: &Launch<'_>) -> libc::c_int {
     }
     phase("s1:cgroup-join");
     join_namespaces(l);
+    close_the_agents(l);
     phase("s1:setns");
     let flags = (l.clone_flags | libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: clone(2) without CLONE_VM: like fork, the child runs on a copy

@@ -83,6 +83,17 @@ pub fn mount_one(
             if let Some(tree) = premade {
                 attach(tree, &target).map_err(|e| io_err(&format!("staged {fstype}"), e))?;
             }
+            if fstype != "sysfs" {
+                // A new filesystem's root has the time it was made: now,
+                // not the template's.
+                let top = open_in_root(root, dest, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                    .map_err(|e| io_err("reopen", e))?;
+                // SAFETY: futimens(2) on our descriptor, times "now".
+                let touched = unsafe { libc::futimens(top.as_raw_fd(), std::ptr::null()) };
+                if touched < 0 {
+                    return Err(io_err("staged times", io::Error::last_os_error()));
+                }
+            }
         }
         MountKind::Bind { source } => {
             let is_dir = std::fs::metadata(source)

@@ -100,9 +100,10 @@ pub struct Fit {
 
 impl Staged {
     /// Stages [`LIKELY`] mounts; `spare_ipc` is the IPC namespace the
-    /// mqueue mount is made in (without it, none is). Failures are
-    /// logged: a container then mounts its own.
-    pub fn make(spare_ipc: Option<&OwnedFd>) -> Staged {
+    /// mqueue mount is made in (without it, none is; should the agent
+    /// fail to come back from it, it is nobody's spare any more and is
+    /// taken away). Failures are logged: a container then mounts its own.
+    pub fn make(spare_ipc: &mut Option<OwnedFd>) -> Staged {
         let mut staged = Staged::default();
         let scratch = Path::new("/run/runvm-staging");
         if let Err(e) = std::fs::create_dir(scratch) {
@@ -129,9 +130,17 @@ impl Staged {
                 continue;
             };
             let made = if *fstype == "mqueue" {
-                match spare_ipc {
-                    Some(ns) => in_ipc_namespace(ns, || stage_one(scratch, &key)),
-                    None => continue,
+                let Some(ns) = spare_ipc.as_ref() else {
+                    continue;
+                };
+                match in_ipc_namespace(ns, || stage_one(scratch, &key)) {
+                    Ok(made) => made,
+                    Err(e) => {
+                        // The agent is in it: it is nobody's spare.
+                        agent_log!("staging mounts: the spare IPC namespace: {e}");
+                        *spare_ipc = None;
+                        continue;
+                    }
                 }
             } else {
                 stage_one(scratch, &key)
@@ -142,6 +151,8 @@ impl Staged {
             }
         }
         let _ = std::fs::remove_dir(scratch);
+        // Once per template: what its first container will find made.
+        agent_log!("warming up: {} mounts staged", staged.mounts.len());
         staged
     }
 
@@ -203,8 +214,9 @@ fn detached_clone(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
-/// Runs `f` in the IPC namespace `ns`, then goes back to the agent's.
-fn in_ipc_namespace<T>(ns: &OwnedFd, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+/// Runs `f` in the IPC namespace `ns`, then goes back to the agent's:
+/// `f`'s result, or an error when the agent could not go there or back.
+fn in_ipc_namespace<T>(ns: &OwnedFd, f: impl FnOnce() -> T) -> io::Result<T> {
     use std::os::fd::AsRawFd;
     let home = super::launch::open_ns(Path::new("/proc/self/ns/ipc"))?;
     // SAFETY: setns(2) of this (single-threaded) process's IPC namespace.
@@ -215,10 +227,12 @@ fn in_ipc_namespace<T>(ns: &OwnedFd, f: impl FnOnce() -> io::Result<T>) -> io::R
     // SAFETY: as above, back to where the agent was.
     if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWIPC) } < 0 {
         let e = io::Error::last_os_error();
-        agent_log!("staging mounts: cannot go back to the agent's IPC namespace: {e}");
-        return Err(e);
+        return Err(io::Error::new(
+            e.kind(),
+            format!("cannot go back to the agent's IPC namespace: {e}"),
+        ));
     }
-    result
+    Ok(result)
 }
 
 #[cfg(test)]

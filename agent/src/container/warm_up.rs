@@ -32,7 +32,7 @@ pub fn warm_up(agent: &Agent) {
         Ok(spare) => c.spare_ipc = Some(spare),
         Err(e) => agent_log!("warming up: cannot make an IPC namespace: {e}"),
     }
-    c.staged = Staged::make(c.spare_ipc.as_ref());
+    c.staged = Staged::make(&mut c.spare_ipc);
     if let Err(e) = map_own_file_pages() {
         agent_log!("warming up: cannot map the agent's pages: {e}");
     }

@@ -148,6 +148,13 @@ fn runvm_vms_from_a_template() {
         });
     let templates = store.listed(&cli);
     assert_eq!(templates.len(), 1, "{templates:?}");
+    // Its agent made mounts ahead for the first container (the mount
+    // tables compared below show they are the ones a cold VM makes).
+    let console = read_text(&store.dir.join(&templates[0]).join("console.log"));
+    assert!(
+        console.contains("warming up: 5 mounts staged"),
+        "the template's agent staged no mounts: {console}"
+    );
 
     // The next is restored from it, as a machine of its own.
     let second_id = unique("tpl2");
