@@ -90,6 +90,9 @@ pub struct Launch<'a> {
     pub agent_end: RawFd,
     /// Staged mounts for the plan's mounts, by index (see `staged`).
     pub premade: &'a [(usize, OwnedFd)],
+    /// The agent's empty read-only tmpfs for masked directories, when the
+    /// container may share it (see `rootfs::Masker`).
+    pub mask_dir: Option<&'a Path>,
 }
 
 /// A SOCK_SEQPACKET pair, close-on-exec: (the agent's end, the children's).

@@ -51,6 +51,9 @@ pub struct Process<'a> {
     /// Staged mounts a new container's init moves into place, by the
     /// index of the plan's mount they stand in for.
     pub premade: Vec<(usize, OwnedFd)>,
+    /// The agent's empty read-only tmpfs for masked directories, when the
+    /// container may share it.
+    pub mask_dir: Option<&'a Path>,
     /// What the error messages call the launch ("cannot create
     /// container \"c\"").
     pub what: String,
@@ -100,6 +103,7 @@ pub async fn launch(agent: &Rc<Agent>, p: Process<'_>) -> Result<Launched, Agent
         sync: child_end.as_raw_fd(),
         agent_end: agent_end.as_raw_fd(),
         premade: &p.premade,
+        mask_dir: p.mask_dir,
     });
     phase("c:fork");
     // The children's ends live on in the children only.

@@ -182,7 +182,13 @@ pub struct Containers {
     /// Mounts made ahead (see `warm_up`), for the next container that
     /// asks for the same.
     staged: staged::Staged,
+    /// The empty read-only tmpfs for masked directories, once mounted.
+    shared_mask: Option<PathBuf>,
 }
+
+/// Where the agent mounts the empty read-only tmpfs that containers mask
+/// directories with.
+const SHARED_MASK_DIR: &str = "/run/runvm-masked";
 
 impl Containers {
     /// `loopback`: bring `lo` up before the first container.
@@ -199,6 +205,7 @@ impl Containers {
             kernel_names: None,
             spare_ipc: None,
             staged: staged::Staged::default(),
+            shared_mask: None,
         }
     }
 
@@ -231,6 +238,38 @@ impl Containers {
             }
         }
         self.kernel_names.clone()
+    }
+
+    /// The agent's empty read-only tmpfs that containers unable to remount
+    /// it mask directories with (see `rootfs::Masker`), mounted on first
+    /// use; `None` (logged) when it cannot be.
+    pub fn shared_mask(&mut self) -> Option<PathBuf> {
+        if self.shared_mask.is_none() {
+            let dir = Path::new(SHARED_MASK_DIR);
+            let made = std::fs::create_dir(dir)
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .and_then(|()| {
+                    nix::mount::mount(
+                        Some("tmpfs"),
+                        dir,
+                        Some("tmpfs"),
+                        nix::mount::MsFlags::MS_RDONLY,
+                        None::<&str>,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            match made {
+                Ok(()) => self.shared_mask = Some(dir.to_path_buf()),
+                Err(e) => agent_log!("cannot mount the empty tmpfs for masks: {e}"),
+            }
+        }
+        self.shared_mask.clone()
     }
 
     /// Brings `lo` up once when it is the agent's to bring up. Tried only
@@ -403,6 +442,18 @@ pub async fn create(
     // exists, before the program runs).
     let own_netns = plan.clone_flags() & libc::CLONE_NEWNET != 0
         || join.iter().any(|(_, flag)| *flag == libc::CLONE_NEWNET);
+    // A container that cannot remount the agent's empty read-only tmpfs
+    // (no CAP_SYS_ADMIN in its bounding set, or in a user namespace, which
+    // does not own it) masks directories with it, not a tmpfs of its own.
+    let may_share_mask = user_ns
+        || plan
+            .process
+            .caps
+            .as_ref()
+            .is_some_and(|c| !c.bounding.contains(&caps::Capability::CAP_SYS_ADMIN));
+    let mask_dir = may_share_mask
+        .then(|| agent.containers.borrow_mut().shared_mask())
+        .flatten();
     let premade = agent.containers.borrow_mut().staged.take_for(
         &plan.mounts,
         &staged::Fit {
@@ -434,6 +485,7 @@ pub async fn create(
             cgroup_dir: cgroup.as_ref().map(|c| c.path.as_path()),
             maps: plan.uid_map.as_deref().zip(plan.gid_map.as_deref()),
             premade,
+            mask_dir: mask_dir.as_deref(),
             what: format!("cannot create container {id:?}"),
         },
     )
@@ -575,6 +627,7 @@ pub async fn exec_in(
             cgroup_dir: None,
             maps: None,
             premade: Vec::new(),
+            mask_dir: None,
             what: format!("cannot exec in container {id:?}"),
         },
     )

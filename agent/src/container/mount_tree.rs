@@ -62,7 +62,7 @@ pub fn build_container(plan: &ContainerPlan, l: &Launch<'_>) -> Result<(), Strin
         terminal::open_in_container(root_fd, true, l.sync)?;
     }
     phase("b:terminal");
-    let mut masker = Masker::default();
+    let mut masker = Masker::new(l.mask_dir);
     for path in &plan.masked_paths {
         masker
             .mask(root_fd, path)

@@ -309,12 +309,25 @@ fn attach(tree: &OwnedFd, target: &OwnedFd) -> io::Result<()> {
 /// superblock, bound again for each), and every mount goes onto the
 /// descriptor that found the path: a mask costs a lookup and two calls.
 #[derive(Default)]
-pub struct Masker {
+pub struct Masker<'a> {
     /// The first masked directory's tmpfs, once mounted.
     empty: Option<OwnedFd>,
+    /// The agent's empty read-only tmpfs, for a container that cannot
+    /// remount it (see `Containers::shared_mask`): bound instead of a new
+    /// one (a tmpfs superblock costs ~60 ms when emulated). A path in the
+    /// guest's tree, which the init's mount namespace has a copy of until
+    /// the pivot.
+    shared: Option<&'a Path>,
 }
 
-impl Masker {
+impl<'a> Masker<'a> {
+    pub fn new(shared: Option<&'a Path>) -> Masker<'a> {
+        Masker {
+            empty: None,
+            shared,
+        }
+    }
+
     pub fn mask(&mut self, root: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
         let fd = match open_in_root(root, path, libc::O_PATH, 0) {
             Ok(fd) => fd,
@@ -325,6 +338,10 @@ impl Masker {
             let null = clone_tree(libc::AT_FDCWD, c"/dev/null", false)
                 .map_err(|e| format!("/dev/null: {e}"))?;
             return attach(&null, &fd).map_err(|e| e.to_string());
+        }
+        if self.empty.is_none() {
+            // Missing (a failed set-up of the agent's): a tmpfs of our own.
+            self.empty = self.shared.and_then(|dir| paths::open_dir(dir).ok());
         }
         if let Some(empty) = &self.empty {
             let tree = clone_tree(empty.as_raw_fd(), c"", false).map_err(|e| e.to_string())?;

@@ -13,7 +13,8 @@ use crate::state::Agent;
 /// on the cgroup controllers, bring up `lo`, list the kernel's /proc and
 /// /sys names, make the IPC namespace it asks for (making one registers its
 /// own sysctl tables and mqueue instance: ~40 ms when emulated), mount the
-/// filesystems of runc's default /dev and /sys ahead (see `staged`), map
+/// filesystems of runc's default /dev and /sys ahead (see `staged`) and
+/// the empty tmpfs masked directories share (see `rootfs::Masker`), map
 /// the agent's own pages, and load the device program
 /// for runc's default rules (loading runs the guest kernel's verifier,
 /// about 40% of a container's set-up when emulated). For a VM saved as a
@@ -33,6 +34,7 @@ pub fn warm_up(agent: &Agent) {
         Err(e) => agent_log!("warming up: cannot make an IPC namespace: {e}"),
     }
     c.staged = Staged::make(&mut c.spare_ipc);
+    c.shared_mask();
     if let Err(e) = map_own_file_pages() {
         agent_log!("warming up: cannot map the agent's pages: {e}");
     }
