@@ -518,6 +518,7 @@ pub fn run_in_guest(start: Start, ready: impl FnOnce(), mount: impl FnOnce()) ->
         let limits = Limits {
             cgroup_root: crate::mounts::cgroup2_root(),
             loopback: true,
+            shared_mask: Some(container::SHARED_MASK_DIR.into()),
             ..Limits::default()
         };
         // A current-thread runtime with no blocking pool in use: the

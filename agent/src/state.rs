@@ -52,6 +52,11 @@ pub struct Limits {
     /// How long a container process may take over one step of its set-up
     /// (every guest syscall may be emulated).
     pub container_setup: Duration,
+    /// Where the agent mounts the empty read-only tmpfs that containers
+    /// mask directories with (see `container::rootfs::Masker`); `None`:
+    /// each container mounts its own (the tests on a host, whose mount
+    /// tree is the host's).
+    pub shared_mask: Option<PathBuf>,
 }
 
 impl Default for Limits {
@@ -70,6 +75,7 @@ impl Default for Limits {
             cgroup_root: None,
             loopback: false,
             container_setup: Duration::from_secs(60),
+            shared_mask: None,
         }
     }
 }
@@ -135,7 +141,11 @@ impl Agent {
         crate::exec::note_ignored_signals();
         Rc::new(Agent {
             processes: RefCell::new(ProcessTable::new(limits.unwaited_exits)),
-            containers: RefCell::new(Containers::new(limits.cgroup_root.clone(), limits.loopback)),
+            containers: RefCell::new(Containers::new(
+                limits.cgroup_root.clone(),
+                limits.loopback,
+                limits.shared_mask.clone(),
+            )),
             streams: RefCell::new(StreamTable::new(limits.parked)),
             stream_arrived: Notify::new(),
             control_slots: Slots::new(limits.control_connections),

@@ -182,17 +182,26 @@ pub struct Containers {
     /// Mounts made ahead (see `warm_up`), for the next container that
     /// asks for the same.
     staged: staged::Staged,
-    /// The empty read-only tmpfs for masked directories, once mounted.
+    /// Where the empty read-only tmpfs for masked directories goes
+    /// (`None`: nowhere, each container mounts its own).
+    shared_mask_dir: Option<PathBuf>,
+    /// That tmpfs, once mounted.
     shared_mask: Option<PathBuf>,
 }
 
-/// Where the agent mounts the empty read-only tmpfs that containers mask
-/// directories with.
-const SHARED_MASK_DIR: &str = "/run/runvm-masked";
+/// Where the guest's agent mounts the empty read-only tmpfs that
+/// containers mask directories with.
+pub const SHARED_MASK_DIR: &str = "/run/runvm-masked";
 
 impl Containers {
-    /// `loopback`: bring `lo` up before the first container.
-    pub fn new(cgroup_root: Option<PathBuf>, loopback: bool) -> Containers {
+    /// `loopback`: bring `lo` up before the first container;
+    /// `shared_mask`: where to mount the empty tmpfs masked directories
+    /// may share (see [`Containers::shared_mask`]).
+    pub fn new(
+        cgroup_root: Option<PathBuf>,
+        loopback: bool,
+        shared_mask: Option<PathBuf>,
+    ) -> Containers {
         Containers {
             by_id: HashMap::new(),
             reserved: HashSet::new(),
@@ -205,6 +214,7 @@ impl Containers {
             kernel_names: None,
             spare_ipc: None,
             staged: staged::Staged::default(),
+            shared_mask_dir: shared_mask,
             shared_mask: None,
         }
     }
@@ -245,7 +255,8 @@ impl Containers {
     /// use; `None` (logged) when it cannot be.
     pub fn shared_mask(&mut self) -> Option<PathBuf> {
         if self.shared_mask.is_none() {
-            let dir = Path::new(SHARED_MASK_DIR);
+            let dir = self.shared_mask_dir.clone()?;
+            let dir = dir.as_path();
             let made = std::fs::create_dir(dir)
                 .or_else(|e| {
                     if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -647,6 +658,13 @@ mod host_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_a_place_for_it_no_mask_tmpfs_is_mounted() {
+        // The tests on a host: nothing may be mounted in the host's tree.
+        let mut containers = Containers::new(None, false, None);
+        assert_eq!(containers.shared_mask(), None);
+    }
 
     #[test]
     fn events_are_numbered_and_bounded() {
