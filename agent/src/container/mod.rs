@@ -185,8 +185,8 @@ pub struct Containers {
     /// Where the empty read-only tmpfs for masked directories goes
     /// (`None`: nowhere, each container mounts its own).
     shared_mask_dir: Option<PathBuf>,
-    /// That tmpfs, once mounted.
-    shared_mask: Option<PathBuf>,
+    /// That tmpfs is mounted.
+    shared_mask_up: bool,
 }
 
 /// Where the guest's agent mounts the empty read-only tmpfs that
@@ -215,7 +215,7 @@ impl Containers {
             spare_ipc: None,
             staged: staged::Staged::default(),
             shared_mask_dir: shared_mask,
-            shared_mask: None,
+            shared_mask_up: false,
         }
     }
 
@@ -254,33 +254,25 @@ impl Containers {
     /// it mask directories with (see `rootfs::Masker`), mounted on first
     /// use; `None` (logged) when it cannot be.
     pub fn shared_mask(&mut self) -> Option<PathBuf> {
-        if self.shared_mask.is_none() {
-            let dir = self.shared_mask_dir.clone()?;
-            let dir = dir.as_path();
-            let made = std::fs::create_dir(dir)
-                .or_else(|e| {
-                    if e.kind() == std::io::ErrorKind::AlreadyExists {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .and_then(|()| {
-                    nix::mount::mount(
-                        Some("tmpfs"),
-                        dir,
-                        Some("tmpfs"),
-                        nix::mount::MsFlags::MS_RDONLY,
-                        None::<&str>,
-                    )
-                    .map_err(std::io::Error::from)
-                });
+        let dir = self.shared_mask_dir.clone()?;
+        if !self.shared_mask_up {
+            let made = match std::fs::create_dir(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+                _ => nix::mount::mount(
+                    Some("tmpfs"),
+                    &dir,
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::MS_RDONLY,
+                    None::<&str>,
+                )
+                .map_err(std::io::Error::from),
+            };
             match made {
-                Ok(()) => self.shared_mask = Some(dir.to_path_buf()),
+                Ok(()) => self.shared_mask_up = true,
                 Err(e) => agent_log!("cannot mount the empty tmpfs for masks: {e}"),
             }
         }
-        self.shared_mask.clone()
+        self.shared_mask_up.then_some(dir)
     }
 
     /// Brings `lo` up once when it is the agent's to bring up. Tried only

@@ -266,7 +266,7 @@ const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 /// A detached copy of the mount tree at `path` relative to `dir`
 /// (open_tree(2) with OPEN_TREE_CLONE: a bind mount not attached yet);
 /// `recursive` takes the mounts below it along.
-fn clone_tree(dir: libc::c_int, path: &CStr, recursive: bool) -> io::Result<OwnedFd> {
+pub(super) fn clone_tree(dir: libc::c_int, path: &CStr, recursive: bool) -> io::Result<OwnedFd> {
     let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
     if path.is_empty() {
         flags |= libc::AT_EMPTY_PATH as libc::c_uint;

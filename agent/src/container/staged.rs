@@ -12,12 +12,13 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use nix::mount::MsFlags;
 
 use super::mountopts;
+use super::rootfs::clone_tree;
 use super::spec::{MountKind, MountPlan};
 
 /// Mounts that runc's default spec (and podman's and containerd's, for
@@ -194,24 +195,11 @@ fn stage_one(scratch: &Path, key: &MountKey) -> io::Result<OwnedFd> {
         key.flags,
         data,
     )?;
-    let tree = detached_clone(scratch);
+    let path = CString::new(scratch.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let tree = clone_tree(libc::AT_FDCWD, &path, false);
     let _ = nix::mount::umount2(scratch, nix::mount::MntFlags::MNT_DETACH);
     tree
-}
-
-fn detached_clone(path: &Path) -> io::Result<OwnedFd> {
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
-    // SAFETY: open_tree(2) reads the C string; the result is a new
-    // descriptor that we own.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
 /// Runs `f` in the IPC namespace `ns`, then goes back to the agent's:
