@@ -13,6 +13,8 @@ pub const MOV32_K: u8 = 0xb4;
 pub const MOV32_X: u8 = 0xbc;
 pub const AND32_K: u8 = 0x54;
 pub const RSH32_K: u8 = 0x74;
+pub const LSH32_K: u8 = 0x64;
+pub const OR32_X: u8 = 0x4c;
 pub const JEQ32_K: u8 = 0x16; // the low 32 bits of dst == imm
 pub const JNE32_K: u8 = 0x56;
 pub const JA: u8 = 0x05;

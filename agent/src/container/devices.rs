@@ -270,13 +270,9 @@ impl Asm {
     }
 }
 
-// Registers: r1 the context (struct bpf_cgroup_dev_ctx), r2 the device
-// type, r3 the access asked, r4 major, r5 minor, r6 scratch.
+// Registers: r1 the context (struct bpf_cgroup_dev_ctx: access_type =
+// (access << 16) | type, major, minor), r6 scratch; nothing else lives.
 const CTX: u8 = 1;
-const TYPE: u8 = 2;
-const ACCESS: u8 = 3;
-const MAJOR: u8 = 4;
-const MINOR: u8 = 5;
 const SCRATCH: u8 = 6;
 
 /// The device program for `rules`, as instruction words; `None` when
@@ -294,30 +290,23 @@ pub fn program(rules: &[Rule]) -> Result<Option<Vec<u64>>, String> {
         }
         None => rules,
     };
+    if !default_allow {
+        if let Some(deciding) = deciding_rules(rules) {
+            return by_rule(&deciding).map(Some);
+        }
+    }
     let mut a = Asm::default();
-    // access_type is (ACC << 16) | DEV.
-    a.from(bpf::LDX_W, ACCESS, CTX, 0);
-    a.op(bpf::RSH32_K, ACCESS, 16);
     for bit in [ACC_MKNOD, ACC_READ, ACC_WRITE] {
         let chain: Vec<&Rule> = rules.iter().rev().filter(|r| r.access & bit != 0).collect();
         if default_allow && chain.iter().all(|r| r.allow) {
             continue;
         }
         let next_bit = a.label();
-        a.from(bpf::MOV32_X, SCRATCH, ACCESS, 0);
+        // The access asked: access_type >> 16.
+        a.from(bpf::LDX_W, SCRATCH, CTX, 0);
+        a.op(bpf::RSH32_K, SCRATCH, 16);
         a.op(bpf::AND32_K, SCRATCH, i32::from(bit));
         a.jump(bpf::JEQ32_K, SCRATCH, 0, next_bit);
-        // Loaded afresh for each access bit: a rule's tests leave the
-        // verifier knowing the device's numbers, so states reaching the
-        // next bit through different rules would differ and it would
-        // walk them again for every way through the earlier bits (the
-        // verifier was ~2M emulated instructions of a container's first
-        // create in a VM). Reloaded, the registers are dead at `next_bit`
-        // and those states merge (a 6.18 host's walk: 1174 -> 701 steps).
-        a.from(bpf::LDX_W, TYPE, CTX, 0);
-        a.op(bpf::AND32_K, TYPE, 0xffff);
-        a.from(bpf::LDX_W, MAJOR, CTX, 4);
-        a.from(bpf::LDX_W, MINOR, CTX, 8);
         for rule in chain {
             let next_rule = a.label();
             let kind = match rule.kind {
@@ -325,9 +314,23 @@ pub fn program(rules: &[Rule]) -> Result<Option<Vec<u64>>, String> {
                 Kind::Block => Some(DEV_BLOCK),
                 Kind::All => None,
             };
-            for (reg, want) in [(TYPE, kind), (MAJOR, rule.major), (MINOR, rule.minor)] {
+            // Each number is loaded right before its test, into the
+            // scratch register: a test leaves the verifier knowing the
+            // value on one side, so had the registers lived on, the states
+            // reaching `next_rule` through different tests would differ
+            // and it would walk the rest of the chain again for each (and
+            // mark them precise). Loaded where used, nothing is live at a
+            // label and every state there merges: the walk is about the
+            // program's length (the verifier was ~0.5M emulated
+            // instructions of a VM's first container with the numbers
+            // loaded once per access bit).
+            for (field, want) in [(0, kind), (4, rule.major), (8, rule.minor)] {
                 if let Some(want) = want {
-                    a.jump(bpf::JNE32_K, reg, want as i32, next_rule);
+                    a.from(bpf::LDX_W, SCRATCH, CTX, field);
+                    if field == 0 {
+                        a.op(bpf::AND32_K, SCRATCH, 0xffff);
+                    }
+                    a.jump(bpf::JNE32_K, SCRATCH, want as i32, next_rule);
                 }
             }
             if rule.allow {
@@ -344,6 +347,106 @@ pub fn program(rules: &[Rule]) -> Result<Option<Vec<u64>>, String> {
     }
     a.ret(1);
     a.finish().map(Some)
+}
+
+/// Allow rules after a deny-all, those for the same devices merged (their
+/// accesses together), when a single rule decides: wherever two of them
+/// cover a device in common, one's accesses include the other's. Then
+/// "every access asked is allowed by some rule" is "some rule allows all
+/// the accesses asked", which [`by_rule`] tests rule by rule (runc's own
+/// programs always judge that way). `None` when that does not hold.
+fn deciding_rules(rules: &[Rule]) -> Option<Vec<Rule>> {
+    let mut merged: Vec<Rule> = Vec::with_capacity(rules.len());
+    for r in rules {
+        if !r.allow || r.kind == Kind::All {
+            return None;
+        }
+        let same = |m: &&mut Rule| (m.kind, m.major, m.minor) == (r.kind, r.major, r.minor);
+        match merged.iter_mut().find(same) {
+            Some(m) => m.access |= r.access,
+            None => merged.push(*r),
+        }
+    }
+    let meet = |a: Option<u32>, b: Option<u32>| a.is_none() || b.is_none() || a == b;
+    let overlap =
+        |a: &Rule, b: &Rule| a.kind == b.kind && meet(a.major, b.major) && meet(a.minor, b.minor);
+    let nested = |a: u8, b: u8| a & b == a || a & b == b;
+    for (i, a) in merged.iter().enumerate() {
+        if merged[i + 1..]
+            .iter()
+            .any(|b| overlap(a, b) && !nested(a.access, b.access))
+        {
+            return None;
+        }
+    }
+    Some(merged)
+}
+
+/// Widest device numbers the kernel passes (dev_t: 12-bit major, 20-bit
+/// minor), so that `major << 20 | minor` names one device in 32 bits.
+const MAJOR_MAX: u32 = 0xfff;
+const MINOR_MAX: u32 = 0xf_ffff;
+
+/// The program for [`deciding_rules`]: by device type, then by the rules'
+/// accesses, one test per rule that jumps to "allow" when it matches. The
+/// numbers are read once; a test that matches leaves the program, and one
+/// that does not teaches the verifier nothing, so the states at every
+/// label are alike and it walks the program about once (the per-access
+/// layout below cost the guest's verifier ~0.5M emulated instructions for
+/// runc's defaults, a VM's first container).
+fn by_rule(rules: &[Rule]) -> Result<Vec<u64>, String> {
+    // r2 type, r3 the accesses asked, r4 major, r5 minor,
+    // r6 major << 20 | minor, r0 scratch until the answer.
+    let (ty, asked, major, minor, both) = (2, 3, 4, 5, 6);
+    let mut a = Asm::default();
+    let allowed = a.label();
+    a.from(bpf::LDX_W, ty, CTX, 0);
+    a.from(bpf::MOV32_X, asked, ty, 0);
+    a.op(bpf::RSH32_K, asked, 16);
+    a.op(bpf::AND32_K, ty, 0xffff);
+    a.from(bpf::LDX_W, major, CTX, 4);
+    a.from(bpf::LDX_W, minor, CTX, 8);
+    a.from(bpf::MOV32_X, both, major, 0);
+    a.op(bpf::LSH32_K, both, 20);
+    a.from(bpf::OR32_X, both, minor, 0);
+    for (kind, dev) in [(Kind::Char, DEV_CHAR), (Kind::Block, DEV_BLOCK)] {
+        let of_kind: Vec<&Rule> = rules.iter().filter(|r| r.kind == kind).collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        let next_kind = a.label();
+        a.jump(bpf::JNE32_K, ty, dev as i32, next_kind);
+        let mut accesses: Vec<u8> = of_kind.iter().map(|r| r.access).collect();
+        accesses.sort_unstable();
+        accesses.dedup();
+        for access in accesses {
+            let next_access = a.label();
+            if access != ALL_ACCESS {
+                a.from(bpf::MOV32_X, 0, asked, 0);
+                a.op(bpf::AND32_K, 0, i32::from(ALL_ACCESS & !access));
+                a.jump(bpf::JNE32_K, 0, 0, next_access);
+            }
+            for r in of_kind.iter().filter(|r| r.access == access) {
+                match (r.major, r.minor) {
+                    (Some(ma), Some(mi)) if ma <= MAJOR_MAX && mi <= MINOR_MAX => {
+                        a.jump(bpf::JEQ32_K, both, (ma << 20 | mi) as i32, allowed)
+                    }
+                    // Numbers no device has: the rule never matches.
+                    (Some(_), Some(_)) => {}
+                    (Some(ma), None) => a.jump(bpf::JEQ32_K, major, ma as i32, allowed),
+                    (None, Some(mi)) => a.jump(bpf::JEQ32_K, minor, mi as i32, allowed),
+                    (None, None) => a.jump(bpf::JA, 0, 0, allowed),
+                }
+            }
+            a.bind(next_access);
+        }
+        a.ret(0);
+        a.bind(next_kind);
+    }
+    a.ret(0);
+    a.bind(allowed);
+    a.ret(1);
+    a.finish()
 }
 
 /// Device programs loaded already, by their instructions: loading one
