@@ -165,6 +165,13 @@ pub struct CreateContainerRequest {
     /// bump; without it the container is a pod of none, as before pods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodPlacement>,
+    /// `process.args[0]` as the host found it in the process's PATH, an
+    /// absolute path in the container, when no mount can change what that
+    /// search finds (see the runtime's `program_path`): the agent runs it
+    /// instead of searching through virtio-fs, after checking it is there.
+    /// Added in protocol 1 without a bump; without it the agent searches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
 }
 
 /// Where a container goes in the VM's pod. Its cgroup is made below the

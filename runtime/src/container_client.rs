@@ -157,18 +157,22 @@ impl<'a> ContainerClient<'a> {
     }
 
     /// Creates container `id` from `spec` with its root at `rootfs` (a
-    /// guest path); its init is held until [`Self::start`].
+    /// guest path); its init is held until [`Self::start`]. `program`: the
+    /// process's program as the host found it in PATH
+    /// ([`crate::program_path::resolve`]), if it did.
     pub async fn create(
         &self,
         id: &str,
         spec: Spec,
         rootfs: &str,
+        program: Option<String>,
         stdio: HostStdio,
     ) -> Result<ContainerProcess, ClientError> {
         let request = CreateContainerRequest {
             id: id.into(),
             spec,
             rootfs: rootfs.into(),
+            program,
             ..CreateContainerRequest::default()
         };
         self.create_request(request, ContainerIo::Pipes(stdio))
@@ -192,6 +196,7 @@ impl<'a> ContainerClient<'a> {
             spec: prepared.spec,
             rootfs: prepared.rootfs,
             pod: Some(prepared.pod),
+            program: prepared.program,
             network,
             ..CreateContainerRequest::default()
         };

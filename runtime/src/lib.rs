@@ -19,6 +19,7 @@ pub mod kvm_stats;
 pub mod monitor;
 pub mod network;
 pub mod pod;
+pub mod program_path;
 pub mod sandbox;
 pub mod share;
 pub mod state;

@@ -212,11 +212,14 @@ async fn run_bundle(
     assert_eq!(rootfs, format!("/run/runvm/share/{id}/rootfs"));
     let containers = ContainerClient::new(agent);
     let out = Captured::default();
+    // The program as `runvm create` finds it on the host, when it can.
+    let program = runvm::program_path::resolve(&spec, &bundle.rootfs());
     let init = containers
         .create(
             id,
             spec,
             &rootfs,
+            program,
             HostStdio {
                 stdout: out.writer(),
                 stderr: out.writer(),
@@ -511,7 +514,7 @@ async fn scenario_guest_defaults(vm: &mut MicroVm, agent: &AgentClient, base: &P
         .await
         .expect("share the rootfs");
     let refused = ContainerClient::new(agent)
-        .create("sys1", bundle.spec(), &rootfs, HostStdio::default())
+        .create("sys1", bundle.spec(), &rootfs, None, HostStdio::default())
         .await
         .err()
         .expect("a spec that sets vm.overcommit_memory is refused");
@@ -638,7 +641,7 @@ async fn scenario_exec_in_pid_namespace(vm: &mut MicroVm, agent: &AgentClient, b
         .expect("share");
     let containers = ContainerClient::new(agent);
     containers
-        .create("ex1", spec, &rootfs, HostStdio::default())
+        .create("ex1", spec, &rootfs, None, HostStdio::default())
         .await
         .expect("create ex1");
     containers.start("ex1").await.expect("start ex1");

@@ -89,6 +89,7 @@ async fn scenario_limits(agent: &AgentClient) {
             "a",
             spec(script, "ctr-a", resources),
             "/run/ctr/a",
+            None,
             HostStdio {
                 stdout: out.writer(),
                 stderr: out.writer(),
@@ -131,6 +132,7 @@ async fn scenario_stats_exec_kill(agent: &AgentClient) {
             "b",
             spec("exec sleep 600", "ctr-b", resources),
             "/run/ctr/b",
+            None,
             HostStdio::default(),
         )
         .await
@@ -193,6 +195,7 @@ async fn scenario_oom_event(agent: &AgentClient) {
                 resources,
             ),
             "/run/ctr/c",
+            None,
             HostStdio::default(),
         )
         .await
@@ -263,6 +266,7 @@ async fn scenario_chroot_escape(agent: &AgentClient) {
             "e",
             serde_json::from_value(config).expect("spec"),
             "/run/ctr/e",
+            None,
             HostStdio {
                 stdout: out.writer(),
                 stderr: out.writer(),

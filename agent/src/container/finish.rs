@@ -231,7 +231,9 @@ pub fn finish(
     }
     phase("f:capset+umask");
     let env = finish_env(&process.env, process.uid);
-    let program = find_program(&process.args[0], &env)?;
+    // The host's answer when it gave one (still checked: a missing program
+    // fails `create`, as with runc), else the PATH search.
+    let program = find_program(process.program.as_ref().unwrap_or(&process.args[0]), &env)?;
     let env: Vec<CString> = env
         .into_iter()
         .map(|e| CString::new(e).map_err(|_| "environment contains a NUL byte".to_string()))

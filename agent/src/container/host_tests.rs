@@ -143,6 +143,7 @@ fn create_request(id: &str, rootfs: &Rootfs, spec: serde_json::Value) -> Request
         stderr: Some(101),
         network: None,
         pod: None,
+        program: None,
     }))
 }
 
@@ -654,6 +655,19 @@ fn seccomp_and_errors_in_the_spec() {
             .await
             .unwrap_err();
         assert!(err.message.contains("not found in $PATH"), "{err}");
+        // The host's answer to the PATH search is what runs (checked, not
+        // searched again: /bin/sh would be found).
+        let RequestBody::CreateContainer(mut hinted) = create_request("hi", &rootfs, spec("true"))
+        else {
+            unreachable!()
+        };
+        hinted.program = Some("/nowhere/sh".into());
+        (hinted.stdout, hinted.stderr) = (None, None);
+        let err = client
+            .call(RequestBody::CreateContainer(hinted))
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("\"/nowhere/sh\""), "{err}");
         assert_eq!(
             kind(
                 client

@@ -406,6 +406,9 @@ pub async fn create(
         &spec::passed_on_env(),
     )
     .map_err(invalid)?;
+    if let Some(args0) = plan.process.args.first() {
+        plan.process.program = spec::found_by_host(request.program.as_deref(), args0);
+    }
     if let Some(pod) = &request.pod {
         pod::share_namespaces(&mut plan, &request.spec, &id, &pod.shared_namespaces)
             .map_err(invalid)?;

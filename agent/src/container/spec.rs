@@ -2,7 +2,7 @@
 //! and allocated before the agent forks, so the container's processes only
 //! carry it out. Pure: all of it is tested on the host.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
@@ -137,6 +137,9 @@ pub struct ProcessPlan {
     pub oom_score_adj: Option<i32>,
     /// Scheduler, I/O priority, CPU affinity, personality.
     pub attrs: ProcessAttrs,
+    /// `args[0]` as the host found it in PATH (see [`found_by_host`]);
+    /// `None`: the process searches its PATH.
+    pub program: Option<CString>,
 }
 
 /// A whole container.
@@ -326,7 +329,21 @@ pub fn process_plan(
         no_new_privileges: process.no_new_privileges.unwrap_or(false),
         oom_score_adj: process.oom_score_adj,
         attrs: procattrs::plan(process)?,
+        program: None,
     })
+}
+
+/// The host's answer to the PATH search for `args0`, when it is one the
+/// search could give: an absolute path ending in `/args0`. Anything else
+/// is dropped, and the process searches as without one.
+pub fn found_by_host(found: Option<&str>, args0: &CStr) -> Option<CString> {
+    let found = found?;
+    let name = args0.to_str().ok()?;
+    let dir = found.strip_suffix(name)?.strip_suffix('/')?;
+    let plain = (dir.is_empty() || dir.starts_with('/'))
+        && !name.contains('/')
+        && !found.split('/').any(|c| c == "." || c == "..");
+    plain.then(|| CString::new(found).ok()).flatten()
 }
 
 fn id_map(mappings: &Option<Vec<LinuxIdMapping>>) -> Option<String> {

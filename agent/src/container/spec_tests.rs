@@ -475,3 +475,19 @@ fn a_bind_mounted_dev_is_left_alone() {
     .unwrap();
     assert!(!p.setup_dev);
 }
+
+#[test]
+fn the_hosts_program_is_taken_only_when_the_search_could_give_it() {
+    let found = |hint: &str, args0: &std::ffi::CStr| found_by_host(Some(hint), args0);
+    assert_eq!(found("/bin/sh", c"sh").as_deref(), Some(c"/bin/sh"));
+    assert_eq!(
+        found("/usr/local/bin/x", c"x").as_deref(),
+        Some(c"/usr/local/bin/x")
+    );
+    assert_eq!(found("/bin/bash", c"sh"), None, "another name");
+    assert_eq!(found("/bin/sh", c"/bin/sh"), None, "args[0] with a slash");
+    assert_eq!(found("bin/sh", c"sh"), None, "a relative path");
+    assert_eq!(found("/bin/../etc/sh", c"sh"), None, "a `..` step");
+    assert_eq!(found("/binsh", c"sh"), None);
+    assert_eq!(found_by_host(None, c"sh"), None);
+}

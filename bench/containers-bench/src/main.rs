@@ -633,6 +633,8 @@ async fn container_once(
     let c0 = counters(vmm)?;
     let t0 = Instant::now();
     let (spec, readonly) = bundle.spec()?;
+    // As `runvm create` prepares a container: the program found on the host.
+    let program = runvm::program_path::resolve(&spec, &bundle.rootfs());
     let rootfs = within(
         step,
         "share the rootfs",
@@ -645,7 +647,7 @@ async fn container_once(
     let init = within(
         step,
         "create",
-        containers.create(id, spec, &rootfs, HostStdio::default()),
+        containers.create(id, spec, &rootfs, program, HostStdio::default()),
     )
     .await?;
     let t2 = Instant::now();

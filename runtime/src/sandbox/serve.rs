@@ -50,6 +50,9 @@ pub struct Prepared {
     pub spec: runvm_agent_api::oci::Spec,
     pub rootfs: String,
     pub pod: PodPlacement,
+    /// The process's program as found in its PATH on the host, when
+    /// that is certain ([`crate::program_path`]).
+    pub program: Option<String>,
 }
 
 impl Sandbox {
@@ -269,6 +272,7 @@ async fn prepare(
         });
     match wire {
         Ok(spec) => Ok(Prepared {
+            program: crate::program_path::resolve(&spec, &rootfs),
             spec,
             rootfs: guest_rootfs,
             pod,

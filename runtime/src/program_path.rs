@@ -1,0 +1,250 @@
+//! The container's program found in its $PATH on the host. A process whose
+//! `args[0]` has no `/` runs the first executable of that name in its
+//! PATH, which the agent searches after setting the container up, as runc
+//! does. In the guest each directory that is not there is a round trip
+//! through virtio-fs (a miss is not cached); here the same root is a few
+//! native syscalls away. The host names the program only when its answer
+//! is the one the agent would reach: no mount or masked path of the spec
+//! covers a place the search looks at, no symlink but a last-component one
+//! to a file beside it or at a plain absolute path is followed, and every
+//! file and directory on the way is open to any user (so neither the
+//! container's user nor its capabilities can change the answer).
+//! Otherwise the search is left to the agent, which also checks the
+//! program it is given before it reports the container created.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use runvm_agent_api::oci::Spec;
+
+use crate::share::sys;
+
+/// As the agent's (and runc's) when the process has no PATH.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// "Others" may search a directory or run a file.
+const OTHERS_X: u32 = 0o001;
+
+/// The absolute path (in the container) of the program `spec` runs, when
+/// the host can tell it for certain from `rootfs` (the host path of its
+/// root); `None` leaves the search to the agent.
+pub fn resolve(spec: &Spec, rootfs: &Path) -> Option<String> {
+    let process = spec.process.as_ref()?;
+    let name = process.args.as_ref()?.first()?;
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return None;
+    }
+    let path = process
+        .env
+        .iter()
+        .flatten()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let hidden: Vec<&Path> = spec
+        .mounts
+        .iter()
+        .flatten()
+        .map(|m| m.destination.as_path())
+        .chain(
+            spec.linux
+                .iter()
+                .flat_map(|l| l.masked_paths.iter().flatten())
+                .map(Path::new),
+        )
+        .collect();
+    let root = sys::open_path(rootfs).ok()?;
+    for dir in path.split(':') {
+        // A relative entry depends on the working directory: the agent's.
+        if !dir.starts_with('/') {
+            return None;
+        }
+        let candidate = Path::new(dir).join(name);
+        if hidden.iter().any(|d| covers(d, &candidate)) {
+            return None;
+        }
+        match look(&root, &candidate, &hidden) {
+            Look::Runs => return candidate.to_str().map(str::to_owned),
+            Look::Not => continue,
+            Look::Unsure => return None,
+        }
+    }
+    // Not found: the agent says so, in its own words.
+    None
+}
+
+/// What the agent's search would make of one candidate.
+#[derive(Debug, PartialEq)]
+enum Look {
+    /// An executable file anyone may run: the search ends here.
+    Runs,
+    /// Not there, or nothing anyone can run: the search goes on.
+    Not,
+    /// It depends on what the host cannot see or judge.
+    Unsure,
+}
+
+fn look(root: &OwnedFd, candidate: &Path, hidden: &[&Path]) -> Look {
+    match dirs_on_the_way(root, candidate) {
+        Look::Runs => {}
+        other => return other,
+    }
+    let Ok(relative) = candidate.strip_prefix("/") else {
+        return Look::Unsure;
+    };
+    let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV;
+    let fd = match sys::openat2(root, relative, libc::O_PATH | libc::O_NOFOLLOW, resolve) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Look::Not,
+        Err(_) => return Look::Unsure,
+    };
+    let Ok(st) = fstat(&fd) else {
+        return Look::Unsure;
+    };
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => judge(st.st_mode),
+        libc::S_IFLNK => match link_target(root, candidate) {
+            Some(target) if !hidden.iter().any(|d| covers(d, &target)) => {
+                match dirs_on_the_way(root, &target) {
+                    Look::Runs => {}
+                    other => return other,
+                }
+                let Ok(relative) = target.strip_prefix("/") else {
+                    return Look::Unsure;
+                };
+                match sys::openat2(root, relative, libc::O_PATH | libc::O_NOFOLLOW, resolve)
+                    .and_then(|fd| fstat(&fd))
+                {
+                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => judge(st.st_mode),
+                    // A dangling link, or one to a directory: execve
+                    // fails on it and the search goes on; anything else
+                    // (a second link) is the agent's.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Look::Not,
+                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Look::Not,
+                    _ => Look::Unsure,
+                }
+            }
+            _ => Look::Unsure,
+        },
+        // A directory (or a device, a FIFO) is not a program.
+        _ => Look::Not,
+    }
+}
+
+/// A regular file with these permission bits: runnable by anyone, by no
+/// one, or only by some users.
+fn judge(mode: u32) -> Look {
+    if mode & 0o111 == 0 {
+        Look::Not
+    } else if mode & OTHERS_X != 0 {
+        Look::Runs
+    } else {
+        Look::Unsure
+    }
+}
+
+/// The directories above `path` (below the root): `Runs` when each is a
+/// real directory anyone may search, `Not` when one is missing or not a
+/// directory (execve fails there and the search goes on).
+fn dirs_on_the_way(root: &OwnedFd, path: &Path) -> Look {
+    let mut dir = PathBuf::new();
+    let Some(parent) = path.parent() else {
+        return Look::Unsure;
+    };
+    let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV;
+    for component in parent.components() {
+        match component {
+            Component::RootDir => continue,
+            Component::Normal(name) => dir.push(name),
+            _ => return Look::Unsure,
+        }
+        let st = match sys::openat2(root, &dir, libc::O_PATH | libc::O_NOFOLLOW, resolve)
+            .and_then(|fd| fstat(&fd))
+        {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Look::Not,
+            Err(_) => return Look::Unsure,
+        };
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR if st.st_mode & OTHERS_X != 0 => {}
+            // A link is followed by the guest, not here.
+            libc::S_IFDIR | libc::S_IFLNK => return Look::Unsure,
+            _ => return Look::Not,
+        }
+    }
+    Look::Runs
+}
+
+/// The container path a last-component symlink at `link` names, when it
+/// is a plain one: a name beside it, or an absolute path without `.`
+/// or `..` steps.
+fn link_target(root: &OwnedFd, link: &Path) -> Option<PathBuf> {
+    let relative = link.strip_prefix("/").ok()?;
+    let parent = relative.parent()?;
+    let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV;
+    let dir = if parent.as_os_str().is_empty() {
+        None
+    } else {
+        Some(sys::openat2(root, parent, libc::O_PATH | libc::O_DIRECTORY, resolve).ok()?)
+    };
+    let dir_fd = dir.as_ref().unwrap_or(root);
+    let name = std::ffi::CString::new(relative.file_name()?.as_encoded_bytes()).ok()?;
+    let mut buf = [0u8; 4096];
+    // SAFETY: readlinkat(2) into our buffer, at most its length.
+    let n = unsafe {
+        libc::readlinkat(
+            dir_fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n <= 0 || n as usize >= buf.len() {
+        return None;
+    }
+    let target = std::str::from_utf8(&buf[..n as usize]).ok()?;
+    let plain = |p: &Path| {
+        p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::RootDir))
+    };
+    if target.starts_with('/') {
+        let target = PathBuf::from(target);
+        plain(&target).then_some(target)
+    } else if !target.contains('/') && target != "." && target != ".." {
+        Some(link.parent()?.join(target))
+    } else {
+        None
+    }
+}
+
+/// Whether a mount (or masked path) at `destination` in the container
+/// changes what is at `path`: it is `path` or one of its directories. A
+/// destination with `..` is taken to cover everything.
+fn covers(destination: &Path, path: &Path) -> bool {
+    let mut parts = Vec::new();
+    for component in destination.components() {
+        match component {
+            Component::Normal(name) => parts.push(name),
+            Component::ParentDir => return true,
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    let mut below = path.components().filter_map(|c| match c {
+        Component::Normal(name) => Some(name),
+        _ => None,
+    });
+    parts.iter().all(|part| below.next() == Some(part))
+}
+
+fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
+    // SAFETY: fstat(2) into a zeroed struct of ours.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+#[cfg(test)]
+#[path = "program_path_tests.rs"]
+mod tests;
