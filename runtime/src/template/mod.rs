@@ -204,6 +204,7 @@ fn is_complete(dir: &Path) -> bool {
 /// or drop, and the directory the VMM saves into.
 pub struct Maker {
     _lock: File,
+    lock_path: PathBuf,
     key: TemplateKey,
     store: PathBuf,
     /// `<store>/.<name>.<pid>`, renamed to `<store>/<name>` when complete.
@@ -220,13 +221,10 @@ impl Maker {
             .mode(0o700)
             .create(store)
             .map_err(|e| format!("cannot create the template store {}: {e}", store.display()))?;
-        let lock_path = store.join(format!(".{}.lock", key.name));
-        let lock = File::create(&lock_path)
-            .map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let lock_path = lock_path(store, &key.name);
+        let Some(lock) = take_lock(&lock_path)? else {
             return Ok(None);
-        }
+        };
         // Partial saves of makers that died (kill -9) go: the lock says
         // no one else is making this template.
         let prefix = format!(".{}.", key.name);
@@ -243,6 +241,7 @@ impl Maker {
             .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
         Ok(Some(Maker {
             _lock: lock,
+            lock_path,
             key: key.clone(),
             store: store.to_owned(),
             partial,
@@ -279,6 +278,53 @@ impl Drop for Maker {
     fn drop(&mut self) {
         if !self.published {
             let _ = fs::remove_dir_all(&self.partial);
+        }
+        // Still held (the file closes after this): see `take_lock`.
+        let _ = fs::remove_file(&self.lock_path);
+    }
+}
+
+fn lock_path(store: &Path, name: &str) -> PathBuf {
+    store.join(format!(".{name}.lock"))
+}
+
+/// The lock file at `path`, locked without waiting: `None` if another
+/// process holds it. Its holder removes the file before it lets go (no
+/// lock files pile up in the store), so a lock taken on a file that is no
+/// longer the one at `path` is worth nothing: `None` as well.
+fn take_lock(path: &Path) -> Result<Option<File>, String> {
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    lock_if_current(lock, path)
+}
+
+/// `lock` (opened at `path`) locked, if it is still the file at `path`.
+fn lock_if_current(lock: File, path: &Path) -> Result<Option<File>, String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Ok(None);
+    }
+    let held = lock
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    match fs::metadata(path) {
+        Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => Ok(Some(lock)),
+        _ => Ok(None),
+    }
+}
+
+/// Removes the lock file of template `name` left by a maker that died,
+/// unless someone holds it.
+fn remove_stale_lock(store: &Path, name: &str) {
+    let path = lock_path(store, name);
+    if path.exists() {
+        if let Ok(Some(_held)) = take_lock(&path) {
+            let _ = fs::remove_file(&path);
         }
     }
 }
@@ -344,7 +390,7 @@ pub fn remove(store: &Path, name: &str) -> Result<(), String> {
         return Err(format!("no template {name} in {}", store.display()));
     }
     fs::remove_dir_all(&dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
-    let _ = fs::remove_file(store.join(format!(".{name}.lock")));
+    remove_stale_lock(store, name);
     Ok(())
 }
 
@@ -369,12 +415,26 @@ fn evict_beyond(store: &Path, keep: usize) {
     found.sort_by_key(|t| std::cmp::Reverse(last_used(&t.dir)));
     for old in found.iter().skip(keep) {
         let _ = fs::remove_dir_all(&old.dir);
+        remove_stale_lock(store, &old.name);
+    }
+    // Lock files of makers that died, and of older runvm versions, which
+    // left them all behind.
+    for entry in fs::read_dir(store).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if let Some(name) = file.strip_prefix('.').and_then(|f| f.strip_suffix(".lock")) {
+            if !is_complete(&store.join(name)) {
+                remove_stale_lock(store, name);
+            }
+        }
     }
 }
 
 /// Removes a template found damaged, so the next VM makes a new one.
 pub fn discard(dir: &Path) {
     let _ = fs::remove_dir_all(dir);
+    if let (Some(store), Some(name)) = (dir.parent(), dir.file_name()) {
+        remove_stale_lock(store, &name.to_string_lossy());
+    }
 }
 
 #[cfg(test)]

@@ -138,6 +138,58 @@ fn the_first_vm_makes_the_template_others_boot_cold_then_restore() {
         .contains("no template"));
     remove(&store, &listed[0].name).unwrap();
     assert!(list(&store).unwrap().is_empty());
+    assert_eq!(lock_files(&store), Vec::<String>::new());
+}
+
+fn lock_files(store: &Path) -> Vec<String> {
+    fs::read_dir(store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".lock"))
+        .collect()
+}
+
+/// Makers remove their lock file before they let go of it, so none pile
+/// up in the store; a lock on a file removed meanwhile is worth nothing;
+/// the lock files a dead maker left go at the next publish.
+#[test]
+fn lock_files_do_not_pile_up() {
+    let files = Files::new("locks");
+    let store = files.path("store");
+    let inputs = files.inputs(96, None);
+    let name = TemplateKey::of(&inputs).unwrap().name;
+    let Plan::Make(maker) = plan_in(&store, &inputs) else {
+        panic!("expected to make it");
+    };
+    assert_eq!(lock_files(&store), [format!(".{name}.lock")]);
+    // A second process that opened the file before the maker let go and
+    // removed it gets the lock of a file no longer in the store: worth
+    // nothing, whether a new one is there or not.
+    let early = File::open(lock_path(&store, &name)).unwrap();
+    let early_too = File::open(lock_path(&store, &name)).unwrap();
+    assert!(lock_if_current(early, &lock_path(&store, &name))
+        .unwrap()
+        .is_none());
+    drop(maker);
+    assert_eq!(lock_files(&store), Vec::<String>::new());
+    let fresh = take_lock(&lock_path(&store, &name)).unwrap();
+    assert!(fresh.is_some());
+    assert!(lock_if_current(early_too, &lock_path(&store, &name))
+        .unwrap()
+        .is_none());
+    drop(fresh);
+    fs::remove_file(lock_path(&store, &name)).unwrap();
+    // Left by makers that died (and older versions): gone after a publish.
+    fs::write(store.join(".0123.lock"), "").unwrap();
+    let Plan::Make(maker) = plan_in(&store, &files.inputs(97, None)) else {
+        panic!("expected to make it");
+    };
+    maker.publish(&files.path("no-console")).unwrap();
+    assert_eq!(lock_files(&store), Vec::<String>::new());
+    let Plan::Restore(_) = plan_in(&store, &files.inputs(97, None)) else {
+        panic!("expected to restore");
+    };
+    assert_eq!(lock_files(&store), Vec::<String>::new());
 }
 
 #[test]
