@@ -168,7 +168,8 @@ pub struct CreateContainerRequest {
     /// `process.args[0]` as the host found it in the process's PATH, an
     /// absolute path in the container, when no mount can change what that
     /// search finds (see the runtime's `program_path`): the agent runs it
-    /// instead of searching through virtio-fs, after checking it is there.
+    /// instead of searching through virtio-fs when the process may run it
+    /// (else it searches).
     /// Added in protocol 1 without a bump; without it the agent searches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub program: Option<String>,

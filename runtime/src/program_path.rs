@@ -4,13 +4,18 @@
 //! does. In the guest each directory that is not there is a round trip
 //! through virtio-fs (a miss is not cached); here the same root is a few
 //! native syscalls away. The host names the program only when its answer
-//! is the one the agent would reach: no mount or masked path of the spec
-//! covers a place the search looks at, no symlink but a last-component one
-//! to a file beside it or at a plain absolute path is followed, and every
-//! file and directory on the way is open to any user (so neither the
-//! container's user nor its capabilities can change the answer).
-//! Otherwise the search is left to the agent, which also checks the
-//! program it is given before it reports the container created.
+//! is the one the agent would reach:
+//! - no mount or masked path of the spec covers a place the search looks
+//!   at, none of them is placed through a symlink of the rootfs or inside
+//!   a bind mount (whose contents the host does not see here);
+//! - no symlink but a last-component one to a file beside it or at a
+//!   plain absolute path is followed;
+//! - every directory on the way and the file are open to every class of
+//!   user (x for owner, group and others, no ACL), so neither the
+//!   container's user nor its capabilities can change the answer.
+//!
+//! Otherwise the search is left to the agent, which also runs the search
+//! when this user may not run the program it is given.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -23,8 +28,8 @@ use crate::share::sys;
 /// As the agent's (and runc's) when the process has no PATH.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// "Others" may search a directory or run a file.
-const OTHERS_X: u32 = 0o001;
+/// Owner, group and others may search a directory or run a file.
+const ALL_X: u32 = 0o111;
 
 /// The absolute path (in the container) of the program `spec` runs, when
 /// the host can tell it for certain from `rootfs` (the host path of its
@@ -54,6 +59,30 @@ pub fn resolve(spec: &Spec, rootfs: &Path) -> Option<String> {
         )
         .collect();
     let root = sys::open_path(rootfs).ok()?;
+    // The agent places mounts and masks through symlinks in the rootfs
+    // (resolved within it), and inside bind mounts whose contents the host
+    // does not see here: the places compared below are plain paths only
+    // when neither happens.
+    if !hidden.iter().all(|d| plain_on_host(&root, d)) {
+        return None;
+    }
+    let binds: Vec<&Path> = spec
+        .mounts
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.typ.as_deref() == Some("bind")
+                || m.options
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind")
+        })
+        .map(|m| m.destination.as_path())
+        .collect();
+    let inside_a_bind = |d: &Path| binds.iter().any(|b| covers(b, d) && !covers(d, b));
+    if hidden.iter().any(|d| inside_a_bind(d)) {
+        return None;
+    }
     for dir in path.split(':') {
         // A relative entry depends on the working directory: the agent's.
         if !dir.starts_with('/') {
@@ -102,7 +131,7 @@ fn look(root: &OwnedFd, candidate: &Path, hidden: &[&Path]) -> Look {
         return Look::Unsure;
     };
     match st.st_mode & libc::S_IFMT {
-        libc::S_IFREG => judge(st.st_mode),
+        libc::S_IFREG => judge(&fd, st.st_mode),
         libc::S_IFLNK => match link_target(root, candidate) {
             Some(target) if !hidden.iter().any(|d| covers(d, &target)) => {
                 match dirs_on_the_way(root, &target) {
@@ -113,14 +142,16 @@ fn look(root: &OwnedFd, candidate: &Path, hidden: &[&Path]) -> Look {
                     return Look::Unsure;
                 };
                 match sys::openat2(root, relative, libc::O_PATH | libc::O_NOFOLLOW, resolve)
-                    .and_then(|fd| fstat(&fd))
+                    .and_then(|fd| fstat(&fd).map(|st| (fd, st)))
                 {
-                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => judge(st.st_mode),
+                    Ok((fd, st)) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                        judge(&fd, st.st_mode)
+                    }
                     // A dangling link, or one to a directory: execve
                     // fails on it and the search goes on; anything else
                     // (a second link) is the agent's.
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Look::Not,
-                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Look::Not,
+                    Ok((_, st)) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Look::Not,
                     _ => Look::Unsure,
                 }
             }
@@ -131,16 +162,40 @@ fn look(root: &OwnedFd, candidate: &Path, hidden: &[&Path]) -> Look {
     }
 }
 
-/// A regular file with these permission bits: runnable by anyone, by no
-/// one, or only by some users.
-fn judge(mode: u32) -> Look {
+/// A regular file with these permission bits: runnable by anyone (x for
+/// its owner, its group and others: the kernel checks only the class the
+/// user falls in), by no one, or only by some users.
+fn judge(fd: &OwnedFd, mode: u32) -> Look {
     if mode & 0o111 == 0 {
         Look::Not
-    } else if mode & OTHERS_X != 0 {
+    } else if mode & ALL_X == ALL_X && !has_acl(fd) {
         Look::Runs
     } else {
         Look::Unsure
     }
+}
+
+/// Whether the file has an access ACL, which can refuse a user what the
+/// mode bits grant.
+fn has_acl(fd: &OwnedFd) -> bool {
+    let Ok(path) = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
+        return true;
+    };
+    // SAFETY: getxattr(2) of the size only, with C strings; the path is
+    // the descriptor's own (it names the file it was opened on).
+    let size = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    size >= 0
+        || !matches!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENODATA) | Some(libc::EOPNOTSUPP)
+        )
 }
 
 /// The directories above `path` (below the root): `Runs` when each is a
@@ -158,15 +213,15 @@ fn dirs_on_the_way(root: &OwnedFd, path: &Path) -> Look {
             Component::Normal(name) => dir.push(name),
             _ => return Look::Unsure,
         }
-        let st = match sys::openat2(root, &dir, libc::O_PATH | libc::O_NOFOLLOW, resolve)
-            .and_then(|fd| fstat(&fd))
+        let (fd, st) = match sys::openat2(root, &dir, libc::O_PATH | libc::O_NOFOLLOW, resolve)
+            .and_then(|fd| fstat(&fd).map(|st| (fd, st)))
         {
-            Ok(st) => st,
+            Ok(found) => found,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Look::Not,
             Err(_) => return Look::Unsure,
         };
         match st.st_mode & libc::S_IFMT {
-            libc::S_IFDIR if st.st_mode & OTHERS_X != 0 => {}
+            libc::S_IFDIR if st.st_mode & ALL_X == ALL_X && !has_acl(&fd) => {}
             // A link is followed by the guest, not here.
             libc::S_IFDIR | libc::S_IFLNK => return Look::Unsure,
             _ => return Look::Not,
@@ -215,6 +270,28 @@ fn link_target(root: &OwnedFd, link: &Path) -> Option<PathBuf> {
     } else {
         None
     }
+}
+
+/// Whether no step of `destination` that exists in the rootfs is a
+/// symlink (what does not exist yet the agent makes as directories).
+fn plain_on_host(root: &OwnedFd, destination: &Path) -> bool {
+    let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV;
+    let mut at = PathBuf::new();
+    for component in destination.components() {
+        match component {
+            Component::Normal(name) => at.push(name),
+            Component::RootDir | Component::CurDir => continue,
+            _ => return false,
+        }
+        match sys::openat2(root, &at, libc::O_PATH | libc::O_NOFOLLOW, resolve)
+            .and_then(|fd| fstat(&fd))
+        {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+            Ok(st) => return st.st_mode & libc::S_IFMT != libc::S_IFLNK,
+            Err(e) => return e.raw_os_error() == Some(libc::ENOENT),
+        }
+    }
+    true
 }
 
 /// Whether a mount (or masked path) at `destination` in the container

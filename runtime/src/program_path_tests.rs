@@ -118,3 +118,56 @@ fn a_link_in_a_directory_on_the_way_is_not_followed() {
     assert_eq!(resolve(&s, &dir), None);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_file_some_class_may_not_run_is_the_agents() {
+    let dir = rootfs("classes");
+    // x for others but not for the owner: the owner is refused.
+    std::fs::set_permissions(
+        dir.join("bin/busybox"),
+        std::fs::Permissions::from_mode(0o645),
+    )
+    .unwrap();
+    assert_eq!(resolve(&spec("busybox", &[], &[], &[]), &dir), None);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn mounts_through_links_or_inside_binds_leave_it_to_the_agent() {
+    let dir = rootfs("placed");
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    std::fs::create_dir_all(dir.join("var")).unwrap();
+    symlink("../run", dir.join("var/run")).unwrap();
+    // The agent would mount at /run/x: a plain comparison cannot tell.
+    assert_eq!(resolve(&spec("sh", &[], &["/var/run/x"], &[]), &dir), None);
+    assert_eq!(resolve(&spec("sh", &[], &[], &["/var/run/y"]), &dir), None);
+    let typed = |mounts: &[(&str, &str)]| {
+        let mut s = spec("sh", &[], &[], &[]);
+        s.mounts = Some(
+            mounts
+                .iter()
+                .map(|(d, t)| Mount {
+                    destination: d.into(),
+                    typ: Some(t.to_string()),
+                    options: Some(vec!["rbind".into()]).filter(|_| *t == "bind"),
+                    ..Mount::default()
+                })
+                .collect(),
+        );
+        resolve(&s, &dir)
+    };
+    // A bind's contents (a volume) may hold links the host does not see.
+    assert_eq!(typed(&[("/mnt", "bind"), ("/mnt/x/y", "tmpfs")]), None);
+    // runc's own nesting, in file systems the agent makes, is fine.
+    assert_eq!(
+        typed(&[
+            ("/dev", "tmpfs"),
+            ("/dev/pts", "devpts"),
+            ("/sys", "sysfs"),
+            ("/sys/fs/cgroup", "cgroup")
+        ])
+        .as_deref(),
+        Some("/bin/sh")
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

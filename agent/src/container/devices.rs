@@ -419,6 +419,11 @@ fn by_rule(rules: &[Rule]) -> Result<Vec<u64>, String> {
         let mut accesses: Vec<u8> = of_kind.iter().map(|r| r.access).collect();
         accesses.sort_unstable();
         accesses.dedup();
+        // The verifier refuses a program with an instruction no path
+        // reaches: after a rule for every device of the kind, nothing more
+        // of its group is emitted, nor, in the group that asks nothing of
+        // the access, anything more of the kind.
+        let mut kind_allowed = false;
         for access in accesses {
             let next_access = a.label();
             if access != ALL_ACCESS {
@@ -426,7 +431,12 @@ fn by_rule(rules: &[Rule]) -> Result<Vec<u64>, String> {
                 a.op(bpf::AND32_K, 0, i32::from(ALL_ACCESS & !access));
                 a.jump(bpf::JNE32_K, 0, 0, next_access);
             }
-            for r in of_kind.iter().filter(|r| r.access == access) {
+            let group: Vec<&&Rule> = of_kind.iter().filter(|r| r.access == access).collect();
+            let wildcard = group.iter().any(|r| r.major.is_none() && r.minor.is_none());
+            for r in group {
+                if wildcard && (r.major.is_some() || r.minor.is_some()) {
+                    continue;
+                }
                 match (r.major, r.minor) {
                     (Some(ma), Some(mi)) if ma <= MAJOR_MAX && mi <= MINOR_MAX => {
                         a.jump(bpf::JEQ32_K, both, (ma << 20 | mi) as i32, allowed)
@@ -439,8 +449,14 @@ fn by_rule(rules: &[Rule]) -> Result<Vec<u64>, String> {
                 }
             }
             a.bind(next_access);
+            if wildcard && access == ALL_ACCESS {
+                kind_allowed = true;
+                break;
+            }
         }
-        a.ret(0);
+        if !kind_allowed {
+            a.ret(0);
+        }
         a.bind(next_kind);
     }
     a.ret(0);

@@ -231,9 +231,12 @@ pub fn finish(
     }
     phase("f:capset+umask");
     let env = finish_env(&process.env, process.uid);
-    // The host's answer when it gave one (still checked: a missing program
-    // fails `create`, as with runc), else the PATH search.
-    let program = find_program(process.program.as_ref().unwrap_or(&process.args[0]), &env)?;
+    // The host's answer when it gave one and this user may run it (as the
+    // search would check it), else the PATH search.
+    let program = match process.program.as_ref().filter(|p| runnable(p)) {
+        Some(found) => found.clone(),
+        None => find_program(&process.args[0], &env)?,
+    };
     let env: Vec<CString> = env
         .into_iter()
         .map(|e| CString::new(e).map_err(|_| "environment contains a NUL byte".to_string()))
@@ -319,6 +322,15 @@ fn top_of(dir: &str) -> Option<&str> {
     (!top.is_empty() && !below.trim_matches('/').is_empty()).then(|| &dir[..top.len() + 1])
 }
 
+/// What the PATH search accepts: a file this process may execute.
+fn runnable(path: &CStr) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: access(2) with a C string.
+    let may = unsafe { libc::access(path.as_ptr(), libc::X_OK) } == 0;
+    may && std::fs::metadata(std::ffi::OsStr::from_bytes(path.to_bytes()))
+        .is_ok_and(|m| m.is_file())
+}
+
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// `program` as execve needs it: as given when it has a `/`, else the
@@ -364,10 +376,7 @@ fn find_program(program: &CStr, env: &[String]) -> Result<CString, String> {
         }
         let candidate = PathBuf::from(dir).join(name);
         let Ok(c) = c(&candidate) else { continue };
-        // SAFETY: access(2) with a C string.
-        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0
-            && std::fs::metadata(&candidate).is_ok_and(|m| m.is_file())
-        {
+        if runnable(&c) {
             return Ok(c);
         }
     }

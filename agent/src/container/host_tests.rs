@@ -655,19 +655,41 @@ fn seccomp_and_errors_in_the_spec() {
             .await
             .unwrap_err();
         assert!(err.message.contains("not found in $PATH"), "{err}");
-        // The host's answer to the PATH search is what runs (checked, not
-        // searched again: /bin/sh would be found).
-        let RequestBody::CreateContainer(mut hinted) = create_request("hi", &rootfs, spec("true"))
-        else {
-            unreachable!()
-        };
-        hinted.program = Some("/nowhere/sh".into());
-        (hinted.stdout, hinted.stderr) = (None, None);
-        let err = client
-            .call(RequestBody::CreateContainer(hinted))
-            .await
-            .unwrap_err();
-        assert!(err.message.contains("\"/nowhere/sh\""), "{err}");
+        // The host's answer to the PATH search is what runs when this user
+        // may run it (a script that exits 7 where the search finds /bin/sh);
+        // otherwise the search runs.
+        let script = Path::new(&rootfs.path()).join("home/user/sh");
+        std::fs::write(&script, "#!/bin/busybox sh\nexit 7\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        for (id, hint, status) in [("h1", "/home/user/sh", 7), ("h2", "/nowhere/sh", 0)] {
+            let RequestBody::CreateContainer(mut hinted) =
+                create_request(id, &rootfs, spec("true"))
+            else {
+                unreachable!()
+            };
+            hinted.program = Some(hint.into());
+            (hinted.stdout, hinted.stderr) = (None, None);
+            created(&mut client, RequestBody::CreateContainer(hinted)).await;
+            done(
+                client
+                    .call(RequestBody::StartContainer { id: id.into() })
+                    .await,
+            );
+            assert_eq!(
+                wait(&mut client, id).await,
+                ExitStatus::Code(status),
+                "{hint}"
+            );
+            done(
+                client
+                    .call(RequestBody::DeleteContainer {
+                        id: id.into(),
+                        force: false,
+                    })
+                    .await,
+            );
+        }
         assert_eq!(
             kind(
                 client
