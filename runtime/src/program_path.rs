@@ -17,8 +17,10 @@
 //! Otherwise the search is left to the agent, which also runs the search
 //! when this user may not run the program it is given.
 
+use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use runvm_agent_api::oci::Spec;
@@ -92,7 +94,7 @@ pub fn resolve(spec: &Spec, rootfs: &Path) -> Option<String> {
         if hidden.iter().any(|d| covers(d, &candidate)) {
             return None;
         }
-        match look(&root, &candidate, &hidden) {
+        match look(&root, &candidate, &hidden, true) {
             Look::Runs => return candidate.to_str().map(str::to_owned),
             Look::Not => continue,
             Look::Unsure => return None,
@@ -113,62 +115,60 @@ enum Look {
     Unsure,
 }
 
-fn look(root: &OwnedFd, candidate: &Path, hidden: &[&Path]) -> Look {
-    match dirs_on_the_way(root, candidate) {
+/// `path` as the search meets it; a last-component link is followed once
+/// (`may_follow`), to a file that must then be a program or missing.
+fn look(root: &OwnedFd, path: &Path, hidden: &[&Path], may_follow: bool) -> Look {
+    match dirs_on_the_way(root, path) {
         Look::Runs => {}
         other => return other,
     }
-    let Ok(relative) = candidate.strip_prefix("/") else {
-        return Look::Unsure;
-    };
-    let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV;
-    let fd = match sys::openat2(root, relative, libc::O_PATH | libc::O_NOFOLLOW, resolve) {
-        Ok(fd) => fd,
+    let (file, meta) = match stat_in(root, path) {
+        Ok(found) => found,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Look::Not,
         Err(_) => return Look::Unsure,
     };
-    let Ok(st) = fstat(&fd) else {
-        return Look::Unsure;
-    };
-    match st.st_mode & libc::S_IFMT {
-        libc::S_IFREG => judge(&fd, st.st_mode),
-        libc::S_IFLNK => match link_target(root, candidate) {
-            Some(target) if !hidden.iter().any(|d| covers(d, &target)) => {
-                match dirs_on_the_way(root, &target) {
-                    Look::Runs => {}
-                    other => return other,
-                }
-                let Ok(relative) = target.strip_prefix("/") else {
-                    return Look::Unsure;
-                };
-                match sys::openat2(root, relative, libc::O_PATH | libc::O_NOFOLLOW, resolve)
-                    .and_then(|fd| fstat(&fd).map(|st| (fd, st)))
-                {
-                    Ok((fd, st)) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
-                        judge(&fd, st.st_mode)
-                    }
-                    // A dangling link, or one to a directory: execve
-                    // fails on it and the search goes on; anything else
-                    // (a second link) is the agent's.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Look::Not,
-                    Ok((_, st)) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Look::Not,
-                    _ => Look::Unsure,
-                }
+    let kind = meta.file_type();
+    if kind.is_file() {
+        judge(&file, meta.mode())
+    } else if kind.is_symlink() {
+        match link_target(&file, path) {
+            Some(target) if may_follow && !hidden.iter().any(|d| covers(d, &target)) => {
+                look(root, &target, hidden, false)
             }
             _ => Look::Unsure,
-        },
-        // A directory (or a device, a FIFO) is not a program.
-        _ => Look::Not,
+        }
+    } else if kind.is_dir() || may_follow {
+        // A directory (or, named in PATH, a device or a FIFO) is not a
+        // program: execve fails there and the search goes on.
+        Look::Not
+    } else {
+        Look::Unsure
     }
+}
+
+/// `path` (below the root; a leading `/` is the root's) opened as a handle
+/// without following any symlink, even its last component, nor leaving the
+/// root's file system, and what it is.
+fn stat_in(root: &OwnedFd, path: &Path) -> io::Result<(File, Metadata)> {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV;
+    let file = File::from(sys::openat2(
+        root,
+        relative,
+        libc::O_PATH | libc::O_NOFOLLOW,
+        resolve,
+    )?);
+    let meta = file.metadata()?;
+    Ok((file, meta))
 }
 
 /// A regular file with these permission bits: runnable by anyone (x for
 /// its owner, its group and others: the kernel checks only the class the
 /// user falls in), by no one, or only by some users.
-fn judge(fd: &OwnedFd, mode: u32) -> Look {
+fn judge(file: &File, mode: u32) -> Look {
     if mode & 0o111 == 0 {
         Look::Not
-    } else if mode & ALL_X == ALL_X && !has_acl(fd) {
+    } else if mode & ALL_X == ALL_X && !has_acl(file) {
         Look::Runs
     } else {
         Look::Unsure
@@ -177,8 +177,8 @@ fn judge(fd: &OwnedFd, mode: u32) -> Look {
 
 /// Whether the file has an access ACL, which can refuse a user what the
 /// mode bits grant.
-fn has_acl(fd: &OwnedFd) -> bool {
-    let Ok(path) = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
+fn has_acl(file: &File) -> bool {
+    let Ok(path) = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())) else {
         return true;
     };
     // SAFETY: getxattr(2) of the size only, with C strings; the path is
@@ -206,50 +206,41 @@ fn dirs_on_the_way(root: &OwnedFd, path: &Path) -> Look {
     let Some(parent) = path.parent() else {
         return Look::Unsure;
     };
-    let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV;
     for component in parent.components() {
         match component {
             Component::RootDir => continue,
             Component::Normal(name) => dir.push(name),
             _ => return Look::Unsure,
         }
-        let (fd, st) = match sys::openat2(root, &dir, libc::O_PATH | libc::O_NOFOLLOW, resolve)
-            .and_then(|fd| fstat(&fd).map(|st| (fd, st)))
-        {
+        let (file, meta) = match stat_in(root, &dir) {
             Ok(found) => found,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Look::Not,
             Err(_) => return Look::Unsure,
         };
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFDIR if st.st_mode & ALL_X == ALL_X && !has_acl(&fd) => {}
-            // A link is followed by the guest, not here.
-            libc::S_IFDIR | libc::S_IFLNK => return Look::Unsure,
-            _ => return Look::Not,
+        let kind = meta.file_type();
+        if kind.is_dir() && meta.mode() & ALL_X == ALL_X && !has_acl(&file) {
+            continue;
         }
+        // A link is followed by the guest, not here.
+        if kind.is_dir() || kind.is_symlink() {
+            return Look::Unsure;
+        }
+        return Look::Not;
     }
     Look::Runs
 }
 
-/// The container path a last-component symlink at `link` names, when it
-/// is a plain one: a name beside it, or an absolute path without `.`
-/// or `..` steps.
-fn link_target(root: &OwnedFd, link: &Path) -> Option<PathBuf> {
-    let relative = link.strip_prefix("/").ok()?;
-    let parent = relative.parent()?;
-    let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV;
-    let dir = if parent.as_os_str().is_empty() {
-        None
-    } else {
-        Some(sys::openat2(root, parent, libc::O_PATH | libc::O_DIRECTORY, resolve).ok()?)
-    };
-    let dir_fd = dir.as_ref().unwrap_or(root);
-    let name = std::ffi::CString::new(relative.file_name()?.as_encoded_bytes()).ok()?;
+/// The container path the last-component symlink `link` (open as
+/// `handle`) names, when it is a plain one: a name beside it, or an
+/// absolute path without `.` or `..` steps.
+fn link_target(handle: &File, link: &Path) -> Option<PathBuf> {
     let mut buf = [0u8; 4096];
-    // SAFETY: readlinkat(2) into our buffer, at most its length.
+    // SAFETY: readlinkat(2) of the link the O_PATH descriptor is open on
+    // (an empty path), into our buffer, at most its length.
     let n = unsafe {
         libc::readlinkat(
-            dir_fd.as_raw_fd(),
-            name.as_ptr(),
+            handle.as_raw_fd(),
+            c"".as_ptr(),
             buf.as_mut_ptr().cast(),
             buf.len(),
         )
@@ -275,7 +266,6 @@ fn link_target(root: &OwnedFd, link: &Path) -> Option<PathBuf> {
 /// Whether no step of `destination` that exists in the rootfs is a
 /// symlink (what does not exist yet the agent makes as directories).
 fn plain_on_host(root: &OwnedFd, destination: &Path) -> bool {
-    let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV;
     let mut at = PathBuf::new();
     for component in destination.components() {
         match component {
@@ -283,11 +273,9 @@ fn plain_on_host(root: &OwnedFd, destination: &Path) -> bool {
             Component::RootDir | Component::CurDir => continue,
             _ => return false,
         }
-        match sys::openat2(root, &at, libc::O_PATH | libc::O_NOFOLLOW, resolve)
-            .and_then(|fd| fstat(&fd))
-        {
-            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
-            Ok(st) => return st.st_mode & libc::S_IFMT != libc::S_IFLNK,
+        match stat_in(root, &at) {
+            Ok((_, meta)) if meta.is_dir() => {}
+            Ok((_, meta)) => return !meta.file_type().is_symlink(),
             Err(e) => return e.raw_os_error() == Some(libc::ENOENT),
         }
     }
@@ -311,15 +299,6 @@ fn covers(destination: &Path, path: &Path) -> bool {
         _ => None,
     });
     parts.iter().all(|part| below.next() == Some(part))
-}
-
-fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
-    // SAFETY: fstat(2) into a zeroed struct of ours.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st)
 }
 
 #[cfg(test)]

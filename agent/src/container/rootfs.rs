@@ -308,7 +308,6 @@ fn attach(tree: &OwnedFd, target: &OwnedFd) -> io::Result<()> {
 /// directory. Every masked directory shows the same tmpfs (one
 /// superblock, bound again for each), and every mount goes onto the
 /// descriptor that found the path: a mask costs a lookup and two calls.
-#[derive(Default)]
 pub struct Masker<'a> {
     /// The first masked directory's tmpfs, once mounted.
     empty: Option<OwnedFd>,

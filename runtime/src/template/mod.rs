@@ -415,10 +415,9 @@ fn evict_beyond(store: &Path, keep: usize) {
     found.sort_by_key(|t| std::cmp::Reverse(last_used(&t.dir)));
     for old in found.iter().skip(keep) {
         let _ = fs::remove_dir_all(&old.dir);
-        remove_stale_lock(store, &old.name);
     }
-    // Lock files of makers that died, and of older runvm versions, which
-    // left them all behind.
+    // Lock files of the templates just removed, of makers that died, and
+    // of older runvm versions, which left them all behind.
     for entry in fs::read_dir(store).into_iter().flatten().flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
         if let Some(name) = file.strip_prefix('.').and_then(|f| f.strip_suffix(".lock")) {
