@@ -9,10 +9,13 @@ BUILD := build
 RELEASE := target/release
 AGENT := target/$(HOST_TARGET)/agent/runvm-agent
 KERNEL := $(BUILD)/vmlinux
-# The guest image: an ext4 root disk the VMM gives the guest read-only, so
-# nothing is unpacked at boot. The same content as an initramfs is built
-# too, for the VMM's --initrd path and the boot benchmark's comparison.
-IMAGE := $(BUILD)/rootfs.ext4
+# The guest image: the agent itself, which runvm-vmm places in guest memory
+# and its built-in loader maps as the guest's init (--init-program), so the
+# guest kernel reads no page of it. The same agent as an ext4 root disk and
+# as an initramfs is built too, for the VMM's --root-disk and --initrd
+# paths and the boot benchmark's comparison.
+IMAGE := $(BUILD)/runvm-agent
+ROOT_DISK := $(BUILD)/rootfs.ext4
 INITRD := $(BUILD)/initramfs.cpio
 # The test image: the same agent plus Debian's static busybox under /bin.
 TOOLS_IMAGE := $(BUILD)/rootfs-tools.ext4
@@ -45,7 +48,8 @@ agent:
 		--profile agent --locked -p runvm-agent --target $(HOST_TARGET)
 
 initramfs: agent binaries
-	$(RELEASE)/runvm-rootfs-builder --agent $(AGENT) --output $(IMAGE)
+	install -m 0755 $(AGENT) $(IMAGE)
+	$(RELEASE)/runvm-rootfs-builder --agent $(AGENT) --output $(ROOT_DISK)
 	$(RELEASE)/runvm-rootfs-builder --agent $(AGENT) --output $(INITRD)
 	$(RELEASE)/runvm-rootfs-builder --agent $(AGENT) --busybox $(BUSYBOX) --output $(TOOLS_IMAGE)
 
@@ -65,7 +69,7 @@ install: build
 	install -D -m 0755 $(VMM) $(DESTDIR)$(PREFIX)/bin/runvm-vmm
 	install -D -m 0755 $(RELEASE)/containerd-shim-runvm-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-runvm-v2
 	install -D -m 0644 $(KERNEL) $(DESTDIR)$(PREFIX)/share/runvm/vmlinux
-	install -D -m 0644 $(IMAGE) $(DESTDIR)$(PREFIX)/share/runvm/rootfs.ext4
+	install -D -m 0755 $(IMAGE) $(DESTDIR)$(PREFIX)/share/runvm/runvm-agent
 	install -D -m 0755 "$$(command -v virtiofsd || echo $${CARGO_HOME:-$$HOME/.cargo}/bin/virtiofsd)" \
 		$(DESTDIR)$(PREFIX)/libexec/runvm/virtiofsd
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Cold-start benchmark: boot to ready of the guest images (the agent as an
-# initramfs and as an ext4 root disk, the test image both ways) next to the
+# Cold-start benchmark: boot to ready of the guest images (the agent as the
+# VMM's init program, which runvm boots, as an initramfs and as an ext4 root
+# disk, the test image both ways) next to the
 # same kernel booting a tiny static init, with the VM's KVM counters at the
 # ready line; and `runvm run` of a trivial container next to that tiny-init
 # boot. Writes the "Cold start" section of bench/RESULTS.md.
@@ -36,11 +37,12 @@ RESULTS=${RESULTS:-$repo/bench/RESULTS.md}
 
 release="$repo/target/release"
 kernel="$repo/build/vmlinux"
-image="$repo/build/rootfs.ext4"
+image="$repo/build/runvm-agent"
+root_disk="$repo/build/rootfs.ext4"
 tools_image="$repo/build/rootfs-tools.ext4"
 initrd="$repo/build/initramfs.cpio"
 agent="$repo/target/x86_64-unknown-linux-gnu/agent/runvm-agent"
-for f in "$kernel" "$image" "$tools_image" "$initrd" "$agent" "$release/runvm" "$release/runvm-vmm" \
+for f in "$kernel" "$image" "$root_disk" "$tools_image" "$initrd" "$agent" "$release/runvm" "$release/runvm-vmm" \
   "$release/runvm-rootfs-builder"; do
   [[ -f $f ]] || die "$f is missing: run 'make build' first"
 done
@@ -67,11 +69,13 @@ ready="runvm-agent"
 vmm="$release/runvm-vmm"
 args=(
   --variant "tiny-init|$vmm|$kernel|--initrd|$work/tiny-init.cpio|tiny-init ready"
+  --variant "agent-program|$vmm|$kernel|--init-program|$image|$ready"
   --variant "agent-initramfs|$vmm|$kernel|--initrd|$initrd|$ready"
-  --variant "agent-root-disk|$vmm|$kernel|--root-disk|$image|$ready"
+  --variant "agent-root-disk|$vmm|$kernel|--root-disk|$root_disk|$ready"
   --variant "tools-initramfs|$vmm|$kernel|--initrd|$work/initramfs-tools.cpio|$ready"
   --variant "tools-root-disk|$vmm|$kernel|--root-disk|$tools_image|$ready"
   --container "this tree|$release/runvm|$vmm|$kernel|$image"
+  --container "this tree, agent on a root disk|$release/runvm|$vmm|$kernel|$root_disk"
 )
 if [[ -n ${BEFORE:-} ]]; then
   old="$BEFORE/target/release"

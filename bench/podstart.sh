@@ -9,7 +9,7 @@
 #   RUNS=3  IDLE_WAIT_S=900  MAX_LOAD=1.0  STEP_TIMEOUT_S=600
 #   VM_LOCK=  (a lock file, e.g. /tmp/runvm-vm.lock, held around each runvm pod)
 #   RUNVM=target/release/runvm  VMM=target/release/runvm-vmm  KERNEL=build/vmlinux
-#   IMAGE=build/rootfs.ext4  RUNC=runc  BUSYBOX=/bin/busybox  RESULTS=bench/RESULTS.md
+#   IMAGE=build/runvm-agent  RUNC=runc  BUSYBOX=/bin/busybox  RESULTS=bench/RESULTS.md
 #   RAW=  (also write the raw figures there, as JSON)
 set -Eeuo pipefail
 # Cold boots: these figures are of booting (VM templates, which the

@@ -40,7 +40,7 @@ done
 ((EUID == 0)) || die "run as root: the VMs' shares bind directories and start virtiofsd"
 release="$repo/target/release"
 kernel="$repo/build/vmlinux"
-image="$repo/build/rootfs.ext4"
+image="$repo/build/runvm-agent"
 for f in "$kernel" "$image" "$release/runvm" "$release/runvm-vmm"; do
   [[ -f $f ]] || die "$f is missing: run 'make build' first"
 done

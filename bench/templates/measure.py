@@ -232,7 +232,7 @@ def report(args, ready, runs, memory, template_files, facts):
         "",
         f"One run of `bench/templates.sh`: {args.rounds} rounds, each in alternating order, on one "
         f"build. Every VM has {args.memory_mib} MiB, 1 vCPU and a share (virtiofsd), as a "
-        "container's VM has, and boots `build/rootfs.ext4`. Cold boots have `RUNVM_COLD_BOOT=1`; "
+        "container's VM has, and boots `build/runvm-agent` (the VMM's init program). Cold boots have `RUNVM_COLD_BOOT=1`; "
         f"the others use the benchmark's own template store (`RUNVM_TEMPLATE_DIR`, on {store_fs}), "
         "emptied before each round's first VM with templates on. Every VM's origin is checked from "
         "the store (a restore marks the template used and leaves it in place; a failed one would "

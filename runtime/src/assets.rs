@@ -2,7 +2,7 @@
 //! the guest image and virtiofsd. Each can be named by an environment
 //! variable; otherwise they sit where `make install` puts them, relative
 //! to this program (`<prefix>/bin/runvm` → `<prefix>/bin/runvm-vmm`,
-//! `<prefix>/share/runvm/{vmlinux,rootfs.ext4}`), so podman and
+//! `<prefix>/share/runvm/{vmlinux,runvm-agent}`), so podman and
 //! containerd, which call runvm with their own environment, need no
 //! configuration.
 
@@ -74,7 +74,7 @@ impl Assets {
             image: pick(
                 image_variable(),
                 "the guest image",
-                data.join("rootfs.ext4"),
+                data.join("runvm-agent"),
             )?,
             virtiofsd,
         })

@@ -7,9 +7,14 @@ use std::process::Stdio;
 
 use common::*;
 
+/// The agent as the init program, as runvm boots it: mapped by the VMM's
+/// loader, not read from an image.
 #[test]
 fn boots_to_the_agent_and_powers_off_cleanly() {
-    let run = run_with_timeout(vmm_command(&["--init-arg=--poweroff"]), BOOT_TIMEOUT);
+    let run = run_with_timeout(
+        vmm_command_init_program(&["--init-arg=--poweroff"]),
+        BOOT_TIMEOUT,
+    );
     assert!(
         run.stdout.contains(&ready_line()),
         "no ready line; stdout:\n{}\nstderr:\n{}",

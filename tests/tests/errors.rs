@@ -68,6 +68,43 @@ fn missing_initramfs_is_named() {
 }
 
 #[test]
+fn missing_init_program_is_named() {
+    let mut command = Command::new(vmm_binary());
+    command
+        .arg("--kernel")
+        .arg(kernel())
+        .args(["--init-program", "/nonexistent/runvm-agent"]);
+    fails_with(
+        command,
+        "cannot use init program /nonexistent/runvm-agent: No such file or directory",
+    );
+}
+
+/// An init program that is no executable: the guest's loader names the
+/// problem on the console and the guest, without an init, resets.
+#[test]
+fn an_init_program_that_is_no_executable_is_named_by_the_loader() {
+    let scratch = std::env::temp_dir().join(format!("runvm-badinit-{}", std::process::id()));
+    std::fs::write(&scratch, b"#!/bin/sh\nexit 0\n").expect("write the file");
+    let mut command = Command::new(vmm_binary());
+    command
+        .arg("--kernel")
+        .arg(kernel())
+        .arg("--init-program")
+        .arg(&scratch);
+    let run = run_with_timeout(command, BOOT_TIMEOUT);
+    std::fs::remove_file(&scratch).expect("remove the file");
+    assert!(
+        run.stdout
+            .contains("runvm-loader: the preloaded image is not a static x86-64 executable"),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(run.status.code(), Some(3), "stderr:\n{}", run.stderr);
+}
+
+#[test]
 fn too_little_memory_is_refused() {
     fails_with(
         vmm_command(&["--memory", "16", "--init-arg=--poweroff"]),
@@ -117,7 +154,7 @@ fn a_jailed_vmm_refuses_sockets_outside_and_reports_errors() {
     command
         .args(["--jail", &jail_arg, "--kernel", "/nonexistent/vmlinux"])
         .arg("--root-disk")
-        .arg(image());
+        .arg(root_disk_image());
     fails_with(command, "cannot open kernel /nonexistent/vmlinux");
     std::fs::remove_dir_all(&jail).expect("remove the jail directory");
 }

@@ -16,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    image, require_kvm, vmm_binary, vmm_command, wait_with_timeout, Captured, BOOT_TIMEOUT,
+    require_kvm, root_disk_image, vmm_binary, vmm_command, wait_with_timeout, Captured,
+    BOOT_TIMEOUT,
 };
 use runvm::agent_client::AgentClient;
 use runvm::guest_process::{self, HostStdio, ProcessSpec};
@@ -275,7 +276,7 @@ fn restore_command(snapshot: &Path, socket: &Path, cid: u32, fs: &Path) -> Comma
         .arg("--restore")
         .arg(snapshot)
         .arg("--root-disk")
-        .arg(image())
+        .arg(root_disk_image())
         .arg("--vsock-socket")
         .arg(socket)
         .arg(format!("--vsock-cid={cid}"))

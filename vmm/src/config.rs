@@ -204,6 +204,11 @@ pub struct VmConfig {
     /// virtio-blk disk /dev/vda and mounted as its root; instead of
     /// `initrd`.
     pub root_disk: Option<PathBuf>,
+    /// The guest's init as a static executable (the agent), instead of
+    /// `initrd` or `root_disk`: the VMM places it in guest memory that the
+    /// memory map leaves out of RAM and boots runvm's loader as /init,
+    /// which maps it from there (see [`crate::boot::loader_image`]).
+    pub init_program: Option<PathBuf>,
     pub memory_mib: u64,
     pub vcpus: u8,
     /// Appended to the kernel command line after runvm's own parameters.
@@ -231,6 +236,7 @@ impl VmConfig {
             kernel: kernel.into(),
             initrd: None,
             root_disk: None,
+            init_program: None,
             memory_mib: 128,
             vcpus: 1,
             extra_cmdline: Vec::new(),
@@ -248,7 +254,12 @@ impl VmConfig {
 
     /// Checks that need no file and no KVM.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.initrd.is_some() && self.root_disk.is_some() {
+        let roots = [
+            self.initrd.is_some(),
+            self.root_disk.is_some(),
+            self.init_program.is_some(),
+        ];
+        if roots.into_iter().filter(|&given| given).count() > 1 {
             return Err(Error::InitrdAndRootDisk);
         }
         if self.memory_mib < MIN_MEMORY_MIB {
@@ -276,11 +287,12 @@ impl VmConfig {
         }
         if self.restore_from.is_some()
             && (self.initrd.is_some()
+                || self.init_program.is_some()
                 || !self.extra_cmdline.is_empty()
                 || !self.init_args.is_empty())
         {
             return Err(Error::Snapshot {
-                reason: "a restored VM has no initramfs, command line or init arguments of its own"
+                reason: "a restored VM has no initramfs, init program, command line or init arguments of its own"
                     .into(),
             });
         }
@@ -520,15 +532,24 @@ mod tests {
     }
 
     #[test]
-    fn initrd_and_root_disk_are_exclusive() {
+    fn initrd_root_disk_and_init_program_are_exclusive() {
         let mut config = VmConfig::new("/vmlinux");
         config.root_disk = Some("/root.ext4".into());
         assert!(config.validate().is_ok());
         config.initrd = Some("/initramfs.cpio".into());
         let message = config.validate().unwrap_err().to_string();
-        assert!(message.contains("--initrd and --root-disk"), "{message}");
+        assert!(
+            message.contains("--initrd, --root-disk and --init-program"),
+            "{message}"
+        );
         config.root_disk = None;
         assert!(config.validate().is_ok());
+        config.init_program = Some("/runvm-agent".into());
+        assert!(config.validate().is_err());
+        config.initrd = None;
+        assert!(config.validate().is_ok());
+        config.restore_from = Some("/template".into());
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -94,10 +94,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot use init program {path}: {reason}")]
+    InitProgram { path: PathBuf, reason: String },
     #[error("cannot use root disk {path}: {reason}")]
     RootDisk { path: PathBuf, reason: String },
     #[error(
-        "--initrd and --root-disk cannot be used together: the guest's root is one or the other"
+        "--initrd, --root-disk and --init-program cannot be used together: the guest's root is one of them"
     )]
     InitrdAndRootDisk,
     #[error("guest memory of {memory_mib} MiB is too small for the kernel ({kernel_mib} MiB) and initramfs ({initrd_mib} MiB) it must hold")]

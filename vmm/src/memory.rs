@@ -10,7 +10,8 @@
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  MP table            (last KiB of base memory, where Linux looks)
 //! 0x0010_0000  high memory: the kernel at its ELF physical address, then
-//!              free RAM; the initramfs sits at the top of low RAM
+//!              free RAM; a preloaded image (left out of the memory map)
+//!              sits at the top of low RAM, the initramfs just below it
 //! 0xc000_0000  device hole up to 4 GiB
 //! 0xd000_0000  virtio-mmio windows, 4 KiB each (IRQ 5 and up)
 //! 0x1_0000_0000 RAM above the hole, for guests larger than 3 GiB
@@ -93,8 +94,10 @@ pub fn ram_ranges(size: u64) -> Vec<RamRange> {
 }
 
 /// The memory map reported to the guest (E820 or PVH): every RAM range,
-/// minus the MP table and legacy area below 1 MiB.
-pub fn usable_ram_map(size: u64) -> Vec<RamRange> {
+/// minus the MP table and legacy area below 1 MiB, and minus `withheld`
+/// (a preloaded image's pages, which the guest kernel must not use as RAM:
+/// its init maps them through /dev/mem, which serves only what is not RAM).
+pub fn usable_ram_map(size: u64, withheld: Option<RamRange>) -> Vec<RamRange> {
     let mut map = Vec::new();
     for range in ram_ranges(size) {
         if range.start == 0 {
@@ -110,12 +113,47 @@ pub fn usable_ram_map(size: u64) -> Vec<RamRange> {
             map.push(range);
         }
     }
-    map
+    let Some(hole) = withheld else {
+        return map;
+    };
+    let mut carved = Vec::with_capacity(map.len() + 1);
+    for range in map {
+        let (start, end) = (range.start, range.end());
+        if hole.end() <= start || hole.start >= end {
+            carved.push(range);
+            continue;
+        }
+        if hole.start > start {
+            carved.push(RamRange {
+                start,
+                size: hole.start - start,
+            });
+        }
+        if hole.end() < end {
+            carved.push(RamRange {
+                start: hole.end(),
+                size: end - hole.end(),
+            });
+        }
+    }
+    carved
 }
 
-/// End of the RAM below the device hole: the initramfs goes just under it.
+/// End of the RAM below the device hole: a preloaded image, else the
+/// initramfs, goes just under it.
 pub fn low_ram_end(size: u64) -> u64 {
     size.min(DEVICE_HOLE_START)
+}
+
+/// Where a preloaded image of `image_size` bytes goes in a guest of
+/// `memory_size` bytes: whole pages at the top of low RAM. None if it
+/// would not leave the kernel's first 16 MiB below it (the caller then
+/// reports that the images do not fit).
+pub fn preload_placement(memory_size: u64, image_size: u64) -> Option<RamRange> {
+    const PAGE: u64 = 4096;
+    let size = image_size.checked_add(PAGE - 1)? & !(PAGE - 1);
+    let start = low_ram_end(memory_size).checked_sub(size)?;
+    (image_size > 0 && start >= 16 << 20).then_some(RamRange { start, size })
 }
 
 pub fn create_guest_memory(size: u64) -> Result<GuestMemory, Error> {
@@ -233,6 +271,35 @@ mod tests {
     }
 
     #[test]
+    fn a_preloaded_image_is_left_out_of_the_memory_map() {
+        let place = preload_placement(128 << 20, 2_149_176).unwrap();
+        assert_eq!(place.end(), 128 << 20);
+        assert_eq!(place.start % 4096, 0);
+        assert_eq!(place.size, 2_150_400);
+        let map = usable_ram_map(128 << 20, Some(place));
+        assert_eq!(map.last().unwrap().end(), place.start);
+        assert_eq!(
+            map.iter().map(|r| r.size).sum::<u64>() + place.size,
+            usable_ram_map(128 << 20, None)
+                .iter()
+                .map(|r| r.size)
+                .sum::<u64>()
+        );
+        // Above the device hole the map is carved the same way.
+        let high = RamRange {
+            start: DEVICE_HOLE_END + (1 << 20),
+            size: 1 << 20,
+        };
+        let map = usable_ram_map(4 << 30, Some(high));
+        assert!(map.iter().all(|r| r.end() <= high.start || r.start >= high.end()));
+        assert_eq!(map.len(), 4);
+        // Nothing that would not leave the kernel room, and nothing empty.
+        assert_eq!(preload_placement(128 << 20, 120 << 20), None);
+        assert_eq!(preload_placement(128 << 20, 0), None);
+        assert_eq!(preload_placement(128 << 20, u64::MAX), None);
+    }
+
+    #[test]
     fn small_guest_is_one_range() {
         assert_eq!(
             ram_ranges(128 << 20),
@@ -254,7 +321,7 @@ mod tests {
 
     #[test]
     fn usable_map_leaves_out_the_legacy_area() {
-        let map = usable_ram_map(128 << 20);
+        let map = usable_ram_map(128 << 20, None);
         assert_eq!(map[0].end(), BASE_MEMORY_END);
         assert_eq!(map[1].start, HIMEM_START);
         assert_eq!(map[1].end(), 128 << 20);

@@ -25,8 +25,9 @@ pub struct VmRunArgs {
     /// The guest kernel, an uncompressed vmlinux.
     #[arg(long, env = "RUNVM_KERNEL")]
     kernel: PathBuf,
-    /// The guest image with the agent as /init: an ext4 root disk
-    /// (rootfs.ext4) or a cpio initramfs.
+    /// The guest image: the agent binary itself (runvm-agent, which the
+    /// VMM maps as the guest's init), or an image holding it as /init: an
+    /// ext4 root disk (rootfs.ext4) or a cpio initramfs.
     #[arg(long, visible_alias = "initrd", env = "RUNVM_IMAGE")]
     image: PathBuf,
     /// The VMM; by default runvm-vmm next to this program.

@@ -13,6 +13,10 @@ pub enum ImageKind {
     RootDisk,
     /// A cpio archive (or a compressed one), unpacked by the guest kernel.
     Initramfs,
+    /// The agent itself, a static executable: runvm-vmm preloads it in
+    /// guest memory and boots its own loader, which maps it (no page of it
+    /// goes through the guest's page cache).
+    InitProgram,
 }
 
 impl ImageKind {
@@ -26,8 +30,9 @@ impl ImageKind {
         fs::File::open(path)
             .and_then(|f| f.take(EXT4_MAGIC_OFFSET as u64 + 2).read_to_end(&mut head))
             .map_err(|e| error(e.to_string()))?;
-        Self::from_head(&head)
-            .ok_or_else(|| error("neither an ext4 filesystem nor a cpio initramfs".to_owned()))
+        Self::from_head(&head).ok_or_else(|| {
+            error("neither an executable, an ext4 filesystem nor a cpio initramfs".to_owned())
+        })
     }
 
     fn from_head(head: &[u8]) -> Option<ImageKind> {
@@ -40,7 +45,9 @@ impl ImageKind {
             &[0x02, 0x21, 0x4c, 0x18],
             b"BZh",
         ];
-        if head.get(EXT4_MAGIC_OFFSET..EXT4_MAGIC_OFFSET + 2) == Some(&[0x53, 0xef][..]) {
+        if head.starts_with(b"\x7fELF") {
+            Some(ImageKind::InitProgram)
+        } else if head.get(EXT4_MAGIC_OFFSET..EXT4_MAGIC_OFFSET + 2) == Some(&[0x53, 0xef][..]) {
             Some(ImageKind::RootDisk)
         } else if CPIO.iter().chain(&COMPRESSED).any(|m| head.starts_with(m)) {
             Some(ImageKind::Initramfs)
@@ -54,6 +61,7 @@ impl ImageKind {
         match self {
             ImageKind::RootDisk => "--root-disk",
             ImageKind::Initramfs => "--initrd",
+            ImageKind::InitProgram => "--init-program",
         }
     }
 }
@@ -79,7 +87,11 @@ mod tests {
             ImageKind::from_head(&[0x1f, 0x8b, 8]),
             Some(ImageKind::Initramfs)
         );
-        assert_eq!(ImageKind::from_head(b"\x7fELF"), None);
+        assert_eq!(
+            ImageKind::from_head(b"\x7fELF\x02\x01"),
+            Some(ImageKind::InitProgram)
+        );
+        assert_eq!(ImageKind::from_head(b"MZ\x90\0"), None);
         assert_eq!(ImageKind::from_head(b""), None);
     }
 

@@ -119,7 +119,7 @@ pub fn install_runvm(prefix: &Path) -> PathBuf {
         ("target/release/runvm", "bin/runvm"),
         ("target/release/runvm-vmm", "bin/runvm-vmm"),
         ("build/vmlinux", "share/runvm/vmlinux"),
-        ("build/rootfs.ext4", "share/runvm/rootfs.ext4"),
+        ("build/runvm-agent", "share/runvm/runvm-agent"),
     ];
     let missing: Vec<String> = parts
         .iter()

@@ -49,9 +49,15 @@ pub fn initrd() -> PathBuf {
     artifact("RUNVM_INITRD", "build/initramfs.cpio")
 }
 
-/// The guest image runvm boots: an ext4 root disk with the agent.
+/// The guest image runvm boots: the agent, which the VMM preloads and
+/// its loader maps (`--init-program`).
 pub fn image() -> PathBuf {
-    artifact("RUNVM_IMAGE", "build/rootfs.ext4")
+    artifact("RUNVM_IMAGE", "build/runvm-agent")
+}
+
+/// The agent as an ext4 root disk (the VMM's `--root-disk` path).
+pub fn root_disk_image() -> PathBuf {
+    artifact("RUNVM_ROOT_DISK", "build/rootfs.ext4")
 }
 
 /// The test image: the agent plus busybox, for running commands in the guest.
@@ -84,6 +90,20 @@ pub fn vmm_command(extra: &[&str]) -> Command {
         .arg("--kernel")
         .arg(kernel())
         .arg("--root-disk")
+        .arg(root_disk_image())
+        .args(extra);
+    command
+}
+
+/// [`vmm_command`] with the agent as the init program instead (what
+/// runvm boots).
+pub fn vmm_command_init_program(extra: &[&str]) -> Command {
+    require_kvm();
+    let mut command = Command::new(vmm_binary());
+    command
+        .arg("--kernel")
+        .arg(kernel())
+        .arg("--init-program")
         .arg(image())
         .args(extra);
     command

@@ -56,6 +56,12 @@ struct Args {
     /// --initrd. The image holds the guest's init as /init.
     #[arg(long, value_name = "PATH", conflicts_with = "initrd")]
     root_disk: Option<PathBuf>,
+    /// The guest's init as a static executable (runvm's agent), instead
+    /// of --initrd or --root-disk: placed in guest memory that the memory
+    /// map leaves out, and mapped from there by a built-in loader that the
+    /// guest boots as /init; the guest kernel reads no page of it.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["restore", "initrd", "root_disk"])]
+    init_program: Option<PathBuf>,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 128)]
     memory: u64,
@@ -194,6 +200,7 @@ fn main() -> ExitCode {
         kernel: args.kernel.unwrap_or_default(),
         initrd: args.initrd,
         root_disk: args.root_disk,
+        init_program: args.init_program,
         memory_mib: args.memory,
         vcpus: args.vcpus,
         extra_cmdline: args.cmdline,

@@ -8,7 +8,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::InitrdPlacement;
 use crate::error::Error;
-use crate::memory::{low_ram_end, GuestMemory, HIMEM_START};
+use crate::memory::{GuestMemory, RamRange, HIMEM_START};
 
 const PAGE_SIZE: u64 = 4096;
 
@@ -41,15 +41,17 @@ pub fn load_kernel(file: &mut File, path: &Path, mem: &GuestMemory) -> Result<Lo
     })
 }
 
-/// Puts the initramfs at the top of the RAM below the device hole, page
-/// aligned, where it cannot overlap the kernel. `file` was opened from
-/// `path` (named in errors).
+/// Puts the initramfs just below `top` (the end of the RAM below the
+/// device hole, or a preloaded image's start), page aligned, where it
+/// cannot overlap the kernel. `file` was opened from `path` (named in
+/// errors).
 pub fn load_initrd(
     file: &mut File,
     path: &Path,
     mem: &GuestMemory,
     kernel: &LoadedKernel,
     memory_size: u64,
+    top: u64,
 ) -> Result<InitrdPlacement, Error> {
     let open_error = |source| Error::InitrdOpen {
         path: path.to_path_buf(),
@@ -61,7 +63,7 @@ pub fn load_initrd(
         kernel_mib: kernel.end.div_ceil(1 << 20),
         initrd_mib: size.div_ceil(1 << 20),
     };
-    let address = low_ram_end(memory_size)
+    let address = top
         .checked_sub(size)
         .map(|a| a & !(PAGE_SIZE - 1))
         .filter(|&a| a >= kernel.end)
@@ -74,4 +76,54 @@ pub fn load_initrd(
             reason: e.to_string(),
         })?;
     Ok(InitrdPlacement { address, size })
+}
+
+/// Puts `archive` (an initramfs built in memory) just below `top`, as
+/// [`load_initrd`] does with a file.
+pub fn load_initrd_bytes(
+    archive: &[u8],
+    mem: &GuestMemory,
+    kernel: &LoadedKernel,
+    memory_size: u64,
+    top: u64,
+) -> Result<InitrdPlacement, Error> {
+    let size = archive.len() as u64;
+    let address = top
+        .checked_sub(size)
+        .map(|a| a & !(PAGE_SIZE - 1))
+        .filter(|&a| a >= kernel.end)
+        .ok_or(Error::ImagesDoNotFit {
+            memory_mib: memory_size >> 20,
+            kernel_mib: kernel.end.div_ceil(1 << 20),
+            initrd_mib: size.div_ceil(1 << 20),
+        })?;
+    mem.write_slice(archive, GuestAddress(address))
+        .map_err(|e| Error::GuestWrite {
+            what: "initramfs",
+            address,
+            reason: e.to_string(),
+        })?;
+    Ok(InitrdPlacement { address, size })
+}
+
+/// Copies the preloaded image (`file`, opened from `path`) into `place`,
+/// the guest pages [`crate::memory::preload_placement`] chose; the rest of
+/// its last page stays zero (fresh guest RAM).
+pub fn load_preload(
+    file: &mut File,
+    path: &Path,
+    mem: &GuestMemory,
+    place: RamRange,
+    size: u64,
+) -> Result<(), Error> {
+    let count = usize::try_from(size).map_err(|_| Error::InitProgram {
+        path: path.to_path_buf(),
+        reason: format!("{size} bytes"),
+    })?;
+    mem.read_exact_volatile_from(GuestAddress(place.start), file, count)
+        .map_err(|e| Error::GuestWrite {
+            what: "preloaded image",
+            address: place.start,
+            reason: e.to_string(),
+        })
 }

@@ -5,26 +5,68 @@
 mod cmdline;
 mod gdt;
 mod images;
+pub mod loader_image;
 pub mod mptable;
 mod params;
 pub mod regs;
 
 pub use cmdline::{build_cmdline, virtio_mmio_param, EXIT_PORT, ROOT_DISK_PARAMS};
-pub use images::{load_initrd, load_kernel, LoadedKernel};
+pub use images::{load_initrd, load_initrd_bytes, load_kernel, load_preload, LoadedKernel};
 pub use regs::EntryPoint;
 
 use std::fs::File;
 
 use crate::config::{BootProtocol, VmConfig};
 use crate::error::Error;
-use crate::memory::GuestMemory;
+use crate::memory::{low_ram_end, preload_placement, GuestMemory, RamRange};
 
-/// The kernel and initramfs files of a VM, opened before the VM is built
-/// (a jailed VMM cannot reach their paths any more).
+/// The kernel, initramfs and init program files of a VM, opened before
+/// the VM is built (a jailed VMM cannot reach their paths any more).
 #[derive(Debug)]
 pub struct BootFiles {
     kernel: File,
     initrd: Option<File>,
+    preload: Option<Preload>,
+}
+
+/// An init program's file and where it goes.
+#[derive(Debug)]
+struct Preload {
+    file: File,
+    size: u64,
+    place: RamRange,
+}
+
+/// The kernel command-line word that tells the loader where the init
+/// program is: init's environment gets it (no dot in the name, or the
+/// kernel would take it for a module's parameter and keep it).
+pub fn preload_param(place: RamRange, size: u64) -> String {
+    format!("RUNVM_PRELOAD={:#x},{size:#x}", place.start)
+}
+
+/// Where `config`'s init program goes, from its size on disk (for a
+/// command line printed without booting).
+pub fn preload_place_of(config: &VmConfig) -> Result<Option<(RamRange, u64)>, Error> {
+    let Some(path) = &config.init_program else {
+        return Ok(None);
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::InitProgram {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?
+        .len();
+    place_preload(config, size).map(|place| Some((place, size)))
+}
+
+fn place_preload(config: &VmConfig, size: u64) -> Result<RamRange, Error> {
+    preload_placement(config.memory_bytes(), size).ok_or_else(|| Error::InitProgram {
+        path: config.init_program.clone().unwrap_or_default(),
+        reason: format!(
+            "{size} bytes do not fit a guest of {} MiB",
+            config.memory_mib
+        ),
+    })
 }
 
 impl BootFiles {
@@ -40,7 +82,29 @@ impl BootFiles {
             })?),
             None => None,
         };
-        Ok(BootFiles { kernel, initrd })
+        let preload = match &config.init_program {
+            Some(path) => {
+                let failed = |e: std::io::Error| Error::InitProgram {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                };
+                let file = File::open(path).map_err(failed)?;
+                let size = file.metadata().map_err(failed)?.len();
+                let place = place_preload(config, size)?;
+                Some(Preload { file, size, place })
+            }
+            None => None,
+        };
+        Ok(BootFiles {
+            kernel,
+            initrd,
+            preload,
+        })
+    }
+
+    /// Where the init program goes and its size, for the command line.
+    pub fn preload_place(&self) -> Option<(RamRange, u64)> {
+        self.preload.as_ref().map(|p| (p.place, p.size))
     }
 }
 
@@ -56,8 +120,22 @@ pub fn prepare_guest(
     let BootFiles {
         kernel: mut kernel_file,
         initrd: initrd_file,
+        preload,
     } = files;
     let kernel = load_kernel(&mut kernel_file, &config.kernel, mem)?;
+    let mut top = low_ram_end(config.memory_bytes());
+    let mut withheld = None;
+    if let (Some(mut p), Some(path)) = (preload, &config.init_program) {
+        if p.place.start < kernel.end {
+            return Err(Error::InitProgram {
+                path: path.clone(),
+                reason: "it would overlap the kernel".into(),
+            });
+        }
+        load_preload(&mut p.file, path, mem, p.place, p.size)?;
+        top = p.place.start;
+        withheld = Some(p.place);
+    }
     let initrd = match (initrd_file, &config.initrd) {
         (Some(mut file), Some(path)) => Some(load_initrd(
             &mut file,
@@ -65,6 +143,14 @@ pub fn prepare_guest(
             mem,
             &kernel,
             config.memory_bytes(),
+            top,
+        )?),
+        _ if config.init_program.is_some() => Some(load_initrd_bytes(
+            &loader_image::loader_initramfs(),
+            mem,
+            &kernel,
+            config.memory_bytes(),
+            top,
         )?),
         _ => None,
     };
@@ -83,11 +169,11 @@ pub fn prepare_guest(
     let memory_size = config.memory_bytes();
     match (protocol, kernel.pvh_entry) {
         (BootProtocol::Pvh, Some(entry)) => {
-            params::write_pvh_start_info(mem, memory_size, initrd)?;
+            params::write_pvh_start_info(mem, memory_size, withheld, initrd)?;
             Ok(EntryPoint::Pvh { entry })
         }
         _ => {
-            params::write_zero_page(mem, memory_size, initrd, cmdline.len())?;
+            params::write_zero_page(mem, memory_size, withheld, initrd, cmdline.len())?;
             regs::write_identity_page_tables(mem)?;
             Ok(EntryPoint::Linux64 {
                 entry: kernel.entry,

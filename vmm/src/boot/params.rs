@@ -14,7 +14,8 @@ use vm_memory::{Bytes, GuestAddress};
 use super::InitrdPlacement;
 use crate::error::Error;
 use crate::memory::{
-    usable_ram_map, GuestMemory, CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_START, ZERO_PAGE_START,
+    usable_ram_map, GuestMemory, RamRange, CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_START,
+    ZERO_PAGE_START,
 };
 
 const E820_RAM: u32 = 1;
@@ -42,9 +43,10 @@ pub fn write_cmdline(mem: &GuestMemory, cmdline: &str) -> Result<(), Error> {
 pub fn write_pvh_start_info(
     mem: &GuestMemory,
     memory_size: u64,
+    withheld: Option<RamRange>,
     initrd: Option<InitrdPlacement>,
 ) -> Result<(), Error> {
-    let memmap: Vec<hvm_memmap_table_entry> = usable_ram_map(memory_size)
+    let memmap: Vec<hvm_memmap_table_entry> = usable_ram_map(memory_size, withheld)
         .into_iter()
         .map(|range| hvm_memmap_table_entry {
             addr: range.start,
@@ -90,6 +92,7 @@ pub fn write_pvh_start_info(
 pub fn write_zero_page(
     mem: &GuestMemory,
     memory_size: u64,
+    withheld: Option<RamRange>,
     initrd: Option<InitrdPlacement>,
     cmdline_len: usize,
 ) -> Result<(), Error> {
@@ -104,7 +107,7 @@ pub fn write_zero_page(
         zero_page.hdr.ramdisk_image = initrd.address as u32;
         zero_page.hdr.ramdisk_size = initrd.size as u32;
     }
-    let map = usable_ram_map(memory_size);
+    let map = usable_ram_map(memory_size, withheld);
     if map.len() > zero_page.e820_table.len() {
         return Err(Error::GuestWrite {
             what: "E820 map",
@@ -142,7 +145,7 @@ mod tests {
             address: 0x700_0000,
             size: 0x1234,
         };
-        write_pvh_start_info(&mem, 128 << 20, Some(initrd)).unwrap();
+        write_pvh_start_info(&mem, 128 << 20, None, Some(initrd)).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC);
         assert_eq!(info.cmdline_paddr, CMDLINE_START);
@@ -158,7 +161,7 @@ mod tests {
     #[test]
     fn zero_page_carries_the_e820_map() {
         let mem = create_guest_memory(128 << 20).unwrap();
-        write_zero_page(&mem, 128 << 20, None, 42).unwrap();
+        write_zero_page(&mem, 128 << 20, None, None, 42).unwrap();
         let page: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         assert_eq!(page.e820_entries, 2);
         assert_eq!({ page.hdr.cmdline_size }, 42);

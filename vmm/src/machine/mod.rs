@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::host::HostResources;
 use crate::host_profile::HostProfile;
 use crate::memory::{
-    create_guest_memory, create_shared_guest_memory, virtio_mmio_slot, GuestMemory,
+    create_guest_memory, create_shared_guest_memory, virtio_mmio_slot, GuestMemory, RamRange,
 };
 use crate::runner::{run_vcpus, TerminationSignals};
 use crate::snapshot::cpu_state::saved_msr_indices;
@@ -211,7 +211,7 @@ fn build_cold(
         None,
     )?;
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-    let cmdline = cmdline_for(config, profile)?;
+    let cmdline = cmdline_for(config, profile, boot_files.preload_place())?;
     let entry = boot::prepare_guest(config, boot_files, &cmdline, &mem)?;
 
     let hidden_kvm_features = profile.hidden_kvm_features();
@@ -257,10 +257,15 @@ pub(crate) fn new_vcpu(
 /// The kernel command line `config` gives the guest on this host.
 pub fn guest_cmdline(config: &VmConfig) -> Result<String, Error> {
     config.validate()?;
-    cmdline_for(config, HostProfile::resolve(config.host_profile))
+    let preload = boot::preload_place_of(config)?;
+    cmdline_for(config, HostProfile::resolve(config.host_profile), preload)
 }
 
-fn cmdline_for(config: &VmConfig, profile: HostProfile) -> Result<String, Error> {
+fn cmdline_for(
+    config: &VmConfig,
+    profile: HostProfile,
+    preload: Option<(RamRange, u64)>,
+) -> Result<String, Error> {
     let mut device_params: Vec<String> = virtio_devices(config)
         .into_iter()
         .filter_map(|(index, _)| virtio_mmio_slot(index))
@@ -271,6 +276,9 @@ fn cmdline_for(config: &VmConfig, profile: HostProfile) -> Result<String, Error>
     }
     if config.snapshot_to.is_some() {
         device_params.extend(profile.snapshot_params());
+    }
+    if let Some((place, size)) = preload {
+        device_params.push(boot::preload_param(place, size));
     }
     boot::build_cmdline(
         profile,
@@ -344,7 +352,7 @@ mod tests {
             virtio_devices(&config),
             vec![(0, VirtioKind::RootDisk), (1, VirtioKind::Vsock)]
         );
-        let line = cmdline_for(&config, HostProfile::Hardware).unwrap();
+        let line = cmdline_for(&config, HostProfile::Hardware, None).unwrap();
         assert!(
             line.ends_with(
                 "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
@@ -358,7 +366,7 @@ mod tests {
     fn without_a_root_disk_nothing_changes() {
         let mut config = VmConfig::new("/vmlinux");
         config.initrd = Some("/initramfs.cpio".into());
-        let line = cmdline_for(&config, HostProfile::Hardware).unwrap();
+        let line = cmdline_for(&config, HostProfile::Hardware, None).unwrap();
         assert!(!line.contains("root="), "{line}");
         assert!(!line.contains("virtio_mmio"), "{line}");
     }

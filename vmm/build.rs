@@ -1,0 +1,42 @@
+//! Builds the guest loader (guest-loader/loader.c), the /init that maps a
+//! preloaded agent instead of reading it (see `boot::init_program`): a
+//! freestanding static x86-64 executable of a few KiB, embedded in
+//! runvm-vmm. Needs a C compiler (`$CC`, else `cc`), as the guest kernel
+//! build does.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let source = "guest-loader/loader.c";
+    println!("cargo:rerun-if-changed={source}");
+    println!("cargo:rerun-if-env-changed=CC");
+    let out =
+        PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("runvm-loader");
+    let cc = env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let status = Command::new(&cc)
+        .args([
+            "-Os",
+            "-static",
+            "-nostdlib",
+            "-ffreestanding",
+            "-fno-builtin",
+            "-fno-stack-protector",
+            "-fno-asynchronous-unwind-tables",
+            "-fno-pie",
+            "-no-pie",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            // Far from where the agent (a static executable) is linked.
+            "-Wl,-Ttext-segment=0x10000000",
+            "-Wl,--build-id=none",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(source)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler {cc:?} for {source}: {e}"));
+    assert!(status.success(), "{cc} failed to build {source}");
+}
