@@ -291,7 +291,9 @@ mod tests {
             size: 1 << 20,
         };
         let map = usable_ram_map(4 << 30, Some(high));
-        assert!(map.iter().all(|r| r.end() <= high.start || r.start >= high.end()));
+        assert!(map
+            .iter()
+            .all(|r| r.end() <= high.start || r.start >= high.end()));
         assert_eq!(map.len(), 4);
         // Nothing that would not leave the kernel room, and nothing empty.
         assert_eq!(preload_placement(128 << 20, 120 << 20), None);

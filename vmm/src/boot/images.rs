@@ -58,17 +58,8 @@ pub fn load_initrd(
         source,
     };
     let size = file.metadata().map_err(open_error)?.len();
-    let does_not_fit = || Error::ImagesDoNotFit {
-        memory_mib: memory_size >> 20,
-        kernel_mib: kernel.end.div_ceil(1 << 20),
-        initrd_mib: size.div_ceil(1 << 20),
-    };
-    let address = top
-        .checked_sub(size)
-        .map(|a| a & !(PAGE_SIZE - 1))
-        .filter(|&a| a >= kernel.end)
-        .ok_or_else(does_not_fit)?;
-    let count = usize::try_from(size).map_err(|_| does_not_fit())?;
+    let address = initrd_address(size, top, kernel, memory_size)?;
+    let count = usize::try_from(size).map_err(|_| does_not_fit(size, kernel, memory_size))?;
     mem.read_exact_volatile_from(GuestAddress(address), file, count)
         .map_err(|e| Error::GuestWrite {
             what: "initramfs",
@@ -88,15 +79,7 @@ pub fn load_initrd_bytes(
     top: u64,
 ) -> Result<InitrdPlacement, Error> {
     let size = archive.len() as u64;
-    let address = top
-        .checked_sub(size)
-        .map(|a| a & !(PAGE_SIZE - 1))
-        .filter(|&a| a >= kernel.end)
-        .ok_or(Error::ImagesDoNotFit {
-            memory_mib: memory_size >> 20,
-            kernel_mib: kernel.end.div_ceil(1 << 20),
-            initrd_mib: size.div_ceil(1 << 20),
-        })?;
+    let address = initrd_address(size, top, kernel, memory_size)?;
     mem.write_slice(archive, GuestAddress(address))
         .map_err(|e| Error::GuestWrite {
             what: "initramfs",
@@ -104,6 +87,28 @@ pub fn load_initrd_bytes(
             reason: e.to_string(),
         })?;
     Ok(InitrdPlacement { address, size })
+}
+
+/// The page-aligned address just below `top` for an initramfs of `size`
+/// bytes, if that is above the kernel.
+fn initrd_address(
+    size: u64,
+    top: u64,
+    kernel: &LoadedKernel,
+    memory_size: u64,
+) -> Result<u64, Error> {
+    top.checked_sub(size)
+        .map(|a| a & !(PAGE_SIZE - 1))
+        .filter(|&a| a >= kernel.end)
+        .ok_or_else(|| does_not_fit(size, kernel, memory_size))
+}
+
+fn does_not_fit(size: u64, kernel: &LoadedKernel, memory_size: u64) -> Error {
+    Error::ImagesDoNotFit {
+        memory_mib: memory_size >> 20,
+        kernel_mib: kernel.end.div_ceil(1 << 20),
+        initrd_mib: size.div_ceil(1 << 20),
+    }
 }
 
 /// Copies the preloaded image (`file`, opened from `path`) into `place`,
