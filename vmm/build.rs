@@ -30,7 +30,7 @@ fn main() {
             "-Wextra",
             "-Werror",
             // Far from where the agent (a static executable) is linked.
-            "-Wl,-Ttext-segment=0x10000000",
+            "-Wl,-Ttext-segment=0x10000000", // LOADER_BASE in loader.c
             "-Wl,--build-id=none",
             "-o",
         ])

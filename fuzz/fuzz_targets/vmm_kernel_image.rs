@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use runvm_vmm::boot::{load_initrd, load_kernel, LoadedKernel};
-use runvm_vmm::memory::{create_guest_memory, GuestMemory};
+use runvm_vmm::memory::{create_guest_memory, low_ram_end, GuestMemory};
 
 const MEMORY_SIZE: u64 = 32 << 20;
 
@@ -72,7 +72,14 @@ fuzz_target!(|data: &[u8]| {
         end,
         pvh_entry: None,
     };
-    if let Ok(placed) = load_initrd(&mut reopen(), image_path(), mem, &kernel, MEMORY_SIZE) {
+    if let Ok(placed) = load_initrd(
+        &mut reopen(),
+        image_path(),
+        mem,
+        &kernel,
+        MEMORY_SIZE,
+        low_ram_end(MEMORY_SIZE),
+    ) {
         assert_eq!(placed.address % 4096, 0);
         assert!(placed.address >= end);
         assert!(placed.address + placed.size <= MEMORY_SIZE);

@@ -44,6 +44,8 @@
 #define MAP_ANONYMOUS 0x20
 #define S_IFCHR 0020000
 #define PAGE 4096UL
+/* Where build.rs links this program: the agent's segments must lie below. */
+#define LOADER_BASE 0x10000000UL
 
 /* Where the agent's node for /dev/mem lives while it is opened: the
  * initramfs has no devtmpfs yet. */
@@ -188,6 +190,8 @@ uint64_t load(uint64_t *sp)
 		    p->p_filesz > p->p_memsz || p->p_vaddr % PAGE != p->p_offset % PAGE ||
 		    p->p_vaddr + p->p_memsz < p->p_vaddr || p->p_vaddr < PAGE)
 			fail("a segment lies outside the preloaded image", i);
+		if (p->p_vaddr + p->p_memsz > LOADER_BASE)
+			fail("a segment would cover the loader (link the program below 0x10000000)", i);
 		if (eh->e_phoff >= p->p_offset && eh->e_phoff < p->p_offset + p->p_filesz)
 			phdr_address = p->p_vaddr + (eh->e_phoff - p->p_offset);
 		uint64_t start = p->p_vaddr & ~(PAGE - 1);
