@@ -22,6 +22,8 @@ fn main() {
             "-nostdlib",
             "-ffreestanding",
             "-fno-builtin",
+            // No loop turned into a memcpy/memset call: there is no libc.
+            "-fno-tree-loop-distribute-patterns",
             "-fno-stack-protector",
             "-fno-asynchronous-unwind-tables",
             "-fno-pie",

@@ -152,9 +152,9 @@ uint64_t load(uint64_t *sp)
 	}
 	if (!preload)
 		fail(ENV_NAME " is not in the environment", 0);
-	const char *rest;
+	const char *rest = "";
 	uint64_t base = parse_hex(*preload + sizeof ENV_NAME - 1, ',', &rest);
-	uint64_t size = *rest == ',' ? parse_hex(rest + 1, 0, &rest) : 0;
+	uint64_t size = base && *rest == ',' ? parse_hex(rest + 1, 0, &rest) : 0;
 	if (!base || !size || base % PAGE || size > (1UL << 32))
 		fail(ENV_NAME " is not <page-aligned address>,<size> in hexadecimal", 0);
 
@@ -164,7 +164,7 @@ uint64_t load(uint64_t *sp)
 	long fd = sys3(SYS_open, (long)MEM_NODE, O_RDONLY | O_CLOEXEC, 0);
 	sys3(SYS_unlinkat, AT_FDCWD, (long)MEM_NODE, 0);
 	if (is_error(fd))
-		fail("cannot open /dev/mem", fd);
+		fail("cannot open /dev/mem (the guest kernel needs CONFIG_DEVMEM)", fd);
 	uint64_t span = (size + PAGE - 1) & ~(PAGE - 1);
 	long image = sys6(SYS_mmap, 0, (long)span, PROT_READ, MAP_SHARED, fd, (long)base);
 	if (is_error(image))
@@ -180,6 +180,7 @@ uint64_t load(uint64_t *sp)
 		fail("the preloaded image is not a static x86-64 executable", 0);
 	const Elf64_Phdr *ph = (const Elf64_Phdr *)(file + eh->e_phoff);
 	uint64_t phdr_address = 0;
+	uint64_t mapped_end = 0; /* end of the last segment's pages */
 	for (unsigned i = 0; i < eh->e_phnum; i++) {
 		const Elf64_Phdr *p = &ph[i];
 		if (p->p_type == PT_INTERP)
@@ -196,6 +197,11 @@ uint64_t load(uint64_t *sp)
 			phdr_address = p->p_vaddr + (eh->e_phoff - p->p_offset);
 		uint64_t start = p->p_vaddr & ~(PAGE - 1);
 		uint64_t end = (p->p_vaddr + p->p_memsz + PAGE - 1) & ~(PAGE - 1);
+		/* Each segment gets pages of its own, mapped over whole: one that
+		 * shared a page with the one before would wipe part of it. */
+		if (start < mapped_end)
+			fail("a segment shares a page with the one before (or they are not in order)", i);
+		mapped_end = end;
 		long prot = ((p->p_flags & PF_R) ? PROT_READ : 0) |
 			    ((p->p_flags & PF_W) ? PROT_WRITE : 0) |
 			    ((p->p_flags & PF_X) ? PROT_EXEC : 0);
@@ -208,8 +214,11 @@ uint64_t load(uint64_t *sp)
 			/* Writable (data, bss): a private copy. */
 			at = sys6(SYS_mmap, (long)start, (long)(end - start), PROT_READ | PROT_WRITE,
 				  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+			/* From the start of the page, as the kernel's loader maps
+			 * it: the bytes before the segment are the file's too. */
 			if (!is_error(at))
-				copy((void *)p->p_vaddr, file + p->p_offset, p->p_filesz);
+				copy((void *)start, file + (p->p_offset & ~(PAGE - 1)),
+				     (p->p_vaddr - start) + p->p_filesz);
 			if (!is_error(at) && prot != (PROT_READ | PROT_WRITE))
 				at = sys3(10 /* mprotect */, (long)start, (long)(end - start), prot);
 		}

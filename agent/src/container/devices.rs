@@ -109,8 +109,17 @@ fn access(text: &str, index: usize) -> Result<u8, String> {
     })
 }
 
+/// The guest's /dev/mem (1:1) and /dev/port (1:4): no container reads or
+/// writes them, whatever its spec allows (a privileged one allows every
+/// device). runvm-vmm's loader maps the agent's code from the guest's
+/// physical memory (vmm/guest-loader), so /dev/mem would let a container
+/// rewrite PID 1 of its VM, and /dev/port reaches the VM's devices. Making
+/// the node stays allowed; it cannot be opened.
+const GUEST_MEMORY_DEVICES: [u32; 2] = [1, 4];
+
 /// The spec's rules, then runc's defaults, then an allow for each device
-/// the container gets (`created`).
+/// the container gets (`created`), then a deny of reads and writes of
+/// [`GUEST_MEMORY_DEVICES`] where anything before allows them.
 pub fn rules(
     spec: Option<&[LinuxDeviceCgroup]>,
     created: &[DevicePlan],
@@ -152,7 +161,34 @@ pub fn rules(
         };
         out.push(allow(kind, Some(d.major), Some(d.minor)));
     }
+    for minor in GUEST_MEMORY_DEVICES {
+        if may_read_or_write(&out, 1, minor) {
+            out.push(Rule {
+                allow: false,
+                kind: Kind::Char,
+                major: Some(1),
+                minor: Some(minor),
+                access: ACC_READ | ACC_WRITE,
+            });
+        }
+    }
     Ok(out)
+}
+
+/// Whether `rules` may let a container read or write character device
+/// `major:minor` (only then does a deny need to follow: an extra deny
+/// would turn runc's allow-only list into a mixed one, whose program the
+/// verifier walks far longer).
+fn may_read_or_write(rules: &[Rule], major: u32, minor: u32) -> bool {
+    let (default_allow, rules) = settle(rules);
+    default_allow
+        || rules.iter().any(|r| {
+            r.allow
+                && r.kind == Kind::Char
+                && r.access & (ACC_READ | ACC_WRITE) != 0
+                && r.major.is_none_or(|m| m == major)
+                && r.minor.is_none_or(|m| m == minor)
+        })
 }
 
 /// What the rules come to: the state after the last reset, and the rules

@@ -103,21 +103,36 @@ fn the_same_allowed_devices_in_any_order_make_one_program() {
     assert_ne!(program(&swapped).unwrap(), Some(p));
 }
 
+/// Allowing everything (a privileged container) leaves out only the
+/// guest's /dev/mem and /dev/port, which no container may read or write.
 #[test]
-fn allowing_everything_needs_no_program() {
-    assert_eq!(
-        compiled(r#"{"devices":[{"allow":true,"access":"rwm"}]}"#),
-        None
-    );
-    // A later reset wins; allows after it add nothing.
-    assert_eq!(
-        compiled(
-            r#"{"devices":[{"allow":false,"type":"c","major":1,"minor":3,"access":"rw"},
-                         {"allow":true,"type":"a"},
-                         {"allow":true,"type":"c","major":5,"access":"r"}]}"#
-        ),
-        None
-    );
+fn allowing_everything_keeps_the_guest_memory_devices_out() {
+    for json in [
+        r#"{"devices":[{"allow":true,"access":"rwm"}]}"#,
+        // A later reset wins; allows after it add nothing.
+        r#"{"devices":[{"allow":false,"type":"c","major":1,"minor":3,"access":"rw"},
+                     {"allow":true,"type":"a"},
+                     {"allow":true,"type":"c","major":5,"access":"r"}]}"#,
+        // Every character device by a wildcard.
+        r#"{"devices":[{"allow":false,"access":"rwm"},
+                     {"allow":true,"type":"c","access":"rwm"}]}"#,
+    ] {
+        let p = compiled(json).expect("a program");
+        let allowed = |dev, acc, major, minor| run(&p, dev, acc, major, minor) == 1;
+        assert!(!allowed(C, R, 1, 1), "/dev/mem: {json}");
+        assert!(!allowed(C, W, 1, 1), "/dev/mem: {json}");
+        assert!(!allowed(C, R | W, 1, 4), "/dev/port: {json}");
+        assert!(allowed(C, M, 1, 1), "making the node: {json}");
+        assert!(allowed(C, R | W, 1, 3), "/dev/null: {json}");
+        assert!(allowed(C, R | W, 42, 42), "anything else: {json}");
+    }
+    // Asked for by name, still not given.
+    let p = compiled(
+        r#"{"devices":[{"allow":false,"access":"rwm"},
+                     {"allow":true,"type":"c","major":1,"minor":1,"access":"rwm"}]}"#,
+    )
+    .expect("a program");
+    assert_eq!(run(&p, C, R, 1, 1), 0);
 }
 
 #[test]

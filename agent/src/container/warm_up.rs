@@ -54,7 +54,10 @@ pub fn warm_up(agent: &Agent) {
 /// there yet: a VM restored from the template then takes no faults on
 /// the agent's code the first time a request needs it, and the container
 /// processes the agent clones (which copy its file mappings' entries, see
-/// the emulated host's `fork_copies_file_ptes`) none either.
+/// the emulated host's `fork_copies_file_ptes`) none either. An agent
+/// mapped by runvm-vmm's loader (`--init-program`) has its code in
+/// /dev/mem mappings, whose page tables were filled when they were made:
+/// the kernel answers EINVAL for those, and there is nothing to do.
 fn map_own_file_pages() -> std::io::Result<()> {
     const MADV_POPULATE_READ: libc::c_int = 22;
     let maps = std::fs::read_to_string("/proc/self/maps")?;
@@ -84,7 +87,10 @@ fn map_own_file_pages() -> std::io::Result<()> {
             )
         };
         if advised < 0 && first_error.is_none() {
-            first_error = Some(std::io::Error::last_os_error());
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EINVAL) {
+                first_error = Some(error);
+            }
         }
     }
     first_error.map_or(Ok(()), Err)

@@ -105,8 +105,9 @@ mod tests {
     #[test]
     fn the_loader_is_a_small_static_executable() {
         assert_eq!(&LOADER[..4], b"\x7fELF");
-        // ET_EXEC, no interpreter: the kernel runs it as it is.
+        // ET_EXEC for x86-64 (EM_X86_64 = 62), not a cross compiler's.
         assert_eq!(u16::from_le_bytes([LOADER[16], LOADER[17]]), 2);
+        assert_eq!(u16::from_le_bytes([LOADER[18], LOADER[19]]), 62);
         assert!(LOADER.len() < 64 << 10, "{} bytes", LOADER.len());
     }
 

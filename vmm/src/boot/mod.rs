@@ -5,6 +5,7 @@
 mod cmdline;
 mod gdt;
 mod images;
+mod init_program;
 pub mod loader_image;
 pub mod mptable;
 mod params;
@@ -12,13 +13,15 @@ pub mod regs;
 
 pub use cmdline::{build_cmdline, virtio_mmio_param, EXIT_PORT, ROOT_DISK_PARAMS};
 pub use images::{load_initrd, load_initrd_bytes, load_kernel, load_preload, LoadedKernel};
+pub use init_program::{preload_param, preload_place_of};
 pub use regs::EntryPoint;
 
 use std::fs::File;
 
 use crate::config::{BootProtocol, VmConfig};
 use crate::error::Error;
-use crate::memory::{low_ram_end, preload_placement, GuestMemory, RamRange};
+use crate::memory::{low_ram_end, GuestMemory, RamRange};
+use init_program::Preload;
 
 /// The kernel, initramfs and init program files of a VM, opened before
 /// the VM is built (a jailed VMM cannot reach their paths any more).
@@ -27,46 +30,6 @@ pub struct BootFiles {
     kernel: File,
     initrd: Option<File>,
     preload: Option<Preload>,
-}
-
-/// An init program's file and where it goes.
-#[derive(Debug)]
-struct Preload {
-    file: File,
-    size: u64,
-    place: RamRange,
-}
-
-/// The kernel command-line word that tells the loader where the init
-/// program is: init's environment gets it (no dot in the name, or the
-/// kernel would take it for a module's parameter and keep it).
-pub fn preload_param(place: RamRange, size: u64) -> String {
-    format!("RUNVM_PRELOAD={:#x},{size:#x}", place.start)
-}
-
-/// Where `config`'s init program goes, from its size on disk (for a
-/// command line printed without booting).
-pub fn preload_place_of(config: &VmConfig) -> Result<Option<(RamRange, u64)>, Error> {
-    let Some(path) = &config.init_program else {
-        return Ok(None);
-    };
-    let size = std::fs::metadata(path)
-        .map_err(|e| Error::InitProgram {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?
-        .len();
-    place_preload(config, size).map(|place| Some((place, size)))
-}
-
-fn place_preload(config: &VmConfig, size: u64) -> Result<RamRange, Error> {
-    preload_placement(config.memory_bytes(), size).ok_or_else(|| Error::InitProgram {
-        path: config.init_program.clone().unwrap_or_default(),
-        reason: format!(
-            "{size} bytes do not fit a guest of {} MiB",
-            config.memory_mib
-        ),
-    })
 }
 
 impl BootFiles {
@@ -83,16 +46,7 @@ impl BootFiles {
             None => None,
         };
         let preload = match &config.init_program {
-            Some(path) => {
-                let failed = |e: std::io::Error| Error::InitProgram {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                };
-                let file = File::open(path).map_err(failed)?;
-                let size = file.metadata().map_err(failed)?.len();
-                let place = place_preload(config, size)?;
-                Some(Preload { file, size, place })
-            }
+            Some(path) => Some(Preload::open(config, path)?),
             None => None,
         };
         Ok(BootFiles {
