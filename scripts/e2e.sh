@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 lane_a=(cri podman shim containerd)
-lane_b=(bundle runc_cli network errors agent boot containers snapshot vm_run)
+lane_b=(bundle runc_cli network errors vmm_errors agent boot containers snapshot vm_run)
 
 # Every suite must be in a lane: a new one that is not would never run.
 mapfile -t all < <(find tests/tests -maxdepth 1 -name '*.rs' -printf '%f\n' | sed 's/\.rs$//' | sort)
