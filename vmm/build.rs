@@ -1,8 +1,9 @@
 //! Builds the guest loader (guest-loader/loader.c), the /init that maps a
 //! preloaded agent instead of reading it (see `boot::init_program`): a
-//! freestanding static x86-64 executable of a few KiB, embedded in
-//! runvm-vmm. Needs a C compiler (`$CC`, else `cc`), as the guest kernel
-//! build does.
+//! freestanding static x86-64 executable of a few KiB, and the initramfs
+//! that holds it as /init (rootfs-builder's image, with the loader as its
+//! agent), both embedded in runvm-vmm. Needs a C compiler (`$CC`, else
+//! `cc`), as the guest kernel build does.
 
 use std::env;
 use std::path::PathBuf;
@@ -12,8 +13,8 @@ fn main() {
     let source = "guest-loader/loader.c";
     println!("cargo:rerun-if-changed={source}");
     println!("cargo:rerun-if-env-changed=CC");
-    let out =
-        PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("runvm-loader");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let out = out_dir.join("runvm-loader");
     let cc = env::var("CC").unwrap_or_else(|_| "cc".to_owned());
     let status = Command::new(&cc)
         .args([
@@ -41,4 +42,8 @@ fn main() {
         .status()
         .unwrap_or_else(|e| panic!("cannot run the C compiler {cc:?} for {source}: {e}"));
     assert!(status.success(), "{cc} failed to build {source}");
+    let loader = std::fs::read(&out).expect("read the loader just built");
+    let archive = runvm_rootfs_builder::build_image(&loader, None)
+        .unwrap_or_else(|e| panic!("cannot write the loader's initramfs: {e}"));
+    std::fs::write(out_dir.join("loader.cpio"), archive).expect("write the loader's initramfs");
 }

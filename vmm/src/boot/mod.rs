@@ -100,7 +100,7 @@ pub fn prepare_guest(
             top,
         )?),
         _ if config.init_program.is_some() => Some(load_initrd_bytes(
-            &loader_image::loader_initramfs(),
+            loader_image::LOADER_INITRAMFS,
             mem,
             &kernel,
             config.memory_bytes(),
