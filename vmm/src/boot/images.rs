@@ -60,12 +60,7 @@ pub fn load_initrd(
     let size = file.metadata().map_err(open_error)?.len();
     let address = initrd_address(size, top, kernel, memory_size)?;
     let count = usize::try_from(size).map_err(|_| does_not_fit(size, kernel, memory_size))?;
-    mem.read_exact_volatile_from(GuestAddress(address), file, count)
-        .map_err(|e| Error::GuestWrite {
-            what: "initramfs",
-            address,
-            reason: e.to_string(),
-        })?;
+    read_into_guest(file, mem, address, count, "initramfs")?;
     Ok(InitrdPlacement { address, size })
 }
 
@@ -125,10 +120,22 @@ pub fn load_preload(
         path: path.to_path_buf(),
         reason: format!("{size} bytes"),
     })?;
-    mem.read_exact_volatile_from(GuestAddress(place.start), file, count)
+    read_into_guest(file, mem, place.start, count, "preloaded image")
+}
+
+/// Reads `count` bytes of `file`, from where it stands, into guest memory
+/// at `address`; `what` names them in the error.
+fn read_into_guest(
+    file: &mut File,
+    mem: &GuestMemory,
+    address: u64,
+    count: usize,
+    what: &'static str,
+) -> Result<(), Error> {
+    mem.read_exact_volatile_from(GuestAddress(address), file, count)
         .map_err(|e| Error::GuestWrite {
-            what: "preloaded image",
-            address: place.start,
+            what,
+            address,
             reason: e.to_string(),
         })
 }
