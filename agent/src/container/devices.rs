@@ -162,33 +162,35 @@ pub fn rules(
         out.push(allow(kind, Some(d.major), Some(d.minor)));
     }
     for minor in GUEST_MEMORY_DEVICES {
-        if may_read_or_write(&out, 1, minor) {
-            out.push(Rule {
-                allow: false,
-                kind: Kind::Char,
-                major: Some(1),
-                minor: Some(minor),
-                access: ACC_READ | ACC_WRITE,
-            });
+        let deny = Rule {
+            allow: false,
+            kind: Kind::Char,
+            major: Some(1),
+            minor: Some(minor),
+            access: ACC_READ | ACC_WRITE,
+        };
+        // Only where something allows it: an extra deny would turn runc's
+        // allow-only list into a mixed one, whose program the verifier
+        // walks far longer.
+        let (default_allow, after) = settle(&out);
+        if default_allow
+            || after
+                .iter()
+                .any(|r| r.allow && r.access & deny.access != 0 && r.overlaps(&deny))
+        {
+            out.push(deny);
         }
     }
     Ok(out)
 }
 
-/// Whether `rules` may let a container read or write character device
-/// `major:minor` (only then does a deny need to follow: an extra deny
-/// would turn runc's allow-only list into a mixed one, whose program the
-/// verifier walks far longer).
-fn may_read_or_write(rules: &[Rule], major: u32, minor: u32) -> bool {
-    let (default_allow, rules) = settle(rules);
-    default_allow
-        || rules.iter().any(|r| {
-            r.allow
-                && r.kind == Kind::Char
-                && r.access & (ACC_READ | ACC_WRITE) != 0
-                && r.major.is_none_or(|m| m == major)
-                && r.minor.is_none_or(|m| m == minor)
-        })
+impl Rule {
+    /// Whether some device is covered by both rules (same kind; each
+    /// number the same or a wildcard in either).
+    fn overlaps(&self, other: &Rule) -> bool {
+        let meet = |a: Option<u32>, b: Option<u32>| a.is_none() || b.is_none() || a == b;
+        self.kind == other.kind && meet(self.major, other.major) && meet(self.minor, other.minor)
+    }
 }
 
 /// What the rules come to: the state after the last reset, and the rules
@@ -403,14 +405,11 @@ fn deciding_rules(rules: &[Rule]) -> Option<Vec<Rule>> {
             None => merged.push(*r),
         }
     }
-    let meet = |a: Option<u32>, b: Option<u32>| a.is_none() || b.is_none() || a == b;
-    let overlap =
-        |a: &Rule, b: &Rule| a.kind == b.kind && meet(a.major, b.major) && meet(a.minor, b.minor);
     let nested = |a: u8, b: u8| a & b == a || a & b == b;
     for (i, a) in merged.iter().enumerate() {
         if merged[i + 1..]
             .iter()
-            .any(|b| overlap(a, b) && !nested(a.access, b.access))
+            .any(|b| a.overlaps(b) && !nested(a.access, b.access))
         {
             return None;
         }
