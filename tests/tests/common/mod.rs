@@ -84,40 +84,29 @@ pub fn require_kvm() {
 /// `runvm-vmm` with the built kernel and root disk and the given extra
 /// arguments.
 pub fn vmm_command(extra: &[&str]) -> Command {
-    require_kvm();
-    let mut command = Command::new(vmm_binary());
-    command
-        .arg("--kernel")
-        .arg(kernel())
-        .arg("--root-disk")
-        .arg(root_disk_image())
-        .args(extra);
-    command
+    vmm_booting("--root-disk", root_disk_image(), extra)
 }
 
 /// [`vmm_command`] with the agent as the init program instead (what
 /// runvm boots).
 pub fn vmm_command_init_program(extra: &[&str]) -> Command {
-    require_kvm();
-    let mut command = Command::new(vmm_binary());
-    command
-        .arg("--kernel")
-        .arg(kernel())
-        .arg("--init-program")
-        .arg(image())
-        .args(extra);
-    command
+    vmm_booting("--init-program", image(), extra)
 }
 
 /// [`vmm_command`] with the image as an initramfs instead.
 pub fn vmm_command_initramfs(extra: &[&str]) -> Command {
+    vmm_booting("--initrd", initrd(), extra)
+}
+
+/// `runvm-vmm` booting the built kernel with `image` given by `flag`.
+fn vmm_booting(flag: &str, image: PathBuf, extra: &[&str]) -> Command {
     require_kvm();
     let mut command = Command::new(vmm_binary());
     command
         .arg("--kernel")
         .arg(kernel())
-        .arg("--initrd")
-        .arg(initrd())
+        .arg(flag)
+        .arg(image)
         .args(extra);
     command
 }
