@@ -197,6 +197,8 @@ async fn write_responses(conn: Rc<Fd>, mut queue: mpsc::Receiver<Outgoing>, _slo
             // The client is gone; its reader sees that too.
             return;
         }
+        container::phases::phase("srv:written");
+        container::phases::report("reply");
         if let Some(written) = out.written {
             let _ = written.send(());
         }
@@ -246,6 +248,8 @@ async fn serve_control(agent: Rc<Agent>, conn: Fd, slot: Slot) {
             }
             Err(_) => break,
         };
+        container::phases::init();
+        container::phases::phase("srv:frame");
         let request: Request = match serde_json::from_slice(&bytes) {
             Ok(request) => request,
             Err(e) => {
