@@ -4,7 +4,9 @@
 # disk, the test image both ways) next to the
 # same kernel booting a tiny static init, with the VM's KVM counters at the
 # ready line; and `runvm run` of a trivial container next to that tiny-init
-# boot. Writes the "Cold start" section of bench/RESULTS.md.
+# boot, and the floor under it: the same process run by the agent of a cold
+# VM from the share with no container (runvm-floor-bench). Writes the
+# "Cold start" section of bench/RESULTS.md.
 #
 # Environment (all optional):
 #   RUNS=5  CONTAINER_RUNS=3  MEMORY_MIB=128  IDLE_WAIT_S=900  MAX_LOAD=1.0
@@ -49,8 +51,8 @@ done
 [[ -r /dev/kvm && -w /dev/kvm ]] || die "/dev/kvm is missing or not usable by $(id -un)"
 command -v gcc >/dev/null || die "gcc not found (apt-get install build-essential)"
 
-(cd "$repo" && cargo build --release --locked -q -p runvm-guest-counters) ||
-  die "cannot build runvm-guest-counters"
+(cd "$repo" && cargo build --release --locked -q -p runvm-guest-counters -p runvm-containers-bench) ||
+  die "cannot build runvm-guest-counters and runvm-floor-bench"
 
 work=$(mktemp -d /tmp/runvm-coldstart.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -76,6 +78,7 @@ args=(
   --variant "tools-root-disk|$vmm|$kernel|--root-disk|$tools_image|$ready"
   --container "this tree|$release/runvm|$vmm|$kernel|$image"
   --container "this tree, agent on a root disk|$release/runvm|$vmm|$kernel|$root_disk"
+  --floor "this tree|$release/runvm-floor-bench|$vmm|$kernel|$image"
 )
 if [[ -n ${BEFORE:-} ]]; then
   old="$BEFORE/target/release"

@@ -10,7 +10,10 @@ host whose KVM emulates the guest kernel, `insn_emulation` counts the guest
 kernel's work in units that do not move with the host's speed of the day.
 
 Per container run: wall time of `runvm run` from spawn to exit (the
-container prints one line and exits 0).
+container prints one line and exits 0). Per floor run (runvm-floor-bench):
+the same bundle's process run from the share by the agent of a cold VM,
+outside any container, from boot to its exit: the least a `runvm run`
+could cost, measured between the same rounds.
 
 Runs are interleaved round by round so that a drift of the host's speed
 hits every variant alike. Python 3 stdlib only.
@@ -97,6 +100,23 @@ def container_once(args, setup, index):
     return wall
 
 
+def floor_once(args, setup, workdir):
+    """One runvm-floor-bench run: its JSON (seconds from boot to ready, to
+    the rootfs shared, to the process's exit)."""
+    env = dict(os.environ, RUNVM_COLD_BOOT="1")
+    cmd = [setup["binary"], "--vmm", setup["vmm"], "--kernel", setup["kernel"], "--image", setup["image"],
+           "--bundle", args.bundle, "--dir", os.path.join(workdir, "floor"),
+           "--memory-mib", str(args.memory_mib), "--timeout-s", str(int(args.timeout))]
+    out = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                         timeout=args.timeout)
+    if out.returncode != 0:
+        raise BenchError(f"runvm-floor-bench failed ({out.returncode}): {out.stderr[-2000:]!r}")
+    result = json.loads(out.stdout)
+    if "hello from container" not in result.get("stdout", ""):
+        raise BenchError(f"runvm-floor-bench: unexpected output {result.get('stdout')!r}")
+    return result
+
+
 def median(values):
     values = sorted(values)
     n = len(values)
@@ -110,6 +130,8 @@ def main():
                     help="NAME|VMM|KERNEL|FLAG|IMAGE|READY-TEXT: a boot to measure (the first is the reference)")
     ap.add_argument("--container", action="append", default=[],
                     help="NAME|RUNVM|VMM|KERNEL|IMAGE: a `runvm run` set-up to measure")
+    ap.add_argument("--floor", action="append", default=[],
+                    help="NAME|RUNVM-FLOOR-BENCH|VMM|KERNEL|IMAGE: the bundle's process without a container")
     ap.add_argument("--bundle")
     ap.add_argument("--state")
     ap.add_argument("--runs", type=int, default=5)
@@ -130,7 +152,8 @@ def main():
         args.container_runs = max([len(w) for w in raw["containers"].values()] or [0])
         args.quiet_note = args.quiet_note or raw["facts"].get("quiet_note", "")
         write_section(args.results, MARKER,
-                      report(args, raw["variants"], boots, raw["containers"], raw["facts"]))
+                      report(args, raw["variants"], boots, raw["containers"], raw["facts"],
+                             raw.get("floors", {})))
         print(f"coldstart: report written again to {args.results}", file=sys.stderr)
         return
     if not (args.counters and args.bundle and args.state):
@@ -146,7 +169,12 @@ def main():
     for spec in args.container:
         name, runvm, vmm, kernel, image = spec.split("|", 4)
         setups.append({"name": name, "runvm": runvm, "vmm": vmm, "kernel": kernel, "image": image})
+    floor_setups = []
+    for spec in args.floor:
+        name, binary, vmm, kernel, image = spec.split("|", 4)
+        floor_setups.append({"name": name, "binary": binary, "vmm": vmm, "kernel": kernel, "image": image})
     facts = machine_facts(args.repo)
+    floors = {f["name"]: [] for f in floor_setups}
     boots = {v["name"]: [] for v in variants}
     containers = {c["name"]: [] for c in setups}
     workdir = tempfile.mkdtemp(prefix="runvm-coldstart.")
@@ -167,6 +195,10 @@ def main():
                     wall = container_once(args, c, r)
                     containers[c["name"]].append(wall)
                     print(f"coldstart: round {r + 1} runvm run ({c['name']}): {wall:.3f} s", file=sys.stderr)
+                for f in floor_setups:
+                    result = floor_once(args, f, workdir)
+                    floors[f["name"]].append(result)
+                    print(f"coldstart: round {r + 1} floor ({f['name']}): {result['total_s']:.3f} s", file=sys.stderr)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     facts["loadavg_after"] = " ".join(open("/proc/loadavg").read().split()[:3])
@@ -174,8 +206,8 @@ def main():
     if args.raw:
         with open(args.raw, "w") as f:
             json.dump({"variants": variants, "boots": boots, "containers": containers,
-                       "facts": facts}, f, indent=1)
-    write_section(args.results, MARKER, report(args, variants, boots, containers, facts))
+                       "floors": floors, "facts": facts}, f, indent=1)
+    write_section(args.results, MARKER, report(args, variants, boots, containers, facts, floors))
     print(f"coldstart: report written to {args.results}", file=sys.stderr)
 
 
@@ -206,7 +238,54 @@ def hardware_on_paper(variants, boots):
     return lines
 
 
-def report(args, variants, boots, containers, facts):
+def floor_lines(floors, containers, ref_wall):
+    """The floor under `runvm run`, and what it leaves of a 1.3× budget."""
+    if not any(floors.values()):
+        return []
+    lines = [
+        "",
+        "### The floor under it: the same process with no container",
+        "",
+        "`runvm-floor-bench`: a cold VM as `runvm run` boots it (the agent, virtiofsd, a share), the "
+        "bundle's rootfs shared, and the bundle's process (its paths moved into the share) run by the "
+        "agent from the share outside any container (no cgroup, namespaces, mounts or pivot_root, no "
+        "create or start), from boot to the process's exit: the least a `runvm run` of this bundle "
+        "could cost with this guest kernel, VM and share. Measured between the same rounds.",
+        "",
+        "| what | seconds min / median / max | × reference boot |",
+        "|---|---|---|",
+    ]
+    for name, runs in floors.items():
+        if not runs:
+            continue
+        total = [r["total_s"] for r in runs]
+        ready = [r["ready_s"] for r in runs]
+        shared = [r["shared_s"] - r["ready_s"] for r in runs]
+        process = [r["total_s"] - r["shared_s"] for r in runs]
+        lines += [
+            f"| floor, {name}: boot to the process's exit | {stat(total, 3)} | {median(total) / ref_wall:.3f} |",
+            f"| of which boot to agent-ready | {stat(ready, 3)} | {median(ready) / ref_wall:.3f} |",
+            f"| of which the share mounted and the rootfs shared | {stat(shared, 3)} | {median(shared) / ref_wall:.3f} |",
+            f"| of which the process, from the exec request to its exit | {stat(process, 3)} | "
+            f"{median(process) / ref_wall:.3f} |",
+        ]
+        floor = median(total)
+        budget = 1.3 * ref_wall
+        lines += [
+            "",
+            f"A `runvm run` at 1.3× the reference boot may take {budget:.2f} s; this floor ({name}) "
+            f"takes {floor:.2f} s ({floor / ref_wall:.3f}×), which leaves {budget - floor:.2f} s "
+            f"({(budget - floor) / ref_wall:+.3f}× of the reference boot) for everything a container adds: "
+            "its cgroup, namespaces, mounts, pivot_root and the create/start/wait round trips, and the "
+            "VM's power-off.",
+        ]
+        for cname, walls in containers.items():
+            if walls:
+                lines.append(f"`runvm run` ({cname}) spends {median(walls) - floor:.2f} s above this floor.")
+    return lines
+
+
+def report(args, variants, boots, containers, facts, floors):
     ref_name = variants[0]["name"]
     ref_wall = median([w for w, _ in boots[ref_name]])
     ref_insn = median([c["insn_emulation"] for _, c in boots[ref_name]])
@@ -264,6 +343,7 @@ def report(args, variants, boots, containers, facts):
         ] + [
             f"| reference: {ref_name} boot to ready | {stat([w for w, _ in boots[ref_name]], 3)} | 1.000 |",
         ]
+    lines += floor_lines(floors, containers, ref_wall)
     lines += ["", "## Machine", ""] + machine_lines(facts) + [
         f"- load average before / after: {facts['loadavg']} / {facts['loadavg_after']}",
     ]

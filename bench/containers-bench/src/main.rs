@@ -25,8 +25,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -35,39 +33,29 @@ use runvm::container_client::ContainerClient;
 use runvm::guest_process::{self, HostStdio, ProcessSpec};
 use runvm::kvm_stats::{self, GuestCounters};
 use runvm::share;
-use runvm::vm::{MicroVm, VmSpec};
+use runvm::vm::MicroVm;
 use runvm_agent_api::oci::Spec;
 use runvm_agent_api::{ExitStatus, RequestBody, ResponseBody, SHARE_TAG};
 use serde_json::{json, Value};
-use tokio::io::AsyncWrite;
+
+mod captured;
+mod vm_args;
+use captured::Captured;
+use vm_args::VmArgs;
 
 #[derive(Parser, Debug)]
 #[command(
     about = "Trivial container latency over a VM boot, and virtio-fs throughput, in microVMs"
 )]
 struct Args {
-    /// runvm-vmm binary.
-    #[arg(long)]
-    vmm: PathBuf,
-    /// Guest kernel (vmlinux).
-    #[arg(long)]
-    kernel: PathBuf,
-    /// Guest image with busybox (build/rootfs-tools.ext4): the guest
-    /// side of the throughput runs needs `sh` and `dd`.
-    #[arg(long)]
-    #[arg(alias = "initrd")]
-    image: PathBuf,
-    /// virtiofsd (default: the runtime's own search, as `runvm` does).
-    #[arg(long)]
-    virtiofsd: Option<PathBuf>,
+    /// The VM; its image must hold busybox (build/rootfs-tools.ext4): the
+    /// guest side of the throughput runs needs `sh` and `dd`.
+    #[command(flatten)]
+    vm: VmArgs,
     /// Work directory for the bundles and the VMs; must not exist, is
     /// created and removed again.
     #[arg(long)]
     dir: PathBuf,
-    #[arg(long, default_value_t = 128)]
-    memory_mib: u32,
-    #[arg(long, default_value_t = 1)]
-    vcpus: u8,
     /// Boots of each kind (without and with a share), alternating.
     #[arg(long, default_value_t = 3)]
     boot_runs: usize,
@@ -105,42 +93,6 @@ const GUEST_TMPFS: &str = "/run/runvm-bench-tmpfs";
 const FS_ID: &str = "fsbench";
 /// How long virtiofsd's sandboxed child gets to go once the VM has.
 const REAP_PATIENCE: Duration = Duration::from_secs(5);
-
-/// Collects what a guest stream delivers.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
-    }
-}
-
-impl AsyncWrite for Captured {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let mut kept = self.0.lock().expect("not poisoned");
-        // Only short texts are expected; keep at most 64 KiB.
-        let room = (64usize << 10).saturating_sub(kept.len());
-        kept.extend_from_slice(&buf[..room.min(buf.len())]);
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
 
 /// The work directory: removed on every way out (unless something is
 /// still mounted below it, which is then reported instead).
@@ -512,17 +464,6 @@ fn host_throughput(args: &Args, dir: &Path) -> Result<Value, String> {
 
 // ------------------------------------------------------------------ VMs
 
-fn vm_spec(args: &Args, virtiofsd: Option<&Path>) -> VmSpec {
-    VmSpec {
-        vmm: args.vmm.clone(),
-        kernel: args.kernel.clone(),
-        image: args.image.clone(),
-        memory_mib: args.memory_mib,
-        vcpus: args.vcpus,
-        virtiofsd: virtiofsd.map(Path::to_owned),
-    }
-}
-
 fn alive(pid: u32) -> bool {
     // Zombies count as gone: they hold no mount, socket or memory.
     fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -589,7 +530,8 @@ async fn boot_once(
     let started = Instant::now();
     // On an error below, dropping `vm` kills the VMM and virtiofsd and
     // removes `dir`.
-    let mut vm = MicroVm::boot(&vm_spec(args, virtiofsd), dir).map_err(|e| format!("boot: {e}"))?;
+    let mut vm = MicroVm::boot(&args.vm.spec(virtiofsd.map(Path::to_owned)), dir)
+        .map_err(|e| format!("boot: {e}"))?;
     let agent = vm
         .connect_agent(Duration::from_secs(args.boot_timeout_s))
         .await
@@ -908,8 +850,8 @@ async fn main_vm(
     step: Duration,
 ) -> Result<Value, String> {
     let started = Instant::now();
-    let mut vm =
-        MicroVm::boot(&vm_spec(args, Some(virtiofsd)), dir).map_err(|e| format!("boot: {e}"))?;
+    let mut vm = MicroVm::boot(&args.vm.spec(Some(virtiofsd.to_owned())), dir)
+        .map_err(|e| format!("boot: {e}"))?;
     let agent = vm
         .connect_agent(Duration::from_secs(args.boot_timeout_s))
         .await
@@ -985,13 +927,7 @@ fn measure(args: &Args) -> Result<Value, String> {
     if unsafe { libc::geteuid() } != 0 {
         return Err("run as root: the share binds root filesystems and starts virtiofsd".into());
     }
-    let virtiofsd = match &args.virtiofsd {
-        Some(path) => path.clone(),
-        None => share::find_virtiofsd().ok_or(
-            "virtiofsd not found (RUNVM_VIRTIOFSD, PATH, ~/.cargo/bin, /usr/libexec): \
-             `make setup` installs it",
-        )?,
-    };
+    let virtiofsd = args.vm.find_virtiofsd()?;
     let work = WorkDir::create(&args.dir)?;
     let bundle = Bundle::build(&work.0.join("bundle"), &args.busybox)?;
     // The writable directory: a second bundle rootfs, shared read-write;
@@ -1054,8 +990,8 @@ fn measure(args: &Args) -> Result<Value, String> {
         out["host_fs"] = host;
         out["virtiofsd"] = json!(virtiofsd.display().to_string());
         out["virtiofsd_version"] = json!(version_of(&virtiofsd));
-        out["memory_mib"] = json!(args.memory_mib);
-        out["vcpus"] = json!(args.vcpus);
+        out["memory_mib"] = json!(args.vm.memory_mib);
+        out["vcpus"] = json!(args.vm.vcpus);
         out["fs_bytes"] = json!(args.fs_mib * MIB);
         out["fs_runs"] = json!(args.fs_runs);
         out["host_runs"] = json!(args.host_runs);

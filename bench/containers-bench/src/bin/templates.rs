@@ -26,24 +26,19 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use runvm::agent_client::AgentClient;
 use runvm::kvm_stats;
-use runvm::share;
 use runvm::vm::{MicroVm, VmSpec};
 use runvm_agent_api::{RequestBody, ResponseBody, SHARE_TAG};
 use serde_json::{json, Map, Value};
 
+#[path = "../vm_args.rs"]
+mod vm_args;
+use vm_args::VmArgs;
+
 #[derive(Parser, Debug)]
 #[command(about = "Boot or restore microVMs with a share; time to agent-ready and memory")]
 struct Args {
-    #[arg(long)]
-    vmm: PathBuf,
-    #[arg(long)]
-    kernel: PathBuf,
-    /// The guest image (an ext4 root disk or a cpio initramfs).
-    #[arg(long)]
-    image: PathBuf,
-    /// virtiofsd (default: the runtime's own search, as `runvm` does).
-    #[arg(long)]
-    virtiofsd: Option<PathBuf>,
+    #[command(flatten)]
+    vm: VmArgs,
     /// Work directory for the VMs; must not exist, is created and removed.
     #[arg(long)]
     dir: PathBuf,
@@ -316,19 +311,7 @@ async fn measure(args: &Args, spec: &VmSpec, work: &Path) -> Result<Value, Strin
 }
 
 fn run(args: &Args) -> Result<Value, String> {
-    let virtiofsd = match &args.virtiofsd {
-        Some(path) => path.clone(),
-        None => share::find_virtiofsd()
-            .ok_or("virtiofsd not found (RUNVM_VIRTIOFSD, PATH, ~/.cargo/bin, /usr/libexec)")?,
-    };
-    let spec = VmSpec {
-        vmm: args.vmm.clone(),
-        kernel: args.kernel.clone(),
-        image: args.image.clone(),
-        memory_mib: args.memory_mib,
-        vcpus: args.vcpus,
-        virtiofsd: Some(virtiofsd),
-    };
+    let spec = args.vm.spec(Some(args.vm.find_virtiofsd()?));
     fs::create_dir(&args.dir).map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
     let work = WorkDir(args.dir.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -1,0 +1,171 @@
+//! The least a `runvm run` of a bundle could cost: one cold VM as runvm
+//! boots it (the agent, a share), the bundle's rootfs shared, and the
+//! bundle's process run by the agent from the share, outside any
+//! container (no cgroup, namespaces, mounts or pivot_root, no
+//! create/start requests), until it exits. Everything a container adds
+//! comes on top; `bench/coldstart/measure.py` sets this next to
+//! `runvm run` and the tiny-init boot in one run. Prints one JSON object.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use runvm::guest_process::{self, HostStdio, ProcessSpec};
+use runvm::kvm_stats;
+use runvm::vm::{MicroVm, VmSpec};
+use runvm_agent_api::oci::Spec;
+use runvm_agent_api::ExitStatus;
+use serde_json::json;
+
+#[path = "../captured.rs"]
+mod captured;
+#[path = "../vm_args.rs"]
+mod vm_args;
+use captured::Captured;
+use vm_args::VmArgs;
+
+#[derive(Parser, Debug)]
+#[command(about = "A bundle's process run by the agent of a cold VM from the share, no container")]
+struct Args {
+    /// The VM, as runvm boots it (the image: build/runvm-agent).
+    #[command(flatten)]
+    vm: VmArgs,
+    /// The bundle whose rootfs is shared and whose process runs.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// The VM's directory; must not exist, is created and removed.
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
+}
+
+/// The bundle's process with every path moved below `root`, the rootfs as
+/// the guest sees it in the share.
+fn process_in_share(spec: &Spec, rootfs: &Path, root: &str) -> Result<ProcessSpec, String> {
+    let process = spec.process.as_ref().ok_or("the bundle has no process")?;
+    let args = process.args.clone().unwrap_or_default();
+    let program = runvm::program_path::resolve(spec, rootfs).ok_or_else(|| {
+        format!(
+            "the bundle's program {:?} is not found in its rootfs's PATH",
+            args.first()
+        )
+    })?;
+    let env = process
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| match e.strip_prefix("PATH=") {
+            Some(dirs) => {
+                let moved: Vec<String> = dirs.split(':').map(|d| format!("{root}{d}")).collect();
+                format!("PATH={}", moved.join(":"))
+            }
+            None => e,
+        })
+        .collect();
+    let mut argv = vec![format!("{root}{program}")];
+    argv.extend(args.into_iter().skip(1));
+    Ok(ProcessSpec {
+        argv,
+        env,
+        cwd: Some(format!("{root}{}", process.cwd.display())),
+        uid: process.user.uid,
+        gid: process.user.gid,
+    })
+}
+
+async fn measure(
+    args: &Args,
+    vm_spec: &VmSpec,
+    spec: &Spec,
+    rootfs: &Path,
+) -> Result<serde_json::Value, String> {
+    let timeout = Duration::from_secs(args.timeout_s);
+    let started = Instant::now();
+    let mut vm = MicroVm::boot(vm_spec, &args.dir).map_err(|e| format!("boot: {e}"))?;
+    let agent = vm
+        .connect_agent(timeout)
+        .await
+        .map_err(|e| format!("boot: {e}"))?;
+    let ready = started.elapsed();
+    let root = vm
+        .share_rootfs(&agent, "floor", rootfs, true)
+        .await
+        .map_err(|e| format!("cannot share the rootfs: {e}"))?;
+    let shared = started.elapsed();
+    let process = process_in_share(spec, rootfs, &root)?;
+    let (out, err) = (Captured::default(), Captured::default());
+    let stdio = HostStdio {
+        stdin: None,
+        stdout: Some(Box::new(out.clone())),
+        stderr: Some(Box::new(err.clone())),
+    };
+    let status = tokio::time::timeout(timeout, async {
+        let relay = guest_process::spawn(&agent, &process, stdio).await?;
+        relay.finish(&agent).await
+    })
+    .await
+    .map_err(|_| "the process did not end in time".to_string())?
+    .map_err(|e| format!("the process: {e}"))?;
+    let ended = started.elapsed();
+    let insn = vm
+        .vmm_pid()
+        .and_then(|pid| kvm_stats::read(pid).ok())
+        .map(|c| c.get("insn_emulation"));
+    let _ = vm.shutdown(&agent).await;
+    if status != ExitStatus::Code(0) {
+        return Err(format!(
+            "the process ended with {status:?}; stdout {:?}, stderr {:?}",
+            out.text(),
+            err.text()
+        ));
+    }
+    Ok(json!({
+        "ready_s": ready.as_secs_f64(),
+        "shared_s": shared.as_secs_f64(),
+        "total_s": ended.as_secs_f64(),
+        "insn_emulation": insn,
+        "stdout": out.text(),
+    }))
+}
+
+fn run(args: &Args) -> Result<serde_json::Value, String> {
+    if std::env::var("RUNVM_COLD_BOOT").map_or(true, |v| v.is_empty() || v == "0") {
+        return Err("set RUNVM_COLD_BOOT=1: this measures a cold boot, not a template's".into());
+    }
+    let config = args.bundle.join("config.json");
+    let text = std::fs::read_to_string(&config)
+        .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
+    let spec: Spec =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let root_path = spec
+        .root
+        .as_ref()
+        .ok_or("the bundle has no root")?
+        .path
+        .clone();
+    let rootfs = args.bundle.join(root_path);
+    let vm_spec = args.vm.spec(Some(args.vm.find_virtiofsd()?));
+    if args.dir.exists() {
+        return Err(format!("{} exists already", args.dir.display()));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio: {e}"))?;
+    let result = runtime.block_on(measure(args, &vm_spec, &spec, &rootfs));
+    let _ = std::fs::remove_dir_all(&args.dir);
+    result
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(value) => println!("{value}"),
+        Err(e) => {
+            eprintln!("runvm-floor-bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
