@@ -75,14 +75,12 @@ pub fn mount_one(
     let o = &m.options;
     let dest = &m.destination;
     let io_err = |what: &str, e: io::Error| format!("{what}: {e}");
-    match &m.kind {
+    match (&m.kind, premade) {
         // Made ahead with this mount's very type, source, flags and
         // options (see `staged`): only moved into place.
-        MountKind::Fs { fstype, .. } if premade.is_some() => {
+        (MountKind::Fs { fstype, .. }, Some(tree)) => {
             let target = mkdir_all(root, dest, 0o755).map_err(|e| io_err("mount point", e))?;
-            if let Some(tree) = premade {
-                attach(tree, &target).map_err(|e| io_err(&format!("staged {fstype}"), e))?;
-            }
+            attach(tree, &target).map_err(|e| io_err(&format!("staged {fstype}"), e))?;
             if fstype != "sysfs" {
                 // A new filesystem's root has the time it was made: now,
                 // not the template's.
@@ -95,7 +93,7 @@ pub fn mount_one(
                 }
             }
         }
-        MountKind::Bind { source } => {
+        (MountKind::Bind { source }, _) => {
             let is_dir = std::fs::metadata(source)
                 .map_err(|e| io_err(&format!("bind source {}", source.display()), e))?
                 .is_dir();
@@ -121,18 +119,18 @@ pub fn mount_one(
                 bind_remount(&fd_path(&top), set, o.cleared)?;
             }
         }
-        MountKind::Fs { fstype, source } if fstype == "tmpfs" => {
+        (MountKind::Fs { fstype, source }, None) if fstype == "tmpfs" => {
             let flags = o.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
             super::tmpfs::mount(root, dest, source, flags, &o.data, o.tmpcopyup)?;
         }
-        MountKind::Fs { fstype, source } => {
+        (MountKind::Fs { fstype, source }, None) => {
             let target = mkdir_all(root, dest, 0o755).map_err(|e| io_err("mount point", e))?;
             let flags = o.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
             let data = (!o.data.is_empty()).then_some(o.data.as_str());
             mount(Some(source), &fd_path(&target), Some(fstype), flags, data)
                 .map_err(|e| format!("{fstype}: {e}"))?;
         }
-        MountKind::Cgroup => {
+        (MountKind::Cgroup, _) => {
             let target = mkdir_all(root, dest, 0o755).map_err(|e| io_err("mount point", e))?;
             let flags = o.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
             match cgroup_dir {
