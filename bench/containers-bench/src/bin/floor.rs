@@ -5,6 +5,14 @@
 //! create/start requests), until it exits. Everything a container adds
 //! comes on top; `bench/coldstart/measure.py` sets this next to
 //! `runvm run` and the tiny-init boot in one run. Prints one JSON object.
+//!
+//! Only the paths the bundle gives are moved into the share (the program,
+//! absolute `PATH` entries, the working directory): what the guest kernel
+//! resolves on its own (an absolute symlink, a dynamic program's
+//! interpreter, a `#!` line) or a shell's default `PATH` points into the
+//! guest's root, which holds only the agent, so such a bundle fails here
+//! with the guest's error instead of being measured wrongly. `make run`'s
+//! bundle (static busybox, relative links, a `PATH`) runs as it is.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -45,12 +53,19 @@ struct Args {
 fn process_in_share(spec: &Spec, rootfs: &Path, root: &str) -> Result<ProcessSpec, String> {
     let process = spec.process.as_ref().ok_or("the bundle has no process")?;
     let args = process.args.clone().unwrap_or_default();
-    let program = runvm::program_path::resolve(spec, rootfs).ok_or_else(|| {
-        format!(
-            "the bundle's program {:?} is not found in its rootfs's PATH",
-            args.first()
-        )
-    })?;
+    let first = args.first().ok_or("the bundle's process has no args")?;
+    // A path is the bundle's own; a name is looked up in its PATH, as
+    // `runvm create` does on the host.
+    let program = if first.starts_with('/') {
+        format!("{root}{first}")
+    } else if first.contains('/') {
+        first.clone()
+    } else {
+        let found = runvm::program_path::resolve(spec, rootfs).ok_or_else(|| {
+            format!("the bundle's program {first:?} is not found in its rootfs's PATH")
+        })?;
+        format!("{root}{found}")
+    };
     let env = process
         .env
         .clone()
@@ -58,13 +73,19 @@ fn process_in_share(spec: &Spec, rootfs: &Path, root: &str) -> Result<ProcessSpe
         .into_iter()
         .map(|e| match e.strip_prefix("PATH=") {
             Some(dirs) => {
-                let moved: Vec<String> = dirs.split(':').map(|d| format!("{root}{d}")).collect();
+                let moved: Vec<String> = dirs
+                    .split(':')
+                    .map(|d| match d.starts_with('/') {
+                        true => format!("{root}{d}"),
+                        false => d.to_owned(),
+                    })
+                    .collect();
                 format!("PATH={}", moved.join(":"))
             }
             None => e,
         })
         .collect();
-    let mut argv = vec![format!("{root}{program}")];
+    let mut argv = vec![program];
     argv.extend(args.into_iter().skip(1));
     Ok(ProcessSpec {
         argv,
@@ -82,6 +103,8 @@ async fn measure(
     rootfs: &Path,
 ) -> Result<serde_json::Value, String> {
     let timeout = Duration::from_secs(args.timeout_s);
+    // Shared as `runvm run` shares it.
+    let readonly = spec.root.as_ref().and_then(|r| r.readonly).unwrap_or(false);
     let started = Instant::now();
     let mut vm = MicroVm::boot(vm_spec, &args.dir).map_err(|e| format!("boot: {e}"))?;
     let agent = vm
@@ -90,7 +113,7 @@ async fn measure(
         .map_err(|e| format!("boot: {e}"))?;
     let ready = started.elapsed();
     let root = vm
-        .share_rootfs(&agent, "floor", rootfs, true)
+        .share_rootfs(&agent, "floor", rootfs, readonly)
         .await
         .map_err(|e| format!("cannot share the rootfs: {e}"))?;
     let shared = started.elapsed();
@@ -114,6 +137,7 @@ async fn measure(
         .and_then(|pid| kvm_stats::read(pid).ok())
         .map(|c| c.get("insn_emulation"));
     let _ = vm.shutdown(&agent).await;
+    let stopped = started.elapsed();
     if status != ExitStatus::Code(0) {
         return Err(format!(
             "the process ended with {status:?}; stdout {:?}, stderr {:?}",
@@ -124,6 +148,7 @@ async fn measure(
     Ok(json!({
         "ready_s": ready.as_secs_f64(),
         "shared_s": shared.as_secs_f64(),
+        "stopped_s": stopped.as_secs_f64(),
         "total_s": ended.as_secs_f64(),
         "insn_emulation": insn,
         "stdout": out.text(),
@@ -154,9 +179,7 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio: {e}"))?;
-    let result = runtime.block_on(measure(args, &vm_spec, &spec, &rootfs));
-    let _ = std::fs::remove_dir_all(&args.dir);
-    result
+    runtime.block_on(measure(args, &vm_spec, &spec, &rootfs))
 }
 
 fn main() {
@@ -167,5 +190,14 @@ fn main() {
             eprintln!("runvm-floor-bench: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
     }
 }

@@ -42,10 +42,6 @@ struct Args {
     /// Work directory for the VMs; must not exist, is created and removed.
     #[arg(long)]
     dir: PathBuf,
-    #[arg(long, default_value_t = 128)]
-    memory_mib: u32,
-    #[arg(long, default_value_t = 1)]
-    vcpus: u8,
     /// VMs running at once at the end.
     #[arg(long, default_value_t = 1)]
     vms: usize,
@@ -331,5 +327,14 @@ fn main() {
             eprintln!("templates-bench: FAILED: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
     }
 }
