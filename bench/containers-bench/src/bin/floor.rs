@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use runvm::bundle::Bundle;
 use runvm::guest_process::{self, HostStdio, ProcessSpec};
 use runvm::kvm_stats;
 use runvm::vm::{MicroVm, VmSpec};
@@ -101,10 +102,9 @@ async fn measure(
     vm_spec: &VmSpec,
     spec: &Spec,
     rootfs: &Path,
+    readonly: bool,
 ) -> Result<serde_json::Value, String> {
     let timeout = Duration::from_secs(args.timeout_s);
-    // Shared as `runvm run` shares it.
-    let readonly = spec.root.as_ref().and_then(|r| r.readonly).unwrap_or(false);
     let started = Instant::now();
     let mut vm = MicroVm::boot(vm_spec, &args.dir).map_err(|e| format!("boot: {e}"))?;
     let agent = vm
@@ -156,21 +156,13 @@ async fn measure(
 }
 
 fn run(args: &Args) -> Result<serde_json::Value, String> {
-    if std::env::var("RUNVM_COLD_BOOT").map_or(true, |v| v.is_empty() || v == "0") {
+    if runvm::template::enabled() {
         return Err("set RUNVM_COLD_BOOT=1: this measures a cold boot, not a template's".into());
     }
-    let config = args.bundle.join("config.json");
-    let text = std::fs::read_to_string(&config)
-        .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
-    let spec: Spec =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
-    let root_path = spec
-        .root
-        .as_ref()
-        .ok_or("the bundle has no root")?
-        .path
-        .clone();
-    let rootfs = args.bundle.join(root_path);
+    // The bundle as `runvm run` reads it.
+    let bundle = Bundle::load(&args.bundle).map_err(|e| e.to_string())?;
+    let rootfs = bundle.rootfs().map_err(|e| e.to_string())?;
+    let spec: Spec = runvm::bundle::to_wire(&bundle.spec).map_err(|e| e.to_string())?;
     let vm_spec = args.vm.spec(Some(args.vm.find_virtiofsd()?));
     if args.dir.exists() {
         return Err(format!("{} exists already", args.dir.display()));
@@ -179,7 +171,8 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio: {e}"))?;
-    runtime.block_on(measure(args, &vm_spec, &spec, &rootfs))
+    let readonly = bundle.readonly_rootfs();
+    runtime.block_on(measure(args, &vm_spec, &spec, &rootfs, readonly))
 }
 
 fn main() {
